@@ -1,0 +1,101 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from icl_lr import data
+from icl_lr.data import CurriculumConfig, DataConfig
+
+KEY = jax.random.PRNGKey(0)
+
+
+def test_shapes_and_determinism():
+    cfg = DataConfig(n_dims=4, n_points=7)
+    batch = data.sample_batch(KEY, cfg, 3)
+    assert batch.xs.shape == (3, 7, 4) and batch.ys.shape == (3, 7) and batch.point_mask.shape == (7,)
+    again = data.sample_batch(KEY, cfg, 3)
+    np.testing.assert_array_equal(batch.ys, again.ys)
+    assert not np.allclose(batch.ys, data.sample_batch(jax.random.PRNGKey(1), cfg, 3).ys)
+
+
+def test_statistics_match_the_prior():
+    cfg = DataConfig(n_dims=4, n_points=32, prior_scale=2.0, noise_std=0.5)
+    batch = data.sample_batch(KEY, cfg, 4096)
+    xs, ys = np.asarray(batch.xs), np.asarray(batch.ys)
+    assert xs.mean() == pytest.approx(0, abs=0.01) and xs.var() == pytest.approx(1, rel=0.02)
+    # Var(y) = prior_scale^2 d + sigma^2 = 16.25
+    assert ys.var() == pytest.approx(16.25, rel=0.05)
+    # Recover w per sequence by least squares: residual variance is sigma^2, w variance prior_scale^2.
+    w = np.linalg.lstsq(xs[0], ys[0], rcond=None)[0]
+    ws = np.stack([np.linalg.lstsq(x, y, rcond=None)[0] for x, y in zip(xs[:512], ys[:512])])
+    residual = ys[:512] - np.einsum("bnd,bd->bn", xs[:512], ws)
+    assert residual.var() * 32 / (32 - 4) == pytest.approx(0.25, rel=0.05)
+    assert ws.var() == pytest.approx(4.0, rel=0.1) and w.shape == (4,)
+
+
+def test_hierarchical_noise_draws_sigma_per_sequence():
+    cfg = DataConfig(n_dims=2, n_points=400, noise_std_choices=(0.1, 1.0))
+    batch = data.sample_batch(KEY, cfg, 64)
+    xs, ys = np.asarray(batch.xs), np.asarray(batch.ys)
+    stds = []
+    for x, y in zip(xs, ys):
+        w = np.linalg.lstsq(x, y, rcond=None)[0]
+        stds.append(np.std(y - x @ w))
+    stds = np.array(stds)
+    near = np.minimum(abs(stds - 0.1), abs(stds - 1.0))
+    assert near.max() < 0.1
+    assert 10 < np.sum(stds > 0.5) < 54  # both values drawn, roughly uniformly
+
+
+def test_task_pool_is_fixed_and_finite():
+    cfg = DataConfig(n_dims=3, n_points=5, task_pool_size=4)
+    pool_key = jax.random.PRNGKey(7)
+    w1 = data.sample_weights(jax.random.PRNGKey(1), cfg, 256, pool_key)
+    w2 = data.sample_weights(jax.random.PRNGKey(2), cfg, 256, pool_key)
+    pool = np.unique(np.round(np.concatenate([w1, w2]), 6), axis=0)
+    assert pool.shape == (4, 3)
+    fresh = data.sample_weights(jax.random.PRNGKey(1), cfg, 256)  # no pool key: the prior
+    assert np.unique(np.round(fresh, 6), axis=0).shape[0] == 256
+
+
+def test_curriculum_truncates_dims_and_points():
+    cur = CurriculumConfig(enabled=True, dims_start=2, dims_increment=1, points_start=4, points_increment=2, interval=10)
+    cfg = DataConfig(n_dims=5, n_points=9, curriculum=cur)
+    assert [tuple(map(int, data.curriculum_stage(cfg, s))) for s in (0, 9, 10, 25, 1000)] == [(2, 4), (2, 4), (3, 6), (4, 8), (5, 9)]
+    batch = data.sample_batch(KEY, cfg, 8, step=jnp.asarray(10))
+    assert np.all(np.asarray(batch.xs)[..., 3:] == 0) and np.all(np.asarray(batch.xs)[..., :3] != 0)
+    np.testing.assert_array_equal(batch.point_mask, [1, 1, 1, 1, 1, 1, 0, 0, 0])
+    full = data.sample_batch(KEY, cfg, 8)  # evaluation: no step, full task
+    assert np.all(np.asarray(full.xs) != 0) and np.all(full.point_mask == 1)
+
+
+def test_continuous_encoding_interleaves_x_and_y():
+    cfg = DataConfig(n_dims=3, n_points=4)
+    batch = data.sample_batch(KEY, cfg, 2)
+    inputs = data.encode(cfg, batch.xs, batch.ys)
+    assert inputs.shape == (2, 8, 3)
+    np.testing.assert_array_equal(inputs[:, 0::2], batch.xs)
+    np.testing.assert_array_equal(inputs[:, 1::2, 0], batch.ys)
+    assert np.all(inputs[:, 1::2, 1:] == 0)
+    # The prediction for y_i is read at x_i's token.
+    outputs = jnp.arange(2 * 8, dtype=jnp.float32).reshape(2, 8, 1)
+    np.testing.assert_array_equal(data.decode_predictions(cfg, outputs)[0], [0, 2, 4, 6])
+
+
+def test_token_encoding_layout_and_decoding():
+    cfg = DataConfig(n_dims=3, n_points=4, encoding="tokens", vocab_size=16, bin_range=2.0)
+    batch = data.sample_batch(KEY, cfg, 2)
+    tokens = data.encode(cfg, batch.xs, batch.ys)
+    assert tokens.shape == (2, 16) and tokens.dtype == jnp.int32
+    assert 0 <= int(tokens.min()) and int(tokens.max()) < 16
+    per_point = np.asarray(tokens).reshape(2, 4, 4)
+    np.testing.assert_array_equal(per_point[..., :3], data.to_tokens(cfg, batch.xs))
+    np.testing.assert_array_equal(per_point[..., 3], data.y_target_tokens(cfg, batch.ys))
+    # Bins: value -> id -> centre is within half a bin for in-range values, clipped outside.
+    values = jnp.array([-5.0, -1.99, -0.1, 0.1, 1.3, 5.0])
+    centres = data.bin_centres(cfg)[data.to_tokens(cfg, values)]
+    np.testing.assert_allclose(centres[1:-1], values[1:-1], atol=2.0 / 16 + 1e-6)
+    assert float(centres[0]) == pytest.approx(-2 + 0.125) and float(centres[-1]) == pytest.approx(2 - 0.125)
+    # y_i is predicted from the last x coordinate of point i; a one-hot logit decodes to its centre.
+    logits = jnp.full((1, 16, 16), -1e9).at[0, 2, 5].set(0.0)
+    assert float(data.decode_predictions(cfg, logits)[0, 0]) == pytest.approx(float(data.bin_centres(cfg)[5]) * cfg.y_scale)

@@ -1,0 +1,69 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from icl_lr.model import ICLModel, ModelConfig, Transformer
+
+CFG = ModelConfig(n_layer=2, n_embd=48, n_head=4, n_positions=32)
+
+
+def init_transformer(seed=0, length=20):
+    embeddings = jax.random.normal(jax.random.PRNGKey(seed), (2, length, CFG.n_embd))
+    params = Transformer(CFG).init(jax.random.PRNGKey(1), embeddings)["params"]
+    # Non-trivial LayerNorm and bias values, so a mis-mapped parameter cannot hide.
+    leaves, tree = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.PRNGKey(2), len(leaves))
+    params = jax.tree.unflatten(tree, [p + 0.1 * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)])
+    return embeddings, params
+
+
+def test_matches_huggingface_gpt2():
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    embeddings, params = init_transformer()
+    hf_config = transformers.GPT2Config(
+        n_embd=CFG.n_embd, n_layer=CFG.n_layer, n_head=CFG.n_head, n_positions=CFG.n_positions, vocab_size=8, bos_token_id=0, eos_token_id=0,
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, activation_function="gelu_new", layer_norm_epsilon=1e-5,
+    )
+    hf_config._attn_implementation = "eager"
+    hf = transformers.GPT2Model(hf_config).eval()
+    t = lambda a: torch.tensor(np.asarray(a))
+    state = {"wpe.weight": t(params["wpe"]["embedding"]), "wte.weight": hf.wte.weight.detach()}
+    for i in range(CFG.n_layer):
+        block = params[f"h_{i}"]
+        for ln in ("ln_1", "ln_2"):
+            state[f"h.{i}.{ln}.weight"], state[f"h.{i}.{ln}.bias"] = t(block[ln]["scale"]), t(block[ln]["bias"])
+        for module, layer in (("attn", "c_attn"), ("attn", "c_proj"), ("mlp", "c_fc"), ("mlp", "c_proj")):
+            state[f"h.{i}.{module}.{layer}.weight"] = t(block[module][layer]["kernel"])  # Conv1D is (in, out), as Dense
+            state[f"h.{i}.{module}.{layer}.bias"] = t(block[module][layer]["bias"])
+    state["ln_f.weight"], state["ln_f.bias"] = t(params["ln_f"]["scale"]), t(params["ln_f"]["bias"])
+    missing, unexpected = hf.load_state_dict(state, strict=False)
+    assert not unexpected and not [k for k in missing if not k.endswith("attn.bias") and "masked_bias" not in k]
+    with torch.no_grad():
+        want = hf(inputs_embeds=t(embeddings)).last_hidden_state.numpy()
+    got = np.asarray(Transformer(CFG).apply({"params": params}, embeddings))
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_causal_outputs_ignore_the_future():
+    embeddings, params = init_transformer()
+    changed = embeddings.at[:, 12:].set(jax.random.normal(jax.random.PRNGKey(9), embeddings[:, 12:].shape))
+    out, out_changed = (Transformer(CFG).apply({"params": params}, e) for e in (embeddings, changed))
+    np.testing.assert_allclose(out[:, :12], out_changed[:, :12], atol=1e-6)
+    assert not np.allclose(out[:, 12:], out_changed[:, 12:])
+
+
+def test_read_in_and_read_out_shapes_and_dropout():
+    dropout_cfg = ModelConfig(n_layer=1, n_embd=16, n_head=2, n_positions=16, dropout=0.5)
+    continuous = ICLModel(dropout_cfg)
+    x = jnp.ones((2, 10, 5))
+    params = continuous.init(jax.random.PRNGKey(0), x)["params"]
+    assert continuous.apply({"params": params}, x).shape == (2, 10, 1)
+    train_a, train_b = (continuous.apply({"params": params}, x, train=True, rngs={"dropout": jax.random.PRNGKey(s)}) for s in (1, 2))
+    assert not np.allclose(train_a, train_b)  # dropout is active in training...
+    np.testing.assert_array_equal(continuous.apply({"params": params}, x), continuous.apply({"params": params}, x))  # ...not in eval
+    tokens = ICLModel(dropout_cfg, vocab_size=11)
+    ids = jnp.zeros((2, 12), jnp.int32)
+    token_params = tokens.init(jax.random.PRNGKey(0), ids)["params"]
+    assert tokens.apply({"params": token_params}, ids).shape == (2, 12, 11)
