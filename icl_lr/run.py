@@ -55,41 +55,40 @@ def run(cfg: RunConfig, run_dir: Path, trackers=()) -> dict:
     log.info("eval set of %d prompts and its baselines ready in %.1fs", cfg.eval.n_prompts, time.perf_counter() - started)
 
     summary = {"n_params": n_params}
-    window, window_start, window_steps = [], time.perf_counter(), 0
-    steps_done, train_seconds = 0, 0.0
+    window = []  # metrics of the chunks since the last log line
+    timer, timed_steps, compiled = time.perf_counter(), 0, False
     while step < t.steps:
-        chunk_start = time.perf_counter()
         state, metrics = train_chunk(state)
         window.append(jax.device_get(metrics))
         step += t.steps_per_dispatch
-        window_steps += t.steps_per_dispatch
-        if steps_done == 0:
-            summary["compile_seconds"] = time.perf_counter() - chunk_start
+        if not compiled:  # the first call compiles: its time is not throughput
+            compiled = True
+            summary["compile_seconds"] = time.perf_counter() - timer
             log.info("train step compiled and first %d steps run in %.1fs", t.steps_per_dispatch, summary["compile_seconds"])
-            window, window_start, window_steps = [], time.perf_counter(), 0
-        steps_done += t.steps_per_dispatch
+            timer = time.perf_counter()
+        else:
+            timed_steps += t.steps_per_dispatch
 
-        if window and step % t.log_every == 0:
-            elapsed = time.perf_counter() - window_start
-            train_seconds += elapsed
+        if step % t.log_every == 0:
             chunks = {k: np.concatenate([w[k] for w in window]) for k in window[0]}
             record = {
                 "train/loss": float(chunks["loss"].mean()),
                 "train/grad_norm": float(chunks["grad_norm"].mean()),
                 "train/lr": float(chunks["lr"][-1]),
-                "train/steps_per_second": window_steps / elapsed,
-                "train/examples_per_second": window_steps * t.batch_size / elapsed,
             }
+            line = f"step {step}/{t.steps} | loss {record['train/loss']:.4f} | grad norm {record['train/grad_norm']:.3f} | lr {record['train/lr']:.2e}"
+            if timed_steps:
+                elapsed = time.perf_counter() - timer
+                record["train/steps_per_second"] = timed_steps / elapsed
+                record["train/examples_per_second"] = timed_steps * t.batch_size / elapsed
+                eta = _duration((t.steps - step) / record["train/steps_per_second"])
+                line += f" | {record['train/steps_per_second']:.0f} steps/s | ETA {eta}"
             tracker.log(record, step)
-            eta = (t.steps - step) / record["train/steps_per_second"]
-            log.info(
-                "step %d/%d | loss %.4f | grad norm %.3f | lr %.2e | %.0f steps/s | ETA %s",
-                step, t.steps, record["train/loss"], record["train/grad_norm"], record["train/lr"],
-                record["train/steps_per_second"], _duration(eta),
-            )
-            window, window_start, window_steps = [], time.perf_counter(), 0
+            log.info(line)
+            window, timer, timed_steps = [], time.perf_counter(), 0
 
         if step % t.eval_every == 0 or step == t.steps:
+            eval_started = time.perf_counter()
             curves = {"model": np.asarray(model_curve(state.params, eval_set.inputs, eval_set.ys)), **eval_set.baseline_curves}
             scalars = evaluate.summarize(curves, cfg.data.n_dims)
             scalars["model/error_mean"] = float(curves["model"].mean())
@@ -99,14 +98,14 @@ def run(cfg: RunConfig, run_dir: Path, trackers=()) -> dict:
             log.info("eval at step %d | %s | excess over Bayes (mean over k) %.4f", step, _headline(curves, cfg.data.n_dims), scalars["excess/mean"])
             if checkpoints.save_best(state, scalars["model/error_mean"]):
                 tracker.log_checkpoint(checkpoints.best.directory, step, ["best"])
-            window_start = time.perf_counter()  # eval time is not training throughput
+            timer += time.perf_counter() - eval_started  # eval time is not training throughput
 
         if step % t.checkpoint_every == 0 or step == t.steps:
             directory = checkpoints.save_latest(state)
             tracker.log_checkpoint(directory, step, ["latest", f"step-{step}"])
 
     checkpoints.close()
-    summary |= {"step": step, "train_seconds": train_seconds, "wall_seconds": time.perf_counter() - started}
-    tracker.finish({k: v for k, v in summary.items() if k != "curves"} | {"final_curves": summary.get("curves")})
+    summary |= {"step": step, "wall_seconds": time.perf_counter() - started}
+    tracker.finish({k: v for k, v in summary.items() if k != "curves"})  # curves are in curves.jsonl
     log.info("done: %d steps in %s", step, _duration(summary["wall_seconds"]))
     return summary

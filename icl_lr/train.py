@@ -99,7 +99,7 @@ def make_train_chunk(model: ICLModel, tx, data_cfg: data.DataConfig, cfg: Traini
         loss, grads = jax.value_and_grad(loss_fn)(state.params, model, data_cfg, batch, dropout_key)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "lr": schedule(state.step)}
+        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": schedule(state.step)}
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
     @partial(jax.jit, donate_argnums=0)

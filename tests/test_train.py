@@ -1,0 +1,97 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import optax
+
+from conftest import FAST, ROOT
+from icl_lr.checkpoint import Checkpoints
+from icl_lr.run import build_model, run
+from icl_lr.train import init_state, learning_rate_schedule, make_optimizer
+
+
+def final_state(cfg, run_dir):
+    template = init_state(build_model(cfg), make_optimizer(cfg.training), cfg.data, cfg.seed)
+    checkpoints = Checkpoints(run_dir / "checkpoints", cfg.training.max_to_keep)
+    try:
+        return checkpoints.restore_latest(template)
+    finally:
+        checkpoints.close()
+
+
+def assert_trees_equal(a, b):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_learning_rate_warmup_then_cosine(fast_config):
+    cfg = fast_config("training.steps=100", "training.warmup_steps=10", "training.schedule=cosine", "training.learning_rate=1.0")
+    lr = learning_rate_schedule(cfg.training)
+    assert float(lr(0)) == 0.0 and float(lr(5)) == 0.5 and float(lr(10)) == 1.0
+    assert abs(float(lr(55)) - 0.55) < 1e-6 and abs(float(lr(100)) - 0.1) < 1e-6  # halfway: 0.1 + 0.9 * 0.5
+
+
+def test_training_learns_in_context(fast_config, tmp_path):
+    """A short run must beat predicting 0 for k >= d, i.e. use the context, not just the prior."""
+    cfg = fast_config(
+        "data.n_dims=3", "data.n_points=7", "model.n_layer=3", "model.n_embd=64", "training.batch_size=128",
+        "training.steps=1000", "training.steps_per_dispatch=50", "training.log_every=250", "training.eval_every=500",
+        "training.checkpoint_every=1000", "training.learning_rate=1e-3", "training.warmup_steps=100", "eval.n_prompts=512",
+    )
+    summary = run(cfg, tmp_path)
+    curves = {k: np.asarray(v) for k, v in summary["curves"].items()}
+    # k = 0: nothing to learn from, error is E[y^2]/d = 1; at k = 2d the model is far below it.
+    assert abs(curves["ridge"][0] - 1) < 0.15
+    assert curves["model"][6] < 0.35 * curves["model"][0]
+    assert curves["model"][6] < curves["averaging"][6]  # better than the averaging estimator
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["train/loss"] for r in records if "train/loss" in r]
+    assert losses[-1] < 0.6 * losses[0]
+    assert json.loads((tmp_path / "summary.json").read_text())["step"] == 1000
+
+
+def test_checkpoint_restores_the_saved_state(fast_config, tmp_path):
+    cfg = fast_config()
+    tx = make_optimizer(cfg.training)
+    state = init_state(build_model(cfg), tx, cfg.data, seed=3)
+    state = state.replace(step=state.step + 7, params=jax.tree.map(lambda p: p + 1.5, state.params))
+    checkpoints = Checkpoints(tmp_path, max_to_keep=2)
+    checkpoints.save_latest(state)
+    checkpoints.close()
+    restored = Checkpoints(tmp_path, max_to_keep=2).restore_latest(init_state(build_model(cfg), tx, cfg.data, seed=0))
+    assert int(restored.step) == 7
+    assert_trees_equal(restored, state)
+    assert isinstance(restored.opt_state[1][0], optax.ScaleByAdamState)
+
+
+def test_resumed_run_equals_uninterrupted_run(fast_config, tmp_path):
+    cfg = fast_config()
+    run(cfg, tmp_path / "straight")
+    run(fast_config("training.steps=20"), tmp_path / "resumed")  # stops at its step-20 checkpoint
+    run(cfg, tmp_path / "resumed")
+    assert_trees_equal(final_state(cfg, tmp_path / "resumed"), final_state(cfg, tmp_path / "straight"))
+    records = [json.loads(line) for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "train/loss" in r] == [10, 20, 30, 40]  # none twice, none lost
+
+
+def test_sigkilled_run_resumes_to_the_same_params(fast_config, tmp_path):
+    long = ["training.steps=3000", "training.checkpoint_every=20", "training.eval_every=1000", "training.log_every=1000"]
+    run(fast_config(*long), tmp_path / "straight")
+    run_dir = tmp_path / "killed"
+    command = [sys.executable, "train.py", *FAST, *long, f"hydra.run.dir={run_dir}"]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not any(p.name.isdigit() for p in (run_dir / "checkpoints" / "latest").glob("*")) and time.time() < deadline:
+        time.sleep(0.02)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    saved = sorted(int(p.name) for p in (run_dir / "checkpoints" / "latest").glob("*") if p.name.isdigit())
+    assert saved and saved[-1] < 3000, f"the run was not killed mid-way: {saved}"
+    subprocess.run(command, cwd=ROOT, check=True, capture_output=True, timeout=300)
+    cfg = fast_config(*long)
+    assert_trees_equal(final_state(cfg, run_dir), final_state(cfg, tmp_path / "straight"))
