@@ -13,10 +13,11 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from icl_lr.config import ConfigError, from_dictconfig
 from icl_lr.run import run
+from icl_lr.tracking import WandbRun
 
 
 @hydra.main(config_path="configs", config_name="config", version_base="1.3")
@@ -26,7 +27,9 @@ def main(cfg: DictConfig) -> None:
     except ConfigError as error:
         logging.getLogger("icl_lr").error("config error: %s", error)
         sys.exit(2)
-    run(run_cfg, Path(HydraConfig.get().runtime.output_dir))
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    wandb_run = WandbRun(cfg.wandb, OmegaConf.to_container(cfg, resolve=True), run_dir)
+    run(run_cfg, run_dir, trackers=[wandb_run], init_from=cfg.init_from)
 
 
 if __name__ == "__main__":

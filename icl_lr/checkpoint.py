@@ -2,6 +2,7 @@
 
 Orbax writes each step to a temporary directory and renames it when complete, so a run killed
 mid-save leaves only whole checkpoints behind, and a restart resumes from the last of them.
+Saves wait for completion: a checkpoint is uploaded as a W&B artifact right after it is written.
 """
 
 from pathlib import Path
@@ -23,17 +24,20 @@ class Checkpoints:
         )
 
     def save_latest(self, state) -> Path:
+        """Saves and returns the step's directory once complete (ready to upload)."""
         step = int(state.step)
         self.latest.save(step, args=ocp.args.StandardSave(state))
+        self.latest.wait_until_finished()
         return self.latest.directory / str(step)
 
-    def save_best(self, state, eval_error: float) -> bool:
-        """Saves if `eval_error` beats the best so far; True when it did."""
+    def save_best(self, state, eval_error: float) -> Path | None:
+        """Saves if `eval_error` beats the best so far and returns its directory, else None."""
         step = int(state.step)
         if self.best.best_step() is not None and eval_error >= self._best_error():
-            return False
+            return None
         self.best.save(step, args=ocp.args.StandardSave(state), metrics={BEST_METRIC: float(eval_error)})
-        return True
+        self.best.wait_until_finished()
+        return self.best.directory / str(step)
 
     def _best_error(self) -> float:
         self.best.wait_until_finished()
@@ -53,3 +57,10 @@ class Checkpoints:
         self.best.wait_until_finished()
         self.latest.close()
         self.best.close()
+
+
+def restore_params(step_dir: Path, template):
+    """Params of the TrainState saved in one step directory (a checkpoint or a downloaded artifact)."""
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
+    with ocp.StandardCheckpointer() as checkpointer:
+        return checkpointer.restore(Path(step_dir).absolute() / "default", abstract).params

@@ -60,11 +60,12 @@ def make_model_curve_fn(model, data_cfg: data.DataConfig, eval_cfg: EvalConfig):
 
 
 def summarize(curves: dict, n_dims: int) -> dict:
-    """Scalars for dashboards: each curve at k = d/2, d, 2d, and the model's excess over Bayes."""
+    """Scalars for dashboards: each curve at k = d/2, d, 2d, the model's mean, its excess over Bayes."""
     n = len(curves["model"])
     points = {f"k{k}": k for k in (n_dims // 2, n_dims, 2 * n_dims) if k < n}
     summary = {f"{name}/error_{label}": float(curve[k]) for name, curve in curves.items() for label, k in points.items()}
     excess = np.asarray(curves["model"]) - np.asarray(curves[BAYES])
     summary |= {f"excess/error_{label}": float(excess[k]) for label, k in points.items()}
     summary["excess/mean"] = float(excess.mean())
+    summary["model/error_mean"] = float(np.mean(curves["model"]))
     return summary

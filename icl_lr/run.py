@@ -8,7 +8,7 @@ import jax
 import numpy as np
 
 from icl_lr import evaluate
-from icl_lr.checkpoint import Checkpoints
+from icl_lr.checkpoint import Checkpoints, restore_params
 from icl_lr.config import RunConfig
 from icl_lr.model import ICLModel
 from icl_lr.tracking import LocalFiles, Tracker, Trackers
@@ -33,8 +33,22 @@ def _headline(curves: dict, n_dims: int) -> str:
     return f"error@k={k}: " + ", ".join(parts) + f" (k=0: {curves['model'][0]:.4f})"
 
 
-def run(cfg: RunConfig, run_dir: Path, trackers=()) -> dict:
-    """Trains to cfg.training.steps, resuming from run_dir's checkpoints; returns the final summary."""
+def _initial_params(init_from: str, template):
+    """Params from a local step directory, or from a W&B model artifact (downloaded)."""
+    path = Path(init_from)
+    if not path.exists():
+        import wandb
+
+        path = Path(wandb.Api().artifact(init_from, type="model").download())
+    return restore_params(path, template)
+
+
+def run(cfg: RunConfig, run_dir: Path, trackers=(), init_from: str | None = None) -> dict:
+    """Trains to cfg.training.steps, resuming from run_dir's checkpoints; returns the final summary.
+
+    `init_from` (a checkpoint step directory or W&B artifact reference) sets the initial params of
+    a new run; a run dir with checkpoints of its own always resumes from those instead.
+    """
     run_dir = Path(run_dir)
     t = cfg.training
     model = build_model(cfg)
@@ -43,7 +57,11 @@ def run(cfg: RunConfig, run_dir: Path, trackers=()) -> dict:
     n_params = sum(p.size for p in jax.tree.leaves(state.params))
     checkpoints = Checkpoints(run_dir / "checkpoints", t.max_to_keep)
     restored = checkpoints.restore_latest(state)
-    state = restored if restored is not None else state
+    if restored is not None:
+        state = restored
+    elif init_from:
+        state = state.replace(params=_initial_params(init_from, state))
+        log.info("initial params from %s", init_from)
     step = int(state.step)
     log.info("%s at step %d of %d; model %d parameters; run dir %s", "resumed" if restored else "starting", step, t.steps, n_params, run_dir)
     tracker: Tracker = Trackers([LocalFiles(run_dir, resume_step=step), *trackers])
@@ -58,6 +76,7 @@ def run(cfg: RunConfig, run_dir: Path, trackers=()) -> dict:
     window = []  # metrics of the chunks since the last log line
     timer, timed_steps, compiled = time.perf_counter(), 0, False
     while step < t.steps:
+        best_dir = None  # set when this step's eval saves a new best checkpoint
         state, metrics = train_chunk(state)
         window.append(jax.device_get(metrics))
         step += t.steps_per_dispatch
@@ -90,19 +109,20 @@ def run(cfg: RunConfig, run_dir: Path, trackers=()) -> dict:
         if step % t.eval_every == 0 or step == t.steps:
             eval_started = time.perf_counter()
             curves = {"model": np.asarray(model_curve(state.params, eval_set.inputs, eval_set.ys)), **eval_set.baseline_curves}
-            scalars = evaluate.summarize(curves, cfg.data.n_dims)
-            scalars["model/error_mean"] = float(curves["model"].mean())
+            scalars = {f"eval/{k}": v for k, v in evaluate.summarize(curves, cfg.data.n_dims).items()}
             tracker.log(scalars, step)
             tracker.log_curves(curves, step)
             summary |= scalars | {"curves": {k: v.tolist() for k, v in curves.items()}}
-            log.info("eval at step %d | %s | excess over Bayes (mean over k) %.4f", step, _headline(curves, cfg.data.n_dims), scalars["excess/mean"])
-            if checkpoints.save_best(state, scalars["model/error_mean"]):
-                tracker.log_checkpoint(checkpoints.best.directory, step, ["best"])
+            log.info("eval at step %d | %s | excess over Bayes (mean over k) %.4f", step, _headline(curves, cfg.data.n_dims), scalars["eval/excess/mean"])
+            best_dir = checkpoints.save_best(state, scalars["eval/model/error_mean"])
             timer += time.perf_counter() - eval_started  # eval time is not training throughput
 
-        if step % t.checkpoint_every == 0 or step == t.steps:
-            directory = checkpoints.save_latest(state)
-            tracker.log_checkpoint(directory, step, ["latest", f"step-{step}"])
+        is_checkpoint_step = step % t.checkpoint_every == 0 or step == t.steps
+        if is_checkpoint_step:  # one artifact version for both, when the best is also the latest
+            aliases = ["latest", f"step-{step}"] + (["best"] if best_dir else [])
+            tracker.log_checkpoint(checkpoints.save_latest(state), step, aliases)
+        elif best_dir:
+            tracker.log_checkpoint(best_dir, step, ["best"])
 
     checkpoints.close()
     summary |= {"step": step, "wall_seconds": time.perf_counter() - started}

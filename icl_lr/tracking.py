@@ -3,11 +3,21 @@
 LocalFiles always runs: JSON lines in the run directory (metrics.jsonl, curves.jsonl and
 summary.json), readable without W&B. On resume it drops records past the restored step, so the
 steps a killed run did after its last checkpoint are not counted twice.
+
+WandbRun streams the same numbers to W&B, plus the error curves as tables and line charts and
+the checkpoints as `model` artifacts. Without an API key it runs offline; if the server cannot be
+reached it falls back to offline, so training never stops for W&B.
 """
 
 import json
+import logging
+import netrc
+import os
 from pathlib import Path
 from typing import Sequence
+from urllib.parse import urlparse
+
+log = logging.getLogger("icl_lr")
 
 
 class Tracker:
@@ -71,3 +81,87 @@ class Trackers(Tracker):
     def finish(self, summary):
         for t in self.trackers:
             t.finish(summary)
+
+
+def api_key_configured() -> bool:
+    """True when W&B would find a key: WANDB_API_KEY, or a netrc entry for the W&B host."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+    try:
+        return netrc.netrc(os.environ.get("NETRC")).authenticators(host) is not None
+    except (FileNotFoundError, netrc.NetrcParseError):
+        return False
+
+
+def resolve_mode(mode: str) -> str:
+    """online | offline | disabled; WANDB_MODE wins, 'auto' is online only with a key."""
+    mode = os.environ.get("WANDB_MODE", mode)
+    if mode not in ("auto", "online", "offline", "disabled", "dryrun", "run"):
+        raise ValueError(f"wandb.mode must be auto, online, offline or disabled, got {mode!r}")
+    if mode == "auto":
+        return "online" if api_key_configured() else "offline"
+    return {"dryrun": "offline", "run": "online"}.get(mode, mode)
+
+
+class WandbRun(Tracker):
+    """One W&B run per training run; the id is kept in the run dir so a resumed run continues it."""
+
+    def __init__(self, settings: dict, config: dict, run_dir: Path):
+        import wandb
+        from wandb.sdk.lib import runid
+
+        self.wandb = wandb
+        self.log_checkpoints = settings.get("log_checkpoints", True)
+        run_dir = Path(run_dir).absolute()
+        id_file = run_dir / "wandb_run_id"
+        run_id = id_file.read_text().strip() if id_file.exists() else os.environ.get("WANDB_RUN_ID") or runid.generate_id()
+        run_dir.mkdir(parents=True, exist_ok=True)
+        id_file.write_text(run_id)
+        init_args = dict(
+            project=settings.get("project"), entity=settings.get("entity"), group=settings.get("group"),
+            tags=list(settings.get("tags") or []), job_type=settings.get("job_type"), name=settings.get("name"),
+            config=config, dir=str(run_dir), id=run_id, resume="allow",
+        )
+        mode = resolve_mode(settings.get("mode", "auto"))
+        try:
+            self.run = wandb.init(mode=mode, settings=wandb.Settings(init_timeout=settings.get("init_timeout", 30)), **init_args)
+        except Exception as error:  # bad key, unreachable server: keep training, log offline
+            if mode != "online":
+                raise
+            log.warning("W&B could not start online (%s: %s); logging offline instead", type(error).__name__, error)
+            mode = "offline"
+            self.run = wandb.init(mode=mode, **init_args)
+        if mode == "offline":
+            log.info("W&B is offline; upload later with: wandb sync %s", self.run.dir.rsplit("/files", 1)[0])
+        self.run.define_metric("step")
+        self.run.define_metric("*", step_metric="step")
+        for key in ("train/loss", "eval/model/error_mean"):  # best value in the summary; sweep metrics stay last values
+            self.run.define_metric(key, step_metric="step", summary="min")
+
+    def log(self, metrics: dict, step: int) -> None:
+        self.run.log({"step": step, **metrics})
+
+    def log_curves(self, curves: dict, step: int) -> None:
+        names = list(curves)
+        ks = list(range(len(curves[names[0]])))
+        table = self.wandb.Table(columns=["k", *names], data=[[k, *(float(curves[n][k]) for n in names)] for k in ks])
+        chart = self.wandb.plot.line_series(
+            xs=ks, ys=[[float(v) for v in curves[n]] for n in names], keys=names,
+            title=f"squared error / d vs in-context examples (step {step})", xname="k",
+        )
+        self.run.log({"step": step, "eval/curves": table, "eval/curves_chart": chart})
+
+    def log_checkpoint(self, directory: Path, step: int, aliases: Sequence[str]) -> None:
+        if not self.log_checkpoints:
+            return
+        artifact = self.wandb.Artifact(f"model-{self.run.id}", type="model", metadata={"step": step})
+        artifact.add_dir(str(directory))
+        self.run.log_artifact(artifact, aliases=list(aliases))
+
+    def finish(self, summary: dict) -> None:
+        """Adds the run-level numbers; logged metrics already keep their last (or min) value."""
+        for key, value in summary.items():
+            if "/" not in key:
+                self.run.summary[key] = value
+        self.run.finish()
