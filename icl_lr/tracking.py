@@ -129,8 +129,10 @@ class WandbRun(Tracker):
         except Exception as error:  # bad key, unreachable server: keep training, log offline
             if mode != "online":
                 raise
-            log.warning("W&B could not start online (%s: %s); logging offline instead", type(error).__name__, error)
+            reason = " ".join(str(error).split())  # one line
+            log.warning("W&B could not start online (%s: %s); logging offline instead", type(error).__name__, reason)
             mode = "offline"
+            wandb.teardown()  # the failed attempt still holds the run id in wandb's service process
             self.run = wandb.init(mode=mode, **init_args)
         if mode == "offline":
             log.info("W&B is offline; upload later with: wandb sync %s", self.run.dir.rsplit("/files", 1)[0])

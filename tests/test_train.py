@@ -9,24 +9,10 @@ import jax
 import numpy as np
 import optax
 
-from conftest import FAST, ROOT
+from conftest import FAST, ROOT, assert_trees_equal, final_state
 from icl_lr.checkpoint import Checkpoints
 from icl_lr.run import build_model, run
 from icl_lr.train import init_state, learning_rate_schedule, make_optimizer
-
-
-def final_state(cfg, run_dir):
-    template = init_state(build_model(cfg), make_optimizer(cfg.training), cfg.data, cfg.seed)
-    checkpoints = Checkpoints(run_dir / "checkpoints", cfg.training.max_to_keep)
-    try:
-        return checkpoints.restore_latest(template)
-    finally:
-        checkpoints.close()
-
-
-def assert_trees_equal(a, b):
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
 def test_learning_rate_warmup_then_cosine(fast_config):

@@ -1,0 +1,106 @@
+"""Aggregate runs into tables and plots.
+
+  python analyze.py outputs/sweep-local-abc123            # local run dirs (train.py's outputs), any depth
+  python analyze.py --wandb my-team/icl-lr --sweep 9x2k   # runs of a W&B project (needs a key and network)
+
+Runs are grouped by what the sweep varied (config keys that differ between runs, the model's shape
+as `model_size`), and every metric is aggregated over the seeds of a group: mean, std and a bootstrap
+95% interval of the mean. Writes to --out: runs.csv (one row per run: config and summary),
+curves.csv (error per run, predictor and context length k, last eval), aggregate.csv and
+curve_aggregate.csv (the statistics), summary.md (a Markdown table), and PNG plots: error vs k per
+group with the baselines; final excess error vs model size and vs noise std when those vary.
+"""
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display needed
+
+from icl_lr import analysis  # noqa: E402
+
+HEADLINE = ["eval/excess/mean", "eval/model/error_mean"]
+log = logging.getLogger("analyze")
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("paths", nargs="*", type=Path, help="run dirs or folders holding them (e.g. outputs/, multirun/<date>/)")
+    parser.add_argument("--wandb", metavar="ENTITY/PROJECT", help="load runs from the W&B API instead of local dirs")
+    parser.add_argument("--sweep", metavar="ID", help="with --wandb: only the runs of this sweep")
+    parser.add_argument("--state", default="finished", help="with --wandb: run state to keep; 'any' keeps all (default: finished)")
+    parser.add_argument("--where", action="append", default=[], metavar="KEY=VALUE",
+                        help="keep runs whose column KEY equals VALUE, e.g. --where data.n_dims=5 (repeatable)")
+    parser.add_argument("--group-by", action="append", metavar="KEY",
+                        help="group by these columns instead of the ones the runs vary in (repeatable)")
+    parser.add_argument("--metrics", nargs="+", metavar="NAME",
+                        help=f"summary metrics for summary.md (default: {' '.join(HEADLINE)}); aggregate.csv has every eval/ metric")
+    parser.add_argument("--out", type=Path, default=Path("analysis"), help="output folder (default: analysis/)")
+    parser.add_argument("--format", nargs="+", choices=["csv", "parquet"], default=["csv"], help="table file formats (default: csv)")
+    parser.add_argument("--bootstrap", type=int, default=2000, metavar="N", help="bootstrap resamples for the 95%% interval (default 2000)")
+    parser.add_argument("--no-plots", action="store_true", help="tables only")
+    args = parser.parse_args(argv)
+    if bool(args.paths) == bool(args.wandb):
+        parser.error("give run dirs, or --wandb ENTITY/PROJECT (not both)")
+    if args.sweep and not args.wandb:
+        parser.error("--sweep needs --wandb; for local sweeps pass outputs/sweep-<id>")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        if args.wandb:
+            runs, curves = analysis.load_wandb(args.wandb, args.sweep, None if args.state == "any" else args.state)
+        else:
+            runs, curves = analysis.load_local(args.paths)
+        runs, curves = analysis.apply_filters(runs, curves, args.where)
+    except (FileNotFoundError, LookupError) as error:
+        log.error("analyze: %s", error)
+        return 2
+    if runs.empty:
+        log.error("analyze: no runs left after --where %s", " ".join(args.where))
+        return 2
+    keys = args.group_by or analysis.group_keys(runs)
+    missing = [k for k in [*keys, *(args.metrics or [])] if k not in runs]
+    if missing:
+        log.error("analyze: unknown column(s) %s; runs.csv lists them all", ", ".join(missing))
+        return 2
+    metrics = [c for c in runs if c.startswith("eval/")] + ["n_params"]
+    aggregate = analysis.aggregate_runs(runs, keys, metrics, args.bootstrap)
+    curve_stats = analysis.aggregate_curves(runs, curves, keys, args.bootstrap)
+    log.info("%d runs in %d groups by %s", len(runs), runs.groupby(keys, dropna=False).ngroups, ", ".join(keys))
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    tables = {"runs": runs, "curves": curves, "aggregate": aggregate, "curve_aggregate": curve_stats}
+    written = []
+    for name, table in tables.items():
+        for fmt in args.format:
+            path = args.out / f"{name}.{fmt}"
+            table.to_csv(path, index=False) if fmt == "csv" else table.to_parquet(path, index=False)
+            written.append(path)
+    markdown = analysis.markdown_table(aggregate, keys, args.metrics or HEADLINE)
+    (args.out / "summary.md").write_text(markdown + "\n")
+    written.append(args.out / "summary.md")
+
+    if not args.no_plots:
+        analysis.plot_error_curves(curve_stats, keys, args.out / "error_vs_context.png")
+        written.append(args.out / "error_vs_context.png")
+        if "model_size" in keys and runs.model_size.nunique() > 1:
+            order = list(runs.groupby("model_size").n_params.first().sort_values().index)
+            analysis.plot_metric(aggregate, "eval/excess/mean", "model_size", keys, args.out / "excess_vs_model_size.png", order)
+            written.append(args.out / "excess_vs_model_size.png")
+        if "data.noise_std" in keys and runs["data.noise_std"].nunique() > 1:
+            analysis.plot_metric(aggregate, "eval/excess/mean", "data.noise_std", keys, args.out / "excess_vs_noise_std.png")
+            written.append(args.out / "excess_vs_noise_std.png")
+    print(markdown)
+    print("wrote " + ", ".join(map(str, written)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,173 @@
+"""Training throughput of icl-lr's JAX model against a PyTorch reference, side by side.
+
+    python bench/benchmark.py                      # tiny, small, standard at Garg et al.'s d=20, 41 points, batch 64
+    python bench/benchmark.py --presets standard --steps 20
+
+For each preset: steps/s, tokens/s and model FLOP utilisation (MFU: the model's matmul FLOPs per
+second over this machine's measured peak float32 matmul rate) of the whole jitted JAX train step
+(sampling, forward, backward, AdamW update), its compile time, and the same for Garg et al.'s
+PyTorch model (transformers.GPT2Model with a linear read-in and read-out, Adam) trained on the
+same batch and sequence length. Then the cost of one evaluation: building the held-out set with
+its baselines (once per run) and scoring the model on it (every eval). A benchmark, not a test.
+"""
+
+import argparse
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from icl_lr import evaluate
+from icl_lr.data import DataConfig
+from icl_lr.model import ICLModel, ModelConfig
+from icl_lr.train import TrainingConfig, init_state, make_optimizer, make_train_chunk
+
+PRESETS = {"tiny": (3, 64, 2), "small": (6, 128, 4), "standard": (12, 256, 8)}  # n_layer, n_embd, n_head (configs/model/)
+
+
+def peak_matmul_flops(sizes=(1024, 2048, 3072), repeats=5) -> float:
+    """The best float32 matmul rate JAX reaches here: the denominator of MFU."""
+    best = 0.0
+    for n in sizes:
+        a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
+        matmul = jax.jit(jnp.matmul)
+        matmul(a, a).block_until_ready()
+        started = time.perf_counter()
+        for _ in range(repeats):
+            matmul(a, a).block_until_ready()
+        best = max(best, 2 * n**3 * repeats / (time.perf_counter() - started))
+    return best
+
+
+def train_flops_per_step(n_layer: int, width: int, n_dims: int, batch: int, length: int) -> float:
+    """Matmul FLOPs of one step (backward = 2x forward): weights 2 per parameter per token, plus
+    the attention scores and their weighted sum (2 * 2 * length * width per token and layer)."""
+    weights = n_layer * 12 * width**2 + n_dims * width + width  # blocks, read-in, read-out
+    per_token = 2 * weights + 4 * n_layer * length * width
+    return 3 * per_token * batch * length
+
+
+def time_jax(preset: str, data_cfg: DataConfig, batch: int, steps: int) -> dict:
+    n_layer, width, heads = PRESETS[preset]
+    model = ICLModel(ModelConfig(n_layer, width, heads, n_positions=data_cfg.sequence_length))
+    chunk = max(1, min(steps, 10))
+    train_cfg = TrainingConfig(steps=10**6, batch_size=batch, learning_rate=1e-4, warmup_steps=0, steps_per_dispatch=chunk)
+    tx = make_optimizer(train_cfg)
+    state = init_state(model, tx, data_cfg, seed=0)
+    train_chunk = make_train_chunk(model, tx, data_cfg, train_cfg)
+    started = time.perf_counter()
+    compiled = train_chunk.lower(state).compile()
+    compile_seconds = time.perf_counter() - started
+    state, _ = compiled(state)  # warm-up
+    jax.block_until_ready(state)
+    dispatches = -(-steps // chunk)
+    started = time.perf_counter()
+    for _ in range(dispatches):
+        state, metrics = compiled(state)
+    jax.block_until_ready((state, metrics))
+    return {"step_seconds": (time.perf_counter() - started) / (dispatches * chunk), "compile_seconds": compile_seconds, "model": model, "state": state}
+
+
+def time_torch(preset: str, n_dims: int, n_points: int, batch: int, steps: int) -> float | None:
+    """Seconds per step of Garg et al.'s model and loop, or None without torch/transformers."""
+    try:
+        import torch
+        from transformers import GPT2Config, GPT2Model
+    except ImportError:
+        return None
+    torch.set_num_threads(os.cpu_count())
+    n_layer, width, heads = PRESETS[preset]
+
+    class Reference(torch.nn.Module):  # Garg et al.'s TransformerModel
+        def __init__(self):
+            super().__init__()
+            config = GPT2Config(n_positions=2 * n_points, n_embd=width, n_layer=n_layer, n_head=heads,
+                                resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, use_cache=False)
+            self.read_in, self.backbone, self.read_out = torch.nn.Linear(n_dims, width), GPT2Model(config), torch.nn.Linear(width, 1)
+
+        def forward(self, xs, ys):
+            y_tokens = torch.cat([ys[..., None], torch.zeros_like(xs[..., 1:])], dim=-1)
+            inputs = torch.stack([xs, y_tokens], dim=2).reshape(xs.shape[0], 2 * n_points, n_dims)
+            hidden = self.backbone(inputs_embeds=self.read_in(inputs)).last_hidden_state
+            return self.read_out(hidden)[:, ::2, 0]  # the prediction of y_i at x_i's position
+
+    model = Reference()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+
+    def step():
+        xs = torch.randn(batch, n_points, n_dims)
+        ys = (xs @ torch.randn(batch, n_dims, 1))[..., 0]
+        optimizer.zero_grad()
+        loss = ((model(xs, ys) - ys) ** 2).mean()
+        loss.backward()
+        optimizer.step()
+
+    step()  # warm-up
+    started = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return (time.perf_counter() - started) / steps
+
+
+def time_eval_set(data_cfg: DataConfig, eval_cfg: evaluate.EvalConfig):
+    """The held-out set with its baselines, built as a run builds it once (compile included)."""
+    started = time.perf_counter()
+    eval_set = evaluate.make_eval_set(data_cfg, eval_cfg)
+    return eval_set, time.perf_counter() - started
+
+
+def time_model_eval(model, params, data_cfg: DataConfig, eval_cfg: evaluate.EvalConfig, eval_set) -> float:
+    """Seconds to score the model on the held-out set, as every eval after the first does."""
+    curve = evaluate.make_model_curve_fn(model, data_cfg, eval_cfg)
+    curve(params, eval_set.inputs, eval_set.ys).block_until_ready()
+    started = time.perf_counter()
+    curve(params, eval_set.inputs, eval_set.ys).block_until_ready()
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--presets", nargs="+", choices=list(PRESETS), default=list(PRESETS))
+    parser.add_argument("--n-dims", type=int, default=20)
+    parser.add_argument("--n-points", type=int, default=41)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per preset and framework (default 20)")
+    parser.add_argument("--eval-prompts", type=int, default=1280)
+    args = parser.parse_args()
+
+    data_cfg = DataConfig(n_dims=args.n_dims, n_points=args.n_points)
+    length = data_cfg.sequence_length
+    device = jax.devices()[0]
+    peak = peak_matmul_flops()
+    print(f"JAX {jax.__version__} on {device.platform} ({device.device_kind}), {os.cpu_count()} CPU cores")
+    print(f"measured peak float32 matmul: {peak / 1e9:.1f} GFLOP/s")
+    print(f"task: d={args.n_dims}, {args.n_points} points ({length} tokens), batch {args.batch_size}, {args.steps} timed steps\n")
+    header = f"{'preset':<9}{'params':>10} | {'JAX steps/s':>11}{'tokens/s':>10}{'MFU':>7}{'compile s':>10} | {'torch steps/s':>13}{'tokens/s':>10}{'MFU':>7} | {'JAX/torch time':>14}"
+    print(header)
+    print("-" * len(header))
+    eval_cfg = evaluate.EvalConfig(n_prompts=args.eval_prompts)
+    eval_set, build_seconds = time_eval_set(data_cfg, eval_cfg)
+    evals = []
+    for preset in args.presets:
+        n_layer, width, _ = PRESETS[preset]
+        flops = train_flops_per_step(n_layer, width, args.n_dims, args.batch_size, length)
+        jax_run = time_jax(preset, data_cfg, args.batch_size, args.steps)
+        torch_seconds = time_torch(preset, args.n_dims, args.n_points, args.batch_size, args.steps)
+        n_params = sum(p.size for p in jax.tree.leaves(jax_run["state"].params))
+        seconds = jax_run["step_seconds"]
+        row = f"{preset:<9}{n_params:>10,} | {1 / seconds:>11.2f}{args.batch_size * length / seconds:>10,.0f}{flops / seconds / peak:>7.1%}{jax_run['compile_seconds']:>10.1f} | "
+        if torch_seconds is None:
+            row += f"{'(no torch)':>30} | {'':>14}"
+        else:
+            row += f"{1 / torch_seconds:>13.2f}{args.batch_size * length / torch_seconds:>10,.0f}{flops / torch_seconds / peak:>7.1%} | {seconds / torch_seconds:>14.2f}"
+        print(row, flush=True)
+        evals.append((preset, time_model_eval(jax_run["model"], jax_run["state"].params, data_cfg, eval_cfg, eval_set)))
+    print(f"\neval on {args.eval_prompts} held-out prompts: the set and its 4 baselines, once per run (compile included): {build_seconds:.2f} s")
+    for preset, seconds in evals:
+        print(f"  {preset:<9} model error curve, every eval: {seconds:.2f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,201 @@
+"""Runs into pandas tables: one row per run, a long table of error curves, seed aggregates, plots.
+
+Runs come from local run dirs (what train.py writes: .hydra/config.yaml, summary.json,
+curves.jsonl) or from the W&B API (config, summary and the last `eval/curves` table). Both give the
+same columns: `run_id`, `run_dir` or `run_path`, the flattened config (`data.noise_std`, ...),
+`model_size` and the scalar summary metrics (`eval/excess/mean`, ...).
+"""
+
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+CONFIG_PREFIXES = ("data.", "model.", "training.", "eval.", "seed")  # config columns that can define a group
+CURVE_COLUMNS = ["run_id", "step", "predictor", "k", "error"]
+STATS = ["n", "mean", "std", "ci_low", "ci_high"]
+MODEL_SHAPE = ("model.n_layer", "model.n_embd", "model.n_head")  # summed up by the model_size column
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat |= _flatten(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = json.dumps(value) if isinstance(value, list) else value
+    return flat
+
+
+def _model_size(config: dict) -> str:
+    m = config["model"]
+    return f"{m['n_layer']}L/{m['n_embd']}d/{m['n_head']}H"
+
+
+def _run_row(run_id: str, config: dict, summary: dict, **source) -> dict:
+    scalars = {k: v for k, v in _flatten(summary).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return {"run_id": run_id, **source, **_flatten(config), "model_size": _model_size(config), **scalars}
+
+
+def _curve_rows(run_id: str, step: int, curves: dict) -> list:
+    return [(run_id, step, name, k, float(e)) for name, errors in curves.items() for k, e in enumerate(errors)]
+
+
+def load_local(paths) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every finished run dir (one holding summary.json) at or below `paths`: (runs, curves)."""
+    from omegaconf import OmegaConf
+
+    run_dirs = sorted({p.parent for path in map(Path, paths) for p in path.rglob("summary.json")})
+    if not run_dirs:
+        raise FileNotFoundError(f"no finished runs (run dirs with summary.json) under {', '.join(map(str, paths))}")
+    rows, curve_rows = [], []
+    for run_dir in run_dirs:
+        config = OmegaConf.to_container(OmegaConf.load(run_dir / ".hydra" / "config.yaml"), resolve=True)
+        id_file = run_dir / "wandb_run_id"
+        run_id = id_file.read_text().strip() if id_file.exists() else run_dir.name
+        rows.append(_run_row(run_id, config, json.loads((run_dir / "summary.json").read_text()), run_dir=str(run_dir)))
+        lines = (run_dir / "curves.jsonl").read_text().splitlines()
+        if lines:
+            last = json.loads(lines[-1])
+            curve_rows += _curve_rows(run_id, last.pop("step"), last)
+    return pd.DataFrame(rows), pd.DataFrame(curve_rows, columns=CURVE_COLUMNS)
+
+
+def load_wandb(project_path: str, sweep: str | None = None, state: str | None = "finished") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Runs of `entity/project` from the W&B API (needs a key and the network): (runs, curves)."""
+    import wandb
+
+    filters = {k: v for k, v in (("sweep", sweep), ("state", state)) if v}
+    rows, curve_rows = [], []
+    with tempfile.TemporaryDirectory() as downloads:
+        for run in wandb.Api().runs(project_path, filters=filters):
+            config = {k: v for k, v in run.config.items() if not k.startswith("_")}
+            summary = run.summary._json_dict
+            rows.append(_run_row(run.id, config, summary, run_path="/".join(run.path)))
+            table = summary.get("eval/curves")
+            if isinstance(table, dict) and table.get("path"):
+                with run.file(table["path"]).download(root=downloads, replace=True) as f:
+                    data = json.load(f)
+                curves = {name: [row[i] for row in data["data"]] for i, name in enumerate(data["columns"]) if name != "k"}
+                curve_rows += _curve_rows(run.id, summary.get("step"), curves)
+    if not rows:
+        raise LookupError(f"no runs in {project_path} matching {filters}")
+    return pd.DataFrame(rows), pd.DataFrame(curve_rows, columns=CURVE_COLUMNS)
+
+
+def apply_filters(runs: pd.DataFrame, curves: pd.DataFrame, where: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Keeps runs where every KEY=VALUE holds (VALUE compared as the column's text, so 0.5 matches 0.5)."""
+    keep = pd.Series(True, index=runs.index)
+    for condition in where:
+        key, sep, value = condition.partition("=")
+        if not sep or key not in runs:
+            raise KeyError(f"--where {condition!r}: expected KEY=VALUE with KEY one of the run columns, e.g. data.noise_std")
+        keep &= runs[key].astype(str) == value
+    runs = runs[keep]
+    return runs, curves[curves["run_id"].isin(runs["run_id"])]
+
+
+def group_keys(runs: pd.DataFrame) -> list[str]:
+    """What a sweep varied: config columns (seed aside) whose values differ between runs, with the
+    model's shape as one `model_size` column; just `model_size` when nothing varies."""
+    columns = [c for c in runs if c.startswith(CONFIG_PREFIXES) and c != "seed"]
+    varied = [c for c in columns if runs[c].astype(str).nunique() > 1]
+    shape = [c for c in varied if c in MODEL_SHAPE]
+    return ["model_size"] * bool(shape or not varied) + [c for c in varied if c not in MODEL_SHAPE]
+
+
+def bootstrap_interval(values: np.ndarray, n_resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap 95% interval of the mean; NaN below two values (no spread to resample)."""
+    values = np.asarray(values, dtype=float)
+    if len(values) < 2:
+        return float("nan"), float("nan")
+    resamples = np.random.default_rng(seed).choice(values, size=(n_resamples, len(values)))
+    low, high = np.percentile(resamples.mean(axis=1), [2.5, 97.5])
+    return float(low), float(high)
+
+
+def _stats(values: pd.Series, n_resamples: int) -> pd.Series:
+    low, high = bootstrap_interval(values.to_numpy(), n_resamples)
+    return pd.Series({"n": len(values), "mean": values.mean(), "std": values.std(ddof=1), "ci_low": low, "ci_high": high})
+
+
+def aggregate_runs(runs: pd.DataFrame, keys: list[str], metrics: list[str], n_resamples: int = 2000) -> pd.DataFrame:
+    """Long table: one row per (group, metric) with n, mean, std (ddof 1) and the bootstrap interval."""
+    long = runs.melt(id_vars=keys, value_vars=metrics, var_name="metric", value_name="value").dropna(subset=["value"])
+    table = long.groupby([*keys, "metric"], dropna=False).value.apply(_stats, n_resamples=n_resamples).unstack()
+    return table[STATS].reset_index()
+
+
+def aggregate_curves(runs: pd.DataFrame, curves: pd.DataFrame, keys: list[str], n_resamples: int = 2000) -> pd.DataFrame:
+    """Per group, predictor and context length k: the error's statistics over the group's runs."""
+    labelled = curves.merge(runs[["run_id", *keys]], on="run_id")
+    table = labelled.groupby([*keys, "predictor", "k"], dropna=False).error.apply(_stats, n_resamples=n_resamples).unstack()
+    return table[STATS].reset_index()
+
+
+def markdown_table(aggregate: pd.DataFrame, keys: list[str], metrics: list[str]) -> str:
+    """One row per group; each metric as `mean ± std [ci_low, ci_high] (n)`."""
+    chosen = aggregate[aggregate.metric.isin(metrics)].copy()
+    chosen["cell"] = [
+        f"{r.mean:.4f} ± {r.std:.4f} [{r.ci_low:.4f}, {r.ci_high:.4f}] (n={r.n:.0f})" for r in chosen.itertuples()
+    ]
+    wide = chosen.pivot_table(index=keys, columns="metric", values="cell", aggfunc="first", dropna=False)
+    return wide.reset_index().to_markdown(index=False)
+
+
+def _label(keys: list[str], values) -> str:
+    values = values if isinstance(values, tuple) else (values,)
+    return ", ".join(f"{k.split('.')[-1]}={v}" for k, v in zip(keys, values))
+
+
+def plot_error_curves(curve_stats: pd.DataFrame, keys: list[str], path: Path) -> None:
+    """Error vs number of in-context examples, one panel per group: the model (mean, 95% interval
+    over seeds) beside the baselines. Least squares' peak at k = d is cut off to keep the rest legible."""
+    import matplotlib.pyplot as plt
+
+    groups = list(curve_stats.groupby(keys, dropna=False, sort=True))
+    columns = min(3, len(groups))
+    rows = -(-len(groups) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.8 * columns, 3.6 * rows), squeeze=False)
+    for ax, (values, group) in zip(axes.flat, groups):
+        for predictor, line in group.groupby("predictor", sort=False):
+            is_model = predictor == "model"
+            ax.plot(line.k, line["mean"], label=predictor, lw=2.4 if is_model else 1.3, ls="-" if is_model else "--", color="black" if is_model else None)
+            if is_model:
+                ax.fill_between(line.k, line.ci_low, line.ci_high, color="black", alpha=0.2, lw=0)
+        model_start = group[(group.predictor == "model") & (group.k == 0)]["mean"].max()
+        ax.set_ylim(0, 1.3 * model_start)
+        ax.set(title=_label(keys, values), xlabel="in-context examples k", ylabel="squared error / d")
+        ax.grid(alpha=0.3)
+    for ax in axes.flat[len(groups) :]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_metric(aggregate: pd.DataFrame, metric: str, x_key: str, keys: list[str], path: Path, x_order=None) -> None:
+    """One metric's mean (bars: 95% interval over seeds) against x_key, a line per other group.
+    `x_order` puts categorical x values (model sizes) in order; numeric x values plot as numbers."""
+    import matplotlib.pyplot as plt
+
+    rows = aggregate[aggregate.metric == metric]
+    others = [k for k in keys if k != x_key]
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for values, line in rows.groupby(others, dropna=False, sort=True) if others else [((), rows)]:
+        line = line.sort_values(x_key, key=(lambda s: s.map(x_order.index)) if x_order else None)
+        x = [x_order.index(v) for v in line[x_key]] if x_order else line[x_key]
+        error = np.abs(np.stack([line["mean"] - line.ci_low, line.ci_high - line["mean"]]))
+        ax.errorbar(x, line["mean"], yerr=np.nan_to_num(error), marker="o", capsize=3, label=_label(others, values) or None)
+    if x_order:
+        ax.set_xticks(range(len(x_order)), x_order)
+    ax.set(xlabel=x_key, ylabel=metric, title=f"{metric} vs {x_key}")
+    ax.grid(alpha=0.3)
+    if others:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

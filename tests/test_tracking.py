@@ -1,0 +1,138 @@
+"""W&B tracking, checked on the run files wandb itself writes offline (read back with wandb's schema)."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import assert_trees_equal, final_state, no_key_env, train
+from icl_lr.run import run
+from icl_lr.wandb_files import RunFile
+
+SECRET = "0123456789abcdef0123456789abcdef01234567"  # a well-formed but bogus W&B API key
+
+
+def jsonl(path: Path) -> list:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def offline_run_files(run_dir: Path) -> list:
+    """The run files of a run dir's offline W&B runs, oldest first."""
+    return [RunFile.load(d) for d in sorted((run_dir / "wandb").glob("offline-run-*"))]
+
+
+def rows_with(history: list, key: str) -> dict:
+    return {row["step"]: row for row in history if key in row}
+
+
+@pytest.fixture(scope="module")
+def tracked_run(tmp_path_factory):
+    """One default-mode run on a machine without a key: W&B must go offline by itself."""
+    run_dir = tmp_path_factory.mktemp("tracked")
+    result = train(run_dir, "wandb.group=g1", "wandb.tags=[a,b]", "wandb.name=tiny-run")
+    return run_dir, result.stdout + result.stderr
+
+
+def test_without_a_key_the_run_is_offline_with_a_sync_hint(tracked_run):
+    run_dir, output = tracked_run
+    (offline,) = list((run_dir / "wandb").glob("offline-run-*"))
+    assert f"upload later with: wandb sync {offline}" in output
+
+
+def test_run_file_records_identity_and_the_resolved_config(tracked_run):
+    run_dir, _ = tracked_run
+    (record,) = offline_run_files(run_dir)
+    assert record.run_id == (run_dir / "wandb_run_id").read_text()
+    assert (record.project, record.group, record.name, record.job_type) == ("icl-lr", "g1", "tiny-run", "train")
+    assert record.tags == ["a", "b"]
+    assert record.config_value("data.n_dims") == 3 and record.config_value("model.n_embd") == 32
+    assert record.config_value("training.steps") == 40 and record.config_value("wandb.mode") == "auto"
+    assert record.exit_code == 0
+
+
+def test_history_and_summary_match_the_local_metrics(tracked_run):
+    run_dir, _ = tracked_run
+    (record,) = offline_run_files(run_dir)
+    local = jsonl(run_dir / "metrics.jsonl")
+    train_rows = rows_with(record.history, "train/loss")
+    assert sorted(train_rows) == [10, 20, 30, 40]
+    for row in (r for r in local if "train/loss" in r):
+        for key in ("train/loss", "train/grad_norm", "train/lr"):
+            assert train_rows[row["step"]][key] == pytest.approx(row[key], rel=1e-6)
+    assert "train/steps_per_second" in train_rows[40]
+    eval_rows = rows_with(record.history, "eval/excess/mean")
+    local_evals = {r["step"]: r for r in local if "eval/excess/mean" in r}
+    assert sorted(eval_rows) == sorted(local_evals) == [20, 40]
+    for step, row in local_evals.items():
+        for key in ("eval/excess/mean", "eval/model/error_k3", "eval/ridge/error_k6", "eval/excess/error_k1"):
+            assert eval_rows[step][key] == pytest.approx(row[key], rel=1e-6)
+    # the summary keeps the last value of sweep metrics and the best (min) of loss and model error
+    assert record.summary["eval/excess/mean"] == pytest.approx(local_evals[40]["eval/excess/mean"], rel=1e-6)
+    assert record.summary["train/loss"]["min"] == pytest.approx(min(train_rows[s]["train/loss"] for s in train_rows), rel=1e-6)
+    assert record.summary["eval/model/error_mean"]["min"] == pytest.approx(
+        min(r["eval/model/error_mean"] for r in local_evals.values()), rel=1e-6
+    )
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert record.summary["step"] == summary["step"] == 40 and record.summary["n_params"] == summary["n_params"]
+
+
+def test_error_curves_are_logged_as_tables(tracked_run):
+    run_dir, _ = tracked_run
+    (record,) = offline_run_files(run_dir)
+    files_dir = next((run_dir / "wandb").glob("offline-run-*")) / "files"
+    tables = rows_with(record.history, "eval/curves/path")
+    local = {r["step"]: r for r in jsonl(run_dir / "curves.jsonl")}
+    assert sorted(tables) == sorted(local) == [20, 40]
+    for step, row in tables.items():
+        table = json.loads((files_dir / row["eval/curves/path"]).read_text())
+        assert table["columns"][0] == "k"
+        assert sorted(table["columns"][1:]) == ["3nn", "averaging", "least_squares", "model", "ridge"]
+        values = np.asarray(table["data"])
+        np.testing.assert_array_equal(values[:, 0], np.arange(8))
+        for column, name in enumerate(table["columns"][1:], start=1):
+            np.testing.assert_allclose(values[:, column], local[step][name], rtol=1e-6)
+        assert row["eval/curves_chart_table/_type"] == "table-file"
+
+
+def test_checkpoints_are_model_artifacts_with_aliases(tracked_run):
+    run_dir, _ = tracked_run
+    (record,) = offline_run_files(run_dir)
+    models = [a for a in record.artifacts if a["type"] == "model"]
+    assert [a["name"] for a in models] == [f"model-{record.run_id}"] * 2
+    assert set(models[0]["aliases"]) == {"latest", "step-20", "best"}  # the first eval is the best so far
+    assert {"latest", "step-40"} <= set(models[1]["aliases"]) <= {"latest", "step-40", "best"}
+    checkpoint = run_dir / "checkpoints" / "latest" / "40"
+    on_disk = {str(p.relative_to(checkpoint)) for p in checkpoint.rglob("*") if p.is_file()}
+    assert set(models[1]["files"]) == on_disk and "default/_METADATA" in on_disk
+
+
+def test_resumed_run_continues_the_same_wandb_run(tmp_path):
+    train(tmp_path, "training.steps=20")
+    train(tmp_path)  # same dir, 40 steps: resumes from the step-20 checkpoint
+    first, second = offline_run_files(tmp_path)
+    assert first.run_id == second.run_id == (tmp_path / "wandb_run_id").read_text()
+    assert sorted(rows_with(first.history, "train/loss")) == [10, 20]
+    assert sorted(rows_with(second.history, "train/loss")) == [30, 40]  # nothing logged twice
+
+
+def test_unreachable_server_falls_back_to_offline_and_keeps_the_key_secret(tmp_path):
+    env = no_key_env(WANDB_MODE="online", WANDB_API_KEY=SECRET, WANDB_BASE_URL="http://127.0.0.1:9")
+    result = train(tmp_path, "wandb.init_timeout=3", env=env)
+    output = result.stdout + result.stderr
+    assert "W&B could not start online" in output and "logging offline instead" in output
+    (record,) = offline_run_files(tmp_path)
+    assert sorted(rows_with(record.history, "train/loss")) == [10, 20, 30, 40]  # training lost nothing
+    assert json.loads((tmp_path / "summary.json").read_text())["step"] == 40
+    assert SECRET not in output
+    leaks = [p for p in tmp_path.rglob("*") if p.is_file() and SECRET.encode() in p.read_bytes()]
+    assert not leaks, f"the API key was written to {leaks}"
+
+
+def test_init_from_a_checkpoint_starts_from_its_params(fast_config, tmp_path):
+    """At a learning rate of 1e-20 no update survives float32 rounding: the run must end with the source's params."""
+    source = fast_config("training.steps=20")
+    run(source, tmp_path / "source")
+    cfg = fast_config("training.steps=10", "training.learning_rate=1e-20", "seed=7")
+    run(cfg, tmp_path / "started", init_from=str(tmp_path / "source" / "checkpoints" / "latest" / "20"))
+    assert_trees_equal(final_state(cfg, tmp_path / "started").params, final_state(source, tmp_path / "source").params)
