@@ -86,13 +86,13 @@ def load_wandb(project_path: str, sweep: str | None = None, state: str | None = 
 
 
 def apply_filters(runs: pd.DataFrame, curves: pd.DataFrame, where: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Keeps runs where every KEY=VALUE holds (VALUE compared as the column's text, so 0.5 matches 0.5)."""
+    """Keeps runs where every KEY=VALUE holds, VALUE written as in the YAML (0.5, 16, null)."""
     keep = pd.Series(True, index=runs.index)
     for condition in where:
         key, sep, value = condition.partition("=")
         if not sep or key not in runs:
             raise KeyError(f"--where {condition!r}: expected KEY=VALUE with KEY one of the run columns, e.g. data.noise_std")
-        keep &= runs[key].astype(str) == value
+        keep &= runs[key].map(_config_text) == value
     runs = runs[keep]
     return runs, curves[curves["run_id"].isin(runs["run_id"])]
 
@@ -101,7 +101,7 @@ def group_keys(runs: pd.DataFrame) -> list[str]:
     """What a sweep varied: config columns (seed aside) whose values differ between runs, with the
     model's shape as one `model_size` column; just `model_size` when nothing varies."""
     columns = [c for c in runs if c.startswith(CONFIG_PREFIXES) and c != "seed"]
-    varied = [c for c in columns if runs[c].astype(str).nunique() > 1]
+    varied = [c for c in columns if runs[c].nunique(dropna=False) > 1]
     shape = [c for c in varied if c in MODEL_SHAPE]
     return ["model_size"] * bool(shape or not varied) + [c for c in varied if c not in MODEL_SHAPE]
 
@@ -135,19 +135,28 @@ def aggregate_curves(runs: pd.DataFrame, curves: pd.DataFrame, keys: list[str], 
     return table[STATS].reset_index()
 
 
+def _config_text(value) -> str:
+    """A config value as the YAML shows it: null, 16 (not 16.0 from a column with nulls)."""
+    if pd.isna(value):
+        return "null"
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+
+
 def markdown_table(aggregate: pd.DataFrame, keys: list[str], metrics: list[str]) -> str:
-    """One row per group; each metric as `mean ± std [ci_low, ci_high] (n)`."""
+    """One row per group; each metric as `mean ± std [95% interval] (n)`, just `mean (n=1)` for one run."""
     chosen = aggregate[aggregate.metric.isin(metrics)].copy()
     chosen["cell"] = [
-        f"{r.mean:.4f} ± {r.std:.4f} [{r.ci_low:.4f}, {r.ci_high:.4f}] (n={r.n:.0f})" for r in chosen.itertuples()
+        f"{r.mean:.4f} ± {r.std:.4f} [{r.ci_low:.4f}, {r.ci_high:.4f}] (n={r.n:.0f})" if r.n > 1 else f"{r.mean:.4f} (n=1)"
+        for r in chosen.itertuples()
     ]
-    wide = chosen.pivot_table(index=keys, columns="metric", values="cell", aggfunc="first", dropna=False)
-    return wide.reset_index().to_markdown(index=False)
+    wide = chosen.set_index([*keys, "metric"])["cell"].unstack("metric").reset_index()
+    wide[keys] = wide[keys].map(_config_text)
+    return wide.to_markdown(index=False)
 
 
-def _label(keys: list[str], values) -> str:
+def _label(keys: list[str], values, separator: str = ", ") -> str:
     values = values if isinstance(values, tuple) else (values,)
-    return ", ".join(f"{k.split('.')[-1]}={v}" for k, v in zip(keys, values))
+    return separator.join(f"{k.split('.')[-1]}={_config_text(v)}" for k, v in zip(keys, values))
 
 
 def plot_error_curves(curve_stats: pd.DataFrame, keys: list[str], path: Path) -> None:
@@ -158,7 +167,7 @@ def plot_error_curves(curve_stats: pd.DataFrame, keys: list[str], path: Path) ->
     groups = list(curve_stats.groupby(keys, dropna=False, sort=True))
     columns = min(3, len(groups))
     rows = -(-len(groups) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(4.8 * columns, 3.6 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.8 * columns, (3.3 + 0.3 * len(keys)) * rows), squeeze=False)
     for ax, (values, group) in zip(axes.flat, groups):
         for predictor, line in group.groupby("predictor", sort=False):
             is_model = predictor == "model"
@@ -167,7 +176,8 @@ def plot_error_curves(curve_stats: pd.DataFrame, keys: list[str], path: Path) ->
                 ax.fill_between(line.k, line.ci_low, line.ci_high, color="black", alpha=0.2, lw=0)
         model_start = group[(group.predictor == "model") & (group.k == 0)]["mean"].max()
         ax.set_ylim(0, 1.3 * model_start)
-        ax.set(title=_label(keys, values), xlabel="in-context examples k", ylabel="squared error / d")
+        ax.set_title(_label(keys, values, "\n"), fontsize=9)
+        ax.set(xlabel="in-context examples k", ylabel="squared error / d")
         ax.grid(alpha=0.3)
     for ax in axes.flat[len(groups) :]:
         ax.axis("off")

@@ -58,9 +58,9 @@ def no_key_env(**extra) -> dict:
     return env | {"NETRC": os.devnull} | extra
 
 
-def train(run_dir, *overrides, env=None, cwd=ROOT, timeout=300):
-    """`python train.py FAST overrides hydra.run.dir=run_dir`, as a user runs it; checks it succeeds."""
-    command = [sys.executable, str(ROOT / "train.py"), *FAST, *overrides, f"hydra.run.dir={run_dir}"]
+def train(run_dir, *overrides, fast=True, env=None, cwd=ROOT, timeout=300):
+    """`python train.py [FAST] overrides hydra.run.dir=run_dir`, as a user runs it; checks it succeeds."""
+    command = [sys.executable, str(ROOT / "train.py"), *(FAST if fast else []), *overrides, f"hydra.run.dir={run_dir}"]
     result = subprocess.run(command, cwd=cwd, env=env or no_key_env(), capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
