@@ -17,7 +17,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from icl_lr import evaluate
 from icl_lr.data import DataConfig

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from icl_lr.tracking import read_jsonl
+
 CONFIG_PREFIXES = ("data.", "model.", "training.", "eval.", "seed")  # config columns that can define a group
 CURVE_COLUMNS = ["run_id", "step", "predictor", "k", "error"]
 STATS = ["n", "mean", "std", "ci_low", "ci_high"]
@@ -56,9 +58,9 @@ def load_local(paths) -> tuple[pd.DataFrame, pd.DataFrame]:
         id_file = run_dir / "wandb_run_id"
         run_id = id_file.read_text().strip() if id_file.exists() else run_dir.name
         rows.append(_run_row(run_id, config, json.loads((run_dir / "summary.json").read_text()), run_dir=str(run_dir)))
-        lines = (run_dir / "curves.jsonl").read_text().splitlines()
-        if lines:
-            last = json.loads(lines[-1])
+        evals = read_jsonl(run_dir / "curves.jsonl")
+        if evals:
+            last = evals[-1]
             curve_rows += _curve_rows(run_id, last.pop("step"), last)
     return pd.DataFrame(rows), pd.DataFrame(curve_rows, columns=CURVE_COLUMNS)
 

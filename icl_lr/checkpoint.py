@@ -48,8 +48,7 @@ class Checkpoints:
         step = self.latest.latest_step()
         if step is None:
             return None
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
-        return self.latest.restore(step, args=ocp.args.StandardRestore(abstract))
+        return self.latest.restore(step, args=ocp.args.StandardRestore(_abstract(template)))
 
     def close(self) -> None:
         """Waits for asynchronous saves, so the last checkpoint is on disk when the run ends."""
@@ -61,6 +60,10 @@ class Checkpoints:
 
 def restore_params(step_dir: Path, template):
     """Params of the TrainState saved in one step directory (a checkpoint or a downloaded artifact)."""
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
     with ocp.StandardCheckpointer() as checkpointer:
-        return checkpointer.restore(Path(step_dir).absolute() / "default", abstract).params
+        return checkpointer.restore(Path(step_dir).absolute() / "default", _abstract(template)).params
+
+
+def _abstract(template):
+    """Shapes and dtypes of `template`: what orbax restores into."""
+    return jax.tree.map(ocp.utils.to_shape_dtype_struct, template)

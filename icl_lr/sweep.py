@@ -23,6 +23,8 @@ import yaml
 from wandb.sdk.launch.sweeps import utils as sweep_utils
 from wandb.sdk.lib import runid
 
+from icl_lr.tracking import read_jsonl
+
 with warnings.catch_warnings():  # the engine's pydantic-1 style config warns on import under pydantic 2
     warnings.simplefilter("ignore")
     import sweeps
@@ -75,8 +77,7 @@ def _run_dir(argv: list) -> Path:
 def _record(run_dir: Path, name: str, config: dict, returncode: int):
     summary_file = run_dir / "summary.json"
     summary = json.loads(summary_file.read_text()) if summary_file.exists() else {}
-    metrics_file = run_dir / "metrics.jsonl"
-    history = [json.loads(line) for line in metrics_file.read_text().splitlines()] if metrics_file.exists() else []
+    history = read_jsonl(run_dir / "metrics.jsonl")
     state = sweeps.RunState.finished if returncode == 0 else sweeps.RunState.failed
     # by alias: under pydantic 2 the engine's models ignore the field names (summary_metrics, history)
     return sweeps.SweepRun(name=name, state=state, config=config, summaryMetrics=summary, sampledHistory=history)

@@ -33,7 +33,8 @@ class Tracker:
     def finish(self, summary: dict) -> None: ...
 
 
-def _read_records(path: Path) -> list:
+def read_jsonl(path: Path) -> list:
+    """The records of a JSON-lines file (metrics.jsonl, curves.jsonl); none if it does not exist."""
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
@@ -43,7 +44,7 @@ class LocalFiles(Tracker):
         self.run_dir.mkdir(parents=True, exist_ok=True)
         for name in ("metrics.jsonl", "curves.jsonl"):
             path = self.run_dir / name
-            kept = [r for r in _read_records(path) if r["step"] <= resume_step]
+            kept = [r for r in read_jsonl(path) if r["step"] <= resume_step]
             path.write_text("".join(json.dumps(r) + "\n" for r in kept))
 
     def _append(self, name: str, record: dict) -> None:

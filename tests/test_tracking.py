@@ -8,13 +8,10 @@ import pytest
 
 from conftest import assert_trees_equal, final_state, no_key_env, train
 from icl_lr.run import run
+from icl_lr.tracking import read_jsonl
 from icl_lr.wandb_files import RunFile
 
 SECRET = "0123456789abcdef0123456789abcdef01234567"  # a well-formed but bogus W&B API key
-
-
-def jsonl(path: Path) -> list:
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def offline_run_files(run_dir: Path) -> list:
@@ -54,7 +51,7 @@ def test_run_file_records_identity_and_the_resolved_config(tracked_run):
 def test_history_and_summary_match_the_local_metrics(tracked_run):
     run_dir, _ = tracked_run
     (record,) = offline_run_files(run_dir)
-    local = jsonl(run_dir / "metrics.jsonl")
+    local = read_jsonl(run_dir / "metrics.jsonl")
     train_rows = rows_with(record.history, "train/loss")
     assert sorted(train_rows) == [10, 20, 30, 40]
     for row in (r for r in local if "train/loss" in r):
@@ -82,7 +79,7 @@ def test_error_curves_are_logged_as_tables(tracked_run):
     (record,) = offline_run_files(run_dir)
     files_dir = next((run_dir / "wandb").glob("offline-run-*")) / "files"
     tables = rows_with(record.history, "eval/curves/path")
-    local = {r["step"]: r for r in jsonl(run_dir / "curves.jsonl")}
+    local = {r["step"]: r for r in read_jsonl(run_dir / "curves.jsonl")}
     assert sorted(tables) == sorted(local) == [20, 40]
     for step, row in tables.items():
         table = json.loads((files_dir / row["eval/curves/path"]).read_text())

@@ -12,6 +12,7 @@ import optax
 from conftest import FAST, ROOT, assert_trees_equal, final_state
 from icl_lr.checkpoint import Checkpoints
 from icl_lr.run import build_model, run
+from icl_lr.tracking import read_jsonl
 from icl_lr.train import init_state, learning_rate_schedule, make_optimizer
 
 
@@ -35,7 +36,7 @@ def test_training_learns_in_context(fast_config, tmp_path):
     assert abs(curves["ridge"][0] - 1) < 0.15
     assert curves["model"][6] < 0.35 * curves["model"][0]
     assert curves["model"][6] < curves["averaging"][6]  # better than the averaging estimator
-    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    records = read_jsonl(tmp_path / "metrics.jsonl")
     losses = [r["train/loss"] for r in records if "train/loss" in r]
     assert losses[-1] < 0.6 * losses[0]
     assert json.loads((tmp_path / "summary.json").read_text())["step"] == 1000
@@ -61,7 +62,7 @@ def test_resumed_run_equals_uninterrupted_run(fast_config, tmp_path):
     run(fast_config("training.steps=20"), tmp_path / "resumed")  # stops at its step-20 checkpoint
     run(cfg, tmp_path / "resumed")
     assert_trees_equal(final_state(cfg, tmp_path / "resumed"), final_state(cfg, tmp_path / "straight"))
-    records = [json.loads(line) for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
+    records = read_jsonl(tmp_path / "resumed" / "metrics.jsonl")
     assert [r["step"] for r in records if "train/loss" in r] == [10, 20, 30, 40]  # none twice, none lost
 
 
