@@ -8,11 +8,12 @@ import time
 import jax
 import numpy as np
 import optax
+import pytest
 
 from conftest import FAST, ROOT, assert_trees_equal, final_state
 from icl_lr.checkpoint import Checkpoints
 from icl_lr.run import build_model, run
-from icl_lr.tracking import read_jsonl
+from icl_lr.tracking import Tracker, read_jsonl
 from icl_lr.train import init_state, learning_rate_schedule, make_optimizer
 
 
@@ -69,11 +70,29 @@ def test_checkpoint_restores_the_saved_state(fast_config, tmp_path):
     assert isinstance(restored.opt_state[1][0], optax.ScaleByAdamState)
 
 
+class CrashAfterFirstCheckpoint(Tracker):
+    """A tracker that fails once the first checkpoint is on disk, as a crashing process would."""
+
+    def log_checkpoint(self, directory, step, aliases):
+        raise RuntimeError(f"crash after the checkpoint of step {step}")
+
+
+class StepRecorder(Tracker):
+    def __init__(self):
+        self.steps = []
+
+    def log(self, metrics, step):
+        self.steps.append(step)
+
+
 def test_resumed_run_equals_uninterrupted_run(fast_config, tmp_path):
-    cfg = fast_config()
+    cfg = fast_config()  # cosine schedule (the default): the resumed run must see the same learning rates
     run(cfg, tmp_path / "straight")
-    run(fast_config("training.steps=20"), tmp_path / "resumed")  # stops at its step-20 checkpoint
-    run(cfg, tmp_path / "resumed")
+    with pytest.raises(RuntimeError, match="step 20"):
+        run(cfg, tmp_path / "resumed", trackers=[CrashAfterFirstCheckpoint()])
+    recorder = StepRecorder()
+    run(cfg, tmp_path / "resumed", trackers=[recorder])
+    assert recorder.steps[0] == 30  # it went on from step 20 rather than starting again
     assert_trees_equal(final_state(cfg, tmp_path / "resumed"), final_state(cfg, tmp_path / "straight"))
     records = read_jsonl(tmp_path / "resumed" / "metrics.jsonl")
     assert [r["step"] for r in records if "train/loss" in r] == [10, 20, 30, 40]  # none twice, none lost
@@ -92,6 +111,7 @@ def test_sigkilled_run_resumes_to_the_same_params(fast_config, tmp_path):
     process.wait()
     saved = sorted(int(p.name) for p in (run_dir / "checkpoints" / "latest").glob("*") if p.name.isdigit())
     assert saved and saved[-1] < 3000, f"the run was not killed mid-way: {saved}"
-    subprocess.run(command, cwd=ROOT, check=True, capture_output=True, timeout=300)
+    restart = subprocess.run(command, cwd=ROOT, check=True, capture_output=True, text=True, timeout=300)
+    assert f"resumed at step {saved[-1]} of 3000" in restart.stdout + restart.stderr
     cfg = fast_config(*long)
     assert_trees_equal(final_state(cfg, run_dir), final_state(cfg, tmp_path / "straight"))
