@@ -52,7 +52,9 @@ def time_jax(preset: str, data_cfg: DataConfig, batch: int, steps: int) -> dict:
     n_layer, width, heads = PRESETS[preset]
     model = ICLModel(ModelConfig(n_layer, width, heads, n_positions=data_cfg.sequence_length))
     chunk = max(1, min(steps, 10))
-    train_cfg = TrainingConfig(steps=10**6, batch_size=batch, learning_rate=1e-4, warmup_steps=0, steps_per_dispatch=chunk)
+    train_cfg = TrainingConfig(  # Garg et al.'s optimiser settings
+        steps=10**6, batch_size=batch, learning_rate=1e-4, warmup_steps=0, schedule="constant", steps_per_dispatch=chunk
+    )
     tx = make_optimizer(train_cfg)
     state = init_state(model, tx, data_cfg, seed=0)
     train_chunk = make_train_chunk(model, tx, data_cfg, train_cfg)

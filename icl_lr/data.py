@@ -25,7 +25,7 @@ class CurriculumConfig:
 @dataclass(frozen=True)
 class DataConfig:
     n_dims: int = 5
-    n_points: int = 20
+    n_points: int = 11
     prior_scale: float = 1.0
     noise_std: float = 0.0
     noise_std_choices: Optional[tuple] = None

@@ -17,18 +17,20 @@ POOL_STREAM = 2**31 - 1  # fold_in index of the run's task-pool key; steps never
 
 @dataclass(frozen=True)
 class TrainingConfig:
-    steps: int = 10000
-    batch_size: int = 64
+    """Mirrors configs/training/default.yaml, where each field is documented."""
+
+    steps: int = 12000
+    batch_size: int = 128
     learning_rate: float = 1e-3
     warmup_steps: int = 500
-    schedule: str = "constant"
+    schedule: str = "cosine"
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     steps_per_dispatch: int = 50
-    log_every: int = 100
-    eval_every: int = 1000
-    checkpoint_every: int = 1000
+    log_every: int = 500
+    eval_every: int = 2000
+    checkpoint_every: int = 2000
     max_to_keep: int = 3
 
 

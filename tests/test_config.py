@@ -5,6 +5,10 @@ import pytest
 
 from conftest import ROOT, run_config
 from icl_lr.config import ConfigError
+from icl_lr.data import DataConfig
+from icl_lr.evaluate import EvalConfig
+from icl_lr.model import ModelConfig
+from icl_lr.train import TrainingConfig
 
 
 def test_defaults_and_presets_compose():
@@ -13,7 +17,7 @@ def test_defaults_and_presets_compose():
     assert (run_config("model=small").model.n_layer, run_config("model=standard").model.n_embd) == (6, 256)
     garg = run_config("experiment=garg2022")
     assert (garg.data.n_dims, garg.data.n_points, garg.model.n_layer, garg.training.learning_rate) == (20, 41, 12, 1e-4)
-    assert garg.data.curriculum.enabled
+    assert garg.data.curriculum.enabled and garg.training.schedule == "constant"
     noisy = run_config("data.noise_std_choices=[0.1,0.5]", "training.learning_rate=3e-4")
     assert noisy.data.noise_stds == (0.1, 0.5) and noisy.training.learning_rate == 3e-4
 
@@ -47,3 +51,9 @@ def test_cli_reports_bad_config_in_one_line_before_compiling(tmp_path):
     errors = [line for line in (result.stdout + result.stderr).splitlines() if "config error" in line]
     assert len(errors) == 1 and "model.n_embd (64) must be divisible by model.n_head (3)" in errors[0]
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_dataclass_defaults_mirror_the_yaml():
+    """Code that builds configs directly (the benchmark, tests) gets what `python train.py` gets."""
+    cfg = run_config()
+    assert (cfg.data, cfg.model, cfg.training, cfg.eval) == (DataConfig(), ModelConfig(), TrainingConfig(), EvalConfig())
