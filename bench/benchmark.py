@@ -12,18 +12,30 @@ its baselines (once per run) and scoring the model on it (every eval). A benchma
 """
 
 import argparse
+import dataclasses
 import os
 import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+from hydra import compose, initialize_config_dir
 
 from icl_lr import evaluate
+from icl_lr.config import from_dictconfig
 from icl_lr.data import DataConfig
 from icl_lr.model import ICLModel, ModelConfig
 from icl_lr.train import TrainingConfig, init_state, make_optimizer, make_train_chunk
 
-PRESETS = {"tiny": (3, 64, 2), "small": (6, 128, 4), "standard": (12, 256, 8)}  # n_layer, n_embd, n_head (configs/model/)
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+PRESETS = sorted(p.stem for p in (CONFIGS / "model").glob("*.yaml"))
+
+
+def preset_model(preset: str, length: int) -> ModelConfig:
+    """The model of configs/model/<preset>.yaml, as `python train.py model=<preset>` builds it."""
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        model = from_dictconfig(compose("config", overrides=[f"model={preset}"])).model
+    return dataclasses.replace(model, n_positions=length)
 
 
 def peak_matmul_flops(sizes=(1024, 2048, 3072), repeats=5) -> float:
@@ -48,9 +60,8 @@ def train_flops_per_step(n_layer: int, width: int, n_dims: int, batch: int, leng
     return 3 * per_token * batch * length
 
 
-def time_jax(preset: str, data_cfg: DataConfig, batch: int, steps: int) -> dict:
-    n_layer, width, heads = PRESETS[preset]
-    model = ICLModel(ModelConfig(n_layer, width, heads, n_positions=data_cfg.sequence_length))
+def time_jax(model_cfg: ModelConfig, data_cfg: DataConfig, batch: int, steps: int) -> dict:
+    model = ICLModel(model_cfg)
     chunk = max(1, min(steps, 10))
     train_cfg = TrainingConfig(  # Garg et al.'s optimiser settings
         steps=10**6, batch_size=batch, learning_rate=1e-4, warmup_steps=0, schedule="constant", steps_per_dispatch=chunk
@@ -71,7 +82,7 @@ def time_jax(preset: str, data_cfg: DataConfig, batch: int, steps: int) -> dict:
     return {"step_seconds": (time.perf_counter() - started) / (dispatches * chunk), "compile_seconds": compile_seconds, "model": model, "state": state}
 
 
-def time_torch(preset: str, n_dims: int, n_points: int, batch: int, steps: int) -> float | None:
+def time_torch(model_cfg: ModelConfig, n_dims: int, n_points: int, batch: int, steps: int) -> float | None:
     """Seconds per step of Garg et al.'s model and loop, or None without torch/transformers."""
     try:
         import torch
@@ -79,7 +90,7 @@ def time_torch(preset: str, n_dims: int, n_points: int, batch: int, steps: int) 
     except ImportError:
         return None
     torch.set_num_threads(os.cpu_count())
-    n_layer, width, heads = PRESETS[preset]
+    n_layer, width, heads = model_cfg.n_layer, model_cfg.n_embd, model_cfg.n_head
 
     class Reference(torch.nn.Module):  # Garg et al.'s TransformerModel
         def __init__(self):
@@ -130,7 +141,7 @@ def time_model_eval(model, params, data_cfg: DataConfig, eval_cfg: evaluate.Eval
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--presets", nargs="+", choices=list(PRESETS), default=list(PRESETS))
+    parser.add_argument("--presets", nargs="+", choices=PRESETS, default=PRESETS, help="configs/model/ presets (default: all)")
     parser.add_argument("--n-dims", type=int, default=20)
     parser.add_argument("--n-points", type=int, default=41)
     parser.add_argument("--batch-size", type=int, default=64)
@@ -151,11 +162,11 @@ def main() -> None:
     eval_cfg = evaluate.EvalConfig(n_prompts=args.eval_prompts)
     eval_set, build_seconds = time_eval_set(data_cfg, eval_cfg)
     evals = []
-    for preset in args.presets:
-        n_layer, width, _ = PRESETS[preset]
-        flops = train_flops_per_step(n_layer, width, args.n_dims, args.batch_size, length)
-        jax_run = time_jax(preset, data_cfg, args.batch_size, args.steps)
-        torch_seconds = time_torch(preset, args.n_dims, args.n_points, args.batch_size, args.steps)
+    models = {preset: preset_model(preset, length) for preset in args.presets}
+    for preset, model_cfg in sorted(models.items(), key=lambda item: item[1].n_layer * item[1].n_embd**2):  # small to large
+        flops = train_flops_per_step(model_cfg.n_layer, model_cfg.n_embd, args.n_dims, args.batch_size, length)
+        jax_run = time_jax(model_cfg, data_cfg, args.batch_size, args.steps)
+        torch_seconds = time_torch(model_cfg, args.n_dims, args.n_points, args.batch_size, args.steps)
         n_params = sum(p.size for p in jax.tree.leaves(jax_run["state"].params))
         seconds = jax_run["step_seconds"]
         row = f"{preset:<9}{n_params:>10,} | {1 / seconds:>11.2f}{args.batch_size * length / seconds:>10,.0f}{flops / seconds / peak:>7.1%}{jax_run['compile_seconds']:>10.1f} | "

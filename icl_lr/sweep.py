@@ -102,8 +102,9 @@ def run_sweep(sweep_path: Path, count: int, overrides: list, sweep_id: str | Non
         argv = expand_command(sweep, params, {"WANDB_SWEEP_ID": sweep_id, "WANDB_RUN_ID": run_id})
         argv += [f"wandb.group={sweep_id}", *overrides]
         log.info("run %d/%d (%s): %s", index + 1, count, run_id, " ".join(f"{k}={v}" for k, v in params.items()))
+        run_dir = _run_dir(argv)  # before the run: a command without it is refused untried
         returncode = subprocess.run(argv, env=os.environ | {"WANDB_RUN_ID": run_id}).returncode
-        record = _record(_run_dir(argv), run_id, proposal.config, returncode)
+        record = _record(run_dir, run_id, proposal.config, returncode)
         done.append(record)
         results.append({"run_id": run_id, **params, metric: record.summary_metrics.get(metric), "exit_code": returncode})
     return results

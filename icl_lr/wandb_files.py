@@ -2,7 +2,7 @@
 
 A run's `run-<id>.wandb` file is a LevelDB-format log of wandb's own protobuf `Record`s
 (wandb.proto.wandb_internal_pb2). wandb 0.31 ships no Python reader for it, so this decodes the
-log framing and leaves every record to wandb's schema. Used by analyze.py and the tests.
+log framing and leaves every record to wandb's schema. The tests read runs back with it.
 """
 
 import json
@@ -106,7 +106,3 @@ class RunFile:
             value = value[key]
         return value
 
-
-def find_run_files(root: Path) -> list:
-    """Every run file below root, e.g. a run dir, outputs/ or a wandb/ directory."""
-    return sorted(Path(root).rglob("run-*.wandb"))
