@@ -28,19 +28,44 @@ log = logging.getLogger("analyze")
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("paths", nargs="*", type=Path, help="run dirs or folders holding them (e.g. outputs/, multirun/<date>/)")
+    parser.add_argument(
+        "paths", nargs="*", type=Path, help="run dirs or folders holding them (e.g. outputs/, multirun/<date>/)"
+    )
     parser.add_argument("--wandb", metavar="ENTITY/PROJECT", help="load runs from the W&B API instead of local dirs")
     parser.add_argument("--sweep", metavar="ID", help="with --wandb: only the runs of this sweep")
-    parser.add_argument("--state", default="finished", help="with --wandb: run state to keep; 'any' keeps all (default: finished)")
-    parser.add_argument("--where", action="append", default=[], metavar="KEY=VALUE",
-                        help="keep runs whose column KEY equals VALUE, e.g. --where data.n_dims=5 (repeatable)")
-    parser.add_argument("--group-by", action="append", metavar="KEY",
-                        help="group by these columns instead of the ones the runs vary in (repeatable)")
-    parser.add_argument("--metrics", nargs="+", metavar="NAME",
-                        help=f"summary metrics for summary.md (default: {' '.join(HEADLINE)}); aggregate.csv has every eval/ metric")
+    parser.add_argument(
+        "--state", default="finished", help="with --wandb: run state to keep; 'any' keeps all (default: finished)"
+    )
+    parser.add_argument(
+        "--where",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="keep runs whose column KEY equals VALUE, e.g. --where data.n_dims=5 (repeatable)",
+    )
+    parser.add_argument(
+        "--group-by",
+        action="append",
+        metavar="KEY",
+        help="group by these columns instead of the ones the runs vary in (repeatable)",
+    )
+    parser.add_argument(
+        "--metrics",
+        nargs="+",
+        metavar="NAME",
+        help=f"summary metrics for summary.md (default: {' '.join(HEADLINE)}); aggregate.csv has every eval/ metric",
+    )
     parser.add_argument("--out", type=Path, default=Path("analysis"), help="output folder (default: analysis/)")
-    parser.add_argument("--format", nargs="+", choices=["csv", "parquet"], default=["csv"], help="table file formats (default: csv)")
-    parser.add_argument("--bootstrap", type=int, default=2000, metavar="N", help="bootstrap resamples for the 95%% interval (default 2000)")
+    parser.add_argument(
+        "--format", nargs="+", choices=["csv", "parquet"], default=["csv"], help="table file formats (default: csv)"
+    )
+    parser.add_argument(
+        "--bootstrap",
+        type=int,
+        default=2000,
+        metavar="N",
+        help="bootstrap resamples for the 95%% interval (default 2000)",
+    )
     parser.add_argument("--no-plots", action="store_true", help="tables only")
     args = parser.parse_args(argv)
     if bool(args.paths) == bool(args.wandb):
@@ -92,10 +117,14 @@ def main(argv=None) -> int:
         written.append(args.out / "error_vs_context.png")
         if "model_size" in keys and runs.model_size.nunique() > 1:
             order = list(runs.groupby("model_size").n_params.first().sort_values().index)
-            analysis.plot_metric(aggregate, "eval/excess/mean", "model_size", keys, args.out / "excess_vs_model_size.png", order)
+            analysis.plot_metric(
+                aggregate, "eval/excess/mean", "model_size", keys, args.out / "excess_vs_model_size.png", order
+            )
             written.append(args.out / "excess_vs_model_size.png")
         if "data.noise_std" in keys and runs["data.noise_std"].nunique() > 1:
-            analysis.plot_metric(aggregate, "eval/excess/mean", "data.noise_std", keys, args.out / "excess_vs_noise_std.png")
+            analysis.plot_metric(
+                aggregate, "eval/excess/mean", "data.noise_std", keys, args.out / "excess_vs_noise_std.png"
+            )
             written.append(args.out / "excess_vs_noise_std.png")
     print(markdown)
     print("wrote " + ", ".join(map(str, written)))

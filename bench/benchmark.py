@@ -12,7 +12,6 @@ its baselines (once per run) and scoring the model on it (every eval). A benchma
 """
 
 import argparse
-import dataclasses
 import os
 import time
 from pathlib import Path
@@ -22,20 +21,29 @@ import jax.numpy as jnp
 from hydra import compose, initialize_config_dir
 
 from icl_lr import evaluate
-from icl_lr.config import from_dictconfig
-from icl_lr.data import DataConfig
-from icl_lr.model import ICLModel, ModelConfig
-from icl_lr.train import TrainingConfig, init_state, make_optimizer, make_train_chunk
+from icl_lr.config import DataConfig, EvalConfig, ModelConfig, RunConfig, from_dictconfig
+from icl_lr.optimizer import make_optimizer
+from icl_lr.train import build_model, init_state, make_dispatch
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 PRESETS = sorted(p.stem for p in (CONFIGS / "model").glob("*.yaml"))
+DISPATCH = 10  # steps per timed call
 
 
-def preset_model(preset: str, length: int) -> ModelConfig:
-    """The model of configs/model/<preset>.yaml, as `python train.py model=<preset>` builds it."""
+def garg_config(preset: str, args) -> RunConfig:
+    """Garg et al.'s recipe as `python train.py experiment=garg2022 model=<preset>` builds it, at the
+    benchmark's task size and batch."""
+    overrides = [
+        "experiment=garg2022",
+        f"model={preset}",
+        f"data.n_dims={args.n_dims}",
+        f"data.n_points={args.n_points}",
+        f"training.batch_size={args.batch_size}",
+        f"training.steps_per_dispatch={DISPATCH}",
+        f"eval.n_prompts={args.eval_prompts}",
+    ]
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        model = from_dictconfig(compose("config", overrides=[f"model={preset}"])).model
-    return dataclasses.replace(model, n_positions=length)
+        return from_dictconfig(compose("config", overrides=overrides))
 
 
 def peak_matmul_flops(sizes=(1024, 2048, 3072), repeats=5) -> float:
@@ -60,26 +68,23 @@ def train_flops_per_step(n_layer: int, width: int, n_dims: int, batch: int, leng
     return 3 * per_token * batch * length
 
 
-def time_jax(model_cfg: ModelConfig, data_cfg: DataConfig, batch: int, steps: int) -> dict:
-    model = ICLModel(model_cfg)
-    chunk = max(1, min(steps, 10))
-    train_cfg = TrainingConfig(  # Garg et al.'s optimiser settings
-        steps=10**6, batch_size=batch, learning_rate=1e-4, warmup_steps=0, schedule="constant", steps_per_dispatch=chunk
-    )
-    tx = make_optimizer(train_cfg)
-    state = init_state(model, tx, data_cfg, seed=0)
-    train_chunk = make_train_chunk(model, tx, data_cfg, train_cfg)
+def time_jax(cfg: RunConfig, steps: int) -> dict:
+    model = build_model(cfg)
+    tx = make_optimizer(cfg.training)
+    state = init_state(model, tx, cfg.data, seed=0)
+    dispatch = make_dispatch(model, tx, cfg)
     started = time.perf_counter()
-    compiled = train_chunk.lower(state).compile()
+    compiled = dispatch.lower(state, DISPATCH).compile()
     compile_seconds = time.perf_counter() - started
     state, _ = compiled(state)  # warm-up
     jax.block_until_ready(state)
-    dispatches = -(-steps // chunk)
+    dispatches = -(-steps // DISPATCH)
     started = time.perf_counter()
     for _ in range(dispatches):
         state, metrics = compiled(state)
     jax.block_until_ready((state, metrics))
-    return {"step_seconds": (time.perf_counter() - started) / (dispatches * chunk), "compile_seconds": compile_seconds, "model": model, "state": state}
+    seconds = (time.perf_counter() - started) / (dispatches * DISPATCH)
+    return {"step_seconds": seconds, "compile_seconds": compile_seconds, "model": model, "state": state}
 
 
 def time_torch(model_cfg: ModelConfig, n_dims: int, n_points: int, batch: int, steps: int) -> float | None:
@@ -95,9 +100,21 @@ def time_torch(model_cfg: ModelConfig, n_dims: int, n_points: int, batch: int, s
     class Reference(torch.nn.Module):  # Garg et al.'s TransformerModel
         def __init__(self):
             super().__init__()
-            config = GPT2Config(n_positions=2 * n_points, n_embd=width, n_layer=n_layer, n_head=heads,
-                                resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, use_cache=False)
-            self.read_in, self.backbone, self.read_out = torch.nn.Linear(n_dims, width), GPT2Model(config), torch.nn.Linear(width, 1)
+            config = GPT2Config(
+                n_positions=2 * n_points,
+                n_embd=width,
+                n_layer=n_layer,
+                n_head=heads,
+                resid_pdrop=0.0,
+                embd_pdrop=0.0,
+                attn_pdrop=0.0,
+                use_cache=False,
+            )
+            self.read_in, self.backbone, self.read_out = (
+                torch.nn.Linear(n_dims, width),
+                GPT2Model(config),
+                torch.nn.Linear(width, 1),
+            )
 
         def forward(self, xs, ys):
             y_tokens = torch.cat([ys[..., None], torch.zeros_like(xs[..., 1:])], dim=-1)
@@ -123,14 +140,14 @@ def time_torch(model_cfg: ModelConfig, n_dims: int, n_points: int, batch: int, s
     return (time.perf_counter() - started) / steps
 
 
-def time_eval_set(data_cfg: DataConfig, eval_cfg: evaluate.EvalConfig):
+def time_eval_set(data_cfg: DataConfig, eval_cfg: EvalConfig):
     """The held-out set with its baselines, built as a run builds it once (compile included)."""
     started = time.perf_counter()
     eval_set = evaluate.make_eval_set(data_cfg, eval_cfg)
     return eval_set, time.perf_counter() - started
 
 
-def time_model_eval(model, params, data_cfg: DataConfig, eval_cfg: evaluate.EvalConfig, eval_set) -> float:
+def time_model_eval(model, params, data_cfg: DataConfig, eval_cfg: EvalConfig, eval_set) -> float:
     """Seconds to score the model on the held-out set, as every eval after the first does."""
     curve = evaluate.make_model_curve_fn(model, data_cfg, eval_cfg)
     curve(params, eval_set.inputs, eval_set.ys).block_until_ready()
@@ -141,7 +158,9 @@ def time_model_eval(model, params, data_cfg: DataConfig, eval_cfg: evaluate.Eval
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--presets", nargs="+", choices=PRESETS, default=PRESETS, help="configs/model/ presets (default: all)")
+    parser.add_argument(
+        "--presets", nargs="+", choices=PRESETS, default=PRESETS, help="configs/model/ presets (default: all)"
+    )
     parser.add_argument("--n-dims", type=int, default=20)
     parser.add_argument("--n-points", type=int, default=41)
     parser.add_argument("--batch-size", type=int, default=64)
@@ -149,34 +168,43 @@ def main() -> None:
     parser.add_argument("--eval-prompts", type=int, default=1280)
     args = parser.parse_args()
 
-    data_cfg = DataConfig(n_dims=args.n_dims, n_points=args.n_points)
+    configs = {preset: garg_config(preset, args) for preset in args.presets}
+    data_cfg, eval_cfg = next(iter(configs.values())).data, next(iter(configs.values())).eval
     length = data_cfg.sequence_length
     device = jax.devices()[0]
     peak = peak_matmul_flops()
     print(f"JAX {jax.__version__} on {device.platform} ({device.device_kind}), {os.cpu_count()} CPU cores")
     print(f"measured peak float32 matmul: {peak / 1e9:.1f} GFLOP/s")
-    print(f"task: d={args.n_dims}, {args.n_points} points ({length} tokens), batch {args.batch_size}, {args.steps} timed steps\n")
-    header = f"{'preset':<9}{'params':>10} | {'JAX steps/s':>11}{'tokens/s':>10}{'MFU':>7}{'compile s':>10} | {'torch steps/s':>13}{'tokens/s':>10}{'MFU':>7} | {'JAX/torch time':>14}"
+    print(f"task: d={args.n_dims}, {args.n_points} points ({length} tokens), batch {args.batch_size}, ", end="")
+    print(f"{args.steps} timed steps; Garg et al.'s optimiser (experiment=garg2022)\n")
+    header = f"{'preset':<9}{'params':>10} | {'JAX steps/s':>11}{'tokens/s':>10}{'MFU':>7}{'compile s':>10} | "
+    header += f"{'torch steps/s':>13}{'tokens/s':>10}{'MFU':>7} | {'JAX/torch time':>14}"
     print(header)
     print("-" * len(header))
-    eval_cfg = evaluate.EvalConfig(n_prompts=args.eval_prompts)
     eval_set, build_seconds = time_eval_set(data_cfg, eval_cfg)
     evals = []
-    models = {preset: preset_model(preset, length) for preset in args.presets}
-    for preset, model_cfg in sorted(models.items(), key=lambda item: item[1].n_layer * item[1].n_embd**2):  # small to large
+    by_size = sorted(configs.items(), key=lambda item: item[1].model.n_layer * item[1].model.n_embd ** 2)
+    for preset, cfg in by_size:  # small to large
+        model_cfg = cfg.model
         flops = train_flops_per_step(model_cfg.n_layer, model_cfg.n_embd, args.n_dims, args.batch_size, length)
-        jax_run = time_jax(model_cfg, data_cfg, args.batch_size, args.steps)
+        jax_run = time_jax(cfg, args.steps)
         torch_seconds = time_torch(model_cfg, args.n_dims, args.n_points, args.batch_size, args.steps)
         n_params = sum(p.size for p in jax.tree.leaves(jax_run["state"].params))
         seconds = jax_run["step_seconds"]
-        row = f"{preset:<9}{n_params:>10,} | {1 / seconds:>11.2f}{args.batch_size * length / seconds:>10,.0f}{flops / seconds / peak:>7.1%}{jax_run['compile_seconds']:>10.1f} | "
+        tokens = args.batch_size * length
+        row = (
+            f"{preset:<9}{n_params:>10,} | {1 / seconds:>11.2f}{tokens / seconds:>10,.0f}{flops / seconds / peak:>7.1%}"
+        )
+        row += f"{jax_run['compile_seconds']:>10.1f} | "
         if torch_seconds is None:
             row += f"{'(no torch)':>30} | {'':>14}"
         else:
-            row += f"{1 / torch_seconds:>13.2f}{args.batch_size * length / torch_seconds:>10,.0f}{flops / torch_seconds / peak:>7.1%} | {seconds / torch_seconds:>14.2f}"
+            row += f"{1 / torch_seconds:>13.2f}{tokens / torch_seconds:>10,.0f}{flops / torch_seconds / peak:>7.1%} | "
+            row += f"{seconds / torch_seconds:>14.2f}"
         print(row, flush=True)
         evals.append((preset, time_model_eval(jax_run["model"], jax_run["state"].params, data_cfg, eval_cfg, eval_set)))
-    print(f"\neval on {args.eval_prompts} held-out prompts: the set and its 4 baselines, once per run (compile included): {build_seconds:.2f} s")
+    print(f"\neval on {args.eval_prompts} held-out prompts: the set and its 4 baselines, once per run ", end="")
+    print(f"(compile included): {build_seconds:.2f} s")
     for preset, seconds in evals:
         print(f"  {preset:<9} model error curve, every eval: {seconds:.2f} s")
 

@@ -65,7 +65,9 @@ def load_local(paths) -> tuple[pd.DataFrame, pd.DataFrame]:
     return pd.DataFrame(rows), pd.DataFrame(curve_rows, columns=CURVE_COLUMNS)
 
 
-def load_wandb(project_path: str, sweep: str | None = None, state: str | None = "finished") -> tuple[pd.DataFrame, pd.DataFrame]:
+def load_wandb(
+    project_path: str, sweep: str | None = None, state: str | None = "finished"
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Runs of `entity/project` from the W&B API (needs a key and the network): (runs, curves)."""
     import wandb
 
@@ -80,7 +82,9 @@ def load_wandb(project_path: str, sweep: str | None = None, state: str | None = 
             if isinstance(table, dict) and table.get("path"):
                 with run.file(table["path"]).download(root=downloads, replace=True) as f:
                     data = json.load(f)
-                curves = {name: [row[i] for row in data["data"]] for i, name in enumerate(data["columns"]) if name != "k"}
+                curves = {
+                    name: [row[i] for row in data["data"]] for i, name in enumerate(data["columns"]) if name != "k"
+                }
                 curve_rows += _curve_rows(run.id, summary.get("step"), curves)
     if not rows:
         raise LookupError(f"no runs in {project_path} matching {filters}")
@@ -93,7 +97,9 @@ def apply_filters(runs: pd.DataFrame, curves: pd.DataFrame, where: list[str]) ->
     for condition in where:
         key, sep, value = condition.partition("=")
         if not sep or key not in runs:
-            raise KeyError(f"--where {condition!r}: expected KEY=VALUE with KEY one of the run columns, e.g. data.noise_std")
+            raise KeyError(
+                f"--where {condition!r}: expected KEY=VALUE with KEY one of the run columns, e.g. data.noise_std"
+            )
         keep &= runs[key].map(_config_text) == value
     runs = runs[keep]
     return runs, curves[curves["run_id"].isin(runs["run_id"])]
@@ -120,7 +126,9 @@ def bootstrap_interval(values: np.ndarray, n_resamples: int = 2000, seed: int = 
 
 def _stats(values: pd.Series, n_resamples: int) -> pd.Series:
     low, high = bootstrap_interval(values.to_numpy(), n_resamples)
-    return pd.Series({"n": len(values), "mean": values.mean(), "std": values.std(ddof=1), "ci_low": low, "ci_high": high})
+    return pd.Series(
+        {"n": len(values), "mean": values.mean(), "std": values.std(ddof=1), "ci_low": low, "ci_high": high}
+    )
 
 
 def aggregate_runs(runs: pd.DataFrame, keys: list[str], metrics: list[str], n_resamples: int = 2000) -> pd.DataFrame:
@@ -130,10 +138,14 @@ def aggregate_runs(runs: pd.DataFrame, keys: list[str], metrics: list[str], n_re
     return table[STATS].reset_index()
 
 
-def aggregate_curves(runs: pd.DataFrame, curves: pd.DataFrame, keys: list[str], n_resamples: int = 2000) -> pd.DataFrame:
+def aggregate_curves(
+    runs: pd.DataFrame, curves: pd.DataFrame, keys: list[str], n_resamples: int = 2000
+) -> pd.DataFrame:
     """Per group, predictor and context length k: the error's statistics over the group's runs."""
     labelled = curves.merge(runs[["run_id", *keys]], on="run_id")
-    table = labelled.groupby([*keys, "predictor", "k"], dropna=False).error.apply(_stats, n_resamples=n_resamples).unstack()
+    table = (
+        labelled.groupby([*keys, "predictor", "k"], dropna=False).error.apply(_stats, n_resamples=n_resamples).unstack()
+    )
     return table[STATS].reset_index()
 
 
@@ -148,7 +160,9 @@ def markdown_table(aggregate: pd.DataFrame, keys: list[str], metrics: list[str])
     """One row per group; each metric as `mean ± std [95% interval] (n)`, just `mean (n=1)` for one run."""
     chosen = aggregate[aggregate.metric.isin(metrics)].copy()
     chosen["cell"] = [
-        f"{r.mean:.4f} ± {r.std:.4f} [{r.ci_low:.4f}, {r.ci_high:.4f}] (n={r.n:.0f})" if r.n > 1 else f"{r.mean:.4f} (n=1)"
+        f"{r.mean:.4f} ± {r.std:.4f} [{r.ci_low:.4f}, {r.ci_high:.4f}] (n={r.n:.0f})"
+        if r.n > 1
+        else f"{r.mean:.4f} (n=1)"
         for r in chosen.itertuples()
     ]
     wide = chosen.set_index([*keys, "metric"])["cell"].unstack("metric").reset_index()
@@ -158,7 +172,7 @@ def markdown_table(aggregate: pd.DataFrame, keys: list[str], metrics: list[str])
 
 def _label(keys: list[str], values, separator: str = ", ") -> str:
     values = values if isinstance(values, tuple) else (values,)
-    return separator.join(f"{k.split('.')[-1]}={_config_text(v)}" for k, v in zip(keys, values))
+    return separator.join(f"{k.split('.')[-1]}={_config_text(v)}" for k, v in zip(keys, values, strict=True))
 
 
 def plot_error_curves(curve_stats: pd.DataFrame, keys: list[str], path: Path) -> None:
@@ -170,10 +184,17 @@ def plot_error_curves(curve_stats: pd.DataFrame, keys: list[str], path: Path) ->
     columns = min(3, len(groups))
     rows = -(-len(groups) // columns)
     fig, axes = plt.subplots(rows, columns, figsize=(4.8 * columns, (3.3 + 0.3 * len(keys)) * rows), squeeze=False)
-    for ax, (values, group) in zip(axes.flat, groups):
+    for ax, (values, group) in zip(axes.flat, groups, strict=False):  # spare panels stay empty
         for predictor, line in group.groupby("predictor", sort=False):
             is_model = predictor == "model"
-            ax.plot(line.k, line["mean"], label=predictor, lw=2.4 if is_model else 1.3, ls="-" if is_model else "--", color="black" if is_model else None)
+            ax.plot(
+                line.k,
+                line["mean"],
+                label=predictor,
+                lw=2.4 if is_model else 1.3,
+                ls="-" if is_model else "--",
+                color="black" if is_model else None,
+            )
             if is_model:
                 ax.fill_between(line.k, line.ci_low, line.ci_high, color="black", alpha=0.2, lw=0)
         model_start = group[(group.predictor == "model") & (group.k == 0)]["mean"].max()
@@ -201,7 +222,9 @@ def plot_metric(aggregate: pd.DataFrame, metric: str, x_key: str, keys: list[str
         line = line.sort_values(x_key, key=(lambda s: s.map(x_order.index)) if x_order else None)
         x = [x_order.index(v) for v in line[x_key]] if x_order else line[x_key]
         error = np.abs(np.stack([line["mean"] - line.ci_low, line.ci_high - line["mean"]]))
-        ax.errorbar(x, line["mean"], yerr=np.nan_to_num(error), marker="o", capsize=3, label=_label(others, values) or None)
+        ax.errorbar(
+            x, line["mean"], yerr=np.nan_to_num(error), marker="o", capsize=3, label=_label(others, values) or None
+        )
     if x_order:
         ax.set_xticks(range(len(x_order)), x_order)
     ax.set(xlabel=x_key, ylabel=metric, title=f"{metric} vs {x_key}")

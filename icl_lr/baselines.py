@@ -85,7 +85,7 @@ def all_predictions(xs, ys, prior_scale: float, noise_stds: tuple) -> dict:
     """{baseline name: predictions [B, n]} for a batch of prompts."""
     per_prompt = {
         "least_squares": least_squares,
-        "ridge": lambda x, y: bayes_optimal(x, y, prior_scale, noise_stds),
+        "bayes": lambda x, y: bayes_optimal(x, y, prior_scale, noise_stds),
         "averaging": averaging,
         "3nn": nearest_neighbours,
     }

@@ -6,7 +6,6 @@ Saves wait for completion: a checkpoint is uploaded as a W&B artifact right afte
 """
 
 from pathlib import Path
-from typing import Optional
 
 import jax
 import orbax.checkpoint as ocp
@@ -17,7 +16,9 @@ BEST_METRIC = "eval_error"
 class Checkpoints:
     def __init__(self, directory: Path, max_to_keep: int):
         directory = Path(directory).absolute()
-        self.latest = ocp.CheckpointManager(directory / "latest", options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep))
+        self.latest = ocp.CheckpointManager(
+            directory / "latest", options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep)
+        )
         self.best = ocp.CheckpointManager(
             directory / "best",
             options=ocp.CheckpointManagerOptions(max_to_keep=1, best_fn=lambda m: m[BEST_METRIC], best_mode="min"),
@@ -43,7 +44,7 @@ class Checkpoints:
         self.best.wait_until_finished()
         return self.best.metrics(self.best.best_step())[BEST_METRIC]
 
-    def restore_latest(self, template) -> Optional[object]:
+    def restore_latest(self, template) -> object | None:
         """The last complete checkpoint shaped like `template`, or None when there is none."""
         step = self.latest.latest_step()
         if step is None:

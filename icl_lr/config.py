@@ -1,20 +1,30 @@
-"""Typed, validated view of the Hydra config. The YAML under configs/ documents every knob.
+"""The run's typed config: one dataclass per YAML section, each field documented once, in configs/.
 
-A bad value fails here, before anything compiles, with a one-line ConfigError naming the key.
+`from_dictconfig` turns Hydra's config into a `RunConfig` and refuses a bad value before anything
+compiles, with a one-line ConfigError naming the key. Every other module imports its section from
+here, so no module imports another only for its config.
+
+Why not Hydra structured configs (ConfigStore dataclasses)? They check types while Hydra composes,
+before `main` runs, so a bad value ends in Hydra's multi-line error report rather than one line
+naming the key; and they cannot check what spans keys (n_embd divisible by n_head, sequence length
+within n_positions). The checks below read the same dataclasses' type hints instead.
 """
 
 import dataclasses
-from dataclasses import dataclass
+import logging
+import math
+import types
+import typing
+from dataclasses import dataclass, field
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from icl_lr.data import CurriculumConfig, DataConfig
-from icl_lr.evaluate import EvalConfig
-from icl_lr.model import ModelConfig
-from icl_lr.train import SCHEDULES, TrainingConfig
+log = logging.getLogger("icl_lr")
 
 ENCODINGS = ("continuous", "tokens")
+SCHEDULES = ("constant", "cosine")
+WANDB_MODES = ("auto", "online", "offline", "disabled")
 
 
 class ConfigError(ValueError):
@@ -22,30 +32,104 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True)
+class CurriculumConfig:
+    enabled: bool = False
+    dims_start: int = 5
+    dims_increment: int = 1
+    points_start: int = 11
+    points_increment: int = 2
+    interval: int = 2000
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    n_dims: int = 5
+    n_points: int = 11
+    prior_scale: float = 1.0
+    noise_std: float = 0.0
+    noise_std_choices: tuple[float, ...] | None = None
+    task_pool_size: int | None = None
+    train_size: int | None = None
+    encoding: str = "continuous"
+    vocab_size: int = 64
+    bin_range: float = 3.0
+    curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
+
+    @property
+    def noise_stds(self) -> tuple:
+        """The support of the noise prior: one value, or the hierarchical prior's list."""
+        return tuple(self.noise_std_choices) if self.noise_std_choices else (self.noise_std,)
+
+    @property
+    def y_scale(self) -> float:
+        """Marginal std of y (largest noise), used to standardise y before binning into tokens."""
+        return float((self.prior_scale**2 * self.n_dims + max(self.noise_stds) ** 2) ** 0.5)
+
+    @property
+    def tokens_per_point(self) -> int:
+        return 2 if self.encoding == "continuous" else self.n_dims + 1
+
+    @property
+    def sequence_length(self) -> int:
+        return self.n_points * self.tokens_per_point
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    n_layer: int = 3
+    n_embd: int = 64
+    n_head: int = 2
+    n_positions: int = 256
+    dropout: float = 0.0
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    steps: int = 12000
+    num_epochs: int | None = None
+    batch_size: int = 128
+    learning_rate: float = 1e-3
+    warmup_steps: int = 500
+    schedule: str = "cosine"
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    steps_per_dispatch: int = 50
+    log_every: int = 500
+    eval_every: int = 2000
+    checkpoint_every: int = 2000
+    max_to_keep: int = 3
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    n_prompts: int = 1280
+    batch_size: int = 256
+    seed: int = 12345
+
+
+@dataclass(frozen=True)
+class WandbConfig:
+    mode: str = "auto"
+    project: str = "icl-lr"
+    entity: str | None = None
+    group: str | None = None
+    tags: tuple[str, ...] = ()
+    job_type: str = "train"
+    name: str | None = None
+    log_checkpoints: bool = True
+    init_timeout: float = 30.0
+
+
+@dataclass(frozen=True)
 class RunConfig:
-    data: DataConfig
-    model: ModelConfig
-    training: TrainingConfig
-    eval: EvalConfig
-    seed: int
-
-
-def _type_ok(expected, value) -> bool:
-    if expected is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if expected is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return not isinstance(expected, type) or isinstance(value, expected)
-
-
-def _build(cls, values: Any, prefix: str):
-    """cls(**values), refusing unknown keys and values of the wrong scalar type."""
-    values = dict(values or {})
-    fields = {f.name: f.type for f in dataclasses.fields(cls)}
-    for key, value in values.items():
-        _check(key in fields, f"unknown key {prefix}.{key}")
-        _check(_type_ok(fields[key], value), f"{prefix}.{key} must be of type {getattr(fields[key], '__name__', fields[key])}, got {value!r}")
-    return cls(**{k: float(v) if fields[k] is float else v for k, v in values.items()})
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    seed: int = 0
+    init_from: str | None = None
 
 
 def _check(condition: bool, message: str) -> None:
@@ -53,27 +137,79 @@ def _check(condition: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _coerce(hint, value, key: str):
+    """`value` as the type hint `hint` says, or a ConfigError naming `key`."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):  # Optional[X]
+        (inner,) = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+        return None if value is None else _coerce(inner, value, key)
+    if dataclasses.is_dataclass(hint):
+        _check(value is None or isinstance(value, dict), f"{key} must be a mapping of keys, got {value!r}")
+        return _build(hint, value, key)
+    if typing.get_origin(hint) is tuple:  # tuple[X, ...]
+        _check(isinstance(value, (list, tuple)), f"{key} must be a list, got {value!r}")
+        item = typing.get_args(hint)[0]
+        return tuple(_coerce(item, v, f"{key}[{i}]") for i, v in enumerate(value))
+    if hint is float:
+        _check(_is_number(value), f"{key} must be a number, got {value!r}")
+        return float(value)
+    if hint is int:
+        _check(isinstance(value, int) and not isinstance(value, bool), f"{key} must be an integer, got {value!r}")
+        return value
+    if hint is bool:
+        _check(isinstance(value, bool), f"{key} must be true or false, got {value!r}")
+        return value
+    if hint is str:  # Hydra reads an all-digit group or name as a number: keep its text
+        _check(isinstance(value, str) or _is_number(value), f"{key} must be a string, got {value!r}")
+        return str(value)
+    raise TypeError(f"no coercion for {hint} ({key})")
+
+
+def _build(cls, values: Any, prefix: str):
+    """cls(**values) with every value coerced to its field's type; unknown keys refused."""
+    values = dict(values or {})
+    hints = typing.get_type_hints(cls)
+    full_key = lambda name: f"{prefix}.{name}" if prefix else name
+    for name in values:
+        _check(name in hints, f"unknown key {full_key(name)}")
+    return cls(**{name: _coerce(hints[name], value, full_key(name)) for name, value in values.items()})
+
+
 def _validate(cfg: RunConfig) -> None:
-    d, m, t, e = cfg.data, cfg.model, cfg.training, cfg.eval
+    d, m, t, e, w = cfg.data, cfg.model, cfg.training, cfg.eval, cfg.wandb
     _check(d.encoding in ENCODINGS, f"data.encoding must be one of {ENCODINGS}, got {d.encoding!r}")
     _check(d.n_dims >= 1, f"data.n_dims must be >= 1, got {d.n_dims}")
     _check(d.n_points >= 1, f"data.n_points must be >= 1, got {d.n_points}")
     _check(d.prior_scale > 0, f"data.prior_scale must be > 0, got {d.prior_scale}")
     _check(d.noise_std >= 0, f"data.noise_std must be >= 0, got {d.noise_std}")
     if d.noise_std_choices is not None:
-        _check(len(d.noise_std_choices) >= 1, "data.noise_std_choices must be null or a non-empty list")
-        floor_ok = all(s > 0 for s in d.noise_std_choices) if len(d.noise_std_choices) > 1 else d.noise_std_choices[0] >= 0
-        _check(floor_ok, f"data.noise_std_choices must be > 0 when several are given, got {list(d.noise_std_choices)}")
-    _check(d.task_pool_size is None or d.task_pool_size >= 1, f"data.task_pool_size must be null or >= 1, got {d.task_pool_size}")
+        choices = list(d.noise_std_choices)
+        _check(len(choices) >= 1, "data.noise_std_choices must be null or a non-empty list")
+        floor_ok = all(s > 0 for s in choices) if len(choices) > 1 else choices[0] >= 0
+        _check(floor_ok, f"data.noise_std_choices must be > 0 when several are given, got {choices}")
+    for key in ("task_pool_size", "train_size"):
+        value = getattr(d, key)
+        _check(value is None or value >= 1, f"data.{key} must be null or >= 1, got {value}")
     _check(d.vocab_size >= 2, f"data.vocab_size must be >= 2, got {d.vocab_size}")
     _check(d.bin_range > 0, f"data.bin_range must be > 0, got {d.bin_range}")
     c = d.curriculum
     if c.enabled:
-        _check(1 <= c.dims_start <= d.n_dims, f"data.curriculum.dims_start must be in [1, data.n_dims={d.n_dims}], got {c.dims_start}")
-        _check(1 <= c.points_start <= d.n_points, f"data.curriculum.points_start must be in [1, data.n_points={d.n_points}], got {c.points_start}")
+        _check(
+            1 <= c.dims_start <= d.n_dims, f"data.curriculum.dims_start must be in [1, {d.n_dims}], got {c.dims_start}"
+        )
+        _check(
+            1 <= c.points_start <= d.n_points,
+            f"data.curriculum.points_start must be in [1, {d.n_points}], got {c.points_start}",
+        )
+        for key in ("dims_increment", "points_increment"):
+            _check(getattr(c, key) >= 0, f"data.curriculum.{key} must be >= 0, got {getattr(c, key)}")
         _check(c.interval >= 1, f"data.curriculum.interval must be >= 1, got {c.interval}")
-    _check(m.n_layer >= 1, f"model.n_layer must be >= 1, got {m.n_layer}")
-    _check(m.n_head >= 1 and m.n_embd % m.n_head == 0, f"model.n_embd ({m.n_embd}) must be divisible by model.n_head ({m.n_head})")
+    for key in ("n_layer", "n_embd", "n_head", "n_positions"):
+        _check(getattr(m, key) >= 1, f"model.{key} must be >= 1, got {getattr(m, key)}")
+    _check(m.n_embd % m.n_head == 0, f"model.n_embd ({m.n_embd}) must be divisible by model.n_head ({m.n_head})")
     _check(0 <= m.dropout < 1, f"model.dropout must be in [0, 1), got {m.dropout}")
     _check(
         d.sequence_length <= m.n_positions,
@@ -83,32 +219,62 @@ def _validate(cfg: RunConfig) -> None:
     _check(t.schedule in SCHEDULES, f"training.schedule must be one of {SCHEDULES}, got {t.schedule!r}")
     for key in ("steps", "batch_size", "steps_per_dispatch", "max_to_keep"):
         _check(getattr(t, key) >= 1, f"training.{key} must be >= 1, got {getattr(t, key)}")
+    if t.num_epochs is not None:
+        _check(t.num_epochs >= 1, f"training.num_epochs must be null or >= 1, got {t.num_epochs}")
+        _check(
+            d.train_size is not None or t.num_epochs <= t.steps,
+            f"training.num_epochs ({t.num_epochs}) without data.train_size splits training.steps ({t.steps}) "
+            "into epochs: it must not exceed it",
+        )
     _check(t.learning_rate > 0, f"training.learning_rate must be > 0, got {t.learning_rate}")
     _check(t.warmup_steps >= 0, f"training.warmup_steps must be >= 0, got {t.warmup_steps}")
+    _check(0 <= t.min_lr_ratio <= 1, f"training.min_lr_ratio must be in [0, 1], got {t.min_lr_ratio}")
     _check(t.grad_clip > 0, f"training.grad_clip must be > 0, got {t.grad_clip}")
     _check(t.weight_decay >= 0, f"training.weight_decay must be >= 0, got {t.weight_decay}")
-    for key in ("steps", "log_every", "eval_every", "checkpoint_every"):
+    for key in ("log_every", "eval_every", "checkpoint_every"):
         value = getattr(t, key)
         _check(
             value >= 1 and value % t.steps_per_dispatch == 0,
-            f"training.{key} ({value}) must be a positive multiple of training.steps_per_dispatch ({t.steps_per_dispatch})",
+            f"training.{key} ({value}) must be a positive multiple of "
+            f"training.steps_per_dispatch ({t.steps_per_dispatch})",
         )
-    _check(e.n_prompts >= 1 and e.batch_size >= 1, f"eval.n_prompts and eval.batch_size must be >= 1, got {e.n_prompts}, {e.batch_size}")
+    _check(e.n_prompts >= 1, f"eval.n_prompts must be >= 1, got {e.n_prompts}")
+    _check(e.batch_size >= 1, f"eval.batch_size must be >= 1, got {e.batch_size}")
+    _check(w.mode in WANDB_MODES, f"wandb.mode must be one of {WANDB_MODES}, got {w.mode!r}")
+    _check(w.init_timeout > 0, f"wandb.init_timeout must be > 0, got {w.init_timeout}")
+
+
+def steps_per_epoch(cfg: RunConfig) -> int:
+    """Steps of one pass over the finite training set: the last batch of an epoch may be partial."""
+    return math.ceil(cfg.data.train_size / cfg.training.batch_size)
+
+
+def _resolve_epochs(cfg: RunConfig) -> RunConfig:
+    """With `training.num_epochs`, the run's length in steps and its finite training set.
+
+    With data.train_size: num_epochs x ceil(train_size / batch_size) steps (training.steps ignored).
+    Without it (the seed's `python train.py training.num_epochs=20`): the step budget is kept and
+    split into the epochs, over a set of (training.steps // num_epochs) x batch_size prompts.
+    """
+    d, t = cfg.data, cfg.training
+    if t.num_epochs is None:
+        return cfg
+    if d.train_size is None:
+        d = dataclasses.replace(d, train_size=t.steps // t.num_epochs * t.batch_size)
+        cfg = dataclasses.replace(cfg, data=d)
+    steps = t.num_epochs * steps_per_epoch(cfg)
+    return dataclasses.replace(cfg, training=dataclasses.replace(t, steps=steps))
 
 
 def from_dictconfig(cfg: DictConfig) -> RunConfig:
     """Validated dataclasses from a (Hydra) config; raises ConfigError naming the bad key."""
-    raw = OmegaConf.to_container(cfg, resolve=True)
-    data_values = dict(raw.get("data") or {})
-    curriculum = _build(CurriculumConfig, data_values.pop("curriculum", None), "data.curriculum")
-    if data_values.get("noise_std_choices") is not None:
-        data_values["noise_std_choices"] = tuple(data_values["noise_std_choices"])
-    run_cfg = RunConfig(
-        data=_build(DataConfig, {**data_values, "curriculum": curriculum}, "data"),
-        model=_build(ModelConfig, raw.get("model"), "model"),
-        training=_build(TrainingConfig, raw.get("training"), "training"),
-        eval=_build(EvalConfig, raw.get("eval"), "eval"),
-        seed=int(raw.get("seed", 0)),
-    )
+    run_cfg = _build(RunConfig, OmegaConf.to_container(cfg, resolve=True), "")
     _validate(run_cfg)
+    run_cfg = _resolve_epochs(run_cfg)
+    if run_cfg.training.warmup_steps > run_cfg.training.steps:
+        log.warning(
+            "training.warmup_steps (%d) is longer than the run (%d steps): the learning rate never reaches its peak",
+            run_cfg.training.warmup_steps,
+            run_cfg.training.steps,
+        )
     return run_cfg

@@ -5,59 +5,23 @@ y_i = w^T x_i + eps_i with eps_i ~ N(0, sigma^2). Everything is a pure function 
 the train step can sample inside `jit` and a resumed run sees exactly the data it would have seen.
 """
 
-from dataclasses import dataclass, field
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
+from icl_lr.config import DataConfig
 
-@dataclass(frozen=True)
-class CurriculumConfig:
-    enabled: bool = False
-    dims_start: int = 5
-    dims_increment: int = 1
-    points_start: int = 11
-    points_increment: int = 2
-    interval: int = 2000
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    n_dims: int = 5
-    n_points: int = 11
-    prior_scale: float = 1.0
-    noise_std: float = 0.0
-    noise_std_choices: Optional[tuple] = None
-    task_pool_size: Optional[int] = None
-    encoding: str = "continuous"
-    vocab_size: int = 64
-    bin_range: float = 3.0
-    curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
-
-    @property
-    def noise_stds(self) -> tuple:
-        """The support of the noise prior: one value, or the hierarchical prior's list."""
-        return tuple(self.noise_std_choices) if self.noise_std_choices else (self.noise_std,)
-
-    @property
-    def y_scale(self) -> float:
-        """Marginal std of y (largest noise), used to standardise y before binning into tokens."""
-        return float((self.prior_scale**2 * self.n_dims + max(self.noise_stds) ** 2) ** 0.5)
-
-    @property
-    def tokens_per_point(self) -> int:
-        return 2 if self.encoding == "continuous" else self.n_dims + 1
-
-    @property
-    def sequence_length(self) -> int:
-        return self.n_points * self.tokens_per_point
+# fold_in indices of the run key's fixed streams; step keys are fold_in(run key, step) and never reach them
+POOL_STREAM = 2**31 - 1  # the finite task pool
+TRAIN_SET_STREAM = 2**31 - 2  # the finite training set
 
 
 class Batch(NamedTuple):
-    xs: jax.Array  # [B, n, d]
-    ys: jax.Array  # [B, n]
-    point_mask: jax.Array  # [n] 1 for points inside the current curriculum length
+    xs: jax.Array  # [B, N, D]
+    ys: jax.Array  # [B, N]
+    point_mask: jax.Array  # [N] 1 for points inside the current curriculum length
+    example_mask: jax.Array  # [B] 1 for prompts that count (0 pads the last, partial batch of an epoch)
 
 
 def curriculum_stage(cfg: DataConfig, step) -> tuple:
@@ -72,7 +36,7 @@ def curriculum_stage(cfg: DataConfig, step) -> tuple:
 
 
 def sample_weights(key, cfg: DataConfig, batch_size: int, pool_key=None) -> jax.Array:
-    """Weight vectors, fresh from the Gaussian prior or, given `pool_key`, from a pool of M tasks.
+    """Weight vectors [B, d], fresh from the Gaussian prior or, given `pool_key`, from a pool of M tasks.
 
     Pool task j is always generated from fold_in(pool_key, j), so the pool is fixed for the run
     without being stored: sampling costs O(batch * d) for any M.
@@ -98,50 +62,37 @@ def sample_batch(key, cfg: DataConfig, batch_size: int, step=None, pool_key=None
     sigma = jax.random.choice(sigma_key, jnp.asarray(cfg.noise_stds, jnp.float32), (batch_size, 1))
     ys = jnp.einsum("bnd,bd->bn", xs, ws) + sigma * jax.random.normal(eps_key, (batch_size, cfg.n_points))
     point_mask = (jnp.arange(cfg.n_points) < points).astype(jnp.float32)
-    return Batch(xs, ys, point_mask)
+    return Batch(xs, ys, point_mask, jnp.ones(batch_size, jnp.float32))
 
 
-def bin_centres(cfg: DataConfig) -> jax.Array:
-    edges = jnp.linspace(-cfg.bin_range, cfg.bin_range, cfg.vocab_size + 1)
-    return (edges[:-1] + edges[1:]) / 2
+def pool_key(run_key) -> jax.Array:
+    return jax.random.fold_in(run_key, POOL_STREAM)
 
 
-def to_tokens(cfg: DataConfig, values: jax.Array) -> jax.Array:
-    """Uniform bins on [-bin_range, bin_range] of standardised values; outliers go to the end bins."""
-    ids = jnp.floor((values + cfg.bin_range) / (2 * cfg.bin_range) * cfg.vocab_size)
-    return jnp.clip(ids, 0, cfg.vocab_size - 1).astype(jnp.int32)
+def training_set_prompts(run_key, cfg: DataConfig, ids, step=None) -> Batch:
+    """Prompts `ids` of the run's finite training set.
 
-
-def encode(cfg: DataConfig, xs: jax.Array, ys: jax.Array) -> jax.Array:
-    """Model inputs.
-
-    continuous: [B, 2n, d], x-token then y-token (y in the first coordinate), as in Garg et al.
-    tokens: [B, n(d+1)] ids of [x0_0 ... x0_{d-1}, y0, x1_0, ...], y standardised by `y_scale`.
+    Prompt j is sampled from its own key, fold_in(set key, j), so the set of `data.train_size`
+    prompts is fixed for the run without being stored.
     """
-    if cfg.encoding == "continuous":
-        y_tokens = jnp.zeros_like(xs).at[..., 0].set(ys)
-        return jnp.stack([xs, y_tokens], axis=2).reshape(xs.shape[0], -1, xs.shape[-1])
-    values = jnp.concatenate([xs, ys[..., None] / cfg.y_scale], axis=-1)
-    return to_tokens(cfg, values).reshape(xs.shape[0], -1)
+    prompts_key = jax.random.fold_in(jax.random.fold_in(run_key, TRAIN_SET_STREAM), 0)
+    one = lambda i: sample_batch(jax.random.fold_in(prompts_key, i), cfg, 1, step, pool_key(run_key))
+    batch = jax.vmap(one)(ids)  # leaves [B, 1, ...]
+    return Batch(batch.xs[:, 0], batch.ys[:, 0], batch.point_mask[0], jnp.ones(len(ids), jnp.float32))
 
 
-def y_target_tokens(cfg: DataConfig, ys: jax.Array) -> jax.Array:
-    return to_tokens(cfg, ys / cfg.y_scale)
+def training_batch(run_key, step_key, cfg: DataConfig, batch_size: int, step, steps_per_epoch: int = 0) -> Batch:
+    """The batch of `step`, a pure function of (run key, step), so resumed runs see the same data.
 
-
-def prediction_outputs(cfg: DataConfig, outputs: jax.Array) -> jax.Array:
-    """The model outputs that predict each y_i: [B, n, out] from [B, T, out].
-
-    continuous: the output at x_i's token; tokens: the output at the last coordinate of x_i,
-    whose next token is y_i.
+    Without `data.train_size`: fresh prompts from `step_key`. With it: the epoch's shuffled order
+    over the finite set, `batch_size` prompts per step; the epoch's last batch, when the set does
+    not divide into batches, is topped up from the start of the order with `example_mask` 0.
     """
-    per_point = outputs.reshape(outputs.shape[0], cfg.n_points, cfg.tokens_per_point, -1)
-    return per_point[:, :, cfg.tokens_per_point - 2]
-
-
-def decode_predictions(cfg: DataConfig, outputs: jax.Array) -> jax.Array:
-    """y predictions [B, n]: the scalar read-out, or the expected bin centre under the logits."""
-    preds = prediction_outputs(cfg, outputs)
-    if cfg.encoding == "continuous":
-        return preds[..., 0]
-    return jax.nn.softmax(preds, axis=-1) @ bin_centres(cfg) * cfg.y_scale
+    if cfg.train_size is None:
+        return sample_batch(step_key, cfg, batch_size, step, pool_key(run_key))
+    epoch, position = step // steps_per_epoch, step % steps_per_epoch
+    order_key = jax.random.fold_in(jax.random.fold_in(run_key, TRAIN_SET_STREAM), 1)
+    order = jax.random.permutation(jax.random.fold_in(order_key, epoch), cfg.train_size)
+    slots = position * batch_size + jnp.arange(batch_size)
+    batch = training_set_prompts(run_key, cfg, order[slots % cfg.train_size], step)
+    return batch._replace(example_mask=(slots < cfg.train_size).astype(jnp.float32))

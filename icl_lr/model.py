@@ -2,65 +2,61 @@
 
 Parameter names and layouts follow Hugging Face's GPT2Model (wpe, h_i.ln_1, attn.c_attn, ...), so
 its weights load one to one; tests/test_model.py checks the hidden states against it.
+Shape suffixes: B batch, L sequence length, D model width, H heads, K head width, V vocabulary.
 """
-
-from dataclasses import dataclass
-from typing import Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from icl_lr.config import ModelConfig
 
-@dataclass(frozen=True)
-class ModelConfig:
-    n_layer: int = 3
-    n_embd: int = 64
-    n_head: int = 2
-    n_positions: int = 256
-    dropout: float = 0.0
+GPT2_INIT = nn.initializers.normal(0.02)  # GPT-2's init of every weight matrix and token embedding
 
 
-def _dense(features: int, name: str, n_layer: Optional[int] = None) -> nn.Dense:
-    """GPT-2 init: N(0, 0.02); residual projections scaled by 1/sqrt(2 * n_layer)."""
-    std = 0.02 if n_layer is None else 0.02 / (2 * n_layer) ** 0.5
-    return nn.Dense(features, kernel_init=nn.initializers.normal(std), name=name)
+def residual_init(n_layer: int) -> nn.initializers.Initializer:
+    """GPT-2's init of the projections into the residual stream: N(0, 0.02 / sqrt(2 n_layer)),
+    so the stream's variance does not grow with depth (two such projections per block)."""
+    return nn.initializers.normal(0.02 / (2 * n_layer) ** 0.5)
 
 
 class Attention(nn.Module):
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, h, train: bool):
+    def __call__(self, h_BxLxD, train: bool):
         cfg = self.config
-        batch, length, width = h.shape
-        qkv = _dense(3 * width, "c_attn")(h).reshape(batch, length, 3, cfg.n_head, width // cfg.n_head)
-        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(q.shape[-1]).astype(h.dtype)
-        causal = jnp.tril(jnp.ones((length, length), bool))
-        probs = jax.nn.softmax(jnp.where(causal, scores, jnp.finfo(scores.dtype).min), axis=-1)
-        probs = nn.Dropout(cfg.dropout)(probs, deterministic=not train)
-        out = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(batch, length, width)
-        return _dense(width, "c_proj", cfg.n_layer)(out)
+        batch, length, width = h_BxLxD.shape
+        qkv = nn.Dense(3 * width, kernel_init=GPT2_INIT, name="c_attn")(h_BxLxD)
+        qkv_BxLx3xHxK = qkv.reshape(batch, length, 3, cfg.n_head, width // cfg.n_head)
+        q_BxLxHxK, k_BxLxHxK, v_BxLxHxK = (qkv_BxLx3xHxK[:, :, i] for i in range(3))
+        scale = jnp.sqrt(q_BxLxHxK.shape[-1]).astype(h_BxLxD.dtype)
+        scores_BxHxLxL = jnp.einsum("bqhk,bshk->bhqs", q_BxLxHxK, k_BxLxHxK) / scale
+        causal_LxL = jnp.tril(jnp.ones((length, length), bool))
+        masked = jnp.where(causal_LxL, scores_BxHxLxL, jnp.finfo(scores_BxHxLxL.dtype).min)
+        probs_BxHxLxL = nn.Dropout(cfg.dropout)(jax.nn.softmax(masked, axis=-1), deterministic=not train)
+        out_BxLxD = jnp.einsum("bhqs,bshk->bqhk", probs_BxHxLxL, v_BxLxHxK).reshape(batch, length, width)
+        return nn.Dense(width, kernel_init=residual_init(cfg.n_layer), name="c_proj")(out_BxLxD)
 
 
 class MLP(nn.Module):
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, h):
-        h = nn.gelu(_dense(4 * self.config.n_embd, "c_fc")(h), approximate=True)  # GPT-2's gelu_new
-        return _dense(self.config.n_embd, "c_proj", self.config.n_layer)(h)
+    def __call__(self, h_BxLxD):
+        cfg = self.config
+        h_BxLx4D = nn.gelu(nn.Dense(4 * cfg.n_embd, kernel_init=GPT2_INIT, name="c_fc")(h_BxLxD), approximate=True)
+        return nn.Dense(cfg.n_embd, kernel_init=residual_init(cfg.n_layer), name="c_proj")(h_BxLx4D)  # gelu_new
 
 
 class Block(nn.Module):
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, h, train: bool):
+    def __call__(self, h_BxLxD, train: bool):
         drop = nn.Dropout(self.config.dropout, deterministic=not train)
-        h = h + drop(Attention(self.config, name="attn")(nn.LayerNorm(1e-5, name="ln_1")(h), train))
-        return h + drop(MLP(self.config, name="mlp")(nn.LayerNorm(1e-5, name="ln_2")(h)))
+        h_BxLxD = h_BxLxD + drop(Attention(self.config, name="attn")(nn.LayerNorm(1e-5, name="ln_1")(h_BxLxD), train))
+        return h_BxLxD + drop(MLP(self.config, name="mlp")(nn.LayerNorm(1e-5, name="ln_2")(h_BxLxD)))
 
 
 class Transformer(nn.Module):
@@ -69,32 +65,32 @@ class Transformer(nn.Module):
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, embeddings, train: bool = False):
+    def __call__(self, embeddings_BxLxD, train: bool = False):
         cfg = self.config
         wpe = nn.Embed(cfg.n_positions, cfg.n_embd, embedding_init=nn.initializers.normal(0.01), name="wpe")
-        h = embeddings + wpe(jnp.arange(embeddings.shape[1]))
-        h = nn.Dropout(cfg.dropout, deterministic=not train)(h)
+        h_BxLxD = embeddings_BxLxD + wpe(jnp.arange(embeddings_BxLxD.shape[1]))
+        h_BxLxD = nn.Dropout(cfg.dropout, deterministic=not train)(h_BxLxD)
         for i in range(cfg.n_layer):
-            h = Block(cfg, name=f"h_{i}")(h, train)
-        return nn.LayerNorm(1e-5, name="ln_f")(h)
+            h_BxLxD = Block(cfg, name=f"h_{i}")(h_BxLxD, train)
+        return nn.LayerNorm(1e-5, name="ln_f")(h_BxLxD)
 
 
 class ICLModel(nn.Module):
     """Read-in, GPT-2 trunk, read-out.
 
-    `vocab_size` None: continuous inputs [B, T, d], a linear read-in and one scalar out per token.
-    Otherwise token ids [B, T] through an embedding table and logits over the vocabulary.
+    `vocab_size` None: continuous inputs [B, L, d], a linear read-in and one scalar out per token.
+    Otherwise token ids [B, L] through an embedding table and logits [B, L, V] over the vocabulary.
     """
 
     config: ModelConfig
-    vocab_size: Optional[int] = None
+    vocab_size: int | None = None
 
     @nn.compact
     def __call__(self, inputs, train: bool = False):
         width = self.config.n_embd
         if self.vocab_size is None:
-            embeddings = _dense(width, "read_in")(inputs)
+            embeddings_BxLxD = nn.Dense(width, kernel_init=GPT2_INIT, name="read_in")(inputs)
         else:
-            embeddings = nn.Embed(self.vocab_size, width, embedding_init=nn.initializers.normal(0.02), name="wte")(inputs)
-        hidden = Transformer(self.config, name="transformer")(embeddings, train)
-        return _dense(1 if self.vocab_size is None else self.vocab_size, "read_out")(hidden)
+            embeddings_BxLxD = nn.Embed(self.vocab_size, width, embedding_init=GPT2_INIT, name="wte")(inputs)
+        hidden_BxLxD = Transformer(self.config, name="transformer")(embeddings_BxLxD, train)
+        return nn.Dense(self.vocab_size or 1, kernel_init=GPT2_INIT, name="read_out")(hidden_BxLxD)

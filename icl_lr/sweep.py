@@ -106,7 +106,9 @@ def run_sweep(sweep_path: Path, count: int, overrides: list, sweep_id: str | Non
         returncode = subprocess.run(argv, env=os.environ | {"WANDB_RUN_ID": run_id}).returncode
         record = _record(run_dir, run_id, proposal.config, returncode)
         done.append(record)
-        results.append({"run_id": run_id, **params, metric: record.summary_metrics.get(metric), "exit_code": returncode})
+        results.append(
+            {"run_id": run_id, **params, metric: record.summary_metrics.get(metric), "exit_code": returncode}
+        )
     return results
 
 

@@ -13,9 +13,11 @@ import json
 import logging
 import netrc
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 from urllib.parse import urlparse
+
+from icl_lr.config import WANDB_MODES, WandbConfig
 
 log = logging.getLogger("icl_lr")
 
@@ -96,37 +98,46 @@ def api_key_configured() -> bool:
 
 
 def resolve_mode(mode: str) -> str:
-    """online | offline | disabled; WANDB_MODE wins, 'auto' is online only with a key."""
+    """online | offline | disabled: WANDB_MODE wins over wandb.mode; 'auto' is online only with a key."""
     mode = os.environ.get("WANDB_MODE", mode)
-    if mode not in ("auto", "online", "offline", "disabled", "dryrun", "run"):
-        raise ValueError(f"wandb.mode must be auto, online, offline or disabled, got {mode!r}")
+    if mode not in WANDB_MODES:
+        raise ValueError(f"WANDB_MODE must be one of {WANDB_MODES}, got {mode!r}")
     if mode == "auto":
         return "online" if api_key_configured() else "offline"
-    return {"dryrun": "offline", "run": "online"}.get(mode, mode)
+    return mode
 
 
 class WandbRun(Tracker):
     """One W&B run per training run; the id is kept in the run dir so a resumed run continues it."""
 
-    def __init__(self, settings: dict, config: dict, run_dir: Path):
+    def __init__(self, settings: WandbConfig, config: dict, run_dir: Path):
         import wandb
         from wandb.sdk.lib import runid
 
         self.wandb = wandb
-        self.log_checkpoints = settings.get("log_checkpoints", True)
+        self.log_checkpoints = settings.log_checkpoints
         run_dir = Path(run_dir).absolute()
         id_file = run_dir / "wandb_run_id"
-        run_id = id_file.read_text().strip() if id_file.exists() else os.environ.get("WANDB_RUN_ID") or runid.generate_id()
+        run_id = (
+            id_file.read_text().strip() if id_file.exists() else os.environ.get("WANDB_RUN_ID") or runid.generate_id()
+        )
         run_dir.mkdir(parents=True, exist_ok=True)
         id_file.write_text(run_id)
         init_args = dict(
-            project=settings.get("project"), entity=settings.get("entity"), group=settings.get("group"),
-            tags=list(settings.get("tags") or []), job_type=settings.get("job_type"), name=settings.get("name"),
-            config=config, dir=str(run_dir), id=run_id, resume="allow",
+            project=settings.project,
+            entity=settings.entity,
+            group=settings.group,
+            tags=list(settings.tags),
+            job_type=settings.job_type,
+            name=settings.name,
+            config=config,
+            dir=str(run_dir),
+            id=run_id,
+            resume="allow",
         )
-        mode = resolve_mode(settings.get("mode", "auto"))
+        mode = resolve_mode(settings.mode)
         try:
-            self.run = wandb.init(mode=mode, settings=wandb.Settings(init_timeout=settings.get("init_timeout", 30)), **init_args)
+            self.run = wandb.init(mode=mode, settings=wandb.Settings(init_timeout=settings.init_timeout), **init_args)
         except Exception as error:  # bad key, unreachable server: keep training, log offline
             if mode != "online":
                 raise
@@ -150,8 +161,11 @@ class WandbRun(Tracker):
         ks = list(range(len(curves[names[0]])))
         table = self.wandb.Table(columns=["k", *names], data=[[k, *(float(curves[n][k]) for n in names)] for k in ks])
         chart = self.wandb.plot.line_series(
-            xs=ks, ys=[[float(v) for v in curves[n]] for n in names], keys=names,
-            title=f"squared error / d vs in-context examples (step {step})", xname="k",
+            xs=ks,
+            ys=[[float(v) for v in curves[n]] for n in names],
+            keys=names,
+            title=f"squared error / d vs in-context examples (step {step})",
+            xname="k",
         )
         self.run.log({"step": step, "eval/curves": table, "eval/curves_chart": chart})
 

@@ -1,37 +1,29 @@
-"""The optimiser and the jitted train step: sampling, forward, backward and update in one program."""
+"""One training run: the TrainState, the jitted train step, and the loop in named phases.
 
-from dataclasses import dataclass
+The step is a pure function of the state: its batch comes from fold_in(state.rng, state.step), so
+a run resumed from a checkpoint sees exactly the data it would have seen. `steps_per_dispatch`
+steps run in one `lax.scan` per call (a dispatch), to keep Python out of the hot loop.
+"""
+
+import logging
+import time
 from functools import partial
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import struct
 
-from icl_lr import data
+from icl_lr import data, encoding, evaluate
+from icl_lr.checkpoint import Checkpoints, restore_params
+from icl_lr.config import DataConfig, RunConfig, steps_per_epoch
 from icl_lr.model import ICLModel
+from icl_lr.optimizer import learning_rate_schedule, make_optimizer
+from icl_lr.tracking import LocalFiles, Tracker, Trackers
 
-SCHEDULES = ("constant", "cosine")
-POOL_STREAM = 2**31 - 1  # fold_in index of the run's task-pool key; steps never reach it
-
-
-@dataclass(frozen=True)
-class TrainingConfig:
-    """Mirrors configs/training/default.yaml, where each field is documented."""
-
-    steps: int = 12000
-    batch_size: int = 128
-    learning_rate: float = 1e-3
-    warmup_steps: int = 500
-    schedule: str = "cosine"
-    min_lr_ratio: float = 0.1
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    steps_per_dispatch: int = 50
-    log_every: int = 500
-    eval_every: int = 2000
-    checkpoint_every: int = 2000
-    max_to_keep: int = 3
+log = logging.getLogger("icl_lr")
 
 
 class TrainState(struct.PyTreeNode):
@@ -43,69 +35,225 @@ class TrainState(struct.PyTreeNode):
     rng: jax.Array
 
 
-def learning_rate_schedule(cfg: TrainingConfig) -> optax.Schedule:
-    """Linear warmup from 0, then constant or cosine decay to min_lr_ratio * learning_rate."""
-    warmup = optax.linear_schedule(0.0, cfg.learning_rate, max(cfg.warmup_steps, 1))
-    if cfg.schedule == "constant":
-        after = optax.constant_schedule(cfg.learning_rate)
-    else:
-        decay_steps = max(cfg.steps - cfg.warmup_steps, 1)
-        after = optax.cosine_decay_schedule(cfg.learning_rate, decay_steps, alpha=cfg.min_lr_ratio)
-    return optax.join_schedules([warmup, after], [cfg.warmup_steps])
+def build_model(cfg: RunConfig) -> ICLModel:
+    return ICLModel(cfg.model, vocab_size=None if cfg.data.encoding == "continuous" else cfg.data.vocab_size)
 
 
-def make_optimizer(cfg: TrainingConfig) -> optax.GradientTransformation:
-    """AdamW after global-norm clipping; weight decay on matrices only (not biases, LayerNorms)."""
-    decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
-    return optax.chain(
-        optax.clip_by_global_norm(cfg.grad_clip),
-        optax.adamw(learning_rate_schedule(cfg), weight_decay=cfg.weight_decay, mask=decay_mask),
-    )
-
-
-def model_inputs_example(data_cfg: data.DataConfig) -> jax.Array:
-    batch = data.sample_batch(jax.random.PRNGKey(0), data_cfg, 1)
-    return data.encode(data_cfg, batch.xs, batch.ys)
-
-
-def init_state(model: ICLModel, tx: optax.GradientTransformation, data_cfg: data.DataConfig, seed: int) -> TrainState:
+def init_state(model: ICLModel, tx: optax.GradientTransformation, data_cfg: DataConfig, seed: int) -> TrainState:
     init_key, run_key = jax.random.split(jax.random.PRNGKey(seed))
-    params = jax.jit(model.init)(init_key, model_inputs_example(data_cfg))["params"]
+    example = data.sample_batch(jax.random.PRNGKey(0), data_cfg, 1)
+    params = jax.jit(model.init)(init_key, encoding.encode(data_cfg, example.xs, example.ys))["params"]
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), rng=run_key)
 
 
-def loss_fn(params, model: ICLModel, data_cfg: data.DataConfig, batch: data.Batch, dropout_key) -> jax.Array:
-    """MSE on y predictions (continuous) or cross-entropy on the y tokens (tokens).
+def loss_fn(params, model: ICLModel, data_cfg: DataConfig, batch: data.Batch, dropout_key) -> jax.Array:
+    """Mean loss over the y predictions of the prompts that count.
 
     Only the y positions are scored: the x's are i.i.d. noise whose prediction teaches nothing
     about in-context regression. Points beyond the curriculum's current length are masked out.
     """
-    inputs = data.encode(data_cfg, batch.xs, batch.ys)
+    inputs = encoding.encode(data_cfg, batch.xs, batch.ys)
     outputs = model.apply({"params": params}, inputs, train=True, rngs={"dropout": dropout_key})
-    if data_cfg.encoding == "continuous":
-        per_point = (data.decode_predictions(data_cfg, outputs) - batch.ys) ** 2
-    else:
-        logits = data.prediction_outputs(data_cfg, outputs)
-        per_point = optax.softmax_cross_entropy_with_integer_labels(logits, data.y_target_tokens(data_cfg, batch.ys))
-    return jnp.sum(per_point * batch.point_mask) / (per_point.shape[0] * jnp.sum(batch.point_mask))
+    per_point_BxN = encoding.point_losses(data_cfg, outputs, batch.ys) * batch.point_mask
+    return jnp.sum(per_point_BxN * batch.example_mask[:, None]) / (
+        jnp.sum(batch.example_mask) * jnp.sum(batch.point_mask)
+    )
 
 
-def make_train_chunk(model: ICLModel, tx, data_cfg: data.DataConfig, cfg: TrainingConfig):
-    """jitted state -> (state, metrics): `steps_per_dispatch` steps in one lax.scan, state donated."""
-    schedule = learning_rate_schedule(cfg)
+def make_dispatch(model: ICLModel, tx, cfg: RunConfig):
+    """jitted (state, n_steps) -> (state, metrics of each step): n_steps steps in one lax.scan, state donated."""
+    schedule = learning_rate_schedule(cfg.training)
+    epoch_steps = steps_per_epoch(cfg) if cfg.data.train_size else 0
 
     def one_step(state: TrainState, _):
-        data_key, dropout_key = jax.random.split(jax.random.fold_in(state.rng, state.step))
-        pool_key = jax.random.fold_in(state.rng, POOL_STREAM)
-        batch = data.sample_batch(data_key, data_cfg, cfg.batch_size, state.step, pool_key)
-        loss, grads = jax.value_and_grad(loss_fn)(state.params, model, data_cfg, batch, dropout_key)
+        step_key, dropout_key = jax.random.split(jax.random.fold_in(state.rng, state.step))
+        batch = data.training_batch(state.rng, step_key, cfg.data, cfg.training.batch_size, state.step, epoch_steps)
+        loss, grads = jax.value_and_grad(loss_fn)(state.params, model, cfg.data, batch, dropout_key)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": schedule(state.step)}
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
-    @partial(jax.jit, donate_argnums=0)
-    def train_chunk(state: TrainState):
-        return jax.lax.scan(one_step, state, length=cfg.steps_per_dispatch)
+    @partial(jax.jit, static_argnums=1, donate_argnums=0)
+    def dispatch(state: TrainState, n_steps: int):
+        return jax.lax.scan(one_step, state, length=n_steps)
 
-    return train_chunk
+    return dispatch
+
+
+class Throughput:
+    """Training steps per second over the dispatches since the last `reset`.
+
+    Dispatches that compile (the first of each length) are left out, and so is everything between
+    dispatches (eval, checkpoints, logging).
+    """
+
+    def __init__(self):
+        self.compiled_lengths, self.steps, self.seconds = set(), 0, 0.0
+
+    def record(self, n_steps: int, seconds: float) -> bool:
+        """Counts one dispatch; returns True when it was a compile (not counted)."""
+        if n_steps not in self.compiled_lengths:
+            self.compiled_lengths.add(n_steps)
+            return True
+        self.steps, self.seconds = self.steps + n_steps, self.seconds + seconds
+        return False
+
+    def steps_per_second(self) -> float | None:
+        return self.steps / self.seconds if self.steps else None
+
+    def reset(self) -> None:
+        self.steps, self.seconds = 0, 0.0
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def _headline(curves: dict, n_dims: int) -> str:
+    """Errors at k = 2d (or the last k): the model beside the Bayes-optimal and least squares."""
+    k = min(2 * n_dims, len(curves["model"]) - 1)
+    parts = [f"{name} {curves[name][k]:.4f}" for name in ("model", evaluate.BAYES, "least_squares")]
+    return f"error@k={k}: " + ", ".join(parts) + f" (k=0: {curves['model'][0]:.4f})"
+
+
+def _initial_params(init_from: str, template):
+    """Params from a local step directory, or from a W&B model artifact (downloaded)."""
+    path = Path(init_from)
+    if not path.exists():
+        import wandb
+
+        path = Path(wandb.Api().artifact(init_from, type="model").download())
+    return restore_params(path, template)
+
+
+def _log_phase(tracker: Tracker, window: list, step: int, cfg: RunConfig, throughput: Throughput) -> None:
+    """Mean train metrics over the dispatches since the last log line, and one progress line."""
+    metrics = {k: np.concatenate([w[k] for w in window]) for k in window[0]}
+    record = {
+        "train/loss": float(metrics["loss"].mean()),
+        "train/grad_norm": float(metrics["grad_norm"].mean()),
+        "train/lr": float(metrics["lr"][-1]),
+    }
+    total = cfg.training.steps
+    line = f"step {step}/{total} | loss {record['train/loss']:.4f} | grad norm {record['train/grad_norm']:.3f}"
+    line += f" | lr {record['train/lr']:.2e}"
+    rate = throughput.steps_per_second()
+    if rate:
+        record["train/steps_per_second"] = rate
+        record["train/examples_per_second"] = rate * cfg.training.batch_size
+        line += f" | {rate:.0f} steps/s | ETA {_duration((total - step) / rate)}"
+    tracker.log(record, step)
+    log.info(line)
+    throughput.reset()
+
+
+class Evaluator:
+    """The eval phase: the model's error curves on the held-out set (and the training set, if finite)."""
+
+    def __init__(self, cfg: RunConfig, model: ICLModel, run_key):
+        started = time.perf_counter()
+        self.cfg = cfg
+        self.model_curve = evaluate.make_model_curve_fn(model, cfg.data, cfg.eval)
+        self.sets = {"": evaluate.make_eval_set(cfg.data, cfg.eval)}
+        if cfg.data.train_size:
+            self.sets["train_set/"] = evaluate.make_train_set_eval(cfg.data, cfg.eval, run_key)
+        log.info("eval sets and their baselines ready in %.1fs", time.perf_counter() - started)
+
+    def __call__(self, params, tracker: Tracker, step: int) -> tuple[dict, dict]:
+        """Logs every set's scalars (eval/..., eval/train_set/...) and the held-out curves; returns both."""
+        scalars = {}
+        for prefix, eval_set in self.sets.items():
+            curves = {"model": np.asarray(self.model_curve(params, eval_set.inputs, eval_set.ys))}
+            curves |= eval_set.baseline_curves
+            summary = evaluate.summarize(curves, self.cfg.data.n_dims)
+            scalars |= {f"eval/{prefix}{k}": v for k, v in summary.items()}
+            if not prefix:
+                held_out = curves
+        tracker.log(scalars, step)
+        tracker.log_curves(held_out, step)
+        line = _headline(held_out, self.cfg.data.n_dims)
+        log.info("eval at step %d | %s | excess over Bayes (mean over k) %.4f", step, line, scalars["eval/excess/mean"])
+        if "eval/train_set/model/error_mean" in scalars:
+            log.info(
+                "  on the training set: model error (mean over k) %.4f", scalars["eval/train_set/model/error_mean"]
+            )
+        return scalars, held_out
+
+
+def _start_state(cfg: RunConfig, model: ICLModel, tx, checkpoints: Checkpoints) -> tuple[TrainState, bool]:
+    """The run dir's last checkpoint, else fresh params (or init_from's); and whether it resumed."""
+    state = init_state(model, tx, cfg.data, cfg.seed)
+    restored = checkpoints.restore_latest(state)
+    if restored is not None:
+        return restored, True
+    if cfg.init_from:
+        log.info("initial params from %s", cfg.init_from)
+        return state.replace(params=_initial_params(cfg.init_from, state)), False
+    return state, False
+
+
+def train(cfg: RunConfig, run_dir: Path, trackers=()) -> dict:
+    """Trains to cfg.training.steps, resuming from run_dir's checkpoints; returns the final summary.
+
+    `cfg.init_from` (a checkpoint step directory or W&B artifact reference) sets the initial params
+    of a new run; a run dir with checkpoints of its own always resumes from those instead.
+    """
+    run_dir, t = Path(run_dir), cfg.training
+    model, tx = build_model(cfg), make_optimizer(t)
+    checkpoints = Checkpoints(run_dir / "checkpoints", t.max_to_keep)
+    state, resumed = _start_state(cfg, model, tx, checkpoints)
+    step, n_params = int(state.step), sum(p.size for p in jax.tree.leaves(state.params))
+    epochs = f" ({t.num_epochs} epochs over {cfg.data.train_size} prompts)" if t.num_epochs else ""
+    log.info(
+        "%s at step %d of %d%s; model %d parameters; run dir %s",
+        "resumed" if resumed else "starting",
+        step,
+        t.steps,
+        epochs,
+        n_params,
+        run_dir,
+    )
+    tracker: Tracker = Trackers([LocalFiles(run_dir, resume_step=step), *trackers])
+    started = time.perf_counter()
+    evaluator = Evaluator(cfg, model, state.rng)
+    dispatch = make_dispatch(model, tx, cfg)
+    summary, window, throughput = {"n_params": n_params}, [], Throughput()
+
+    while step < t.steps:
+        # train: one dispatch, up to steps_per_dispatch steps
+        n_steps = min(t.steps_per_dispatch, t.steps - step)
+        dispatch_started = time.perf_counter()
+        state, metrics = dispatch(state, n_steps)
+        window.append(jax.device_get(metrics))
+        step += n_steps
+        if throughput.record(n_steps, time.perf_counter() - dispatch_started) and "compile_seconds" not in summary:
+            summary["compile_seconds"] = time.perf_counter() - dispatch_started
+            log.info("train step compiled and first %d steps run in %.1fs", n_steps, summary["compile_seconds"])
+        is_last = step == t.steps
+
+        # log: train metrics and a progress line
+        if step % t.log_every == 0 or is_last:
+            _log_phase(tracker, window, step, cfg, throughput)
+            window = []
+
+        # eval: error curves, and the best checkpoint by held-out error
+        best_dir = None
+        if step % t.eval_every == 0 or is_last:
+            scalars, curves = evaluator(state.params, tracker, step)
+            summary |= scalars | {"curves": {k: v.tolist() for k, v in curves.items()}}
+            best_dir = checkpoints.save_best(state, scalars["eval/model/error_mean"])
+
+        # checkpoint: the latest state (one artifact version when it is also the best)
+        if step % t.checkpoint_every == 0 or is_last:
+            aliases = ["latest", f"step-{step}"] + (["best"] if best_dir else [])
+            tracker.log_checkpoint(checkpoints.save_latest(state), step, aliases)
+        elif best_dir:
+            tracker.log_checkpoint(best_dir, step, ["best"])
+
+    checkpoints.close()
+    summary |= {"step": step, "wall_seconds": time.perf_counter() - started}
+    tracker.finish({k: v for k, v in summary.items() if k != "curves"})  # curves are in curves.jsonl
+    log.info("done: %d steps in %s", step, _duration(summary["wall_seconds"]))
+    return summary

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 import analyze
-from conftest import FAST, ROOT, no_key_env
+from helpers import FAST, ROOT, no_key_env
 from icl_lr import analysis
 
 
@@ -18,8 +18,17 @@ from icl_lr import analysis
 def sweep_dir(tmp_path_factory):
     """8 runs: 2 widths x 2 noise levels x 2 seeds, from one `python train.py -m` (Hydra multirun)."""
     sweep_dir = tmp_path_factory.mktemp("multirun")
-    command = [sys.executable, "train.py", "-m", *FAST, "training.steps=20", "model.n_embd=16,32",
-               "data.noise_std=0,0.5", "seed=0,1", f"hydra.sweep.dir={sweep_dir}"]
+    command = [
+        sys.executable,
+        "train.py",
+        "-m",
+        *FAST,
+        "training.steps=20",
+        "model.n_embd=16,32",
+        "data.noise_std=0,0.5",
+        "seed=0,1",
+        f"hydra.sweep.dir={sweep_dir}",
+    ]
     result = subprocess.run(command, cwd=ROOT, env=no_key_env(), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     return sweep_dir
@@ -29,7 +38,10 @@ def per_run_files(sweep_dir: Path) -> list:
     """(config overrides, summary, last curves) of each run, read straight from its files."""
     runs = []
     for run_dir in sorted(p for p in sweep_dir.iterdir() if p.name.isdigit()):
-        overrides = dict(line.removeprefix("- ").split("=", 1) for line in (run_dir / ".hydra" / "overrides.yaml").read_text().splitlines())
+        overrides = dict(
+            line.removeprefix("- ").split("=", 1)
+            for line in (run_dir / ".hydra" / "overrides.yaml").read_text().splitlines()
+        )
         summary = json.loads((run_dir / "summary.json").read_text())
         curves = json.loads((run_dir / "curves.jsonl").read_text().splitlines()[-1])
         runs.append((overrides, summary, curves))
@@ -59,14 +71,22 @@ def test_aggregates_over_seeds_equal_the_per_run_numbers(sweep_dir):
     runs, curves = analysis.load_local([sweep_dir])
     keys = analysis.group_keys(runs)
     aggregate = analysis.aggregate_runs(runs, keys, ["eval/excess/mean"]).set_index(["model_size", "data.noise_std"])
-    curve_stats = analysis.aggregate_curves(runs, curves, keys).set_index(["model_size", "data.noise_std", "predictor", "k"])
+    curve_stats = analysis.aggregate_curves(runs, curves, keys).set_index(
+        ["model_size", "data.noise_std", "predictor", "k"]
+    )
     files = per_run_files(sweep_dir)
     for width, size in ((16, "1L/16d/2H"), (32, "1L/32d/2H")):
         for noise in (0.0, 0.5):
-            group = [(s, c) for o, s, c in files if o["model.n_embd"] == str(width) and float(o["data.noise_std"]) == noise]
+            group = [
+                (s, c) for o, s, c in files if o["model.n_embd"] == str(width) and float(o["data.noise_std"]) == noise
+            ]
             values = np.array([s["eval/excess/mean"] for s, _ in group])
             row = aggregate.loc[(size, noise)]
-            assert row.n == 2 and row["mean"] == pytest.approx(values.mean()) and row["std"] == pytest.approx(values.std(ddof=1))
+            assert (
+                row.n == 2
+                and row["mean"] == pytest.approx(values.mean())
+                and row["std"] == pytest.approx(values.std(ddof=1))
+            )
             assert values.min() <= row.ci_low <= row.ci_high <= values.max()
             for k in (0, 3, 7):
                 model_errors = [c["model"][k] for _, c in group]
@@ -90,7 +110,9 @@ def test_cli_writes_tables_markdown_and_plots(sweep_dir, tmp_path):
     assert len(pd.read_csv(out / "runs.csv")) == 8
     assert set(aggregate.metric) >= {"eval/excess/mean", "eval/model/error_k3", "n_params"}
     markdown = (out / "summary.md").read_text()
-    assert "model_size" in markdown and "data.noise_std" in markdown and markdown.count("(n=2)") == 8  # 4 groups x 2 metrics
+    assert (
+        "model_size" in markdown and "data.noise_std" in markdown and markdown.count("(n=2)") == 8
+    )  # 4 groups x 2 metrics
     for plot in ("error_vs_context.png", "excess_vs_model_size.png", "excess_vs_noise_std.png"):
         assert (out / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -4,14 +4,14 @@ import pytest
 from scipy.stats import multivariate_normal
 
 from icl_lr import baselines, data
-from icl_lr.data import DataConfig
+from icl_lr.config import DataConfig
 
 CFG = DataConfig(n_dims=4, n_points=10, prior_scale=1.5, noise_std=0.5)
 BATCH = data.sample_batch(jax.random.PRNGKey(3), CFG, 3)
 
 
 def prompts():
-    return [(np.asarray(x, np.float64), np.asarray(y, np.float64)) for x, y in zip(BATCH.xs, BATCH.ys)]
+    return [(np.asarray(x, np.float64), np.asarray(y, np.float64)) for x, y in zip(BATCH.xs, BATCH.ys, strict=True)]
 
 
 def check(jax_fn, numpy_fn, rtol=1e-3, atol=1e-4):
@@ -24,7 +24,7 @@ def test_least_squares_is_min_norm_pseudo_inverse():
     check(baselines.least_squares, lambda X, y, x: x @ np.linalg.pinv(X) @ y if len(y) else 0.0)
 
 
-def test_ridge_closed_form():
+def test_bayes_with_one_sigma_is_ridge_in_closed_form():
     lam = 0.5**2 / 1.5**2
     check(
         lambda x, y: baselines.bayes_optimal(x, y, 1.5, (0.5,)),
@@ -36,7 +36,10 @@ def test_hierarchical_bayes_is_the_posterior_mixture():
     sigmas = (0.1, 0.5, 1.0)
 
     def mixture(X, y, x):
-        log_ev = [multivariate_normal(np.zeros(len(y)), 1.5**2 * X @ X.T + s**2 * np.eye(len(y))).logpdf(y) if len(y) else 0.0 for s in sigmas]
+        log_ev = [
+            multivariate_normal(np.zeros(len(y)), 1.5**2 * X @ X.T + s**2 * np.eye(len(y))).logpdf(y) if len(y) else 0.0
+            for s in sigmas
+        ]
         post = np.exp(np.array(log_ev) - max(log_ev))
         post /= post.sum()
         preds = [x @ np.linalg.solve(X.T @ X + (s / 1.5) ** 2 * np.eye(4), X.T @ y) for s in sigmas]
@@ -64,7 +67,7 @@ def test_bayes_beats_least_squares_on_noisy_data():
     batch = data.sample_batch(jax.random.PRNGKey(0), cfg, 2000)
     preds = baselines.all_predictions(batch.xs, batch.ys, cfg.prior_scale, cfg.noise_stds)
     err = {k: np.mean((np.asarray(v) - np.asarray(batch.ys)) ** 2, axis=0) / 4 for k, v in preds.items()}
-    assert err["ridge"][0] == pytest.approx((4 + 0.25) / 4, rel=0.15)  # k = 0: E[y^2] / d (y^2 is heavy-tailed)
-    assert np.all(err["ridge"][1:] <= err["least_squares"][1:] + 1e-3)
-    assert err["least_squares"][4] > 2 * err["ridge"][4]  # the interpolation peak at k = d
-    assert err["ridge"][11] < 0.25 and err["averaging"][11] > err["ridge"][11]
+    assert err["bayes"][0] == pytest.approx((4 + 0.25) / 4, rel=0.15)  # k = 0: E[y^2] / d (y^2 is heavy-tailed)
+    assert np.all(err["bayes"][1:] <= err["least_squares"][1:] + 1e-3)
+    assert err["least_squares"][4] > 2 * err["bayes"][4]  # the interpolation peak at k = d
+    assert err["bayes"][11] < 0.25 and err["averaging"][11] > err["bayes"][11]

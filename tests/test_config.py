@@ -3,18 +3,14 @@ import sys
 
 import pytest
 
-from conftest import ROOT, run_config
-from icl_lr.config import ConfigError
-from icl_lr.data import DataConfig
-from icl_lr.evaluate import EvalConfig
-from icl_lr.model import ModelConfig
-from icl_lr.train import TrainingConfig
+from helpers import ROOT, compose_config, run_config
+from icl_lr.config import ConfigError, RunConfig, from_dictconfig
 
 
 def test_defaults_and_presets_compose():
     cfg = run_config()
     assert (cfg.model.n_layer, cfg.model.n_embd, cfg.model.n_head) == (3, 64, 2)
-    assert (run_config("model=small").model.n_layer, run_config("model=standard").model.n_embd) == (6, 256)
+    assert (run_config("model=gpt2_small").model.n_layer, run_config("model=gpt2_standard").model.n_embd) == (6, 256)
     garg = run_config("experiment=garg2022")
     assert (garg.data.n_dims, garg.data.n_points, garg.model.n_layer, garg.training.learning_rate) == (20, 41, 12, 1e-4)
     assert garg.data.curriculum.enabled and garg.training.schedule == "constant"
@@ -35,6 +31,16 @@ def test_defaults_and_presets_compose():
         ("training.schedule=linear", "training.schedule"),
         ("data.n_points=many", "data.n_points"),
         ("+data.colour=red", "data.colour"),
+        ("+trainng.steps=5", "trainng"),
+        ("training.num_epochs=20000", "training.num_epochs"),
+        ("training.num_epochs=0", "training.num_epochs"),
+        ("data.train_size=0", "data.train_size"),
+        ("data.noise_std_choices=0.5", "data.noise_std_choices"),
+        ("data.task_pool_size=2.5", "data.task_pool_size"),
+        ("seed=1.5", "seed"),
+        ("model.n_embd=0", "model.n_embd"),
+        ("training.min_lr_ratio=-1", "training.min_lr_ratio"),
+        ("wandb.mode=bogus", "wandb.mode"),
     ],
 )
 def test_bad_config_names_the_key(override, key):
@@ -45,7 +51,10 @@ def test_bad_config_names_the_key(override, key):
 def test_cli_reports_bad_config_in_one_line_before_compiling(tmp_path):
     result = subprocess.run(
         [sys.executable, "train.py", "model.n_head=3", f"hydra.run.dir={tmp_path}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 2
     errors = [line for line in (result.stdout + result.stderr).splitlines() if "config error" in line]
@@ -55,5 +64,28 @@ def test_cli_reports_bad_config_in_one_line_before_compiling(tmp_path):
 
 def test_dataclass_defaults_mirror_the_yaml():
     """Code that builds configs directly (the benchmark, tests) gets what `python train.py` gets."""
-    cfg = run_config()
-    assert (cfg.data, cfg.model, cfg.training, cfg.eval) == (DataConfig(), ModelConfig(), TrainingConfig(), EvalConfig())
+    assert run_config() == RunConfig()
+
+
+def test_the_seed_names_compose():
+    """The original brief's `python train.py model=gpt2_small data=linear_regression training=default`."""
+    cfg = run_config("model=gpt2_small", "data=linear_regression", "training=default")
+    assert (cfg.model.n_layer, cfg.model.n_embd, cfg.model.n_head) == (6, 128, 4)
+    assert cfg.data == run_config().data and cfg.training == run_config().training
+
+
+def test_a_custom_top_level_config_composes_over_the_defaults():
+    """`python train.py --config-name=my_custom_config`, the README's example file."""
+    cfg = from_dictconfig(compose_config("training.steps=100", config_name="my_custom_config"))
+    assert (cfg.model.n_layer, cfg.data.n_dims, cfg.data.noise_std, cfg.wandb.group) == (6, 8, 0.25, "my-experiment")
+    assert cfg.training.steps == 100 and cfg.eval == run_config().eval  # the command line wins; the rest is default
+
+
+def test_epochs_over_a_finite_training_set_set_the_run_length():
+    cfg = run_config("data.train_size=512", "training.batch_size=128", "training.num_epochs=2")
+    assert cfg.training.steps == 8  # 2 x ceil(512 / 128), whatever steps_per_dispatch (50) is
+    assert run_config("data.train_size=500", "training.batch_size=128", "training.num_epochs=3").training.steps == 12
+    # the seed's `training.num_epochs=20` alone keeps the step budget and sizes the set to it
+    seed = run_config("training.learning_rate=1e-3", "training.num_epochs=20")
+    assert (seed.training.steps, seed.data.train_size, seed.training.learning_rate) == (12000, 600 * 128, 1e-3)
+    assert run_config().data.train_size is None  # by default a fresh batch every step

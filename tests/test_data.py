@@ -3,8 +3,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from icl_lr import data
-from icl_lr.data import CurriculumConfig, DataConfig
+from icl_lr import data, encoding
+from icl_lr.config import CurriculumConfig, DataConfig
 
 KEY = jax.random.PRNGKey(0)
 
@@ -27,7 +27,7 @@ def test_statistics_match_the_prior():
     assert ys.var() == pytest.approx(16.25, rel=0.05)
     # Recover w per sequence by least squares: residual variance is sigma^2, w variance prior_scale^2.
     w = np.linalg.lstsq(xs[0], ys[0], rcond=None)[0]
-    ws = np.stack([np.linalg.lstsq(x, y, rcond=None)[0] for x, y in zip(xs[:512], ys[:512])])
+    ws = np.stack([np.linalg.lstsq(x, y, rcond=None)[0] for x, y in zip(xs[:512], ys[:512], strict=True)])
     residual = ys[:512] - np.einsum("bnd,bd->bn", xs[:512], ws)
     assert residual.var() * 32 / (32 - 4) == pytest.approx(0.25, rel=0.05)
     assert ws.var() == pytest.approx(4.0, rel=0.1) and w.shape == (4,)
@@ -38,7 +38,7 @@ def test_hierarchical_noise_draws_sigma_per_sequence():
     batch = data.sample_batch(KEY, cfg, 64)
     xs, ys = np.asarray(batch.xs), np.asarray(batch.ys)
     stds = []
-    for x, y in zip(xs, ys):
+    for x, y in zip(xs, ys, strict=True):
         w = np.linalg.lstsq(x, y, rcond=None)[0]
         stds.append(np.std(y - x @ w))
     stds = np.array(stds)
@@ -59,9 +59,17 @@ def test_task_pool_is_fixed_and_finite():
 
 
 def test_curriculum_truncates_dims_and_points():
-    cur = CurriculumConfig(enabled=True, dims_start=2, dims_increment=1, points_start=4, points_increment=2, interval=10)
+    cur = CurriculumConfig(
+        enabled=True, dims_start=2, dims_increment=1, points_start=4, points_increment=2, interval=10
+    )
     cfg = DataConfig(n_dims=5, n_points=9, curriculum=cur)
-    assert [tuple(map(int, data.curriculum_stage(cfg, s))) for s in (0, 9, 10, 25, 1000)] == [(2, 4), (2, 4), (3, 6), (4, 8), (5, 9)]
+    assert [tuple(map(int, data.curriculum_stage(cfg, s))) for s in (0, 9, 10, 25, 1000)] == [
+        (2, 4),
+        (2, 4),
+        (3, 6),
+        (4, 8),
+        (5, 9),
+    ]
     batch = data.sample_batch(KEY, cfg, 8, step=jnp.asarray(10))
     assert np.all(np.asarray(batch.xs)[..., 3:] == 0) and np.all(np.asarray(batch.xs)[..., :3] != 0)
     np.testing.assert_array_equal(batch.point_mask, [1, 1, 1, 1, 1, 1, 0, 0, 0])
@@ -72,30 +80,67 @@ def test_curriculum_truncates_dims_and_points():
 def test_continuous_encoding_interleaves_x_and_y():
     cfg = DataConfig(n_dims=3, n_points=4)
     batch = data.sample_batch(KEY, cfg, 2)
-    inputs = data.encode(cfg, batch.xs, batch.ys)
+    inputs = encoding.encode(cfg, batch.xs, batch.ys)
     assert inputs.shape == (2, 8, 3)
     np.testing.assert_array_equal(inputs[:, 0::2], batch.xs)
     np.testing.assert_array_equal(inputs[:, 1::2, 0], batch.ys)
     assert np.all(inputs[:, 1::2, 1:] == 0)
     # The prediction for y_i is read at x_i's token.
     outputs = jnp.arange(2 * 8, dtype=jnp.float32).reshape(2, 8, 1)
-    np.testing.assert_array_equal(data.decode_predictions(cfg, outputs)[0], [0, 2, 4, 6])
+    np.testing.assert_array_equal(encoding.decode_predictions(cfg, outputs)[0], [0, 2, 4, 6])
 
 
 def test_token_encoding_layout_and_decoding():
     cfg = DataConfig(n_dims=3, n_points=4, encoding="tokens", vocab_size=16, bin_range=2.0)
     batch = data.sample_batch(KEY, cfg, 2)
-    tokens = data.encode(cfg, batch.xs, batch.ys)
+    tokens = encoding.encode(cfg, batch.xs, batch.ys)
     assert tokens.shape == (2, 16) and tokens.dtype == jnp.int32
     assert 0 <= int(tokens.min()) and int(tokens.max()) < 16
     per_point = np.asarray(tokens).reshape(2, 4, 4)
-    np.testing.assert_array_equal(per_point[..., :3], data.to_tokens(cfg, batch.xs))
-    np.testing.assert_array_equal(per_point[..., 3], data.y_target_tokens(cfg, batch.ys))
+    np.testing.assert_array_equal(per_point[..., :3], encoding.to_tokens(cfg, batch.xs))
+    np.testing.assert_array_equal(per_point[..., 3], encoding.y_target_tokens(cfg, batch.ys))
     # Bins: value -> id -> centre is within half a bin for in-range values, clipped outside.
     values = jnp.array([-5.0, -1.99, -0.1, 0.1, 1.3, 5.0])
-    centres = data.bin_centres(cfg)[data.to_tokens(cfg, values)]
+    centres = encoding.bin_centres(cfg)[encoding.to_tokens(cfg, values)]
     np.testing.assert_allclose(centres[1:-1], values[1:-1], atol=2.0 / 16 + 1e-6)
     assert float(centres[0]) == pytest.approx(-2 + 0.125) and float(centres[-1]) == pytest.approx(2 - 0.125)
     # y_i is predicted from the last x coordinate of point i; a one-hot logit decodes to its centre.
     logits = jnp.full((1, 16, 16), -1e9).at[0, 2, 5].set(0.0)
-    assert float(data.decode_predictions(cfg, logits)[0, 0]) == pytest.approx(float(data.bin_centres(cfg)[5]) * cfg.y_scale)
+    assert float(encoding.decode_predictions(cfg, logits)[0, 0]) == pytest.approx(
+        float(encoding.bin_centres(cfg)[5]) * cfg.y_scale
+    )
+
+
+def training_set_batches(cfg: DataConfig, batch_size: int, steps: range, run_key=KEY):
+    per_epoch = -(-cfg.train_size // batch_size)
+    batches = [data.training_batch(run_key, None, cfg, batch_size, jnp.asarray(s), per_epoch) for s in steps]
+    return per_epoch, batches
+
+
+def prompt_ids(cfg: DataConfig, batch: data.Batch, run_key=KEY) -> list:
+    """Which training-set prompt each counted row of `batch` is, matched by its ys."""
+    every = data.training_set_prompts(run_key, cfg, jnp.arange(cfg.train_size))
+    rows = np.asarray(batch.ys)[np.asarray(batch.example_mask) > 0]
+    return [int(np.flatnonzero(np.all(np.asarray(every.ys) == row, axis=1))[0]) for row in rows]
+
+
+def test_each_epoch_visits_every_training_prompt_once_in_its_own_order():
+    cfg = DataConfig(n_dims=3, n_points=4, train_size=10)
+    per_epoch, batches = training_set_batches(cfg, 4, range(6))  # 3 steps per epoch: 4 + 4 + 2 (topped up, masked)
+    assert per_epoch == 3
+    np.testing.assert_array_equal([b.example_mask.sum() for b in batches], [4, 4, 2, 4, 4, 2])
+    epochs = [sum((prompt_ids(cfg, b) for b in batches[e * 3 : e * 3 + 3]), []) for e in (0, 1)]
+    assert sorted(epochs[0]) == sorted(epochs[1]) == list(range(10))
+    assert epochs[0] != epochs[1]  # reshuffled per epoch
+    _, again = training_set_batches(cfg, 4, range(4, 5))  # a pure function of (run key, step): resume sees the same
+    np.testing.assert_array_equal(again[0].ys, batches[4].ys)
+    _, other_run = training_set_batches(cfg, 4, range(1), run_key=jax.random.PRNGKey(1))
+    assert not np.allclose(other_run[0].ys, batches[0].ys)  # another seed, another set
+
+
+def test_training_set_prompts_follow_the_prior_and_the_task_pool():
+    cfg = DataConfig(n_dims=2, n_points=6, train_size=2048, task_pool_size=3)
+    batch = data.training_set_prompts(KEY, cfg, jnp.arange(2048))
+    ws = np.stack([np.linalg.lstsq(x, y, rcond=None)[0] for x, y in zip(batch.xs, batch.ys, strict=True)])
+    assert np.unique(np.round(ws, 4), axis=0).shape == (3, 2)  # every prompt's w from the run's pool of 3
+    np.testing.assert_allclose(np.asarray(batch.xs).std(), 1, rtol=0.03)

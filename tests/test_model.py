@@ -3,7 +3,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from icl_lr.model import ICLModel, ModelConfig, Transformer
+from icl_lr.config import ModelConfig
+from icl_lr.model import ICLModel, Transformer
 
 CFG = ModelConfig(n_layer=2, n_embd=48, n_head=4, n_positions=32)
 
@@ -14,7 +15,9 @@ def init_transformer(seed=0, length=20):
     # Non-trivial LayerNorm and bias values, so a mis-mapped parameter cannot hide.
     leaves, tree = jax.tree.flatten(params)
     keys = jax.random.split(jax.random.PRNGKey(2), len(leaves))
-    params = jax.tree.unflatten(tree, [p + 0.1 * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)])
+    params = jax.tree.unflatten(
+        tree, [p + 0.1 * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys, strict=True)]
+    )
     return embeddings, params
 
 
@@ -23,8 +26,18 @@ def test_matches_huggingface_gpt2():
     transformers = pytest.importorskip("transformers")
     embeddings, params = init_transformer()
     hf_config = transformers.GPT2Config(
-        n_embd=CFG.n_embd, n_layer=CFG.n_layer, n_head=CFG.n_head, n_positions=CFG.n_positions, vocab_size=8, bos_token_id=0, eos_token_id=0,
-        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, activation_function="gelu_new", layer_norm_epsilon=1e-5,
+        n_embd=CFG.n_embd,
+        n_layer=CFG.n_layer,
+        n_head=CFG.n_head,
+        n_positions=CFG.n_positions,
+        vocab_size=8,
+        bos_token_id=0,
+        eos_token_id=0,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        activation_function="gelu_new",
+        layer_norm_epsilon=1e-5,
     )
     hf_config._attn_implementation = "eager"
     hf = transformers.GPT2Model(hf_config).eval()
@@ -60,9 +73,13 @@ def test_read_in_and_read_out_shapes_and_dropout():
     x = jnp.ones((2, 10, 5))
     params = continuous.init(jax.random.PRNGKey(0), x)["params"]
     assert continuous.apply({"params": params}, x).shape == (2, 10, 1)
-    train_a, train_b = (continuous.apply({"params": params}, x, train=True, rngs={"dropout": jax.random.PRNGKey(s)}) for s in (1, 2))
+    train_a, train_b = (
+        continuous.apply({"params": params}, x, train=True, rngs={"dropout": jax.random.PRNGKey(s)}) for s in (1, 2)
+    )
     assert not np.allclose(train_a, train_b)  # dropout is active in training...
-    np.testing.assert_array_equal(continuous.apply({"params": params}, x), continuous.apply({"params": params}, x))  # ...not in eval
+    np.testing.assert_array_equal(
+        continuous.apply({"params": params}, x), continuous.apply({"params": params}, x)
+    )  # ...not in eval
     tokens = ICLModel(dropout_cfg, vocab_size=11)
     ids = jnp.zeros((2, 12), jnp.int32)
     token_params = tokens.init(jax.random.PRNGKey(0), ids)["params"]

@@ -6,12 +6,11 @@ import sys
 from pathlib import Path
 
 import pytest
-import sweeps
 import yaml
 
-from conftest import FAST, ROOT, no_key_env
+import sweeps
+from helpers import FAST, ROOT, RunFile, no_key_env
 from icl_lr.sweep import expand_command, load_sweep, run_sweep
-from icl_lr.wandb_files import RunFile
 
 SWEEP_FILES = sorted((ROOT / "sweeps").glob("*.yaml"))
 
@@ -29,7 +28,12 @@ def test_sweep_files_cover_model_size_noise_prior_and_a_bayes_search():
     configs = {path.stem: load_sweep(path) for path in SWEEP_FILES}
     assert {"model_size", "noise_prior", "lr_bayes"} <= set(configs)
     assert configs["lr_bayes"]["method"] == "bayes" and configs["lr_bayes"]["early_terminate"]["type"] == "hyperband"
-    assert set(configs["noise_prior"]["parameters"]) >= {"data.noise_std", "data.noise_std_choices", "data.prior_scale", "data.task_pool_size"}
+    assert set(configs["noise_prior"]["parameters"]) >= {
+        "data.noise_std",
+        "data.noise_std_choices",
+        "data.prior_scale",
+        "data.task_pool_size",
+    }
 
 
 def test_an_invalid_sweep_is_refused_with_the_engine_reasons(tmp_path):
@@ -52,7 +56,7 @@ def test_agent_command_reaches_hydra_as_overrides(path):
 
 def test_an_expanded_command_trains(tmp_path):
     sweep = load_sweep(with_absolute_program(ROOT / "sweeps" / "model_size.yaml", tmp_path))
-    proposal = sweeps.next_run(sweep, [])  # grid: model=tiny, seed=0
+    proposal = sweeps.next_run(sweep, [])  # grid: model=gpt2_tiny, seed=0
     params = {k: v["value"] for k, v in proposal.config.items()}
     argv = expand_command(sweep, params, {"WANDB_SWEEP_ID": "sw1", "WANDB_RUN_ID": "run1"})
     fast = [o for o in FAST if not o.startswith("model.")] + ["training.steps=20"]
@@ -63,7 +67,9 @@ def test_an_expanded_command_trains(tmp_path):
     assert json.loads((run_dir / "summary.json").read_text())["step"] == 20
     record = RunFile.load(next((run_dir / "wandb").glob("offline-run-*")))
     assert record.run_id == "run1"
-    assert record.config_value("model.n_layer") == 3 and record.config_value("seed") == params["seed"]  # tiny: 3 layers
+    assert (
+        record.config_value("model.n_layer") == 3 and record.config_value("seed") == params["seed"]
+    )  # gpt2_tiny: 3 layers
 
 
 def test_local_sweep_runs_and_records_offline_runs(tmp_path, monkeypatch):

@@ -6,10 +6,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import assert_trees_equal, final_state, no_key_env, train
-from icl_lr.run import run
+from helpers import RunFile, assert_trees_equal, final_state, no_key_env, train_cli
 from icl_lr.tracking import read_jsonl
-from icl_lr.wandb_files import RunFile
+from icl_lr.train import train
 
 SECRET = "0123456789abcdef0123456789abcdef01234567"  # a well-formed but bogus W&B API key
 
@@ -27,7 +26,7 @@ def rows_with(history: list, key: str) -> dict:
 def tracked_run(tmp_path_factory):
     """One default-mode run on a machine without a key: W&B must go offline by itself."""
     run_dir = tmp_path_factory.mktemp("tracked")
-    result = train(run_dir, "wandb.group=g1", "wandb.tags=[a,b]", "wandb.name=tiny-run")
+    result = train_cli(run_dir, "wandb.group=g1", "wandb.tags=[a,b]", "wandb.name=tiny-run")
     return run_dir, result.stdout + result.stderr
 
 
@@ -62,11 +61,13 @@ def test_history_and_summary_match_the_local_metrics(tracked_run):
     local_evals = {r["step"]: r for r in local if "eval/excess/mean" in r}
     assert sorted(eval_rows) == sorted(local_evals) == [20, 40]
     for step, row in local_evals.items():
-        for key in ("eval/excess/mean", "eval/model/error_k3", "eval/ridge/error_k6", "eval/excess/error_k1"):
+        for key in ("eval/excess/mean", "eval/model/error_k3", "eval/bayes/error_k6", "eval/excess/error_k1"):
             assert eval_rows[step][key] == pytest.approx(row[key], rel=1e-6)
     # the summary keeps the last value of sweep metrics and the best (min) of loss and model error
     assert record.summary["eval/excess/mean"] == pytest.approx(local_evals[40]["eval/excess/mean"], rel=1e-6)
-    assert record.summary["train/loss"]["min"] == pytest.approx(min(train_rows[s]["train/loss"] for s in train_rows), rel=1e-6)
+    assert record.summary["train/loss"]["min"] == pytest.approx(
+        min(train_rows[s]["train/loss"] for s in train_rows), rel=1e-6
+    )
     assert record.summary["eval/model/error_mean"]["min"] == pytest.approx(
         min(r["eval/model/error_mean"] for r in local_evals.values()), rel=1e-6
     )
@@ -78,18 +79,18 @@ def test_error_curves_are_logged_as_tables(tracked_run):
     run_dir, _ = tracked_run
     (record,) = offline_run_files(run_dir)
     files_dir = next((run_dir / "wandb").glob("offline-run-*")) / "files"
-    tables = rows_with(record.history, "eval/curves/path")
+    tables = rows_with(record.history, "eval/curves.path")
     local = {r["step"]: r for r in read_jsonl(run_dir / "curves.jsonl")}
     assert sorted(tables) == sorted(local) == [20, 40]
     for step, row in tables.items():
-        table = json.loads((files_dir / row["eval/curves/path"]).read_text())
+        table = json.loads((files_dir / row["eval/curves.path"]).read_text())
         assert table["columns"][0] == "k"
-        assert sorted(table["columns"][1:]) == ["3nn", "averaging", "least_squares", "model", "ridge"]
+        assert sorted(table["columns"][1:]) == ["3nn", "averaging", "bayes", "least_squares", "model"]
         values = np.asarray(table["data"])
         np.testing.assert_array_equal(values[:, 0], np.arange(8))
         for column, name in enumerate(table["columns"][1:], start=1):
             np.testing.assert_allclose(values[:, column], local[step][name], rtol=1e-6)
-        assert row["eval/curves_chart_table/_type"] == "table-file"
+        assert row["eval/curves_chart_table._type"] == "table-file"
 
 
 def test_checkpoints_are_model_artifacts_with_aliases(tracked_run):
@@ -105,8 +106,8 @@ def test_checkpoints_are_model_artifacts_with_aliases(tracked_run):
 
 
 def test_resumed_run_continues_the_same_wandb_run(tmp_path):
-    train(tmp_path, "training.steps=20")
-    train(tmp_path)  # same dir, 40 steps: resumes from the step-20 checkpoint
+    train_cli(tmp_path, "training.steps=20")
+    train_cli(tmp_path)  # same dir, 40 steps: resumes from the step-20 checkpoint
     first, second = offline_run_files(tmp_path)
     assert first.run_id == second.run_id == (tmp_path / "wandb_run_id").read_text()
     assert sorted(rows_with(first.history, "train/loss")) == [10, 20]
@@ -115,7 +116,7 @@ def test_resumed_run_continues_the_same_wandb_run(tmp_path):
 
 def test_unreachable_server_falls_back_to_offline_and_keeps_the_key_secret(tmp_path):
     env = no_key_env(WANDB_MODE="online", WANDB_API_KEY=SECRET, WANDB_BASE_URL="http://127.0.0.1:9")
-    result = train(tmp_path, "wandb.init_timeout=3", env=env)
+    result = train_cli(tmp_path, "wandb.init_timeout=3", env=env)
     output = result.stdout + result.stderr
     assert "W&B could not start online" in output and "logging offline instead" in output
     (record,) = offline_run_files(tmp_path)
@@ -129,7 +130,8 @@ def test_unreachable_server_falls_back_to_offline_and_keeps_the_key_secret(tmp_p
 def test_init_from_a_checkpoint_starts_from_its_params(fast_config, tmp_path):
     """At a learning rate of 1e-20 no update survives float32 rounding: the run must end with the source's params."""
     source = fast_config("training.steps=20")
-    run(source, tmp_path / "source")
-    cfg = fast_config("training.steps=10", "training.learning_rate=1e-20", "seed=7")
-    run(cfg, tmp_path / "started", init_from=str(tmp_path / "source" / "checkpoints" / "latest" / "20"))
+    train(source, tmp_path / "source")
+    start = tmp_path / "source" / "checkpoints" / "latest" / "20"
+    cfg = fast_config("training.steps=10", "training.learning_rate=1e-20", "seed=7", f"init_from={start}")
+    train(cfg, tmp_path / "started")
     assert_trees_equal(final_state(cfg, tmp_path / "started").params, final_state(source, tmp_path / "source").params)

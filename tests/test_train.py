@@ -10,15 +10,17 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import FAST, ROOT, assert_trees_equal, final_state
+from helpers import FAST, ROOT, assert_trees_equal, final_state
 from icl_lr.checkpoint import Checkpoints
-from icl_lr.run import build_model, run
+from icl_lr.optimizer import learning_rate_schedule, make_optimizer
 from icl_lr.tracking import Tracker, read_jsonl
-from icl_lr.train import init_state, learning_rate_schedule, make_optimizer
+from icl_lr.train import build_model, init_state, train
 
 
 def test_learning_rate_warmup_then_cosine(fast_config):
-    cfg = fast_config("training.steps=100", "training.warmup_steps=10", "training.schedule=cosine", "training.learning_rate=1.0")
+    cfg = fast_config(
+        "training.steps=100", "training.warmup_steps=10", "training.schedule=cosine", "training.learning_rate=1.0"
+    )
     lr = learning_rate_schedule(cfg.training)
     assert float(lr(0)) == 0.0 and float(lr(5)) == 0.5 and float(lr(10)) == 1.0
     assert abs(float(lr(55)) - 0.55) < 1e-6 and abs(float(lr(100)) - 0.1) < 1e-6  # halfway: 0.1 + 0.9 * 0.5
@@ -27,14 +29,24 @@ def test_learning_rate_warmup_then_cosine(fast_config):
 def test_training_learns_in_context(fast_config, tmp_path):
     """A short run must beat predicting 0 for k >= d, i.e. use the context, not just the prior."""
     cfg = fast_config(
-        "data.n_dims=3", "data.n_points=7", "model.n_layer=3", "model.n_embd=64", "training.batch_size=128",
-        "training.steps=1000", "training.steps_per_dispatch=50", "training.log_every=250", "training.eval_every=500",
-        "training.checkpoint_every=1000", "training.learning_rate=1e-3", "training.warmup_steps=100", "eval.n_prompts=512",
+        "data.n_dims=3",
+        "data.n_points=7",
+        "model.n_layer=3",
+        "model.n_embd=64",
+        "training.batch_size=128",
+        "training.steps=1000",
+        "training.steps_per_dispatch=50",
+        "training.log_every=250",
+        "training.eval_every=500",
+        "training.checkpoint_every=1000",
+        "training.learning_rate=1e-3",
+        "training.warmup_steps=100",
+        "eval.n_prompts=512",
     )
-    summary = run(cfg, tmp_path)
+    summary = train(cfg, tmp_path)
     curves = {k: np.asarray(v) for k, v in summary["curves"].items()}
     # k = 0: nothing to learn from, error is E[y^2]/d = 1; at k = 2d the model is far below it.
-    assert abs(curves["ridge"][0] - 1) < 0.15
+    assert abs(curves["bayes"][0] - 1) < 0.15
     assert curves["model"][6] < 0.35 * curves["model"][0]
     assert curves["model"][6] < curves["averaging"][6]  # better than the averaging estimator
     records = read_jsonl(tmp_path / "metrics.jsonl")
@@ -45,10 +57,20 @@ def test_training_learns_in_context(fast_config, tmp_path):
 
 def test_token_encoding_trains_and_decodes(fast_config, tmp_path):
     """The tokens encoding end to end: the y tokens' cross-entropy falls and predictions decode."""
-    cfg = fast_config("data.encoding=tokens", "data.vocab_size=32", "model.n_layer=2", "model.n_embd=64",
-                      "training.batch_size=64", "training.steps=600", "training.log_every=50", "training.eval_every=600",
-                      "training.checkpoint_every=600", "training.learning_rate=3e-3", "eval.n_prompts=256")
-    summary = run(cfg, tmp_path)
+    cfg = fast_config(
+        "data.encoding=tokens",
+        "data.vocab_size=32",
+        "model.n_layer=2",
+        "model.n_embd=64",
+        "training.batch_size=64",
+        "training.steps=600",
+        "training.log_every=50",
+        "training.eval_every=600",
+        "training.checkpoint_every=600",
+        "training.learning_rate=3e-3",
+        "eval.n_prompts=256",
+    )
+    summary = train(cfg, tmp_path)
     losses = [r["train/loss"] for r in read_jsonl(tmp_path / "metrics.jsonl") if "train/loss" in r]
     # y / std(y) ~ N(0, 1) in 32 bins of width 6/32: predicting the marginal costs ~3.09 nats
     assert losses[0] > 2.95 and losses[-1] < losses[0] - 0.15  # measured: 3.05 -> 2.82
@@ -87,11 +109,11 @@ class StepRecorder(Tracker):
 
 def test_resumed_run_equals_uninterrupted_run(fast_config, tmp_path):
     cfg = fast_config()  # cosine schedule (the default): the resumed run must see the same learning rates
-    run(cfg, tmp_path / "straight")
+    train(cfg, tmp_path / "straight")
     with pytest.raises(RuntimeError, match="step 20"):
-        run(cfg, tmp_path / "resumed", trackers=[CrashAfterFirstCheckpoint()])
+        train(cfg, tmp_path / "resumed", trackers=[CrashAfterFirstCheckpoint()])
     recorder = StepRecorder()
-    run(cfg, tmp_path / "resumed", trackers=[recorder])
+    train(cfg, tmp_path / "resumed", trackers=[recorder])
     assert recorder.steps[0] == 30  # it went on from step 20 rather than starting again
     assert_trees_equal(final_state(cfg, tmp_path / "resumed"), final_state(cfg, tmp_path / "straight"))
     records = read_jsonl(tmp_path / "resumed" / "metrics.jsonl")
@@ -99,8 +121,13 @@ def test_resumed_run_equals_uninterrupted_run(fast_config, tmp_path):
 
 
 def test_sigkilled_run_resumes_to_the_same_params(fast_config, tmp_path):
-    long = ["training.steps=3000", "training.checkpoint_every=20", "training.eval_every=1000", "training.log_every=1000"]
-    run(fast_config(*long), tmp_path / "straight")
+    long = [
+        "training.steps=3000",
+        "training.checkpoint_every=20",
+        "training.eval_every=1000",
+        "training.log_every=1000",
+    ]
+    train(fast_config(*long), tmp_path / "straight")
     run_dir = tmp_path / "killed"
     command = [sys.executable, "train.py", *FAST, *long, f"hydra.run.dir={run_dir}"]
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -115,3 +142,26 @@ def test_sigkilled_run_resumes_to_the_same_params(fast_config, tmp_path):
     assert f"resumed at step {saved[-1]} of 3000" in restart.stdout + restart.stderr
     cfg = fast_config(*long)
     assert_trees_equal(final_state(cfg, run_dir), final_state(cfg, tmp_path / "straight"))
+
+
+def test_epochs_over_a_finite_training_set(fast_config, tmp_path):
+    """2 epochs over 40 prompts at batch 16: 2 x ceil(40 / 16) = 6 steps, though a dispatch is 10."""
+    cfg = fast_config("data.train_size=40", "training.num_epochs=2")
+    summary = train(cfg, tmp_path)
+    assert summary["step"] == 6 and json.loads((tmp_path / "summary.json").read_text())["step"] == 6
+    evals = [r for r in read_jsonl(tmp_path / "metrics.jsonl") if "eval/excess/mean" in r]
+    assert [r["step"] for r in evals] == [6]
+    # scored on the training set too: its baselines are computed on its own prompts, so they differ
+    assert evals[0]["eval/train_set/bayes/error_k1"] != evals[0]["eval/bayes/error_k1"]
+    assert np.isfinite(evals[0]["eval/train_set/model/error_mean"])
+
+
+def test_run_training_script_passes_its_arguments_from_any_directory(tmp_path):
+    """`./scripts/run_training.sh` with the seed's config names, started from another directory."""
+    command = [str(ROOT / "scripts" / "run_training.sh"), "model=gpt2_small", "data=linear_regression"]
+    command += ["training=default", *FAST, "training.steps=20", "hydra.run.dir=run"]
+    env = {k: v for k, v in os.environ.items()} | {"PYTHON": sys.executable}
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["step"] == 20  # outputs under the caller's cwd
+    assert "model.n_head" not in " ".join(FAST) and "n_head: 4" in (tmp_path / "run/.hydra/config.yaml").read_text()

@@ -1,0 +1,139 @@
+"""What the tests share: a fast run's overrides, composing configs, running train.py as a user does,
+restoring a run's final state, and reading W&B's offline run files with W&B's own reader."""
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jax
+import numpy as np
+from hydra import compose, initialize_config_dir
+
+from icl_lr.checkpoint import Checkpoints
+from icl_lr.config import from_dictconfig
+from icl_lr.optimizer import make_optimizer
+from icl_lr.train import build_model, init_state
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# A run small enough for a test: the tiny model, d=3, checkpoints/evals every 20 steps.
+FAST = [
+    "data.n_dims=3",
+    "data.n_points=8",
+    "model.n_layer=1",
+    "model.n_embd=32",
+    "training.batch_size=16",
+    "training.steps=40",
+    "training.warmup_steps=0",
+    "training.steps_per_dispatch=10",
+    "training.log_every=10",
+    "training.eval_every=20",
+    "training.checkpoint_every=20",
+    "eval.n_prompts=64",
+    "eval.batch_size=32",
+]
+
+
+def compose_config(*overrides, config_name="config"):
+    """The Hydra config that `python train.py *overrides` would get."""
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        return compose(config_name, overrides=list(overrides))
+
+
+def run_config(*overrides):
+    return from_dictconfig(compose_config(*overrides))
+
+
+def no_key_env(**extra) -> dict:
+    """The environment of a machine with no W&B key and no mode set (W&B's default: offline here)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_RUN_ID")}
+    return env | {"NETRC": os.devnull} | extra
+
+
+def train_cli(run_dir, *overrides, fast=True, env=None, cwd=ROOT, timeout=300):
+    """`python train.py [FAST] overrides hydra.run.dir=run_dir`, as a user runs it; checks it succeeds."""
+    command = [sys.executable, str(ROOT / "train.py"), *(FAST if fast else []), *overrides, f"hydra.run.dir={run_dir}"]
+    result = subprocess.run(command, cwd=cwd, env=env or no_key_env(), capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def final_state(cfg, run_dir):
+    """The last checkpointed TrainState of a run dir."""
+    template = init_state(build_model(cfg), make_optimizer(cfg.training), cfg.data, cfg.seed)
+    checkpoints = Checkpoints(run_dir / "checkpoints", cfg.training.max_to_keep)
+    try:
+        return checkpoints.restore_latest(template)
+    finally:
+        checkpoints.close()
+
+
+def assert_trees_equal(a, b):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@dataclass
+class RunFile:
+    """What one W&B run file recorded, read by W&B's own reader (`wandb leet inspect --json`, which
+    checks each record's CRC): identity, config, history rows, summary, artifacts, exit code."""
+
+    path: Path
+    run_id: str = ""
+    project: str = ""
+    group: str = ""
+    job_type: str = ""
+    name: str = ""
+    tags: list = field(default_factory=list)
+    config: dict = field(default_factory=dict)
+    history: list = field(default_factory=list)  # nested keys joined by "." (eval/curves.path)
+    summary: dict = field(default_factory=dict)
+    artifacts: list = field(default_factory=list)  # {name, type, aliases, files}
+    exit_code: int | None = None
+
+    @classmethod
+    def load(cls, path: Path) -> "RunFile":
+        """`path`: an offline-run-* directory or its .wandb file."""
+        wandb_cli = Path(sys.executable).with_name("wandb")
+        lines = subprocess.run(
+            [str(wandb_cli), "leet", "inspect", "--json", str(path)], check=True, capture_output=True, text=True
+        ).stdout.splitlines()
+        run = cls(Path(path))
+        for record in map(json.loads, lines):
+            kind, body = record["type"], record.get(record["type"], {})
+            if kind == "run":
+                run.run_id, run.project, run.group = body["run_id"], body.get("project", ""), body.get("run_group", "")
+                run.job_type, run.name, run.tags = (
+                    body.get("job_type", ""),
+                    body.get("display_name", ""),
+                    body.get("tags", []),
+                )
+                run.config |= body.get("config", {}).get("update", {})
+            elif kind == "config":
+                run.config |= body.get("update", {})
+            elif kind == "history":
+                run.history.append(body["item"])
+            elif kind == "summary":
+                run.summary |= body.get("update", {})
+                for key in body.get("remove", {}):
+                    run.summary.pop(key, None)
+            elif kind == "artifact":
+                files = [entry["path"] for entry in body["manifest"]["contents"]]
+                run.artifacts.append(
+                    {"name": body["name"], "type": body["type"], "aliases": body["aliases"], "files": files}
+                )
+            elif kind == "exit":
+                run.exit_code = body.get("exit_code", 0)
+        return run
+
+    def config_value(self, dotted_key: str):
+        """A nested config value by dotted key ('data.noise_std'); W&B may store {'value': ...} per top key."""
+        top, *rest = dotted_key.split(".")
+        value = self.config[top]
+        value = value.get("value", value) if isinstance(value, dict) and "value" in value else value
+        for key in rest:
+            value = value[key]
+        return value
