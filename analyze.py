@@ -87,18 +87,20 @@ def main(argv=None) -> int:
     except (FileNotFoundError, LookupError) as error:
         log.error("analyze: %s", error)
         return 2
-    if runs.empty:
-        log.error("analyze: no runs left after --where %s", " ".join(args.where))
+    finished = runs[runs.status == "finished"]  # runs.csv lists every run; only finished ones are aggregated
+    if finished.empty:
+        log.error("analyze: no finished runs left after --where %s", " ".join(args.where))
         return 2
-    keys = args.group_by or analysis.group_keys(runs)
+    keys = args.group_by or analysis.group_keys(finished)
     missing = [k for k in [*keys, *(args.metrics or [])] if k not in runs]
     if missing:
         log.error("analyze: unknown column(s) %s; runs.csv lists them all", ", ".join(missing))
         return 2
-    metrics = [c for c in runs if c.startswith("eval/")] + ["n_params"]
-    aggregate = analysis.aggregate_runs(runs, keys, metrics, args.bootstrap)
-    curve_stats = analysis.aggregate_curves(runs, curves, keys, args.bootstrap)
-    log.info("%d runs in %d groups by %s", len(runs), runs.groupby(keys, dropna=False).ngroups, ", ".join(keys))
+    metrics = [c for c in finished if c.startswith("eval/")] + ["n_params"]
+    aggregate = analysis.aggregate_runs(finished, keys, metrics, args.bootstrap)
+    curve_stats = analysis.aggregate_curves(finished, curves, keys, args.bootstrap)
+    groups = finished.groupby(keys, dropna=False).ngroups
+    log.info("%d finished runs (of %d) in %d groups by %s", len(finished), len(runs), groups, ", ".join(keys))
 
     args.out.mkdir(parents=True, exist_ok=True)
     tables = {"runs": runs, "curves": curves, "aggregate": aggregate, "curve_aggregate": curve_stats}

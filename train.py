@@ -16,23 +16,39 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from icl_lr.config import ConfigError, from_dictconfig
+from icl_lr.run_dir import RunDirError, RunDirLock, open_run_dir, wandb_run_id
+
+log = logging.getLogger("icl_lr")
 
 
 @hydra.main(config_path="configs", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
     try:
         run_cfg = from_dictconfig(cfg)
-    except ConfigError as error:
-        logging.getLogger("icl_lr").error("config error: %s", error)
-        sys.exit(2)
-    # Imported once Hydra has set up logging: orbax's first (absl) log line otherwise installs a second root
-    # handler, which doubles every line of `--info`; `--help`, `--cfg` and `--info` also skip loading JAX.
-    from icl_lr.tracking import WandbRun
-    from icl_lr.train import train
+        with RunDirLock(run_dir):
+            finished = open_run_dir(run_dir, run_cfg, run_dir / hydra_cfg.output_subdir)
+            if finished:
+                log.info(
+                    "%s already finished at step %d (excess over Bayes %.4f); nothing to do. "
+                    "Raise training.steps to extend it.",
+                    run_dir,
+                    finished["step"],
+                    finished.get("eval/excess/mean", float("nan")),
+                )
+                return
+            # Imported once Hydra has set up logging: orbax's first (absl) log line otherwise installs a second
+            # root handler, which doubles every line of `--info`; `--help`, `--cfg` and `--info` skip JAX too.
+            from icl_lr.tracking import WandbRun
+            from icl_lr.train import train
 
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
-    wandb_run = WandbRun(run_cfg.wandb, OmegaConf.to_container(cfg, resolve=True), run_dir)
-    train(run_cfg, run_dir, trackers=[wandb_run])
+            config = OmegaConf.to_container(cfg, resolve=True)
+            wandb_run = WandbRun(run_cfg.wandb, config, run_dir, wandb_run_id(run_dir))
+            train(run_cfg, run_dir, trackers=[wandb_run])
+    except (ConfigError, RunDirError) as error:
+        log.error("%s: %s", "config error" if isinstance(error, ConfigError) else "run dir error", error)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ same columns: `run_id`, `run_dir` or `run_path`, the flattened config (`data.noi
 """
 
 import json
+import logging
 import tempfile
 from pathlib import Path
 
@@ -19,6 +20,7 @@ CONFIG_PREFIXES = ("data.", "model.", "training.", "eval.", "seed")  # config co
 CURVE_COLUMNS = ["run_id", "step", "predictor", "k", "error"]
 STATS = ["n", "mean", "std", "ci_low", "ci_high"]
 MODEL_SHAPE = ("model.n_layer", "model.n_embd", "model.n_head")  # summed up by the model_size column
+log = logging.getLogger("analyze")
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:
@@ -45,23 +47,54 @@ def _curve_rows(run_id: str, step: int, curves: dict) -> list:
     return [(run_id, step, name, k, float(e)) for name, errors in curves.items() for k, e in enumerate(errors)]
 
 
-def load_local(paths) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Every finished run dir (one holding summary.json) at or below `paths`: (runs, curves)."""
+def _read_json(path: Path):
+    return json.loads(path.read_text())
+
+
+def _local_run(run_dir: Path) -> tuple[dict, list] | None:
+    """(row, curve rows) of one run dir; None (and a warning) when one of its files is damaged.
+
+    Only a finished run's summary and curves count: a run without summary.json, or whose
+    summary.json is older than its metrics (a resumed run that has not finished again), is listed
+    with status `running` or `crashed` and no metrics.
+    """
     from omegaconf import OmegaConf
 
-    run_dirs = sorted({p.parent for path in map(Path, paths) for p in path.rglob("summary.json")})
-    if not run_dirs:
-        raise FileNotFoundError(f"no finished runs (run dirs with summary.json) under {', '.join(map(str, paths))}")
-    rows, curve_rows = [], []
-    for run_dir in run_dirs:
+    from icl_lr.run_dir import RunDirLock
+
+    try:
         config = OmegaConf.to_container(OmegaConf.load(run_dir / ".hydra" / "config.yaml"), resolve=True)
-        id_file = run_dir / "wandb_run_id"
-        run_id = id_file.read_text().strip() if id_file.exists() else run_dir.name
-        rows.append(_run_row(run_id, config, json.loads((run_dir / "summary.json").read_text()), run_dir=str(run_dir)))
+        summary = _read_json(run_dir / "summary.json") if (run_dir / "summary.json").exists() else None
         evals = read_jsonl(run_dir / "curves.jsonl")
-        if evals:
-            last = evals[-1]
-            curve_rows += _curve_rows(run_id, last.pop("step"), last)
+        last_step = max((r["step"] for r in read_jsonl(run_dir / "metrics.jsonl")), default=None)
+    except (OSError, ValueError, KeyError) as error:
+        log.warning("skipping %s: a damaged file (%s: %s)", run_dir, type(error).__name__, error)
+        return None
+    id_file = run_dir / "wandb_run_id"
+    run_id = id_file.read_text().strip() if id_file.exists() else run_dir.name
+    if summary is not None and summary.get("step") == last_step:
+        curve_rows = _curve_rows(run_id, evals[-1].pop("step"), evals[-1]) if evals else []
+        return _run_row(run_id, config, summary, run_dir=str(run_dir), status="finished"), curve_rows
+    status = "running" if RunDirLock(run_dir).is_held() else "crashed"
+    log.info("%s: %s at step %s, not in the aggregates", run_dir, status, last_step or 0)
+    return _run_row(run_id, config, {}, run_dir=str(run_dir), status=status), []
+
+
+def load_local(paths) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every run dir (one holding .hydra/config.yaml) at or below `paths`: (runs, curves).
+
+    `runs` has a `status` column: finished, running or crashed; only finished runs have metrics.
+    """
+    run_dirs = sorted({p.parents[1] for path in map(Path, paths) for p in path.rglob(".hydra/config.yaml")})
+    if not run_dirs:
+        raise FileNotFoundError(f"no run dirs (with .hydra/config.yaml) under {', '.join(map(str, paths))}")
+    loaded = [run for run in map(_local_run, run_dirs) if run is not None]
+    if not any(row["status"] == "finished" for row, _ in loaded):
+        raise FileNotFoundError(
+            f"no finished runs among the {len(run_dirs)} run dirs under {', '.join(map(str, paths))}"
+        )
+    rows = [row for row, _ in loaded]
+    curve_rows = [r for _, rows_of_run in loaded for r in rows_of_run]
     return pd.DataFrame(rows), pd.DataFrame(curve_rows, columns=CURVE_COLUMNS)
 
 
@@ -77,7 +110,7 @@ def load_wandb(
         for run in wandb.Api().runs(project_path, filters=filters):
             config = {k: v for k, v in run.config.items() if not k.startswith("_")}
             summary = run.summary._json_dict
-            rows.append(_run_row(run.id, config, summary, run_path="/".join(run.path)))
+            rows.append(_run_row(run.id, config, summary, run_path="/".join(run.path), status=run.state))
             table = summary.get("eval/curves")
             if isinstance(table, dict) and table.get("path"):
                 with run.file(table["path"]).download(root=downloads, replace=True) as f:

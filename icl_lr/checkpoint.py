@@ -1,21 +1,31 @@
 """Orbax checkpoints of the whole TrainState: the latest few for resuming, and the best by eval error.
 
 Orbax writes each step to a temporary directory and renames it when complete, so a run killed
-mid-save leaves only whole checkpoints behind, and a restart resumes from the last of them.
+mid-save leaves only whole checkpoints behind (its temporary directories are removed on the next
+start), and a restart resumes from the last of them; a checkpoint that cannot be read (a damaged
+disk, a truncated copy) is moved to `checkpoints/damaged/` and the one before it is used.
 Saves wait for completion: a checkpoint is uploaded as a W&B artifact right after it is written.
 """
 
+import logging
+import shutil
+import time
 from pathlib import Path
 
 import jax
 import orbax.checkpoint as ocp
 
 BEST_METRIC = "eval_error"
+log = logging.getLogger("icl_lr")
 
 
 class Checkpoints:
     def __init__(self, directory: Path, max_to_keep: int):
         directory = Path(directory).absolute()
+        self.damaged = directory / "damaged"
+        for leftover in directory.glob("*/*.orbax-checkpoint-tmp*"):  # a save cut short by a kill
+            log.warning("removing %s, a checkpoint save that never completed", leftover)
+            shutil.rmtree(leftover, ignore_errors=True)
         self.latest = ocp.CheckpointManager(
             directory / "latest", options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep)
         )
@@ -45,11 +55,30 @@ class Checkpoints:
         return self.best.metrics(self.best.best_step())[BEST_METRIC]
 
     def restore_latest(self, template) -> object | None:
-        """The last complete checkpoint shaped like `template`, or None when there is none."""
-        step = self.latest.latest_step()
-        if step is None:
-            return None
-        return self.latest.restore(step, args=ocp.args.StandardRestore(_abstract(template)))
+        """The last readable checkpoint shaped like `template`, or None when there is none.
+
+        Each step is restored on its own (not through the manager, whose state one damaged step
+        can spoil for the rest); an unreadable one is moved to damaged/ and the one before it tried.
+        """
+        steps = sorted((int(p.name) for p in self.latest.directory.iterdir() if p.name.isdigit()), reverse=True)
+        for step in steps:
+            step_dir = self.latest.directory / str(step)
+            try:
+                return _restore(step_dir, template)
+            except Exception as error:  # orbax raises many kinds for a damaged step
+                reason = " ".join(str(error).split())[:200]
+                moved = self.damaged / f"latest-{step}-{time.strftime('%Y%m%d-%H%M%S')}"
+                log.warning(
+                    "checkpoint step %d is unreadable (%s: %s); moved to %s, trying the one before",
+                    step,
+                    type(error).__name__,
+                    reason,
+                    moved,
+                )
+                moved.parent.mkdir(parents=True, exist_ok=True)
+                shutil.move(step_dir, moved)
+                self.latest.reload()
+        return None
 
     def close(self) -> None:
         """Waits for asynchronous saves, so the last checkpoint is on disk when the run ends."""
@@ -59,10 +88,15 @@ class Checkpoints:
         self.best.close()
 
 
+def _restore(step_dir: Path, template):
+    """The TrainState saved in one step directory, shaped like `template`."""
+    with ocp.StandardCheckpointer() as checkpointer:
+        return checkpointer.restore(Path(step_dir).absolute() / "default", _abstract(template))
+
+
 def restore_params(step_dir: Path, template):
     """Params of the TrainState saved in one step directory (a checkpoint or a downloaded artifact)."""
-    with ocp.StandardCheckpointer() as checkpointer:
-        return checkpointer.restore(Path(step_dir).absolute() / "default", _abstract(template)).params
+    return _restore(step_dir, template).params
 
 
 def _abstract(template):

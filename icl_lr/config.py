@@ -204,9 +204,9 @@ def _validate(cfg: RunConfig) -> None:
             1 <= c.points_start <= d.n_points,
             f"data.curriculum.points_start must be in [1, {d.n_points}], got {c.points_start}",
         )
-        for key in ("dims_increment", "points_increment"):
-            _check(getattr(c, key) >= 0, f"data.curriculum.{key} must be >= 0, got {getattr(c, key)}")
-        _check(c.interval >= 1, f"data.curriculum.interval must be >= 1, got {c.interval}")
+    for key in ("dims_increment", "points_increment"):  # checked even while the curriculum is off
+        _check(getattr(c, key) >= 0, f"data.curriculum.{key} must be >= 0, got {getattr(c, key)}")
+    _check(c.interval >= 1, f"data.curriculum.interval must be >= 1, got {c.interval}")
     for key in ("n_layer", "n_embd", "n_head", "n_positions"):
         _check(getattr(m, key) >= 1, f"model.{key} must be >= 1, got {getattr(m, key)}")
     _check(m.n_embd % m.n_head == 0, f"model.n_embd ({m.n_embd}) must be divisible by model.n_head ({m.n_head})")

@@ -108,21 +108,14 @@ def resolve_mode(mode: str) -> str:
 
 
 class WandbRun(Tracker):
-    """One W&B run per training run; the id is kept in the run dir so a resumed run continues it."""
+    """One W&B run per training run; `run_id` is kept in the run dir, so a resumed run continues it."""
 
-    def __init__(self, settings: WandbConfig, config: dict, run_dir: Path):
+    def __init__(self, settings: WandbConfig, config: dict, run_dir: Path, run_id: str):
         import wandb
-        from wandb.sdk.lib import runid
 
         self.wandb = wandb
         self.log_checkpoints = settings.log_checkpoints
         run_dir = Path(run_dir).absolute()
-        id_file = run_dir / "wandb_run_id"
-        run_id = (
-            id_file.read_text().strip() if id_file.exists() else os.environ.get("WANDB_RUN_ID") or runid.generate_id()
-        )
-        run_dir.mkdir(parents=True, exist_ok=True)
-        id_file.write_text(run_id)
         init_args = dict(
             project=settings.project,
             entity=settings.entity,
