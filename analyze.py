@@ -2,6 +2,7 @@
 
   python analyze.py outputs/sweep-local-abc123            # local run dirs (train.py's outputs), any depth
   python analyze.py --wandb my-team/icl-lr --sweep 9x2k   # runs of a W&B project (needs a key and network)
+  python analyze.py --wandb-files outputs/                 # offline W&B run folders alone (no run dir files)
 
 Runs are grouped by what the sweep varied (config keys that differ between runs, the model's shape
 as `model_size`), and every metric is aggregated over the seeds of a group: mean, std and a bootstrap
@@ -32,6 +33,11 @@ def parse_args(argv):
         "paths", nargs="*", type=Path, help="run dirs or folders holding them (e.g. outputs/, multirun/<date>/)"
     )
     parser.add_argument("--wandb", metavar="ENTITY/PROJECT", help="load runs from the W&B API instead of local dirs")
+    parser.add_argument(
+        "--wandb-files",
+        action="store_true",
+        help="read the paths' local W&B run folders (offline-run-*, through W&B's own reader) instead of run dirs",
+    )
     parser.add_argument("--sweep", metavar="ID", help="with --wandb: only the runs of this sweep")
     parser.add_argument(
         "--state", default="finished", help="with --wandb: run state to keep; 'any' keeps all (default: finished)"
@@ -81,6 +87,8 @@ def main(argv=None) -> int:
     try:
         if args.wandb:
             runs, curves = analysis.load_wandb(args.wandb, args.sweep, None if args.state == "any" else args.state)
+        elif args.wandb_files:
+            runs, curves = analysis.load_wandb_files(args.paths)
         else:
             runs, curves = analysis.load_local(args.paths)
         runs, curves = analysis.apply_filters(runs, curves, args.where)

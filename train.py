@@ -8,48 +8,81 @@ Examples:
 """
 
 import logging
+import os
 import sys
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from icl_lr.config import ConfigError, from_dictconfig
 from icl_lr.run_dir import RunDirError, RunDirLock, open_run_dir, wandb_run_id
 
 log = logging.getLogger("icl_lr")
+GROUPS = ("data", "model", "training", "experiment")  # config groups whose choice W&B records
+
+
+class JobFailed(RuntimeError):
+    """A multirun job that failed; Hydra records it and goes on with the next job."""
+
+
+def run(cfg: DictConfig, run_dir: Path, attempt_dir: Path, choices: dict) -> None:
+    """One run on run_dir: checks, W&B, training. Raises on failure (W&B's run is then marked failed)."""
+    run_cfg = from_dictconfig(cfg)
+    with RunDirLock(run_dir):
+        finished = open_run_dir(run_dir, run_cfg, attempt_dir)
+        if finished:
+            excess = finished.get("eval/excess/mean", float("nan"))
+            done = f"{run_dir} already finished at step {finished['step']} (excess over Bayes {excess:.4f})"
+            log.info("%s; nothing to do. Raise training.steps to extend it.", done)
+            return
+        # Imported once Hydra has set up logging: orbax's first (absl) log line otherwise installs a second
+        # root handler, which doubles every line of `--info`; `--help`, `--cfg` and `--info` skip JAX too.
+        from icl_lr.tracking import WandbRun, flat_config
+        from icl_lr.train import train
+
+        config = flat_config(OmegaConf.to_container(cfg, resolve=True), choices)
+        with WandbRun(run_cfg.wandb, config, run_dir, wandb_run_id(run_dir)) as wandb_run:
+            train(run_cfg, run_dir, trackers=[wandb_run])
 
 
 @hydra.main(config_path="configs", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
+    choices = {group: hydra_cfg.runtime.choices.get(group) for group in GROUPS}
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
     try:
-        run_cfg = from_dictconfig(cfg)
-        with RunDirLock(run_dir):
-            finished = open_run_dir(run_dir, run_cfg, run_dir / hydra_cfg.output_subdir)
-            if finished:
-                log.info(
-                    "%s already finished at step %d (excess over Bayes %.4f); nothing to do. "
-                    "Raise training.steps to extend it.",
-                    run_dir,
-                    finished["step"],
-                    finished.get("eval/excess/mean", float("nan")),
-                )
-                return
-            # Imported once Hydra has set up logging: orbax's first (absl) log line otherwise installs a second
-            # root handler, which doubles every line of `--info`; `--help`, `--cfg` and `--info` skip JAX too.
-            from icl_lr.tracking import WandbRun
-            from icl_lr.train import train
+        run(cfg, run_dir, run_dir / hydra_cfg.output_subdir, choices)
+    except KeyboardInterrupt:
+        log.error("interrupted; start the same command again to resume from the last checkpoint")
+        raise SystemExit(130) from None
+    except Exception as error:
+        from icl_lr.train import NonFiniteLoss
 
-            config = OmegaConf.to_container(cfg, resolve=True)
-            wandb_run = WandbRun(run_cfg.wandb, config, run_dir, wandb_run_id(run_dir))
-            train(run_cfg, run_dir, trackers=[wandb_run])
-    except (ConfigError, RunDirError) as error:
-        log.error("%s: %s", "config error" if isinstance(error, ConfigError) else "run dir error", error)
-        sys.exit(2)
+        if not isinstance(error, (ConfigError, RunDirError, NonFiniteLoss)):
+            raise  # a bug: Hydra shows where
+        kind = {ConfigError: "config error", RunDirError: "run dir error"}.get(type(error), "training stopped")
+        log.error("%s: %s", kind, error)
+        if multirun:  # the next jobs still run; Hydra reports the failure at the end
+            raise JobFailed(f"{run_dir}: {kind}: {error}") from None
+        sys.exit(2 if kind != "training stopped" else 1)
+
+
+HYDRA_FLAGS = ("--cfg", "--info", "--config", "--multirun", "--hydra-help", "--help", "--run", "--shell", "--package")
+HYDRA_FLAGS += ("--resolve", "--experimental")
+
+
+def overrides_from_agent(argv: list) -> list:
+    """`wandb agent` resuming a preempted sweep run passes `--key=value` even where the sweep's command
+    says ${args_no_hyphens} (wandb issue #9143); Hydra takes `key=value`. Hydra's own flags stay."""
+    strip = lambda arg: arg[2:] if arg.startswith("--") and "=" in arg and not arg.startswith(HYDRA_FLAGS) else arg
+    return [argv[0], *map(strip, argv[1:])]
 
 
 if __name__ == "__main__":
+    if os.environ.get("WANDB_SWEEP_ID"):
+        sys.argv = overrides_from_agent(sys.argv)
     main()

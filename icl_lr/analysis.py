@@ -23,6 +23,9 @@ MODEL_SHAPE = ("model.n_layer", "model.n_embd", "model.n_head")  # summed up by 
 log = logging.getLogger("analyze")
 
 
+GROUP_CHOICES = ("data", "model", "training", "experiment")  # W&B's config also records the groups' choices
+
+
 def _flatten(tree: dict, prefix: str = "") -> dict:
     flat = {}
     for key, value in tree.items():
@@ -33,14 +36,37 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
     return flat
 
 
-def _model_size(config: dict) -> str:
-    m = config["model"]
-    return f"{m['n_layer']}L/{m['n_embd']}d/{m['n_head']}H"
+def _config_columns(config: dict) -> dict:
+    """Flat config columns, the same from a run dir's nested config and W&B's flat one.
+
+    W&B's group choices are dropped (model_size stands for the model), a sweep parameter's text
+    ('null', '[0.1,0.5]') is read as YAML, and data.noise_std, ignored under a hierarchical noise
+    prior, is NaN there: runs group by the noise prior they really had.
+    """
+    import yaml
+
+    flat = {}
+    choices = [k for k, v in config.items() if k in GROUP_CHOICES and not isinstance(v, dict)]
+    for key, value in _flatten({k: v for k, v in config.items() if k not in choices}).items():
+        if isinstance(value, str) and key.startswith(CONFIG_PREFIXES):
+            parsed = yaml.safe_load(value)
+            value = json.dumps(parsed) if isinstance(parsed, list) else value if isinstance(parsed, str) else parsed
+        flat[key] = value
+    if flat.get("data.noise_std_choices") is not None:
+        flat["data.noise_std"] = float("nan")
+    return flat
+
+
+def summary_scalars(summary: dict) -> dict:
+    """A summary's numbers: W&B's own keys (_runtime, ...) and media (tables, charts) left out."""
+    kept = {k: v for k, v in summary.items() if not k.startswith("_") and not (isinstance(v, dict) and "_type" in v)}
+    return {k: v for k, v in _flatten(kept).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 def _run_row(run_id: str, config: dict, summary: dict, **source) -> dict:
-    scalars = {k: v for k, v in _flatten(summary).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    return {"run_id": run_id, **source, **_flatten(config), "model_size": _model_size(config), **scalars}
+    columns = _config_columns(config)
+    size = f"{columns['model.n_layer']}L/{columns['model.n_embd']}d/{columns['model.n_head']}H"
+    return {"run_id": run_id, **source, **columns, "model_size": size, **summary_scalars(summary)}
 
 
 def _curve_rows(run_id: str, step: int, curves: dict) -> list:
@@ -98,6 +124,11 @@ def load_local(paths) -> tuple[pd.DataFrame, pd.DataFrame]:
     return pd.DataFrame(rows), pd.DataFrame(curve_rows, columns=CURVE_COLUMNS)
 
 
+def _table_curves(table: dict) -> dict:
+    """{predictor: errors by k} from a W&B `eval/curves` table file."""
+    return {name: [row[i] for row in table["data"]] for i, name in enumerate(table["columns"]) if name != "k"}
+
+
 def load_wandb(
     project_path: str, sweep: str | None = None, state: str | None = "finished"
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -114,13 +145,44 @@ def load_wandb(
             table = summary.get("eval/curves")
             if isinstance(table, dict) and table.get("path"):
                 with run.file(table["path"]).download(root=downloads, replace=True) as f:
-                    data = json.load(f)
-                curves = {
-                    name: [row[i] for row in data["data"]] for i, name in enumerate(data["columns"]) if name != "k"
-                }
-                curve_rows += _curve_rows(run.id, summary.get("step"), curves)
+                    curve_rows += _curve_rows(run.id, summary.get("step"), _table_curves(json.load(f)))
     if not rows:
         raise LookupError(f"no runs in {project_path} matching {filters}")
+    return pd.DataFrame(rows), pd.DataFrame(curve_rows, columns=CURVE_COLUMNS)
+
+
+def read_wandb_file(run_folder: Path) -> dict:
+    """State, config and summary of a local W&B run folder (offline-run-*), read by W&B's own reader."""
+    import subprocess
+    import sys
+
+    wandb_cli = Path(sys.executable).with_name("wandb")
+    command = [str(wandb_cli), "leet", "inspect", "--summary", "--json", str(run_folder)]
+    return json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
+
+
+def load_wandb_files(paths) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Runs that exist only as local W&B files (offline, not synced), at or below `paths`: (runs, curves).
+
+    A run resumed several times has several folders with one id: the last one holds its final state.
+    """
+    folders = sorted({p for path in map(Path, paths) for p in path.rglob("offline-run-*") if p.is_dir()})
+    if not folders:
+        raise FileNotFoundError(f"no W&B run folders (offline-run-*) under {', '.join(map(str, paths))}")
+    latest = {}
+    for folder in folders:  # names start with the start time: the last of an id is its latest start
+        latest[folder.name.rsplit("-", 1)[-1]] = folder
+    rows, curve_rows = [], []
+    for run_id, folder in latest.items():
+        record = read_wandb_file(folder)
+        config = {k: v for k, v in record["config"].items() if not k.startswith("_")}
+        summary = record["summary"]
+        status = {"finished": "finished"}.get(record.get("state"), "crashed")
+        rows.append(_run_row(run_id, config, summary, run_dir=str(folder), status=status))
+        table = summary.get("eval/curves")
+        if status == "finished" and isinstance(table, dict) and table.get("path"):
+            curves = _table_curves(json.loads((folder / "files" / table["path"]).read_text()))
+            curve_rows += _curve_rows(run_id, summary.get("step"), curves)
     return pd.DataFrame(rows), pd.DataFrame(curve_rows, columns=CURVE_COLUMNS)
 
 

@@ -15,6 +15,8 @@ from pathlib import Path
 import jax
 import orbax.checkpoint as ocp
 
+from icl_lr.config import ConfigError
+
 BEST_METRIC = "eval_error"
 log = logging.getLogger("icl_lr")
 
@@ -65,6 +67,8 @@ class Checkpoints:
             step_dir = self.latest.directory / str(step)
             try:
                 return _restore(step_dir, template)
+            except CheckpointMismatch:
+                raise  # whole, but of another model: not damage
             except Exception as error:  # orbax raises many kinds for a damaged step
                 reason = " ".join(str(error).split())[:200]
                 moved = self.damaged / f"latest-{step}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -88,15 +92,45 @@ class Checkpoints:
         self.best.close()
 
 
-def _restore(step_dir: Path, template):
-    """The TrainState saved in one step directory, shaped like `template`."""
+class CheckpointMismatch(ConfigError):
+    """A readable checkpoint of another model: its arrays' shapes differ from the config's."""
+
+
+def _leaf_name(path) -> str:
+    """A tree path as orbax names the array ('opt_state.1.0.mu.read_in.bias')."""
+    return ".".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path)
+
+
+def _check_shapes(step_dir: Path, template, prefix: str = "") -> None:
+    """Refuses, before restoring, a checkpoint whose arrays (those under `prefix`) differ in shape from
+    `template`'s: orbax would fail deep in its event loop, burying the cause under its tracebacks."""
     with ocp.StandardCheckpointer() as checkpointer:
-        return checkpointer.restore(Path(step_dir).absolute() / "default", _abstract(template))
+        stored_tree = checkpointer.metadata(step_dir / "default").item_metadata
+    stored = {m.name: tuple(m.shape) for m in jax.tree.leaves(stored_tree) if m.name.startswith(prefix)}
+    wanted = {_leaf_name(p): tuple(x.shape) for p, x in jax.tree.leaves_with_path(template)}
+    wanted = {name: shape for name, shape in wanted.items() if name.startswith(prefix)}
+    differ = [
+        f"{n} {stored.get(n)} vs {wanted.get(n)}"
+        for n in sorted(set(stored) | set(wanted))
+        if stored.get(n) != wanted.get(n)
+    ]
+    if differ:
+        raise CheckpointMismatch(
+            f"{step_dir} holds another model's arrays ({len(differ)} differ, e.g. {differ[0]}: stored vs config)"
+        )
+
+
+def _restore(step_dir: Path, template, prefix: str = ""):
+    """The TrainState saved in one step directory, shaped like `template`."""
+    step_dir = Path(step_dir).absolute()
+    _check_shapes(step_dir, template, prefix)
+    with ocp.StandardCheckpointer() as checkpointer:
+        return checkpointer.restore(step_dir / "default", _abstract(template))
 
 
 def restore_params(step_dir: Path, template):
     """Params of the TrainState saved in one step directory (a checkpoint or a downloaded artifact)."""
-    return _restore(step_dir, template).params
+    return _restore(step_dir, template, prefix="params.").params
 
 
 def _abstract(template):

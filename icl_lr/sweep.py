@@ -1,13 +1,15 @@
 """Run a W&B sweep YAML on this machine, without a W&B server.
 
     python -m icl_lr.sweep sweeps/noise_prior.yaml --count 4 [-- extra Hydra overrides]
+    python -m icl_lr.sweep sweeps/noise_prior.yaml --count 8 --resume local-abc123
 
 Runs are proposed by the open-source W&B sweeps engine (`sweeps`, the one behind W&B's own
-controller: grid, random, bayes), and each is started with the command the sweep's YAML names,
-expanded by wandb's own agent code, so a run here is the run `wandb agent` would start. Runs go
-one at a time and are recorded offline under outputs/sweep-<id>/<run id>/ (sync them later with
-`wandb sync`); they share the W&B group <id>. Early termination needs concurrent runs and a
-server, so it is ignored here.
+controller: grid, random, bayes), and each is started as `wandb agent` starts it: the command the
+YAML names, expanded by wandb's own agent code, with the agent's environment (WANDB_SWEEP_ID,
+WANDB_RUN_ID, WANDB_SWEEP_PARAM_PATH) and its parameter file, written by wandb's own config_util.
+Runs go one at a time, offline, under outputs/sweep-<id>/<run id>/, grouped by the sweep id; each
+run's result is printed and appended to outputs/sweep-<id>/results.jsonl as soon as it ends.
+Early termination needs concurrent runs and a server, so it is ignored here.
 """
 
 import argparse
@@ -35,7 +37,11 @@ log = logging.getLogger("icl_lr.sweep")
 def load_sweep(path: Path) -> dict:
     """The sweep config, refused with every schema violation the sweeps engine finds."""
     config = yaml.safe_load(Path(path).read_text())
-    violations = sweeps.schema_violations_from_proposed_config(config)
+    # run_cap is the W&B server's (the open-source engine's schema predates it): checked here, honoured by run_sweep
+    run_cap = config.get("run_cap")
+    if run_cap is not None and not (isinstance(run_cap, int) and run_cap >= 1):
+        raise ValueError(f"{path}: run_cap must be a positive integer, got {run_cap!r}")
+    violations = sweeps.schema_violations_from_proposed_config({k: v for k, v in config.items() if k != "run_cap"})
     if violations:
         raise ValueError(f"{path}: invalid sweep config: " + "; ".join(violations))
     return config
@@ -83,52 +89,110 @@ def _record(run_dir: Path, name: str, config: dict, returncode: int):
     return sweeps.SweepRun(name=name, state=state, config=config, summaryMetrics=summary, sampledHistory=history)
 
 
-def run_sweep(sweep_path: Path, count: int, overrides: list, sweep_id: str | None = None) -> list:
-    """Proposes and runs up to `count` runs; returns one dict per run: id, params, metric, exit code."""
-    sweep = load_sweep(sweep_path)
+def resolve_program(sweep: dict, sweep_path: Path) -> dict:
+    """The sweep with `program` made absolute: found beside the YAML or in a folder above it (the
+    YAML's repository), so the sweep runs from any working directory."""
+    program = Path(sweep["program"])
+    if program.is_absolute():
+        return sweep
+    for folder in [Path(sweep_path).resolve().parent, *Path(sweep_path).resolve().parents]:
+        if (folder / program).is_file():
+            return sweep | {"program": str(folder / program)}
+    raise FileNotFoundError(f"{sweep_path}: program {program} is not beside the YAML nor in a folder above it")
+
+
+def agent_environment(sweep_id: str, run_id: str, params: dict) -> dict:
+    """What `wandb agent` adds to a run's environment (wandb_agent.py, Agent._command_run), its
+    parameter file included: wandb.init merges that file over the run's config."""
+    from wandb.sdk.lib import config_util
+
+    base = os.environ.get("WANDB_DIR", "")
+    param_path = os.path.join(base, "wandb", f"sweep-{sweep_id}", f"config-{run_id}.yaml")
+    config_util.save_config_file_from_dict(param_path, {key: {"value": value} for key, value in params.items()})
+    return {"WANDB_SWEEP_ID": sweep_id, "WANDB_RUN_ID": run_id, "WANDB_SWEEP_PARAM_PATH": param_path}
+
+
+def _previous_runs(results_file: Path) -> list:
+    """The sweeps engine's records of a resumed sweep's runs, from its results.jsonl."""
+    runs = []
+    for result in read_jsonl(results_file):
+        run_dir = Path(result["run_dir"])
+        config = {key: {"value": value} for key, value in result["params"].items()}
+        runs.append(_record(run_dir, result["run_id"], config, result["exit_code"]))
+    return runs
+
+
+def run_sweep(sweep_path: Path, count: int, overrides: list, sweep_id: str | None = None, resume: bool = False) -> list:
+    """Proposes and runs runs until the sweep has `count` (a resumed sweep's earlier runs count);
+    returns one dict per run of this call: id, params, metric, exit code, run dir."""
+    sweep = resolve_program(load_sweep(sweep_path), sweep_path)
+    if sweep.get("run_cap") and sweep["run_cap"] < count:
+        log.info("the sweep's run_cap is %d: %d runs instead of %d", sweep["run_cap"], sweep["run_cap"], count)
+        count = sweep["run_cap"]
     sweep_id = sweep_id or f"local-{runid.generate_id()}"
     metric = sweep.get("metric", {}).get("name")
-    done, results = [], []
-    log.info("sweep %s (%s, %s): up to %d runs", sweep_id, sweep_path, sweep["method"], count)
-    for index in range(count):
+    results_file = Path("outputs") / f"sweep-{sweep_id}" / "results.jsonl"
+    if resume and not results_file.exists():
+        raise FileNotFoundError(f"--resume {sweep_id}: no {results_file} here (start from the sweep's folder)")
+    done = _previous_runs(results_file) if resume else []
+    results = []
+    log.info("sweep %s (%s, %s): %d runs, %d done before", sweep_id, sweep_path, sweep["method"], count, len(done))
+    while len(done) < count:
         with warnings.catch_warnings():  # the engine's scipy/sklearn deprecation noise
             warnings.simplefilter("ignore")
             proposal = sweeps.next_run(sweep, done)
         if proposal is None:
-            log.info("the sweep's search space is exhausted after %d runs", index)
+            log.info("the sweep's search space is exhausted after %d runs", len(done))
             break
         params = {key: _plain(spec["value"]) for key, spec in proposal.config.items()}
         run_id = runid.generate_id()
-        argv = expand_command(sweep, params, {"WANDB_SWEEP_ID": sweep_id, "WANDB_RUN_ID": run_id})
-        argv += [f"wandb.group={sweep_id}", *overrides]
-        log.info("run %d/%d (%s): %s", index + 1, count, run_id, " ".join(f"{k}={v}" for k, v in params.items()))
+        environ = agent_environment(sweep_id, run_id, params)
+        argv = expand_command(sweep, params, environ) + [f"wandb.group={sweep_id}", *overrides]
         run_dir = _run_dir(argv)  # before the run: a command without it is refused untried
-        returncode = subprocess.run(argv, env=os.environ | {"WANDB_RUN_ID": run_id}).returncode
+        log.info("run %d/%d (%s): %s", len(done) + 1, count, run_id, " ".join(f"{k}={v}" for k, v in params.items()))
+        process = subprocess.Popen(argv, env=os.environ | environ)
+        try:
+            returncode = process.wait()
+        except KeyboardInterrupt:  # the run got the same Ctrl-C: let it mark its W&B run failed and stop
+            process.wait()
+            log.error("interrupted during run %s; %d finished runs are in %s", run_id, len(done), results_file)
+            log.error("continue with: python -m icl_lr.sweep %s --count %d --resume %s", sweep_path, count, sweep_id)
+            raise
         record = _record(run_dir, run_id, proposal.config, returncode)
         done.append(record)
-        results.append(
-            {"run_id": run_id, **params, metric: record.summary_metrics.get(metric), "exit_code": returncode}
-        )
+        result = {"run_id": run_id, **params, metric: record.summary_metrics.get(metric), "exit_code": returncode}
+        results.append(result)
+        _append_result(results_file, result | {"params": params, "run_dir": str(run_dir)})
+        if returncode:
+            log.error("run %s failed (exit code %d); see %s/train.log", run_id, returncode, run_dir)
+        print(json.dumps(result), flush=True)
     return results
+
+
+def _append_result(path: Path, result: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        f.write(json.dumps(result) + "\n")
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sweep", type=Path, help="a sweep YAML, e.g. sweeps/noise_prior.yaml")
-    parser.add_argument("--count", type=int, default=4, help="number of runs to propose and run (default 4)")
+    parser.add_argument("--count", type=int, default=4, help="runs in the sweep, earlier ones of --resume included")
     parser.add_argument("--sweep-id", help="name for the group and output folder (default: local-<random id>)")
+    parser.add_argument("--resume", metavar="SWEEP_ID", help="continue this local sweep (its results.jsonl)")
     parser.epilog = "Hydra overrides after `--` are added to every run, e.g. `-- training.steps=2000`."
     argv = sys.argv[1:] if argv is None else list(argv)
     overrides = argv[argv.index("--") + 1 :] if "--" in argv else []
     args = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][sweep] %(message)s")
     try:
-        results = run_sweep(args.sweep, args.count, overrides, args.sweep_id)
+        results = run_sweep(args.sweep, args.count, overrides, args.resume or args.sweep_id, bool(args.resume))
     except (ValueError, FileNotFoundError) as error:
         log.error("%s", error)
         return 2
-    for result in results:
-        print(json.dumps(result))
+    except KeyboardInterrupt:
+        return 130
     return 0 if all(r["exit_code"] == 0 for r in results) else 1
 
 

@@ -5,17 +5,16 @@ summary.json), readable without W&B. On resume it drops records past the restore
 steps a killed run did after its last checkpoint are not counted twice.
 
 WandbRun streams the same numbers to W&B, plus the error curves as tables and line charts and
-the checkpoints as `model` artifacts. Without an API key it runs offline; if the server cannot be
-reached it falls back to offline, so training never stops for W&B.
+the checkpoints as `model` artifacts; its summary equals summary.json. Without credentials it runs
+offline; if the server cannot be reached it falls back to offline, so training never stops for W&B.
+Its files go to the run dir's wandb/, or under $WANDB_DIR when that is set.
 """
 
 import json
 import logging
-import netrc
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from urllib.parse import urlparse
 
 from icl_lr.config import WANDB_MODES, WandbConfig
 
@@ -31,6 +30,12 @@ class Tracker:
         """curves: {predictor name: per-context-length errors [n]}."""
 
     def log_checkpoint(self, directory: Path, step: int, aliases: Sequence[str]) -> None: ...
+
+    def download_checkpoint(self, reference: str) -> Path:
+        """The files of a W&B `model` artifact (init_from), through the public API."""
+        import wandb
+
+        return Path(wandb.Api().artifact(reference, type="model").download())
 
     def finish(self, summary: dict) -> None: ...
 
@@ -81,50 +86,67 @@ class Trackers(Tracker):
         for t in self.trackers:
             t.log_checkpoint(directory, step, aliases)
 
+    def download_checkpoint(self, reference):
+        return (self.trackers or [Tracker()])[-1].download_checkpoint(reference)  # W&B's, when it is one
+
     def finish(self, summary):
         for t in self.trackers:
             t.finish(summary)
 
 
-def api_key_configured() -> bool:
-    """True when W&B would find a key: WANDB_API_KEY, or a netrc entry for the W&B host."""
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
-    try:
-        return netrc.netrc(os.environ.get("NETRC")).authenticators(host) is not None
-    except (FileNotFoundError, netrc.NetrcParseError):
-        return False
-
-
 def resolve_mode(mode: str) -> str:
-    """online | offline | disabled: WANDB_MODE wins over wandb.mode; 'auto' is online only with a key."""
+    """online | offline | disabled: WANDB_MODE wins over wandb.mode; 'auto' is online only when W&B
+    itself finds credentials (an API key in the environment, its settings file or netrc, or an
+    identity-token file), asked without ever prompting."""
     mode = os.environ.get("WANDB_MODE", mode)
     if mode not in WANDB_MODES:
         raise ValueError(f"WANDB_MODE must be one of {WANDB_MODES}, got {mode!r}")
     if mode == "auto":
-        return "online" if api_key_configured() else "offline"
+        import wandb
+
+        return "online" if wandb.login(prompt=False, verify=False) else "offline"
     return mode
 
 
+def flat_config(config: dict, choices: dict) -> dict:
+    """The run's config for W&B: dotted keys (`training.learning_rate`), as sweeps and Hydra overrides
+    name them, and the config groups' choices (`model: gpt2_small`).
+
+    Flat, because `wandb agent` hands W&B a parameter file that wandb.init merges over the config: a
+    nested `model` section would be replaced by the sweep's `model: gpt2_small` (wandb issue #5477).
+    """
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat |= {f"{key}.{k}": v for k, v in flat_config(value, {}).items()}
+        else:
+            flat[key] = value
+    return flat | choices
+
+
 class WandbRun(Tracker):
-    """One W&B run per training run; `run_id` is kept in the run dir, so a resumed run continues it."""
+    """One W&B run per training run; `run_id` is kept in the run dir, so a resumed run continues it.
+
+    A context manager: leaving it by an exception finishes the W&B run as failed (exit code 1), so a
+    failed job of a Hydra multirun never leaves its run open for the next job's wandb.init.
+    """
 
     def __init__(self, settings: WandbConfig, config: dict, run_dir: Path, run_id: str):
         import wandb
 
         self.wandb = wandb
         self.log_checkpoints = settings.log_checkpoints
-        run_dir = Path(run_dir).absolute()
+        in_sweep = bool(os.environ.get("WANDB_SWEEP_ID"))  # the agent names the sweep's project and entity
+        files_dir = os.environ.get("WANDB_DIR") or str(Path(run_dir).absolute())
         init_args = dict(
-            project=settings.project,
-            entity=settings.entity,
+            project=None if in_sweep and os.environ.get("WANDB_PROJECT") else settings.project,
+            entity=None if in_sweep and os.environ.get("WANDB_ENTITY") else settings.entity,
             group=settings.group,
             tags=list(settings.tags),
             job_type=settings.job_type,
             name=settings.name,
             config=config,
-            dir=str(run_dir),
+            dir=files_dir,
             id=run_id,
             resume="allow",
         )
@@ -139,12 +161,19 @@ class WandbRun(Tracker):
             mode = "offline"
             wandb.teardown()  # the failed attempt still holds the run id in wandb's service process
             self.run = wandb.init(mode=mode, **init_args)
+        self.mode = mode
         if mode == "offline":
             log.info("W&B is offline; upload later with: wandb sync %s", self.run.dir.rsplit("/files", 1)[0])
         self.run.define_metric("step")
         self.run.define_metric("*", step_metric="step")
-        for key in ("train/loss", "eval/model/error_mean"):  # best value in the summary; sweep metrics stay last values
-            self.run.define_metric(key, step_metric="step", summary="min")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, traceback):
+        if error is not None and self.run is not None:  # KeyboardInterrupt included
+            self.run.finish(exit_code=1)
+            self.run = None
 
     def log(self, metrics: dict, step: int) -> None:
         self.run.log({"step": step, **metrics})
@@ -169,9 +198,14 @@ class WandbRun(Tracker):
         artifact.add_dir(str(directory))
         self.run.log_artifact(artifact, aliases=list(aliases))
 
+    def download_checkpoint(self, reference: str) -> Path:
+        """A `model` artifact's files, used by this run (lineage on the dashboard) when online."""
+        if self.mode == "online":
+            return Path(self.run.use_artifact(reference, type="model").download())
+        return super().download_checkpoint(reference)
+
     def finish(self, summary: dict) -> None:
-        """Adds the run-level numbers; logged metrics already keep their last (or min) value."""
-        for key, value in summary.items():
-            if "/" not in key:
-                self.run.summary[key] = value
+        """The summary holds exactly the local summary.json's numbers (and W&B's own media and _keys)."""
+        self.run.summary.update(summary)
         self.run.finish()
+        self.run = None

@@ -18,12 +18,16 @@ from flax import struct
 
 from icl_lr import data, encoding, evaluate
 from icl_lr.checkpoint import Checkpoints, restore_params
-from icl_lr.config import DataConfig, RunConfig, steps_per_epoch
+from icl_lr.config import ConfigError, DataConfig, RunConfig, steps_per_epoch
 from icl_lr.model import ICLModel
 from icl_lr.optimizer import learning_rate_schedule, make_optimizer
-from icl_lr.tracking import LocalFiles, Tracker, Trackers
+from icl_lr.tracking import LocalFiles, Tracker, Trackers, read_jsonl
 
 log = logging.getLogger("icl_lr")
+
+
+class NonFiniteLoss(RuntimeError):
+    """Training diverged: the message names the step and the learning rate."""
 
 
 class TrainState(struct.PyTreeNode):
@@ -118,17 +122,17 @@ def _headline(curves: dict, n_dims: int) -> str:
     return f"error@k={k}: " + ", ".join(parts) + f" (k=0: {curves['model'][0]:.4f})"
 
 
-def _initial_params(init_from: str, template):
-    """Params from a local step directory, or from a W&B model artifact (downloaded)."""
-    path = Path(init_from)
-    if not path.exists():
-        import wandb
+def _initial_params(init_from: str, template, tracker: Tracker):
+    """Params from a local step directory, or from a W&B model artifact (downloaded through the run)."""
+    try:
+        path = Path(init_from) if Path(init_from).exists() else tracker.download_checkpoint(init_from)
+        return restore_params(path, template)
+    except Exception as error:  # a bad reference, no network, or shapes that do not fit the config
+        reason = " ".join(str(error).split())[:300]
+        raise ConfigError(f"init_from: cannot start from {init_from} ({type(error).__name__}: {reason})") from error
 
-        path = Path(wandb.Api().artifact(init_from, type="model").download())
-    return restore_params(path, template)
 
-
-def _log_phase(tracker: Tracker, window: list, step: int, cfg: RunConfig, throughput: Throughput) -> None:
+def _log_phase(tracker: Tracker, window: list, step: int, cfg: RunConfig, throughput: Throughput) -> dict:
     """Mean train metrics over the dispatches since the last log line, and one progress line."""
     metrics = {k: np.concatenate([w[k] for w in window]) for k in window[0]}
     record = {
@@ -147,6 +151,7 @@ def _log_phase(tracker: Tracker, window: list, step: int, cfg: RunConfig, throug
     tracker.log(record, step)
     log.info(line)
     throughput.reset()
+    return record
 
 
 class Evaluator:
@@ -182,7 +187,7 @@ class Evaluator:
         return scalars, held_out
 
 
-def _start_state(cfg: RunConfig, model: ICLModel, tx, checkpoints: Checkpoints) -> tuple[TrainState, bool]:
+def _start_state(cfg: RunConfig, model: ICLModel, tx, checkpoints: Checkpoints, tracker) -> tuple[TrainState, bool]:
     """The run dir's last checkpoint, else fresh params (or init_from's); and whether it resumed."""
     state = init_state(model, tx, cfg.data, cfg.seed)
     restored = checkpoints.restore_latest(state)
@@ -190,8 +195,19 @@ def _start_state(cfg: RunConfig, model: ICLModel, tx, checkpoints: Checkpoints) 
         return restored, True
     if cfg.init_from:
         log.info("initial params from %s", cfg.init_from)
-        return state.replace(params=_initial_params(cfg.init_from, state)), False
+        return state.replace(params=_initial_params(cfg.init_from, state, tracker)), False
     return state, False
+
+
+def _check_finite(metrics: dict, first_step: int) -> None:
+    """Stops a run whose loss is no longer finite, rather than training on NaN."""
+    finite = np.isfinite(metrics["loss"])
+    if not finite.all():
+        i = int(np.argmin(finite))
+        raise NonFiniteLoss(
+            f"the training loss is {metrics['loss'][i]} at step {first_step + i + 1} (lr {metrics['lr'][i]:.2e}): "
+            "training diverged; lower training.learning_rate or raise training.warmup_steps"
+        )
 
 
 def train(cfg: RunConfig, run_dir: Path, trackers=()) -> dict:
@@ -203,7 +219,7 @@ def train(cfg: RunConfig, run_dir: Path, trackers=()) -> dict:
     run_dir, t = Path(run_dir), cfg.training
     model, tx = build_model(cfg), make_optimizer(t)
     checkpoints = Checkpoints(run_dir / "checkpoints", t.max_to_keep)
-    state, resumed = _start_state(cfg, model, tx, checkpoints)
+    state, resumed = _start_state(cfg, model, tx, checkpoints, Trackers(trackers))
     step, n_params = int(state.step), sum(p.size for p in jax.tree.leaves(state.params))
     epochs = f" ({t.num_epochs} epochs over {cfg.data.train_size} prompts)" if t.num_epochs else ""
     log.info(
@@ -220,6 +236,9 @@ def train(cfg: RunConfig, run_dir: Path, trackers=()) -> dict:
     evaluator = Evaluator(cfg, model, state.rng)
     dispatch = make_dispatch(model, tx, cfg)
     summary, window, throughput = {"n_params": n_params}, [], Throughput()
+    for key in ("train/loss", "eval/model/error_mean"):  # best values so far, when resumed
+        values = [r[key] for r in read_jsonl(run_dir / "metrics.jsonl") if key in r]
+        summary |= {f"best/{key}": min(values)} if values else {}
 
     while step < t.steps:
         # train: one dispatch, up to steps_per_dispatch steps
@@ -227,6 +246,7 @@ def train(cfg: RunConfig, run_dir: Path, trackers=()) -> dict:
         dispatch_started = time.perf_counter()
         state, metrics = dispatch(state, n_steps)
         window.append(jax.device_get(metrics))
+        _check_finite(window[-1], step)
         step += n_steps
         if throughput.record(n_steps, time.perf_counter() - dispatch_started) and "compile_seconds" not in summary:
             summary["compile_seconds"] = time.perf_counter() - dispatch_started
@@ -235,7 +255,8 @@ def train(cfg: RunConfig, run_dir: Path, trackers=()) -> dict:
 
         # log: train metrics and a progress line
         if step % t.log_every == 0 or is_last:
-            _log_phase(tracker, window, step, cfg, throughput)
+            summary |= _log_phase(tracker, window, step, cfg, throughput)
+            summary["best/train/loss"] = min(summary["train/loss"], summary.get("best/train/loss", np.inf))
             window = []
 
         # eval: error curves, and the best checkpoint by held-out error
@@ -243,6 +264,8 @@ def train(cfg: RunConfig, run_dir: Path, trackers=()) -> dict:
         if step % t.eval_every == 0 or is_last:
             scalars, curves = evaluator(state.params, tracker, step)
             summary |= scalars | {"curves": {k: v.tolist() for k, v in curves.items()}}
+            best = min(scalars["eval/model/error_mean"], summary.get("best/eval/model/error_mean", np.inf))
+            summary["best/eval/model/error_mean"] = best
             best_dir = checkpoints.save_best(state, scalars["eval/model/error_mean"])
 
         # checkpoint: the latest state (one artifact version when it is also the best)

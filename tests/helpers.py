@@ -130,10 +130,6 @@ class RunFile:
         return run
 
     def config_value(self, dotted_key: str):
-        """A nested config value by dotted key ('data.noise_std'); W&B may store {'value': ...} per top key."""
-        top, *rest = dotted_key.split(".")
-        value = self.config[top]
-        value = value.get("value", value) if isinstance(value, dict) and "value" in value else value
-        for key in rest:
-            value = value[key]
-        return value
+        """A config value by its dotted key ('data.noise_std'), as icl-lr logs it: flat keys."""
+        value = self.config[dotted_key]
+        return value.get("value", value) if isinstance(value, dict) and "value" in value else value

@@ -1,27 +1,23 @@
 """Sweep YAMLs: valid for the W&B sweeps engine, expanded by wandb's agent code into runnable Hydra runs."""
 
 import json
+import os
+import signal
 import subprocess
 import sys
-from pathlib import Path
+import time
 
 import pytest
 import yaml
+from wandb.sdk.lib import config_util
 
 import sweeps
 from helpers import FAST, ROOT, RunFile, no_key_env
+from icl_lr import analysis
 from icl_lr.sweep import expand_command, load_sweep, run_sweep
+from icl_lr.tracking import read_jsonl
 
 SWEEP_FILES = sorted((ROOT / "sweeps").glob("*.yaml"))
-
-
-def with_absolute_program(path: Path, tmp_path: Path) -> Path:
-    """A copy of a sweep YAML that runs the project's train.py from any working directory."""
-    config = yaml.safe_load(path.read_text())
-    config["program"] = str(ROOT / config["program"])
-    copy = tmp_path / path.name
-    copy.write_text(yaml.safe_dump(config))
-    return copy
 
 
 def test_sweep_files_cover_model_size_noise_prior_and_a_bayes_search():
@@ -54,40 +50,78 @@ def test_agent_command_reaches_hydra_as_overrides(path):
     assert argv[-1] == "hydra.run.dir=outputs/sweep-sw1/run1"  # one output dir per run, not Hydra's timestamps
 
 
-def test_an_expanded_command_trains(tmp_path):
-    sweep = load_sweep(with_absolute_program(ROOT / "sweeps" / "model_size.yaml", tmp_path))
-    proposal = sweeps.next_run(sweep, [])  # grid: model=gpt2_tiny, seed=0
-    params = {k: v["value"] for k, v in proposal.config.items()}
-    argv = expand_command(sweep, params, {"WANDB_SWEEP_ID": "sw1", "WANDB_RUN_ID": "run1"})
-    fast = [o for o in FAST if not o.startswith("model.")] + ["training.steps=20"]
-    env = no_key_env(WANDB_RUN_ID="run1")
-    result = subprocess.run(argv + fast, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+def test_a_run_started_as_the_agent_starts_it_keeps_its_nested_config(tmp_path):
+    """`wandb agent`'s environment and parameter file (written by wandb's own config_util): wandb.init
+    merges that file over the run's config, which must keep every model field beside `model: gpt2_small`."""
+    sweep = load_sweep(ROOT / "sweeps" / "model_size.yaml") | {"program": str(ROOT / "train.py")}
+    params = {"model": "gpt2_small", "seed": 1}
+    param_file = tmp_path / "wandb" / "sweep-sw1" / "config-run1.yaml"
+    config_util.save_config_file_from_dict(str(param_file), {k: {"value": v} for k, v in params.items()})
+    agent_env = {"WANDB_SWEEP_ID": "sw1", "WANDB_RUN_ID": "run1", "WANDB_SWEEP_PARAM_PATH": str(param_file)}
+    argv = expand_command(sweep, params, agent_env)
+    fast = [o for o in FAST if o != "model.n_layer=1"] + ["training.steps=20"]
+    result = subprocess.run(argv + fast, cwd=tmp_path, env=no_key_env(**agent_env), capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     run_dir = tmp_path / "outputs" / "sweep-sw1" / "run1"
-    assert json.loads((run_dir / "summary.json").read_text())["step"] == 20
     record = RunFile.load(next((run_dir / "wandb").glob("offline-run-*")))
-    assert record.run_id == "run1"
-    assert (
-        record.config_value("model.n_layer") == 3 and record.config_value("seed") == params["seed"]
-    )  # gpt2_tiny: 3 layers
+    assert record.run_id == "run1" and record.config_value("model") == "gpt2_small" and record.config_value("seed") == 1
+    assert [record.config_value(f"model.{k}") for k in ("n_layer", "n_embd", "n_head")] == [6, 32, 4]
+    runs, _ = analysis.load_wandb_files([run_dir])  # what `analyze.py --wandb` reads: no TypeError
+    assert list(runs.model_size) == ["6L/32d/4H"]
 
 
-def test_local_sweep_runs_and_records_offline_runs(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
+def test_local_sweep_runs_as_the_agent_does_from_any_directory_and_resumes(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the YAML's program is found in its repository
     for key, value in no_key_env().items():
         monkeypatch.setenv(key, value)
     monkeypatch.delenv("WANDB_MODE", raising=False)
-    path = with_absolute_program(ROOT / "sweeps" / "noise_prior.yaml", tmp_path)
+    path = ROOT / "sweeps" / "noise_prior.yaml"
     results = run_sweep(path, count=2, overrides=[*FAST, "training.steps=20"], sweep_id="local-test")
     assert len(results) == 2 and len({r["run_id"] for r in results}) == 2
+    sweep_dir = tmp_path / "outputs" / "sweep-local-test"
     for result in results:
         assert result["exit_code"] == 0
-        run_dir = tmp_path / "outputs" / "sweep-local-test" / result["run_id"]
+        run_dir = sweep_dir / result["run_id"]
         summary = json.loads((run_dir / "summary.json").read_text())
         assert result["eval/excess/mean"] == summary["eval/excess/mean"]  # the metric the engine saw
         record = RunFile.load(next((run_dir / "wandb").glob("offline-run-*")))
         assert (record.run_id, record.group) == (result["run_id"], "local-test")
-        assert record.config_value("data.noise_std") == result["data.noise_std"]
-        assert record.config_value("data.prior_scale") == result["data.prior_scale"]
-        pool = result["data.task_pool_size"]
-        assert record.config_value("data.task_pool_size") == (None if pool == "null" else pool)
+        for key in ("data.noise_std", "data.prior_scale", "data.task_pool_size"):
+            assert record.config_value(key) == result[key]  # as the agent's parameter file sets them
+        assert (tmp_path / "wandb" / "sweep-local-test" / f"config-{result['run_id']}.yaml").exists()
+    assert [r["run_id"] for r in read_jsonl(sweep_dir / "results.jsonl")] == [r["run_id"] for r in results]
+    more = run_sweep(path, count=3, overrides=[*FAST, "training.steps=20"], sweep_id="local-test", resume=True)
+    assert len(more) == 1 and len(read_jsonl(sweep_dir / "results.jsonl")) == 3  # the 2 finished runs counted
+
+
+def test_ctrl_c_ends_a_local_sweep_cleanly(tmp_path):
+    command = [sys.executable, "-m", "icl_lr.sweep", str(ROOT / "sweeps" / "model_size.yaml"), "--count", "2"]
+    command += ["--sweep-id", "local-int", "--", *FAST, "training.steps=5000", "training.checkpoint_every=20"]
+    sweep = subprocess.Popen(command, cwd=tmp_path, env=no_key_env(), stderr=subprocess.PIPE, text=True,
+                             start_new_session=True)  # fmt: skip
+    run_dirs = tmp_path / "outputs" / "sweep-local-int"
+    deadline = time.time() + 120
+    while not list(run_dirs.glob("*/checkpoints/latest/[0-9]*")) and time.time() < deadline:
+        time.sleep(0.1)
+    os.killpg(sweep.pid, signal.SIGINT)  # Ctrl-C reaches the whole foreground process group
+    _, stderr = sweep.communicate(timeout=120)
+    assert sweep.returncode == 130 and "Traceback" not in stderr, stderr[-3000:]
+    assert "interrupted during run" in stderr and "--resume local-int" in stderr
+    (run_dir,) = [p for p in run_dirs.iterdir() if p.is_dir()]
+    assert RunFile.load(next((run_dir / "wandb").glob("offline-run-*"))).exit_code not in (None, 0)  # marked failed
+
+
+def test_a_failing_multirun_job_neither_stops_nor_spoils_the_next(tmp_path):
+    """One process runs every job: a config error, then a run that diverges after W&B started, then good runs."""
+    command = [sys.executable, str(ROOT / "train.py"), "-m", *FAST, "training.steps=20", "training.grad_clip=1e30"]
+    command += ["model.n_head=3,2", "training.learning_rate=1e8,1e-3", f"hydra.sweep.dir={tmp_path}"]
+    result = subprocess.run(command, cwd=ROOT, env=no_key_env(), capture_output=True, text=True, timeout=600)
+    output = result.stdout + result.stderr
+    assert output.count("config error: model.n_embd (32) must be divisible by model.n_head (3)") >= 2
+    assert "training stopped: the training loss is nan at step" in output
+    assert not (tmp_path / "0" / "wandb").exists() and not (tmp_path / "1" / "wandb").exists()
+    diverged, good = (RunFile.load(next((tmp_path / j / "wandb").glob("offline-run-*"))) for j in ("2", "3"))
+    assert diverged.run_id != good.run_id and diverged.exit_code == 1 and good.exit_code == 0
+    assert good.config_value("training.learning_rate") == 1e-3 and good.config_value("model.n_head") == 2
+    assert [row["step"] for row in good.history if "train/loss" in row] == [10, 20]  # its own history only
+    assert json.loads((tmp_path / "3" / "summary.json").read_text())["step"] == 20

@@ -1,12 +1,16 @@
 """W&B tracking, checked on the run files wandb itself writes offline (read back with wandb's schema)."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
-from helpers import RunFile, assert_trees_equal, final_state, no_key_env, train_cli
+from helpers import FAST, ROOT, RunFile, assert_trees_equal, final_state, no_key_env, train_cli
+from icl_lr import analysis
 from icl_lr.tracking import read_jsonl
 from icl_lr.train import train
 
@@ -63,16 +67,31 @@ def test_history_and_summary_match_the_local_metrics(tracked_run):
     for step, row in local_evals.items():
         for key in ("eval/excess/mean", "eval/model/error_k3", "eval/bayes/error_k6", "eval/excess/error_k1"):
             assert eval_rows[step][key] == pytest.approx(row[key], rel=1e-6)
-    # the summary keeps the last value of sweep metrics and the best (min) of loss and model error
+    # the summary keeps the last value of every metric, and the best (min) of loss and model error
     assert record.summary["eval/excess/mean"] == pytest.approx(local_evals[40]["eval/excess/mean"], rel=1e-6)
-    assert record.summary["train/loss"]["min"] == pytest.approx(
-        min(train_rows[s]["train/loss"] for s in train_rows), rel=1e-6
-    )
-    assert record.summary["eval/model/error_mean"]["min"] == pytest.approx(
+    assert record.summary["train/loss"] == pytest.approx(train_rows[40]["train/loss"], rel=1e-6)
+    assert record.summary["best/train/loss"] == pytest.approx(min(r["train/loss"] for r in train_rows.values()))
+    assert record.summary["best/eval/model/error_mean"] == pytest.approx(
         min(r["eval/model/error_mean"] for r in local_evals.values()), rel=1e-6
     )
     summary = json.loads((run_dir / "summary.json").read_text())
     assert record.summary["step"] == summary["step"] == 40 and record.summary["n_params"] == summary["n_params"]
+
+
+def test_one_summary_schema_in_run_dirs_and_wandb_files(tracked_run):
+    """summary.json and W&B's summary (read by W&B's own reader) hold the same numbers; analyze.py loads
+    the same tables from the run dir as from its offline W&B files alone."""
+    run_dir, _ = tracked_run
+    (folder,) = (run_dir / "wandb").glob("offline-run-*")
+    local = json.loads((run_dir / "summary.json").read_text())
+    from_wandb = analysis.summary_scalars(analysis.read_wandb_file(folder)["summary"])
+    assert from_wandb == pytest.approx(local, rel=1e-9)
+    runs, curves = analysis.load_local([run_dir])
+    wandb_runs, wandb_curves = analysis.load_wandb_files([run_dir])
+    pd.testing.assert_frame_equal(
+        runs.drop(columns="run_dir"), wandb_runs.drop(columns="run_dir"), check_like=True, check_dtype=False
+    )
+    pd.testing.assert_frame_equal(curves, wandb_curves)
 
 
 def test_error_curves_are_logged_as_tables(tracked_run):
@@ -135,3 +154,37 @@ def test_init_from_a_checkpoint_starts_from_its_params(fast_config, tmp_path):
     cfg = fast_config("training.steps=10", "training.learning_rate=1e-20", "seed=7", f"init_from={start}")
     train(cfg, tmp_path / "started")
     assert_trees_equal(final_state(cfg, tmp_path / "started").params, final_state(source, tmp_path / "source").params)
+
+
+def test_auto_mode_goes_online_with_a_key_that_only_wandb_settings_hold(tmp_path):
+    """No WANDB_API_KEY, no netrc: the key is in W&B's own settings file, which W&B reads and so must we."""
+    settings_dir = tmp_path / "wandb-settings"
+    settings_dir.mkdir()
+    (settings_dir / "settings").write_text(f"[default]\napi_key = {SECRET}\n")
+    env = no_key_env(WANDB_CONFIG_DIR=str(settings_dir), WANDB_BASE_URL="http://127.0.0.1:9")
+    result = train_cli(tmp_path / "run", "wandb.init_timeout=3", env=env)
+    output = result.stdout + result.stderr
+    assert "W&B could not start online" in output  # auto chose online; the unreachable server sent it offline
+    assert SECRET not in output
+
+
+def test_wandb_dir_is_honoured(tmp_path):
+    result = train_cli(tmp_path / "run", "training.steps=20", env=no_key_env(WANDB_DIR=str(tmp_path / "elsewhere")))
+    assert list((tmp_path / "elsewhere" / "wandb").glob("offline-run-*")) and not (tmp_path / "run" / "wandb").exists()
+    assert str(tmp_path / "elsewhere" / "wandb" / "offline-run-") in result.stdout + result.stderr  # the sync hint
+
+
+@pytest.mark.parametrize(
+    "reference, reason",
+    [("wrong-width", "shape"), ("nobody/nothing/model-x:best", "cannot start from nobody/nothing/model-x:best")],
+)
+def test_a_bad_init_from_fails_before_training_in_one_line(fast_config, tmp_path, reference, reason):
+    if reference == "wrong-width":  # a real checkpoint of another model width
+        train(fast_config("training.steps=20", "model.n_embd=16"), tmp_path / "source")
+        reference = str(tmp_path / "source" / "checkpoints" / "latest" / "20")
+    command = [sys.executable, str(ROOT / "train.py"), *FAST, f"init_from={reference}", f"hydra.run.dir={tmp_path}/r"]
+    env = no_key_env(WANDB_MODE="offline")
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    errors = [line for line in (result.stdout + result.stderr).splitlines() if "][ERROR] - " in line]
+    assert result.returncode == 2 and len(errors) == 1 and "config error: init_from: cannot start from" in errors[0]
+    assert "Traceback" not in result.stdout + result.stderr and not (tmp_path / "r" / "metrics.jsonl").exists()
