@@ -129,3 +129,18 @@ def test_cli_filters_and_refuses_bad_input(sweep_dir, tmp_path, caplog):
     with pytest.raises(SystemExit) as exit_info:
         analyze.main(["--sweep", "abc"])
     assert exit_info.value.code == 2
+
+
+def test_runs_group_by_the_noise_prior_they_really_had():
+    """A sweep draws data.noise_std even where data.noise_std_choices overrides it: that value is NaN."""
+    model = {"n_layer": 1, "n_embd": 8, "n_head": 1}
+    hierarchical = {"data": {"noise_std": 0.5, "noise_std_choices": [0.1, 1.0]}, "model": model}
+    fixed = {"data": {"noise_std": 0.5, "noise_std_choices": None}, "model": model}
+    from_sweep = {"data.noise_std": 0.25, "data.noise_std_choices": "[0.1,1.0]", "model": "gpt2_tiny"}
+    from_sweep |= {f"model.{k}": v for k, v in model.items()}  # W&B's flat config, a sweep's text values
+    runs = pd.DataFrame([analysis._run_row(str(i), c, {}) for i, c in enumerate([hierarchical, fixed, from_sweep])])
+    assert (
+        np.isnan(runs["data.noise_std"][0]) and runs["data.noise_std"][1] == 0.5 and np.isnan(runs["data.noise_std"][2])
+    )
+    assert list(runs["data.noise_std_choices"].fillna("null")) == ["[0.1, 1.0]", "null", "[0.1, 1.0]"]
+    assert "model" not in runs and list(runs.model_size) == ["1L/8d/1H"] * 3
