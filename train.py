@@ -40,11 +40,15 @@ def run(cfg: DictConfig, run_dir: Path, attempt_dir: Path, choices: dict) -> Non
             return
         # Imported once Hydra has set up logging: orbax's first (absl) log line otherwise installs a second
         # root handler, which doubles every line of `--info`; `--help`, `--cfg` and `--info` skip JAX too.
-        from icl_lr.tracking import WandbRun, flat_config
+        from icl_lr.tracking import WandbRun, flat_config, resolve_mode
         from icl_lr.train import train
 
+        mode = resolve_mode(run_cfg.wandb.mode)
+        if mode == "disabled":  # no W&B at all: it need not even be installed
+            train(run_cfg, run_dir)
+            return
         config = flat_config(OmegaConf.to_container(cfg, resolve=True), choices)
-        with WandbRun(run_cfg.wandb, config, run_dir, wandb_run_id(run_dir)) as wandb_run:
+        with WandbRun(run_cfg.wandb, mode, config, run_dir, wandb_run_id(run_dir)) as wandb_run:
             train(run_cfg, run_dir, trackers=[wandb_run])
 
 
@@ -64,7 +68,8 @@ def main(cfg: DictConfig) -> None:
 
         if not isinstance(error, (ConfigError, RunDirError, NonFiniteLoss)):
             raise  # a bug: Hydra shows where
-        kind = {ConfigError: "config error", RunDirError: "run dir error"}.get(type(error), "training stopped")
+        kind = "config error" if isinstance(error, ConfigError) else "run dir error"
+        kind = "training stopped" if isinstance(error, NonFiniteLoss) else kind
         log.error("%s: %s", kind, error)
         if multirun:  # the next jobs still run; Hydra reports the failure at the end
             raise JobFailed(f"{run_dir}: {kind}: {error}") from None

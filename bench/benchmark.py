@@ -88,13 +88,15 @@ def time_jax(cfg: RunConfig, steps: int) -> dict:
 
 
 def time_torch(model_cfg: ModelConfig, n_dims: int, n_points: int, batch: int, steps: int) -> float | None:
-    """Seconds per step of Garg et al.'s model and loop, or None without torch/transformers."""
+    """Seconds per step of Garg et al.'s model and loop (eager PyTorch, float32, on the GPU when there is
+    one), or None without torch/transformers."""
     try:
         import torch
         from transformers import GPT2Config, GPT2Model
     except ImportError:
         return None
     torch.set_num_threads(os.cpu_count())
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     n_layer, width, heads = model_cfg.n_layer, model_cfg.n_embd, model_cfg.n_head
 
     class Reference(torch.nn.Module):  # Garg et al.'s TransformerModel
@@ -122,21 +124,24 @@ def time_torch(model_cfg: ModelConfig, n_dims: int, n_points: int, batch: int, s
             hidden = self.backbone(inputs_embeds=self.read_in(inputs)).last_hidden_state
             return self.read_out(hidden)[:, ::2, 0]  # the prediction of y_i at x_i's position
 
-    model = Reference()
+    model = Reference().to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
 
     def step():
-        xs = torch.randn(batch, n_points, n_dims)
-        ys = (xs @ torch.randn(batch, n_dims, 1))[..., 0]
+        xs = torch.randn(batch, n_points, n_dims, device=device)
+        ys = (xs @ torch.randn(batch, n_dims, 1, device=device))[..., 0]
         optimizer.zero_grad()
         loss = ((model(xs, ys) - ys) ** 2).mean()
         loss.backward()
         optimizer.step()
 
     step()  # warm-up
+    sync = torch.cuda.synchronize if device == "cuda" else lambda: None
+    sync()
     started = time.perf_counter()
     for _ in range(steps):
         step()
+    sync()
     return (time.perf_counter() - started) / steps
 
 

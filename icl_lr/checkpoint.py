@@ -106,7 +106,9 @@ def _check_shapes(step_dir: Path, template, prefix: str = "") -> None:
     `template`'s: orbax would fail deep in its event loop, burying the cause under its tracebacks."""
     with ocp.StandardCheckpointer() as checkpointer:
         stored_tree = checkpointer.metadata(step_dir / "default").item_metadata
-    stored = {m.name: tuple(m.shape) for m in jax.tree.leaves(stored_tree) if m.name.startswith(prefix)}
+    stored = {m.name: tuple(m.shape) for m in jax.tree.leaves(stored_tree or {}) if m.name.startswith(prefix)}
+    if not stored:
+        raise ValueError(f"{step_dir} has no readable array metadata")  # damage, not another model
     wanted = {_leaf_name(p): tuple(x.shape) for p, x in jax.tree.leaves_with_path(template)}
     wanted = {name: shape for name, shape in wanted.items() if name.startswith(prefix)}
     differ = [

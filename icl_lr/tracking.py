@@ -131,7 +131,8 @@ class WandbRun(Tracker):
     failed job of a Hydra multirun never leaves its run open for the next job's wandb.init.
     """
 
-    def __init__(self, settings: WandbConfig, config: dict, run_dir: Path, run_id: str):
+    def __init__(self, settings: WandbConfig, mode: str, config: dict, run_dir: Path, run_id: str):
+        """`mode`: online or offline, as `resolve_mode` says."""
         import wandb
 
         self.wandb = wandb
@@ -150,7 +151,6 @@ class WandbRun(Tracker):
             id=run_id,
             resume="allow",
         )
-        mode = resolve_mode(settings.mode)
         try:
             self.run = wandb.init(mode=mode, settings=wandb.Settings(init_timeout=settings.init_timeout), **init_args)
         except Exception as error:  # bad key, unreachable server: keep training, log offline

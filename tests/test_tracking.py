@@ -183,7 +183,7 @@ def test_a_bad_init_from_fails_before_training_in_one_line(fast_config, tmp_path
         train(fast_config("training.steps=20", "model.n_embd=16"), tmp_path / "source")
         reference = str(tmp_path / "source" / "checkpoints" / "latest" / "20")
     command = [sys.executable, str(ROOT / "train.py"), *FAST, f"init_from={reference}", f"hydra.run.dir={tmp_path}/r"]
-    env = no_key_env(WANDB_MODE="offline")
+    env = no_key_env(WANDB_MODE="disabled")  # the public API (what a run without W&B falls back to) has no key here
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     errors = [line for line in (result.stdout + result.stderr).splitlines() if "][ERROR] - " in line]
     assert result.returncode == 2 and len(errors) == 1 and "config error: init_from: cannot start from" in errors[0]

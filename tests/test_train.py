@@ -159,7 +159,7 @@ def test_epochs_over_a_finite_training_set(fast_config, tmp_path):
 def test_run_training_script_passes_its_arguments_from_any_directory(tmp_path):
     """`./scripts/run_training.sh` with the seed's config names, started from another directory."""
     command = [str(ROOT / "scripts" / "run_training.sh"), "model=gpt2_small", "data=linear_regression"]
-    command += ["training=default", *FAST, "training.steps=20", "hydra.run.dir=run"]
+    command += ["training=default", *FAST, "training.steps=20", "wandb.mode=disabled", "hydra.run.dir=run"]
     env = {k: v for k, v in os.environ.items()} | {"PYTHON": sys.executable}
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]

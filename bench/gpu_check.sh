@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The whole GPU check in one short run, for a machine with a CUDA GPU and JAX's CUDA build:
+#   bench/gpu_check.sh [OUT_DIR]
+# 1. install what the machine lacks: from wheels in .whl/ when it has no network (hydra-core, omegaconf,
+#    antlr4; a device image already holding JAX, flax, optax, orbax, torch), else `pip install -e .[test]`
+#    and the README's GPU line;
+# 2. the tests that make sense on a GPU (model vs Hugging Face GPT-2, baselines vs closed forms, data, config),
+#    at full float32 matmul precision so the CPU tolerances hold;
+# 3. the benchmark against the PyTorch reference on the same GPU (float32);
+# 4. the default run (`python train.py`, W&B disabled), timed, with its final eval.
+# QUICK=1 shrinks steps 3 and 4 to a smoke test (for a CPU dry run).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out="${1:-${OUT:-/tmp/gpu_check}}"
+mkdir -p "$out"
+exec > >(tee "$out/gpu_check.log") 2>&1
+export PYTHONUNBUFFERED=1
+
+echo "== install"
+if [[ -d .whl ]] && ls .whl/*.whl > /dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
+    export PYTHONPATH="/tmp/site:$PWD"
+else
+    python3 -m pip install -q -e ".[test]" && python3 -m pip install -q -U "jax[cuda12]==0.10.2" || exit 1
+fi
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+python3 -c "import jax, flax, optax, orbax.checkpoint as o; print('jax', jax.__version__, jax.devices(), '| flax', flax.__version__, '| optax', optax.__version__)"
+
+echo "== tests"
+JAX_DEFAULT_MATMUL_PRECISION=highest python3 -m pytest -q -p no:cacheprovider \
+    tests/test_model.py tests/test_baselines.py tests/test_data.py tests/test_config.py
+
+echo "== benchmark (float32)"
+if [[ "${QUICK:-0}" == 1 ]]; then
+    python3 bench/benchmark.py --presets gpt2_tiny --steps 5 --eval-prompts 256
+else
+    python3 bench/benchmark.py --steps 50
+fi
+
+echo "== default run"
+steps=$([[ "${QUICK:-0}" == 1 ]] && echo "training.steps=200 training.eval_every=100 training.checkpoint_every=100 training.log_every=100" || echo "")
+started=$(date +%s)
+python3 train.py wandb.mode=disabled $steps hydra.run.dir="$out/default_run" 2>&1 | grep -E "starting|compiled|step [0-9]+000/|eval at|done"
+echo "default run wall time: $(( $(date +%s) - started )) s"
