@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from icl_lr.config import flatten
 from icl_lr.tracking import read_jsonl
 
 CONFIG_PREFIXES = ("data.", "model.", "training.", "eval.", "seed")  # config columns that can define a group
@@ -26,14 +27,9 @@ log = logging.getLogger("analyze")
 GROUP_CHOICES = ("data", "model", "training", "experiment")  # W&B's config also records the groups' choices
 
 
-def _flatten(tree: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat |= _flatten(value, f"{prefix}{key}.")
-        else:
-            flat[f"{prefix}{key}"] = json.dumps(value) if isinstance(value, list) else value
-    return flat
+def _flatten(tree: dict) -> dict:
+    """Dotted keys; a list becomes its JSON text, so it can be a table cell and a group key."""
+    return {k: json.dumps(v) if isinstance(v, list) else v for k, v in flatten(tree).items()}
 
 
 def _config_columns(config: dict) -> dict:

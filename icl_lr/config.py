@@ -244,6 +244,18 @@ def _validate(cfg: RunConfig) -> None:
     _check(w.init_timeout > 0, f"wandb.init_timeout must be > 0, got {w.init_timeout}")
 
 
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """A nested config as dotted keys ({'model': {'n_layer': 3}} -> {'model.n_layer': 3}), as Hydra
+    overrides, sweeps and W&B's run table name its values."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat |= flatten(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def steps_per_epoch(cfg: RunConfig) -> int:
     """Steps of one pass over the finite training set: the last batch of an epoch may be partial."""
     return math.ceil(cfg.data.train_size / cfg.training.batch_size)

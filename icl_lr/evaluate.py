@@ -48,7 +48,7 @@ def make_train_set_eval(data_cfg: DataConfig, eval_cfg: EvalConfig, run_key) -> 
 
 
 def make_model_curve_fn(model, data_cfg: DataConfig, eval_cfg: EvalConfig):
-    """jitted params, inputs, ys -> model error curve [N], in chunks of `eval_cfg.batch_size` prompts."""
+    """jitted params, inputs, ys -> model error curve [N], in batches of `eval_cfg.batch_size` prompts."""
 
     def predict_one(params, inputs):
         outputs = model.apply({"params": params}, inputs[None])

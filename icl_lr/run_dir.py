@@ -14,7 +14,7 @@ import shutil
 import socket
 from pathlib import Path
 
-from icl_lr.config import ConfigError, RunConfig
+from icl_lr.config import ConfigError, RunConfig, flatten
 
 log = logging.getLogger("icl_lr")
 
@@ -95,19 +95,9 @@ def _is_alive(pid: int, host: str) -> bool:
     return True
 
 
-def _flat(tree: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat |= _flat(value, f"{prefix}{key}.")
-        else:
-            flat[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
-    return flat
-
-
 def config_record(cfg: RunConfig) -> dict:
-    """The resolved config as stored with the checkpoints (flat, dotted keys)."""
-    return _flat(dataclasses.asdict(cfg))
+    """The resolved config as stored with the checkpoints: dotted keys, values as JSON reads them back."""
+    return json.loads(json.dumps(flatten(dataclasses.asdict(cfg))))
 
 
 def differing_keys(stored: dict, current: dict) -> list:

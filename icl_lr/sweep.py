@@ -62,9 +62,9 @@ def expand_command(sweep: dict, params: dict, environ: dict) -> list:
     macros = sweep_utils.create_sweep_command_args({"args": {k: {"value": v} for k, v in params.items()}})
     macros |= {"env": ["/usr/bin/env"], "interpreter": [sys.executable], "program": [sweep["program"]]}
     argv = []
-    for chunk in map(str, template):
-        is_macro = chunk.startswith("${") and chunk.endswith("}")
-        argv += (macros.get(chunk[2:-1]) or []) if is_macro else [chunk]
+    for word in map(str, template):
+        is_macro = word.startswith("${") and word.endswith("}")
+        argv += (macros.get(word[2:-1]) or []) if is_macro else [word]
     return argv
 
 

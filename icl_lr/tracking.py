@@ -16,7 +16,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from icl_lr.config import WANDB_MODES, WandbConfig
+from icl_lr.config import WANDB_MODES, WandbConfig, flatten
 
 log = logging.getLogger("icl_lr")
 
@@ -115,13 +115,7 @@ def flat_config(config: dict, choices: dict) -> dict:
     Flat, because `wandb agent` hands W&B a parameter file that wandb.init merges over the config: a
     nested `model` section would be replaced by the sweep's `model: gpt2_small` (wandb issue #5477).
     """
-    flat = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            flat |= {f"{key}.{k}": v for k, v in flat_config(value, {}).items()}
-        else:
-            flat[key] = value
-    return flat | choices
+    return flatten(config) | choices
 
 
 class WandbRun(Tracker):

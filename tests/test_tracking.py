@@ -133,19 +133,6 @@ def test_resumed_run_continues_the_same_wandb_run(tmp_path):
     assert sorted(rows_with(second.history, "train/loss")) == [30, 40]  # nothing logged twice
 
 
-def test_unreachable_server_falls_back_to_offline_and_keeps_the_key_secret(tmp_path):
-    env = no_key_env(WANDB_MODE="online", WANDB_API_KEY=SECRET, WANDB_BASE_URL="http://127.0.0.1:9")
-    result = train_cli(tmp_path, "wandb.init_timeout=3", env=env)
-    output = result.stdout + result.stderr
-    assert "W&B could not start online" in output and "logging offline instead" in output
-    (record,) = offline_run_files(tmp_path)
-    assert sorted(rows_with(record.history, "train/loss")) == [10, 20, 30, 40]  # training lost nothing
-    assert json.loads((tmp_path / "summary.json").read_text())["step"] == 40
-    assert SECRET not in output
-    leaks = [p for p in tmp_path.rglob("*") if p.is_file() and SECRET.encode() in p.read_bytes()]
-    assert not leaks, f"the API key was written to {leaks}"
-
-
 def test_init_from_a_checkpoint_starts_from_its_params(fast_config, tmp_path):
     """At a learning rate of 1e-20 no update survives float32 rounding: the run must end with the source's params."""
     source = fast_config("training.steps=20")
@@ -156,16 +143,23 @@ def test_init_from_a_checkpoint_starts_from_its_params(fast_config, tmp_path):
     assert_trees_equal(final_state(cfg, tmp_path / "started").params, final_state(source, tmp_path / "source").params)
 
 
-def test_auto_mode_goes_online_with_a_key_that_only_wandb_settings_hold(tmp_path):
-    """No WANDB_API_KEY, no netrc: the key is in W&B's own settings file, which W&B reads and so must we."""
+def test_auto_mode_finds_a_key_only_wandb_settings_hold_and_an_unreachable_server_falls_back_to_offline(tmp_path):
+    """No WANDB_API_KEY, no netrc: the key is in W&B's own settings file, which W&B reads and so must
+    `wandb.mode=auto`; the server cannot be reached, so the run goes offline and loses nothing."""
     settings_dir = tmp_path / "wandb-settings"
     settings_dir.mkdir()
     (settings_dir / "settings").write_text(f"[default]\napi_key = {SECRET}\n")
     env = no_key_env(WANDB_CONFIG_DIR=str(settings_dir), WANDB_BASE_URL="http://127.0.0.1:9")
-    result = train_cli(tmp_path / "run", "wandb.init_timeout=3", env=env)
+    run_dir = tmp_path / "run"
+    result = train_cli(run_dir, "wandb.init_timeout=3", env=env)
     output = result.stdout + result.stderr
-    assert "W&B could not start online" in output  # auto chose online; the unreachable server sent it offline
+    assert "W&B could not start online" in output and "logging offline instead" in output  # auto chose online
+    (record,) = offline_run_files(run_dir)
+    assert sorted(rows_with(record.history, "train/loss")) == [10, 20, 30, 40]  # training lost nothing
+    assert json.loads((run_dir / "summary.json").read_text())["step"] == 40
     assert SECRET not in output
+    leaks = [p for p in run_dir.rglob("*") if p.is_file() and SECRET.encode() in p.read_bytes()]
+    assert not leaks, f"the API key was written to {leaks}"
 
 
 def test_wandb_dir_is_honoured(tmp_path):
