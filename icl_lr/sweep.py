@@ -155,8 +155,16 @@ def run_sweep(sweep_path: Path, count: int, overrides: list, sweep_id: str | Non
             returncode = process.wait()
         except KeyboardInterrupt:  # the run got the same Ctrl-C: let it mark its W&B run failed and stop
             process.wait()
-            log.error("interrupted during run %s; %d finished runs are in %s", run_id, len(done), results_file)
-            log.error("continue with: python -m icl_lr.sweep %s --count %d --resume %s", sweep_path, count, sweep_id)
+            log.error(
+                "interrupted during run %s; %d finished runs are in %s; continue with: "
+                "python -m icl_lr.sweep %s --count %d --resume %s",
+                run_id,
+                len(done),
+                results_file,
+                sweep_path,
+                count,
+                sweep_id,
+            )
             raise
         record = _record(run_dir, run_id, proposal.config, returncode)
         done.append(record)

@@ -107,7 +107,8 @@ def test_ctrl_c_ends_a_local_sweep_cleanly(tmp_path):
     os.killpg(sweep.pid, signal.SIGINT)  # Ctrl-C reaches the whole foreground process group
     _, stderr = sweep.communicate(timeout=120)
     assert sweep.returncode == 130 and "Traceback" not in stderr, stderr[-3000:]
-    assert "interrupted during run" in stderr and "--resume local-int" in stderr
+    (line,) = [line for line in stderr.splitlines() if "[sweep] interrupted" in line]  # one line
+    assert "interrupted during run" in line and "--resume local-int" in line
     (run_dir,) = [p for p in run_dirs.iterdir() if p.is_dir()]
     assert RunFile.load(next((run_dir / "wandb").glob("offline-run-*"))).exit_code not in (None, 0)  # marked failed
 
