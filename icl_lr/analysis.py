@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from icl_lr.config import flatten
+from icl_lr.run_dir import RunDirLock
 from icl_lr.tracking import read_jsonl
 
 CONFIG_PREFIXES = ("data.", "model.", "training.", "eval.", "seed")  # config columns that can define a group
@@ -81,8 +82,6 @@ def _local_run(run_dir: Path) -> tuple[dict, list] | None:
     with status `running` or `crashed` and no metrics.
     """
     from omegaconf import OmegaConf
-
-    from icl_lr.run_dir import RunDirLock
 
     try:
         config = OmegaConf.to_container(OmegaConf.load(run_dir / ".hydra" / "config.yaml"), resolve=True)

@@ -25,7 +25,7 @@ RUN_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 # Keys that do not change what the model sees or how it is updated: a resume may change them.
 # training.steps may only grow (it extends the run).
 FREE_KEYS = ("training.log_every", "training.eval_every", "training.checkpoint_every", "training.max_to_keep")
-FREE_KEYS += ("training.steps_per_dispatch", "init_from")
+FREE_KEYS += ("training.steps_per_dispatch", "init_from", "training.steps")
 FREE_PREFIXES = ("eval.", "wandb.")
 
 
@@ -103,7 +103,7 @@ def config_record(cfg: RunConfig) -> dict:
 def differing_keys(stored: dict, current: dict) -> list:
     """Keys whose change would alter the training trajectory of a resumed run."""
     keys = sorted(set(stored) | set(current))
-    free = lambda key: key in FREE_KEYS or key.startswith(FREE_PREFIXES) or key == "training.steps"
+    free = lambda key: key in FREE_KEYS or key.startswith(FREE_PREFIXES)
     return [k for k in keys if not free(k) and stored.get(k) != current.get(k)]
 
 

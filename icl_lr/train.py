@@ -199,6 +199,16 @@ def _start_state(cfg: RunConfig, model: ICLModel, tx, checkpoints: Checkpoints, 
     return state, False
 
 
+BEST_OF = ("train/loss", "eval/model/error_mean")  # the summary keeps each one's minimum as best/<key>
+
+
+def _keep_best(summary: dict, record: dict) -> None:
+    """Lowers summary's best/<key> to record's <key> where that is lower."""
+    for key in BEST_OF:
+        if key in record:
+            summary[f"best/{key}"] = min(record[key], summary.get(f"best/{key}", np.inf))
+
+
 def _check_finite(metrics: dict, first_step: int) -> None:
     """Stops a run whose loss is no longer finite, rather than training on NaN."""
     finite = np.isfinite(metrics["loss"])
@@ -236,9 +246,8 @@ def train(cfg: RunConfig, run_dir: Path, trackers=()) -> dict:
     evaluator = Evaluator(cfg, model, state.rng)
     dispatch = make_dispatch(model, tx, cfg)
     summary, window, throughput = {"n_params": n_params}, [], Throughput()
-    for key in ("train/loss", "eval/model/error_mean"):  # best values so far, when resumed
-        values = [r[key] for r in read_jsonl(run_dir / "metrics.jsonl") if key in r]
-        summary |= {f"best/{key}": min(values)} if values else {}
+    for record in read_jsonl(run_dir / "metrics.jsonl"):  # best values so far, when resumed
+        _keep_best(summary, record)
 
     while step < t.steps:
         # train: one dispatch, up to steps_per_dispatch steps
@@ -256,7 +265,7 @@ def train(cfg: RunConfig, run_dir: Path, trackers=()) -> dict:
         # log: train metrics and a progress line
         if step % t.log_every == 0 or is_last:
             summary |= _log_phase(tracker, window, step, cfg, throughput)
-            summary["best/train/loss"] = min(summary["train/loss"], summary.get("best/train/loss", np.inf))
+            _keep_best(summary, summary)
             window = []
 
         # eval: error curves, and the best checkpoint by held-out error
@@ -264,8 +273,7 @@ def train(cfg: RunConfig, run_dir: Path, trackers=()) -> dict:
         if step % t.eval_every == 0 or is_last:
             scalars, curves = evaluator(state.params, tracker, step)
             summary |= scalars | {"curves": {k: v.tolist() for k, v in curves.items()}}
-            best = min(scalars["eval/model/error_mean"], summary.get("best/eval/model/error_mean", np.inf))
-            summary["best/eval/model/error_mean"] = best
+            _keep_best(summary, scalars)
             best_dir = checkpoints.save_best(state, scalars["eval/model/error_mean"])
 
         # checkpoint: the latest state (one artifact version when it is also the best)
