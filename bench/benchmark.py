@@ -22,6 +22,7 @@ from hydra import compose, initialize_config_dir
 
 from icl_lr import evaluate
 from icl_lr.config import DataConfig, EvalConfig, ModelConfig, RunConfig, from_dictconfig
+from icl_lr.encoding import encoding_of
 from icl_lr.optimizer import make_optimizer
 from icl_lr.train import build_model, init_state, make_dispatch
 
@@ -175,7 +176,7 @@ def main() -> None:
 
     configs = {preset: garg_config(preset, args) for preset in args.presets}
     data_cfg, eval_cfg = next(iter(configs.values())).data, next(iter(configs.values())).eval
-    length = data_cfg.sequence_length
+    length = encoding_of(data_cfg).sequence_length
     device = jax.devices()[0]
     peak = peak_matmul_flops()
     print(f"JAX {jax.__version__} on {device.platform} ({device.device_kind}), {os.cpu_count()} CPU cores")

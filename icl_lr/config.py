@@ -22,7 +22,6 @@ from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger("icl_lr")
 
-ENCODINGS = ("continuous", "tokens")
 SCHEDULES = ("constant", "cosine")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 
@@ -65,14 +64,6 @@ class DataConfig:
         """Marginal std of y (largest noise), used to standardise y before binning into tokens."""
         return float((self.prior_scale**2 * self.n_dims + max(self.noise_stds) ** 2) ** 0.5)
 
-    @property
-    def tokens_per_point(self) -> int:
-        return 2 if self.encoding == "continuous" else self.n_dims + 1
-
-    @property
-    def sequence_length(self) -> int:
-        return self.n_points * self.tokens_per_point
-
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -81,6 +72,7 @@ class ModelConfig:
     n_head: int = 2
     n_positions: int = 256
     dropout: float = 0.0
+    embedding_std: float = 0.2
 
 
 @dataclass(frozen=True)
@@ -179,8 +171,10 @@ def _build(cls, values: Any, prefix: str):
 
 
 def _validate(cfg: RunConfig) -> None:
+    from icl_lr.encoding import ENCODINGS  # the encodings import this module (their DataConfig)
+
     d, m, t, e, w = cfg.data, cfg.model, cfg.training, cfg.eval, cfg.wandb
-    _check(d.encoding in ENCODINGS, f"data.encoding must be one of {ENCODINGS}, got {d.encoding!r}")
+    _check(d.encoding in ENCODINGS, f"data.encoding must be one of {tuple(ENCODINGS)}, got {d.encoding!r}")
     _check(d.n_dims >= 1, f"data.n_dims must be >= 1, got {d.n_dims}")
     _check(d.n_points >= 1, f"data.n_points must be >= 1, got {d.n_points}")
     _check(d.prior_scale > 0, f"data.prior_scale must be > 0, got {d.prior_scale}")
@@ -211,10 +205,12 @@ def _validate(cfg: RunConfig) -> None:
         _check(getattr(m, key) >= 1, f"model.{key} must be >= 1, got {getattr(m, key)}")
     _check(m.n_embd % m.n_head == 0, f"model.n_embd ({m.n_embd}) must be divisible by model.n_head ({m.n_head})")
     _check(0 <= m.dropout < 1, f"model.dropout must be in [0, 1), got {m.dropout}")
+    _check(m.embedding_std > 0, f"model.embedding_std must be > 0, got {m.embedding_std}")
+    sequence_length = ENCODINGS[d.encoding](d).sequence_length
     _check(
-        d.sequence_length <= m.n_positions,
+        sequence_length <= m.n_positions,
         f"model.n_positions ({m.n_positions}) is too small: data.n_dims={d.n_dims} and data.n_points={d.n_points} "
-        f"with the {d.encoding} encoding need {d.sequence_length} positions",
+        f"with the {d.encoding} encoding need {sequence_length} positions",
     )
     _check(t.schedule in SCHEDULES, f"training.schedule must be one of {SCHEDULES}, got {t.schedule!r}")
     for key in ("steps", "batch_size", "steps_per_dispatch", "max_to_keep"):

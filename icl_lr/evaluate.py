@@ -12,8 +12,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from icl_lr import baselines, data, encoding
+from icl_lr import baselines, data
 from icl_lr.config import DataConfig, EvalConfig
+from icl_lr.encoding import encoding_of
 
 BAYES = "bayes"  # the Bayes-optimal predictor on the eval distribution (a mixture if sigma is hierarchical)
 
@@ -34,7 +35,7 @@ def eval_set_of(data_cfg: DataConfig, batch: data.Batch) -> EvalSet:
         batch.xs, batch.ys, data_cfg.prior_scale, data_cfg.noise_stds
     )
     curves = {name: np.asarray(squared_error_curve(p, batch.ys, data_cfg.n_dims)) for name, p in preds.items()}
-    return EvalSet(encoding.encode(data_cfg, batch.xs, batch.ys), batch.ys, curves)
+    return EvalSet(encoding_of(data_cfg).encode(batch.xs, batch.ys), batch.ys, curves)
 
 
 def make_eval_set(data_cfg: DataConfig, eval_cfg: EvalConfig) -> EvalSet:
@@ -51,8 +52,7 @@ def make_model_curve_fn(model, data_cfg: DataConfig, eval_cfg: EvalConfig):
     """jitted params, inputs, ys -> model error curve [N], in batches of `eval_cfg.batch_size` prompts."""
 
     def predict_one(params, inputs):
-        outputs = model.apply({"params": params}, inputs[None])
-        return encoding.decode_predictions(data_cfg, outputs)[0]
+        return model.encoding.predict(model.apply({"params": params}, inputs[None]))[0]
 
     @jax.jit
     def curve(params, inputs, ys):

@@ -16,9 +16,10 @@ import numpy as np
 import optax
 from flax import struct
 
-from icl_lr import data, encoding, evaluate
+from icl_lr import data, evaluate
 from icl_lr.checkpoint import Checkpoints, restore_params
 from icl_lr.config import ConfigError, DataConfig, RunConfig, steps_per_epoch
+from icl_lr.encoding import encoding_of
 from icl_lr.model import ICLModel
 from icl_lr.optimizer import learning_rate_schedule, make_optimizer
 from icl_lr.tracking import LocalFiles, Tracker, Trackers, read_jsonl
@@ -40,25 +41,25 @@ class TrainState(struct.PyTreeNode):
 
 
 def build_model(cfg: RunConfig) -> ICLModel:
-    return ICLModel(cfg.model, vocab_size=None if cfg.data.encoding == "continuous" else cfg.data.vocab_size)
+    return ICLModel(cfg.model, encoding_of(cfg.data))
 
 
 def init_state(model: ICLModel, tx: optax.GradientTransformation, data_cfg: DataConfig, seed: int) -> TrainState:
     init_key, run_key = jax.random.split(jax.random.PRNGKey(seed))
     example = data.sample_batch(jax.random.PRNGKey(0), data_cfg, 1)
-    params = jax.jit(model.init)(init_key, encoding.encode(data_cfg, example.xs, example.ys))["params"]
+    params = jax.jit(model.init)(init_key, model.encoding.encode(example.xs, example.ys))["params"]
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), rng=run_key)
 
 
-def loss_fn(params, model: ICLModel, data_cfg: DataConfig, batch: data.Batch, dropout_key) -> jax.Array:
+def loss_fn(params, model: ICLModel, batch: data.Batch, dropout_key) -> jax.Array:
     """Mean loss over the y predictions of the prompts that count.
 
     Only the y positions are scored: the x's are i.i.d. noise whose prediction teaches nothing
     about in-context regression. Points beyond the curriculum's current length are masked out.
     """
-    inputs = encoding.encode(data_cfg, batch.xs, batch.ys)
+    inputs = model.encoding.encode(batch.xs, batch.ys)
     outputs = model.apply({"params": params}, inputs, train=True, rngs={"dropout": dropout_key})
-    per_point_BxN = encoding.point_losses(data_cfg, outputs, batch.ys) * batch.point_mask
+    per_point_BxN = model.encoding.point_losses(outputs, batch.ys) * batch.point_mask
     return jnp.sum(per_point_BxN * batch.example_mask[:, None]) / (
         jnp.sum(batch.example_mask) * jnp.sum(batch.point_mask)
     )
@@ -72,7 +73,7 @@ def make_dispatch(model: ICLModel, tx, cfg: RunConfig):
     def one_step(state: TrainState, _):
         step_key, dropout_key = jax.random.split(jax.random.fold_in(state.rng, state.step))
         batch = data.training_batch(state.rng, step_key, cfg.data, cfg.training.batch_size, state.step, epoch_steps)
-        loss, grads = jax.value_and_grad(loss_fn)(state.params, model, cfg.data, batch, dropout_key)
+        loss, grads = jax.value_and_grad(loss_fn)(state.params, model, batch, dropout_key)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": schedule(state.step)}

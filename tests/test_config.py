@@ -34,6 +34,7 @@ def test_defaults_and_presets_compose():
         ("training.num_epochs=20000", "training.num_epochs"),
         ("training.num_epochs=0", "training.num_epochs"),
         ("data.train_size=0", "data.train_size"),
+        ("model.embedding_std=0", "model.embedding_std"),
     ],
 )
 def test_bad_config_names_the_key(override, key):

@@ -3,8 +3,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from icl_lr import data, encoding
+from icl_lr import data
 from icl_lr.config import CurriculumConfig, DataConfig
+from icl_lr.encoding import Continuous, encoding_of
 
 KEY = jax.random.PRNGKey(0)
 
@@ -80,35 +81,45 @@ def test_curriculum_truncates_dims_and_points():
 def test_continuous_encoding_interleaves_x_and_y():
     cfg = DataConfig(n_dims=3, n_points=4)
     batch = data.sample_batch(KEY, cfg, 2)
-    inputs = encoding.encode(cfg, batch.xs, batch.ys)
+    inputs = encoding_of(cfg).encode(batch.xs, batch.ys)
     assert inputs.shape == (2, 8, 3)
     np.testing.assert_array_equal(inputs[:, 0::2], batch.xs)
     np.testing.assert_array_equal(inputs[:, 1::2, 0], batch.ys)
     assert np.all(inputs[:, 1::2, 1:] == 0)
     # The prediction for y_i is read at x_i's token.
     outputs = jnp.arange(2 * 8, dtype=jnp.float32).reshape(2, 8, 1)
-    np.testing.assert_array_equal(encoding.decode_predictions(cfg, outputs)[0], [0, 2, 4, 6])
+    np.testing.assert_array_equal(encoding_of(cfg).predict(outputs)[0], [0, 2, 4, 6])
+
+
+def test_binned_y_reads_continuous_inputs_and_bins_the_y():
+    cfg = DataConfig(n_dims=3, n_points=4, encoding="binned_y", vocab_size=16, bin_range=2.0)
+    batch = data.sample_batch(KEY, cfg, 2)
+    enc = encoding_of(cfg)
+    np.testing.assert_array_equal(enc.encode(batch.xs, batch.ys), Continuous(cfg).encode(batch.xs, batch.ys))
+    assert enc.n_outputs == 16 and enc.sequence_length == 8
+    logits = jnp.full((2, 8, 16), -1e9).at[:, 0::2].set(jax.nn.one_hot(enc.y_targets(batch.ys), 16) * 1e9)
+    np.testing.assert_allclose(enc.point_losses(logits, batch.ys), 0, atol=1e-6)  # the y's own bin: no loss
+    np.testing.assert_allclose(enc.predict(logits), enc.bin_centres()[enc.y_targets(batch.ys)] * cfg.y_scale)
 
 
 def test_token_encoding_layout_and_decoding():
     cfg = DataConfig(n_dims=3, n_points=4, encoding="tokens", vocab_size=16, bin_range=2.0)
     batch = data.sample_batch(KEY, cfg, 2)
-    tokens = encoding.encode(cfg, batch.xs, batch.ys)
+    enc = encoding_of(cfg)
+    tokens = enc.encode(batch.xs, batch.ys)
     assert tokens.shape == (2, 16) and tokens.dtype == jnp.int32
     assert 0 <= int(tokens.min()) and int(tokens.max()) < 16
     per_point = np.asarray(tokens).reshape(2, 4, 4)
-    np.testing.assert_array_equal(per_point[..., :3], encoding.to_tokens(cfg, batch.xs))
-    np.testing.assert_array_equal(per_point[..., 3], encoding.y_target_tokens(cfg, batch.ys))
+    np.testing.assert_array_equal(per_point[..., :3], enc.to_tokens(batch.xs))
+    np.testing.assert_array_equal(per_point[..., 3], enc.y_targets(batch.ys))
     # Bins: value -> id -> centre is within half a bin for in-range values, clipped outside.
     values = jnp.array([-5.0, -1.99, -0.1, 0.1, 1.3, 5.0])
-    centres = encoding.bin_centres(cfg)[encoding.to_tokens(cfg, values)]
+    centres = enc.bin_centres()[enc.to_tokens(values)]
     np.testing.assert_allclose(centres[1:-1], values[1:-1], atol=2.0 / 16 + 1e-6)
     assert float(centres[0]) == pytest.approx(-2 + 0.125) and float(centres[-1]) == pytest.approx(2 - 0.125)
     # y_i is predicted from the last x coordinate of point i; a one-hot logit decodes to its centre.
     logits = jnp.full((1, 16, 16), -1e9).at[0, 2, 5].set(0.0)
-    assert float(encoding.decode_predictions(cfg, logits)[0, 0]) == pytest.approx(
-        float(encoding.bin_centres(cfg)[5]) * cfg.y_scale
-    )
+    assert float(enc.predict(logits)[0, 0]) == pytest.approx(float(enc.bin_centres()[5]) * cfg.y_scale)
 
 
 def training_set_batches(cfg: DataConfig, batch_size: int, steps: range, run_key=KEY):

@@ -3,7 +3,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from icl_lr.config import ModelConfig
+from icl_lr.config import DataConfig, ModelConfig
+from icl_lr.encoding import Continuous, Tokens
 from icl_lr.model import ICLModel, Transformer
 
 CFG = ModelConfig(n_layer=2, n_embd=48, n_head=4, n_positions=32)
@@ -69,7 +70,7 @@ def test_causal_outputs_ignore_the_future():
 
 def test_read_in_and_read_out_shapes_and_dropout():
     dropout_cfg = ModelConfig(n_layer=1, n_embd=16, n_head=2, n_positions=16, dropout=0.5)
-    continuous = ICLModel(dropout_cfg)
+    continuous = ICLModel(dropout_cfg, Continuous(DataConfig(n_dims=5, n_points=5)))
     x = jnp.ones((2, 10, 5))
     params = continuous.init(jax.random.PRNGKey(0), x)["params"]
     assert continuous.apply({"params": params}, x).shape == (2, 10, 1)
@@ -80,7 +81,25 @@ def test_read_in_and_read_out_shapes_and_dropout():
     np.testing.assert_array_equal(
         continuous.apply({"params": params}, x), continuous.apply({"params": params}, x)
     )  # ...not in eval
-    tokens = ICLModel(dropout_cfg, vocab_size=11)
+    tokens = ICLModel(dropout_cfg, Tokens(DataConfig(n_dims=2, n_points=4, encoding="tokens", vocab_size=11)))
     ids = jnp.zeros((2, 12), jnp.int32)
     token_params = tokens.init(jax.random.PRNGKey(0), ids)["params"]
     assert tokens.apply({"params": token_params}, ids).shape == (2, 12, 11)
+
+
+@pytest.mark.parametrize("n_dims", [5, 20])
+def test_embeddings_enter_the_stream_at_one_scale(n_dims):
+    """Read-in embeddings of unit-variance x, token rows and positions all start at std model.embedding_std
+    (issue 13: GPT-2's 0.02 read-in beside 0.01 positions stalls under constant-lr Adam)."""
+    cfg = ModelConfig(n_layer=1, n_embd=256, n_head=2, n_positions=128)
+    data_cfg = DataConfig(n_dims=n_dims, n_points=5, encoding="tokens", vocab_size=64)
+    xs = jax.random.normal(jax.random.PRNGKey(0), (64, 10, n_dims))
+    continuous = ICLModel(cfg, Continuous(data_cfg)).init(jax.random.PRNGKey(1), xs)["params"]
+    embeddings = xs @ continuous["read_in"]["kernel"]
+    tokens = ICLModel(cfg, Tokens(data_cfg)).init(jax.random.PRNGKey(1), jnp.zeros((1, 8), jnp.int32))["params"]
+    for name, values in [
+        ("read-in embeddings", embeddings),
+        ("positions", continuous["transformer"]["wpe"]["embedding"]),
+        ("token rows", tokens["wte"]["embedding"]),
+    ]:
+        assert float(jnp.std(values)) == pytest.approx(cfg.embedding_std, rel=0.1), name

@@ -55,10 +55,11 @@ def test_training_learns_in_context(fast_config, tmp_path):
     assert json.loads((tmp_path / "summary.json").read_text())["step"] == 1000
 
 
-def test_token_encoding_trains_and_decodes(fast_config, tmp_path):
-    """The tokens encoding end to end: the y tokens' cross-entropy falls and predictions decode."""
+@pytest.mark.parametrize("encoding", ["tokens", "binned_y"])
+def test_binned_encodings_train_and_decode(fast_config, tmp_path, encoding):
+    """The encodings with a y over bins, end to end: the y's cross-entropy falls and predictions decode."""
     cfg = fast_config(
-        "data.encoding=tokens",
+        f"data.encoding={encoding}",
         "data.vocab_size=32",
         "model.n_layer=2",
         "model.n_embd=64",
