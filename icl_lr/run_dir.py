@@ -23,9 +23,10 @@ ID_FILE = "wandb_run_id"
 CONFIG_FILE = "checkpoints/run_config.json"  # the config the checkpoints were trained with
 RUN_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 # Keys that do not change what the model sees or how it is updated: a resume may change them.
-# training.steps may only grow (it extends the run).
+# training.steps may only grow (it extends the run); model.embedding_std acts only at init, which a
+# resume replaces with the checkpoint (so run dirs from before that key existed resume too).
 FREE_KEYS = ("training.log_every", "training.eval_every", "training.checkpoint_every", "training.max_to_keep")
-FREE_KEYS += ("training.steps_per_dispatch", "init_from", "training.steps")
+FREE_KEYS += ("training.steps_per_dispatch", "init_from", "training.steps", "model.embedding_std")
 FREE_PREFIXES = ("eval.", "wandb.")
 
 
