@@ -52,6 +52,8 @@ class DataConfig:
     encoding: str = "continuous"
     vocab_size: int = 64
     bin_range: float = 3.0
+    ce_weight: float = 1.0
+    mean_loss_weight: float = 0.0
     curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
 
     @property
@@ -189,6 +191,9 @@ def _validate(cfg: RunConfig) -> None:
         _check(value is None or value >= 1, f"data.{key} must be null or >= 1, got {value}")
     _check(d.vocab_size >= 2, f"data.vocab_size must be >= 2, got {d.vocab_size}")
     _check(d.bin_range > 0, f"data.bin_range must be > 0, got {d.bin_range}")
+    for key in ("ce_weight", "mean_loss_weight"):
+        _check(getattr(d, key) >= 0, f"data.{key} must be >= 0, got {getattr(d, key)}")
+    _check(d.ce_weight + d.mean_loss_weight > 0, "data.ce_weight and data.mean_loss_weight cannot both be 0")
     c = d.curriculum
     if c.enabled:
         _check(

@@ -105,8 +105,13 @@ class BinnedOutput:
         return probs_BxNxV @ self.bin_centres() * self.cfg.y_scale
 
     def point_losses(self, outputs_BxTxV, ys_BxN):
+        """ce_weight x the y bin's cross-entropy + mean_loss_weight x the squared error of the decoded mean,
+        in units of y_scale (the Number Token Loss of Zausinger et al. 2025, here on the expected centre)."""
+        cfg = self.cfg
         logits_BxNxV = self.prediction_outputs(outputs_BxTxV)
-        return optax.softmax_cross_entropy_with_integer_labels(logits_BxNxV, self.y_targets(ys_BxN))
+        cross_entropy = optax.softmax_cross_entropy_with_integer_labels(logits_BxNxV, self.y_targets(ys_BxN))
+        mean_error = ((self.predict(outputs_BxTxV) - ys_BxN) / cfg.y_scale) ** 2
+        return cfg.ce_weight * cross_entropy + cfg.mean_loss_weight * mean_error
 
 
 class Tokens(BinnedOutput, Encoding):

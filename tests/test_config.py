@@ -35,6 +35,8 @@ def test_defaults_and_presets_compose():
         ("training.num_epochs=0", "training.num_epochs"),
         ("data.train_size=0", "data.train_size"),
         ("model.embedding_std=0", "model.embedding_std"),
+        ("data.ce_weight=0", "data.ce_weight and data.mean_loss_weight"),
+        ("data.mean_loss_weight=-1", "data.mean_loss_weight"),
     ],
 )
 def test_bad_config_names_the_key(override, key):

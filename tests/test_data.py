@@ -1,3 +1,5 @@
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -100,6 +102,22 @@ def test_binned_y_reads_continuous_inputs_and_bins_the_y():
     logits = jnp.full((2, 8, 16), -1e9).at[:, 0::2].set(jax.nn.one_hot(enc.y_targets(batch.ys), 16) * 1e9)
     np.testing.assert_allclose(enc.point_losses(logits, batch.ys), 0, atol=1e-6)  # the y's own bin: no loss
     np.testing.assert_allclose(enc.predict(logits), enc.bin_centres()[enc.y_targets(batch.ys)] * cfg.y_scale)
+
+
+def test_binned_loss_weighs_cross_entropy_and_the_decoded_means_error():
+    cfg = DataConfig(n_dims=3, n_points=4, encoding="binned_y", vocab_size=16, bin_range=2.0)
+    batch = data.sample_batch(KEY, cfg, 2)
+    logits = jax.random.normal(jax.random.PRNGKey(5), (2, 8, 16))
+    probs = np.asarray(jax.nn.softmax(logits[:, 0::2], axis=-1), np.float64)  # the outputs at the x tokens
+    centres = (np.linspace(-2, 2, 17)[:-1] + np.linspace(-2, 2, 17)[1:]) / 2
+    ys = np.asarray(batch.ys, np.float64)
+    target_bins = np.clip(np.floor((ys / cfg.y_scale + 2) / 4 * 16), 0, 15).astype(int)
+    cross_entropy = -np.log(np.take_along_axis(probs, target_bins[..., None], -1)[..., 0])
+    mean_error = (probs @ centres - ys / cfg.y_scale) ** 2
+    for ce_weight, mean_weight in [(1.0, 0.0), (0.0, 1.0), (0.1, 2.0)]:
+        weighted = dataclasses.replace(cfg, ce_weight=ce_weight, mean_loss_weight=mean_weight)
+        got = encoding_of(weighted).point_losses(logits, batch.ys)
+        np.testing.assert_allclose(got, ce_weight * cross_entropy + mean_weight * mean_error, rtol=1e-4, atol=1e-5)
 
 
 def test_token_encoding_layout_and_decoding():
