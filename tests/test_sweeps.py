@@ -98,11 +98,14 @@ def test_local_sweep_runs_as_the_agent_does_from_any_directory_and_resumes(tmp_p
 def test_ctrl_c_ends_a_local_sweep_cleanly(tmp_path):
     command = [sys.executable, "-m", "icl_lr.sweep", str(ROOT / "sweeps" / "model_size.yaml"), "--count", "2"]
     command += ["--sweep-id", "local-int", "--", *FAST, "training.steps=5000", "training.checkpoint_every=20"]
-    # A terminal's foreground job: its own process group, SIGINT at its default (a suite started in the
-    # background of a non-interactive shell would pass SIGINT on ignored, and Ctrl-C would never arrive).
-    sweep = subprocess.Popen(command, cwd=tmp_path, env=no_key_env(), stderr=subprocess.PIPE, text=True,
-                             start_new_session=True,
-                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
+    # A terminal's foreground job: its own process group, SIGINT at its default. A suite started in the
+    # background of a non-interactive shell ignores SIGINT and would pass that on; a handler is not inherited.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        sweep = subprocess.Popen(command, cwd=tmp_path, env=no_key_env(), stderr=subprocess.PIPE, text=True,
+                                 start_new_session=True)  # fmt: skip
+    finally:
+        signal.signal(signal.SIGINT, previous)
     run_dirs = tmp_path / "outputs" / "sweep-local-int"
     deadline = time.time() + 120
     while not list(run_dirs.glob("*/checkpoints/latest/[0-9]*")) and time.time() < deadline:
