@@ -78,7 +78,8 @@ class Continuous(Encoding):
 
 class BinnedOutput:
     """A y predicted as a distribution over `vocab_size` uniform bins on [-bin_range, bin_range] of y / y_scale:
-    logits [.., V] per token, cross-entropy on the y's bin, the expected bin centre as the prediction."""
+    logits [.., V] per token, a loss on the y's bin and on the decoded mean, the expected bin centre as the
+    prediction."""
 
     cfg: DataConfig
 

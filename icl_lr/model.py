@@ -14,8 +14,8 @@ Initialisation, and which reference each follows:
   scale; the read-in's kernel is N(0, embedding_std^2 / fan_in), so unit-variance inputs give that std. This
   follows no reference, by measurement (issue 13; README, "Initialisation"): GPT-2's 0.02 tokens and
   0.01 positions, and Garg et al.'s PyTorch-default read-in (std 1/sqrt(3 fan_in), embeddings ~0.6
-  beside 0.02 positions), each fail one of the two recipes. A small embedding is drowned by the
-  blocks' outputs, which constant-lr Adam without warmup grows by ~lr per weight from the first step:
+  beside 0.02 positions), each fail one of the two recipes. Our reading: a small embedding is drowned
+  by the blocks' outputs, which constant-lr Adam without warmup grows by ~lr per weight from the first step:
   the model stays on the predict-zero plateau (k = 10 error 0.98 at 0.02, 0.80 at 0.1, after 3,000
   steps). A large one slows the default recipe (0.078 at 0.5 against 0.054), and one much larger
   than the positions hides them (0.22 with a unit read-in beside 0.01 positions).
