@@ -173,7 +173,7 @@ def _build(cls, values: Any, prefix: str):
 
 
 def _validate(cfg: RunConfig) -> None:
-    from icl_lr.encoding import ENCODINGS  # the encodings import this module (their DataConfig)
+    from icl_lr.encoding import ENCODINGS, encoding_of  # the encodings import this module (their DataConfig)
 
     d, m, t, e, w = cfg.data, cfg.model, cfg.training, cfg.eval, cfg.wandb
     _check(d.encoding in ENCODINGS, f"data.encoding must be one of {tuple(ENCODINGS)}, got {d.encoding!r}")
@@ -211,7 +211,7 @@ def _validate(cfg: RunConfig) -> None:
     _check(m.n_embd % m.n_head == 0, f"model.n_embd ({m.n_embd}) must be divisible by model.n_head ({m.n_head})")
     _check(0 <= m.dropout < 1, f"model.dropout must be in [0, 1), got {m.dropout}")
     _check(m.embedding_std > 0, f"model.embedding_std must be > 0, got {m.embedding_std}")
-    sequence_length = ENCODINGS[d.encoding](d).sequence_length
+    sequence_length = encoding_of(d).sequence_length
     _check(
         sequence_length <= m.n_positions,
         f"model.n_positions ({m.n_positions}) is too small: data.n_dims={d.n_dims} and data.n_points={d.n_points} "
