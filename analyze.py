@@ -7,9 +7,11 @@
 Runs are grouped by what the sweep varied (config keys that differ between runs, the model's shape
 as `model_size`), and every metric is aggregated over the seeds of a group: mean, std and a bootstrap
 95% interval of the mean. Writes to --out: runs.csv (one row per run: config and summary),
-curves.csv (error per run, predictor and context length k, last eval), aggregate.csv and
+curves.csv (each curve's value per run, predictor and context length k, last eval: errors, and for
+binned outputs ce/<predictor> cross-entropies and coverage/<p>), aggregate.csv and
 curve_aggregate.csv (the statistics), summary.md (a Markdown table), and PNG plots: error vs k per
-group with the baselines; final excess error vs model size and vs noise std when those vary.
+group with the baselines (and cross-entropy vs k for binned outputs); final excess error vs model size
+and vs noise std when those vary.
 """
 
 import argparse
@@ -125,6 +127,9 @@ def main(argv=None) -> int:
     if not args.no_plots:
         analysis.plot_error_curves(curve_stats, keys, args.out / "error_vs_context.png")
         written.append(args.out / "error_vs_context.png")
+        if curve_stats.predictor.str.startswith("ce/").any():
+            analysis.plot_error_curves(curve_stats, keys, args.out / "ce_vs_context.png", metric="ce")
+            written.append(args.out / "ce_vs_context.png")
         if "model_size" in keys and runs.model_size.nunique() > 1:
             order = list(runs.groupby("model_size").n_params.first().sort_values().index)
             analysis.plot_metric(

@@ -153,12 +153,12 @@ def time_eval_set(data_cfg: DataConfig, eval_cfg: EvalConfig):
     return eval_set, time.perf_counter() - started
 
 
-def time_model_eval(model, params, data_cfg: DataConfig, eval_cfg: EvalConfig, eval_set) -> float:
+def time_model_eval(model, params, eval_cfg: EvalConfig, eval_set) -> float:
     """Seconds to score the model on the held-out set, as every eval after the first does."""
-    curve = evaluate.make_model_curve_fn(model, data_cfg, eval_cfg)
-    curve(params, eval_set.inputs, eval_set.ys).block_until_ready()
+    curves = evaluate.make_model_curves_fn(model, eval_cfg)
+    jax.block_until_ready(curves(params, eval_set.inputs, eval_set.ys))
     started = time.perf_counter()
-    curve(params, eval_set.inputs, eval_set.ys).block_until_ready()
+    jax.block_until_ready(curves(params, eval_set.inputs, eval_set.ys))
     return time.perf_counter() - started
 
 
@@ -208,7 +208,7 @@ def main() -> None:
             row += f"{1 / torch_seconds:>13.2f}{tokens / torch_seconds:>10,.0f}{flops / torch_seconds / peak:>7.1%} | "
             row += f"{seconds / torch_seconds:>14.2f}"
         print(row, flush=True)
-        evals.append((preset, time_model_eval(jax_run["model"], jax_run["state"].params, data_cfg, eval_cfg, eval_set)))
+        evals.append((preset, time_model_eval(jax_run["model"], jax_run["state"].params, eval_cfg, eval_set)))
     print(f"\neval on {args.eval_prompts} held-out prompts: the set and its 4 baselines, once per run ", end="")
     print(f"(compile included): {build_seconds:.2f} s")
     for preset, seconds in evals:

@@ -19,7 +19,7 @@ from icl_lr.run_dir import RunDirLock
 from icl_lr.tracking import read_jsonl
 
 CONFIG_PREFIXES = ("data.", "model.", "training.", "eval.", "seed")  # config columns that can define a group
-CURVE_COLUMNS = ["run_id", "step", "predictor", "k", "error"]
+CURVE_COLUMNS = ["run_id", "step", "predictor", "k", "value"]  # predictor: an error curve, or metric/predictor
 STATS = ["n", "mean", "std", "ci_low", "ci_high"]
 MODEL_SHAPE = ("model.n_layer", "model.n_embd", "model.n_head")  # summed up by the model_size column
 log = logging.getLogger("analyze")
@@ -231,10 +231,10 @@ def aggregate_runs(runs: pd.DataFrame, keys: list[str], metrics: list[str], n_re
 def aggregate_curves(
     runs: pd.DataFrame, curves: pd.DataFrame, keys: list[str], n_resamples: int = 2000
 ) -> pd.DataFrame:
-    """Per group, predictor and context length k: the error's statistics over the group's runs."""
+    """Per group, predictor and context length k: the curve's statistics over the group's runs."""
     labelled = curves.merge(runs[["run_id", *keys]], on="run_id")
     table = (
-        labelled.groupby([*keys, "predictor", "k"], dropna=False).error.apply(_stats, n_resamples=n_resamples).unstack()
+        labelled.groupby([*keys, "predictor", "k"], dropna=False).value.apply(_stats, n_resamples=n_resamples).unstack()
     )
     return table[STATS].reset_index()
 
@@ -265,11 +265,17 @@ def _label(keys: list[str], values, separator: str = ", ") -> str:
     return separator.join(f"{k.split('.')[-1]}={_config_text(v)}" for k, v in zip(keys, values, strict=True))
 
 
-def plot_error_curves(curve_stats: pd.DataFrame, keys: list[str], path: Path) -> None:
-    """Error vs number of in-context examples, one panel per group: the model (mean, 95% interval
-    over seeds) beside the baselines. Least squares' peak at k = d is cut off to keep the rest legible."""
+def plot_error_curves(curve_stats: pd.DataFrame, keys: list[str], path: Path, metric: str = "error") -> None:
+    """Error (or, with metric="ce", the y bin's cross-entropy of binned outputs) vs number of in-context
+    examples, one panel per group: the model (mean, 95% interval over seeds) beside the baselines. Least
+    squares' peak at k = d is cut off to keep the rest legible."""
     import matplotlib.pyplot as plt
 
+    if metric == "error":  # error curves are named by predictor, other metrics metric/predictor
+        curve_stats = curve_stats[~curve_stats.predictor.str.contains("/")]
+    else:
+        curve_stats = curve_stats[curve_stats.predictor.str.startswith(f"{metric}/")]
+        curve_stats = curve_stats.assign(predictor=curve_stats.predictor.str.removeprefix(f"{metric}/"))
     groups = list(curve_stats.groupby(keys, dropna=False, sort=True))
     columns = min(3, len(groups))
     rows = -(-len(groups) // columns)
@@ -287,10 +293,15 @@ def plot_error_curves(curve_stats: pd.DataFrame, keys: list[str], path: Path) ->
             )
             if is_model:
                 ax.fill_between(line.k, line.ci_low, line.ci_high, color="black", alpha=0.2, lw=0)
-        model_start = group[(group.predictor == "model") & (group.k == 0)]["mean"].max()
-        ax.set_ylim(0, 1.3 * model_start)
+        top = (
+            group[group.k == 0]["mean"].max()
+            if metric == "ce"
+            else group[(group.predictor == "model") & (group.k == 0)]["mean"].max()
+        )
+        ax.set_ylim(0, 1.3 * top)
         ax.set_title(_label(keys, values, "\n"), fontsize=9)
-        ax.set(xlabel="in-context examples k", ylabel="squared error / d")
+        ylabel = "cross-entropy of the y bin (nats)" if metric == "ce" else "squared error / d"
+        ax.set(xlabel="in-context examples k", ylabel=ylabel)
         ax.grid(alpha=0.3)
     for ax in axes.flat[len(groups) :]:
         ax.axis("off")

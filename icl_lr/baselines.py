@@ -65,6 +65,20 @@ def bayes_optimal(xs, ys, prior_scale: float, noise_stds: tuple):
     return jnp.sum(posterior * preds, axis=0)
 
 
+def bayes_predictive(xs, ys, prior_scale: float, noise_var: float):
+    """Posterior predictive N(mean, var) of each y_k from points < k, under w ~ N(0, prior_scale^2 I)
+    and Gaussian noise of variance `noise_var` > 0: mean = ridge's prediction (lambda = noise_var /
+    prior_scale^2) and var = noise_var (1 + x^T (X^T X + lambda I)^-1 x), the inverse taken on the
+    prefix's SVD, with 1/lambda along directions its rows do not span."""
+    s, vt, projections, _ = _prefix_svd(xs, ys)
+    ridge_lambda = noise_var / prior_scale**2
+    mean = _predict_from_svd(xs, s, vt, projections, ridge_lambda)
+    along_KxR = jnp.einsum("krd,kd->kr", vt, xs)  # the query's coordinates along each prefix's V
+    spanned = jnp.sum(along_KxR**2 / (s**2 + ridge_lambda), axis=1)
+    unspanned = (jnp.sum(xs**2, axis=1) - jnp.sum(along_KxR**2, axis=1)) / ridge_lambda
+    return mean, noise_var * (1 + spanned + jnp.maximum(unspanned, 0.0))
+
+
 def averaging(xs, ys):
     """w_k = mean of y_i x_i over the context (Akyurek et al.'s / Garg et al.'s averaging)."""
     masks = _prefix_masks(xs.shape[0])

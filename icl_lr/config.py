@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 log = logging.getLogger("icl_lr")
 
 SCHEDULES = ("constant", "cosine")
+BIN_SCHEMES = ("uniform", "gaussian_quantiles")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 
 
@@ -51,9 +52,13 @@ class DataConfig:
     train_size: int | None = None
     encoding: str = "continuous"
     vocab_size: int = 64
+    bin_scheme: str = "uniform"
     bin_range: float = 3.0
     ce_weight: float = 1.0
     mean_loss_weight: float = 0.0
+    token_slot_embedding: bool = False
+    token_value_embedding: bool = False
+    token_point_embedding: bool = False
     curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
 
     @property
@@ -191,9 +196,15 @@ def _validate(cfg: RunConfig) -> None:
         _check(value is None or value >= 1, f"data.{key} must be null or >= 1, got {value}")
     _check(d.vocab_size >= 2, f"data.vocab_size must be >= 2, got {d.vocab_size}")
     _check(d.bin_range > 0, f"data.bin_range must be > 0, got {d.bin_range}")
+    _check(d.bin_scheme in BIN_SCHEMES, f"data.bin_scheme must be one of {BIN_SCHEMES}, got {d.bin_scheme!r}")
     for key in ("ce_weight", "mean_loss_weight"):
         _check(getattr(d, key) >= 0, f"data.{key} must be >= 0, got {getattr(d, key)}")
     _check(d.ce_weight + d.mean_loss_weight > 0, "data.ce_weight and data.mean_loss_weight cannot both be 0")
+    for key in ("token_slot_embedding", "token_point_embedding", "token_value_embedding"):
+        _check(
+            not getattr(d, key) or d.encoding == "tokens",
+            f"data.{key} applies to the tokens encoding only (data.encoding={d.encoding})",
+        )
     c = d.curriculum
     if c.enabled:
         _check(

@@ -102,10 +102,13 @@ def config_record(cfg: RunConfig) -> dict:
 
 
 def differing_keys(stored: dict, current: dict) -> list:
-    """Keys whose change would alter the training trajectory of a resumed run."""
+    """Keys whose change would alter the training trajectory of a resumed run. A key the stored record
+    lacks (added to the code after the run started) counts as its default: a new key's default keeps the
+    old behaviour, or the key is free."""
     keys = sorted(set(stored) | set(current))
     free = lambda key: key in FREE_KEYS or key.startswith(FREE_PREFIXES)
-    return [k for k in keys if not free(k) and stored.get(k) != current.get(k)]
+    defaults = config_record(RunConfig())
+    return [k for k in keys if not free(k) and stored.get(k, defaults.get(k)) != current.get(k)]
 
 
 def has_checkpoints(run_dir: Path) -> bool:

@@ -176,10 +176,11 @@ class WandbRun(Tracker):
         names = list(curves)
         ks = list(range(len(curves[names[0]])))
         table = self.wandb.Table(columns=["k", *names], data=[[k, *(float(curves[n][k]) for n in names)] for k in ks])
+        errors = [n for n in names if "/" not in n]  # the chart: error curves (not ce/..., coverage/...)
         chart = self.wandb.plot.line_series(
             xs=ks,
-            ys=[[float(v) for v in curves[n]] for n in names],
-            keys=names,
+            ys=[[float(v) for v in curves[n]] for n in errors],
+            keys=errors,
             title=f"squared error / d vs in-context examples (step {step})",
             xname="k",
         )

@@ -161,7 +161,7 @@ class Evaluator:
     def __init__(self, cfg: RunConfig, model: ICLModel, run_key):
         started = time.perf_counter()
         self.cfg = cfg
-        self.model_curve = evaluate.make_model_curve_fn(model, cfg.data, cfg.eval)
+        self.model_curves = evaluate.make_model_curves_fn(model, cfg.eval)
         self.sets = {"": evaluate.make_eval_set(cfg.data, cfg.eval)}
         if cfg.data.train_size:
             self.sets["train_set/"] = evaluate.make_train_set_eval(cfg.data, cfg.eval, run_key)
@@ -171,7 +171,7 @@ class Evaluator:
         """Logs every set's scalars (eval/..., eval/train_set/...) and the held-out curves; returns both."""
         scalars = {}
         for prefix, eval_set in self.sets.items():
-            curves = {"model": np.asarray(self.model_curve(params, eval_set.inputs, eval_set.ys))}
+            curves = jax.tree.map(np.asarray, self.model_curves(params, eval_set.inputs, eval_set.ys))
             curves |= eval_set.baseline_curves
             summary = evaluate.summarize(curves, self.cfg.data.n_dims)
             scalars |= {f"eval/{prefix}{k}": v for k, v in summary.items()}

@@ -32,6 +32,21 @@ def test_bayes_with_one_sigma_is_ridge_in_closed_form():
     )
 
 
+def test_bayes_predictive_is_the_gaussian_posterior_predictive():
+    """Mean and variance of y_k from points < k against the posterior N(mu, Sigma) of w in closed form,
+    k < d (directions the context does not span) included."""
+
+    def posterior(X, y):
+        cov = np.linalg.inv(X.T @ X / 0.25 + np.eye(4) / 1.5**2)
+        return cov @ X.T @ y / 0.25, cov
+
+    check(lambda x, y: baselines.bayes_predictive(x, y, 1.5, 0.25)[0], lambda X, y, x: x @ posterior(X, y)[0])
+    check(
+        lambda x, y: baselines.bayes_predictive(x, y, 1.5, 0.25)[1],
+        lambda X, y, x: 0.25 + x @ posterior(X, y)[1] @ x,
+    )
+
+
 def test_hierarchical_bayes_is_the_posterior_mixture():
     sigmas = (0.1, 0.5, 1.0)
 

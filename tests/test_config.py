@@ -37,6 +37,9 @@ def test_defaults_and_presets_compose():
         ("model.embedding_std=0", "model.embedding_std"),
         ("data.ce_weight=0", "data.ce_weight and data.mean_loss_weight"),
         ("data.mean_loss_weight=-1", "data.mean_loss_weight"),
+        ("data.bin_scheme=log", "data.bin_scheme"),
+        ("data.token_value_embedding=true", "data.token_value_embedding"),
+        ("data.encoding=binned_y data.token_slot_embedding=true", "data.token_slot_embedding"),
     ],
 )
 def test_bad_config_names_the_key(override, key):

@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from scipy.stats import norm, truncnorm
 
 from icl_lr import data
 from icl_lr.config import CurriculumConfig, DataConfig
@@ -138,6 +139,87 @@ def test_token_encoding_layout_and_decoding():
     # y_i is predicted from the last x coordinate of point i; a one-hot logit decodes to its centre.
     logits = jnp.full((1, 16, 16), -1e9).at[0, 2, 5].set(0.0)
     assert float(enc.predict(logits)[0, 0]) == pytest.approx(float(enc.bin_centres()[5]) * cfg.y_scale)
+
+
+def test_gaussian_quantile_bins_against_scipy():
+    """Equal-probability bins of N(0, 1): edges at its quantiles, centres its conditional means (scipy's
+    truncated normal), ids of standard normal draws equally frequent, rounding variance E[(v - centre)^2]."""
+    cfg = DataConfig(encoding="tokens", vocab_size=10, bin_scheme="gaussian_quantiles")
+    enc = encoding_of(cfg)
+    edges = norm.ppf(np.linspace(0, 1, 11))
+    np.testing.assert_allclose(enc.bin_edges()[1:-1], edges[1:-1], rtol=1e-4)
+    np.testing.assert_allclose(enc.bin_centres(), truncnorm.mean(edges[:-1], edges[1:]), rtol=1e-4, atol=1e-5)
+    draws = np.random.default_rng(0).normal(size=200_000)
+    ids = np.asarray(enc.to_tokens(jnp.asarray(draws)))
+    np.testing.assert_allclose(np.bincount(ids, minlength=10) / len(draws), 0.1, atol=0.003)
+    rounding = np.mean((draws - np.asarray(enc.bin_centres())[ids]) ** 2)
+    assert enc.rounding_variance == pytest.approx(rounding, rel=0.02)
+    uniform = encoding_of(DataConfig(encoding="tokens", vocab_size=10, bin_range=2.0))
+    assert uniform.rounding_variance == pytest.approx(0.4**2 / 12)
+
+
+def test_bin_yardsticks_against_an_independent_numpy_posterior():
+    """ce/bayes and ce/marginal: -log of the y bin's mass under the Gaussian posterior (prior) predictive,
+    numpy's posterior and scipy's normal cdf; noise variance = sigma^2 + (bin width * y_scale)^2 / 12."""
+    cfg = DataConfig(n_dims=3, n_points=6, encoding="tokens", vocab_size=16, bin_range=2.0, noise_std=0.3)
+    batch = data.sample_batch(KEY, cfg, 4)
+    got = encoding_of(cfg).yardsticks(batch.xs, batch.ys)
+    noise_var = 0.3**2 + (0.25 * cfg.y_scale) ** 2 / 12
+    edges = np.linspace(-2, 2, 17) * cfg.y_scale
+    edges[0], edges[-1] = -np.inf, np.inf
+    for p, (xs, ys) in enumerate(zip(np.asarray(batch.xs, np.float64), np.asarray(batch.ys, np.float64), strict=True)):
+        for k in range(6):
+            cov = np.linalg.inv(xs[:k].T @ xs[:k] / noise_var + np.eye(3))
+            mean, var = xs[k] @ cov @ xs[:k].T @ ys[:k] / noise_var, noise_var + xs[k] @ cov @ xs[k]
+            b = np.searchsorted(edges, ys[k]) - 1
+            for name, (m, v) in {"ce/bayes": (mean, var), "ce/marginal": (0.0, xs[k] @ xs[k] + noise_var)}.items():
+                want = -np.log(norm.cdf(edges[b + 1], m, v**0.5) - norm.cdf(edges[b], m, v**0.5))
+                assert float(got[name][p, k]) == pytest.approx(want, rel=1e-3, abs=1e-4), (name, p, k)
+
+
+def test_binned_eval_metrics_median_and_coverage():
+    """A histogram with mass 0.1, 0.3, 0.3, 0.3 on bins 4..7 (cdf 0.1, 0.4, 0.7, 1): the median is bin 6's
+    centre, the central 50% interval (cdf 0.25 to 0.75) spans bins 5..7 and the 90% interval bins 4..7."""
+    cfg = DataConfig(n_dims=1, n_points=4, encoding="binned_y", vocab_size=16, bin_range=2.0)
+    enc = encoding_of(cfg)
+    logits = jnp.full((1, 8, 16), -1e9).at[:, :, 4:8].set(jnp.log(jnp.array([0.1, 0.3, 0.3, 0.3])))
+    target_bins = np.array([3, 4, 5, 7])
+    ys = jnp.asarray(enc.bin_centres()[target_bins] * cfg.y_scale)[None]
+    metrics = enc.eval_metrics(logits, ys)
+    median = float(enc.bin_centres()[6]) * cfg.y_scale
+    np.testing.assert_allclose(metrics["model_median"][0], (median - ys[0]) ** 2, rtol=1e-5)
+    np.testing.assert_array_equal(metrics["coverage/50"][0], [0, 0, 1, 1])
+    np.testing.assert_array_equal(metrics["coverage/90"][0], [0, 1, 1, 1])
+    np.testing.assert_allclose(metrics["ce/model"][0, 1:], -np.log([0.1, 0.3, 0.3]), rtol=1e-4)
+    # A calibrated histogram (N(0, 1) over 64 bins, ys drawn from it) covers about 50% and 90%: a little
+    # more, as an interval takes whole bins.
+    fine = encoding_of(dataclasses.replace(cfg, vocab_size=64, bin_range=4.0))
+    ys = jax.random.normal(KEY, (4000, 4)) * cfg.y_scale
+    logits = jnp.broadcast_to(jax.scipy.stats.norm.logpdf(fine.bin_centres()), (4000, 8, 64))
+    metrics = fine.eval_metrics(logits, ys)
+    assert 0.5 <= float(metrics["coverage/50"].mean()) <= 0.56
+    assert 0.9 <= float(metrics["coverage/90"].mean()) <= 0.93
+
+
+def test_token_baselines_see_the_decoded_bins():
+    """least_squares_on_bins is numpy's pseudo-inverse on the bin centres the model sees, scored on exact ys."""
+    from icl_lr import evaluate
+
+    cfg = DataConfig(n_dims=2, n_points=5, encoding="tokens", vocab_size=8, bin_range=2.0)
+    batch = data.sample_batch(KEY, cfg, 64)
+    curves = evaluate.eval_set_of(cfg, batch).baseline_curves
+    centres = np.asarray(encoding_of(cfg).bin_centres(), np.float64)
+    xs_seen = centres[np.asarray(encoding_of(cfg).to_tokens(batch.xs))]
+    ys_seen = centres[np.asarray(encoding_of(cfg).y_targets(batch.ys))] * cfg.y_scale
+    ys = np.asarray(batch.ys, np.float64)
+    preds = np.array(
+        [
+            [x[k] @ np.linalg.pinv(x[:k]) @ y[:k] if k else 0.0 for k in range(5)]
+            for x, y in zip(xs_seen, ys_seen, strict=True)
+        ]
+    )
+    np.testing.assert_allclose(curves["least_squares_on_bins"], ((preds - ys) ** 2).mean(0) / 2, rtol=2e-3, atol=1e-4)
+    assert curves["least_squares_on_bins"][4] > 10 * curves["least_squares"][4] + 1e-3  # exact values: 0 error
 
 
 def training_set_batches(cfg: DataConfig, batch_size: int, steps: range, run_key=KEY):

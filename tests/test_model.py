@@ -1,3 +1,4 @@
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -92,7 +93,8 @@ def test_embeddings_enter_the_stream_at_one_scale(n_dims):
     """Read-in embeddings of unit-variance x, token rows and positions all start at std model.embedding_std
     (issue 13: GPT-2's 0.02 read-in beside 0.01 positions stalls under constant-lr Adam)."""
     cfg = ModelConfig(n_layer=1, n_embd=256, n_head=2, n_positions=128)
-    data_cfg = DataConfig(n_dims=n_dims, n_points=5, encoding="tokens", vocab_size=64)
+    switches = dict(token_slot_embedding=True, token_point_embedding=True, token_value_embedding=True)
+    data_cfg = DataConfig(n_dims=n_dims, n_points=5, encoding="tokens", vocab_size=64, **switches)
     xs = jax.random.normal(jax.random.PRNGKey(0), (64, 10, n_dims))
     continuous = ICLModel(cfg, Continuous(data_cfg)).init(jax.random.PRNGKey(1), xs)["params"]
     embeddings = xs @ continuous["read_in"]["kernel"]
@@ -101,5 +103,38 @@ def test_embeddings_enter_the_stream_at_one_scale(n_dims):
         ("read-in embeddings", embeddings),
         ("positions", continuous["transformer"]["wpe"]["embedding"]),
         ("token rows", tokens["wte"]["embedding"]),
+        ("token slots", tokens["wse"]["embedding"]),
+        ("token points", tokens["wpte"]["embedding"]),
+        ("token value directions", tokens["wve"]["embedding"]),  # times unit-variance bin centres
     ]:
         assert float(jnp.std(values)) == pytest.approx(cfg.embedding_std, rel=0.1), name
+
+
+class ReadIn(nn.Module):
+    """An encoding's read-in alone, its parameters at the top level."""
+
+    encoding: Tokens
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, ids):
+        return self.encoding.read_in(ids, self.cfg)
+
+
+def test_token_read_in_adds_slot_point_and_value_embeddings():
+    """With the three switches on, a token's embedding is its table row + its slot's + its point's + its bin
+    centre times its slot's direction (data.token_*_embedding); each is missing when its switch is off."""
+    switches = dict(token_slot_embedding=True, token_point_embedding=True, token_value_embedding=True)
+    encoding = Tokens(DataConfig(n_dims=2, n_points=3, encoding="tokens", vocab_size=8, **switches))
+    cfg = ModelConfig(n_layer=1, n_embd=16, n_head=2, n_positions=16)
+    ids = jax.random.randint(jax.random.PRNGKey(0), (2, 9), 0, 8)
+    read_in = ReadIn(encoding, cfg)
+    params = read_in.init(jax.random.PRNGKey(1), ids)["params"]
+    embeddings = read_in.apply({"params": params}, ids)
+    table = {name: np.asarray(params[name]["embedding"]) for name in ("wte", "wse", "wpte", "wve")}
+    slot, point = np.arange(9) % 3, np.arange(9) // 3
+    centres = np.asarray(encoding.bin_centres())[np.asarray(ids)]
+    want = table["wte"][ids] + table["wse"][slot] + table["wpte"][point] + centres[..., None] * table["wve"][slot]
+    np.testing.assert_allclose(embeddings, want, rtol=1e-5, atol=1e-6)
+    plain = Tokens(DataConfig(n_dims=2, n_points=3, encoding="tokens", vocab_size=8))
+    assert set(ReadIn(plain, cfg).init(jax.random.PRNGKey(1), ids)["params"]) == {"wte"}

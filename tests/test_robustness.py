@@ -74,11 +74,14 @@ def test_a_finished_run_extends_when_training_steps_grows_and_cadences_may_chang
     assert summary["step"] == 60 and "eval/excess/mean" in summary
 
 
-def test_a_run_dir_from_before_embedding_std_resumes(finished_run):
-    """model.embedding_std acts only at init, which the resume replaces: a record without it is no other config."""
+@pytest.mark.parametrize("added", [["model.embedding_std"], ["data.bin_scheme", "data.token_value_embedding"]])
+def test_a_run_dir_from_before_a_key_existed_resumes(finished_run, added):
+    """A record without a key added since counts as its default (the old behaviour), or the key is free
+    (model.embedding_std acts only at init, which the resume replaces)."""
     record_path = finished_run / "checkpoints" / "run_config.json"
     record = json.loads(record_path.read_text())
-    del record["model.embedding_std"]
+    for key in added:
+        del record[key]
     record_path.write_text(json.dumps(record))
     train_cli(finished_run, *CONSTANT, "training.steps=60", NO_WANDB)
     assert json.loads((finished_run / "summary.json").read_text())["step"] == 60

@@ -77,6 +77,40 @@ def test_binned_encodings_train_and_decode(fast_config, tmp_path, encoding):
     assert losses[0] > 2.95 and losses[-1] < losses[0] - 0.15  # measured: 3.05 -> 2.82
     model = np.asarray(summary["curves"]["model"])
     assert np.isfinite(model).all() and abs(model[0] - 1) < 0.2  # decoded prior mean ~0: error ~ E[y^2]/d = 1
+    yardsticks = {"model_median", "ce/model", "ce/bayes", "ce/marginal", "coverage/50", "coverage/90"}
+    assert yardsticks <= set(summary["curves"]) and "eval/excess/ce_k6" in summary
+    assert ("bayes_on_bins" in summary["curves"]) == (encoding == "tokens")  # only tokens rounds its inputs
+
+
+TOKENS_THAT_LEARN = [
+    "data.ce_weight=0",
+    "data.mean_loss_weight=1",
+    "data.token_slot_embedding=true",
+    "data.token_value_embedding=true",
+    "data.token_point_embedding=true",
+]
+
+
+def test_tokens_learn_in_context_at_one_dimension(fast_config, tmp_path):
+    """The seed's one-token-per-value format with experiment=tokens's embeddings and loss, at d = 1 (a
+    point is [x, y]), learns in context within a minute; d = 3 takes experiment=tokens (slow test)."""
+    cfg = fast_config(
+        "data.encoding=tokens",
+        "data.n_dims=1",
+        "data.n_points=8",
+        *TOKENS_THAT_LEARN,
+        "model.n_layer=3",
+        "model.n_embd=64",
+        "training.batch_size=128",
+        "training.steps=1000",
+        "training.log_every=250",
+        "training.eval_every=1000",
+        "training.checkpoint_every=1000",
+        "eval.n_prompts=512",
+    )
+    curves = {k: np.asarray(v) for k, v in train(cfg, tmp_path)["curves"].items()}
+    assert curves["model"][0] == pytest.approx(curves["bayes"][0], rel=0.05)  # k = 0: the prior's error
+    assert curves["model"][2] < 0.3 * curves["model"][0]
 
 
 def test_checkpoint_restores_the_saved_state(fast_config, tmp_path):
