@@ -16,7 +16,7 @@ import pandas as pd
 
 from icl_lr.config import flatten
 from icl_lr.run_dir import RunDirLock
-from icl_lr.tracking import read_jsonl
+from icl_lr.tracking import is_error_curve, read_jsonl
 
 CONFIG_PREFIXES = ("data.", "model.", "training.", "eval.", "seed")  # config columns that can define a group
 CURVE_COLUMNS = ["run_id", "step", "predictor", "k", "value"]  # predictor: an error curve, or metric/predictor
@@ -271,8 +271,8 @@ def plot_error_curves(curve_stats: pd.DataFrame, keys: list[str], path: Path, me
     squares' peak at k = d is cut off to keep the rest legible."""
     import matplotlib.pyplot as plt
 
-    if metric == "error":  # error curves are named by predictor, other metrics metric/predictor
-        curve_stats = curve_stats[~curve_stats.predictor.str.contains("/")]
+    if metric == "error":
+        curve_stats = curve_stats[curve_stats.predictor.map(is_error_curve)]
     else:
         curve_stats = curve_stats[curve_stats.predictor.str.startswith(f"{metric}/")]
         curve_stats = curve_stats.assign(predictor=curve_stats.predictor.str.removeprefix(f"{metric}/"))

@@ -60,7 +60,7 @@ class Encoding:
 
     def eval_metrics(self, outputs_BxTxO: jax.Array, ys_BxN: jax.Array) -> dict:
         """Per-point metrics [B, N] of the model's outputs; their means over prompts are the eval curves.
-        Error curves are named by predictor, other metrics metric/predictor (evaluate.summarize)."""
+        Error curves are named by predictor, other metrics metric/predictor (tracking.is_error_curve)."""
         return {"model": (self.predict(outputs_BxTxO) - ys_BxN) ** 2 / self.cfg.n_dims}
 
     def seen_values(self, xs_BxNxD: jax.Array, ys_BxN: jax.Array) -> tuple | None:

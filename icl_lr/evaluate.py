@@ -15,6 +15,7 @@ import numpy as np
 from icl_lr import baselines, data
 from icl_lr.config import DataConfig, EvalConfig
 from icl_lr.encoding import encoding_of
+from icl_lr.tracking import is_error_curve
 
 BAYES = "bayes"  # the Bayes-optimal predictor on the eval distribution (a mixture if sigma is hierarchical)
 
@@ -82,7 +83,7 @@ def summarize(curves: dict, n_dims: int) -> dict:
     excess cross-entropy, where there is one)."""
     n = len(curves["model"])
     points = {f"k{k}": k for k in (n_dims // 2, n_dims, 2 * n_dims) if k < n}
-    key = lambda name, label: f"{name}_{label}" if "/" in name else f"{name}/error_{label}"
+    key = lambda name, label: f"{name}/error_{label}" if is_error_curve(name) else f"{name}_{label}"
     summary = {key(name, label): float(curve[k]) for name, curve in curves.items() for label, k in points.items()}
     excess = np.asarray(curves["model"]) - np.asarray(curves[BAYES])
     summary |= {f"excess/error_{label}": float(excess[k]) for label, k in points.items()}

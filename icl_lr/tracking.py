@@ -40,6 +40,12 @@ class Tracker:
     def finish(self, summary: dict) -> None: ...
 
 
+def is_error_curve(name: str) -> bool:
+    """Curves are named by predictor when they hold errors (model, bayes, least_squares_on_bins) and
+    metric/predictor otherwise (ce/model, coverage/50): the one naming rule charts and summaries read."""
+    return "/" not in name
+
+
 def read_jsonl(path: Path) -> list:
     """The records of a JSON-lines file (metrics.jsonl, curves.jsonl); none if it does not exist."""
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
@@ -176,7 +182,7 @@ class WandbRun(Tracker):
         names = list(curves)
         ks = list(range(len(curves[names[0]])))
         table = self.wandb.Table(columns=["k", *names], data=[[k, *(float(curves[n][k]) for n in names)] for k in ks])
-        errors = [n for n in names if "/" not in n]  # the chart: error curves (not ce/..., coverage/...)
+        errors = [n for n in names if is_error_curve(n)]  # the chart: errors only
         chart = self.wandb.plot.line_series(
             xs=ks,
             ys=[[float(v) for v in curves[n]] for n in errors],
