@@ -11,7 +11,9 @@ curves.csv (each curve's value per run, predictor and context length k, last eva
 binned outputs ce/<predictor> cross-entropies and coverage/<p>), aggregate.csv and
 curve_aggregate.csv (the statistics), summary.md (a Markdown table), and PNG plots: error vs k per
 group with the baselines (and cross-entropy vs k for binned outputs); final excess error vs model size
-and vs noise std when those vary.
+and vs noise std when those vary; the OOD conditions (ood_vs_context.png) and the noise levels
+(error_per_sigma.png) a panel each, when the runs scored them; error vs task pool size with dMMSE and
+ridge, on pool and on fresh tasks (error_vs_task_pool.png), when the pool size varies.
 """
 
 import argparse
@@ -130,6 +132,21 @@ def main(argv=None) -> int:
         if curve_stats.predictor.str.startswith("ce/").any():
             analysis.plot_error_curves(curve_stats, keys, args.out / "ce_vs_context.png", metric="ce")
             written.append(args.out / "ce_vs_context.png")
+        named_sets = {
+            "ood/": ("ood_vs_context.png", "Garg et al.'s out-of-distribution prompts"),
+            "sigma_": ("error_per_sigma.png", "one noise level per panel (Bai et al.)"),
+        }
+        for prefix, (name, title) in named_sets.items():
+            sets = [s for s in curves.set.unique() if s.startswith(prefix)]  # in the order the runs logged them
+            if sets:
+                analysis.plot_sets(curve_stats, keys, sets, args.out / name, title)
+                written.append(args.out / name)
+        if analysis.TASK_POOL in keys and (curves.set == "pretrain").any():
+            pool_stats = analysis.task_pool_stats(finished, curves, keys, args.bootstrap)
+            pool_stats.to_csv(args.out / "task_pool.csv", index=False)
+            analysis.plot_error_vs_task_pool(pool_stats, keys, args.out / "error_vs_task_pool.png")
+            written.append(args.out / "task_pool.csv")
+            written.append(args.out / "error_vs_task_pool.png")
         if "model_size" in keys and runs.model_size.nunique() > 1:
             order = list(runs.groupby("model_size").n_params.first().sort_values().index)
             analysis.plot_metric(

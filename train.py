@@ -40,9 +40,11 @@ def run(cfg: DictConfig, run_dir: Path, attempt_dir: Path, choices: dict) -> Non
             return
         # Imported once Hydra has set up logging: orbax's first (absl) log line otherwise installs a second
         # root handler, which doubles every line of `--info`; `--help`, `--cfg` and `--info` skip JAX too.
+        from icl_lr.parallel import check_split
         from icl_lr.tracking import WandbRun, flat_config, resolve_mode
         from icl_lr.train import train
 
+        check_split(run_cfg)  # before W&B starts a run for it
         mode = resolve_mode(run_cfg.wandb.mode)
         if mode == "disabled":  # no W&B at all: it need not even be installed
             train(run_cfg, run_dir)

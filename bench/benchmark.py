@@ -12,7 +12,10 @@ its baselines (once per run) and scoring the model on it (every eval). A benchma
 """
 
 import argparse
+import json
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -20,7 +23,7 @@ import jax
 import jax.numpy as jnp
 from hydra import compose, initialize_config_dir
 
-from icl_lr import evaluate
+from icl_lr import evaluate, parallel
 from icl_lr.config import DataConfig, EvalConfig, ModelConfig, RunConfig, from_dictconfig
 from icl_lr.encoding import encoding_of
 from icl_lr.optimizer import make_optimizer
@@ -42,6 +45,7 @@ def garg_config(preset: str, args) -> RunConfig:
         f"training.batch_size={args.batch_size}",
         f"training.steps_per_dispatch={DISPATCH}",
         f"eval.n_prompts={args.eval_prompts}",
+        f"training.precision={args.precision}",
     ]
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
         return from_dictconfig(compose("config", overrides=overrides))
@@ -73,7 +77,7 @@ def time_jax(cfg: RunConfig, steps: int) -> dict:
     model = build_model(cfg)
     tx = make_optimizer(cfg.training)
     state = init_state(model, tx, cfg.data, seed=0)
-    dispatch = make_dispatch(model, tx, cfg)
+    dispatch = make_dispatch(model, tx, cfg, parallel.data_mesh())
     started = time.perf_counter()
     compiled = dispatch.lower(state, DISPATCH).compile()
     compile_seconds = time.perf_counter() - started
@@ -155,7 +159,7 @@ def time_eval_set(data_cfg: DataConfig, eval_cfg: EvalConfig):
 
 def time_model_eval(model, params, eval_cfg: EvalConfig, eval_set) -> float:
     """Seconds to score the model on the held-out set, as every eval after the first does."""
-    curves = evaluate.make_model_curves_fn(model, eval_cfg)
+    curves = evaluate.make_model_curves_fn(model, eval_cfg, parallel.data_mesh())
     jax.block_until_ready(curves(params, eval_set.inputs, eval_set.ys))
     started = time.perf_counter()
     jax.block_until_ready(curves(params, eval_set.inputs, eval_set.ys))
@@ -172,7 +176,26 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=20, help="timed steps per preset and framework (default 20)")
     parser.add_argument("--eval-prompts", type=int, default=1280)
+    parser.add_argument(
+        "--precision", choices=["fp32", "bf16"], default="fp32", help="training.precision of JAX's step"
+    )
+    parser.add_argument(
+        "--scaling-devices",
+        type=int,
+        default=2,
+        metavar="N",
+        help="data-parallel scaling: JAX's steps/s on N devices against 1 (forced CPU devices on a CPU; default 2)",
+    )
+    parser.add_argument("--jax-only", action="store_true", help=argparse.SUPPRESS)  # a scaling subprocess's run
     args = parser.parse_args()
+    if args.jax_only:
+        for preset in args.presets:
+            print(
+                json.dumps(
+                    {"preset": preset, "step_seconds": time_jax(garg_config(preset, args), args.steps)["step_seconds"]}
+                )
+            )
+        return
 
     configs = {preset: garg_config(preset, args) for preset in args.presets}
     data_cfg, eval_cfg = next(iter(configs.values())).data, next(iter(configs.values())).eval
@@ -213,6 +236,36 @@ def main() -> None:
     print(f"(compile included): {build_seconds:.2f} s")
     for preset, seconds in evals:
         print(f"  {preset:<9} model error curve, every eval: {seconds:.2f} s")
+    print_scaling(args)
+
+
+def steps_per_second_on(n_devices: int, args) -> dict:
+    """{preset: JAX steps/s} from a fresh process that sees `n_devices` devices (forced, on a CPU)."""
+    env = dict(os.environ)
+    if jax.devices()[0].platform == "cpu":
+        env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={n_devices}".strip()
+    else:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, range(n_devices)))
+    command = [sys.executable, __file__, "--jax-only", "--presets", *args.presets, "--steps", str(args.steps)]
+    command += ["--n-dims", str(args.n_dims), "--n-points", str(args.n_points), "--batch-size", str(args.batch_size)]
+    command += ["--precision", args.precision]
+    output = subprocess.run(command, env=env, check=True, capture_output=True, text=True).stdout
+    return {r["preset"]: 1 / r["step_seconds"] for r in map(json.loads, output.splitlines())}
+
+
+def print_scaling(args) -> None:
+    """Data parallel: steps/s of the same global batch on N devices against 1 (goal: >= 0.8 N)."""
+    n = args.scaling_devices
+    if jax.devices()[0].platform != "cpu" and jax.device_count() < n:
+        print(f"\ndata-parallel scaling: needs {n} devices, this machine has {jax.device_count()}")
+        return
+    one, many = steps_per_second_on(1, args), steps_per_second_on(n, args)
+    kind = "forced CPU devices sharing this machine's cores" if jax.devices()[0].platform == "cpu" else "GPUs"
+    print(f"\ndata-parallel scaling, global batch {args.batch_size} split over {n} {kind}:")
+    for preset in args.presets:
+        ratio = many[preset] / one[preset]
+        print(f"  {preset:<13} 1 device {one[preset]:8.2f} steps/s | {n} devices {many[preset]:8.2f} steps/s", end="")
+        print(f" | {ratio:.2f}x (goal >= {0.8 * n:.1f}x)")
 
 
 if __name__ == "__main__":

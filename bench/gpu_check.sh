@@ -6,7 +6,7 @@
 #    and the README's GPU line;
 # 2. the tests that make sense on a GPU (model vs Hugging Face GPT-2, baselines vs closed forms, data, config),
 #    at full float32 matmul precision so the CPU tolerances hold;
-# 3. the benchmark against the PyTorch reference on the same GPU (float32);
+# 3. the benchmark against the PyTorch reference on the same GPU, float32 and bf16 (training.precision);
 # 4. the default run (`python train.py`, W&B disabled), timed, with its final eval.
 # QUICK=1 shrinks steps 3 and 4 to a smoke test (for a CPU dry run).
 set -uo pipefail
@@ -28,14 +28,17 @@ python3 -c "import jax, flax, optax, orbax.checkpoint as o; print('jax', jax.__v
 
 echo "== tests"
 JAX_DEFAULT_MATMUL_PRECISION=highest python3 -m pytest -q -p no:cacheprovider \
-    tests/test_model.py tests/test_baselines.py tests/test_data.py tests/test_config.py
+    tests/test_model.py tests/test_baselines.py tests/test_data.py tests/test_config.py tests/test_ood.py \
+    "tests/test_parallel.py::test_bf16_computes_in_bfloat16_and_stays_near_float32"
 
-echo "== benchmark (float32)"
-if [[ "${QUICK:-0}" == 1 ]]; then
-    python3 bench/benchmark.py --presets gpt2_tiny --steps 5 --eval-prompts 256
-else
-    python3 bench/benchmark.py --steps 50
-fi
+for precision in fp32 bf16; do
+    echo "== benchmark ($precision)"
+    if [[ "${QUICK:-0}" == 1 ]]; then
+        python3 bench/benchmark.py --presets gpt2_tiny --steps 5 --eval-prompts 256 --precision $precision
+    else
+        python3 bench/benchmark.py --steps 50 --precision $precision
+    fi
+done
 
 echo "== default run"
 steps=$([[ "${QUICK:-0}" == 1 ]] && echo "training.steps=200 training.eval_every=100 training.checkpoint_every=100 training.log_every=100" || echo "")

@@ -1,9 +1,10 @@
 """Runs into pandas tables: one row per run, a long table of error curves, seed aggregates, plots.
 
 Runs come from local run dirs (what train.py writes: .hydra/config.yaml, summary.json,
-curves.jsonl) or from the W&B API (config, summary and the last `eval/curves` table). Both give the
-same columns: `run_id`, `run_dir` or `run_path`, the flattened config (`data.noise_std`, ...),
-`model_size` and the scalar summary metrics (`eval/excess/mean`, ...).
+curves.jsonl) or from the W&B API (config, summary and the last `eval/curves` and `eval/<set>/curves`
+tables). Both give the same columns: `run_id`, `run_dir` or `run_path`, the flattened config
+(`data.noise_std`, ...), `model_size` and the scalar summary metrics (`eval/excess/mean`, ...); curves
+carry the prompt set they were scored on (`set`: held_out, pretrain, sigma_<s>, ood/<condition>).
 """
 
 import json
@@ -14,12 +15,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from icl_lr.config import flatten
-from icl_lr.run_dir import RunDirLock
+from icl_lr.config import RunConfig, flatten
+from icl_lr.run_dir import RunDirLock, config_record
 from icl_lr.tracking import is_error_curve, read_jsonl
 
 CONFIG_PREFIXES = ("data.", "model.", "training.", "eval.", "seed")  # config columns that can define a group
-CURVE_COLUMNS = ["run_id", "step", "predictor", "k", "value"]  # predictor: an error curve, or metric/predictor
+CURVE_COLUMNS = ["run_id", "set", "step", "predictor", "k", "value"]  # predictor: an error curve, or metric/predictor
+HELD_OUT = "held_out"  # the `set` of the held-out prompts; others: pretrain, train_set, sigma_<s>, ood/<condition>
 STATS = ["n", "mean", "std", "ci_low", "ci_high"]
 MODEL_SHAPE = ("model.n_layer", "model.n_embd", "model.n_head")  # summed up by the model_size column
 log = logging.getLogger("analyze")
@@ -61,13 +63,41 @@ def summary_scalars(summary: dict) -> dict:
 
 
 def _run_row(run_id: str, config: dict, summary: dict, **source) -> dict:
+    """A run's row. A config key its record lacks (added to the code after the run started) gets its
+    default, as a resumed run dir reads it (run_dir.differing_keys): runs group by what really varied."""
     columns = _config_columns(config)
+    for key, value in config_record(RunConfig()).items():
+        columns.setdefault(key, json.dumps(value) if isinstance(value, list) else value)
     size = f"{columns['model.n_layer']}L/{columns['model.n_embd']}d/{columns['model.n_head']}H"
     return {"run_id": run_id, **source, **columns, "model_size": size, **summary_scalars(summary)}
 
 
-def _curve_rows(run_id: str, step: int, curves: dict) -> list:
-    return [(run_id, step, name, k, float(e)) for name, errors in curves.items() for k, e in enumerate(errors)]
+def _curve_rows(run_id: str, step: int, curves: dict, eval_set: str = HELD_OUT) -> list:
+    return [
+        (run_id, eval_set, step, name, k, float(e)) for name, errors in curves.items() for k, e in enumerate(errors)
+    ]
+
+
+def _last_curves(run_id: str, records: list) -> list:
+    """Curve rows of each set's last eval, from curves.jsonl records (held-out records carry no "set")."""
+    last = {record.get("set", HELD_OUT): record for record in records}
+    return [
+        row
+        for eval_set, record in last.items()
+        for row in _curve_rows(
+            run_id, record["step"], {k: v for k, v in record.items() if k not in ("step", "set")}, eval_set
+        )
+    ]
+
+
+def _curve_tables(summary: dict) -> dict:
+    """{set: table file reference} of a W&B summary's last curve tables: eval/curves, eval/<set>/curves."""
+    tables = {}
+    for key, value in summary.items():
+        if key.startswith("eval/") and key.endswith("curves") and isinstance(value, dict) and value.get("path"):
+            eval_set = key.removeprefix("eval/").removesuffix("curves").rstrip("/")
+            tables[eval_set or HELD_OUT] = value["path"]
+    return tables
 
 
 def _read_json(path: Path):
@@ -94,7 +124,7 @@ def _local_run(run_dir: Path) -> tuple[dict, list] | None:
     id_file = run_dir / "wandb_run_id"
     run_id = id_file.read_text().strip() if id_file.exists() else run_dir.name
     if summary is not None and summary.get("step") == last_step:
-        curve_rows = _curve_rows(run_id, evals[-1].pop("step"), evals[-1]) if evals else []
+        curve_rows = _last_curves(run_id, evals)
         return _run_row(run_id, config, summary, run_dir=str(run_dir), status="finished"), curve_rows
     status = "running" if RunDirLock(run_dir).is_held() else "crashed"
     log.info("%s: %s at step %s, not in the aggregates", run_dir, status, last_step or 0)
@@ -137,10 +167,9 @@ def load_wandb(
             config = {k: v for k, v in run.config.items() if not k.startswith("_")}
             summary = run.summary._json_dict
             rows.append(_run_row(run.id, config, summary, run_path="/".join(run.path), status=run.state))
-            table = summary.get("eval/curves")
-            if isinstance(table, dict) and table.get("path"):
-                with run.file(table["path"]).download(root=downloads, replace=True) as f:
-                    curve_rows += _curve_rows(run.id, summary.get("step"), _table_curves(json.load(f)))
+            for eval_set, path in _curve_tables(summary).items():
+                with run.file(path).download(root=downloads, replace=True) as f:
+                    curve_rows += _curve_rows(run.id, summary.get("step"), _table_curves(json.load(f)), eval_set)
     if not rows:
         raise LookupError(f"no runs in {project_path} matching {filters}")
     return pd.DataFrame(rows), pd.DataFrame(curve_rows, columns=CURVE_COLUMNS)
@@ -174,10 +203,9 @@ def load_wandb_files(paths) -> tuple[pd.DataFrame, pd.DataFrame]:
         summary = record["summary"]
         status = {"finished": "finished"}.get(record.get("state"), "crashed")
         rows.append(_run_row(run_id, config, summary, run_dir=str(folder), status=status))
-        table = summary.get("eval/curves")
-        if status == "finished" and isinstance(table, dict) and table.get("path"):
-            curves = _table_curves(json.loads((folder / "files" / table["path"]).read_text()))
-            curve_rows += _curve_rows(run_id, summary.get("step"), curves)
+        for eval_set, path in _curve_tables(summary).items() if status == "finished" else ():
+            curves = _table_curves(json.loads((folder / "files" / path).read_text()))
+            curve_rows += _curve_rows(run_id, summary.get("step"), curves, eval_set)
     return pd.DataFrame(rows), pd.DataFrame(curve_rows, columns=CURVE_COLUMNS)
 
 
@@ -231,11 +259,11 @@ def aggregate_runs(runs: pd.DataFrame, keys: list[str], metrics: list[str], n_re
 def aggregate_curves(
     runs: pd.DataFrame, curves: pd.DataFrame, keys: list[str], n_resamples: int = 2000
 ) -> pd.DataFrame:
-    """Per group, predictor and context length k: the curve's statistics over the group's runs."""
-    labelled = curves.merge(runs[["run_id", *keys]], on="run_id")
-    table = (
-        labelled.groupby([*keys, "predictor", "k"], dropna=False).value.apply(_stats, n_resamples=n_resamples).unstack()
-    )
+    """Per group, prompt set, predictor and context length k: the curve's statistics over the group's runs
+    (NaN, a k an OOD condition does not score, left out)."""
+    labelled = curves.dropna(subset=["value"]).merge(runs[["run_id", *keys]], on="run_id")
+    by = [*keys, "set", "predictor", "k"]
+    table = labelled.groupby(by, dropna=False).value.apply(_stats, n_resamples=n_resamples).unstack()
     return table[STATS].reset_index()
 
 
@@ -271,6 +299,7 @@ def plot_error_curves(curve_stats: pd.DataFrame, keys: list[str], path: Path, me
     squares' peak at k = d is cut off to keep the rest legible."""
     import matplotlib.pyplot as plt
 
+    curve_stats = curve_stats[curve_stats.set == HELD_OUT]
     if metric == "error":
         curve_stats = curve_stats[curve_stats.predictor.map(is_error_curve)]
     else:
@@ -332,6 +361,94 @@ def plot_metric(aggregate: pd.DataFrame, metric: str, x_key: str, keys: list[str
     ax.grid(alpha=0.3)
     if others:
         ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _panels(n: int, width: float = 4.4, height: float = 3.4):
+    import matplotlib.pyplot as plt
+
+    columns = min(4, n)
+    rows = -(-n // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(width * columns, height * rows), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.axis("off")
+    return fig, axes.flat
+
+
+def plot_sets(curve_stats: pd.DataFrame, keys: list[str], sets: list[str], path: Path, title: str) -> None:
+    """Error vs k, one panel per prompt set (OOD conditions, noise levels): each group's model (mean, 95%
+    interval over seeds); the baselines too when there is one group, else each group's Bayes dashed."""
+    import matplotlib.pyplot as plt
+
+    errors = curve_stats[curve_stats.predictor.map(is_error_curve)]
+    groups = list(errors.groupby(keys, dropna=False, sort=True))
+    fig, axes = _panels(len(sets))
+    for ax, eval_set in zip(axes, sets, strict=False):
+        for i, (values, group) in enumerate(groups):
+            colour = f"C{i}" if len(groups) > 1 else "black"
+            in_set = group[group.set == eval_set]
+            for predictor, line in in_set.groupby("predictor", sort=False):
+                if predictor == "model":
+                    label = _label(keys, values) if len(groups) > 1 else "model"
+                    ax.plot(line.k, line["mean"], color=colour, lw=2.2, label=label)
+                    ax.fill_between(line.k, line.ci_low, line.ci_high, color=colour, alpha=0.2, lw=0)
+                elif len(groups) == 1 or predictor == "bayes":
+                    kwargs = {"color": colour} if len(groups) > 1 else {}
+                    ax.plot(line.k, line["mean"], ls="--", lw=1.2, label=predictor if not i else None, **kwargs)
+            top = in_set[in_set.predictor == "model"]["mean"].max()
+            if np.isfinite(top):
+                ax.set_ylim(0, 1.3 * top)
+        ax.set_title(eval_set, fontsize=9)
+        ax.set(xlabel="in-context examples k", ylabel="squared error / d")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+TASK_POOL = "data.task_pool_size"
+POOL_PREDICTORS = ("model", "dmmse", "bayes")  # Raventos et al.'s figure: the model between dMMSE and ridge
+
+
+POOL_SETS = {"pretrain": "tasks from the pretraining pool", HELD_OUT: "fresh tasks"}
+
+
+def task_pool_stats(runs: pd.DataFrame, curves: pd.DataFrame, keys: list[str], n_resamples: int = 2000) -> pd.DataFrame:
+    """Per pool size (and other group), set (pretrain, held_out) and predictor (model, dMMSE, Bayes): each
+    run's error averaged over k, aggregated over seeds."""
+    others = [k for k in keys if k != TASK_POOL]
+    chosen = curves[curves.set.isin(list(POOL_SETS)) & curves.predictor.isin(POOL_PREDICTORS)].dropna(subset=["value"])
+    per_run = chosen.groupby(["run_id", "set", "predictor"]).value.mean().reset_index()
+    labelled = per_run.merge(runs[["run_id", TASK_POOL, *others]], on="run_id").dropna(subset=[TASK_POOL])
+    by = [*others, TASK_POOL, "set", "predictor"]
+    stats = labelled.groupby(by, dropna=False).value.apply(_stats, n_resamples=n_resamples)
+    return stats.unstack()[STATS].reset_index()
+
+
+def plot_error_vs_task_pool(stats: pd.DataFrame, keys: list[str], path: Path) -> None:
+    """Raventos et al.'s figure from `task_pool_stats`: error vs the pool's size on pool and on fresh tasks,
+    the model (mean, 95% interval over seeds) between dMMSE and Bayes (ridge); a line style per other group."""
+    import matplotlib.pyplot as plt
+
+    others = [k for k in keys if k != TASK_POOL]
+    fig, axes = _panels(len(POOL_SETS), width=5.2, height=3.8)
+    for ax, (eval_set, title) in zip(axes, POOL_SETS.items(), strict=True):
+        for j, (values, group) in enumerate(stats.groupby(others, dropna=False) if others else [((), stats)]):
+            for i, predictor in enumerate(POOL_PREDICTORS):
+                line = group[(group.set == eval_set) & (group.predictor == predictor)].sort_values(TASK_POOL)
+                label = " ".join(filter(None, [predictor, _label(others, values) if others else ""]))
+                style = ["-", "--", ":"][j % 3]
+                ax.plot(line[TASK_POOL], line["mean"], marker="o", color=f"C{i}", ls=style, label=label)
+                if predictor == "model":
+                    ax.fill_between(line[TASK_POOL], line.ci_low, line.ci_high, color=f"C{i}", alpha=0.2, lw=0)
+        ax.set_xscale("log", base=2)
+        ax.set(title=title, xlabel="task pool size M", ylabel="squared error / d, mean over k")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

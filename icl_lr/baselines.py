@@ -33,10 +33,14 @@ def _predict_from_svd(xs, s, vt, projections, ridge_lambda):
     return jnp.einsum("kd,kd->k", xs, weights)
 
 
+def ridge(xs, ys, ridge_lambda: float):
+    s, vt, projections, _ = _prefix_svd(xs, ys)
+    return _predict_from_svd(xs, s, vt, projections, ridge_lambda)
+
+
 def least_squares(xs, ys):
     """Minimum-norm least squares (the pseudo-inverse), the noiseless Bayes estimator."""
-    s, vt, projections, _ = _prefix_svd(xs, ys)
-    return _predict_from_svd(xs, s, vt, projections, 0.0)
+    return ridge(xs, ys, 0.0)
 
 
 def bayes_optimal(xs, ys, prior_scale: float, noise_stds: tuple):
@@ -95,12 +99,46 @@ def nearest_neighbours(xs, ys):
     return jnp.sum(jnp.where(valid, ys[idx], 0.0), axis=1) / jnp.maximum(valid.sum(1), 1)
 
 
-def all_predictions(xs, ys, prior_scale: float, noise_stds: tuple) -> dict:
-    """{baseline name: predictions [B, n]} for a batch of prompts."""
+DMMSE_MIN_STD = 1e-3  # times prior_scale: the noise std dMMSE assumes for a noiseless pool (its sigma -> 0 limit)
+
+
+def discrete_mmse(xs, ys, pool_MxD, prior_scale: float, noise_stds: tuple):
+    """Raventos et al.'s dMMSE: the posterior mean of w over the run's finite pool of M tasks (uniform prior
+    on the pool, and on the noise prior's sigmas), as their `icl/models.py` DiscreteMMSE. At k = 0 it predicts
+    with the pool's mean w."""
+    sigmas = jnp.maximum(jnp.asarray(noise_stds, jnp.float32), DMMSE_MIN_STD * prior_scale)
+    preds_NxM = jnp.einsum("nd,md->nm", xs, pool_MxD, precision=jax.lax.Precision.HIGHEST)
+    residuals_NxM = (ys[:, None] - preds_NxM) ** 2
+    seen_NxM = jnp.cumsum(residuals_NxM, axis=0) - residuals_NxM  # sum over the context i < k
+    context_size_N = jnp.arange(xs.shape[0])[:, None, None]
+    log_likelihood_NxMxS = -seen_NxM[..., None] / (2 * sigmas**2) - context_size_N * jnp.log(sigmas)
+    posterior_NxM = (
+        jax.nn.softmax(log_likelihood_NxMxS.reshape(xs.shape[0], -1), axis=1)
+        .reshape(log_likelihood_NxMxS.shape)
+        .sum(axis=2)
+    )
+    return jnp.sum(posterior_NxM * preds_NxM, axis=1)
+
+
+DMMSE_CHUNK = 2**22  # context points x pool tasks per dMMSE batch: bounds its memory for pools up to 2^20
+
+
+def all_predictions(xs, ys, prior_scale: float, noise_stds: tuple, pool_MxD=None) -> dict:
+    """{baseline name: predictions [B, n]} for a batch of prompts. Under a hierarchical noise prior, ridge at
+    each sigma's lambda too (`ridge_sigma_<sigma>`, Bai et al.'s fixed-lambda algorithms); given the run's
+    task pool [M, d], dMMSE."""
     per_prompt = {
         "least_squares": least_squares,
         "bayes": lambda x, y: bayes_optimal(x, y, prior_scale, noise_stds),
         "averaging": averaging,
         "3nn": nearest_neighbours,
     }
-    return {name: jax.vmap(fn)(xs, ys) for name, fn in per_prompt.items()}
+    if len(noise_stds) > 1:
+        for sigma in noise_stds:
+            per_prompt[f"ridge_sigma_{sigma:g}"] = lambda x, y, lam=sigma**2 / prior_scale**2: ridge(x, y, lam)
+    predictions = {name: jax.vmap(fn)(xs, ys) for name, fn in per_prompt.items()}
+    if pool_MxD is not None:
+        dmmse = lambda xy: discrete_mmse(*xy, pool_MxD, prior_scale, noise_stds)
+        chunk = max(1, DMMSE_CHUNK // (xs.shape[1] * pool_MxD.shape[0]))
+        predictions["dmmse"] = jax.lax.map(dmmse, (xs, ys), batch_size=chunk)
+    return predictions

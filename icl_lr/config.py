@@ -22,7 +22,8 @@ from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger("icl_lr")
 
-SCHEDULES = ("constant", "cosine")
+SCHEDULES = ("constant", "cosine", "linear")
+PRECISIONS = ("fp32", "bf16")
 BIN_SCHEMES = ("uniform", "gaussian_quantiles")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 
@@ -59,6 +60,7 @@ class DataConfig:
     token_slot_embedding: bool = False
     token_value_embedding: bool = False
     token_point_embedding: bool = False
+    token_short_conv: bool = False
     curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
 
     @property
@@ -93,6 +95,7 @@ class TrainingConfig:
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.0
     grad_clip: float = 1.0
+    precision: str = "fp32"
     steps_per_dispatch: int = 50
     log_every: int = 500
     eval_every: int = 2000
@@ -105,6 +108,8 @@ class EvalConfig:
     n_prompts: int = 1280
     batch_size: int = 256
     seed: int = 12345
+    ood: bool = True
+    ood_every_eval: bool = False
 
 
 @dataclass(frozen=True)
@@ -200,7 +205,7 @@ def _validate(cfg: RunConfig) -> None:
     for key in ("ce_weight", "mean_loss_weight"):
         _check(getattr(d, key) >= 0, f"data.{key} must be >= 0, got {getattr(d, key)}")
     _check(d.ce_weight + d.mean_loss_weight > 0, "data.ce_weight and data.mean_loss_weight cannot both be 0")
-    for key in ("token_slot_embedding", "token_point_embedding", "token_value_embedding"):
+    for key in ("token_slot_embedding", "token_point_embedding", "token_value_embedding", "token_short_conv"):
         _check(
             not getattr(d, key) or d.encoding == "tokens",
             f"data.{key} applies to the tokens encoding only (data.encoding={d.encoding})",
@@ -229,6 +234,7 @@ def _validate(cfg: RunConfig) -> None:
         f"with the {d.encoding} encoding need {sequence_length} positions",
     )
     _check(t.schedule in SCHEDULES, f"training.schedule must be one of {SCHEDULES}, got {t.schedule!r}")
+    _check(t.precision in PRECISIONS, f"training.precision must be one of {PRECISIONS}, got {t.precision!r}")
     for key in ("steps", "batch_size", "steps_per_dispatch", "max_to_keep"):
         _check(getattr(t, key) >= 1, f"training.{key} must be >= 1, got {getattr(t, key)}")
     if t.num_epochs is not None:

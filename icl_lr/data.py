@@ -17,6 +17,9 @@ POOL_STREAM = 2**31 - 1  # the finite task pool
 TRAIN_SET_STREAM = 2**31 - 2  # the finite training set
 
 
+PER_PROMPT = ("xs", "ys", "example_mask")  # the Batch fields with a prompt axis first (split across devices)
+
+
 class Batch(NamedTuple):
     xs: jax.Array  # [B, N, D]
     ys: jax.Array  # [B, N]
@@ -42,10 +45,14 @@ def sample_weights(key, cfg: DataConfig, batch_size: int, pool_key=None) -> jax.
     without being stored: sampling costs O(batch * d) for any M.
     """
     if pool_key is not None and cfg.task_pool_size:
-        ids = jax.random.randint(key, (batch_size,), 0, cfg.task_pool_size)
-        draw = lambda i: jax.random.normal(jax.random.fold_in(pool_key, i), (cfg.n_dims,))
-        return cfg.prior_scale * jax.vmap(draw)(ids)
+        return pool_tasks(pool_key, cfg, jax.random.randint(key, (batch_size,), 0, cfg.task_pool_size))
     return cfg.prior_scale * jax.random.normal(key, (batch_size, cfg.n_dims))
+
+
+def pool_tasks(pool_key, cfg: DataConfig, ids) -> jax.Array:
+    """Tasks `ids` of the run's pool, [len(ids), d]; `ids` = arange(task_pool_size) is the whole pool."""
+    draw = lambda i: jax.random.normal(jax.random.fold_in(pool_key, i), (cfg.n_dims,))
+    return cfg.prior_scale * jax.vmap(draw)(ids)
 
 
 def sample_batch(key, cfg: DataConfig, batch_size: int, step=None, pool_key=None) -> Batch:

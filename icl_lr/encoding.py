@@ -215,7 +215,9 @@ class Tokens(BinnedOutput, Encoding):
     def read_in(self, ids_BxT, model_cfg):
         """The token table's row, plus, each behind its switch (README, "Encodings"): an embedding of the
         token's slot in its point (x_0 .. x_{D-1}, y), of the point it belongs to, and its bin centre times
-        a learned direction per slot (the continuous read-in's x_c W_c, one coordinate per token)."""
+        a learned direction per slot (the continuous read-in's x_c W_c, one coordinate per token); then a
+        causal short convolution, e_t + sum_o kernel_o * e_{t-o} over o = 0..D, that gathers a point into
+        one position (H3's short convolution, Fu et al. 2023)."""
         cfg, width = self.cfg, model_cfg.n_embd
         init = nn.initializers.normal(model_cfg.embedding_std)  # one-hot inputs: a row is the embedding
         embeddings_BxTxE = nn.Embed(cfg.vocab_size, width, embedding_init=init, name="wte")(ids_BxT)
@@ -228,6 +230,11 @@ class Tokens(BinnedOutput, Encoding):
         if cfg.token_value_embedding:
             direction_TxE = nn.Embed(self.tokens_per_point, width, embedding_init=init, name="wve")(slot_T)
             embeddings_BxTxE += self.bin_centres()[ids_BxT][..., None] * direction_TxE
+        if cfg.token_short_conv:  # shifted copies summed: XLA's grouped convolution is slow on a CPU
+            offsets = jnp.arange(self.tokens_per_point)  # the kernel [D + 1, width], held as an Embed's table
+            kernel_WxE = nn.Embed(self.tokens_per_point, width, embedding_init=init, name="short_conv")(offsets)
+            shifted = lambda o: jnp.pad(embeddings_BxTxE, ((0, 0), (o, 0), (0, 0)))[:, : ids_BxT.shape[1]]
+            embeddings_BxTxE += sum(kernel_WxE[o] * shifted(o) for o in range(self.tokens_per_point))
         return embeddings_BxTxE
 
 

@@ -47,47 +47,58 @@ def read_in_init(fan_in: int, embedding_std: float) -> nn.initializers.Initializ
 
 class Attention(nn.Module):
     config: ModelConfig
+    dtype: Any
 
     @nn.compact
     def __call__(self, h_BxLxD, train: bool):
         cfg = self.config
         batch, length, width = h_BxLxD.shape
-        qkv = nn.Dense(3 * width, kernel_init=GPT2_INIT, name="c_attn")(h_BxLxD)
+        qkv = nn.Dense(3 * width, kernel_init=GPT2_INIT, dtype=self.dtype, name="c_attn")(h_BxLxD)
         qkv_BxLx3xHxK = qkv.reshape(batch, length, 3, cfg.n_head, width // cfg.n_head)
         q_BxLxHxK, k_BxLxHxK, v_BxLxHxK = (qkv_BxLx3xHxK[:, :, i] for i in range(3))
-        scale = jnp.sqrt(q_BxLxHxK.shape[-1]).astype(h_BxLxD.dtype)
-        scores_BxHxLxL = jnp.einsum("bqhk,bshk->bhqs", q_BxLxHxK, k_BxLxHxK) / scale
-        causal_LxL = jnp.tril(jnp.ones((length, length), bool))
-        masked = jnp.where(causal_LxL, scores_BxHxLxL, jnp.finfo(scores_BxHxLxL.dtype).min)
-        probs_BxHxLxL = nn.Dropout(cfg.dropout)(jax.nn.softmax(masked, axis=-1), deterministic=not train)
-        out_BxLxD = jnp.einsum("bhqs,bshk->bqhk", probs_BxHxLxL, v_BxLxHxK).reshape(batch, length, width)
-        return nn.Dense(width, kernel_init=residual_init(cfg.n_layer), name="c_proj")(out_BxLxD)
+        if train and cfg.dropout > 0:  # dropout on the attention weights: spelled out
+            scores_BxHxLxL = jnp.einsum("bqhk,bshk->bhqs", q_BxLxHxK, k_BxLxHxK, preferred_element_type=jnp.float32)
+            causal_LxL = jnp.tril(jnp.ones((length, length), bool))
+            masked = jnp.where(causal_LxL, scores_BxHxLxL / jnp.sqrt(q_BxLxHxK.shape[-1]), jnp.finfo(jnp.float32).min)
+            probs_BxHxLxL = nn.Dropout(cfg.dropout)(jax.nn.softmax(masked, axis=-1), deterministic=False)
+            out_BxLxHxK = jnp.einsum("bhqs,bshk->bqhk", probs_BxHxLxL.astype(self.dtype), v_BxLxHxK)
+        else:  # JAX's fused attention: cuDNN's flash attention on a GPU where it applies, XLA's elsewhere
+            out_BxLxHxK = jax.nn.dot_product_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, is_causal=True)
+        out_BxLxD = out_BxLxHxK.reshape(batch, length, width)
+        return nn.Dense(width, kernel_init=residual_init(cfg.n_layer), dtype=self.dtype, name="c_proj")(out_BxLxD)
 
 
 class MLP(nn.Module):
     config: ModelConfig
+    dtype: Any
 
     @nn.compact
     def __call__(self, h_BxLxD):
         cfg = self.config
-        h_BxLx4D = nn.gelu(nn.Dense(4 * cfg.n_embd, kernel_init=GPT2_INIT, name="c_fc")(h_BxLxD), approximate=True)
-        return nn.Dense(cfg.n_embd, kernel_init=residual_init(cfg.n_layer), name="c_proj")(h_BxLx4D)  # gelu_new
+        h_BxLx4D = nn.gelu(
+            nn.Dense(4 * cfg.n_embd, kernel_init=GPT2_INIT, dtype=self.dtype, name="c_fc")(h_BxLxD), approximate=True
+        )  # gelu_new
+        return nn.Dense(cfg.n_embd, kernel_init=residual_init(cfg.n_layer), dtype=self.dtype, name="c_proj")(h_BxLx4D)
 
 
 class Block(nn.Module):
     config: ModelConfig
+    dtype: Any
 
     @nn.compact
     def __call__(self, h_BxLxD, train: bool):
         drop = nn.Dropout(self.config.dropout, deterministic=not train)
-        h_BxLxD = h_BxLxD + drop(Attention(self.config, name="attn")(nn.LayerNorm(1e-5, name="ln_1")(h_BxLxD), train))
-        return h_BxLxD + drop(MLP(self.config, name="mlp")(nn.LayerNorm(1e-5, name="ln_2")(h_BxLxD)))
+        norm = lambda name: nn.LayerNorm(1e-5, dtype=self.dtype, name=name)  # statistics in float32 either way
+        h_BxLxD = h_BxLxD + drop(Attention(self.config, self.dtype, name="attn")(norm("ln_1")(h_BxLxD), train))
+        return h_BxLxD + drop(MLP(self.config, self.dtype, name="mlp")(norm("ln_2")(h_BxLxD)))
 
 
 class Transformer(nn.Module):
-    """GPT2Model on input embeddings: learned positions, pre-LN blocks, final LayerNorm."""
+    """GPT2Model on input embeddings: learned positions, pre-LN blocks, final LayerNorm. `dtype` is the
+    blocks' compute type (bfloat16 under training.precision=bf16); parameters stay float32."""
 
     config: ModelConfig
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, embeddings_BxLxD, train: bool = False):
@@ -95,11 +106,11 @@ class Transformer(nn.Module):
         wpe = nn.Embed(
             cfg.n_positions, cfg.n_embd, embedding_init=nn.initializers.normal(cfg.embedding_std), name="wpe"
         )
-        h_BxLxD = embeddings_BxLxD + wpe(jnp.arange(embeddings_BxLxD.shape[1]))
+        h_BxLxD = (embeddings_BxLxD + wpe(jnp.arange(embeddings_BxLxD.shape[1]))).astype(self.dtype)
         h_BxLxD = nn.Dropout(cfg.dropout, deterministic=not train)(h_BxLxD)
         for i in range(cfg.n_layer):
-            h_BxLxD = Block(cfg, name=f"h_{i}")(h_BxLxD, train)
-        return nn.LayerNorm(1e-5, name="ln_f")(h_BxLxD)
+            h_BxLxD = Block(cfg, self.dtype, name=f"h_{i}")(h_BxLxD, train)
+        return nn.LayerNorm(1e-5, name="ln_f")(h_BxLxD.astype(jnp.float32))
 
 
 class ICLModel(nn.Module):
@@ -107,9 +118,10 @@ class ICLModel(nn.Module):
 
     config: ModelConfig
     encoding: Any  # an icl_lr.encoding.Encoding (which imports this module for its inits)
+    dtype: Any = jnp.float32  # the blocks' compute type; read-in, final LayerNorm and read-out stay float32
 
     @nn.compact
     def __call__(self, inputs, train: bool = False):
         embeddings_BxLxD = self.encoding.read_in(inputs, self.config)
-        hidden_BxLxD = Transformer(self.config, name="transformer")(embeddings_BxLxD, train)
+        hidden_BxLxD = Transformer(self.config, self.dtype, name="transformer")(embeddings_BxLxD, train)
         return nn.Dense(self.encoding.n_outputs, kernel_init=GPT2_INIT, name="read_out")(hidden_BxLxD)

@@ -7,12 +7,15 @@ from icl_lr.config import TrainingConfig
 
 
 def learning_rate_schedule(cfg: TrainingConfig) -> optax.Schedule:
-    """Linear warmup from 0, then constant or cosine decay to min_lr_ratio * learning_rate."""
+    """Linear warmup from 0, then constant, or cosine or linear decay to min_lr_ratio * learning_rate
+    (linear with min_lr_ratio 0: Raventos et al.'s triangle, their icl/optim.py)."""
     warmup = optax.linear_schedule(0.0, cfg.learning_rate, max(cfg.warmup_steps, 1))
+    decay_steps = max(cfg.steps - cfg.warmup_steps, 1)
     if cfg.schedule == "constant":
         after = optax.constant_schedule(cfg.learning_rate)
+    elif cfg.schedule == "linear":
+        after = optax.linear_schedule(cfg.learning_rate, cfg.min_lr_ratio * cfg.learning_rate, decay_steps)
     else:
-        decay_steps = max(cfg.steps - cfg.warmup_steps, 1)
         after = optax.cosine_decay_schedule(cfg.learning_rate, decay_steps, alpha=cfg.min_lr_ratio)
     return optax.join_schedules([warmup, after], [cfg.warmup_steps])
 

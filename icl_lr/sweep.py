@@ -7,8 +7,9 @@ Runs are proposed by the open-source W&B sweeps engine (`sweeps`, the one behind
 controller: grid, random, bayes), and each is started as `wandb agent` starts it: the command the
 YAML names, expanded by wandb's own agent code, with the agent's environment (WANDB_SWEEP_ID,
 WANDB_RUN_ID, WANDB_SWEEP_PARAM_PATH) and its parameter file, written by wandb's own config_util.
-Runs go one at a time, offline, under outputs/sweep-<id>/<run id>/, grouped by the sweep id; each
-run's result is printed and appended to outputs/sweep-<id>/results.jsonl as soon as it ends.
+Runs go one at a time (or `--workers N` at once: one GPU each, round robin, with JAX's memory share
+set when several share one), offline, under outputs/sweep-<id>/<run id>/, grouped by the sweep id;
+each run's result is printed and appended to outputs/sweep-<id>/results.jsonl as soon as it ends.
 Early termination needs concurrent runs and a server, so it is ignored here.
 """
 
@@ -18,8 +19,10 @@ import logging
 import os
 import subprocess
 import sys
+import time
 import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 import yaml
 from wandb.sdk.launch.sweeps import utils as sweep_utils
@@ -122,9 +125,48 @@ def _previous_runs(results_file: Path) -> list:
     return runs
 
 
-def run_sweep(sweep_path: Path, count: int, overrides: list, sweep_id: str | None = None, resume: bool = False) -> list:
-    """Proposes and runs runs until the sweep has `count` (a resumed sweep's earlier runs count);
-    returns one dict per run of this call: id, params, metric, exit code, run dir."""
+def gpu_indices() -> list:
+    """This machine's NVIDIA GPUs, by index, as nvidia-smi lists them (none without it). Not through JAX:
+    its first use would take most of each GPU's memory in this process."""
+    try:
+        listed = subprocess.run(["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"], capture_output=True)
+    except FileNotFoundError:
+        return []
+    return listed.stdout.decode().split() if listed.returncode == 0 else []
+
+
+def worker_environment(slot: int, workers: int, gpus: list) -> dict:
+    """Worker `slot`'s devices: GPU slot mod #GPUs (CUDA_VISIBLE_DEVICES), with JAX's memory share set when
+    several workers share one GPU; nothing on a CPU-only machine (the runs share its cores)."""
+    if not gpus:
+        return {}
+    sharing = -(-workers // len(gpus))  # workers per GPU, at most
+    environ = {"CUDA_VISIBLE_DEVICES": gpus[slot % len(gpus)]}
+    if sharing > 1:
+        environ["XLA_PYTHON_CLIENT_MEM_FRACTION"] = f"{0.9 / sharing:.2f}"
+    return environ
+
+
+class _Running(NamedTuple):
+    process: subprocess.Popen
+    run_id: str
+    proposal: object  # the engine's SweepRun proposal
+    params: dict
+    run_dir: Path
+    slot: int
+
+
+def run_sweep(
+    sweep_path: Path,
+    count: int,
+    overrides: list,
+    sweep_id: str | None = None,
+    resume: bool = False,
+    workers: int = 1,
+) -> list:
+    """Proposes and runs runs until the sweep has `count` (a resumed sweep's earlier runs count), up to
+    `workers` at once, each in its own process and W&B run; returns one dict per run of this call: id,
+    params, metric, exit code, run dir."""
     sweep = resolve_program(load_sweep(sweep_path), sweep_path)
     if sweep.get("run_cap") and sweep["run_cap"] < count:
         log.info("the sweep's run_cap is %d: %d runs instead of %d", sweep["run_cap"], sweep["run_cap"], count)
@@ -135,46 +177,99 @@ def run_sweep(sweep_path: Path, count: int, overrides: list, sweep_id: str | Non
     if resume and not results_file.exists():
         raise FileNotFoundError(f"--resume {sweep_id}: no {results_file} here (start from the sweep's folder)")
     done = _previous_runs(results_file) if resume else []
-    results = []
-    log.info("sweep %s (%s, %s): %d runs, %d done before", sweep_id, sweep_path, sweep["method"], count, len(done))
-    while len(done) < count:
-        with warnings.catch_warnings():  # the engine's scipy/sklearn deprecation noise
-            warnings.simplefilter("ignore")
-            proposal = sweeps.next_run(sweep, done)
-        if proposal is None:
-            log.info("the sweep's search space is exhausted after %d runs", len(done))
-            break
-        params = {key: _plain(spec["value"]) for key, spec in proposal.config.items()}
-        run_id = runid.generate_id()
-        environ = agent_environment(sweep_id, run_id, params)
-        argv = expand_command(sweep, params, environ) + [f"wandb.group={sweep_id}", *overrides]
-        run_dir = _run_dir(argv)  # before the run: a command without it is refused untried
-        log.info("run %d/%d (%s): %s", len(done) + 1, count, run_id, " ".join(f"{k}={v}" for k, v in params.items()))
-        process = subprocess.Popen(argv, env=os.environ | environ)
-        try:
-            returncode = process.wait()
-        except KeyboardInterrupt:  # the run got the same Ctrl-C: let it mark its W&B run failed and stop
-            process.wait()
-            log.error(
-                "interrupted during run %s; %d finished runs are in %s; continue with: "
-                "python -m icl_lr.sweep %s --count %d --resume %s",
-                run_id,
-                len(done),
-                results_file,
-                sweep_path,
-                count,
-                sweep_id,
-            )
-            raise
-        record = _record(run_dir, run_id, proposal.config, returncode)
-        done.append(record)
-        result = {"run_id": run_id, **params, metric: record.summary_metrics.get(metric), "exit_code": returncode}
-        results.append(result)
-        _append_result(results_file, result | {"params": params, "run_dir": str(run_dir)})
-        if returncode:
-            log.error("run %s failed (exit code %d); see %s/train.log", run_id, returncode, run_dir)
-        print(json.dumps(result), flush=True)
+    results, running, exhausted, gpus = [], [], False, gpu_indices()
+    log.info(
+        "sweep %s (%s, %s): %d runs, %d done before, %d at a time%s",
+        sweep_id,
+        sweep_path,
+        sweep["method"],
+        count,
+        len(done),
+        workers,
+        f" on GPUs {','.join(gpus)}" if gpus else "",
+    )
+    try:
+        while running or (not exhausted and len(done) < count):
+            # start: proposals while a worker is free (running runs count, as the W&B controller counts them)
+            while not exhausted and len(running) < workers and len(done) + len(running) < count:
+                pending = [
+                    sweeps.SweepRun(name=r.run_id, state=sweeps.RunState.running, config=r.proposal.config)
+                    for r in running
+                ]
+                with warnings.catch_warnings():  # the engine's scipy/sklearn deprecation noise
+                    warnings.simplefilter("ignore")
+                    proposal = sweeps.next_run(sweep, done + pending)
+                if proposal is None:
+                    log.info("the sweep's search space is exhausted after %d runs", len(done) + len(running))
+                    exhausted = True
+                    break
+                slot = min(set(range(workers)) - {r.slot for r in running})
+                running.append(
+                    _start(
+                        sweep, proposal, sweep_id, overrides, slot, workers, gpus, len(done) + len(running) + 1, count
+                    )
+                )
+            if not running:
+                break
+            # wait: for the first run to end, then record it
+            finished = _wait_for_one(running)
+            running.remove(finished)
+            returncode = finished.process.returncode
+            record = _record(finished.run_dir, finished.run_id, finished.proposal.config, returncode)
+            done.append(record)
+            params = finished.params
+            result = {
+                "run_id": finished.run_id,
+                **params,
+                metric: record.summary_metrics.get(metric),
+                "exit_code": returncode,
+            }
+            results.append(result)
+            _append_result(results_file, result | {"params": params, "run_dir": str(finished.run_dir)})
+            if returncode:
+                log.error(
+                    "run %s failed (exit code %d); see %s/train.log", finished.run_id, returncode, finished.run_dir
+                )
+            print(json.dumps(result), flush=True)
+    except KeyboardInterrupt:  # the runs got the same Ctrl-C: let them mark their W&B runs failed and stop
+        for run in running:
+            run.process.wait()
+        log.error(
+            "interrupted during run%s %s; %d finished runs are in %s; continue with: "
+            "python -m icl_lr.sweep %s --count %d --resume %s",
+            "s" * (len(running) > 1),
+            ", ".join(r.run_id for r in running),
+            len(done),
+            results_file,
+            sweep_path,
+            count,
+            sweep_id,
+        )
+        raise
     return results
+
+
+def _start(sweep, proposal, sweep_id, overrides, slot, workers, gpus, number, count) -> _Running:
+    """One run's process, started as `wandb agent` starts it, on worker `slot`'s devices."""
+    params = {key: _plain(spec["value"]) for key, spec in proposal.config.items()}
+    run_id = runid.generate_id()
+    environ = agent_environment(sweep_id, run_id, params)
+    argv = expand_command(sweep, params, environ) + [f"wandb.group={sweep_id}", *overrides]
+    run_dir = _run_dir(argv)  # before the run: a command without it is refused untried
+    devices = worker_environment(slot, workers, gpus)
+    on = f" on GPU {devices['CUDA_VISIBLE_DEVICES']}" if devices else ""
+    log.info("run %d/%d (%s)%s: %s", number, count, run_id, on, " ".join(f"{k}={v}" for k, v in params.items()))
+    process = subprocess.Popen(argv, env=os.environ | environ | devices)
+    return _Running(process, run_id, proposal, params, run_dir, slot)
+
+
+def _wait_for_one(running: list) -> _Running:
+    """The first of the running runs to end (polled: each run is its own process)."""
+    while True:
+        for run in running:
+            if run.process.poll() is not None:
+                return run
+        time.sleep(0.5)
 
 
 def _append_result(path: Path, result: dict) -> None:
@@ -189,13 +284,22 @@ def main(argv=None) -> int:
     parser.add_argument("--count", type=int, default=4, help="runs in the sweep, earlier ones of --resume included")
     parser.add_argument("--sweep-id", help="name for the group and output folder (default: local-<random id>)")
     parser.add_argument("--resume", metavar="SWEEP_ID", help="continue this local sweep (its results.jsonl)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="runs at once, each in its own process (one GPU each when there are GPUs)",
+    )
     parser.epilog = "Hydra overrides after `--` are added to every run, e.g. `-- training.steps=2000`."
     argv = sys.argv[1:] if argv is None else list(argv)
     overrides = argv[argv.index("--") + 1 :] if "--" in argv else []
     args = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][sweep] %(message)s")
     try:
-        results = run_sweep(args.sweep, args.count, overrides, args.resume or args.sweep_id, bool(args.resume))
+        if args.workers < 1:
+            raise ValueError(f"--workers must be >= 1, got {args.workers}")
+        sweep_id = args.resume or args.sweep_id
+        results = run_sweep(args.sweep, args.count, overrides, sweep_id, bool(args.resume), args.workers)
     except (ValueError, FileNotFoundError) as error:
         log.error("%s", error)
         return 2

@@ -26,8 +26,9 @@ class Tracker:
 
     def log(self, metrics: dict, step: int) -> None: ...
 
-    def log_curves(self, curves: dict, step: int) -> None:
-        """curves: {predictor name: per-context-length errors [n]}."""
+    def log_curves(self, curves: dict, step: int, eval_set: str = "") -> None:
+        """curves: {predictor name: per-context-length errors [n]}; `eval_set`: "" for the held-out prompts,
+        else the set's name (train_set, pretrain, sigma_0.5, ood/skewed)."""
 
     def log_checkpoint(self, directory: Path, step: int, aliases: Sequence[str]) -> None: ...
 
@@ -67,8 +68,10 @@ class LocalFiles(Tracker):
     def log(self, metrics: dict, step: int) -> None:
         self._append("metrics.jsonl", {"step": step, **metrics})
 
-    def log_curves(self, curves: dict, step: int) -> None:
-        self._append("curves.jsonl", {"step": step, **{k: [float(x) for x in v] for k, v in curves.items()}})
+    def log_curves(self, curves: dict, step: int, eval_set: str = "") -> None:
+        """One curves.jsonl record per set and eval; other sets than the held-out one carry "set"."""
+        named = {"set": eval_set} if eval_set else {}
+        self._append("curves.jsonl", {"step": step, **named, **{k: [float(x) for x in v] for k, v in curves.items()}})
 
     def finish(self, summary: dict) -> None:
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -84,9 +87,9 @@ class Trackers(Tracker):
         for t in self.trackers:
             t.log(metrics, step)
 
-    def log_curves(self, curves, step):
+    def log_curves(self, curves, step, eval_set=""):
         for t in self.trackers:
-            t.log_curves(curves, step)
+            t.log_curves(curves, step, eval_set)
 
     def log_checkpoint(self, directory, step, aliases):
         for t in self.trackers:
@@ -178,7 +181,8 @@ class WandbRun(Tracker):
     def log(self, metrics: dict, step: int) -> None:
         self.run.log({"step": step, **metrics})
 
-    def log_curves(self, curves: dict, step: int) -> None:
+    def log_curves(self, curves: dict, step: int, eval_set: str = "") -> None:
+        """A table eval/<set>/curves (eval/curves for the held-out set) and its chart of the error curves."""
         names = list(curves)
         ks = list(range(len(curves[names[0]])))
         table = self.wandb.Table(columns=["k", *names], data=[[k, *(float(curves[n][k]) for n in names)] for k in ks])
@@ -187,10 +191,11 @@ class WandbRun(Tracker):
             xs=ks,
             ys=[[float(v) for v in curves[n]] for n in errors],
             keys=errors,
-            title=f"squared error / d vs in-context examples (step {step})",
+            title=f"{eval_set or 'held-out'}: squared error / d vs in-context examples (step {step})",
             xname="k",
         )
-        self.run.log({"step": step, "eval/curves": table, "eval/curves_chart": chart})
+        prefix = f"eval/{eval_set}/" if eval_set else "eval/"
+        self.run.log({"step": step, f"{prefix}curves": table, f"{prefix}curves_chart": chart})
 
     def log_checkpoint(self, directory: Path, step: int, aliases: Sequence[str]) -> None:
         if not self.log_checkpoints:

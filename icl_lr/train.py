@@ -15,8 +15,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import struct
+from jax.sharding import Mesh
 
-from icl_lr import data, evaluate
+from icl_lr import data, evaluate, parallel
 from icl_lr.checkpoint import Checkpoints, restore_params
 from icl_lr.config import ConfigError, DataConfig, RunConfig, steps_per_epoch
 from icl_lr.encoding import encoding_of
@@ -40,8 +41,11 @@ class TrainState(struct.PyTreeNode):
     rng: jax.Array
 
 
+COMPUTE_DTYPES = {"fp32": jnp.float32, "bf16": jnp.bfloat16}  # training.precision -> the blocks' compute type
+
+
 def build_model(cfg: RunConfig) -> ICLModel:
-    return ICLModel(cfg.model, encoding_of(cfg.data))
+    return ICLModel(cfg.model, encoding_of(cfg.data), COMPUTE_DTYPES[cfg.training.precision])
 
 
 def init_state(model: ICLModel, tx: optax.GradientTransformation, data_cfg: DataConfig, seed: int) -> TrainState:
@@ -65,21 +69,23 @@ def loss_fn(params, model: ICLModel, batch: data.Batch, dropout_key) -> jax.Arra
     )
 
 
-def make_dispatch(model: ICLModel, tx, cfg: RunConfig):
-    """jitted (state, n_steps) -> (state, metrics of each step): n_steps steps in one lax.scan, state donated."""
+def make_dispatch(model: ICLModel, tx, cfg: RunConfig, mesh: Mesh):
+    """jitted (state, n_steps) -> (state, metrics of each step): n_steps steps in one lax.scan, state donated
+    and replicated over `mesh`, each batch split across its devices."""
     schedule = learning_rate_schedule(cfg.training)
     epoch_steps = steps_per_epoch(cfg) if cfg.data.train_size else 0
 
     def one_step(state: TrainState, _):
         step_key, dropout_key = jax.random.split(jax.random.fold_in(state.rng, state.step))
         batch = data.training_batch(state.rng, step_key, cfg.data, cfg.training.batch_size, state.step, epoch_steps)
+        batch = batch._replace(**parallel.constrain_rows(mesh, {k: getattr(batch, k) for k in data.PER_PROMPT}))
         loss, grads = jax.value_and_grad(loss_fn)(state.params, model, batch, dropout_key)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": schedule(state.step)}
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
-    @partial(jax.jit, static_argnums=1, donate_argnums=0)
+    @partial(jax.jit, static_argnums=1, donate_argnums=0, out_shardings=parallel.replicated(mesh))
     def dispatch(state: TrainState, n_steps: int):
         return jax.lax.scan(one_step, state, length=n_steps)
 
@@ -117,9 +123,11 @@ def _duration(seconds: float) -> str:
 
 
 def _headline(curves: dict, n_dims: int) -> str:
-    """Errors at k = 2d (or the last k): the model beside the Bayes-optimal and least squares."""
-    k = min(2 * n_dims, len(curves["model"]) - 1)
-    parts = [f"{name} {curves[name][k]:.4f}" for name in ("model", evaluate.BAYES, "least_squares")]
+    """Errors at k = 2d (or the last k the curves score): the model beside the Bayes-optimal, least squares
+    and, where the run has a task pool, dMMSE."""
+    k = max(k for k in range(min(2 * n_dims + 1, len(curves["model"]))) if np.isfinite(curves["model"][k]))
+    names = ("model", evaluate.BAYES, "least_squares", "dmmse")
+    parts = [f"{name} {curves[name][k]:.4f}" for name in names if name in curves]
     return f"error@k={k}: " + ", ".join(parts) + f" (k=0: {curves['model'][0]:.4f})"
 
 
@@ -156,36 +164,59 @@ def _log_phase(tracker: Tracker, window: list, step: int, cfg: RunConfig, throug
 
 
 class Evaluator:
-    """The eval phase: the model's error curves on the held-out set (and the training set, if finite)."""
+    """The eval phase: the model's curves on every fixed prompt set, logged as eval/<set>/... scalars and
+    per-set curve tables. Sets: the held-out prompts (prefix ""); the training set's (`train_set/`) and
+    the pool's (`pretrain/`), when finite; one per sigma of a hierarchical noise prior (`sigma_<s>/`);
+    and Garg et al.'s OOD suite (`ood/<condition>/`), at the final eval or every eval."""
 
-    def __init__(self, cfg: RunConfig, model: ICLModel, run_key):
+    def __init__(self, cfg: RunConfig, model: ICLModel, run_key, mesh: Mesh):
         started = time.perf_counter()
         self.cfg = cfg
-        self.model_curves = evaluate.make_model_curves_fn(model, cfg.eval)
-        self.sets = {"": evaluate.make_eval_set(cfg.data, cfg.eval)}
-        if cfg.data.train_size:
-            self.sets["train_set/"] = evaluate.make_train_set_eval(cfg.data, cfg.eval, run_key)
+        self.model_curves = evaluate.make_model_curves_fn(model, cfg.eval, mesh)
+        d, e = cfg.data, cfg.eval
+        pool = data.pool_tasks(data.pool_key(run_key), d, jnp.arange(d.task_pool_size)) if d.task_pool_size else None
+        one = lambda eval_set: evaluate.EvalSets([eval_set])
+        self.sets = {"": one(evaluate.make_eval_set(d, e, pool))}
+        if d.train_size:
+            self.sets["train_set/"] = one(evaluate.make_train_set_eval(d, e, run_key, pool))
+        if pool is not None:
+            self.sets["pretrain/"] = one(evaluate.make_pretrain_set(d, e, run_key, pool))
+        if d.noise_std_choices:
+            self.sets |= {f"sigma_{s:g}/": one(v) for s, v in evaluate.make_sigma_sets(d, e).items()}
         log.info("eval sets and their baselines ready in %.1fs", time.perf_counter() - started)
+        self.ood_sets, self.ood_seconds = None, 0.0
 
-    def __call__(self, params, tracker: Tracker, step: int) -> tuple[dict, dict]:
-        """Logs every set's scalars (eval/..., eval/train_set/...) and the held-out curves; returns both."""
-        scalars = {}
-        for prefix, eval_set in self.sets.items():
-            curves = jax.tree.map(np.asarray, self.model_curves(params, eval_set.inputs, eval_set.ys))
-            curves |= eval_set.baseline_curves
-            summary = evaluate.summarize(curves, self.cfg.data.n_dims)
-            scalars |= {f"eval/{prefix}{k}": v for k, v in summary.items()}
-            if not prefix:
-                held_out = curves
+    def _ood(self) -> dict:
+        """The OOD suite's sets, built on first use."""
+        if self.ood_sets is None:
+            started = time.perf_counter()
+            conditions = evaluate.make_ood_sets(self.cfg.data, self.cfg.eval)
+            self.ood_sets = {f"ood/{name}/": sets for name, sets in conditions.items()}
+            self.ood_seconds += time.perf_counter() - started
+            log.info("OOD suite: %d conditions and their baselines ready in %.1fs", len(conditions), self.ood_seconds)
+        return self.ood_sets
+
+    def __call__(self, params, tracker: Tracker, step: int, final: bool) -> tuple[dict, dict]:
+        """Logs every set's scalars and curves; returns the scalars and the held-out curves."""
+        e, scalars = self.cfg.eval, {}
+        with_ood = e.ood and (final or e.ood_every_eval)
+        all_curves = {}
+        for prefix, eval_sets in (self.sets | (self._ood() if with_ood else {})).items():
+            started = time.perf_counter()
+            all_curves[prefix] = curves = evaluate.score(self.model_curves, params, eval_sets)
+            if prefix.startswith("ood/"):
+                self.ood_seconds += time.perf_counter() - started
+            scalars |= {f"eval/{prefix}{k}": v for k, v in evaluate.summarize(curves, self.cfg.data.n_dims).items()}
+            tracker.log_curves(curves, step, prefix.rstrip("/"))
         tracker.log(scalars, step)
-        tracker.log_curves(held_out, step)
-        line = _headline(held_out, self.cfg.data.n_dims)
+        line = _headline(all_curves[""], self.cfg.data.n_dims)
         log.info("eval at step %d | %s | excess over Bayes (mean over k) %.4f", step, line, scalars["eval/excess/mean"])
-        if "eval/train_set/model/error_mean" in scalars:
-            log.info(
-                "  on the training set: model error (mean over k) %.4f", scalars["eval/train_set/model/error_mean"]
-            )
-        return scalars, held_out
+        for prefix, curves in all_curves.items():
+            if prefix:
+                log.info("  %s %s", prefix.rstrip("/"), _headline(curves, self.cfg.data.n_dims))
+        if with_ood:
+            log.info("OOD suite: %.1fs so far (building its sets and scoring them)", self.ood_seconds)
+        return scalars, all_curves[""]
 
 
 def _start_state(cfg: RunConfig, model: ICLModel, tx, checkpoints: Checkpoints, tracker) -> tuple[TrainState, bool]:
@@ -228,24 +259,30 @@ def train(cfg: RunConfig, run_dir: Path, trackers=()) -> dict:
     of a new run; a run dir with checkpoints of its own always resumes from those instead.
     """
     run_dir, t = Path(run_dir), cfg.training
+    parallel.check_split(cfg)
+    mesh = parallel.data_mesh()
     model, tx = build_model(cfg), make_optimizer(t)
     checkpoints = Checkpoints(run_dir / "checkpoints", t.max_to_keep)
     state, resumed = _start_state(cfg, model, tx, checkpoints, Trackers(trackers))
+    state = jax.device_put(state, parallel.replicated(mesh))  # a checkpoint from any device count fits
     step, n_params = int(state.step), sum(p.size for p in jax.tree.leaves(state.params))
     epochs = f" ({t.num_epochs} epochs over {cfg.data.train_size} prompts)" if t.num_epochs else ""
     log.info(
-        "%s at step %d of %d%s; model %d parameters; run dir %s",
+        "%s at step %d of %d%s; model %d parameters; on %d %s device%s; run dir %s",
         "resumed" if resumed else "starting",
         step,
         t.steps,
         epochs,
         n_params,
+        mesh.size,
+        jax.devices()[0].platform.upper(),
+        "s" * (mesh.size > 1),
         run_dir,
     )
     tracker: Tracker = Trackers([LocalFiles(run_dir, resume_step=step), *trackers])
     started = time.perf_counter()
-    evaluator = Evaluator(cfg, model, state.rng)
-    dispatch = make_dispatch(model, tx, cfg)
+    evaluator = Evaluator(cfg, model, state.rng, mesh)
+    dispatch = make_dispatch(model, tx, cfg, mesh)
     summary, window, throughput = {"n_params": n_params}, [], Throughput()
     for record in read_jsonl(run_dir / "metrics.jsonl"):  # best values so far, when resumed
         _keep_best(summary, record)
@@ -272,7 +309,7 @@ def train(cfg: RunConfig, run_dir: Path, trackers=()) -> dict:
         # eval: error curves, and the best checkpoint by held-out error
         best_dir = None
         if step % t.eval_every == 0 or is_last:
-            scalars, curves = evaluator(state.params, tracker, step)
+            scalars, curves = evaluator(state.params, tracker, step, final=is_last)
             summary |= scalars | {"curves": {k: v.tolist() for k, v in curves.items()}}
             _keep_best(summary, scalars)
             best_dir = checkpoints.save_best(state, scalars["eval/model/error_mean"])
@@ -285,7 +322,7 @@ def train(cfg: RunConfig, run_dir: Path, trackers=()) -> dict:
             tracker.log_checkpoint(best_dir, step, ["best"])
 
     checkpoints.close()
-    summary |= {"step": step, "wall_seconds": time.perf_counter() - started}
+    summary |= {"step": step, "wall_seconds": time.perf_counter() - started, "ood_seconds": evaluator.ood_seconds}
     tracker.finish({k: v for k, v in summary.items() if k != "curves"})  # curves are in curves.jsonl
     log.info("done: %d steps in %s", step, _duration(summary["wall_seconds"]))
     return summary

@@ -1,8 +1,14 @@
 import os
+import tempfile
 
-import pytest
+# Every test process and every run it starts compiles the same few small programs: JAX's persistent
+# compilation cache, shared through the environment, compiles each once per suite (set before JAX loads).
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "icl-lr-test-jax-cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
-from helpers import FAST, run_config
+import pytest  # noqa: E402
+
+from helpers import FAST, run_config  # noqa: E402
 
 # Tests never reach a W&B server, even on a machine with a key; tests of the modes pass their own env.
 os.environ["WANDB_MODE"] = "offline"

@@ -15,6 +15,7 @@ from hydra import compose, initialize_config_dir
 from icl_lr.checkpoint import Checkpoints
 from icl_lr.config import from_dictconfig
 from icl_lr.optimizer import make_optimizer
+from icl_lr.tracking import read_jsonl
 from icl_lr.train import build_model, init_state
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,6 +35,7 @@ FAST = [
     "training.checkpoint_every=20",
     "eval.n_prompts=64",
     "eval.batch_size=32",
+    "eval.ood=false",  # the OOD suite has its own tests (test_ood.py)
 ]
 
 
@@ -133,3 +135,9 @@ class RunFile:
         """A config value by its dotted key ('data.noise_std'), as icl-lr logs it: flat keys."""
         value = self.config[dotted_key]
         return value.get("value", value) if isinstance(value, dict) and "value" in value else value
+
+
+def held_out_curves(run_dir) -> dict:
+    """The last eval's held-out curves of a run dir ({"step": ..., predictor: [N]}): curves.jsonl's last
+    record without a "set" (other sets, pretrain or OOD conditions, carry one)."""
+    return [r for r in read_jsonl(Path(run_dir) / "curves.jsonl") if "set" not in r][-1]

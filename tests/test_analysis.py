@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 import analyze
-from helpers import FAST, ROOT, no_key_env
+from helpers import FAST, ROOT, held_out_curves, no_key_env
 from icl_lr import analysis
 
 
@@ -43,7 +43,7 @@ def per_run_files(sweep_dir: Path) -> list:
             for line in (run_dir / ".hydra" / "overrides.yaml").read_text().splitlines()
         )
         summary = json.loads((run_dir / "summary.json").read_text())
-        curves = json.loads((run_dir / "curves.jsonl").read_text().splitlines()[-1])
+        curves = held_out_curves(run_dir)
         runs.append((overrides, summary, curves))
     return runs
 
@@ -144,3 +144,18 @@ def test_runs_group_by_the_noise_prior_they_really_had():
     )
     assert list(runs["data.noise_std_choices"].fillna("null")) == ["[0.1, 1.0]", "null", "[0.1, 1.0]"]
     assert "model" not in runs and list(runs.model_size) == ["1L/8d/1H"] * 3
+
+
+def test_a_key_older_runs_lack_counts_as_its_default(sweep_dir, tmp_path):
+    """A run from before a config key existed (training.precision, here) groups with runs that have the
+    key at its default, rather than making the key look swept."""
+    import shutil
+
+    older = tmp_path / "older"
+    shutil.copytree(sweep_dir / "0", older)
+    config = (older / ".hydra" / "config.yaml").read_text()
+    (older / ".hydra" / "config.yaml").write_text(config.replace("  precision: fp32\n", ""))
+    assert "precision" not in (older / ".hydra" / "config.yaml").read_text()
+    runs, _ = analysis.load_local([sweep_dir, older])
+    assert list(runs["training.precision"].unique()) == ["fp32"]
+    assert "training.precision" not in analysis.group_keys(runs)

@@ -28,7 +28,8 @@ def test_defaults_and_presets_compose():
         ("data.encoding=tokens data.n_dims=30", "model.n_positions"),
         ("data.noise_std_choices=[0,0.5]", "data.noise_std_choices"),
         ("training.log_every=33", "training.log_every"),
-        ("training.schedule=linear", "training.schedule"),
+        ("training.schedule=step", "training.schedule"),
+        ("training.precision=fp16", "training.precision"),
         ("data.n_points=many", "data.n_points"),
         ("+data.colour=red", "data.colour"),
         ("training.num_epochs=20000", "training.num_epochs"),
@@ -39,6 +40,7 @@ def test_defaults_and_presets_compose():
         ("data.mean_loss_weight=-1", "data.mean_loss_weight"),
         ("data.bin_scheme=log", "data.bin_scheme"),
         ("data.token_value_embedding=true", "data.token_value_embedding"),
+        ("data.token_short_conv=true", "data.token_short_conv"),
         ("data.encoding=binned_y data.token_slot_embedding=true", "data.token_slot_embedding"),
     ],
 )

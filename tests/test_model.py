@@ -121,10 +121,13 @@ class ReadIn(nn.Module):
         return self.encoding.read_in(ids, self.cfg)
 
 
-def test_token_read_in_adds_slot_point_and_value_embeddings():
-    """With the three switches on, a token's embedding is its table row + its slot's + its point's + its bin
-    centre times its slot's direction (data.token_*_embedding); each is missing when its switch is off."""
-    switches = dict(token_slot_embedding=True, token_point_embedding=True, token_value_embedding=True)
+def test_token_read_in_adds_slot_point_and_value_embeddings_then_mixes_a_point():
+    """With the switches on, a token's embedding e_t is its table row + its slot's + its point's + its bin
+    centre times its slot's direction (data.token_*_embedding), and the short convolution adds
+    sum over o = 0..d of kernel_o * e_{t-o} (data.token_short_conv); each is missing when its switch is off."""
+    switches = dict(
+        token_slot_embedding=True, token_point_embedding=True, token_value_embedding=True, token_short_conv=True
+    )
     encoding = Tokens(DataConfig(n_dims=2, n_points=3, encoding="tokens", vocab_size=8, **switches))
     cfg = ModelConfig(n_layer=1, n_embd=16, n_head=2, n_positions=16)
     ids = jax.random.randint(jax.random.PRNGKey(0), (2, 9), 0, 8)
@@ -134,7 +137,10 @@ def test_token_read_in_adds_slot_point_and_value_embeddings():
     table = {name: np.asarray(params[name]["embedding"]) for name in ("wte", "wse", "wpte", "wve")}
     slot, point = np.arange(9) % 3, np.arange(9) // 3
     centres = np.asarray(encoding.bin_centres())[np.asarray(ids)]
-    want = table["wte"][ids] + table["wse"][slot] + table["wpte"][point] + centres[..., None] * table["wve"][slot]
+    summed = table["wte"][ids] + table["wse"][slot] + table["wpte"][point] + centres[..., None] * table["wve"][slot]
+    kernel = np.asarray(params["short_conv"]["embedding"])  # [d + 1, width]: one weight per offset and channel
+    shifted = lambda o: np.pad(summed, ((0, 0), (o, 0), (0, 0)))[:, :9]  # e_{t-o}, 0 before the sequence
+    want = summed + sum(kernel[o] * shifted(o) for o in range(3))
     np.testing.assert_allclose(embeddings, want, rtol=1e-5, atol=1e-6)
     plain = Tokens(DataConfig(n_dims=2, n_points=3, encoding="tokens", vocab_size=8))
     assert set(ReadIn(plain, cfg).init(jax.random.PRNGKey(1), ids)["params"]) == {"wte"}

@@ -14,7 +14,7 @@ from wandb.sdk.lib import config_util
 import sweeps
 from helpers import FAST, ROOT, RunFile, no_key_env
 from icl_lr import analysis
-from icl_lr.sweep import expand_command, load_sweep, run_sweep
+from icl_lr.sweep import expand_command, load_sweep, run_sweep, worker_environment
 from icl_lr.tracking import read_jsonl
 
 SWEEP_FILES = sorted((ROOT / "sweeps").glob("*.yaml"))
@@ -93,6 +93,59 @@ def test_local_sweep_runs_as_the_agent_does_from_any_directory_and_resumes(tmp_p
     more = run_sweep(path, count=2, overrides=[*FAST, "training.steps=20"], sweep_id="local-test", resume=True)
     assert len(more) == 1 and len(read_jsonl(sweep_dir / "results.jsonl")) == 2  # the finished run counted
     assert more[0]["run_id"] != results[0]["run_id"]
+
+
+def run_interval(run_dir) -> tuple:
+    """(first, last) timestamps of a run's train.log lines."""
+    stamps = [line[1:24] for line in (run_dir / "train.log").read_text().splitlines() if line.startswith("[20")]
+    return stamps[0], stamps[-1]
+
+
+def test_workers_run_a_sweep_two_at_a_time(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for key, value in no_key_env().items():
+        monkeypatch.setenv(key, value)
+    path = ROOT / "sweeps" / "model_size.yaml"  # a grid: two workers must not get the same point
+    results = run_sweep(path, count=2, overrides=[*FAST, "training.steps=40"], sweep_id="local-two", workers=2)
+    assert [r["exit_code"] for r in results] == [0, 0]
+    assert len({(r["model"], r["seed"]) for r in results}) == 2
+    (first_start, first_end), (second_start, second_end) = (
+        run_interval(tmp_path / "outputs" / "sweep-local-two" / r["run_id"]) for r in results
+    )
+    assert first_start < second_end and second_start < first_end  # they overlapped
+
+
+def test_workers_get_a_gpu_each_and_share_memory_when_they_share_one():
+    assert worker_environment(0, 2, []) == {}  # CPU only: the runs share the cores
+    assert worker_environment(1, 2, ["0", "1"]) == {"CUDA_VISIBLE_DEVICES": "1"}
+    four_on_two = [worker_environment(slot, 4, ["0", "1"]) for slot in range(4)]
+    assert [e["CUDA_VISIBLE_DEVICES"] for e in four_on_two] == ["0", "1", "0", "1"]
+    assert {e["XLA_PYTHON_CLIENT_MEM_FRACTION"] for e in four_on_two} == {"0.45"}
+
+
+def test_a_multirun_through_the_submitit_launcher(tmp_path):
+    """hydra/launcher=slurm's launcher in its local mode: each job in a submitit process of its own."""
+    command = [sys.executable, "train.py", "-m", "hydra/launcher=submitit_local", *FAST, "training.steps=20"]
+    command += ["seed=0,1", f"hydra.sweep.dir={tmp_path}"]
+    result = subprocess.run(command, cwd=ROOT, env=no_key_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summaries = [json.loads((tmp_path / job / "summary.json").read_text()) for job in ("0", "1")]
+    assert [s["step"] for s in summaries] == [20, 20]
+    assert summaries[0]["eval/model/error_mean"] != summaries[1]["eval/model/error_mean"]  # two seeds
+    assert list(tmp_path.glob(".submitit/*"))  # submitit's job folders: it ran them
+    slurm = subprocess.run(
+        [sys.executable, "train.py", "hydra/launcher=slurm", "--cfg", "hydra", "--package", "hydra.launcher"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    launcher = yaml.safe_load(slurm.stdout)
+    assert launcher["_target_"].endswith("SlurmLauncher") and launcher["gpus_per_node"] == 1
+
+
+def test_the_slurm_agent_script_parses_and_asks_for_a_sweep():
+    script = ROOT / "scripts" / "slurm_agent.sbatch"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    bare = subprocess.run(["bash", str(script)], capture_output=True, text=True)
+    assert bare.returncode != 0 and "usage: sbatch --array" in bare.stderr
 
 
 def test_ctrl_c_ends_a_local_sweep_cleanly(tmp_path):

@@ -26,6 +26,13 @@ def test_learning_rate_warmup_then_cosine(fast_config):
     assert abs(float(lr(55)) - 0.55) < 1e-6 and abs(float(lr(100)) - 0.1) < 1e-6  # halfway: 0.1 + 0.9 * 0.5
 
 
+def test_learning_rate_triangle(fast_config):
+    """Raventos et al.'s triangle: linear up over the warmup, linear down to 0 at the last step."""
+    overrides = ["training.steps=100", "training.warmup_steps=50", "training.schedule=linear"]
+    lr = learning_rate_schedule(fast_config(*overrides, "training.min_lr_ratio=0").training)
+    assert [round(float(lr(s)), 6) for s in (0, 25, 50, 60, 75, 100)] == [0.0, 5e-4, 1e-3, 8e-4, 5e-4, 0.0]
+
+
 def test_training_learns_in_context(fast_config, tmp_path):
     """A short run must beat predicting 0 for k >= d, i.e. use the context, not just the prior."""
     cfg = fast_config(
@@ -82,12 +89,13 @@ def test_binned_encodings_train_and_decode(fast_config, tmp_path, encoding):
     assert ("bayes_on_bins" in summary["curves"]) == (encoding == "tokens")  # only tokens rounds its inputs
 
 
-TOKENS_THAT_LEARN = [
-    "data.ce_weight=0",
+TOKENS_THAT_LEARN = [  # experiment=tokens's recipe
+    "data.ce_weight=0.1",
     "data.mean_loss_weight=1",
     "data.token_slot_embedding=true",
     "data.token_value_embedding=true",
     "data.token_point_embedding=true",
+    "data.token_short_conv=true",
 ]
 
 
@@ -102,15 +110,15 @@ def test_tokens_learn_in_context_at_one_dimension(fast_config, tmp_path):
         "model.n_layer=3",
         "model.n_embd=64",
         "training.batch_size=128",
-        "training.steps=1000",
+        "training.steps=500",
         "training.log_every=250",
-        "training.eval_every=1000",
-        "training.checkpoint_every=1000",
+        "training.eval_every=500",
+        "training.checkpoint_every=500",
         "eval.n_prompts=512",
     )
     curves = {k: np.asarray(v) for k, v in train(cfg, tmp_path)["curves"].items()}
     assert curves["model"][0] == pytest.approx(curves["bayes"][0], rel=0.05)  # k = 0: the prior's error
-    assert curves["model"][2] < 0.3 * curves["model"][0]
+    assert curves["model"][2] < 0.3 * curves["model"][0]  # measured: 0.081 vs 0.944
 
 
 def test_checkpoint_restores_the_saved_state(fast_config, tmp_path):
@@ -156,25 +164,21 @@ def test_resumed_run_equals_uninterrupted_run(fast_config, tmp_path):
 
 
 def test_sigkilled_run_resumes_to_the_same_params(fast_config, tmp_path):
-    long = [
-        "training.steps=1500",
-        "training.checkpoint_every=20",
-        "training.eval_every=1000",
-        "training.log_every=1000",
-    ]
+    long = ["training.steps=600", "training.checkpoint_every=600", "training.eval_every=600", "training.log_every=600"]
     train(fast_config(*long), tmp_path / "straight")
     run_dir = tmp_path / "killed"
     command = [sys.executable, "train.py", *FAST, *long, f"hydra.run.dir={run_dir}"]
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    early = [*command, "training.checkpoint_every=20"]  # killed at its first checkpoint; cadences may change
+    process = subprocess.Popen(early, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while not any(p.name.isdigit() for p in (run_dir / "checkpoints" / "latest").glob("*")) and time.time() < deadline:
         time.sleep(0.02)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     saved = sorted(int(p.name) for p in (run_dir / "checkpoints" / "latest").glob("*") if p.name.isdigit())
-    assert saved and saved[-1] < 1500, f"the run was not killed mid-way: {saved}"
+    assert saved and saved[-1] < 600, f"the run was not killed mid-way: {saved}"
     restart = subprocess.run(command, cwd=ROOT, check=True, capture_output=True, text=True, timeout=300)
-    assert f"resumed at step {saved[-1]} of 1500" in restart.stdout + restart.stderr
+    assert f"resumed at step {saved[-1]} of 600" in restart.stdout + restart.stderr
     cfg = fast_config(*long)
     assert_trees_equal(final_state(cfg, run_dir), final_state(cfg, tmp_path / "straight"))
 

@@ -1,0 +1,233 @@
+"""The anchors' evaluations: Garg et al.'s OOD prompts against their definitions, Raventos et al.'s dMMSE
+against an independent numpy posterior and their pretrain prompts, Bai et al.'s per-sigma sets."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import analyze
+from helpers import train_cli
+from icl_lr import analysis, baselines, data, evaluate, ood
+from icl_lr.config import DataConfig, EvalConfig
+from icl_lr.tracking import read_jsonl
+
+D, N, P = 4, 9, 512
+
+
+@pytest.fixture(scope="module")
+def suite():
+    return ood.conditions(jax.random.PRNGKey(0), DataConfig(n_dims=D, n_points=N), P)
+
+
+def only_set(suite, name):
+    (sets, per_k) = suite[name]
+    assert not per_k and len(sets) == 1
+    return [np.asarray(a) for a in sets[0]]
+
+
+def test_transformation_has_the_eigenvalues_and_keeps_the_norm():
+    eigenvalues = 1 / jnp.arange(1, 6)
+    t = np.asarray(ood.transformation(jax.random.PRNGKey(3), eigenvalues, normalize=True))
+    np.testing.assert_allclose(t, t.T, atol=1e-6)
+    expected = np.sort(np.asarray(eigenvalues) * np.sqrt(5 / np.sum(np.asarray(eigenvalues) ** 2)))
+    np.testing.assert_allclose(np.sort(np.linalg.eigvalsh(t)), expected, rtol=1e-5)
+    assert np.trace(t.T @ t) == pytest.approx(5, rel=1e-5)  # E|x t|^2 = d
+
+
+def test_skewed_and_half_subspace_inputs_have_their_covariance(suite):
+    for name, eigenvalues in (("skewed", 1 / np.arange(1, D + 1)), ("half_subspace", 1.0 * (np.arange(D) < D // 2))):
+        xs, _ = only_set(suite, name)
+        covariance = np.cov(xs.reshape(-1, D).T)
+        target = eigenvalues**2 * D / np.sum(eigenvalues**2)  # t^T t's spectrum: x = z t with z ~ N(0, I)
+        np.testing.assert_allclose(np.sort(np.linalg.eigvalsh(covariance)), np.sort(target), atol=0.08)
+    xs, _ = only_set(suite, "half_subspace")
+    assert np.linalg.matrix_rank(xs.reshape(-1, D), tol=1e-4) == D // 2
+
+
+def test_scaled_inputs_and_tasks(suite):
+    xs_half, ys_half = only_set(suite, "scale_x_0.5")
+    xs_three, _ = only_set(suite, "scale_x_3")
+    np.testing.assert_allclose(xs_three / 3, xs_half / 0.5, atol=1e-5)
+    xs, ys_two = only_set(suite, "scale_y_2")
+    _, ys_three = only_set(suite, "scale_y_3")
+    _, ys_one_half = only_set(suite, "scale_y_0.5")
+    np.testing.assert_allclose(1.5 * (ys_three - ys_two), ys_two - ys_one_half, atol=1e-4)  # ys = s w.x + noise
+    assert np.mean((ys_two - ys_one_half) ** 2) / 1.5**2 == pytest.approx(D, rel=0.1)  # w.x has variance d
+
+
+def test_noisy_labels_are_rescaled_to_std_sqrt_d(suite):
+    _, ys = only_set(suite, "noisy_labels")
+    assert np.std(ys) == pytest.approx(np.sqrt(D), rel=1e-4)
+
+
+def per_k_sets(suite, name):
+    sets, per_k = suite[name]
+    assert per_k
+    return [tuple(np.asarray(a) for a in s) for s in sets]
+
+
+def test_random_quadrant_contexts_share_an_orthant_and_queries_do_not(suite):
+    sets = per_k_sets(suite, "random_quadrants")
+    assert len(sets) == N
+    xs, _ = sets[N - 1]
+    context_signs = np.sign(xs[:, : N - 1])
+    assert (context_signs == context_signs[:, :1]).all()  # every context point in the prompt's orthant
+    queries = np.stack([xs_k[:, k] for k, (xs_k, _) in enumerate(sets)], axis=1)
+    assert 0.4 < np.mean(np.sign(queries) == context_signs[:, :1]) < 0.6  # queries: any orthant
+
+
+def test_orthogonal_queries_are_orthogonal_to_the_context_and_keep_their_norm(suite):
+    sets = per_k_sets(suite, "orthogonal_query")
+    assert len(sets) == D  # past k = d - 1 the context spans R^d
+    for k, (xs, _) in enumerate(sets):
+        if k:  # cosines, float32's precision: a query nearly in the span is a small residual, scaled up
+            cosines = np.einsum("pkd,pd->pk", xs[:, :k], xs[:, k]) / np.linalg.norm(xs[:, :k], axis=2)
+            np.testing.assert_allclose(cosines / np.linalg.norm(xs[:, k], axis=1)[:, None], 0, atol=1e-3)
+        reference = sets[-1][0] if k < D - 1 else sets[0][0]  # x_k as drawn, before orthogonalising
+        np.testing.assert_allclose(np.linalg.norm(xs[:, k], axis=1), np.linalg.norm(reference[:, k], axis=1), rtol=1e-4)
+
+
+def test_repeated_queries_repeat_a_context_point(suite):
+    for k, (xs, _) in enumerate(per_k_sets(suite, "repeated_query")[1:], start=1):
+        distances = np.linalg.norm(xs[:, :k] - xs[:, k : k + 1], axis=2).min(axis=1)
+        np.testing.assert_allclose(distances, 0, atol=1e-6)
+
+
+def test_score_takes_set_k_at_k_and_nan_past_the_last_set():
+    ys = jnp.zeros((2, 5))
+    sets = [evaluate.EvalSet(None, ys, {"b": np.arange(5) + 10.0 * k}) for k in range(3)]
+    model_curves = lambda params, inputs, ys_: {"model": np.full(5, -1.0)}
+    curves = evaluate.score(model_curves, None, evaluate.EvalSets(sets, per_k=True))
+    np.testing.assert_array_equal(curves["b"], [0, 11, 22, np.nan, np.nan])
+    np.testing.assert_array_equal(
+        evaluate.score(model_curves, None, evaluate.EvalSets(sets[1:]))["b"], np.arange(5) + 10
+    )
+
+
+def numpy_dmmse(xs, ys, pool, sigmas):
+    """The posterior mean over (task, sigma), uniform prior, from Gaussian likelihoods, in float64."""
+    xs, ys, pool = (np.asarray(a, np.float64) for a in (xs, ys, pool))
+    preds = []
+    for k in range(len(ys)):
+        log_weights, outputs = [], []
+        for w in pool:
+            for sigma in sigmas:
+                residuals = ys[:k] - xs[:k] @ w
+                log_weights.append(np.sum(-(residuals**2) / (2 * sigma**2) - np.log(sigma)))
+                outputs.append(xs[k] @ w)
+        weights = np.exp(np.asarray(log_weights) - max(log_weights))
+        preds.append(np.sum(weights * np.asarray(outputs)) / weights.sum())
+    return np.asarray(preds)
+
+
+@pytest.mark.parametrize("sigmas", [(0.5,), (0.3, 1.0)])
+def test_dmmse_is_the_posterior_mean_over_the_pool(sigmas):
+    cfg = DataConfig(n_dims=3, n_points=7, noise_std=sigmas[0], noise_std_choices=sigmas if len(sigmas) > 1 else None)
+    pool = data.pool_tasks(jax.random.PRNGKey(1), cfg, jnp.arange(6))
+    batch = data.sample_batch(jax.random.PRNGKey(2), cfg, 8, pool_key=jax.random.PRNGKey(1))
+    preds = baselines.all_predictions(batch.xs, batch.ys, cfg.prior_scale, cfg.noise_stds, pool)["dmmse"]
+    for p in range(8):
+        np.testing.assert_allclose(preds[p], numpy_dmmse(batch.xs[p], batch.ys[p], pool, sigmas), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(preds[:, 0], batch.xs[:, 0] @ pool.mean(axis=0), rtol=1e-5)  # k = 0: the pool's mean
+
+
+def test_pretrain_prompts_come_from_the_runs_pool():
+    cfg = DataConfig(n_dims=3, n_points=8, task_pool_size=5)
+    run_key = jax.random.PRNGKey(7)
+    pool = data.pool_tasks(data.pool_key(run_key), cfg, jnp.arange(5))
+    eval_set = evaluate.make_pretrain_set(cfg, EvalConfig(n_prompts=64), run_key, pool)
+    batch = data.sample_batch(
+        jax.random.fold_in(jax.random.PRNGKey(12345), 1), cfg, 64, pool_key=data.pool_key(run_key)
+    )
+    np.testing.assert_array_equal(eval_set.ys, batch.ys)
+    solve = lambda x, y: np.linalg.lstsq(np.asarray(x), np.asarray(y), rcond=None)[0]  # noiseless: w itself
+    recovered = [solve(x, y) for x, y in zip(batch.xs, batch.ys, strict=True)]
+    distances = np.linalg.norm(np.asarray(recovered)[:, None] - np.asarray(pool)[None], axis=2).min(axis=1)
+    assert distances.max() < 1e-3  # every prompt's task is in the pool
+    curves = eval_set.baseline_curves
+    assert curves["dmmse"][2] < 1e-6 < curves["bayes"][2]  # two points name the task among 5; ridge needs 3
+
+
+def test_per_sigma_sets_follow_the_matching_ridge():
+    """With sigmas far apart, the mixture's posterior settles on the prompt's sigma: on each sigma's set
+    Bayes tends to ridge at that sigma's lambda, and stays off the other's."""
+    cfg = DataConfig(n_dims=2, n_points=24, noise_std_choices=(0.05, 2.0))
+    sets = evaluate.make_sigma_sets(cfg, EvalConfig(n_prompts=512))
+    assert sorted(sets) == [0.05, 2.0]
+    for sigma, other in ((0.05, 2.0), (2.0, 0.05)):
+        curves = sets[sigma].baseline_curves
+        matching, mismatched = curves[f"ridge_sigma_{sigma:g}"][-4:], curves[f"ridge_sigma_{other:g}"][-4:]
+        gap = np.abs(curves["bayes"][-4:] - matching)
+        assert gap.max() < 0.05 * np.abs(mismatched - matching).max()
+    ys_low, ys_high = (np.asarray(sets[s].ys) for s in (0.05, 2.0))
+    assert np.var(ys_high - ys_low) == pytest.approx(2.0**2 - 0.05**2, rel=0.1)  # same x's and w's, its own noise
+
+
+@pytest.fixture(scope="module")
+def pool_runs(tmp_path_factory):
+    """Two real tiny runs with a task pool (8 and 2 tasks) and two noise levels; the first with the OOD suite."""
+    root = tmp_path_factory.mktemp("pools")
+    common = ["data.noise_std_choices=[0.1,1.0]", "training.steps=20"]
+    train_cli(root / "pool8", "data.task_pool_size=8", "eval.ood=true", *common)
+    train_cli(root / "pool2", "data.task_pool_size=2", *common)
+    return root
+
+
+def test_a_run_logs_every_set(pool_runs):
+    """The sets' scalars in the summary, their curves in curves.jsonl (with "set") and as W&B tables."""
+    run_dir = pool_runs / "pool8"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    for key in ("eval/pretrain/dmmse/error_k3", "eval/dmmse/error_k3", "eval/sigma_0.1/ridge_sigma_1/error_k3"):
+        assert np.isfinite(summary[key])
+    assert summary["eval/ood/orthogonal_query/model/error_k1"] > 0
+    assert "eval/ood/orthogonal_query/model/error_k6" not in summary  # past k = d - 1: not scored
+    conditions = set(ood.conditions(jax.random.PRNGKey(0), DataConfig(), 2))
+    assert conditions == {key.split("/")[2] for key in summary if key.startswith("eval/ood/")}
+    records = read_jsonl(run_dir / "curves.jsonl")
+    sets = {r.get("set", "") for r in records}
+    assert sets == {"", "pretrain", "sigma_0.1", "sigma_1"} | {f"ood/{c}" for c in conditions}
+    (orthogonal,) = [r for r in records if r.get("set") == "ood/orthogonal_query"]
+    assert np.isfinite(orthogonal["model"][:3]).all() and np.isnan(orthogonal["model"][3:]).all()
+    assert summary["ood_seconds"] > 0
+    files = next((run_dir / "wandb").glob("offline-run-*")) / "files"
+    table = json.loads(next(files.rglob("eval/ood/skewed/curves_[0-9]*.table.json")).read_text())
+    (skewed,) = [r for r in records if r.get("set") == "ood/skewed"]
+    np.testing.assert_allclose(
+        np.asarray(table["data"])[:, table["columns"].index("model")], skewed["model"], rtol=1e-6
+    )
+
+
+def test_analysis_reads_every_set_and_plots_the_pool_sizes(pool_runs, tmp_path):
+    runs, curves = analysis.load_local([pool_runs])
+    records = read_jsonl(pool_runs / "pool8" / "curves.jsonl")
+    (pretrain,) = [r for r in records if r.get("set") == "pretrain"]
+    run8 = runs.set_index("data.task_pool_size").loc[8, "run_id"]
+    mine = curves[(curves.run_id == run8) & (curves.set == "pretrain") & (curves.predictor == "dmmse")]
+    np.testing.assert_allclose(mine.sort_values("k").value, pretrain["dmmse"], rtol=1e-6)
+    stats = analysis.task_pool_stats(runs, curves, ["data.task_pool_size"]).set_index(
+        ["data.task_pool_size", "set", "predictor"]
+    )
+    assert stats.loc[(8, "pretrain", "dmmse"), "mean"] == pytest.approx(np.mean(pretrain["dmmse"]))
+    assert stats.loc[(2, "held_out", "model"), "n"] == 1
+    out = tmp_path / "analysis"
+    assert analyze.main([str(pool_runs), "--out", str(out)]) == 0
+    for name in ("error_vs_task_pool.png", "ood_vs_context.png", "error_per_sigma.png", "task_pool.csv"):
+        assert (out / name).stat().st_size > 0
+
+
+def test_dmmse_chunks_a_large_pool():
+    """A pool whose dMMSE does not fit one batch gives the same predictions in chunks."""
+    cfg = DataConfig(n_dims=2, n_points=5, noise_std=0.5)
+    pool = data.pool_tasks(jax.random.PRNGKey(1), cfg, jnp.arange(64))
+    batch = data.sample_batch(jax.random.PRNGKey(2), cfg, 16)
+    whole = baselines.all_predictions(batch.xs, batch.ys, 1.0, (0.5,), pool)["dmmse"]
+    original = baselines.DMMSE_CHUNK
+    try:
+        baselines.DMMSE_CHUNK = 5 * 64 * 3  # 3 prompts per chunk
+        chunked = baselines.all_predictions(batch.xs, batch.ys, 1.0, (0.5,), pool)["dmmse"]
+    finally:
+        baselines.DMMSE_CHUNK = original
+    np.testing.assert_allclose(chunked, whole, rtol=1e-4, atol=1e-5)  # float32 sums in another order

@@ -1,0 +1,120 @@
+"""Past one device: data parallel over forced CPU devices, checkpoints across device counts, bf16 compute."""
+
+import json
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from helpers import FAST, ROOT, final_state, no_key_env, run_config, train_cli
+from icl_lr.optimizer import make_optimizer
+from icl_lr.tracking import read_jsonl
+from icl_lr.train import build_model, init_state, train
+
+TWO_DEVICES = no_key_env(XLA_FLAGS="--xla_force_host_platform_device_count=2")
+CONSTANT_LR = ["training.schedule=constant", "wandb.mode=disabled"]  # a run cut at step 20 resumes the same
+TOLERANCE = dict(rtol=1e-4, atol=1e-5)  # measured: float32 sums in another order (see the README)
+RUN = run_config(*FAST, *CONSTANT_LR)  # the runs' config, to read their checkpoints
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """40 steps on one device; and runs cut at step 20 and resumed on the other device count. One-device
+    parts run in this process, two-device parts in a process that sees two devices."""
+    root = tmp_path_factory.mktemp("devices")
+    train(RUN, root / "one")
+    train_cli(root / "two_then_one", *CONSTANT_LR, "training.steps=20", env=TWO_DEVICES)
+    train(RUN, root / "two_then_one")
+    train(run_config(*FAST, *CONSTANT_LR, "training.steps=20"), root / "one_then_two")
+    second_half = train_cli(root / "one_then_two", *CONSTANT_LR, env=TWO_DEVICES)
+    return root, second_half.stdout + second_half.stderr
+
+
+def losses(run_dir):
+    return np.asarray([r["train/loss"] for r in read_jsonl(run_dir / "metrics.jsonl") if "train/loss" in r])
+
+
+def assert_params_close(a, b):
+    for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params), strict=True):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), **TOLERANCE)
+
+
+def test_two_devices_train_and_evaluate_like_one(runs):
+    """Steps 21-40 and the step-40 eval of one_then_two ran on two devices."""
+    root, log = runs
+    assert "resumed at step 20 of 40" in log and "on 2 CPU devices" in log
+    np.testing.assert_allclose(losses(root / "one_then_two"), losses(root / "one"), **TOLERANCE)
+    curves = [
+        [r for r in read_jsonl(root / name / "curves.jsonl") if "set" not in r] for name in ("one", "one_then_two")
+    ]
+    assert [r["step"] for r in curves[1]] == [20, 40]
+    np.testing.assert_allclose(curves[1][-1]["model"], curves[0][-1]["model"], **TOLERANCE)
+
+
+def test_checkpoints_move_between_device_counts(runs):
+    root, _ = runs
+    straight = final_state(RUN, root / "one")
+    for name in ("two_then_one", "one_then_two"):
+        records = read_jsonl(root / name / "metrics.jsonl")
+        assert [r["step"] for r in records if "train/loss" in r] == [10, 20, 30, 40]  # resumed at 20, none twice
+        assert_params_close(final_state(RUN, root / name), straight)
+
+
+SPLIT_CHECK = """
+import jax, json, sys
+sys.path.insert(0, "tests")
+from helpers import FAST, run_config
+from icl_lr import evaluate, parallel
+from icl_lr.optimizer import make_optimizer
+from icl_lr.train import build_model, init_state, make_dispatch
+cfg = run_config(*FAST)
+mesh = parallel.data_mesh()
+model, tx = build_model(cfg), make_optimizer(cfg.training)
+state = jax.device_put(init_state(model, tx, cfg.data, 0), parallel.replicated(mesh))
+step = make_dispatch(model, tx, cfg, mesh).lower(state, 2).compile()
+eval_set = evaluate.make_eval_set(cfg.data, cfg.eval)
+curves_fn = evaluate.make_model_curves_fn(model, cfg.eval, mesh)
+curves = curves_fn.lower(state.params, eval_set.inputs, eval_set.ys).compile()
+print(json.dumps({"devices": mesh.size, "step": step.as_text(), "eval": curves.as_text()}))
+"""
+
+
+def test_the_step_and_the_eval_are_split_across_devices():
+    """Compiled for two devices, the step sums its gradients across them (an all-reduce), so each device
+    computed half the batch; the eval gathers its per-device sums the same way."""
+    result = subprocess.run(
+        [sys.executable, "-c", SPLIT_CHECK], cwd=ROOT, env=TWO_DEVICES, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    compiled = json.loads(result.stdout.splitlines()[-1])
+    assert compiled["devices"] == 2
+    assert "all-reduce" in compiled["step"] and "all-reduce" in compiled["eval"]
+
+
+def test_a_batch_that_does_not_split_is_refused_in_one_line(tmp_path):
+    command = [sys.executable, "train.py", "training.batch_size=15", f"hydra.run.dir={tmp_path}"]
+    result = subprocess.run(command, cwd=ROOT, env=TWO_DEVICES, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and not (tmp_path / "wandb").exists()  # refused before W&B starts a run
+    assert "config error: training.batch_size (15) must be divisible by the number of devices (2)" in result.stdout
+
+
+def test_bf16_computes_in_bfloat16_and_stays_near_float32():
+    """Params stay float32; the outputs of a bf16 model are float32 and within bfloat16's rounding of fp32's."""
+    cfg32, cfg16 = run_config(*FAST), run_config(*FAST, "training.precision=bf16")
+    model32, model16 = build_model(cfg32), build_model(cfg16)
+    params = init_state(model32, make_optimizer(cfg32.training), cfg32.data, 0).params
+    assert {x.dtype for x in jax.tree.leaves(params)} == {jnp.dtype(jnp.float32)}
+    xs = jax.random.normal(jax.random.PRNGKey(1), (8, cfg32.data.n_points, cfg32.data.n_dims))
+    ys = jax.random.normal(jax.random.PRNGKey(2), (8, cfg32.data.n_points))
+    inputs = model32.encoding.encode(xs, ys)
+    out32 = model32.apply({"params": params}, inputs)
+    out16 = model16.apply({"params": params}, inputs)
+    assert out16.dtype == jnp.float32
+    hidden = lambda model: model.apply({"params": params}, inputs, capture_intermediates=True)[1]
+    block_out = hidden(model16)["intermediates"]["transformer"]["h_0"]["__call__"][0]
+    assert block_out.dtype == jnp.bfloat16
+    scale = float(jnp.abs(out32).max())
+    assert 0 < float(jnp.abs(out16 - out32).max()) < 0.02 * scale  # bfloat16 keeps 8 bits of mantissa
