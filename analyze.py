@@ -1,31 +1,31 @@
-"""Aggregate runs into tables and plots.
+"""Aggregate runs into tables, plots and reports.
 
   python analyze.py outputs/sweep-local-abc123            # local run dirs (train.py's outputs), any depth
-  python analyze.py --wandb my-team/icl-lr --sweep 9x2k   # runs of a W&B project (needs a key and network)
+  python analyze.py outputs/sweep-local-abc123 --html     # ... and one self-contained report.html
   python analyze.py --wandb-files outputs/                 # offline W&B run folders alone (no run dir files)
+  python analyze.py --wandb my-team/icl-lr --sweep 9x2k   # runs of a W&B project (needs a key and network)
+  python analyze.py --wandb my-team/icl-lr --sweep 9x2k --report   # ... and a W&B report of the sweep
 
 Runs are grouped by what the sweep varied (config keys that differ between runs, the model's shape
 as `model_size`), and every metric is aggregated over the seeds of a group: mean, std and a bootstrap
 95% interval of the mean. Writes to --out: runs.csv (one row per run: config and summary),
 curves.csv (each curve's value per run, predictor and context length k, last eval: errors, and for
-binned outputs ce/<predictor> cross-entropies and coverage/<p>), aggregate.csv and
-curve_aggregate.csv (the statistics), summary.md (a Markdown table), and PNG plots: error vs k per
-group with the baselines (and cross-entropy vs k for binned outputs); final excess error vs model size
-and vs noise std when those vary; the OOD conditions (ood_vs_context.png) and the noise levels
-(error_per_sigma.png) a panel each, when the runs scored them; error vs task pool size with dMMSE and
-ridge, on pool and on fresh tasks (error_vs_task_pool.png), when the pool size varies.
+binned outputs ce/<predictor> cross-entropies and coverage/<p>), history.csv (every scalar each run
+logged, by step), aggregate.csv and curve_aggregate.csv (the statistics), summary.md (a Markdown
+table), and PNG plots: error vs k per group with the baselines (and cross-entropy vs k for binned
+outputs); eval error vs step per group with seed bands; final excess error vs model size and vs noise
+std when those vary; the OOD conditions (ood_vs_context.png) and the noise levels (error_per_sigma.png)
+a panel each, when the runs scored them; error vs task pool size with dMMSE and ridge, on pool and on
+fresh tasks (error_vs_task_pool.png), when the pool size varies.
 """
 
 import argparse
 import logging
+import shlex
 import sys
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only, no display needed
-
-from icl_lr import analysis  # noqa: E402
+from icl_lr import analysis, plots
 
 HEADLINE = ["eval/excess/mean", "eval/model/error_mean"]
 log = logging.getLogger("analyze")
@@ -77,28 +77,88 @@ def parse_args(argv):
         help="bootstrap resamples for the 95%% interval (default 2000)",
     )
     parser.add_argument("--no-plots", action="store_true", help="tables only")
+    parser.add_argument(
+        "--html", action="store_true", help="also write report.html: the plots, tables and groups in one file"
+    )
+    parser.add_argument(
+        "--report",
+        action="store_true",
+        help="with --wandb: save a W&B report of the runs (the sweep) and print its URL",
+    )
     args = parser.parse_args(argv)
     if bool(args.paths) == bool(args.wandb):
         parser.error("give run dirs, or --wandb ENTITY/PROJECT (not both)")
     if args.sweep and not args.wandb:
         parser.error("--sweep needs --wandb; for local sweeps pass outputs/sweep-<id>")
+    if args.report and not args.wandb:
+        parser.error("--report needs --wandb ENTITY/PROJECT (a report lives on the W&B server); offline: --html")
+    if args.html and args.no_plots:
+        parser.error("--html needs the plots: drop --no-plots")
+    if args.wandb and args.wandb.count("/") != 1:
+        parser.error(f"--wandb takes ENTITY/PROJECT, got {args.wandb!r}")
     return args
+
+
+def load(args) -> analysis.RunTables:
+    if args.wandb:
+        return analysis.load_wandb(args.wandb, args.sweep, None if args.state == "any" else args.state)
+    if args.wandb_files:
+        return analysis.load_wandb_files(args.paths)
+    return analysis.load_local(args.paths)
+
+
+def write_plots(tables: analysis.RunTables, finished, aggregate, curve_stats, keys, args) -> dict:
+    """The PNG figures that the runs' metrics allow: {path: caption}."""
+    out, curves, figures = args.out, tables.curves, {}
+    plots.plot_error_curves(curve_stats, keys, out / "error_vs_context.png")
+    figures[out / "error_vs_context.png"] = (
+        "squared error / d vs k per group, the model (95% band) beside the baselines"
+    )
+    if curve_stats.predictor.str.startswith("ce/").any():
+        plots.plot_error_curves(curve_stats, keys, out / "ce_vs_context.png", metric="ce")
+        figures[out / "ce_vs_context.png"] = "cross-entropy of the y bin vs k per group, binned outputs"
+    history_stats = analysis.aggregate_history(finished, tables.history, keys, n_resamples=args.bootstrap)
+    if not history_stats.empty:
+        plots.plot_history(history_stats, keys, out / "eval_vs_step.png")
+        figures[out / "eval_vs_step.png"] = "held-out error (mean over k) and excess over Bayes vs training step"
+    named_sets = {
+        "ood/": ("ood_vs_context.png", "Garg et al.'s out-of-distribution prompts"),
+        "sigma_": ("error_per_sigma.png", "one noise level per panel (Bai et al.)"),
+    }
+    for prefix, (name, title) in named_sets.items():
+        sets = [s for s in curves.set.unique() if s.startswith(prefix)]  # in the order the runs logged them
+        if sets:
+            plots.plot_sets(curve_stats, keys, sets, out / name, title)
+            figures[out / name] = f"{title}: error vs k, a panel each"
+    if analysis.TASK_POOL in keys and (curves.set == "pretrain").any():
+        pool_stats = analysis.task_pool_stats(finished, curves, keys, args.bootstrap)
+        pool_stats.to_csv(out / "task_pool.csv", index=False)
+        plots.plot_error_vs_task_pool(pool_stats, keys, out / "error_vs_task_pool.png")
+        figures[out / "error_vs_task_pool.png"] = (
+            "error vs task pool size, on pool and fresh tasks (table task_pool.csv)"
+        )
+    runs = tables.runs
+    if "model_size" in keys and runs.model_size.nunique() > 1:
+        order = list(runs.groupby("model_size").n_params.first().sort_values().index)
+        path = out / "excess_vs_model_size.png"
+        plots.plot_metric(aggregate, "eval/excess/mean", "model_size", keys, path, order)
+        figures[path] = "final excess over Bayes (mean over k) vs model size"
+    if "data.noise_std" in keys and runs["data.noise_std"].nunique() > 1:
+        path = out / "excess_vs_noise_std.png"
+        plots.plot_metric(aggregate, "eval/excess/mean", "data.noise_std", keys, path)
+        figures[path] = "final excess over Bayes (mean over k) vs label noise std"
+    return figures
 
 
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        if args.wandb:
-            runs, curves = analysis.load_wandb(args.wandb, args.sweep, None if args.state == "any" else args.state)
-        elif args.wandb_files:
-            runs, curves = analysis.load_wandb_files(args.paths)
-        else:
-            runs, curves = analysis.load_local(args.paths)
-        runs, curves = analysis.apply_filters(runs, curves, args.where)
+        tables = analysis.apply_filters(load(args), args.where)
     except (FileNotFoundError, LookupError) as error:
         log.error("analyze: %s", error)
         return 2
+    runs = tables.runs
     finished = runs[runs.status == "finished"]  # runs.csv lists every run; only finished ones are aggregated
     if finished.empty:
         log.error("analyze: no finished runs left after --where %s", " ".join(args.where))
@@ -110,56 +170,49 @@ def main(argv=None) -> int:
         return 2
     metrics = [c for c in finished if c.startswith("eval/")] + ["n_params"]
     aggregate = analysis.aggregate_runs(finished, keys, metrics, args.bootstrap)
-    curve_stats = analysis.aggregate_curves(finished, curves, keys, args.bootstrap)
+    curve_stats = analysis.aggregate_curves(finished, tables.curves, keys, args.bootstrap)
     groups = finished.groupby(keys, dropna=False).ngroups
     log.info("%d finished runs (of %d) in %d groups by %s", len(finished), len(runs), groups, ", ".join(keys))
 
     args.out.mkdir(parents=True, exist_ok=True)
-    tables = {"runs": runs, "curves": curves, "aggregate": aggregate, "curve_aggregate": curve_stats}
+    named = {**tables._asdict(), "aggregate": aggregate, "curve_aggregate": curve_stats}
     written = []
-    for name, table in tables.items():
+    for name, table in named.items():
         for fmt in args.format:
             path = args.out / f"{name}.{fmt}"
             table.to_csv(path, index=False) if fmt == "csv" else table.to_parquet(path, index=False)
             written.append(path)
-    markdown = analysis.markdown_table(aggregate, keys, args.metrics or HEADLINE)
+    summary = analysis.summary_table(aggregate, keys, args.metrics or HEADLINE)
+    markdown = summary.to_markdown(index=False)
     (args.out / "summary.md").write_text(markdown + "\n")
     written.append(args.out / "summary.md")
+    figures = {} if args.no_plots else write_plots(tables, finished, aggregate, curve_stats, keys, args)
+    written += figures
+    if args.html:
+        from icl_lr import html_report
 
-    if not args.no_plots:
-        analysis.plot_error_curves(curve_stats, keys, args.out / "error_vs_context.png")
-        written.append(args.out / "error_vs_context.png")
-        if curve_stats.predictor.str.startswith("ce/").any():
-            analysis.plot_error_curves(curve_stats, keys, args.out / "ce_vs_context.png", metric="ce")
-            written.append(args.out / "ce_vs_context.png")
-        named_sets = {
-            "ood/": ("ood_vs_context.png", "Garg et al.'s out-of-distribution prompts"),
-            "sigma_": ("error_per_sigma.png", "one noise level per panel (Bai et al.)"),
-        }
-        for prefix, (name, title) in named_sets.items():
-            sets = [s for s in curves.set.unique() if s.startswith(prefix)]  # in the order the runs logged them
-            if sets:
-                analysis.plot_sets(curve_stats, keys, sets, args.out / name, title)
-                written.append(args.out / name)
-        if analysis.TASK_POOL in keys and (curves.set == "pretrain").any():
-            pool_stats = analysis.task_pool_stats(finished, curves, keys, args.bootstrap)
-            pool_stats.to_csv(args.out / "task_pool.csv", index=False)
-            analysis.plot_error_vs_task_pool(pool_stats, keys, args.out / "error_vs_task_pool.png")
-            written.append(args.out / "task_pool.csv")
-            written.append(args.out / "error_vs_task_pool.png")
-        if "model_size" in keys and runs.model_size.nunique() > 1:
-            order = list(runs.groupby("model_size").n_params.first().sort_values().index)
-            analysis.plot_metric(
-                aggregate, "eval/excess/mean", "model_size", keys, args.out / "excess_vs_model_size.png", order
-            )
-            written.append(args.out / "excess_vs_model_size.png")
-        if "data.noise_std" in keys and runs["data.noise_std"].nunique() > 1:
-            analysis.plot_metric(
-                aggregate, "eval/excess/mean", "data.noise_std", keys, args.out / "excess_vs_noise_std.png"
-            )
-            written.append(args.out / "excess_vs_noise_std.png")
+        varied = {k: sorted(finished[k].map(analysis.config_text).unique()) for k in keys}
+        tables_shown = {"aggregate: every eval metric": aggregate, "runs: config and summary": runs}
+        html_report.write_report(
+            args.out / "report.html",
+            "python analyze.py " + shlex.join(sys.argv[1:] if argv is None else argv),
+            [args.wandb] if args.wandb else list(map(str, args.paths)),
+            varied,
+            runs.status.value_counts().to_dict(),
+            summary,
+            figures,
+            tables_shown,
+        )
+        written.append(args.out / "report.html")
     print(markdown)
     print("wrote " + ", ".join(map(str, written)))
+    if args.report:
+        from icl_lr import wandb_report
+
+        entity, project = args.wandb.split("/")
+        report = wandb_report.build_report(entity, project, args.sweep, finished, keys, markdown)
+        report.save()
+        print(f"W&B report: {report.url}")
     return 0
 
 

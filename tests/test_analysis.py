@@ -1,8 +1,11 @@
 """analyze.py on real tiny runs: a Hydra multirun over model width, noise and seed, offline."""
 
+import base64
+import html
 import json
 import subprocess
 import sys
+from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
@@ -12,18 +15,19 @@ import pytest
 import analyze
 from helpers import FAST, ROOT, held_out_curves, no_key_env
 from icl_lr import analysis
+from icl_lr.tracking import read_jsonl
 
 
 @pytest.fixture(scope="module")
 def sweep_dir(tmp_path_factory):
-    """8 runs: 2 widths x 2 noise levels x 2 seeds, from one `python train.py -m` (Hydra multirun)."""
+    """8 runs: 2 widths x 2 noise levels x 2 seeds, from one `python train.py -m` (Hydra multirun); 40 steps,
+    evals at 20 and 40."""
     sweep_dir = tmp_path_factory.mktemp("multirun")
     command = [
         sys.executable,
         "train.py",
         "-m",
         *FAST,
-        "training.steps=20",
         "model.n_embd=16,32",
         "data.noise_std=0,0.5",
         "seed=0,1",
@@ -52,11 +56,11 @@ def test_multirun_makes_one_run_dir_and_wandb_run_per_job(sweep_dir):
     run_dirs = [p for p in sweep_dir.iterdir() if p.name.isdigit()]
     assert len(run_dirs) == 8
     assert len({(d / "wandb_run_id").read_text() for d in run_dirs}) == 8
-    assert all(json.loads((d / "summary.json").read_text())["step"] == 20 for d in run_dirs)
+    assert all(json.loads((d / "summary.json").read_text())["step"] == 40 for d in run_dirs)
 
 
 def test_runs_table_has_the_config_and_summary_of_every_run(sweep_dir):
-    runs, curves = analysis.load_local([sweep_dir])
+    runs, curves, _ = analysis.load_local([sweep_dir])
     assert len(runs) == 8 and analysis.group_keys(runs) == ["model_size", "data.noise_std"]
     assert set(runs.model_size) == {"1L/16d/2H", "1L/32d/2H"}
     by_dir = runs.set_index("run_dir")
@@ -68,7 +72,7 @@ def test_runs_table_has_the_config_and_summary_of_every_run(sweep_dir):
 
 
 def test_aggregates_over_seeds_equal_the_per_run_numbers(sweep_dir):
-    runs, curves = analysis.load_local([sweep_dir])
+    runs, curves, _ = analysis.load_local([sweep_dir])
     keys = analysis.group_keys(runs)
     aggregate = analysis.aggregate_runs(runs, keys, ["eval/excess/mean"]).set_index(["model_size", "data.noise_std"])
     curve_stats = analysis.aggregate_curves(runs, curves, keys).set_index(
@@ -113,7 +117,7 @@ def test_cli_writes_tables_markdown_and_plots(sweep_dir, tmp_path):
     assert (
         "model_size" in markdown and "data.noise_std" in markdown and markdown.count("(n=2)") == 8
     )  # 4 groups x 2 metrics
-    for plot in ("error_vs_context.png", "excess_vs_model_size.png", "excess_vs_noise_std.png"):
+    for plot in ("error_vs_context.png", "eval_vs_step.png", "excess_vs_model_size.png", "excess_vs_noise_std.png"):
         assert (out / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -156,6 +160,132 @@ def test_a_key_older_runs_lack_counts_as_its_default(sweep_dir, tmp_path):
     config = (older / ".hydra" / "config.yaml").read_text()
     (older / ".hydra" / "config.yaml").write_text(config.replace("  precision: fp32\n", ""))
     assert "precision" not in (older / ".hydra" / "config.yaml").read_text()
-    runs, _ = analysis.load_local([sweep_dir, older])
+    runs, _, _ = analysis.load_local([sweep_dir, older])
     assert list(runs["training.precision"].unique()) == ["fp32"]
     assert "training.precision" not in analysis.group_keys(runs)
+
+
+def test_history_is_every_scalar_of_the_metrics_files(sweep_dir):
+    _, _, history = analysis.load_local([sweep_dir])
+    expected = []
+    for run_dir in sorted(p for p in sweep_dir.iterdir() if p.name.isdigit()):
+        run_id = (run_dir / "wandb_run_id").read_text()
+        for record in read_jsonl(run_dir / "metrics.jsonl"):
+            expected += [(run_id, record["step"], k, v) for k, v in record.items() if k != "step"]
+    assert len(expected) > 8 * 4 * 3  # 4 train rows and 2 evals per run, several metrics each
+    table = pd.DataFrame(expected, columns=analysis.HISTORY_COLUMNS)
+    key = ["run_id", "step", "metric"]
+    pd.testing.assert_frame_equal(
+        history.sort_values(key).reset_index(drop=True), table.sort_values(key).reset_index(drop=True)
+    )
+
+
+def test_a_step_logged_twice_keeps_its_last_value():
+    """A resumed run logs the steps after its checkpoint again (W&B keeps both rows): the last one counts."""
+    history = [("a", 10, "train/loss", 2.0), ("a", 20, "train/loss", 1.5), ("a", 20, "train/loss", 1.4)]
+    tables = analysis.RunTables.of([], [], history)
+    assert list(tables.history.itertuples(index=False, name=None)) == [history[0], history[2]]
+
+
+def test_learning_curves_aggregate_each_step_over_seeds(sweep_dir):
+    runs, _, history = analysis.load_local([sweep_dir])
+    keys = analysis.group_keys(runs)
+    stats = analysis.aggregate_history(runs, history, keys).set_index([*keys, "metric", "step"])
+    assert sorted(stats.index.get_level_values("step").unique()) == [20, 40]
+    group = runs[(runs["model.n_embd"] == 32) & (runs["data.noise_std"] == 0.5)]
+    values = history[history.run_id.isin(group.run_id) & (history.metric == "eval/excess/mean") & (history.step == 20)]
+    row = stats.loc[("1L/32d/2H", 0.5, "eval/excess/mean", 20)]
+    assert row.n == 2 and row["mean"] == pytest.approx(values.value.mean())
+
+
+def test_html_report_holds_every_plot_and_table(sweep_dir, tmp_path):
+    out = tmp_path / "analysis"
+    assert analyze.main([str(sweep_dir), "--out", str(out), "--html"]) == 0
+    page = (out / "report.html").read_text()
+    pngs = sorted(out.glob("*.png"))
+    assert len(pngs) == 4
+    for png in pngs:  # each plot, embedded byte for byte
+        assert f"data:image/png;base64,{base64.b64encode(png.read_bytes()).decode()}" in page
+    assert "src=" not in page.replace('src="data:image/png;base64,', "")  # nothing loaded from elsewhere
+    assert f"python analyze.py {sweep_dir} --out {out} --html" in page
+    assert "<th>model_size</th><td>1L/16d/2H, 1L/32d/2H</td>" in page
+    assert "<th>data.noise_std</th><td>0, 0.5</td>" in page
+    summary = pd.read_csv(out / "aggregate.csv")
+    cells = analysis.summary_table(summary, ["model_size", "data.noise_std"], list(analyze.HEADLINE))
+    for cell in cells[list(analyze.HEADLINE)].to_numpy().ravel():
+        assert html.escape(cell) in page
+    tables = html_tables(page)
+    assert len(tables) == 4  # what varies, summary, aggregate, runs
+    runs = pd.read_csv(out / "runs.csv")
+    assert tables[3][0][:2] == ["run_id", "run_dir"] and {row[0] for row in tables[3][1:]} == set(runs.run_id)
+    assert len(tables[2]) == 1 + len(summary)  # a header row and every aggregate row
+
+
+def html_tables(page: str) -> list:
+    """The cells of each <table> of a page, row by row."""
+
+    class Tables(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.tables = []
+
+        def handle_starttag(self, tag, attrs):
+            if tag == "table":
+                self.tables.append([])
+            elif tag == "tr":
+                self.tables[-1].append([])
+            elif tag in ("td", "th"):
+                self.tables[-1][-1].append("")
+
+        def handle_data(self, data):
+            if self.tables and self.tables[-1] and self.tables[-1][-1]:
+                self.tables[-1][-1][-1] += data.strip()
+
+    parser = Tables()
+    parser.feed(page)
+    return parser.tables
+
+
+def test_wandb_report_has_a_panel_per_group_and_metric(sweep_dir):
+    import wandb_workspaces.reports.v2 as wr
+    from wandb_workspaces import expr
+
+    from icl_lr import wandb_report
+
+    runs, _, history = analysis.load_local([sweep_dir])
+    keys = analysis.group_keys(runs)
+    report = wandb_report.build_report("team", "icl-lr", "swp123", runs, keys, "| table |")
+    grids = [b for b in report.blocks if isinstance(b, wr.PanelGrid)]
+    overview, per_group = grids[0], grids[1:]
+    filters = lambda runset: {(f.key.name, f.value) for f in expr.string_to_filterexpr_list(runset.filters)}  # noqa: E731
+    everything = overview.runsets[0]
+    assert filters(everything) == {("State", "finished"), ("Sweep", "swp123")}
+    config_keys = ["model.n_layer", "model.n_embd", "model.n_head", "data.noise_std"]
+    assert everything.groupby == [f"config.{k}" for k in config_keys]
+    lines = [p for p in overview.panels if isinstance(p, wr.LinePlot)]
+    assert [p.y for p in lines] == [[m] for m in analysis.LEARNING_CURVES] and {p.x for p in lines} == {"step"}
+    assert set(analysis.LEARNING_CURVES) <= set(history.metric)
+    (parallel,) = [p for p in overview.panels if isinstance(p, wr.ParallelCoordinatesPlot)]
+    assert [c.metric.name for c in parallel.columns] == [*config_keys, "eval/excess/mean"]
+    scatter = {p.title: (p.x, p.y) for p in overview.panels if isinstance(p, wr.ScatterPlot)}
+    assert scatter == {
+        "final excess vs model size": ("n_params", "eval/excess/mean"),
+        "final excess vs noise std": (wr.Config("data.noise_std"), "eval/excess/mean"),
+    }
+    assert all(c in runs for c in ("n_params", "eval/excess/mean"))
+    groups = {(r["model.n_embd"], r["data.noise_std"]) for _, r in runs.iterrows()}
+    assert len(per_group) == len(groups) == 4
+    for grid in per_group:
+        (runset,) = grid.runsets
+        (chart,) = grid.panels
+        assert chart.query == {"summaryTable": {"tableKey": "eval/curves_chart_table"}}
+        assert chart.chart_name == "wandb/lineseries/v0"
+        values = dict(filters(runset))
+        assert values["Sweep"] == "swp123" and values["model.n_layer"] == 1 and values["model.n_head"] == 2
+        groups.discard((values["model.n_embd"], values["data.noise_std"]))
+    assert not groups  # one grid for each group
+    (folder,) = (sweep_dir / "0" / "wandb").glob("offline-run-*")
+    logged = analysis.read_wandb_file(folder)["summary"]
+    assert logged["eval/curves_chart_table"]["_type"] == "table-file"  # the table the charts read, as W&B holds it
+    assert all(f"summary:{m}" in everything.pinned_columns for m in ("eval/excess/mean", "eval/model/error_mean"))
+    assert not any(isinstance(b, wr.H1) and "distribution" in b.text for b in report.blocks)  # no OOD metrics here

@@ -201,7 +201,7 @@ def test_a_run_logs_every_set(pool_runs):
 
 
 def test_analysis_reads_every_set_and_plots_the_pool_sizes(pool_runs, tmp_path):
-    runs, curves = analysis.load_local([pool_runs])
+    runs, curves, _ = analysis.load_local([pool_runs])
     records = read_jsonl(pool_runs / "pool8" / "curves.jsonl")
     (pretrain,) = [r for r in records if r.get("set") == "pretrain"]
     run8 = runs.set_index("data.task_pool_size").loc[8, "run_id"]
@@ -231,3 +231,29 @@ def test_dmmse_chunks_a_large_pool():
     finally:
         baselines.DMMSE_CHUNK = original
     np.testing.assert_allclose(chunked, whole, rtol=1e-4, atol=1e-5)  # float32 sums in another order
+
+
+def test_the_wandb_report_has_the_ood_and_task_pool_panels(pool_runs):
+    import wandb_workspaces.reports.v2 as wr
+
+    from icl_lr import wandb_report
+
+    runs, _, _ = analysis.load_local([pool_runs])
+    keys = analysis.group_keys(runs)
+    assert analysis.TASK_POOL in keys
+    report = wandb_report.build_report("team", "icl-lr", None, runs, keys, "")
+    after = {b.text: report.blocks[i + 1] for i, b in enumerate(report.blocks) if isinstance(b, wr.H1)}
+    assert list(after)[-2:] == ["Out-of-distribution prompts (Garg et al.)", "Task diversity (Raventos et al.)"]
+    ood_grid, pool_grid = (after[h] for h in list(after)[-2:])
+    conditions = sorted(ood.conditions(jax.random.PRNGKey(0), DataConfig(), 2))
+    bars, *charts = ood_grid.panels
+    assert bars.metrics == [f"eval/ood/{c}/model/error_mean" for c in conditions]
+    (folder,) = (pool_runs / "pool8" / "wandb").glob("offline-run-*")
+    logged = analysis.read_wandb_file(folder)["summary"]
+    for condition, chart in zip(conditions, charts, strict=True):
+        table = chart.query["summaryTable"]["tableKey"]
+        assert table == f"eval/ood/{condition}/curves_chart_table" and logged[table]["_type"] == "table-file"
+    assert all(metric in runs for metric in bars.metrics)
+    scatter = [(p.x, p.y, p.log_x) for p in pool_grid.panels]
+    x = wr.Config(analysis.TASK_POOL)
+    assert scatter == [(x, "eval/model/error_mean", True), (x, "eval/pretrain/model/error_mean", True)]

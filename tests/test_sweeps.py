@@ -66,7 +66,7 @@ def test_a_run_started_as_the_agent_starts_it_keeps_its_nested_config(tmp_path):
     record = RunFile.load(next((run_dir / "wandb").glob("offline-run-*")))
     assert record.run_id == "run1" and record.config_value("model") == "gpt2_small" and record.config_value("seed") == 1
     assert [record.config_value(f"model.{k}") for k in ("n_layer", "n_embd", "n_head")] == [6, 32, 4]
-    runs, _ = analysis.load_wandb_files([run_dir])  # what `analyze.py --wandb` reads: no TypeError
+    runs, _, _ = analysis.load_wandb_files([run_dir])  # what `analyze.py --wandb` reads: no TypeError
     assert list(runs.model_size) == ["6L/32d/4H"]
 
 

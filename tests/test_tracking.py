@@ -86,12 +86,21 @@ def test_one_summary_schema_in_run_dirs_and_wandb_files(tracked_run):
     local = json.loads((run_dir / "summary.json").read_text())
     from_wandb = analysis.summary_scalars(analysis.read_wandb_file(folder)["summary"])
     assert from_wandb == pytest.approx(local, rel=1e-9)
-    runs, curves = analysis.load_local([run_dir])
-    wandb_runs, wandb_curves = analysis.load_wandb_files([run_dir])
+    runs, curves, history = analysis.load_local([run_dir])
+    wandb_runs, wandb_curves, wandb_history = analysis.load_wandb_files([run_dir])
     pd.testing.assert_frame_equal(
         runs.drop(columns="run_dir"), wandb_runs.drop(columns="run_dir"), check_like=True, check_dtype=False
     )
     pd.testing.assert_frame_equal(curves, wandb_curves)
+    assert_same_history(history, wandb_history)
+    assert len(history) > 40 and set(history.step) == {10, 20, 30, 40}
+
+
+def assert_same_history(local: pd.DataFrame, from_wandb: pd.DataFrame) -> None:
+    key = ["run_id", "step", "metric"]
+    pd.testing.assert_frame_equal(
+        local.sort_values(key).reset_index(drop=True), from_wandb.sort_values(key).reset_index(drop=True)
+    )
 
 
 def test_error_curves_are_logged_as_tables(tracked_run):
@@ -131,6 +140,8 @@ def test_resumed_run_continues_the_same_wandb_run(tmp_path):
     assert first.run_id == second.run_id == (tmp_path / "wandb_run_id").read_text()
     assert sorted(rows_with(first.history, "train/loss")) == [10, 20]
     assert sorted(rows_with(second.history, "train/loss")) == [30, 40]  # nothing logged twice
+    # analyze reads the two W&B run folders as one run: the same history as the run dir's metrics.jsonl
+    assert_same_history(analysis.load_local([tmp_path]).history, analysis.load_wandb_files([tmp_path]).history)
 
 
 def test_init_from_a_checkpoint_starts_from_its_params(fast_config, tmp_path):

@@ -1,0 +1,137 @@
+"""A W&B report of a sweep, built from code with wandb-workspaces (reports v2): `analyze.py --report`.
+
+The panels read what train.py logs: scalars against the `step` metric, the summary, and each eval's
+`eval/<set>/curves_chart` line series (a table `..._chart_table` of step = k, lineKey = predictor,
+lineVal = error), drawn by W&B's own `wandb/lineseries/v0` chart as on a run's page. Runs are picked
+by sweep and config filters; which groups and sets exist is read from analyze.py's runs table.
+"""
+
+import math
+
+import pandas as pd
+import wandb_workspaces.reports.v2 as wr
+from wandb_workspaces import expr
+
+from icl_lr.analysis import HELD_OUT, LEARNING_CURVES, MODEL_SHAPE, TASK_POOL
+from icl_lr.plots import group_label
+
+HEADLINE = "eval/excess/mean"
+
+
+def _config_keys(keys: list[str]) -> list[str]:
+    """The W&B config keys behind analyze's group keys (model_size is the model's shape)."""
+    return [k for key in keys for k in (MODEL_SHAPE if key == "model_size" else (key,))]
+
+
+def _plain(value):
+    """A table cell as the config value W&B holds: None for NaN/null, int for a whole float of an int key."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if hasattr(value, "item"):
+        value = value.item()
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def _runset(entity: str, project: str, sweep: str | None, name: str, where: dict | None = None, **kwargs) -> wr.Runset:
+    """The sweep's finished runs, narrowed to the config values in `where`."""
+    filters = [expr.Metric("State") == "finished"]
+    if sweep:
+        filters.append(expr.Metric("Sweep") == sweep)
+    filters += [expr.Config(key) == value for key, value in (where or {}).items()]
+    return wr.Runset(entity=entity, project=project, name=name, filters=expr.And(*filters), **kwargs)
+
+
+def _curve_chart(eval_set: str, title: str) -> wr.CustomChart:
+    """Error vs k of every predictor, from the last eval's line-series table of `eval_set`."""
+    prefix = "eval/" if eval_set == HELD_OUT else f"eval/{eval_set}/"
+    return wr.CustomChart(
+        query={"summaryTable": {"tableKey": f"{prefix}curves_chart_table"}},
+        chart_name="wandb/lineseries/v0",
+        chart_fields={"step": "step", "lineKey": "lineKey", "lineVal": "lineVal"},
+        chart_strings={"title": title, "xname": "in-context examples k"},
+    )
+
+
+def build_report(entity: str, project: str, sweep: str | None, runs: pd.DataFrame, keys: list[str], summary_md: str):
+    """The report of `runs` (analyze's table of finished runs), grouped by `keys`.
+
+    Sections: the aggregate table (`summary_md`); learning curves, a parallel-coordinates panel and the
+    run table over all runs, grouped by the swept config keys; final excess vs model size and vs noise std
+    when they vary; error vs k with the baselines for each group; the OOD conditions and the task-pool
+    panels when the runs logged them.
+    """
+    config_keys = _config_keys(keys)
+    grouped = dict(groupby=[f"config.{k}" for k in config_keys])
+    columns = [f"config:{k}.value" for k in config_keys] + [f"summary:{m}" for m in (HEADLINE, *LEARNING_CURVES)]
+    everything = _runset(entity, project, sweep, "sweep", **grouped, pinned_columns=list(dict.fromkeys(columns)))
+    overview = [
+        wr.LinePlot(
+            title=f"{metric} during training (mean, min-max over seeds)",
+            x="step",
+            y=[metric],
+            log_y=True,
+            groupby_aggfunc="mean",
+            groupby_rangefunc="minmax",
+        )
+        for metric in LEARNING_CURVES
+    ]
+    overview.append(
+        wr.ParallelCoordinatesPlot(
+            columns=[wr.ParallelCoordinatesPlotColumn(metric=wr.Config(k)) for k in config_keys]
+            + [wr.ParallelCoordinatesPlotColumn(metric=wr.SummaryMetric(HEADLINE))]
+        )
+    )
+    if "model_size" in keys and runs.model_size.nunique() > 1:
+        overview.append(wr.ScatterPlot(title="final excess vs model size", x="n_params", y=HEADLINE, log_x=True))
+    if "data.noise_std" in keys and runs["data.noise_std"].nunique() > 1:
+        overview.append(wr.ScatterPlot(title="final excess vs noise std", x=wr.Config("data.noise_std"), y=HEADLINE))
+    blocks = [
+        wr.H1("Aggregates over seeds"),
+        wr.MarkdownBlock(summary_md),
+        wr.H1("All runs"),
+        wr.P("Grouped by what the sweep varied; the run table lists every run."),
+        wr.PanelGrid(runsets=[everything], panels=overview),
+        wr.H1("Error vs in-context examples, per group"),
+    ]
+    for values, group in runs.groupby(keys, dropna=False, sort=True):
+        name = group_label(keys, values)
+        where = {k: _plain(group[k].iloc[0]) for k in config_keys}
+        blocks += [
+            wr.H2(name),
+            wr.PanelGrid(
+                runsets=[_runset(entity, project, sweep, name, where)],
+                panels=[_curve_chart(HELD_OUT, f"{name}: squared error / d vs k")],
+            ),
+        ]
+    ood = sorted(c.removeprefix("eval/").removesuffix("/model/error_mean") for c in runs if _is_ood_mean(c))
+    if ood:
+        bars = wr.BarPlot(
+            title="model error, mean over k, per OOD condition", metrics=[f"eval/{s}/model/error_mean" for s in ood]
+        )
+        charts = [_curve_chart(s, f"{s}: squared error / d vs k") for s in ood]
+        blocks += [
+            wr.H1("Out-of-distribution prompts (Garg et al.)"),
+            wr.PanelGrid(runsets=[_runset(entity, project, sweep, "sweep", **grouped)], panels=[bars, *charts]),
+        ]
+    if TASK_POOL in keys and "eval/pretrain/model/error_mean" in runs:
+        pool = [
+            wr.ScatterPlot(
+                title=f"{title}: model error vs task pool size", x=wr.Config(TASK_POOL), y=metric, log_x=True
+            )
+            for title, metric in (
+                ("fresh tasks", "eval/model/error_mean"),
+                ("pool tasks", "eval/pretrain/model/error_mean"),
+            )
+        ]
+        blocks += [
+            wr.H1("Task diversity (Raventos et al.)"),
+            wr.PanelGrid(runsets=[_runset(entity, project, sweep, "sweep")], panels=pool),
+        ]
+    title = f"icl-lr sweep {sweep}" if sweep else f"icl-lr {project}"
+    return wr.Report(
+        entity=entity, project=project, title=title, description=f"grouped by {', '.join(keys)}", blocks=blocks
+    )
+
+
+def _is_ood_mean(column: str) -> bool:
+    return column.startswith("eval/ood/") and column.endswith("/model/error_mean")
