@@ -130,9 +130,10 @@ def test_cli_filters_and_refuses_bad_input(sweep_dir, tmp_path, caplog):
     assert analyze.main([str(sweep_dir), "--out", str(out), "--group-by", "data.nosie_std"]) == 2
     assert analyze.main([str(sweep_dir), "--out", str(out), "--where", "nosie=1"]) == 2
     assert "unknown column(s) data.nosie_std" in caplog.text
-    with pytest.raises(SystemExit) as exit_info:
-        analyze.main(["--sweep", "abc"])
-    assert exit_info.value.code == 2
+    for bad in (["--sweep", "abc"], [str(sweep_dir), "--report"], [str(sweep_dir), "--html", "--no-plots"]):
+        with pytest.raises(SystemExit) as exit_info:
+            analyze.main(bad)
+        assert exit_info.value.code == 2
 
 
 def test_runs_group_by_the_noise_prior_they_really_had():
