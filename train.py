@@ -29,22 +29,46 @@ class JobFailed(RuntimeError):
 
 
 def run(cfg: DictConfig, run_dir: Path, attempt_dir: Path, choices: dict) -> None:
-    """One run on run_dir: checks, W&B, training. Raises on failure (W&B's run is then marked failed)."""
+    """One run on run_dir: checks, W&B, training. Raises on failure (W&B's run is then marked failed).
+
+    Multi-host (training.distributed): process 0 runs this; the others train beside it once it says so.
+    """
     run_cfg = from_dictconfig(cfg)
+    # Imported once Hydra has set up logging: orbax's first (absl) log line otherwise installs a second
+    # root handler, which doubles every line of `--info`; `--help`, `--cfg` and `--info` skip JAX too.
+    from icl_lr import parallel
+
+    if run_cfg.training.distributed:
+        parallel.initialize_distributed()
+        if not parallel.same_on_every_process(str(run_dir.absolute())):
+            raise ConfigError(
+                "training.distributed: the processes have different run dirs; give them one, "
+                "e.g. hydra.run.dir=outputs/slurm-$SLURM_JOB_ID"
+            )
+        if not parallel.is_primary():
+            logging.getLogger("icl_lr").setLevel(logging.WARNING)  # process 0 tells the progress
+            if parallel.agree(0):
+                from icl_lr.train import train
+
+                train(run_cfg, run_dir)
+            return
     with RunDirLock(run_dir):
-        finished = open_run_dir(run_dir, run_cfg, attempt_dir)
+        try:
+            finished = open_run_dir(run_dir, run_cfg, attempt_dir)
+            if not finished:
+                parallel.check_split(run_cfg)  # before W&B starts a run for it
+        except Exception:
+            parallel.agree(0)  # the other processes stop too
+            raise
+        parallel.agree(not finished)
         if finished:
             excess = finished.get("eval/excess/mean", float("nan"))
             done = f"{run_dir} already finished at step {finished['step']} (excess over Bayes {excess:.4f})"
             log.info("%s; nothing to do. Raise training.steps to extend it.", done)
             return
-        # Imported once Hydra has set up logging: orbax's first (absl) log line otherwise installs a second
-        # root handler, which doubles every line of `--info`; `--help`, `--cfg` and `--info` skip JAX too.
-        from icl_lr.parallel import check_split
         from icl_lr.tracking import WandbRun, flat_config, resolve_mode
         from icl_lr.train import train
 
-        check_split(run_cfg)  # before W&B starts a run for it
         mode = resolve_mode(run_cfg.wandb.mode)
         if mode == "disabled":  # no W&B at all: it need not even be installed
             train(run_cfg, run_dir)

@@ -96,6 +96,7 @@ class TrainingConfig:
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     precision: str = "fp32"
+    distributed: bool = False
     steps_per_dispatch: int = 50
     log_every: int = 500
     eval_every: int = 2000

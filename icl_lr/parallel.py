@@ -1,10 +1,14 @@
-"""Data parallelism over every local device (one process; multi-host is not wired in yet).
+"""Data parallelism over every device: those of this process, or of every process of a multi-host job.
 
 One mesh axis, "data": the batch (and the eval's prompts) split across devices, the TrainState
 replicated. The step stays one jitted function of the state: its batch is sampled inside `jit` and
 constrained to the batch sharding, and XLA's partitioner turns the replicated update into an
 all-reduce of the gradients. On one device every sharding is trivial and the program is unchanged.
+Multi-host (`training.distributed`): every process runs the same program on the global mesh, and
+process 0 alone writes the run dir, its lock and the W&B run (orbax coordinates the checkpoints).
 """
+
+import zlib
 
 import jax
 import numpy as np
@@ -13,6 +17,46 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from icl_lr.config import ConfigError, RunConfig
 
 AXIS = "data"
+
+
+def initialize_distributed() -> None:
+    """Joins the job's other processes before anything touches a device: jax.distributed.initialize()
+    finds the coordinator, process count and rank in the cluster's variables (SLURM's SLURM_NTASKS,
+    SLURM_PROCID, SLURM_STEP_NODELIST, ...; Open MPI's; or JAX_COORDINATOR_ADDRESS and its arguments)."""
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU processes all-reduce over TCP
+    jax.distributed.initialize()
+
+
+def is_primary() -> bool:
+    """Whether this process writes: the only one, or process 0 of a multi-host job."""
+    return jax.process_index() == 0
+
+
+def agree(value: int) -> int:
+    """Process 0's `value`, on every process: its decision (train, or stop) reaches the others."""
+    if jax.process_count() == 1:
+        return value
+    from jax.experimental import multihost_utils
+
+    return int(multihost_utils.broadcast_one_to_all(np.int32(value)))
+
+
+def same_on_every_process(text: str) -> bool:
+    """Whether every process holds this `text` (all learn the answer, so all stop together)."""
+    if jax.process_count() == 1:
+        return True
+    from jax.experimental import multihost_utils
+
+    digest = np.int32(zlib.crc32(text.encode()) & 0x7FFFFFFF)
+    return bool((multihost_utils.process_allgather(digest) == digest).all())
+
+
+def replicate(tree, mesh: Mesh):
+    """`tree` (the same on every process) as arrays replicated over the mesh's devices, all processes' too."""
+    sharding = replicated(mesh)
+    if jax.process_count() == 1:
+        return jax.device_put(tree, sharding)
+    return jax.tree.map(lambda x: jax.make_array_from_callback(x.shape, sharding, lambda i: np.asarray(x)[i]), tree)
 
 
 def data_mesh() -> Mesh:

@@ -264,11 +264,11 @@ def train(cfg: RunConfig, run_dir: Path, trackers=()) -> dict:
     model, tx = build_model(cfg), make_optimizer(t)
     checkpoints = Checkpoints(run_dir / "checkpoints", t.max_to_keep)
     state, resumed = _start_state(cfg, model, tx, checkpoints, Trackers(trackers))
-    state = jax.device_put(state, parallel.replicated(mesh))  # a checkpoint from any device count fits
+    state = parallel.replicate(state, mesh)  # a checkpoint from any device count fits
     step, n_params = int(state.step), sum(p.size for p in jax.tree.leaves(state.params))
     epochs = f" ({t.num_epochs} epochs over {cfg.data.train_size} prompts)" if t.num_epochs else ""
     log.info(
-        "%s at step %d of %d%s; model %d parameters; on %d %s device%s; run dir %s",
+        "%s at step %d of %d%s; model %d parameters; on %d %s device%s%s; run dir %s",
         "resumed" if resumed else "starting",
         step,
         t.steps,
@@ -277,9 +277,11 @@ def train(cfg: RunConfig, run_dir: Path, trackers=()) -> dict:
         mesh.size,
         jax.devices()[0].platform.upper(),
         "s" * (mesh.size > 1),
+        f" in {jax.process_count()} processes" if jax.process_count() > 1 else "",
         run_dir,
     )
-    tracker: Tracker = Trackers([LocalFiles(run_dir, resume_step=step), *trackers])
+    writers = [LocalFiles(run_dir, resume_step=step), *trackers] if parallel.is_primary() else []
+    tracker: Tracker = Trackers(writers)
     started = time.perf_counter()
     evaluator = Evaluator(cfg, model, state.rng, mesh)
     dispatch = make_dispatch(model, tx, cfg, mesh)

@@ -1,6 +1,8 @@
-"""Past one device: data parallel over forced CPU devices, checkpoints across device counts, bf16 compute."""
+"""Past one device: data parallel over forced CPU devices and over processes, checkpoints across device
+counts, bf16 compute."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -52,6 +54,49 @@ def test_two_devices_train_and_evaluate_like_one(runs):
     ]
     assert [r["step"] for r in curves[1]] == [20, 40]
     np.testing.assert_allclose(curves[1][-1]["model"], curves[0][-1]["model"], **TOLERANCE)
+
+
+def slurm_task_env(task: int, n_tasks: int) -> dict:
+    """The variables `srun` gives task `task` of a one-node job (jax.distributed reads them); the job id,
+    from this process's id, picks the coordinator's port, so parallel test workers do not collide."""
+    job = str(os.getpid())
+    slurm = dict(SLURM_JOB_ID=job, SLURM_STEP_NODELIST="localhost", SLURM_NTASKS=str(n_tasks))
+    return no_key_env(**slurm, SLURM_PROCID=str(task), SLURM_LOCALID=str(task), SLURM_STEP_NUM_NODES="1")
+
+
+def srun(commands: list) -> tuple[list, list]:
+    """Each command as one task of a SLURM job step, all at once: (exit codes, outputs)."""
+    env = lambda i: slurm_task_env(i, len(commands))  # noqa: E731
+    tasks = [
+        subprocess.Popen(c, cwd=ROOT, env=env(i), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        for i, c in enumerate(commands)
+    ]
+    logs = [task.communicate(timeout=300)[0].decode() for task in tasks]
+    return [task.returncode for task in tasks], logs
+
+
+def test_processes_with_different_run_dirs_all_stop(tmp_path):
+    command = [sys.executable, "train.py", *FAST, "training.distributed=true", "wandb.mode=disabled"]
+    codes, logs = srun([[*command, f"hydra.run.dir={tmp_path / str(i)}"] for i in range(2)])
+    assert codes == [2, 2]
+    assert all("the processes have different run dirs" in log for log in logs)
+
+
+def test_two_processes_train_like_one_and_resume_on_one(runs, tmp_path):
+    """training.distributed under SLURM's variables: two processes of one CPU device each train one run
+    (process 0 alone writes the run dir and W&B), as one process does; the run dir then resumes on one."""
+    root, _ = runs
+    run_dir = tmp_path / "two_processes"
+    command = [sys.executable, "train.py", *FAST, *CONSTANT_LR, "training.distributed=true", f"hydra.run.dir={run_dir}"]
+    codes, logs = srun([command, command])
+    assert codes == [0, 0], logs[0][-3000:] + logs[1][-3000:]
+    assert "on 2 CPU devices in 2 processes" in logs[0] and "step 40/40" in logs[0]
+    assert "step 40/40" not in logs[1]  # process 1 trains quietly
+    np.testing.assert_allclose(losses(run_dir), losses(root / "one"), **TOLERANCE)
+    assert [r["step"] for r in read_jsonl(run_dir / "metrics.jsonl") if "train/loss" in r] == [10, 20, 30, 40]
+    assert_params_close(final_state(RUN, run_dir), final_state(RUN, root / "one"))
+    resumed = train_cli(run_dir, *CONSTANT_LR, "training.steps=60")
+    assert "resumed at step 40 of 60" in resumed.stdout + resumed.stderr
 
 
 def test_checkpoints_move_between_device_counts(runs):
