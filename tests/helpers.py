@@ -1,7 +1,6 @@
 """What the tests share: a fast run's overrides, composing configs, running train.py as a user does,
 restoring a run's final state, and reading W&B's offline run files with W&B's own reader."""
 
-import json
 import os
 import subprocess
 import sys
@@ -12,6 +11,7 @@ import jax
 import numpy as np
 from hydra import compose, initialize_config_dir
 
+from icl_lr import analysis
 from icl_lr.checkpoint import Checkpoints
 from icl_lr.config import from_dictconfig
 from icl_lr.optimizer import make_optimizer
@@ -99,12 +99,8 @@ class RunFile:
     @classmethod
     def load(cls, path: Path) -> "RunFile":
         """`path`: an offline-run-* directory or its .wandb file."""
-        wandb_cli = Path(sys.executable).with_name("wandb")
-        lines = subprocess.run(
-            [str(wandb_cli), "leet", "inspect", "--json", str(path)], check=True, capture_output=True, text=True
-        ).stdout.splitlines()
         run = cls(Path(path))
-        for record in map(json.loads, lines):
+        for record in analysis.read_wandb_records(path):
             kind, body = record["type"], record.get(record["type"], {})
             if kind == "run":
                 run.run_id, run.project, run.group = body["run_id"], body.get("project", ""), body.get("run_group", "")
