@@ -3,10 +3,8 @@
 The panels read what train.py logs: scalars against the `step` metric, the summary, and each eval's
 `eval/<set>/curves_chart` line series (a table `..._chart_table` of step = k, lineKey = predictor,
 lineVal = error), drawn by W&B's own `wandb/lineseries/v0` chart as on a run's page. Runs are picked
-by sweep and config filters; which groups and sets exist is read from analyze.py's runs table.
+by sweep, a group's runs by their ids; which groups and sets exist is read from analyze.py's runs table.
 """
-
-import math
 
 import pandas as pd
 import wandb_workspaces.reports.v2 as wr
@@ -23,21 +21,13 @@ def _config_keys(keys: list[str]) -> list[str]:
     return [k for key in keys for k in (MODEL_SHAPE if key == "model_size" else (key,))]
 
 
-def _plain(value):
-    """A table cell as the config value W&B holds: None for NaN/null, int for a whole float of an int key."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return None
-    if hasattr(value, "item"):
-        value = value.item()
-    return int(value) if isinstance(value, float) and value.is_integer() else value
-
-
-def _runset(entity: str, project: str, sweep: str | None, name: str, where: dict | None = None, **kwargs) -> wr.Runset:
-    """The sweep's finished runs, narrowed to the config values in `where`."""
+def _runset(entity: str, project: str, sweep: str | None, name: str, run_ids=None, **kwargs) -> wr.Runset:
+    """The sweep's finished runs; a group's, by their ids (exact, whatever the types of its config values)."""
     filters = [expr.Metric("State") == "finished"]
     if sweep:
         filters.append(expr.Metric("Sweep") == sweep)
-    filters += [expr.Config(key) == value for key, value in (where or {}).items()]
+    if run_ids is not None:
+        filters.append(expr.Metric("ID").isin(list(run_ids)))
     return wr.Runset(entity=entity, project=project, name=name, filters=expr.And(*filters), **kwargs)
 
 
@@ -95,11 +85,10 @@ def build_report(entity: str, project: str, sweep: str | None, runs: pd.DataFram
     ]
     for values, group in runs.groupby(keys, dropna=False, sort=True):
         name = group_label(keys, values)
-        where = {k: _plain(group[k].iloc[0]) for k in config_keys}
         blocks += [
             wr.H2(name),
             wr.PanelGrid(
-                runsets=[_runset(entity, project, sweep, name, where)],
+                runsets=[_runset(entity, project, sweep, name, group.run_id)],
                 panels=[_curve_chart(HELD_OUT, f"{name}: squared error / d vs k")],
             ),
         ]
