@@ -107,8 +107,9 @@ def load(args) -> analysis.RunTables:
     return analysis.load_local(args.paths)
 
 
-def write_plots(tables: analysis.RunTables, finished, aggregate, curve_stats, keys, args) -> dict:
-    """The PNG figures that the runs' metrics allow: {path: caption}."""
+def write_plots(tables: analysis.RunTables, named: dict, finished, keys, args) -> dict:
+    """The PNG figures that the runs' metrics allow, from the tables (`named`: the aggregates): {path: caption}."""
+    aggregate, curve_stats = named["aggregate"], named["curve_aggregate"]
     out, curves, figures = args.out, tables.curves, {}
     plots.plot_error_curves(curve_stats, keys, out / "error_vs_context.png")
     figures[out / "error_vs_context.png"] = (
@@ -130,12 +131,10 @@ def write_plots(tables: analysis.RunTables, finished, aggregate, curve_stats, ke
         if sets:
             plots.plot_sets(curve_stats, keys, sets, out / name, title)
             figures[out / name] = f"{title}: error vs k, a panel each"
-    if analysis.TASK_POOL in keys and (curves.set == "pretrain").any():
-        pool_stats = analysis.task_pool_stats(finished, curves, keys, args.bootstrap)
-        pool_stats.to_csv(out / "task_pool.csv", index=False)
-        plots.plot_error_vs_task_pool(pool_stats, keys, out / "error_vs_task_pool.png")
+    if "task_pool" in named:
+        plots.plot_error_vs_task_pool(named["task_pool"], keys, out / "error_vs_task_pool.png")
         figures[out / "error_vs_task_pool.png"] = (
-            "error vs task pool size, on pool and fresh tasks (table task_pool.csv)"
+            "error vs task pool size, on pool and fresh tasks (the table task_pool.csv)"
         )
     runs = tables.runs
     if "model_size" in keys and runs.model_size.nunique() > 1:
@@ -176,6 +175,8 @@ def main(argv=None) -> int:
 
     args.out.mkdir(parents=True, exist_ok=True)
     named = {**tables._asdict(), "aggregate": aggregate, "curve_aggregate": curve_stats}
+    if analysis.TASK_POOL in keys and (tables.curves.set == "pretrain").any():
+        named["task_pool"] = analysis.task_pool_stats(finished, tables.curves, keys, args.bootstrap)
     written = []
     for name, table in named.items():
         for fmt in args.format:
@@ -186,7 +187,7 @@ def main(argv=None) -> int:
     markdown = summary.to_markdown(index=False)
     (args.out / "summary.md").write_text(markdown + "\n")
     written.append(args.out / "summary.md")
-    figures = {} if args.no_plots else write_plots(tables, finished, aggregate, curve_stats, keys, args)
+    figures = {} if args.no_plots else write_plots(tables, named, finished, keys, args)
     written += figures
     if args.html:
         from icl_lr import html_report

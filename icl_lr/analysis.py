@@ -95,8 +95,7 @@ def history_scalars(item: dict) -> dict:
     """A logged history row's metrics: the numbers, without `step`, W&B's own keys and media. W&B's reader
     flattens a table into `<key>._type`, `<key>.nrows`, ...: those go with it."""
     media = tuple(k.removesuffix("._type") + "." for k in item if k.endswith("._type"))
-    kept = {k: v for k, v in item.items() if k != "step" and not k.startswith(media)} if media else item
-    return {k: v for k, v in summary_scalars(kept).items() if k != "step"}
+    return summary_scalars({k: v for k, v in item.items() if k != "step" and not k.startswith(media)})
 
 
 def _history_rows(run_id: str, records) -> list:
