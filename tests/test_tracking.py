@@ -78,16 +78,20 @@ def test_history_and_summary_match_the_local_metrics(tracked_run):
     assert record.summary["step"] == summary["step"] == 40 and record.summary["n_params"] == summary["n_params"]
 
 
-def test_one_summary_schema_in_run_dirs_and_wandb_files(tracked_run):
+def test_one_summary_schema_in_run_dirs_and_wandb_files(tracked_run, tmp_path):
     """summary.json and W&B's summary (read by W&B's own reader) hold the same numbers; analyze.py loads
-    the same tables from the run dir as from its offline W&B files alone."""
+    the same tables from the run dir as from its offline W&B files alone (copied away from the run dir)."""
+    import shutil
+
     run_dir, _ = tracked_run
+    only_wandb = tmp_path / "wandb"
+    shutil.copytree(run_dir / "wandb", only_wandb)
     (folder,) = (run_dir / "wandb").glob("offline-run-*")
     local = json.loads((run_dir / "summary.json").read_text())
     from_wandb = analysis.summary_scalars(analysis.read_wandb_file(folder)["summary"])
     assert from_wandb == pytest.approx(local, rel=1e-9)
     runs, curves, history = analysis.load_local([run_dir])
-    wandb_runs, wandb_curves, wandb_history = analysis.load_wandb_files([run_dir])
+    wandb_runs, wandb_curves, wandb_history = analysis.load_wandb_files([only_wandb])
     pd.testing.assert_frame_equal(
         runs.drop(columns="run_dir"), wandb_runs.drop(columns="run_dir"), check_like=True, check_dtype=False
     )
