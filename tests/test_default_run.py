@@ -15,7 +15,7 @@ def test_default_run_learns_in_context(tmp_path):
     assert final["step"] == 12000
     curves = {k: np.asarray(v) for k, v in final.items() if k != "step"}
     k = 10  # 2d
-    assert curves["model"][k] < 0.1 * curves["model"][0]  # measured: 0.038 vs 1.047
+    assert curves["model"][k] < 0.1 * curves["model"][0]  # measured: 0.0079 vs 1.049
     assert curves["model"][k] < 0.2 * curves["averaging"][k]
     np.testing.assert_allclose(curves["model"][:3], curves["bayes"][:3], atol=0.05)  # Bayes-optimal where k < d
 
