@@ -25,8 +25,9 @@ details summary { cursor: pointer; color: #0a58ca; margin: .5em 0; }
 """
 
 
-def _table(frame: pd.DataFrame, floats: str = "{:.4g}") -> str:
-    return frame.to_html(index=False, border=0, na_rep="", float_format=floats.format, escape=True)
+def _table(frame: pd.DataFrame) -> str:
+    """Numbers to 4 significant digits; a missing value (a metric a run did not log) left blank."""
+    return frame.to_html(index=False, border=0, na_rep="", float_format="{:.4g}".format, escape=True)
 
 
 def _figure(path: Path, caption: str) -> str:
