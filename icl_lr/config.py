@@ -76,7 +76,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    n_layer: int = 6
+    n_layer: int = 3
     n_embd: int = 64
     n_head: int = 2
     n_positions: int = 256
@@ -88,7 +88,7 @@ class ModelConfig:
 class TrainingConfig:
     steps: int = 12000
     num_epochs: int | None = None
-    batch_size: int = 64
+    batch_size: int = 128
     learning_rate: float = 1e-3
     warmup_steps: int = 500
     schedule: str = "cosine"
