@@ -76,7 +76,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    n_layer: int = 3
+    n_layer: int = 6
     n_embd: int = 64
     n_head: int = 2
     n_positions: int = 256
@@ -88,9 +88,9 @@ class ModelConfig:
 class TrainingConfig:
     steps: int = 12000
     num_epochs: int | None = None
-    batch_size: int = 128
+    batch_size: int = 64
     learning_rate: float = 1e-3
-    warmup_steps: int = 500
+    warmup_steps: int = 2000
     schedule: str = "cosine"
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.0

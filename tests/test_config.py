@@ -9,8 +9,8 @@ from icl_lr.config import ConfigError, RunConfig, from_dictconfig
 
 def test_defaults_and_presets_compose():
     cfg = run_config()
-    assert (cfg.model.n_layer, cfg.model.n_embd, cfg.model.n_head) == (3, 64, 2)
-    assert run_config("model=gpt2_narrow").model.n_layer == 6
+    assert (cfg.model.n_layer, cfg.model.n_embd, cfg.model.n_head, cfg.training.batch_size) == (6, 64, 2, 64)
+    assert run_config("model=gpt2_tiny").model.n_layer == 3
     assert (run_config("model=gpt2_small").model.n_layer, run_config("model=gpt2_standard").model.n_embd) == (6, 256)
     garg = run_config("experiment=garg2022")
     assert (garg.data.n_dims, garg.data.n_points, garg.model.n_layer, garg.training.learning_rate) == (20, 41, 12, 1e-4)
@@ -89,5 +89,5 @@ def test_epochs_over_a_finite_training_set_set_the_run_length():
     assert run_config("data.train_size=500", "training.batch_size=128", "training.num_epochs=3").training.steps == 12
     # the seed's `training.num_epochs=20` alone keeps the step budget and sizes the set to it
     seed = run_config("training.learning_rate=1e-3", "training.num_epochs=20")
-    assert (seed.training.steps, seed.data.train_size, seed.training.learning_rate) == (12000, 600 * 128, 1e-3)
+    assert (seed.training.steps, seed.data.train_size, seed.training.learning_rate) == (12000, 600 * 64, 1e-3)
     assert run_config().data.train_size is None  # by default a fresh batch every step

@@ -15,12 +15,13 @@ def test_default_run_learns_in_context(tmp_path):
     assert final["step"] == 12000
     curves = {k: np.asarray(v) for k, v in final.items() if k != "step"}
     k = 10  # 2d
-    assert curves["model"][k] < 0.1 * curves["model"][0]  # measured: 0.038 vs 1.047
+    assert curves["model"][k] < 0.1 * curves["model"][0]  # measured: 0.0035 vs 1.047
     assert curves["model"][k] < 0.2 * curves["averaging"][k]
     np.testing.assert_allclose(curves["model"][:3], curves["bayes"][:3], atol=0.05)  # Bayes-optimal where k < d
 
 
 GARG_OPTIMISER = ["training.schedule=constant", "training.warmup_steps=0", "training.grad_clip=1e9"]
+TINY = ["model=gpt2_tiny", "training.batch_size=128"]  # the model and batch the README's initialisation table used
 
 
 @pytest.mark.slow
@@ -29,7 +30,7 @@ def test_learns_under_garg_optimiser(tmp_path):
 
     With GPT-2's 0.02 read-in and 0.01 positions this run sat on the plateau (k = 10 error 0.98).
     """
-    train_cli(tmp_path, *GARG_OPTIMISER, "training.steps=3000", fast=False, timeout=1200)
+    train_cli(tmp_path, *TINY, *GARG_OPTIMISER, "training.steps=3000", fast=False, timeout=1200)
     final = held_out_curves(tmp_path)
     model = np.asarray(final["model"])
     assert model[10] < 0.15 * model[0]  # measured: 0.059 vs 1.05
