@@ -41,6 +41,12 @@ class Tracker:
     def finish(self, summary: dict) -> None: ...
 
 
+def curves_key(eval_set: str = "") -> str:
+    """The W&B key of a set's curve table: eval/curves for the held-out prompts, else eval/<set>/curves;
+    its line-series chart is <key>_chart (whose data W&B keeps as the table <key>_chart_table)."""
+    return f"eval/{eval_set}/curves" if eval_set else "eval/curves"
+
+
 def is_error_curve(name: str) -> bool:
     """Curves are named by predictor when they hold errors (model, bayes, least_squares_on_bins) and
     metric/predictor otherwise (ce/model, coverage/50): the one naming rule charts and summaries read."""
@@ -194,8 +200,8 @@ class WandbRun(Tracker):
             title=f"{eval_set or 'held-out'}: squared error / d vs in-context examples (step {step})",
             xname="k",
         )
-        prefix = f"eval/{eval_set}/" if eval_set else "eval/"
-        self.run.log({"step": step, f"{prefix}curves": table, f"{prefix}curves_chart": chart})
+        key = curves_key(eval_set)
+        self.run.log({"step": step, key: table, f"{key}_chart": chart})
 
     def log_checkpoint(self, directory: Path, step: int, aliases: Sequence[str]) -> None:
         if not self.log_checkpoints:

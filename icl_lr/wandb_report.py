@@ -12,6 +12,7 @@ from wandb_workspaces import expr
 
 from icl_lr.analysis import HELD_OUT, LEARNING_CURVES, MODEL_SHAPE, TASK_POOL
 from icl_lr.plots import group_label
+from icl_lr.tracking import curves_key
 
 HEADLINE = "eval/excess/mean"
 
@@ -33,9 +34,9 @@ def _runset(entity: str, project: str, sweep: str | None, name: str, run_ids=Non
 
 def _curve_chart(eval_set: str, title: str) -> wr.CustomChart:
     """Error vs k of every predictor, from the last eval's line-series table of `eval_set`."""
-    prefix = "eval/" if eval_set == HELD_OUT else f"eval/{eval_set}/"
+    chart_table = curves_key("" if eval_set == HELD_OUT else eval_set) + "_chart_table"
     return wr.CustomChart(
-        query={"summaryTable": {"tableKey": f"{prefix}curves_chart_table"}},
+        query={"summaryTable": {"tableKey": chart_table}},
         chart_name="wandb/lineseries/v0",
         chart_fields={"step": "step", "lineKey": "lineKey", "lineVal": "lineVal"},
         chart_strings={"title": title, "xname": "in-context examples k"},
