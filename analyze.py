@@ -107,10 +107,10 @@ def load(args) -> analysis.RunTables:
     return analysis.load_local(args.paths)
 
 
-def write_plots(tables: analysis.RunTables, named: dict, finished, keys, args) -> dict:
-    """The PNG figures that the runs' metrics allow, from the tables (`named`: the aggregates): {path: caption}."""
+def write_plots(named: dict, finished, keys, args) -> dict:
+    """The PNG figures that the runs' metrics allow, from the written tables `named`: {path: caption}."""
     aggregate, curve_stats = named["aggregate"], named["curve_aggregate"]
-    out, curves, figures = args.out, tables.curves, {}
+    out, curves, figures = args.out, named["curves"], {}
     plots.plot_error_curves(curve_stats, keys, out / "error_vs_context.png")
     figures[out / "error_vs_context.png"] = (
         "squared error / d vs k per group, the model (95% band) beside the baselines"
@@ -118,7 +118,7 @@ def write_plots(tables: analysis.RunTables, named: dict, finished, keys, args) -
     if curve_stats.predictor.str.startswith("ce/").any():
         plots.plot_error_curves(curve_stats, keys, out / "ce_vs_context.png", metric="ce")
         figures[out / "ce_vs_context.png"] = "cross-entropy of the y bin vs k per group, binned outputs"
-    history_stats = analysis.aggregate_history(finished, tables.history, keys, n_resamples=args.bootstrap)
+    history_stats = analysis.aggregate_history(finished, named["history"], keys, n_resamples=args.bootstrap)
     if not history_stats.empty:
         plots.plot_history(history_stats, keys, out / "eval_vs_step.png")
         figures[out / "eval_vs_step.png"] = "held-out error (mean over k) and excess over Bayes vs training step"
@@ -136,7 +136,7 @@ def write_plots(tables: analysis.RunTables, named: dict, finished, keys, args) -
         figures[out / "error_vs_task_pool.png"] = (
             "error vs task pool size, on pool and fresh tasks (the table task_pool.csv)"
         )
-    runs = tables.runs
+    runs = named["runs"]
     if "model_size" in keys and runs.model_size.nunique() > 1:
         order = list(runs.groupby("model_size").n_params.first().sort_values().index)
         path = out / "excess_vs_model_size.png"
@@ -187,7 +187,7 @@ def main(argv=None) -> int:
     markdown = summary.to_markdown(index=False)
     (args.out / "summary.md").write_text(markdown + "\n")
     written.append(args.out / "summary.md")
-    figures = {} if args.no_plots else write_plots(tables, named, finished, keys, args)
+    figures = {} if args.no_plots else write_plots(named, finished, keys, args)
     written += figures
     if args.html:
         from icl_lr import html_report
