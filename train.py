@@ -38,6 +38,7 @@ def run(cfg: DictConfig, run_dir: Path, attempt_dir: Path, choices: dict) -> Non
     # root handler, which doubles every line of `--info`; `--help`, `--cfg` and `--info` skip JAX too.
     from icl_lr import parallel
 
+    parallel.use_cpu_devices(run_cfg)
     if run_cfg.training.distributed:
         parallel.initialize_distributed()
         if not parallel.same_on_every_process(str(run_dir.absolute())):

@@ -5,7 +5,8 @@
 
 For each preset: steps/s, tokens/s and model FLOP utilisation (MFU: the model's matmul FLOPs per
 second over this machine's measured peak float32 matmul rate) of the whole jitted JAX train step
-(sampling, forward, backward, AdamW update), its compile time, and the same for Garg et al.'s
+(sampling, forward, backward, AdamW update) on the devices train.py uses (a CPU split as
+training.cpu_devices=auto splits it), its compile time, and the same for Garg et al.'s
 PyTorch model (transformers.GPT2Model with a linear read-in and read-out, Adam) trained on the
 same batch and sequence length. Then the cost of one evaluation: building the held-out set with
 its baselines (once per run) and scoring the model on it (every eval). A benchmark, not a test.
@@ -184,25 +185,23 @@ def main() -> None:
         type=int,
         default=2,
         metavar="N",
-        help="data-parallel scaling: JAX's steps/s on N devices against 1 (forced CPU devices on a CPU; default 2)",
+        help="data-parallel scaling: JAX's steps/s on N devices against 1 (a CPU split into N; default 2)",
     )
     parser.add_argument("--jax-only", action="store_true", help=argparse.SUPPRESS)  # a scaling subprocess's run
     args = parser.parse_args()
+    configs = {preset: garg_config(preset, args) for preset in args.presets}
+    parallel.use_cpu_devices(next(iter(configs.values())))  # as train.py splits a CPU, before JAX starts
     if args.jax_only:
         for preset in args.presets:
-            print(
-                json.dumps(
-                    {"preset": preset, "step_seconds": time_jax(garg_config(preset, args), args.steps)["step_seconds"]}
-                )
-            )
+            print(json.dumps({"preset": preset, "step_seconds": time_jax(configs[preset], args.steps)["step_seconds"]}))
         return
 
-    configs = {preset: garg_config(preset, args) for preset in args.presets}
     data_cfg, eval_cfg = next(iter(configs.values())).data, next(iter(configs.values())).eval
     length = encoding_of(data_cfg).sequence_length
     device = jax.devices()[0]
     peak = peak_matmul_flops()
-    print(f"JAX {jax.__version__} on {device.platform} ({device.device_kind}), {os.cpu_count()} CPU cores")
+    devices = f"{jax.device_count()} {device.platform.upper()} device" + "s" * (jax.device_count() > 1)
+    print(f"JAX {jax.__version__} on {devices} ({device.device_kind}), {os.cpu_count()} CPU cores")
     print(f"measured peak float32 matmul: {peak / 1e9:.1f} GFLOP/s")
     print(f"task: d={args.n_dims}, {args.n_points} points ({length} tokens), batch {args.batch_size}, ", end="")
     print(f"{args.steps} timed steps; Garg et al.'s optimiser (experiment=garg2022)\n")
@@ -240,10 +239,10 @@ def main() -> None:
 
 
 def steps_per_second_on(n_devices: int, args) -> dict:
-    """{preset: JAX steps/s} from a fresh process that sees `n_devices` devices (forced, on a CPU)."""
+    """{preset: JAX steps/s} from a fresh process that sees `n_devices` devices (a CPU split into as many)."""
     env = dict(os.environ)
     if jax.devices()[0].platform == "cpu":
-        env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={n_devices}".strip()
+        env["JAX_NUM_CPU_DEVICES"] = str(n_devices)  # training.cpu_devices=auto takes it
     else:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, range(n_devices)))
     command = [sys.executable, __file__, "--jax-only", "--presets", *args.presets, "--steps", str(args.steps)]
@@ -260,7 +259,7 @@ def print_scaling(args) -> None:
         print(f"\ndata-parallel scaling: needs {n} devices, this machine has {jax.device_count()}")
         return
     one, many = steps_per_second_on(1, args), steps_per_second_on(n, args)
-    kind = "forced CPU devices sharing this machine's cores" if jax.devices()[0].platform == "cpu" else "GPUs"
+    kind = "CPU devices sharing this machine's cores" if jax.devices()[0].platform == "cpu" else "GPUs"
     print(f"\ndata-parallel scaling, global batch {args.batch_size} split over {n} {kind}:")
     for preset in args.presets:
         ratio = many[preset] / one[preset]

@@ -97,6 +97,7 @@ class TrainingConfig:
     grad_clip: float = 1.0
     precision: str = "fp32"
     distributed: bool = False
+    cpu_devices: str = "auto"
     steps_per_dispatch: int = 50
     log_every: int = 500
     eval_every: int = 2000
@@ -236,6 +237,10 @@ def _validate(cfg: RunConfig) -> None:
     )
     _check(t.schedule in SCHEDULES, f"training.schedule must be one of {SCHEDULES}, got {t.schedule!r}")
     _check(t.precision in PRECISIONS, f"training.precision must be one of {PRECISIONS}, got {t.precision!r}")
+    _check(
+        t.cpu_devices == "auto" or (t.cpu_devices.isdigit() and int(t.cpu_devices) >= 1),
+        f"training.cpu_devices must be auto or an integer >= 1, got {t.cpu_devices!r}",
+    )
     for key in ("steps", "batch_size", "steps_per_dispatch", "max_to_keep"):
         _check(getattr(t, key) >= 1, f"training.{key} must be >= 1, got {getattr(t, key)}")
     if t.num_epochs is not None:

@@ -27,7 +27,7 @@ RUN_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 # resume replaces with the checkpoint (so run dirs from before that key existed resume too).
 FREE_KEYS = ("training.log_every", "training.eval_every", "training.checkpoint_every", "training.max_to_keep")
 FREE_KEYS += ("training.steps_per_dispatch", "init_from", "training.steps", "model.embedding_std")
-FREE_KEYS += ("training.distributed",)  # where the steps run, as the device count: not what they compute
+FREE_KEYS += ("training.distributed", "training.cpu_devices")  # where the steps run, not what they compute
 FREE_PREFIXES = ("eval.", "wandb.")
 
 

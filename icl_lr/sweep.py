@@ -8,12 +8,14 @@ controller: grid, random, bayes), and each is started as `wandb agent` starts it
 YAML names, expanded by wandb's own agent code, with the agent's environment (WANDB_SWEEP_ID,
 WANDB_RUN_ID, WANDB_SWEEP_PARAM_PATH) and its parameter file, written by wandb's own config_util.
 Runs go one at a time (or `--workers N` at once: one GPU each, round robin, with JAX's memory share
-set when several share one), offline, under outputs/sweep-<id>/<run id>/, grouped by the sweep id;
-each run's result is printed and appended to outputs/sweep-<id>/results.jsonl as soon as it ends.
+set when several share one; on a CPU, a share of its cores each), offline, under
+outputs/sweep-<id>/<run id>/, grouped by the sweep id; each run's result is printed and appended to
+outputs/sweep-<id>/results.jsonl as soon as it ends.
 Early termination needs concurrent runs and a server, so it is ignored here.
 """
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -137,7 +139,7 @@ def gpu_indices() -> list:
 
 def worker_environment(slot: int, workers: int, gpus: list) -> dict:
     """Worker `slot`'s devices: GPU slot mod #GPUs (CUDA_VISIBLE_DEVICES), with JAX's memory share set when
-    several workers share one GPU; nothing on a CPU-only machine (the runs share its cores)."""
+    several workers share one GPU; nothing on a CPU-only machine (see `worker_cores`)."""
     if not gpus:
         return {}
     sharing = -(-workers // len(gpus))  # workers per GPU, at most
@@ -145,6 +147,29 @@ def worker_environment(slot: int, workers: int, gpus: list) -> dict:
     if sharing > 1:
         environ["XLA_PYTHON_CLIENT_MEM_FRACTION"] = f"{0.9 / sharing:.2f}"
     return environ
+
+
+def worker_cores(slot: int, workers: int, cores: list) -> list:
+    """Worker `slot`'s CPU cores when the runs share a CPU: a disjoint share while there are enough
+    (each run's training.cpu_devices=auto then splits its own share, not every core), else one core."""
+    if workers >= len(cores):
+        return [cores[slot % len(cores)]]
+    return cores[slot::workers]
+
+
+@contextlib.contextmanager
+def _on_cores(cores: list | None):
+    """Processes started inside run on `cores` (None: on this one's): they inherit this thread's CPU
+    affinity, set for the while and restored (no preexec_fn, which forks unsafely beside threads)."""
+    if cores is None:
+        yield
+        return
+    own = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cores)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, own)
 
 
 class _Running(NamedTuple):
@@ -257,9 +282,13 @@ def _start(sweep, proposal, sweep_id, overrides, slot, workers, gpus, number, co
     argv = expand_command(sweep, params, environ) + [f"wandb.group={sweep_id}", *overrides]
     run_dir = _run_dir(argv)  # before the run: a command without it is refused untried
     devices = worker_environment(slot, workers, gpus)
-    on = f" on GPU {devices['CUDA_VISIBLE_DEVICES']}" if devices else ""
+    on, cores = (f" on GPU {devices['CUDA_VISIBLE_DEVICES']}" if devices else ""), None
+    if not gpus and workers > 1 and hasattr(os, "sched_setaffinity"):
+        cores = worker_cores(slot, workers, sorted(os.sched_getaffinity(0)))
+        on = f" on CPU cores {','.join(map(str, cores))}"
     log.info("run %d/%d (%s)%s: %s", number, count, run_id, on, " ".join(f"{k}={v}" for k, v in params.items()))
-    process = subprocess.Popen(argv, env=os.environ | environ | devices)
+    with _on_cores(cores):
+        process = subprocess.Popen(argv, env=os.environ | environ | devices)
     return _Running(process, run_id, proposal, params, run_dir, slot)
 
 

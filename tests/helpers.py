@@ -55,6 +55,12 @@ def no_key_env(**extra) -> dict:
     return env | {"NETRC": os.devnull} | extra
 
 
+def auto_devices_env(**extra) -> dict:
+    """no_key_env without the suite's one-device pin (conftest.py): training.cpu_devices=auto splits the
+    CPU as it does for a user."""
+    return {k: v for k, v in no_key_env(**extra).items() if k != "JAX_NUM_CPU_DEVICES"}
+
+
 def train_cli(run_dir, *overrides, fast=True, env=None, cwd=ROOT, timeout=300):
     """`python train.py [FAST] overrides hydra.run.dir=run_dir`, as a user runs it; checks it succeeds."""
     command = [sys.executable, str(ROOT / "train.py"), *(FAST if fast else []), *overrides, f"hydra.run.dir={run_dir}"]

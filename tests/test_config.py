@@ -31,6 +31,8 @@ def test_defaults_and_presets_compose():
         ("training.log_every=33", "training.log_every"),
         ("training.schedule=step", "training.schedule"),
         ("training.precision=fp16", "training.precision"),
+        ("training.cpu_devices=0", "training.cpu_devices"),
+        ("training.cpu_devices=many", "training.cpu_devices"),
         ("data.n_points=many", "data.n_points"),
         ("+data.colour=red", "data.colour"),
         ("training.num_epochs=20000", "training.num_epochs"),

@@ -1,16 +1,17 @@
-"""Whole runs that must learn in context: the README's main job (`python train.py`, ~8 min on 2 cores),
-a run under Garg et al.'s optimiser (~3 min) and experiment=tokens (~7 min). Slow: run with
+"""Whole runs that must learn in context: the README's main job (`python train.py`, ~6 min on 2 cores,
+its CPU split as a user's run splits it), a run under Garg et al.'s optimiser (~3 min) and
+experiment=tokens (~7 min), these two on one CPU device as measured. Slow: run with
 `python -m pytest -m slow`."""
 
 import numpy as np
 import pytest
 
-from helpers import held_out_curves, train_cli
+from helpers import auto_devices_env, held_out_curves, train_cli
 
 
 @pytest.mark.slow
 def test_default_run_learns_in_context(tmp_path):
-    train_cli(tmp_path, fast=False, timeout=1800)
+    train_cli(tmp_path, fast=False, env=auto_devices_env(), timeout=1800)  # on the devices a user's run gets
     final = held_out_curves(tmp_path)
     assert final["step"] == 12000
     curves = {k: np.asarray(v) for k, v in final.items() if k != "step"}

@@ -11,12 +11,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from helpers import FAST, ROOT, final_state, no_key_env, run_config, train_cli
+from helpers import FAST, ROOT, auto_devices_env, final_state, no_key_env, run_config, train_cli
 from icl_lr.optimizer import make_optimizer
 from icl_lr.tracking import read_jsonl
 from icl_lr.train import build_model, init_state, train
 
-TWO_DEVICES = no_key_env(XLA_FLAGS="--xla_force_host_platform_device_count=2")
+TWO_DEVICES = no_key_env(JAX_NUM_CPU_DEVICES="2")
 CONSTANT_LR = ["training.schedule=constant", "wandb.mode=disabled"]  # a run cut at step 20 resumes the same
 TOLERANCE = dict(rtol=1e-4, atol=1e-5)  # measured: float32 sums in another order (see the README)
 RUN = run_config(*FAST, *CONSTANT_LR)  # the runs' config, to read their checkpoints
@@ -54,6 +54,31 @@ def test_two_devices_train_and_evaluate_like_one(runs):
     ]
     assert [r["step"] for r in curves[1]] == [20, 40]
     np.testing.assert_allclose(curves[1][-1]["model"], curves[0][-1]["model"], **TOLERANCE)
+
+
+CORES = len(os.sched_getaffinity(0))
+
+
+@pytest.mark.skipif(CORES < 2, reason="splits a CPU of 2 cores or more")
+def test_a_cpu_is_split_into_one_device_per_core_once_per_process(tmp_path):
+    """training.cpu_devices=auto: one device per core (FAST's batches of 16 and 32 split over 2, 4, 8, 16);
+    a later job of the same multirun that asks for another count is refused, not run on the wrong one."""
+    command = [sys.executable, "train.py", "-m", *FAST, "training.steps=10", "wandb.mode=disabled"]
+    command += ["training.cpu_devices=auto,1", f"hydra.sweep.dir={tmp_path}"]
+    result = subprocess.run(command, cwd=ROOT, env=auto_devices_env(), capture_output=True, text=True, timeout=300)
+    output = result.stdout + result.stderr
+    split = min(16, 2 ** (CORES.bit_length() - 1))
+    assert f"on {split} CPU devices;" in output
+    assert f"config error: training.cpu_devices (1): this process already runs on {split} CPU devices" in output
+    assert (tmp_path / "0" / "summary.json").exists() and not (tmp_path / "1" / "summary.json").exists()
+
+
+@pytest.mark.skipif(CORES < 2, reason="splits a CPU of 2 cores or more")
+def test_a_batch_that_does_not_split_keeps_one_device(tmp_path):
+    result = train_cli(
+        tmp_path, "training.batch_size=15", "training.steps=10", "wandb.mode=disabled", env=auto_devices_env()
+    )
+    assert "on 1 CPU device;" in result.stdout + result.stderr
 
 
 def slurm_task_env(task: int, n_tasks: int) -> dict:

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from wandb.sdk.lib import config_util
 import sweeps
 from helpers import FAST, ROOT, RunFile, no_key_env
 from icl_lr import analysis
-from icl_lr.sweep import expand_command, load_sweep, run_sweep, worker_environment
+from icl_lr.sweep import expand_command, load_sweep, run_sweep, worker_cores, worker_environment
 from icl_lr.tracking import read_jsonl
 
 SWEEP_FILES = sorted((ROOT / "sweeps").glob("*.yaml"))
@@ -101,10 +102,11 @@ def run_interval(run_dir) -> tuple:
     return stamps[0], stamps[-1]
 
 
-def test_workers_run_a_sweep_two_at_a_time(tmp_path, monkeypatch):
+def test_workers_run_a_sweep_two_at_a_time_each_on_its_share_of_the_cores(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     for key, value in no_key_env().items():
         monkeypatch.setenv(key, value)
+    monkeypatch.delenv("JAX_NUM_CPU_DEVICES")  # each run's training.cpu_devices=auto splits what it is given
     path = ROOT / "sweeps" / "model_size.yaml"  # a grid: two workers must not get the same point
     results = run_sweep(path, count=2, overrides=[*FAST, "training.steps=40"], sweep_id="local-two", workers=2)
     assert [r["exit_code"] for r in results] == [0, 0]
@@ -113,10 +115,15 @@ def test_workers_run_a_sweep_two_at_a_time(tmp_path, monkeypatch):
         run_interval(tmp_path / "outputs" / "sweep-local-two" / r["run_id"]) for r in results
     )
     assert first_start < second_end and second_start < first_end  # they overlapped
+    logs = [(tmp_path / "outputs" / "sweep-local-two" / r["run_id"] / "train.log").read_text() for r in results]
+    devices = [int(re.search(r"on (\d+) CPU devices?;", log).group(1)) for log in logs]
+    assert sum(devices) <= max(2, len(os.sched_getaffinity(0)))  # a share of the cores each, not all of them
 
 
-def test_workers_get_a_gpu_each_and_share_memory_when_they_share_one():
-    assert worker_environment(0, 2, []) == {}  # CPU only: the runs share the cores
+def test_workers_get_a_gpu_or_cores_each_and_share_memory_when_they_share_a_gpu():
+    assert worker_environment(0, 2, []) == {}  # CPU only: the runs get a share of the cores instead
+    assert [worker_cores(slot, 2, [0, 1, 2, 3, 4]) for slot in range(2)] == [[0, 2, 4], [1, 3]]
+    assert [worker_cores(slot, 3, [0, 1]) for slot in range(3)] == [[0], [1], [0]]
     assert worker_environment(1, 2, ["0", "1"]) == {"CUDA_VISIBLE_DEVICES": "1"}
     four_on_two = [worker_environment(slot, 4, ["0", "1"]) for slot in range(4)]
     assert [e["CUDA_VISIBLE_DEVICES"] for e in four_on_two] == ["0", "1", "0", "1"]
