@@ -1,4 +1,4 @@
-"""Past one device: data parallel over forced CPU devices and over processes, checkpoints across device
+"""Past one device: data parallel over a CPU split into devices and over processes, checkpoints across device
 counts, bf16 compute."""
 
 import json
