@@ -285,7 +285,7 @@ def train(cfg: RunConfig, run_dir: Path, trackers=()) -> dict:
     started = time.perf_counter()
     evaluator = Evaluator(cfg, model, state.rng, mesh)
     dispatch = make_dispatch(model, tx, cfg, mesh)
-    summary, window, throughput = {"n_params": n_params}, [], Throughput()
+    summary, window, throughput = {"n_params": n_params, "n_devices": mesh.size}, [], Throughput()
     for record in read_jsonl(run_dir / "metrics.jsonl"):  # best values so far, when resumed
         _keep_best(summary, record)
 

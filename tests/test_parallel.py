@@ -48,6 +48,8 @@ def test_two_devices_train_and_evaluate_like_one(runs):
     """Steps 21-40 and the step-40 eval of one_then_two ran on two devices."""
     root, log = runs
     assert "resumed at step 20 of 40" in log and "on 2 CPU devices" in log
+    summaries = [json.loads((root / name / "summary.json").read_text()) for name in ("one", "one_then_two")]
+    assert [s["n_devices"] for s in summaries] == [1, 2]  # the devices of a run's last attempt, for the record
     np.testing.assert_allclose(losses(root / "one_then_two"), losses(root / "one"), **TOLERANCE)
     curves = [
         [r for r in read_jsonl(root / name / "curves.jsonl") if "set" not in r] for name in ("one", "one_then_two")
