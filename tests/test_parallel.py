@@ -59,9 +59,10 @@ def test_two_devices_train_and_evaluate_like_one(runs):
 
 
 CORES = len(os.sched_getaffinity(0))
+SPLITS_A_CPU = pytest.mark.skipif(CORES < 2 or jax.default_backend() != "cpu", reason="splits a CPU of 2 cores or more")
 
 
-@pytest.mark.skipif(CORES < 2, reason="splits a CPU of 2 cores or more")
+@SPLITS_A_CPU
 def test_a_cpu_is_split_into_one_device_per_core_once_per_process(tmp_path):
     """training.cpu_devices=auto: one device per core (FAST's batches of 16 and 32 split over 2, 4, 8, 16);
     a later job of the same multirun that asks for another count is refused, not run on the wrong one."""
@@ -75,7 +76,7 @@ def test_a_cpu_is_split_into_one_device_per_core_once_per_process(tmp_path):
     assert (tmp_path / "0" / "summary.json").exists() and not (tmp_path / "1" / "summary.json").exists()
 
 
-@pytest.mark.skipif(CORES < 2, reason="splits a CPU of 2 cores or more")
+@SPLITS_A_CPU
 def test_a_batch_that_does_not_split_keeps_one_device(tmp_path):
     result = train_cli(
         tmp_path, "training.batch_size=15", "training.steps=10", "wandb.mode=disabled", env=auto_devices_env()
