@@ -150,7 +150,8 @@ def write_plots(named: dict, finished, keys, args) -> dict:
 
 
 def main(argv=None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         tables = analysis.apply_filters(load(args), args.where)
@@ -196,7 +197,7 @@ def main(argv=None) -> int:
         tables_shown = {"aggregate: every eval metric": aggregate, "runs: config and summary": runs}
         html_report.write_report(
             args.out / "report.html",
-            "python analyze.py " + shlex.join(sys.argv[1:] if argv is None else argv),
+            "python analyze.py " + shlex.join(argv),
             [args.wandb] if args.wandb else list(map(str, args.paths)),
             varied,
             runs.status.value_counts().to_dict(),

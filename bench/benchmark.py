@@ -190,13 +190,14 @@ def main() -> None:
     parser.add_argument("--jax-only", action="store_true", help=argparse.SUPPRESS)  # a scaling subprocess's run
     args = parser.parse_args()
     configs = {preset: garg_config(preset, args) for preset in args.presets}
-    parallel.use_cpu_devices(next(iter(configs.values())))  # as train.py splits a CPU, before JAX starts
+    first = next(iter(configs.values()))  # the presets share the task, the eval and the batch
+    parallel.use_cpu_devices(first)  # as train.py splits a CPU, before JAX starts
     if args.jax_only:
         for preset in args.presets:
             print(json.dumps({"preset": preset, "step_seconds": time_jax(configs[preset], args.steps)["step_seconds"]}))
         return
 
-    data_cfg, eval_cfg = next(iter(configs.values())).data, next(iter(configs.values())).eval
+    data_cfg, eval_cfg = first.data, first.eval
     length = encoding_of(data_cfg).sequence_length
     device = jax.devices()[0]
     peak = peak_matmul_flops()
