@@ -5,6 +5,7 @@
   python analyze.py --wandb-files outputs/                 # offline W&B run folders alone (no run dir files)
   python analyze.py --wandb my-team/icl-lr --sweep 9x2k   # runs of a W&B project (needs a key and network)
   python analyze.py --wandb my-team/icl-lr --sweep 9x2k --report   # ... and a W&B report of the sweep
+  python analyze.py outputs/sweep-local-abc123 --report-spec report.json   # that report, serialised, no server
 
 Runs are grouped by what the sweep varied (config keys that differ between runs, the model's shape
 as `model_size`), and every metric is aggregated over the seeds of a group: mean, std and a bootstrap
@@ -20,6 +21,7 @@ fresh tasks (error_vs_task_pool.png), when the pool size varies.
 """
 
 import argparse
+import json
 import logging
 import shlex
 import sys
@@ -84,6 +86,12 @@ def parse_args(argv):
         "--report",
         action="store_true",
         help="with --wandb: save a W&B report of the runs (the sweep) and print its URL",
+    )
+    parser.add_argument(
+        "--report-spec",
+        type=Path,
+        metavar="FILE",
+        help="write the W&B report as --report would send it (JSON), without a server: to review it first",
     )
     args = parser.parse_args(argv)
     if bool(args.paths) == bool(args.wandb):
@@ -208,14 +216,24 @@ def main(argv=None) -> int:
         written.append(args.out / "report.html")
     print(markdown)
     print("wrote " + ", ".join(map(str, written)))
-    if args.report:
+    if args.report or args.report_spec:
         from icl_lr import wandb_report
 
-        entity, project = args.wandb.split("/")
+        entity, project = args.wandb.split("/") if args.wandb else runs_project(finished)
         report = wandb_report.build_report(entity, project, args.sweep, finished, keys, markdown)
-        report.save()
-        print(f"W&B report: {report.url}")
+        if args.report_spec:
+            args.report_spec.write_text(json.dumps(wandb_report.report_spec(report), indent=2) + "\n")
+            print(f"wrote {args.report_spec} (the W&B report as --report would send it)")
+        if args.report:
+            report.save()
+            print(f"W&B report: {report.url}")
     return 0
+
+
+def runs_project(runs) -> tuple[str, str]:
+    """(entity, project) that local runs logged to, from their wandb.* config ("ENTITY" where unset)."""
+    entity, project = (runs[key].dropna().unique() for key in ("wandb.entity", "wandb.project"))
+    return (entity[0] if len(entity) else "ENTITY"), (project[0] if len(project) else "icl-lr")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from icl_lr.config import RunConfig, flatten
-from icl_lr.run_dir import RunDirLock, config_record
+from icl_lr.run_dir import RunDirLock, config_record, read_config_record, read_identity
 from icl_lr.tracking import read_jsonl
 
 CONFIG_PREFIXES = ("data.", "model.", "training.", "eval.", "seed")  # config columns that can define a group
@@ -142,14 +142,17 @@ def _read_json(path: Path):
 def _local_run(run_dir: Path) -> tuple[dict, list, list] | None:
     """(row, curve rows, history rows) of one run dir; None (and a warning) when one of its files is damaged.
 
-    Only a finished run's summary and curves count: a run without summary.json, or whose
-    summary.json is older than its metrics (a resumed run that has not finished again), is listed
-    with status `running` or `crashed` and no metrics.
+    The config is the one its latest start ran (run_config.json; older dirs: .hydra/config.yaml). Only a
+    finished run's summary and curves count: a run without summary.json, or whose summary.json is older
+    than its metrics (a resumed run that has not finished again), is listed with status `running` or
+    `crashed` and no metrics.
     """
     from omegaconf import OmegaConf
 
     try:
-        config = OmegaConf.to_container(OmegaConf.load(run_dir / ".hydra" / "config.yaml"), resolve=True)
+        config = read_config_record(run_dir)
+        if config is None:
+            config = OmegaConf.to_container(OmegaConf.load(run_dir / ".hydra" / "config.yaml"), resolve=True)
         summary = _read_json(run_dir / "summary.json") if (run_dir / "summary.json").exists() else None
         evals = read_jsonl(run_dir / "curves.jsonl")
         metrics = read_jsonl(run_dir / "metrics.jsonl")
@@ -157,8 +160,7 @@ def _local_run(run_dir: Path) -> tuple[dict, list, list] | None:
     except (OSError, ValueError, KeyError) as error:
         log.warning("skipping %s: a damaged file (%s: %s)", run_dir, type(error).__name__, error)
         return None
-    id_file = run_dir / "wandb_run_id"
-    run_id = id_file.read_text().strip() if id_file.exists() else run_dir.name
+    run_id = read_identity(run_dir)["wandb_run_id"] or run_dir.name
     history_rows = _history_rows(run_id, metrics)
     if summary is not None and summary.get("step") == last_step:
         curve_rows = _last_curves(run_id, evals)
@@ -168,8 +170,27 @@ def _local_run(run_dir: Path) -> tuple[dict, list, list] | None:
     return _run_row(run_id, config, {}, run_dir=str(run_dir), status=status), [], history_rows
 
 
+def _once_per_run(readable: list) -> list:
+    """The loaded runs of `readable` [(run dir, loaded run)], one per run id: a run dir copied whole (same
+    id, never restarted) counts once, from the dir the id was given in (its identity's path), else from a
+    finished copy; a warning names the others."""
+    by_id = {}
+    for run_dir, run in readable:
+        by_id.setdefault(run[0]["run_id"], []).append((run_dir, run))
+    kept = []
+    for run_id, places in by_id.items():
+        home = read_identity(places[0][0]).get("path")
+        places.sort(key=lambda place: (str(place[0].resolve()) != home, place[1][0]["status"] != "finished"))
+        kept.append(places[0][1])
+        if len(places) > 1:
+            copies = ", ".join(str(run_dir) for run_dir, _ in places[1:])
+            log.warning("run %s is in %d run dirs: counted once, from %s (copies: %s)", run_id, len(places),
+                        places[0][0], copies)  # fmt: skip
+    return kept
+
+
 def load_local(paths) -> RunTables:
-    """Every run dir (one holding .hydra/config.yaml) at or below `paths`.
+    """Every run dir (one holding .hydra/config.yaml) at or below `paths`, each run once.
 
     `runs` has a `status` column: finished, running or crashed; only finished runs have a summary and
     curves; every run has its history so far.
@@ -177,7 +198,7 @@ def load_local(paths) -> RunTables:
     run_dirs = sorted({p.parents[1] for path in map(Path, paths) for p in path.rglob(".hydra/config.yaml")})
     if not run_dirs:
         raise FileNotFoundError(f"no run dirs (with .hydra/config.yaml) under {', '.join(map(str, paths))}")
-    loaded = [run for run in map(_local_run, run_dirs) if run is not None]
+    loaded = _once_per_run([(run_dir, run) for run_dir in run_dirs if (run := _local_run(run_dir)) is not None])
     if not any(row["status"] == "finished" for row, _, _ in loaded):
         raise FileNotFoundError(
             f"no finished runs among the {len(run_dirs)} run dirs under {', '.join(map(str, paths))}"
@@ -197,8 +218,12 @@ def load_wandb(project_path: str, sweep: str | None = None, state: str | None = 
 
     filters = {k: v for k, v in (("sweep", sweep), ("state", state)) if v}
     rows, curve_rows, history_rows = [], [], []
+    try:
+        api = wandb.Api()
+    except wandb.errors.UsageError:  # no key: W&B's own message is a traceback's last line
+        raise LookupError("--wandb needs a W&B API key: run `wandb login` or set WANDB_API_KEY") from None
     with tempfile.TemporaryDirectory() as downloads:
-        for run in wandb.Api().runs(project_path, filters=filters):
+        for run in api.runs(project_path, filters=filters):
             config = {k: v for k, v in run.config.items() if not k.startswith("_")}
             summary = run.summary._json_dict
             rows.append(_run_row(run.id, config, summary, run_path="/".join(run.path), status=run.state))
@@ -236,9 +261,15 @@ def load_wandb_files(paths) -> RunTables:
     folders = sorted({p for path in map(Path, paths) for p in path.rglob("offline-run-*") if p.is_dir()})
     if not folders:
         raise FileNotFoundError(f"no W&B run folders (offline-run-*) under {', '.join(map(str, paths))}")
-    starts = {}  # names start with the start time: in order, each id's folders from first to last start
+    by_name = {}  # a run dir copied whole carries its W&B folders along: one start, counted once
     for folder in folders:
-        starts.setdefault(folder.name.rsplit("-", 1)[-1], []).append(folder)
+        by_name.setdefault(folder.name, []).append(folder)
+    for name, copies in by_name.items():
+        if len(copies) > 1:
+            log.warning("W&B folder %s is in %d places: read once, from %s", name, len(copies), copies[0].parent)
+    starts = {}  # names start with the start time: in order, each id's folders from first to last start
+    for name in sorted(by_name):
+        starts.setdefault(name.rsplit("-", 1)[-1], []).append(by_name[name][0])
     rows, curve_rows, history_rows = [], [], []
     for run_id, run_folders in starts.items():
         record = read_wandb_file(run_folders[-1])

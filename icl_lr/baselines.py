@@ -121,6 +121,7 @@ def discrete_mmse(xs, ys, pool_MxD, prior_scale: float, noise_stds: tuple):
 
 
 DMMSE_CHUNK = 2**22  # context points x pool tasks per dMMSE batch: bounds its memory for pools up to 2^20
+DMMSE_MAX_POOL = 2**20  # past this many tasks dMMSE is left out: the pool would not fit its memory bound
 
 
 def all_predictions(xs, ys, prior_scale: float, noise_stds: tuple, pool_MxD=None) -> dict:

@@ -7,6 +7,9 @@ disk, a truncated copy) is moved to `checkpoints/damaged/` and the one before it
 Saves wait for completion: a checkpoint is uploaded as a W&B artifact right after it is written.
 """
 
+import contextlib
+import errno
+import json
 import logging
 import shutil
 import time
@@ -28,6 +31,9 @@ class Checkpoints:
         for leftover in directory.glob("*/*.orbax-checkpoint-tmp*"):  # a save cut short by a kill
             log.warning("removing %s, a checkpoint save that never completed", leftover)
             shutil.rmtree(leftover, ignore_errors=True)
+        for step_dir in directory.glob("best/[0-9]*"):  # the best manager reads every step's metrics on start
+            if not _metadata_readable(step_dir):
+                self._set_aside(step_dir, "best", "has unreadable metadata")
         self.latest = ocp.CheckpointManager(
             directory / "latest", options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep)
         )
@@ -39,8 +45,9 @@ class Checkpoints:
     def save_latest(self, state) -> Path:
         """Saves and returns the step's directory once complete (ready to upload)."""
         step = int(state.step)
-        self.latest.save(step, args=ocp.args.StandardSave(state))
-        self.latest.wait_until_finished()
+        with _one_error(self.latest.directory / str(step), state):
+            self.latest.save(step, args=ocp.args.StandardSave(state))
+            self.latest.wait_until_finished()
         return self.latest.directory / str(step)
 
     def save_best(self, state, eval_error: float) -> Path | None:
@@ -48,8 +55,9 @@ class Checkpoints:
         step = int(state.step)
         if self.best.best_step() is not None and eval_error >= self._best_error():
             return None
-        self.best.save(step, args=ocp.args.StandardSave(state), metrics={BEST_METRIC: float(eval_error)})
-        self.best.wait_until_finished()
+        with _one_error(self.best.directory / str(step), state):
+            self.best.save(step, args=ocp.args.StandardSave(state), metrics={BEST_METRIC: float(eval_error)})
+            self.best.wait_until_finished()
         return self.best.directory / str(step)
 
     def _best_error(self) -> float:
@@ -71,18 +79,18 @@ class Checkpoints:
                 raise  # whole, but of another model: not damage
             except Exception as error:  # orbax raises many kinds for a damaged step
                 reason = " ".join(str(error).split())[:200]
-                moved = self.damaged / f"latest-{step}-{time.strftime('%Y%m%d-%H%M%S')}"
-                log.warning(
-                    "checkpoint step %d is unreadable (%s: %s); moved to %s, trying the one before",
-                    step,
-                    type(error).__name__,
-                    reason,
-                    moved,
+                self._set_aside(
+                    step_dir, "latest", f"is unreadable ({type(error).__name__}: {reason}), the one before is tried"
                 )
-                moved.parent.mkdir(parents=True, exist_ok=True)
-                shutil.move(step_dir, moved)
                 self.latest.reload()
         return None
+
+    def _set_aside(self, step_dir: Path, kind: str, why: str) -> None:
+        """Moves a damaged step directory to damaged/, never deleting it, and says so in one line."""
+        moved = self.damaged / f"{kind}-{step_dir.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        log.warning("%s checkpoint step %s %s; moved to %s", kind, step_dir.name, why, moved)
+        moved.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(step_dir, moved)
 
     def close(self) -> None:
         """Waits for asynchronous saves, so the last checkpoint is on disk when the run ends."""
@@ -90,6 +98,41 @@ class Checkpoints:
         self.best.wait_until_finished()
         self.latest.close()
         self.best.close()
+
+
+@contextlib.contextmanager
+def _one_error(step_dir: Path, state):
+    """A failed save as one exception. A disk without room for the state (its bytes and a quarter more) is
+    refused before orbax starts: orbax's threads would each log their failure, tracebacks included. Those
+    of other failures are held back (absl, ERROR); a full disk is raised as OSError(ENOSPC)."""
+    needed = 1.25 * sum(x.nbytes for x in jax.tree.leaves(state)) + 2**20
+    free = shutil.disk_usage(step_dir.parent).free
+    if free < needed:
+        raise OSError(errno.ENOSPC, f"No space left on device for {step_dir}: {free / 2**20:.1f} MiB free, "
+                      f"a checkpoint needs about {needed / 2**20:.1f} MiB")  # fmt: skip
+    absl = logging.getLogger("absl")
+    level = absl.level
+    absl.setLevel(logging.CRITICAL)
+    try:
+        yield
+    except Exception as error:
+        if "No space left on device" in str(error) or getattr(error, "errno", None) == errno.ENOSPC:
+            raise OSError(errno.ENOSPC, f"No space left on device writing {step_dir}") from None
+        raise
+    finally:
+        absl.setLevel(level)
+
+
+def _metadata_readable(step_dir: Path) -> bool:
+    """Whether a step directory's JSON metadata (orbax's and the saved metrics), where present, parses."""
+    for name in ("_CHECKPOINT_METADATA", "metrics/metrics"):
+        try:
+            json.loads((step_dir / name).read_text())
+        except FileNotFoundError:
+            continue
+        except (OSError, ValueError):
+            return False
+    return True
 
 
 class CheckpointMismatch(ConfigError):

@@ -26,6 +26,7 @@ SCHEDULES = ("constant", "cosine", "linear")
 PRECISIONS = ("fp32", "bf16")
 BIN_SCHEMES = ("uniform", "gaussian_quantiles")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
+SEED_LIMIT = 2**32  # PRNGKey keeps a seed's low 32 bits: larger seeds repeat smaller ones
 
 
 class ConfigError(ValueError):
@@ -92,6 +93,7 @@ class TrainingConfig:
     learning_rate: float = 1e-3
     warmup_steps: int = 2000
     schedule: str = "cosine"
+    decay_steps: int | None = None
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.0
     grad_clip: float = 1.0
@@ -103,6 +105,11 @@ class TrainingConfig:
     eval_every: int = 2000
     checkpoint_every: int = 2000
     max_to_keep: int = 3
+
+    @property
+    def horizon(self) -> int:
+        """The step at which the decay reaches its floor: decay_steps, or the run's length when unset."""
+        return self.steps if self.decay_steps is None else self.decay_steps
 
 
 @dataclass(frozen=True)
@@ -198,9 +205,9 @@ def _validate(cfg: RunConfig) -> None:
         _check(len(choices) >= 1, "data.noise_std_choices must be null or a non-empty list")
         floor_ok = all(s > 0 for s in choices) if len(choices) > 1 else choices[0] >= 0
         _check(floor_ok, f"data.noise_std_choices must be > 0 when several are given, got {choices}")
-    for key in ("task_pool_size", "train_size"):
+    for key in ("task_pool_size", "train_size"):  # drawn by index as int32
         value = getattr(d, key)
-        _check(value is None or value >= 1, f"data.{key} must be null or >= 1, got {value}")
+        _check(value is None or 1 <= value < 2**31, f"data.{key} must be null or in [1, 2**31), got {value}")
     _check(d.vocab_size >= 2, f"data.vocab_size must be >= 2, got {d.vocab_size}")
     _check(d.bin_range > 0, f"data.bin_range must be > 0, got {d.bin_range}")
     _check(d.bin_scheme in BIN_SCHEMES, f"data.bin_scheme must be one of {BIN_SCHEMES}, got {d.bin_scheme!r}")
@@ -252,6 +259,9 @@ def _validate(cfg: RunConfig) -> None:
         )
     _check(t.learning_rate > 0, f"training.learning_rate must be > 0, got {t.learning_rate}")
     _check(t.warmup_steps >= 0, f"training.warmup_steps must be >= 0, got {t.warmup_steps}")
+    _check(
+        t.decay_steps is None or t.decay_steps >= 1, f"training.decay_steps must be null or >= 1, got {t.decay_steps}"
+    )
     _check(0 <= t.min_lr_ratio <= 1, f"training.min_lr_ratio must be in [0, 1], got {t.min_lr_ratio}")
     _check(t.grad_clip > 0, f"training.grad_clip must be > 0, got {t.grad_clip}")
     _check(t.weight_decay >= 0, f"training.weight_decay must be >= 0, got {t.weight_decay}")
@@ -262,10 +272,15 @@ def _validate(cfg: RunConfig) -> None:
             f"training.{key} ({value}) must be a positive multiple of "
             f"training.steps_per_dispatch ({t.steps_per_dispatch})",
         )
+    for key, value in (("seed", cfg.seed), ("eval.seed", e.seed)):  # jax.random.PRNGKey(2**32) == PRNGKey(0)
+        _check(0 <= value < SEED_LIMIT, f"{key} must be in [0, 2**32), got {value}")
     _check(e.n_prompts >= 1, f"eval.n_prompts must be >= 1, got {e.n_prompts}")
     _check(e.batch_size >= 1, f"eval.batch_size must be >= 1, got {e.batch_size}")
     _check(w.mode in WANDB_MODES, f"wandb.mode must be one of {WANDB_MODES}, got {w.mode!r}")
-    _check(w.init_timeout > 0, f"wandb.init_timeout must be > 0, got {w.init_timeout}")
+    _check(
+        0 < w.init_timeout < math.inf,
+        f"wandb.init_timeout must be a finite number of seconds > 0, got {w.init_timeout}",
+    )
 
 
 def flatten(tree: dict, prefix: str = "") -> dict:

@@ -67,8 +67,9 @@ def conditions(key, cfg: DataConfig, n_prompts: int) -> dict:
         suite[f"scale_y_{s:g}"] = one_set(xs, labels(xs, s * ws))
     skew = 1 / jnp.arange(1, d + 1)
     suite["skewed"] = one_set(xs @ transformation(rotation_key, skew, normalize=True))
-    half = (jnp.arange(d) < d // 2).astype(jnp.float32)
-    suite["half_subspace"] = one_set(xs @ transformation(rotation_key, half, normalize=True))
+    if d >= 2:  # half of one dimension is none: at d = 1 the condition does not exist
+        half = (jnp.arange(d) < d // 2).astype(jnp.float32)
+        suite["half_subspace"] = one_set(xs @ transformation(rotation_key, half, normalize=True))
     noisy = labels(xs, ws, unit_noise)  # noise std 1, then y rescaled to std sqrt(d), as their noisyLR
     suite["noisy_labels"] = one_set(xs, noisy * jnp.sqrt(d) / jnp.std(noisy))
     signs = jnp.sign(jax.random.normal(sign_key, (n_prompts, 1, d)))

@@ -7,10 +7,11 @@ from icl_lr.config import TrainingConfig
 
 
 def learning_rate_schedule(cfg: TrainingConfig) -> optax.Schedule:
-    """Linear warmup from 0, then constant, or cosine or linear decay to min_lr_ratio * learning_rate
-    (linear with min_lr_ratio 0: Raventos et al.'s triangle, their icl/optim.py)."""
+    """Linear warmup from 0, then constant, or cosine or linear decay to min_lr_ratio * learning_rate at
+    step `cfg.horizon`, held there after it (linear with min_lr_ratio 0: Raventos et al.'s triangle, their
+    icl/optim.py)."""
     warmup = optax.linear_schedule(0.0, cfg.learning_rate, max(cfg.warmup_steps, 1))
-    decay_steps = max(cfg.steps - cfg.warmup_steps, 1)
+    decay_steps = max(cfg.horizon - cfg.warmup_steps, 1)
     if cfg.schedule == "constant":
         after = optax.constant_schedule(cfg.learning_rate)
     elif cfg.schedule == "linear":

@@ -62,7 +62,14 @@ def initialize_distributed() -> None:
     finds the coordinator, process count and rank in the cluster's variables (SLURM's SLURM_NTASKS,
     SLURM_PROCID, SLURM_STEP_NODELIST, ...; Open MPI's; or JAX_COORDINATOR_ADDRESS and its arguments)."""
     jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU processes all-reduce over TCP
-    jax.distributed.initialize()
+    try:
+        jax.distributed.initialize()
+    except (ValueError, RuntimeError) as error:  # no cluster's variables, or a coordinator that never answered
+        reason = " ".join(str(error).split())[:200]
+        raise ConfigError(
+            f"training.distributed: no job to join ({reason}); start one process per host under srun or mpirun, "
+            "or set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID"
+        ) from None
 
 
 def is_primary() -> bool:

@@ -19,6 +19,7 @@ import contextlib
 import json
 import logging
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -28,8 +29,10 @@ from typing import NamedTuple
 
 import yaml
 from wandb.sdk.launch.sweeps import utils as sweep_utils
-from wandb.sdk.lib import runid
 
+from icl_lr.config import WandbConfig
+from icl_lr.preemption import Preempted, StopRequest
+from icl_lr.run_dir import RunDirError, RunDirLock, new_run_id
 from icl_lr.tracking import read_jsonl
 
 with warnings.catch_warnings():  # the engine's pydantic-1 style config warns on import under pydantic 2
@@ -40,15 +43,21 @@ log = logging.getLogger("icl_lr.sweep")
 
 
 def load_sweep(path: Path) -> dict:
-    """The sweep config, refused with every schema violation the sweeps engine finds."""
-    config = yaml.safe_load(Path(path).read_text())
+    """The sweep config, refused (ValueError, one line) when it is not YAML, not a mapping, or breaks the
+    sweeps engine's schema (every violation named)."""
+    try:
+        config = yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as error:
+        raise ValueError(f"{path}: not valid YAML ({' '.join(str(error).split())})") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: a sweep config is a mapping (program, method, parameters, ...), got {config!r:.80}")
     # run_cap is the W&B server's (the open-source engine's schema predates it): checked here, honoured by run_sweep
     run_cap = config.get("run_cap")
     if run_cap is not None and not (isinstance(run_cap, int) and run_cap >= 1):
         raise ValueError(f"{path}: run_cap must be a positive integer, got {run_cap!r}")
     violations = sweeps.schema_violations_from_proposed_config({k: v for k, v in config.items() if k != "run_cap"})
     if violations:
-        raise ValueError(f"{path}: invalid sweep config: " + "; ".join(violations))
+        raise ValueError(f"{path}: invalid sweep config: " + "; ".join(" ".join(v.split()) for v in violations))
     return config
 
 
@@ -106,15 +115,20 @@ def resolve_program(sweep: dict, sweep_path: Path) -> dict:
     raise FileNotFoundError(f"{sweep_path}: program {program} is not beside the YAML nor in a folder above it")
 
 
-def agent_environment(sweep_id: str, run_id: str, params: dict) -> dict:
-    """What `wandb agent` adds to a run's environment (wandb_agent.py, Agent._command_run), its
-    parameter file included: wandb.init merges that file over the run's config."""
+def agent_environment(sweep: dict, sweep_id: str, run_id: str, params: dict) -> dict:
+    """What `wandb agent` adds to a run's environment (wandb_agent.py: `run_agent` sets the project and
+    entity, `Agent.__init__` WANDB_DIR where unset, `Agent._command_run` the sweep and run ids and the
+    parameter file, which wandb.init merges over the run's config). The project is `agent_project`'s,
+    never the folder's name, which W&B would otherwise take."""
     from wandb.sdk.lib import config_util
 
-    base = os.environ.get("WANDB_DIR", "")
+    base = os.environ.get("WANDB_DIR") or os.path.abspath(os.getcwd())
     param_path = os.path.join(base, "wandb", f"sweep-{sweep_id}", f"config-{run_id}.yaml")
     config_util.save_config_file_from_dict(param_path, {key: {"value": value} for key, value in params.items()})
-    return {"WANDB_SWEEP_ID": sweep_id, "WANDB_RUN_ID": run_id, "WANDB_SWEEP_PARAM_PATH": param_path}
+    environ = {"WANDB_PROJECT": agent_project(sweep), "WANDB_DIR": base}
+    if sweep.get("entity"):
+        environ["WANDB_ENTITY"] = sweep["entity"]
+    return environ | {"WANDB_SWEEP_ID": sweep_id, "WANDB_RUN_ID": run_id, "WANDB_SWEEP_PARAM_PATH": param_path}
 
 
 def _previous_runs(results_file: Path) -> list:
@@ -191,28 +205,50 @@ def run_sweep(
 ) -> list:
     """Proposes and runs runs until the sweep has `count` (a resumed sweep's earlier runs count), up to
     `workers` at once, each in its own process and W&B run; returns one dict per run of this call: id,
-    params, metric, exit code, run dir."""
+    params, metric, exit code, run dir. One runner per sweep id: a second is refused while one runs (the
+    sweep folder's lock), and a sweep id that has results goes on only with `resume`."""
     sweep = resolve_program(load_sweep(sweep_path), sweep_path)
     if sweep.get("run_cap") and sweep["run_cap"] < count:
         log.info("the sweep's run_cap is %d: %d runs instead of %d", sweep["run_cap"], sweep["run_cap"], count)
         count = sweep["run_cap"]
-    sweep_id = sweep_id or f"local-{runid.generate_id()}"
+    sweep_id = sweep_id or f"local-{new_run_id()}"
+    folder = Path("outputs") / f"sweep-{sweep_id}"
+    with RunDirLock(folder, "sweep"):
+        results_file = folder / "results.jsonl"
+        if resume and not results_file.exists():
+            raise FileNotFoundError(f"--resume {sweep_id}: no {results_file} here (start from the sweep's folder)")
+        if not resume and results_file.exists():
+            raise RunDirError(
+                f"sweep {sweep_id} has {len(read_jsonl(results_file))} runs in {results_file} already: continue it "
+                f"with --resume {sweep_id}, or give another --sweep-id"
+            )
+        done = _previous_runs(results_file) if resume else []
+        log.info(
+            "sweep %s (%s, %s, W&B project %s): %d runs, %d done before, %d at a time",
+            sweep_id,
+            sweep_path,
+            sweep["method"],
+            agent_project(sweep),
+            count,
+            len(done),
+            workers,
+        )
+        continued = ["python", "-m", "icl_lr.sweep", str(sweep_path), "--count", str(count), "--resume", sweep_id]
+        continued += ["--workers", str(workers)] * (workers > 1) + (["--", *overrides] if overrides else [])
+        return _run_all(sweep, sweep_id, count, overrides, workers, done, results_file, shlex.join(continued))
+
+
+def agent_project(sweep: dict) -> str:
+    """The W&B project a sweep's runs log to: its `project:`, else WANDB_PROJECT, else wandb.project's default."""
+    return sweep.get("project") or os.environ.get("WANDB_PROJECT") or WandbConfig().project
+
+
+def _run_all(sweep, sweep_id, count, overrides, workers, done, results_file, continued: str) -> list:
+    """The runs of the sweep, `workers` at a time, each recorded in results_file as it ends. On Ctrl-C the
+    runs got the same signal and stop (their W&B runs marked failed); on SIGTERM they are sent one. Either
+    way one line says what stopped and the command that goes on (`continued`)."""
     metric = sweep.get("metric", {}).get("name")
-    results_file = Path("outputs") / f"sweep-{sweep_id}" / "results.jsonl"
-    if resume and not results_file.exists():
-        raise FileNotFoundError(f"--resume {sweep_id}: no {results_file} here (start from the sweep's folder)")
-    done = _previous_runs(results_file) if resume else []
     results, running, exhausted, gpus = [], [], False, gpu_indices()
-    log.info(
-        "sweep %s (%s, %s): %d runs, %d done before, %d at a time%s",
-        sweep_id,
-        sweep_path,
-        sweep["method"],
-        count,
-        len(done),
-        workers,
-        f" on GPUs {','.join(gpus)}" if gpus else "",
-    )
     try:
         while running or (not exhausted and len(done) < count):
             # start: proposals while a worker is free (running runs count, as the W&B controller counts them)
@@ -256,19 +292,19 @@ def run_sweep(
                     "run %s failed (exit code %d); see %s/train.log", finished.run_id, returncode, finished.run_dir
                 )
             print(json.dumps(result), flush=True)
-    except KeyboardInterrupt:  # the runs got the same Ctrl-C: let them mark their W&B runs failed and stop
+    except (KeyboardInterrupt, Preempted) as stop:
         for run in running:
+            if run.process.poll() is None and isinstance(stop, Preempted):
+                run.process.terminate()  # Ctrl-C reached the runs already; a SIGTERM to the runner did not
             run.process.wait()
         log.error(
-            "interrupted during run%s %s; %d finished runs are in %s; continue with: "
-            "python -m icl_lr.sweep %s --count %d --resume %s",
+            "%s during run%s %s; %d finished runs are in %s; continue with: %s",
+            "interrupted" if isinstance(stop, KeyboardInterrupt) else "stopped by SIGTERM",
             "s" * (len(running) > 1),
             ", ".join(r.run_id for r in running),
             len(done),
             results_file,
-            sweep_path,
-            count,
-            sweep_id,
+            continued,
         )
         raise
     return results
@@ -277,8 +313,8 @@ def run_sweep(
 def _start(sweep, proposal, sweep_id, overrides, slot, workers, gpus, number, count) -> _Running:
     """One run's process, started as `wandb agent` starts it, on worker `slot`'s devices."""
     params = {key: _plain(spec["value"]) for key, spec in proposal.config.items()}
-    run_id = runid.generate_id()
-    environ = agent_environment(sweep_id, run_id, params)
+    run_id = new_run_id()
+    environ = agent_environment(sweep, sweep_id, run_id, params)
     argv = expand_command(sweep, params, environ) + [f"wandb.group={sweep_id}", *overrides]
     run_dir = _run_dir(argv)  # before the run: a command without it is refused untried
     devices = worker_environment(slot, workers, gpus)
@@ -324,16 +360,19 @@ def main(argv=None) -> int:
     overrides = argv[argv.index("--") + 1 :] if "--" in argv else []
     args = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][sweep] %(message)s")
+    StopRequest().install()  # SIGTERM: the runs are sent one and the runner stops, saying how to go on
     try:
         if args.workers < 1:
             raise ValueError(f"--workers must be >= 1, got {args.workers}")
         sweep_id = args.resume or args.sweep_id
         results = run_sweep(args.sweep, args.count, overrides, sweep_id, bool(args.resume), args.workers)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError, RunDirError) as error:
         log.error("%s", error)
         return 2
     except KeyboardInterrupt:
         return 130
+    except Preempted:
+        return Preempted.exit_code
     return 0 if all(r["exit_code"] == 0 for r in results) else 1
 
 

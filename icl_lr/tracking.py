@@ -16,7 +16,8 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from icl_lr.config import WANDB_MODES, WandbConfig, flatten
+from icl_lr.config import WANDB_MODES, ConfigError, WandbConfig, flatten
+from icl_lr.run_dir import SUMMARY_FILE, write_atomic
 
 log = logging.getLogger("icl_lr")
 
@@ -31,6 +32,9 @@ class Tracker:
         else the set's name (train_set, pretrain, sigma_0.5, ood/skewed)."""
 
     def log_checkpoint(self, directory: Path, step: int, aliases: Sequence[str]) -> None: ...
+
+    def preempting(self) -> None:
+        """The run is about to stop on SIGTERM, at a checkpoint, to be resumed."""
 
     def download_checkpoint(self, reference: str) -> Path:
         """The files of a W&B `model` artifact (init_from), through the public API."""
@@ -54,8 +58,17 @@ def is_error_curve(name: str) -> bool:
 
 
 def read_jsonl(path: Path) -> list:
-    """The records of a JSON-lines file (metrics.jsonl, curves.jsonl); none if it does not exist."""
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    """The records of a JSON-lines file (metrics.jsonl, curves.jsonl); none if it does not exist. A last
+    line cut short (a kill or a full disk mid-write) is left out with a warning; damage elsewhere raises."""
+    if not path.exists():
+        return []
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    try:
+        return [json.loads(line) for line in lines]
+    except ValueError:
+        records = [json.loads(line) for line in lines[:-1]]
+        log.warning("%s: its last line is cut short (%r); left out", path, lines[-1][:60])
+        return records
 
 
 class LocalFiles(Tracker):
@@ -80,7 +93,7 @@ class LocalFiles(Tracker):
         self._append("curves.jsonl", {"step": step, **named, **{k: [float(x) for x in v] for k, v in curves.items()}})
 
     def finish(self, summary: dict) -> None:
-        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        write_atomic(self.run_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
 
 
 class Trackers(Tracker):
@@ -101,6 +114,10 @@ class Trackers(Tracker):
         for t in self.trackers:
             t.log_checkpoint(directory, step, aliases)
 
+    def preempting(self):
+        for t in self.trackers:
+            t.preempting()
+
     def download_checkpoint(self, reference):
         return (self.trackers or [Tracker()])[-1].download_checkpoint(reference)  # W&B's, when it is one
 
@@ -109,13 +126,18 @@ class Trackers(Tracker):
             t.finish(summary)
 
 
+WANDB_MODE_ALIASES = {"dryrun": "offline", "run": "online"}  # W&B's older names, which it still accepts
+
+
 def resolve_mode(mode: str) -> str:
     """online | offline | disabled: WANDB_MODE wins over wandb.mode; 'auto' is online only when W&B
     itself finds credentials (an API key in the environment, its settings file or netrc, or an
     identity-token file), asked without ever prompting."""
     mode = os.environ.get("WANDB_MODE", mode)
+    mode = WANDB_MODE_ALIASES.get(mode, mode)
     if mode not in WANDB_MODES:
-        raise ValueError(f"WANDB_MODE must be one of {WANDB_MODES}, got {mode!r}")
+        choices = ", ".join((*WANDB_MODES, *WANDB_MODE_ALIASES))
+        raise ConfigError(f"WANDB_MODE (in the environment) must be one of {choices}, got {mode!r}")
     if mode == "auto":
         import wandb
 
@@ -146,18 +168,23 @@ class WandbRun(Tracker):
 
         self.wandb = wandb
         self.log_checkpoints = settings.log_checkpoints
-        in_sweep = bool(os.environ.get("WANDB_SWEEP_ID"))  # the agent names the sweep's project and entity
+        # In a sweep W&B takes the project, entity and run id from the environment alone (the agent's): the
+        # run dir's own id goes there (a copied or restarted dir has a new one), read afresh by W&B.
+        in_sweep = bool(os.environ.get("WANDB_SWEEP_ID"))
+        if in_sweep and os.environ.get("WANDB_RUN_ID") != run_id:
+            os.environ["WANDB_RUN_ID"] = run_id
+            wandb.teardown()  # W&B read its environment when it first started in this process
         files_dir = os.environ.get("WANDB_DIR") or str(Path(run_dir).absolute())
         init_args = dict(
-            project=None if in_sweep and os.environ.get("WANDB_PROJECT") else settings.project,
-            entity=None if in_sweep and os.environ.get("WANDB_ENTITY") else settings.entity,
+            project=None if in_sweep else settings.project,
+            entity=None if in_sweep else settings.entity,
             group=settings.group,
             tags=list(settings.tags),
             job_type=settings.job_type,
             name=settings.name,
             config=config,
             dir=files_dir,
-            id=run_id,
+            id=None if in_sweep else run_id,
             resume="allow",
         )
         try:
@@ -180,9 +207,13 @@ class WandbRun(Tracker):
         return self
 
     def __exit__(self, kind, error, traceback):
-        if error is not None and self.run is not None:  # KeyboardInterrupt included
-            self.run.finish(exit_code=1)
+        if error is not None and self.run is not None:  # KeyboardInterrupt and SIGTERM included
+            self.run.finish(exit_code=getattr(error, "exit_code", 1))
             self.run = None
+
+    def preempting(self) -> None:
+        """W&B marks the run preempting: a sweep's controller requeues it, and it resumes under its id."""
+        self.run.mark_preempting()
 
     def log(self, metrics: dict, step: int) -> None:
         self.run.log({"step": step, **metrics})

@@ -6,6 +6,7 @@ steps run in one `lax.scan` per call (a dispatch), to keep Python out of the hot
 """
 
 import logging
+import signal
 import time
 from functools import partial
 from pathlib import Path
@@ -17,12 +18,13 @@ import optax
 from flax import struct
 from jax.sharding import Mesh
 
-from icl_lr import data, evaluate, parallel
+from icl_lr import baselines, data, evaluate, parallel
 from icl_lr.checkpoint import Checkpoints, restore_params
 from icl_lr.config import ConfigError, DataConfig, RunConfig, steps_per_epoch
 from icl_lr.encoding import encoding_of
 from icl_lr.model import ICLModel
 from icl_lr.optimizer import learning_rate_schedule, make_optimizer
+from icl_lr.preemption import StopRequest
 from icl_lr.tracking import LocalFiles, Tracker, Trackers, read_jsonl
 
 log = logging.getLogger("icl_lr")
@@ -125,7 +127,10 @@ def _duration(seconds: float) -> str:
 def _headline(curves: dict, n_dims: int) -> str:
     """Errors at k = 2d (or the last k the curves score): the model beside the Bayes-optimal, least squares
     and, where the run has a task pool, dMMSE."""
-    k = max(k for k in range(min(2 * n_dims + 1, len(curves["model"]))) if np.isfinite(curves["model"][k]))
+    scored = [k for k in range(min(2 * n_dims + 1, len(curves["model"]))) if np.isfinite(curves["model"][k])]
+    if not scored:
+        return "error: not finite at any k"
+    k = max(scored)
     names = ("model", evaluate.BAYES, "least_squares", "dmmse")
     parts = [f"{name} {curves[name][k]:.4f}" for name in names if name in curves]
     return f"error@k={k}: " + ", ".join(parts) + f" (k=0: {curves['model'][0]:.4f})"
@@ -141,7 +146,7 @@ def _initial_params(init_from: str, template, tracker: Tracker):
         raise ConfigError(f"init_from: cannot start from {init_from} ({type(error).__name__}: {reason})") from error
 
 
-def _log_phase(tracker: Tracker, window: list, step: int, cfg: RunConfig, throughput: Throughput) -> dict:
+def _log_phase(tracker: Tracker, window: list, step: int, cfg: RunConfig, throughput: Throughput) -> None:
     """Mean train metrics over the dispatches since the last log line, and one progress line."""
     metrics = {k: np.concatenate([w[k] for w in window]) for k in window[0]}
     record = {
@@ -160,7 +165,6 @@ def _log_phase(tracker: Tracker, window: list, step: int, cfg: RunConfig, throug
     tracker.log(record, step)
     log.info(line)
     throughput.reset()
-    return record
 
 
 class Evaluator:
@@ -174,12 +178,18 @@ class Evaluator:
         self.cfg = cfg
         self.model_curves = evaluate.make_model_curves_fn(model, cfg.eval, mesh)
         d, e = cfg.data, cfg.eval
-        pool = data.pool_tasks(data.pool_key(run_key), d, jnp.arange(d.task_pool_size)) if d.task_pool_size else None
+        pool = None  # the whole pool, for dMMSE; sampling from it needs none of it
+        if d.task_pool_size and d.task_pool_size <= baselines.DMMSE_MAX_POOL:
+            pool = data.pool_tasks(data.pool_key(run_key), d, jnp.arange(d.task_pool_size))
+        elif d.task_pool_size:
+            log.info(
+                "dMMSE left out: a pool of %d tasks is past its bound of %d", d.task_pool_size, baselines.DMMSE_MAX_POOL
+            )
         one = lambda eval_set: evaluate.EvalSets([eval_set])
         self.sets = {"": one(evaluate.make_eval_set(d, e, pool))}
         if d.train_size:
             self.sets["train_set/"] = one(evaluate.make_train_set_eval(d, e, run_key, pool))
-        if pool is not None:
+        if d.task_pool_size:
             self.sets["pretrain/"] = one(evaluate.make_pretrain_set(d, e, run_key, pool))
         if d.noise_std_choices:
             self.sets |= {f"sigma_{s:g}/": one(v) for s, v in evaluate.make_sigma_sets(d, e).items()}
@@ -234,11 +244,16 @@ def _start_state(cfg: RunConfig, model: ICLModel, tx, checkpoints: Checkpoints, 
 BEST_OF = ("train/loss", "eval/model/error_mean")  # the summary keeps each one's minimum as best/<key>
 
 
-def _keep_best(summary: dict, record: dict) -> None:
-    """Lowers summary's best/<key> to record's <key> where that is lower."""
-    for key in BEST_OF:
-        if key in record:
-            summary[f"best/{key}"] = min(record[key], summary.get(f"best/{key}", np.inf))
+def summary_of(records: list) -> dict:
+    """The summary's metrics, derived from the run's records (metrics.jsonl): each key's last value, and
+    best/<key> the minimum of each BEST_OF key. A lost or damaged summary.json is so rebuilt whole."""
+    summary = {}
+    for record in records:
+        summary |= {k: v for k, v in record.items() if k != "step"}
+        for key in BEST_OF:
+            if key in record:
+                summary[f"best/{key}"] = min(record[key], summary.get(f"best/{key}", np.inf))
+    return summary
 
 
 def _check_finite(metrics: dict, first_step: int) -> None:
@@ -252,13 +267,16 @@ def _check_finite(metrics: dict, first_step: int) -> None:
         )
 
 
-def train(cfg: RunConfig, run_dir: Path, trackers=()) -> dict:
-    """Trains to cfg.training.steps, resuming from run_dir's checkpoints; returns the final summary.
+def train(cfg: RunConfig, run_dir: Path, trackers=(), stop: StopRequest | None = None) -> dict:
+    """Trains to cfg.training.steps, resuming from run_dir's checkpoints; returns the final summary and
+    the last held-out curves ("curves").
 
     `cfg.init_from` (a checkpoint step directory or W&B artifact reference) sets the initial params
-    of a new run; a run dir with checkpoints of its own always resumes from those instead.
+    of a new run; a run dir with checkpoints of its own always resumes from those instead. `stop`: a
+    SIGTERM or Ctrl-C, answered between dispatches by a checkpoint and `Preempted` or KeyboardInterrupt.
     """
     run_dir, t = Path(run_dir), cfg.training
+    stop = stop or StopRequest()
     parallel.check_split(cfg)
     mesh = parallel.data_mesh()
     model, tx = build_model(cfg), make_optimizer(t)
@@ -285,46 +303,55 @@ def train(cfg: RunConfig, run_dir: Path, trackers=()) -> dict:
     started = time.perf_counter()
     evaluator = Evaluator(cfg, model, state.rng, mesh)
     dispatch = make_dispatch(model, tx, cfg, mesh)
-    summary, window, throughput = {"n_params": n_params, "n_devices": mesh.size}, [], Throughput()
-    for record in read_jsonl(run_dir / "metrics.jsonl"):  # best values so far, when resumed
-        _keep_best(summary, record)
+    facts, window, throughput = {"n_params": n_params, "n_devices": mesh.size}, [], Throughput()
+    stop.watched = True  # from here on, a stop signal is answered at the end of a dispatch
 
     while step < t.steps:
-        # train: one dispatch, up to steps_per_dispatch steps
-        n_steps = min(t.steps_per_dispatch, t.steps - step)
+        # train: one dispatch, up to the next multiple of steps_per_dispatch (a preempted run realigns)
+        n_steps = min(t.steps_per_dispatch - step % t.steps_per_dispatch, t.steps - step)
         dispatch_started = time.perf_counter()
         state, metrics = dispatch(state, n_steps)
         window.append(jax.device_get(metrics))
         _check_finite(window[-1], step)
         step += n_steps
-        if throughput.record(n_steps, time.perf_counter() - dispatch_started) and "compile_seconds" not in summary:
-            summary["compile_seconds"] = time.perf_counter() - dispatch_started
-            log.info("train step compiled and first %d steps run in %.1fs", n_steps, summary["compile_seconds"])
+        if throughput.record(n_steps, time.perf_counter() - dispatch_started) and "compile_seconds" not in facts:
+            facts["compile_seconds"] = time.perf_counter() - dispatch_started
+            log.info("train step compiled and first %d steps run in %.1fs", n_steps, facts["compile_seconds"])
         is_last = step == t.steps
 
         # log: train metrics and a progress line
         if step % t.log_every == 0 or is_last:
-            summary |= _log_phase(tracker, window, step, cfg, throughput)
-            _keep_best(summary, summary)
+            _log_phase(tracker, window, step, cfg, throughput)
             window = []
 
         # eval: error curves, and the best checkpoint by held-out error
         best_dir = None
         if step % t.eval_every == 0 or is_last:
-            scalars, curves = evaluator(state.params, tracker, step, final=is_last)
-            summary |= scalars | {"curves": {k: v.tolist() for k, v in curves.items()}}
-            _keep_best(summary, scalars)
+            scalars, _ = evaluator(state.params, tracker, step, final=is_last)
             best_dir = checkpoints.save_best(state, scalars["eval/model/error_mean"])
 
         # checkpoint: the latest state (one artifact version when it is also the best)
-        if step % t.checkpoint_every == 0 or is_last:
+        saved = step % t.checkpoint_every == 0 or is_last
+        if saved:
             aliases = ["latest", f"step-{step}"] + (["best"] if best_dir else [])
             tracker.log_checkpoint(checkpoints.save_latest(state), step, aliases)
         elif best_dir:
             tracker.log_checkpoint(best_dir, step, ["best"])
 
+        # stop (SIGTERM, Ctrl-C): a checkpoint at this step, W&B told, then stop (the same command resumes here)
+        if stop.requested and not is_last:
+            if not saved:
+                tracker.log_checkpoint(checkpoints.save_latest(state), step, ["latest", f"step-{step}"])
+            checkpoints.close()
+            if stop.signal == signal.SIGTERM:
+                tracker.preempting()
+            stop.stop(f"at step {step}: checkpoint saved")
+
     checkpoints.close()
-    summary |= {"step": step, "wall_seconds": time.perf_counter() - started, "ood_seconds": evaluator.ood_seconds}
-    tracker.finish({k: v for k, v in summary.items() if k != "curves"})  # curves are in curves.jsonl
-    log.info("done: %d steps in %s", step, _duration(summary["wall_seconds"]))
-    return summary
+    facts |= {"step": step, "wall_seconds": time.perf_counter() - started, "ood_seconds": evaluator.ood_seconds}
+    records = read_jsonl(run_dir / "metrics.jsonl") if writers else []
+    summary = summary_of(records) | facts
+    tracker.finish(summary)
+    log.info("done: %d steps in %s", step, _duration(facts["wall_seconds"]))
+    held_out = [r for r in read_jsonl(run_dir / "curves.jsonl") if "set" not in r] if writers else []
+    return summary | {"curves": {k: v for k, v in held_out[-1].items() if k != "step"} if held_out else {}}

@@ -3,18 +3,51 @@
 The panels read what train.py logs: scalars against the `step` metric, the summary, and each eval's
 `eval/<set>/curves_chart` line series (a table `..._chart_table` of step = k, lineKey = predictor,
 lineVal = error), drawn by W&B's own `wandb/lineseries/v0` chart as on a run's page. Runs are picked
-by sweep, a group's runs by their ids; which groups and sets exist is read from analyze.py's runs table.
+by sweep (or by id), a group's runs by their ids; which groups and sets exist is read from analyze.py's
+runs table.
+
+Config keys are flat (`training.learning_rate`, one key), which W&B stores as
+{"training.learning_rate": {"value": ...}}: the path `training.learning_rate.value`. wandb-workspaces
+assumes nested keys (`config.training.value.learning_rate`, its `groupby_str_to_key` and `Config`), so
+every config path here is written out in the flat form. `report_spec` serialises the report as `save`
+sends it, without a server (checked against wandb-workspaces 0.4.13).
 """
+
+import contextlib
 
 import pandas as pd
 import wandb_workspaces.reports.v2 as wr
 from wandb_workspaces import expr
+from wandb_workspaces.reports.v2 import interface
 
 from icl_lr.analysis import HELD_OUT, LEARNING_CURVES, MODEL_SHAPE, TASK_POOL
 from icl_lr.plots import group_label
 from icl_lr.tracking import curves_key
 
 HEADLINE = "eval/excess/mean"
+
+
+def config_path(key: str) -> str:
+    """Where W&B keeps a flat dotted config key's value: `training.learning_rate.value`."""
+    return f"{key}.value"
+
+
+class _ConfigAxis(wr.ParallelCoordinatesPlotColumn):
+    """A parallel-coordinates axis of a flat config key (wr.Config alone sends the nested path)."""
+
+    def _to_model(self):
+        model = super()._to_model()
+        model.accessor = f"config:{config_path(self.metric.name)}"
+        return model
+
+
+class _ConfigScatter(wr.ScatterPlot):
+    """A scatter plot of a summary metric against a flat config key (x, a wr.Config)."""
+
+    def _to_model(self):
+        model = super()._to_model()
+        model.config.x_axis = f"config:{config_path(self.x.name)}"
+        return model
 
 
 def _config_keys(keys: list[str]) -> list[str]:
@@ -52,9 +85,12 @@ def build_report(entity: str, project: str, sweep: str | None, runs: pd.DataFram
     panels when the runs logged them.
     """
     config_keys = _config_keys(keys)
-    grouped = dict(groupby=[f"config.{k}" for k in config_keys])
-    columns = [f"config:{k}.value" for k in config_keys] + [f"summary:{m}" for m in (HEADLINE, *LEARNING_CURVES)]
-    everything = _runset(entity, project, sweep, "sweep", **grouped, pinned_columns=list(dict.fromkeys(columns)))
+    grouped = dict(groupby=[f"config.{config_path(k)}" for k in config_keys])
+    columns = [f"config:{config_path(k)}" for k in config_keys] + [f"summary:{m}" for m in (HEADLINE, *LEARNING_CURVES)]
+    picked = None if sweep else runs.run_id  # without a sweep, the runs analyze read, by id
+    everything = _runset(
+        entity, project, sweep, "sweep", picked, **grouped, pinned_columns=list(dict.fromkeys(columns))
+    )
     overview = [
         wr.LinePlot(
             title=f"{metric} during training (mean, min-max over seeds)",
@@ -68,14 +104,14 @@ def build_report(entity: str, project: str, sweep: str | None, runs: pd.DataFram
     ]
     overview.append(
         wr.ParallelCoordinatesPlot(
-            columns=[wr.ParallelCoordinatesPlotColumn(metric=wr.Config(k)) for k in config_keys]
+            columns=[_ConfigAxis(metric=wr.Config(k)) for k in config_keys]
             + [wr.ParallelCoordinatesPlotColumn(metric=wr.SummaryMetric(HEADLINE))]
         )
     )
     if "model_size" in keys and runs.model_size.nunique() > 1:
         overview.append(wr.ScatterPlot(title="final excess vs model size", x="n_params", y=HEADLINE, log_x=True))
     if "data.noise_std" in keys and runs["data.noise_std"].nunique() > 1:
-        overview.append(wr.ScatterPlot(title="final excess vs noise std", x=wr.Config("data.noise_std"), y=HEADLINE))
+        overview.append(_ConfigScatter(title="final excess vs noise std", x=wr.Config("data.noise_std"), y=HEADLINE))
     blocks = [
         wr.H1("Aggregates over seeds"),
         wr.MarkdownBlock(summary_md),
@@ -101,11 +137,11 @@ def build_report(entity: str, project: str, sweep: str | None, runs: pd.DataFram
         charts = [_curve_chart(s, f"{s}: squared error / d vs k") for s in ood]
         blocks += [
             wr.H1("Out-of-distribution prompts (Garg et al.)"),
-            wr.PanelGrid(runsets=[_runset(entity, project, sweep, "sweep", **grouped)], panels=[bars, *charts]),
+            wr.PanelGrid(runsets=[_runset(entity, project, sweep, "sweep", picked, **grouped)], panels=[bars, *charts]),
         ]
     if TASK_POOL in keys and "eval/pretrain/model/error_mean" in runs:
         pool = [
-            wr.ScatterPlot(
+            _ConfigScatter(
                 title=f"{title}: model error vs task pool size", x=wr.Config(TASK_POOL), y=metric, log_x=True
             )
             for title, metric in (
@@ -115,7 +151,7 @@ def build_report(entity: str, project: str, sweep: str | None, runs: pd.DataFram
         ]
         blocks += [
             wr.H1("Task diversity (Raventos et al.)"),
-            wr.PanelGrid(runsets=[_runset(entity, project, sweep, "sweep")], panels=pool),
+            wr.PanelGrid(runsets=[_runset(entity, project, sweep, "sweep", picked)], panels=pool),
         ]
     title = f"icl-lr sweep {sweep}" if sweep else f"icl-lr {project}"
     return wr.Report(
@@ -125,3 +161,31 @@ def build_report(entity: str, project: str, sweep: str | None, runs: pd.DataFram
 
 def _is_ood_mean(column: str) -> bool:
     return column.startswith("eval/ood/") and column.endswith("/model/error_mean")
+
+
+@contextlib.contextmanager
+def _no_server():
+    """wandb-workspaces without a server: the one call building a report makes, each run set's project
+    id lookup, answered with a placeholder id (the server's own id goes in when `save` sends it)."""
+    lookup, api = interface.execute_graphql, interface._get_api
+    interface.execute_graphql = lambda _api, query, variables: {"project": {"internalId": "offline"}}
+    interface._get_api = lambda: None
+    try:
+        yield
+    finally:
+        interface.execute_graphql, interface._get_api = lookup, api
+
+
+def report_spec(report: wr.Report) -> dict:
+    """The report as `Report.save` sends it to W&B (its upsertView variables, the spec as JSON text),
+    built without a server: to review before `--report` publishes it."""
+    with _no_server():
+        model = report._to_model()
+    return {
+        "entityName": model.project.entity_name,
+        "projectName": model.project.name,
+        "displayName": model.display_name,
+        "description": model.description,
+        "type": "runs",
+        "spec": model.spec.model_dump_json(by_alias=True, exclude_none=True),
+    }

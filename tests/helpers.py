@@ -15,6 +15,7 @@ from icl_lr import analysis
 from icl_lr.checkpoint import Checkpoints
 from icl_lr.config import from_dictconfig
 from icl_lr.optimizer import make_optimizer
+from icl_lr.run_dir import read_identity
 from icl_lr.tracking import read_jsonl
 from icl_lr.train import build_model, init_state
 
@@ -67,6 +68,11 @@ def train_cli(run_dir, *overrides, fast=True, env=None, cwd=ROOT, timeout=300):
     result = subprocess.run(command, cwd=cwd, env=env or no_key_env(), capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
+
+
+def run_id_of(run_dir) -> str:
+    """The W&B run id a run dir records (its identity.json)."""
+    return read_identity(Path(run_dir))["wandb_run_id"]
 
 
 def final_state(cfg, run_dir):

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 import analyze
-from helpers import FAST, ROOT, held_out_curves, no_key_env
+from helpers import FAST, ROOT, held_out_curves, no_key_env, run_id_of
 from icl_lr import analysis
 from icl_lr.tracking import read_jsonl
 
@@ -55,7 +55,7 @@ def per_run_files(sweep_dir: Path) -> list:
 def test_multirun_makes_one_run_dir_and_wandb_run_per_job(sweep_dir):
     run_dirs = [p for p in sweep_dir.iterdir() if p.name.isdigit()]
     assert len(run_dirs) == 8
-    assert len({(d / "wandb_run_id").read_text() for d in run_dirs}) == 8
+    assert len({run_id_of(d) for d in run_dirs}) == 8
     assert all(json.loads((d / "summary.json").read_text())["step"] == 40 for d in run_dirs)
 
 
@@ -170,7 +170,7 @@ def test_history_is_every_scalar_of_the_metrics_files(sweep_dir):
     _, _, history = analysis.load_local([sweep_dir])
     expected = []
     for run_dir in sorted(p for p in sweep_dir.iterdir() if p.name.isdigit()):
-        run_id = (run_dir / "wandb_run_id").read_text()
+        run_id = run_id_of(run_dir)
         for record in read_jsonl(run_dir / "metrics.jsonl"):
             expected += [(run_id, record["step"], k, v) for k, v in record.items() if k != "step"]
     assert len(expected) > 8 * 4 * 3  # 4 train rows and 2 evals per run, several metrics each
@@ -262,13 +262,13 @@ def test_wandb_report_has_a_panel_per_group_and_metric(sweep_dir):
     everything = overview.runsets[0]
     assert filters(everything) == [("State", "finished"), ("Sweep", "swp123")]
     config_keys = ["model.n_layer", "model.n_embd", "model.n_head", "data.noise_std"]
-    assert everything.groupby == [f"config.{k}" for k in config_keys]
+    assert everything.groupby == [f"config.{k}.value" for k in config_keys]  # flat keys, as W&B stores them
     lines = [p for p in overview.panels if isinstance(p, wr.LinePlot)]
     assert [p.y for p in lines] == [[m] for m in analysis.LEARNING_CURVES] and {p.x for p in lines} == {"step"}
     assert set(analysis.LEARNING_CURVES) <= set(history.metric)
     (parallel,) = [p for p in overview.panels if isinstance(p, wr.ParallelCoordinatesPlot)]
     assert [c.metric.name for c in parallel.columns] == [*config_keys, "eval/excess/mean"]
-    scatter = {p.title: (p.x, p.y) for p in overview.panels if isinstance(p, wr.ScatterPlot)}
+    scatter = {p.title: (p.x, p.y) for p in overview.panels if isinstance(p, wr.ScatterPlot)}  # W&B's: report_spec
     assert scatter == {
         "final excess vs model size": ("n_params", "eval/excess/mean"),
         "final excess vs noise std": (wr.Config("data.noise_std"), "eval/excess/mean"),
@@ -290,3 +290,47 @@ def test_wandb_report_has_a_panel_per_group_and_metric(sweep_dir):
     assert logged["eval/curves_chart_table"]["_type"] == "table-file"  # the table the charts read, as W&B holds it
     assert all(f"summary:{m}" in everything.pinned_columns for m in ("eval/excess/mean", "eval/model/error_mean"))
     assert not any(isinstance(b, wr.H1) and "distribution" in b.text for b in report.blocks)  # no OOD metrics here
+
+
+def logged_config_paths(run_folder) -> set:
+    """Where W&B keeps each config value a run logged: a key `k` as {"k": {"value": ...}}, the path `k.value`."""
+    return {f"{key}.value" for key in analysis.read_wandb_file(run_folder)["config"]}
+
+
+def spec_config_paths(spec: dict) -> set:
+    """Every config path a serialised report reads: run-set grouping, table columns, panel axes."""
+    paths = set()
+
+    def visit(node):
+        if isinstance(node, dict):
+            if node.get("section") == "config":
+                paths.add(node["name"])
+            for value in node.values():
+                visit(value)
+        elif isinstance(node, list):
+            for value in node:
+                visit(value)
+        elif isinstance(node, str) and node.startswith("config:"):
+            paths.add(node.removeprefix("config:"))
+
+    visit(json.loads(spec["spec"]))
+    return paths
+
+
+def test_the_report_as_wandb_receives_it_reads_config_paths_the_runs_have(sweep_dir, tmp_path):
+    spec_file = tmp_path / "report.json"
+    assert (
+        analyze.main([str(sweep_dir), "--out", str(tmp_path / "a"), "--no-plots", "--report-spec", str(spec_file)]) == 0
+    )
+    spec = json.loads(spec_file.read_text())
+    assert (spec["entityName"], spec["projectName"], spec["type"]) == ("ENTITY", "icl-lr", "runs")
+    paths = spec_config_paths(spec)
+    assert {"model.n_embd.value", "data.noise_std.value"} <= paths  # grouping, columns, scatter, parallel axes
+    for run_dir in (p for p in sweep_dir.iterdir() if p.name.isdigit()):
+        (folder,) = (run_dir / "wandb").glob("offline-run-*")
+        assert paths <= logged_config_paths(folder), paths - logged_config_paths(folder)
+    spec_text = spec["spec"]
+    for key in ("model.n_embd", "data.noise_std"):  # each place a config key is read, in the flat form
+        assert f'"section":"config","name":"{key}.value"' in spec_text
+        assert f'"accessor":"config:{key}.value"' in spec_text
+    assert '"xAxis":"config:data.noise_std.value"' in spec_text

@@ -1,6 +1,59 @@
 """What a run directory survives: the list of ways a user (or a crash) can misuse one, each refused
 in one line or repaired, never a corrupted record. Each test reproduces the failure it guards
-against, through `python train.py` as a user starts it."""
+against, through `python train.py` as a user starts it. tests/test_records.py holds the records' own
+(identity, copies, extensions, SIGTERM), tests/test_sweeps.py the sweep runner's.
+
+What each input gets (the red-team list):
+
+Config keys, every one: a wrong type or an unknown key is one line naming it, before anything compiles.
+  data.n_dims, n_points >= 1 (n_dims = 1 with the OOD suite runs, without half_subspace); prior_scale > 0;
+    noise_std >= 0; noise_std_choices non-empty, > 0 when several; task_pool_size, train_size in
+    [1, 2**31), dMMSE left out past 2**20 tasks; vocab_size >= 2; bin_range > 0; bin_scheme one of its
+    names; ce_weight, mean_loss_weight >= 0, not both 0; token_* with the tokens encoding only;
+    curriculum starts within the task, increments >= 0, interval >= 1.
+  model.* >= 1; n_embd divisible by n_head; n_positions enough for the sequence; dropout in [0, 1);
+    embedding_std > 0.
+  training.steps, batch_size, steps_per_dispatch, max_to_keep >= 1; log/eval/checkpoint_every
+    multiples of steps_per_dispatch; learning_rate, grad_clip > 0; warmup_steps >= 0 (past the run: a
+    warning); decay_steps null or >= 1, kept by an extension; min_lr_ratio in [0, 1]; weight_decay >= 0;
+    schedule, precision one of their names; num_epochs >= 1 (<= steps without train_size); cpu_devices
+    auto or >= 1 (a later multirun job asking another count: refused); distributed without a job to join.
+  eval.n_prompts, batch_size >= 1; eval.seed and seed in [0, 2**32) (PRNGKey repeats larger ones).
+  wandb.mode one of its names, WANDB_MODE wins (dryrun = offline, a bogus one: one line); init_timeout
+    finite and > 0; init_from: a missing checkpoint or an unreadable artifact, one line.
+  experiment=<no such file>: Hydra's error with the options; nothing runs, not even --cfg job.
+  On a resume: cadences, eval.*, wandb.*, a larger training.steps, cpu_devices, distributed, init_from,
+    model.embedding_std may change; any other key is refused naming it, old value and new.
+Files of a run dir:
+  .hydra/: the latest start's Hydra config; .hydra/attempts/<time>/ every start's, refused ones too.
+  run_config.json: the latest start's resolved config; unreadable: a warning, the resume unchecked;
+    older dirs' checkpoints/run_config.json is read. identity.json: damaged, its id recovered from W&B's
+    folder names; in a copied dir, a new W&B id; in a moved dir, the same; older dirs' wandb_run_id read.
+  summary.json: lost or damaged, rebuilt whole from metrics.jsonl by starting the run again; written
+    whole or not at all. metrics.jsonl, curves.jsonl: a cut-short last line is left out (a warning);
+    records past the restored step are dropped on a resume.
+  checkpoints/latest/<step>: unreadable, moved to damaged/ and the one before used; another model's,
+    refused; half-written ones removed; all deleted beside results, only the same config is accepted
+    ("already finished"). checkpoints/best/<step>: unreadable metadata, moved to damaged/.
+  run.lock: a live writer on this host, refused; a dead one's, taken over; another host's, refused unless
+    it names this SLURM job (a requeue) or ICL_LR_TAKE_OVER_LOCK=1. wandb/: copied along, read once.
+  A full disk: one line ("disk full"), and the same command resumes from the last checkpoint.
+CLI flags:
+  train.py: Hydra's own; an agent's --key=value read as key=value; -m gives each job its own W&B run
+    (WANDB_RUN_ID from the shell is ignored outside a sweep).
+  python -m icl_lr.sweep: a file that is not YAML, not a mapping or not a sweep, one line; --sweep-id
+    with results, refused unless --resume; two runners on one id, the second refused; --resume without
+    results, one line; --workers < 1, one line; the overrides after -- kept in the "continue with" line.
+  analyze.py: paths without run dirs, one line; --wandb without a key, one line; --sweep or --report
+    without --wandb, a usage error; --where / --group-by an unknown column, one line; --report-spec FILE,
+    the report as W&B would receive it; a run found in several dirs (copies), counted once and named.
+Signals:
+  SIGINT: the run's W&B run finished failed, the lock released, exit 130; the sweep runner stops its
+    runs and says how to go on. SIGTERM: a checkpoint at the current step, W&B marked preempting and
+    finished with exit code 143, the lock released, exit 143 (before the loop: it stops at once); the
+    sweep runner passes it to its runs. SIGKILL: the next start takes the lock over and resumes from the
+    last checkpoint; without one, training starts over as a new W&B run.
+"""
 
 import json
 import logging
@@ -16,15 +69,21 @@ import pandas as pd
 import pytest
 
 import analyze
-from helpers import FAST, ROOT, RunFile, assert_trees_equal, final_state, no_key_env, run_config, train_cli
+from helpers import FAST, ROOT, RunFile, assert_trees_equal, final_state, no_key_env, run_config, run_id_of, train_cli
 from icl_lr.config import ConfigError
-from icl_lr.run_dir import RunDirLock, wandb_run_id
+from icl_lr.run_dir import RunDirLock, read_identity
+from icl_lr.tracking import read_jsonl
 
 
 def start(run_dir, *overrides, env=None):
     """`python train.py FAST overrides` on run_dir, whatever its exit code."""
     command = [sys.executable, str(ROOT / "train.py"), *FAST, *overrides, f"hydra.run.dir={run_dir}"]
     return subprocess.run(command, cwd=ROOT, env=env or no_key_env(), capture_output=True, text=True, timeout=300)
+
+
+def output(result) -> str:
+    """What a finished `train.py` printed: Hydra's log lines go to stdout, Python's errors to stderr."""
+    return result.stdout + result.stderr
 
 
 def one_error_line(result) -> str:
@@ -78,7 +137,7 @@ def test_a_finished_run_extends_when_training_steps_grows_and_cadences_may_chang
 def test_a_run_dir_from_before_a_key_existed_resumes(finished_run, added):
     """A record without a key added since counts as its default (the old behaviour), or the key is free
     (model.embedding_std acts only at init, which the resume replaces)."""
-    record_path = finished_run / "checkpoints" / "run_config.json"
+    record_path = finished_run / "run_config.json"
     record = json.loads(record_path.read_text())
     for key in added:
         del record[key]
@@ -114,7 +173,7 @@ def test_the_lock_of_a_killed_writer_is_taken_over_and_released_at_exit(finished
     dead = subprocess.Popen(["true"])
     dead.wait()  # a pid that no longer runs, as a SIGKILLed run leaves behind
     (finished_run / "run.lock").write_text(f"{dead.pid} {socket.gethostname()}\n")
-    (finished_run / "wandb_run_id").write_text("/")  # damaged too: no traceback even with W&B disabled
+    (finished_run / "identity.json").write_text("/")  # damaged too: no traceback even with W&B disabled
     result = train_cli(finished_run, *CONSTANT, "training.steps=60", NO_WANDB)
     output = result.stdout + result.stderr
     assert f"taking over the lock of process {dead.pid}" in output and "resumed at step 40 of 60" in output
@@ -122,18 +181,19 @@ def test_the_lock_of_a_killed_writer_is_taken_over_and_released_at_exit(finished
 
 
 @pytest.mark.parametrize("content", [b"", b"/", bytes(range(200, 256))], ids=["empty", "slash", "random-bytes"])
-def test_a_damaged_wandb_id_file_is_recovered_from_the_wandb_folder(finished_run, content):
-    run_id = (finished_run / "wandb_run_id").read_text()
-    (finished_run / "wandb_run_id").write_bytes(content)
-    assert wandb_run_id(finished_run) == run_id == (finished_run / "wandb_run_id").read_text()
+def test_a_damaged_identity_file_is_recovered_from_the_wandb_folder(finished_run, content):
+    run_id = run_id_of(finished_run)
+    (finished_run / "identity.json").write_bytes(content)
+    assert read_identity(finished_run) == {"wandb_run_id": run_id}
 
 
-def test_a_resumed_run_with_a_damaged_wandb_id_continues_its_wandb_run(finished_run):
-    run_id = (finished_run / "wandb_run_id").read_text()
-    (finished_run / "wandb_run_id").write_text("/")
+def test_a_resumed_run_with_a_damaged_identity_continues_its_wandb_run(finished_run):
+    run_id = run_id_of(finished_run)
+    (finished_run / "identity.json").write_text("/")
     result = train_cli(finished_run, *CONSTANT, "training.steps=60")
     assert "not a W&B run id: recovered " + run_id in result.stdout + result.stderr
     assert {RunFile.load(d).run_id for d in (finished_run / "wandb").glob("offline-run-*")} == {run_id}
+    assert run_id_of(finished_run) == run_id
 
 
 @pytest.fixture(scope="module")
@@ -171,6 +231,12 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_one_before(fast_config, f
         ("data.task_pool_size=2.5", "data.task_pool_size"),
         ("seed=abc", "seed"),
         ("seed=1.5", "seed"),
+        ("seed=4294967296", "seed must be in"),  # 2**32: PRNGKey would repeat seed 0
+        ("seed=-1", "seed must be in"),
+        ("eval.seed=4294967296", "eval.seed must be in"),
+        ("wandb.init_timeout=inf", "wandb.init_timeout must be a finite"),
+        ("data.task_pool_size=2147483648", "data.task_pool_size must be null or in"),
+        ("training.decay_steps=0", "training.decay_steps"),
         ("model.n_embd=0", "model.n_embd"),
         ("model.n_embd=-32", "model.n_embd"),
         ("training.min_lr_ratio=-1", "training.min_lr_ratio"),
@@ -203,8 +269,9 @@ def test_a_warmup_longer_than_the_run_warns(caplog):
 def test_analyze_lists_unfinished_runs_and_skips_damaged_ones(trained, tmp_path, caplog):
     caplog.set_level(logging.INFO)
     runs = tmp_path / "runs"
-    for name in ("done", "stale", "crashed", "damaged"):
+    for name in ("done", "stale", "crashed", "damaged"):  # four runs: each its own W&B id
         shutil.copytree(trained, runs / name, symlinks=True)
+        (runs / name / "identity.json").write_text(json.dumps({"wandb_run_id": f"run-{name}"}))
     (runs / "crashed" / "summary.json").unlink()  # killed before its end
     stale_metrics = runs / "stale" / "metrics.jsonl"  # resumed to 60, killed after step 50: summary.json is stale
     stale_metrics.write_text(stale_metrics.read_text() + json.dumps({"step": 50, "train/loss": 1.0}) + "\n")
@@ -216,3 +283,84 @@ def test_analyze_lists_unfinished_runs_and_skips_damaged_ones(trained, tmp_path,
     assert pd.isna(table["stale"]["eval/excess/mean"])  # never its stale summary
     assert "skipping " + str(runs / "damaged") in caplog.text
     assert "stale: crashed at step 50" in caplog.text and "crashed: crashed at step 40" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "env, says",
+    [
+        ({"WANDB_MODE": "bogus"}, "config error: WANDB_MODE (in the environment) must be one of"),
+        ({}, "config error: training.distributed: no job to join"),
+    ],
+)
+def test_a_bad_environment_is_refused_in_one_line(tmp_path, env, says):
+    overrides = [] if env else ["training.distributed=true"]
+    env = {k: v for k, v in no_key_env(**env).items() if not k.startswith(("SLURM", "OMPI", "JAX_COORDINATOR"))}
+    assert says in one_error_line(start(tmp_path, *overrides, env=env))
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_wandb_mode_dryrun_is_wandbs_offline(tmp_path):
+    train_cli(tmp_path, "training.steps=20", env=no_key_env(WANDB_MODE="dryrun"))
+    (record,) = [RunFile.load(d) for d in (tmp_path / "wandb").glob("offline-run-*")]
+    assert record.exit_code == 0
+
+
+def test_one_input_dimension_with_the_ood_suite_finishes(tmp_path):
+    train_cli(tmp_path, "data.n_dims=1", "eval.ood=true", "training.steps=20", NO_WANDB)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["step"] == 20 and "eval/ood/skewed/model/error_mean" in summary
+    assert not any("half_subspace" in key for key in summary)  # half of one dimension is no subspace
+
+
+def test_a_task_pool_too_large_for_memory_trains_and_scores_without_dmmse(tmp_path):
+    result = train_cli(tmp_path, "data.task_pool_size=1073741824", "training.steps=20", NO_WANDB)
+    assert "dMMSE left out: a pool of 1073741824 tasks" in output(result)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert "eval/pretrain/model/error_mean" in summary and not any("dmmse" in key for key in summary)
+
+
+def test_a_partial_last_line_of_the_metrics_does_not_stop_a_resume(finished_run):
+    metrics = finished_run / "metrics.jsonl"
+    metrics.write_text(metrics.read_text() + '{"step": 50, "train/lo')  # a full disk cut the write short
+    result = train_cli(finished_run, *CONSTANT, "training.steps=60", NO_WANDB)
+    assert "its last line is cut short" in output(result)
+    assert [r["step"] for r in read_jsonl(metrics) if "train/loss" in r] == [10, 20, 30, 40, 50, 60]
+
+
+def test_a_damaged_best_checkpoint_is_moved_aside(finished_run):
+    (best,) = (finished_run / "checkpoints" / "best").iterdir()
+    (best / "_CHECKPOINT_METADATA").write_text('{"item_han')
+    result = train_cli(finished_run, *CONSTANT, "training.steps=60", NO_WANDB)
+    assert f"best checkpoint step {best.name} has unreadable metadata; moved to" in output(result)
+    assert list((finished_run / "checkpoints" / "damaged").glob(f"best-{best.name}-*"))
+    assert json.loads((finished_run / "summary.json").read_text())["step"] == 60
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1.6 MiB file system: room for the records, not for every checkpoint (skipped where mounting is not allowed)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1600k", "tmpfs", str(mount)], capture_output=True
+    ).returncode:
+        pytest.skip("cannot mount a small file system here")
+    yield mount
+    subprocess.run(["umount", str(mount)])
+
+
+def test_a_full_disk_is_said_in_one_line(small_disk):
+    result = start(small_disk / "run", NO_WANDB)
+    output = result.stdout + result.stderr
+    errors = [line for line in output.splitlines() if "ERROR" in line]
+    assert result.returncode == 1 and "Traceback" not in output, output[-3000:]
+    (line,) = errors
+    assert "disk full: No space left on device for" in line and "start the same command again" in line
+
+
+def test_analyze_from_wandb_without_a_key_says_so_in_one_line(tmp_path, monkeypatch, capsys, caplog):
+    for key, value in no_key_env(WANDB_CONFIG_DIR=str(tmp_path)).items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    assert analyze.main(["--wandb", "team/icl-lr", "--out", str(tmp_path / "a")]) == 2
+    assert "--wandb needs a W&B API key: run `wandb login`" in caplog.text

@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from wandb.sdk.lib import config_util
 import sweeps
 from helpers import FAST, ROOT, RunFile, no_key_env
 from icl_lr import analysis
+from icl_lr.run_dir import RunDirError
 from icl_lr.sweep import expand_command, load_sweep, run_sweep, worker_cores, worker_environment
 from icl_lr.tracking import read_jsonl
 
@@ -72,28 +74,67 @@ def test_a_run_started_as_the_agent_starts_it_keeps_its_nested_config(tmp_path):
 
 
 def test_local_sweep_runs_as_the_agent_does_from_any_directory_and_resumes(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # the YAML's program is found in its repository
+    folder = tmp_path / "clone"  # a checkout under another name: W&B would name the project after it
+    folder.mkdir()
+    monkeypatch.chdir(folder)  # the YAML's program is found in its repository
     for key, value in no_key_env().items():
         monkeypatch.setenv(key, value)
-    monkeypatch.delenv("WANDB_MODE", raising=False)
+    for key in ("WANDB_MODE", "WANDB_DIR", "WANDB_PROJECT"):
+        monkeypatch.delenv(key, raising=False)
     path = ROOT / "sweeps" / "noise_prior.yaml"
     results = run_sweep(path, count=1, overrides=[*FAST, "training.steps=20"], sweep_id="local-test")
     assert len(results) == 1
-    sweep_dir = tmp_path / "outputs" / "sweep-local-test"
+    sweep_dir = folder / "outputs" / "sweep-local-test"
     for result in results:
         assert result["exit_code"] == 0
         run_dir = sweep_dir / result["run_id"]
         summary = json.loads((run_dir / "summary.json").read_text())
         assert result["eval/excess/mean"] == summary["eval/excess/mean"]  # the metric the engine saw
-        record = RunFile.load(next((run_dir / "wandb").glob("offline-run-*")))
+        (record,) = [RunFile.load(d) for d in (folder / "wandb").glob(f"offline-run-*-{result['run_id']}")]
         assert (record.run_id, record.group) == (result["run_id"], "local-test")
+        assert record.project == load_sweep(path)["project"] == "icl-lr"  # the sweep's, not "clone"
         for key in ("data.noise_std", "data.prior_scale", "data.task_pool_size"):
             assert record.config_value(key) == result[key]  # as the agent's parameter file sets them
-        assert (tmp_path / "wandb" / "sweep-local-test" / f"config-{result['run_id']}.yaml").exists()
+        assert (folder / "wandb" / "sweep-local-test" / f"config-{result['run_id']}.yaml").exists()
     assert [r["run_id"] for r in read_jsonl(sweep_dir / "results.jsonl")] == [r["run_id"] for r in results]
+    with pytest.raises(RunDirError, match="has 1 runs in .* already: continue it with --resume local-test"):
+        run_sweep(path, count=2, overrides=[*FAST, "training.steps=20"], sweep_id="local-test")
     more = run_sweep(path, count=2, overrides=[*FAST, "training.steps=20"], sweep_id="local-test", resume=True)
     assert len(more) == 1 and len(read_jsonl(sweep_dir / "results.jsonl")) == 2  # the finished run counted
     assert more[0]["run_id"] != results[0]["run_id"]
+
+
+def test_every_sweep_names_its_project():
+    for path in SWEEP_FILES:
+        assert load_sweep(path)["project"] == "icl-lr", path
+
+
+def test_two_runners_on_one_sweep_id_cannot_both_start(tmp_path):
+    command = [sys.executable, "-m", "icl_lr.sweep", str(ROOT / "sweeps" / "model_size.yaml"), "--count", "1"]
+    command += ["--sweep-id", "dup", "--", *FAST, "training.steps=20"]
+    first = subprocess.Popen(command, cwd=tmp_path, env=no_key_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 60
+    while not (tmp_path / "outputs" / "sweep-dup" / "run.lock").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    second = subprocess.run(command, cwd=tmp_path, env=no_key_env(), capture_output=True, text=True, timeout=120)
+    first.communicate(timeout=300)
+    assert first.returncode == 0 and second.returncode == 2
+    assert "sweep outputs/sweep-dup is in use by process" in second.stderr
+    assert len(read_jsonl(tmp_path / "outputs" / "sweep-dup" / "results.jsonl")) == 1  # each run once
+
+
+@pytest.mark.parametrize(
+    "text, says",
+    [("program: train.py\nmethod: [grid", "not valid YAML"), ("- a\n- b\n", "a sweep config is a mapping")],
+)
+def test_a_broken_sweep_file_is_refused_in_one_line(tmp_path, text, says):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    result = subprocess.run(
+        [sys.executable, "-m", "icl_lr.sweep", str(path)], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    errors = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(errors) == 1 and says in errors[0], result.stderr
 
 
 def run_interval(run_dir) -> tuple:
@@ -175,8 +216,11 @@ def test_ctrl_c_ends_a_local_sweep_cleanly(tmp_path):
     assert sweep.returncode == 130 and "Traceback" not in stderr, stderr[-3000:]
     (line,) = [line for line in stderr.splitlines() if "[sweep] interrupted" in line]  # one line
     assert "interrupted during run" in line and "--resume local-int" in line
+    continued = shlex.split(line.split("continue with: ")[1])
+    assert continued[-len(FAST) - 3 :] == ["--", *FAST, "training.steps=5000", "training.checkpoint_every=20"]
     (run_dir,) = [p for p in run_dirs.iterdir() if p.is_dir()]
-    assert RunFile.load(next((run_dir / "wandb").glob("offline-run-*"))).exit_code not in (None, 0)  # marked failed
+    (folder,) = (tmp_path / "wandb").glob(f"offline-run-*-{run_dir.name}")  # WANDB_DIR: where the sweep started
+    assert RunFile.load(folder).exit_code not in (None, 0)  # marked failed
 
 
 def test_a_failing_multirun_job_neither_stops_nor_spoils_the_next(tmp_path):

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import FAST, ROOT, RunFile, assert_trees_equal, final_state, no_key_env, train_cli
+from helpers import FAST, ROOT, RunFile, assert_trees_equal, final_state, no_key_env, run_id_of, train_cli
 from icl_lr import analysis
 from icl_lr.tracking import read_jsonl
 from icl_lr.train import train
@@ -43,7 +43,7 @@ def test_without_a_key_the_run_is_offline_with_a_sync_hint(tracked_run):
 def test_run_file_records_identity_and_the_resolved_config(tracked_run):
     run_dir, _ = tracked_run
     (record,) = offline_run_files(run_dir)
-    assert record.run_id == (run_dir / "wandb_run_id").read_text()
+    assert record.run_id == run_id_of(run_dir)
     assert (record.project, record.group, record.name, record.job_type) == ("icl-lr", "g1", "tiny-run", "train")
     assert record.tags == ["a", "b"]
     assert record.config_value("data.n_dims") == 3 and record.config_value("model.n_embd") == 32
@@ -141,7 +141,7 @@ def test_resumed_run_continues_the_same_wandb_run(tmp_path):
     train_cli(tmp_path, "training.steps=20")
     train_cli(tmp_path)  # same dir, 40 steps: resumes from the step-20 checkpoint
     first, second = offline_run_files(tmp_path)
-    assert first.run_id == second.run_id == (tmp_path / "wandb_run_id").read_text()
+    assert first.run_id == second.run_id == run_id_of(tmp_path)
     assert sorted(rows_with(first.history, "train/loss")) == [10, 20]
     assert sorted(rows_with(second.history, "train/loss")) == [30, 40]  # nothing logged twice
     # analyze reads the two W&B run folders as one run: the same history as the run dir's metrics.jsonl
