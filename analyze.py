@@ -27,9 +27,10 @@ import shlex
 import sys
 from pathlib import Path
 
-from icl_lr import analysis, plots
+from icl_lr.analysis import plots, tables
+from icl_lr.records import schema
 
-HEADLINE = ["eval/excess/mean", "eval/model/error_mean"]
+HEADLINE = list(schema.HEADLINE)
 log = logging.getLogger("analyze")
 
 
@@ -107,12 +108,12 @@ def parse_args(argv):
     return args
 
 
-def load(args) -> analysis.RunTables:
+def load(args) -> tables.RunTables:
     if args.wandb:
-        return analysis.load_wandb(args.wandb, args.sweep, None if args.state == "any" else args.state)
+        return tables.load_wandb(args.wandb, args.sweep, None if args.state == "any" else args.state)
     if args.wandb_files:
-        return analysis.load_wandb_files(args.paths)
-    return analysis.load_local(args.paths)
+        return tables.load_wandb_files(args.paths)
+    return tables.load_local(args.paths)
 
 
 def write_plots(named: dict, finished, keys, args) -> dict:
@@ -126,7 +127,7 @@ def write_plots(named: dict, finished, keys, args) -> dict:
     if curve_stats.predictor.str.startswith("ce/").any():
         plots.plot_error_curves(curve_stats, keys, out / "ce_vs_context.png", metric="ce")
         figures[out / "ce_vs_context.png"] = "cross-entropy of the y bin vs k per group, binned outputs"
-    history_stats = analysis.aggregate_history(finished, named["history"], keys, n_resamples=args.bootstrap)
+    history_stats = tables.aggregate_history(finished, named["history"], keys, n_resamples=args.bootstrap)
     if not history_stats.empty:
         plots.plot_history(history_stats, keys, out / "eval_vs_step.png")
         figures[out / "eval_vs_step.png"] = "held-out error (mean over k) and excess over Bayes vs training step"
@@ -162,46 +163,46 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        tables = analysis.apply_filters(load(args), args.where)
+        loaded = tables.apply_filters(load(args), args.where)
     except (FileNotFoundError, LookupError) as error:
         log.error("analyze: %s", error)
         return 2
-    runs = tables.runs
+    runs = loaded.runs
     finished = runs[runs.status == "finished"]  # runs.csv lists every run; only finished ones are aggregated
     if finished.empty:
         log.error("analyze: no finished runs left after --where %s", " ".join(args.where))
         return 2
-    keys = args.group_by or analysis.group_keys(finished)
+    keys = args.group_by or tables.group_keys(finished)
     missing = [k for k in [*keys, *(args.metrics or [])] if k not in runs]
     if missing:
         log.error("analyze: unknown column(s) %s; runs.csv lists them all", ", ".join(missing))
         return 2
     metrics = [c for c in finished if c.startswith("eval/")] + ["n_params"]
-    aggregate = analysis.aggregate_runs(finished, keys, metrics, args.bootstrap)
-    curve_stats = analysis.aggregate_curves(finished, tables.curves, keys, args.bootstrap)
+    aggregate = tables.aggregate_runs(finished, keys, metrics, args.bootstrap)
+    curve_stats = tables.aggregate_curves(finished, loaded.curves, keys, args.bootstrap)
     groups = finished.groupby(keys, dropna=False).ngroups
     log.info("%d finished runs (of %d) in %d groups by %s", len(finished), len(runs), groups, ", ".join(keys))
 
     args.out.mkdir(parents=True, exist_ok=True)
-    named = {**tables._asdict(), "aggregate": aggregate, "curve_aggregate": curve_stats}
-    if analysis.TASK_POOL in keys and (tables.curves.set == "pretrain").any():
-        named["task_pool"] = analysis.task_pool_stats(finished, tables.curves, keys, args.bootstrap)
+    named = {**loaded._asdict(), "aggregate": aggregate, "curve_aggregate": curve_stats}
+    if tables.TASK_POOL in keys and (loaded.curves.set == "pretrain").any():
+        named["task_pool"] = tables.task_pool_stats(finished, loaded.curves, keys, args.bootstrap)
     written = []
     for name, table in named.items():
         for fmt in args.format:
             path = args.out / f"{name}.{fmt}"
             table.to_csv(path, index=False) if fmt == "csv" else table.to_parquet(path, index=False)
             written.append(path)
-    summary = analysis.summary_table(aggregate, keys, args.metrics or HEADLINE)
+    summary = tables.summary_table(aggregate, keys, args.metrics or HEADLINE)
     markdown = summary.to_markdown(index=False)
     (args.out / "summary.md").write_text(markdown + "\n")
     written.append(args.out / "summary.md")
     figures = {} if args.no_plots else write_plots(named, finished, keys, args)
     written += figures
     if args.html:
-        from icl_lr import html_report
+        from icl_lr.analysis import html_report
 
-        varied = {k: sorted(finished[k].map(analysis.config_text).unique()) for k in keys}
+        varied = {k: sorted(finished[k].map(tables.config_text).unique()) for k in keys}
         tables_shown = {"aggregate: every eval metric": aggregate, "runs: config and summary": runs}
         html_report.write_report(
             args.out / "report.html",
@@ -217,7 +218,7 @@ def main(argv=None) -> int:
     print(markdown)
     print("wrote " + ", ".join(map(str, written)))
     if args.report or args.report_spec:
-        from icl_lr import wandb_report
+        from icl_lr.analysis import wandb_report
 
         entity, project = args.wandb.split("/") if args.wandb else runs_project(finished)
         report = wandb_report.build_report(entity, project, args.sweep, finished, keys, markdown)

@@ -18,9 +18,11 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from icl_lr.config import ConfigError, from_dictconfig
-from icl_lr.preemption import Preempted, StopRequest
-from icl_lr.run_dir import RunDirError, RunDirLock, config_record, plan_start, read_config_record, with_horizon
+from icl_lr.fields import ConfigError
+from icl_lr.records.run_dir import RunDirError, RunDirLock, config_record, read_config_record
+from icl_lr.run.config import from_dictconfig
+from icl_lr.run.start import plan_start, with_horizon
+from icl_lr.train.preemption import Preempted, StopRequest
 
 log = logging.getLogger("icl_lr")
 GROUPS = ("data", "model", "training", "experiment")  # config groups whose choice W&B records
@@ -38,8 +40,8 @@ def run(cfg: DictConfig, run_dir: Path, attempt_dir: Path, choices: dict, stop: 
     run_cfg = from_dictconfig(cfg)
     # Imported once Hydra has set up logging: orbax's first (absl) log line otherwise installs a second
     # root handler, which doubles every line of `--info`; `--help`, `--cfg` and `--info` skip JAX too.
-    from icl_lr import parallel
-    from icl_lr.tracking import resolve_mode
+    from icl_lr.records.tracking import resolve_mode
+    from icl_lr.train import parallel
 
     mode = resolve_mode(run_cfg.wandb.mode)  # a bad WANDB_MODE is a config error, before anything starts
     parallel.use_cpu_devices(run_cfg)
@@ -53,7 +55,7 @@ def run(cfg: DictConfig, run_dir: Path, attempt_dir: Path, choices: dict, stop: 
         if not parallel.is_primary():
             logging.getLogger("icl_lr").setLevel(logging.WARNING)  # process 0 tells the progress
             if parallel.agree(0):  # process 0 has committed the start: its record holds the resolved config
-                from icl_lr.train import train
+                from icl_lr.train.loop import train
 
                 train(with_horizon(run_cfg, read_config_record(run_dir)), run_dir, stop=stop)
             return
@@ -72,8 +74,8 @@ def run(cfg: DictConfig, run_dir: Path, attempt_dir: Path, choices: dict, stop: 
             done = f"{run_dir} already finished at step {start.finished['step']} (excess over Bayes {excess:.4f})"
             log.info("%s; nothing to do. Raise training.steps to extend it.", done)
             return
-        from icl_lr.tracking import WandbRun, flat_config
-        from icl_lr.train import train
+        from icl_lr.records.tracking import WandbRun, flat_config
+        from icl_lr.train.loop import train
 
         if mode == "disabled":  # no W&B at all: it need not even be installed
             train(start.cfg, run_dir, stop=stop)
@@ -112,7 +114,7 @@ def main(cfg: DictConfig) -> None:
         log.error("preempted: %s", error)
         raise SystemExit(Preempted.exit_code) from None
     except Exception as error:
-        from icl_lr.train import NonFiniteLoss
+        from icl_lr.train.loop import NonFiniteLoss
 
         if no_space_left(error):
             kind = "disk full"

@@ -24,11 +24,14 @@ import jax
 import jax.numpy as jnp
 from hydra import compose, initialize_config_dir
 
-from icl_lr import evaluate, parallel
-from icl_lr.config import DataConfig, EvalConfig, ModelConfig, RunConfig, from_dictconfig
-from icl_lr.encoding import encoding_of
-from icl_lr.optimizer import make_optimizer
-from icl_lr.train import build_model, init_state, make_dispatch
+from icl_lr.model.config import ModelConfig
+from icl_lr.model.encoding import encoding_of
+from icl_lr.run.config import from_dictconfig
+from icl_lr.task.config import DataConfig
+from icl_lr.train import evaluate, parallel
+from icl_lr.train.config import EvalConfig, RunConfig
+from icl_lr.train.loop import build_model, init_state, make_dispatch
+from icl_lr.train.optimizer import make_optimizer
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 PRESETS = sorted(p.stem for p in (CONFIGS / "model").glob("*.yaml"))

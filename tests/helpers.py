@@ -11,13 +11,14 @@ import jax
 import numpy as np
 from hydra import compose, initialize_config_dir
 
-from icl_lr import analysis
-from icl_lr.checkpoint import Checkpoints
-from icl_lr.config import from_dictconfig
-from icl_lr.optimizer import make_optimizer
-from icl_lr.run_dir import read_identity
-from icl_lr.tracking import read_jsonl
-from icl_lr.train import build_model, init_state
+from icl_lr.analysis import tables
+from icl_lr.records.checkpoint import Checkpoints
+from icl_lr.records.run_dir import read_identity
+from icl_lr.records.schema import HELD_OUT, set_of
+from icl_lr.records.tracking import read_jsonl
+from icl_lr.run.config import from_dictconfig
+from icl_lr.train.loop import build_model, init_state
+from icl_lr.train.optimizer import make_optimizer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -112,7 +113,7 @@ class RunFile:
     def load(cls, path: Path) -> "RunFile":
         """`path`: an offline-run-* directory or its .wandb file."""
         run = cls(Path(path))
-        for record in analysis.read_wandb_records(path):
+        for record in tables.read_wandb_records(path):
             kind, body = record["type"], record.get(record["type"], {})
             if kind == "run":
                 run.run_id, run.project, run.group = body["run_id"], body.get("project", ""), body.get("run_group", "")
@@ -146,6 +147,5 @@ class RunFile:
 
 
 def held_out_curves(run_dir) -> dict:
-    """The last eval's held-out curves of a run dir ({"step": ..., predictor: [N]}): curves.jsonl's last
-    record without a "set" (other sets, pretrain or OOD conditions, carry one)."""
-    return [r for r in read_jsonl(Path(run_dir) / "curves.jsonl") if "set" not in r][-1]
+    """The last eval's held-out curves of a run dir ({"step": ..., "set": "held_out", predictor: [N]})."""
+    return [r for r in read_jsonl(Path(run_dir) / "curves.jsonl") if set_of(r) == HELD_OUT][-1]

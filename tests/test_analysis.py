@@ -14,8 +14,9 @@ import pytest
 
 import analyze
 from helpers import FAST, ROOT, held_out_curves, no_key_env, run_id_of
-from icl_lr import analysis
-from icl_lr.tracking import read_jsonl
+from icl_lr.analysis import tables
+from icl_lr.records import schema
+from icl_lr.records.tracking import read_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +61,8 @@ def test_multirun_makes_one_run_dir_and_wandb_run_per_job(sweep_dir):
 
 
 def test_runs_table_has_the_config_and_summary_of_every_run(sweep_dir):
-    runs, curves, _ = analysis.load_local([sweep_dir])
-    assert len(runs) == 8 and analysis.group_keys(runs) == ["model_size", "data.noise_std"]
+    runs, curves, _ = tables.load_local([sweep_dir])
+    assert len(runs) == 8 and tables.group_keys(runs) == ["model_size", "data.noise_std"]
     assert set(runs.model_size) == {"1L/16d/2H", "1L/32d/2H"}
     by_dir = runs.set_index("run_dir")
     for run_dir in by_dir.index:
@@ -72,10 +73,10 @@ def test_runs_table_has_the_config_and_summary_of_every_run(sweep_dir):
 
 
 def test_aggregates_over_seeds_equal_the_per_run_numbers(sweep_dir):
-    runs, curves, _ = analysis.load_local([sweep_dir])
-    keys = analysis.group_keys(runs)
-    aggregate = analysis.aggregate_runs(runs, keys, ["eval/excess/mean"]).set_index(["model_size", "data.noise_std"])
-    curve_stats = analysis.aggregate_curves(runs, curves, keys).set_index(
+    runs, curves, _ = tables.load_local([sweep_dir])
+    keys = tables.group_keys(runs)
+    aggregate = tables.aggregate_runs(runs, keys, ["eval/excess/mean"]).set_index(["model_size", "data.noise_std"])
+    curve_stats = tables.aggregate_curves(runs, curves, keys).set_index(
         ["model_size", "data.noise_std", "predictor", "k"]
     )
     files = per_run_files(sweep_dir)
@@ -99,11 +100,11 @@ def test_aggregates_over_seeds_equal_the_per_run_numbers(sweep_dir):
 
 def test_bootstrap_interval_is_the_spread_of_the_mean():
     values = np.random.default_rng(1).normal(3.0, 2.0, size=400)
-    low, high = analysis.bootstrap_interval(values)
+    low, high = tables.bootstrap_interval(values)
     assert low < values.mean() < high
     assert high - low == pytest.approx(2 * 1.96 * values.std(ddof=1) / np.sqrt(400), rel=0.15)
-    assert analysis.bootstrap_interval(np.full(5, 0.25)) == (0.25, 0.25)
-    assert all(np.isnan(analysis.bootstrap_interval(np.array([1.0]))))
+    assert tables.bootstrap_interval(np.full(5, 0.25)) == (0.25, 0.25)
+    assert all(np.isnan(tables.bootstrap_interval(np.array([1.0]))))
 
 
 def test_cli_writes_tables_markdown_and_plots(sweep_dir, tmp_path):
@@ -143,7 +144,7 @@ def test_runs_group_by_the_noise_prior_they_really_had():
     fixed = {"data": {"noise_std": 0.5, "noise_std_choices": None}, "model": model}
     from_sweep = {"data.noise_std": 0.25, "data.noise_std_choices": "[0.1,1.0]", "model": "gpt2_tiny"}
     from_sweep |= {f"model.{k}": v for k, v in model.items()}  # W&B's flat config, a sweep's text values
-    runs = pd.DataFrame([analysis._run_row(str(i), c, {}) for i, c in enumerate([hierarchical, fixed, from_sweep])])
+    runs = pd.DataFrame([tables._run_row(str(i), c, {}) for i, c in enumerate([hierarchical, fixed, from_sweep])])
     assert (
         np.isnan(runs["data.noise_std"][0]) and runs["data.noise_std"][1] == 0.5 and np.isnan(runs["data.noise_std"][2])
     )
@@ -161,20 +162,20 @@ def test_a_key_older_runs_lack_counts_as_its_default(sweep_dir, tmp_path):
     config = (older / ".hydra" / "config.yaml").read_text()
     (older / ".hydra" / "config.yaml").write_text(config.replace("  precision: fp32\n", ""))
     assert "precision" not in (older / ".hydra" / "config.yaml").read_text()
-    runs, _, _ = analysis.load_local([sweep_dir, older])
+    runs, _, _ = tables.load_local([sweep_dir, older])
     assert list(runs["training.precision"].unique()) == ["fp32"]
-    assert "training.precision" not in analysis.group_keys(runs)
+    assert "training.precision" not in tables.group_keys(runs)
 
 
 def test_history_is_every_scalar_of_the_metrics_files(sweep_dir):
-    _, _, history = analysis.load_local([sweep_dir])
+    _, _, history = tables.load_local([sweep_dir])
     expected = []
     for run_dir in sorted(p for p in sweep_dir.iterdir() if p.name.isdigit()):
         run_id = run_id_of(run_dir)
         for record in read_jsonl(run_dir / "metrics.jsonl"):
             expected += [(run_id, record["step"], k, v) for k, v in record.items() if k != "step"]
     assert len(expected) > 8 * 4 * 3  # 4 train rows and 2 evals per run, several metrics each
-    table = pd.DataFrame(expected, columns=analysis.HISTORY_COLUMNS)
+    table = pd.DataFrame(expected, columns=tables.HISTORY_COLUMNS)
     key = ["run_id", "step", "metric"]
     pd.testing.assert_frame_equal(
         history.sort_values(key).reset_index(drop=True), table.sort_values(key).reset_index(drop=True)
@@ -184,14 +185,14 @@ def test_history_is_every_scalar_of_the_metrics_files(sweep_dir):
 def test_a_step_logged_twice_keeps_its_last_value():
     """A resumed run logs the steps after its checkpoint again (W&B keeps both rows): the last one counts."""
     history = [("a", 10, "train/loss", 2.0), ("a", 20, "train/loss", 1.5), ("a", 20, "train/loss", 1.4)]
-    tables = analysis.RunTables.of([], [], history)
-    assert list(tables.history.itertuples(index=False, name=None)) == [history[0], history[2]]
+    loaded = tables.RunTables.of([], [], history)
+    assert list(loaded.history.itertuples(index=False, name=None)) == [history[0], history[2]]
 
 
 def test_learning_curves_aggregate_each_step_over_seeds(sweep_dir):
-    runs, _, history = analysis.load_local([sweep_dir])
-    keys = analysis.group_keys(runs)
-    stats = analysis.aggregate_history(runs, history, keys).set_index([*keys, "metric", "step"])
+    runs, _, history = tables.load_local([sweep_dir])
+    keys = tables.group_keys(runs)
+    stats = tables.aggregate_history(runs, history, keys).set_index([*keys, "metric", "step"])
     assert sorted(stats.index.get_level_values("step").unique()) == [20, 40]
     group = runs[(runs["model.n_embd"] == 32) & (runs["data.noise_std"] == 0.5)]
     values = history[history.run_id.isin(group.run_id) & (history.metric == "eval/excess/mean") & (history.step == 20)]
@@ -212,14 +213,14 @@ def test_html_report_holds_every_plot_and_table(sweep_dir, tmp_path):
     assert "<th>model_size</th><td>1L/16d/2H, 1L/32d/2H</td>" in page
     assert "<th>data.noise_std</th><td>0, 0.5</td>" in page
     summary = pd.read_csv(out / "aggregate.csv")
-    cells = analysis.summary_table(summary, ["model_size", "data.noise_std"], list(analyze.HEADLINE))
+    cells = tables.summary_table(summary, ["model_size", "data.noise_std"], list(analyze.HEADLINE))
     for cell in cells[list(analyze.HEADLINE)].to_numpy().ravel():
         assert html.escape(cell) in page
-    tables = html_tables(page)
-    assert len(tables) == 4  # what varies, summary, aggregate, runs
+    shown = html_tables(page)
+    assert len(shown) == 4  # what varies, summary, aggregate, runs
     runs = pd.read_csv(out / "runs.csv")
-    assert tables[3][0][:2] == ["run_id", "run_dir"] and {row[0] for row in tables[3][1:]} == set(runs.run_id)
-    assert len(tables[2]) == 1 + len(summary)  # a header row and every aggregate row
+    assert shown[3][0][:2] == ["run_id", "run_dir"] and {row[0] for row in shown[3][1:]} == set(runs.run_id)
+    assert len(shown[2]) == 1 + len(summary)  # a header row and every aggregate row
 
 
 def html_tables(page: str) -> list:
@@ -251,10 +252,10 @@ def test_wandb_report_has_a_panel_per_group_and_metric(sweep_dir):
     import wandb_workspaces.reports.v2 as wr
     from wandb_workspaces import expr
 
-    from icl_lr import wandb_report
+    from icl_lr.analysis import wandb_report
 
-    runs, _, history = analysis.load_local([sweep_dir])
-    keys = analysis.group_keys(runs)
+    runs, _, history = tables.load_local([sweep_dir])
+    keys = tables.group_keys(runs)
     report = wandb_report.build_report("team", "icl-lr", "swp123", runs, keys, "| table |")
     grids = [b for b in report.blocks if isinstance(b, wr.PanelGrid)]
     overview, per_group = grids[0], grids[1:]
@@ -264,8 +265,8 @@ def test_wandb_report_has_a_panel_per_group_and_metric(sweep_dir):
     config_keys = ["model.n_layer", "model.n_embd", "model.n_head", "data.noise_std"]
     assert everything.groupby == [f"config.{k}.value" for k in config_keys]  # flat keys, as W&B stores them
     lines = [p for p in overview.panels if isinstance(p, wr.LinePlot)]
-    assert [p.y for p in lines] == [[m] for m in analysis.LEARNING_CURVES] and {p.x for p in lines} == {"step"}
-    assert set(analysis.LEARNING_CURVES) <= set(history.metric)
+    assert [p.y for p in lines] == [[m] for m in schema.LEARNING_CURVES] and {p.x for p in lines} == {"step"}
+    assert set(schema.LEARNING_CURVES) <= set(history.metric)
     (parallel,) = [p for p in overview.panels if isinstance(p, wr.ParallelCoordinatesPlot)]
     assert [c.metric.name for c in parallel.columns] == [*config_keys, "eval/excess/mean"]
     scatter = {p.title: (p.x, p.y) for p in overview.panels if isinstance(p, wr.ScatterPlot)}  # W&B's: report_spec
@@ -286,7 +287,7 @@ def test_wandb_report_has_a_panel_per_group_and_metric(sweep_dir):
         groups.discard(tuple(sorted(values["ID"])))
     assert not groups  # one grid for each group
     (folder,) = (sweep_dir / "0" / "wandb").glob("offline-run-*")
-    logged = analysis.read_wandb_file(folder)["summary"]
+    logged = tables.read_wandb_file(folder)["summary"]
     assert logged["eval/curves_chart_table"]["_type"] == "table-file"  # the table the charts read, as W&B holds it
     assert all(f"summary:{m}" in everything.pinned_columns for m in ("eval/excess/mean", "eval/model/error_mean"))
     assert not any(isinstance(b, wr.H1) and "distribution" in b.text for b in report.blocks)  # no OOD metrics here
@@ -294,7 +295,7 @@ def test_wandb_report_has_a_panel_per_group_and_metric(sweep_dir):
 
 def logged_config_paths(run_folder) -> set:
     """Where W&B keeps each config value a run logged: a key `k` as {"k": {"value": ...}}, the path `k.value`."""
-    return {f"{key}.value" for key in analysis.read_wandb_file(run_folder)["config"]}
+    return {f"{key}.value" for key in tables.read_wandb_file(run_folder)["config"]}
 
 
 def spec_config_paths(spec: dict) -> set:

@@ -3,11 +3,13 @@ import numpy as np
 import pytest
 from scipy.stats import multivariate_normal
 
-from icl_lr import baselines, data
-from icl_lr.config import DataConfig
+from icl_lr.task import baselines, linear
+from icl_lr.task.config import DataConfig
+
+pytestmark = pytest.mark.unit  # the fast tier: no process started
 
 CFG = DataConfig(n_dims=4, n_points=10, prior_scale=1.5, noise_std=0.5)
-BATCH = data.sample_batch(jax.random.PRNGKey(3), CFG, 3)
+BATCH = linear.sample_batch(jax.random.PRNGKey(3), CFG, 3)
 
 
 def prompts():
@@ -79,7 +81,7 @@ def test_three_nearest_neighbours():
 
 def test_bayes_beats_least_squares_on_noisy_data():
     cfg = DataConfig(n_dims=4, n_points=12, noise_std=0.5)
-    batch = data.sample_batch(jax.random.PRNGKey(0), cfg, 2000)
+    batch = linear.sample_batch(jax.random.PRNGKey(0), cfg, 2000)
     preds = baselines.all_predictions(batch.xs, batch.ys, cfg.prior_scale, cfg.noise_stds)
     err = {k: np.mean((np.asarray(v) - np.asarray(batch.ys)) ** 2, axis=0) / 4 for k, v in preds.items()}
     assert err["bayes"][0] == pytest.approx((4 + 0.25) / 4, rel=0.15)  # k = 0: E[y^2] / d (y^2 is heavy-tailed)

@@ -4,9 +4,12 @@ import sys
 import pytest
 
 from helpers import ROOT, compose_config, run_config
-from icl_lr.config import ConfigError, RunConfig, from_dictconfig
+from icl_lr.fields import ConfigError
+from icl_lr.run.config import from_dictconfig
+from icl_lr.train.config import RunConfig
 
 
+@pytest.mark.unit
 def test_defaults_and_presets_compose():
     cfg = run_config()
     assert (cfg.model.n_layer, cfg.model.n_embd, cfg.model.n_head, cfg.training.batch_size) == (6, 64, 2, 64)
@@ -47,6 +50,7 @@ def test_defaults_and_presets_compose():
         ("data.encoding=binned_y data.token_slot_embedding=true", "data.token_slot_embedding"),
     ],
 )
+@pytest.mark.unit
 def test_bad_config_names_the_key(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         run_config(*override.split())
@@ -66,11 +70,13 @@ def test_cli_reports_bad_config_in_one_line_before_compiling(tmp_path):
     assert not (tmp_path / "checkpoints").exists()
 
 
+@pytest.mark.unit
 def test_dataclass_defaults_mirror_the_yaml():
     """Code that builds configs directly (the benchmark, tests) gets what `python train.py` gets."""
     assert run_config() == RunConfig()
 
 
+@pytest.mark.unit
 def test_the_seed_names_compose():
     """The original brief's `python train.py model=gpt2_small data=linear_regression training=default`."""
     cfg = run_config("model=gpt2_small", "data=linear_regression", "training=default")
@@ -78,6 +84,7 @@ def test_the_seed_names_compose():
     assert cfg.data == run_config().data and cfg.training == run_config().training
 
 
+@pytest.mark.unit
 def test_a_custom_top_level_config_composes_over_the_defaults():
     """`python train.py --config-name=my_custom_config`, the README's example file."""
     cfg = from_dictconfig(compose_config("training.steps=100", config_name="my_custom_config"))
@@ -85,6 +92,7 @@ def test_a_custom_top_level_config_composes_over_the_defaults():
     assert cfg.training.steps == 100 and cfg.eval == run_config().eval  # the command line wins; the rest is default
 
 
+@pytest.mark.unit
 def test_epochs_over_a_finite_training_set_set_the_run_length():
     cfg = run_config("data.train_size=512", "training.batch_size=128", "training.num_epochs=2")
     assert cfg.training.steps == 8  # 2 x ceil(512 / 128), whatever steps_per_dispatch (50) is

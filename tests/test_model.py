@@ -4,9 +4,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from icl_lr.config import DataConfig, ModelConfig
-from icl_lr.encoding import Continuous, Tokens
-from icl_lr.model import ICLModel, Transformer
+from icl_lr.model.config import ModelConfig
+from icl_lr.model.encoding import Continuous, Tokens
+from icl_lr.model.gpt2 import ICLModel, Transformer
+from icl_lr.task.config import DataConfig
+
+pytestmark = pytest.mark.unit  # the fast tier: no process started
 
 CFG = ModelConfig(n_layer=2, n_embd=48, n_head=4, n_positions=32)
 

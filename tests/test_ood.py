@@ -10,9 +10,13 @@ import pytest
 
 import analyze
 from helpers import train_cli
-from icl_lr import analysis, baselines, data, evaluate, ood
-from icl_lr.config import DataConfig, EvalConfig
-from icl_lr.tracking import read_jsonl
+from icl_lr.analysis import tables
+from icl_lr.records.schema import HELD_OUT
+from icl_lr.records.tracking import read_jsonl
+from icl_lr.task import baselines, linear, ood
+from icl_lr.task.config import DataConfig
+from icl_lr.train import evaluate
+from icl_lr.train.config import EvalConfig
 
 D, N, P = 4, 9, 512
 
@@ -126,8 +130,8 @@ def numpy_dmmse(xs, ys, pool, sigmas):
 @pytest.mark.parametrize("sigmas", [(0.5,), (0.3, 1.0)])
 def test_dmmse_is_the_posterior_mean_over_the_pool(sigmas):
     cfg = DataConfig(n_dims=3, n_points=7, noise_std=sigmas[0], noise_std_choices=sigmas if len(sigmas) > 1 else None)
-    pool = data.pool_tasks(jax.random.PRNGKey(1), cfg, jnp.arange(6))
-    batch = data.sample_batch(jax.random.PRNGKey(2), cfg, 8, pool_key=jax.random.PRNGKey(1))
+    pool = linear.pool_tasks(jax.random.PRNGKey(1), cfg, jnp.arange(6))
+    batch = linear.sample_batch(jax.random.PRNGKey(2), cfg, 8, pool_key=jax.random.PRNGKey(1))
     preds = baselines.all_predictions(batch.xs, batch.ys, cfg.prior_scale, cfg.noise_stds, pool)["dmmse"]
     for p in range(8):
         np.testing.assert_allclose(preds[p], numpy_dmmse(batch.xs[p], batch.ys[p], pool, sigmas), rtol=1e-4, atol=1e-5)
@@ -137,10 +141,10 @@ def test_dmmse_is_the_posterior_mean_over_the_pool(sigmas):
 def test_pretrain_prompts_come_from_the_runs_pool():
     cfg = DataConfig(n_dims=3, n_points=8, task_pool_size=5)
     run_key = jax.random.PRNGKey(7)
-    pool = data.pool_tasks(data.pool_key(run_key), cfg, jnp.arange(5))
+    pool = linear.pool_tasks(linear.pool_key(run_key), cfg, jnp.arange(5))
     eval_set = evaluate.make_pretrain_set(cfg, EvalConfig(n_prompts=64), run_key, pool)
-    batch = data.sample_batch(
-        jax.random.fold_in(jax.random.PRNGKey(12345), 1), cfg, 64, pool_key=data.pool_key(run_key)
+    batch = linear.sample_batch(
+        jax.random.fold_in(jax.random.PRNGKey(12345), 1), cfg, 64, pool_key=linear.pool_key(run_key)
     )
     np.testing.assert_array_equal(eval_set.ys, batch.ys)
     solve = lambda x, y: np.linalg.lstsq(np.asarray(x), np.asarray(y), rcond=None)[0]  # noiseless: w itself
@@ -187,8 +191,8 @@ def test_a_run_logs_every_set(pool_runs):
     conditions = set(ood.conditions(jax.random.PRNGKey(0), DataConfig(), 2))
     assert conditions == {key.split("/")[2] for key in summary if key.startswith("eval/ood/")}
     records = read_jsonl(run_dir / "curves.jsonl")
-    sets = {r.get("set", "") for r in records}
-    assert sets == {"", "pretrain", "sigma_0.1", "sigma_1"} | {f"ood/{c}" for c in conditions}
+    sets = {r["set"] for r in records}  # every record names its set, the held-out one too
+    assert sets == {HELD_OUT, "pretrain", "sigma_0.1", "sigma_1"} | {f"ood/{c}" for c in conditions}
     (orthogonal,) = [r for r in records if r.get("set") == "ood/orthogonal_query"]
     assert np.isfinite(orthogonal["model"][:3]).all() and np.isnan(orthogonal["model"][3:]).all()
     assert summary["ood_seconds"] > 0
@@ -201,13 +205,13 @@ def test_a_run_logs_every_set(pool_runs):
 
 
 def test_analysis_reads_every_set_and_plots_the_pool_sizes(pool_runs, tmp_path):
-    runs, curves, _ = analysis.load_local([pool_runs])
+    runs, curves, _ = tables.load_local([pool_runs])
     records = read_jsonl(pool_runs / "pool8" / "curves.jsonl")
     (pretrain,) = [r for r in records if r.get("set") == "pretrain"]
     run8 = runs.set_index("data.task_pool_size").loc[8, "run_id"]
     mine = curves[(curves.run_id == run8) & (curves.set == "pretrain") & (curves.predictor == "dmmse")]
     np.testing.assert_allclose(mine.sort_values("k").value, pretrain["dmmse"], rtol=1e-6)
-    stats = analysis.task_pool_stats(runs, curves, ["data.task_pool_size"]).set_index(
+    stats = tables.task_pool_stats(runs, curves, ["data.task_pool_size"]).set_index(
         ["data.task_pool_size", "set", "predictor"]
     )
     assert stats.loc[(8, "pretrain", "dmmse"), "mean"] == pytest.approx(np.mean(pretrain["dmmse"]))
@@ -221,8 +225,8 @@ def test_analysis_reads_every_set_and_plots_the_pool_sizes(pool_runs, tmp_path):
 def test_dmmse_chunks_a_large_pool():
     """A pool whose dMMSE does not fit one batch gives the same predictions in chunks."""
     cfg = DataConfig(n_dims=2, n_points=5, noise_std=0.5)
-    pool = data.pool_tasks(jax.random.PRNGKey(1), cfg, jnp.arange(64))
-    batch = data.sample_batch(jax.random.PRNGKey(2), cfg, 16)
+    pool = linear.pool_tasks(jax.random.PRNGKey(1), cfg, jnp.arange(64))
+    batch = linear.sample_batch(jax.random.PRNGKey(2), cfg, 16)
     whole = baselines.all_predictions(batch.xs, batch.ys, 1.0, (0.5,), pool)["dmmse"]
     original = baselines.DMMSE_CHUNK
     try:
@@ -236,11 +240,11 @@ def test_dmmse_chunks_a_large_pool():
 def test_the_wandb_report_has_the_ood_and_task_pool_panels(pool_runs):
     import wandb_workspaces.reports.v2 as wr
 
-    from icl_lr import wandb_report
+    from icl_lr.analysis import wandb_report
 
-    runs, _, _ = analysis.load_local([pool_runs])
-    keys = analysis.group_keys(runs)
-    assert analysis.TASK_POOL in keys
+    runs, _, _ = tables.load_local([pool_runs])
+    keys = tables.group_keys(runs)
+    assert tables.TASK_POOL in keys
     report = wandb_report.build_report("team", "icl-lr", None, runs, keys, "")
     after = {b.text: report.blocks[i + 1] for i, b in enumerate(report.blocks) if isinstance(b, wr.H1)}
     assert list(after)[-2:] == ["Out-of-distribution prompts (Garg et al.)", "Task diversity (Raventos et al.)"]
@@ -249,11 +253,11 @@ def test_the_wandb_report_has_the_ood_and_task_pool_panels(pool_runs):
     bars, *charts = ood_grid.panels
     assert bars.metrics == [f"eval/ood/{c}/model/error_mean" for c in conditions]
     (folder,) = (pool_runs / "pool8" / "wandb").glob("offline-run-*")
-    logged = analysis.read_wandb_file(folder)["summary"]
+    logged = tables.read_wandb_file(folder)["summary"]
     for condition, chart in zip(conditions, charts, strict=True):
         table = chart.query["summaryTable"]["tableKey"]
         assert table == f"eval/ood/{condition}/curves_chart_table" and logged[table]["_type"] == "table-file"
     assert all(metric in runs for metric in bars.metrics)
     scatter = [(p.x, p.y, p.log_x) for p in pool_grid.panels]
-    x = wr.Config(analysis.TASK_POOL)
+    x = wr.Config(tables.TASK_POOL)
     assert scatter == [(x, "eval/model/error_mean", True), (x, "eval/pretrain/model/error_mean", True)]

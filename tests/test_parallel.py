@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 
 from helpers import FAST, ROOT, auto_devices_env, final_state, no_key_env, run_config, train_cli
-from icl_lr.optimizer import make_optimizer
-from icl_lr.tracking import read_jsonl
-from icl_lr.train import build_model, init_state, train
+from icl_lr.records.schema import HELD_OUT, set_of
+from icl_lr.records.tracking import read_jsonl
+from icl_lr.train.loop import build_model, init_state, train
+from icl_lr.train.optimizer import make_optimizer
 
 TWO_DEVICES = no_key_env(JAX_NUM_CPU_DEVICES="2")
 CONSTANT_LR = ["training.schedule=constant", "wandb.mode=disabled"]  # a run cut at step 20 resumes the same
@@ -52,7 +53,8 @@ def test_two_devices_train_and_evaluate_like_one(runs):
     assert [s["n_devices"] for s in summaries] == [1, 2]  # the devices of a run's last attempt, for the record
     np.testing.assert_allclose(losses(root / "one_then_two"), losses(root / "one"), **TOLERANCE)
     curves = [
-        [r for r in read_jsonl(root / name / "curves.jsonl") if "set" not in r] for name in ("one", "one_then_two")
+        [r for r in read_jsonl(root / name / "curves.jsonl") if set_of(r) == HELD_OUT]
+        for name in ("one", "one_then_two")
     ]
     assert [r["step"] for r in curves[1]] == [20, 40]
     np.testing.assert_allclose(curves[1][-1]["model"], curves[0][-1]["model"], **TOLERANCE)
@@ -140,9 +142,9 @@ SPLIT_CHECK = """
 import jax, json, sys
 sys.path.insert(0, "tests")
 from helpers import FAST, run_config
-from icl_lr import evaluate, parallel
-from icl_lr.optimizer import make_optimizer
-from icl_lr.train import build_model, init_state, make_dispatch
+from icl_lr.train import evaluate, parallel
+from icl_lr.train.optimizer import make_optimizer
+from icl_lr.train.loop import build_model, init_state, make_dispatch
 cfg = run_config(*FAST)
 mesh = parallel.data_mesh()
 model, tx = build_model(cfg), make_optimizer(cfg.training)

@@ -41,7 +41,7 @@ Files of a run dir:
 CLI flags:
   train.py: Hydra's own; an agent's --key=value read as key=value; -m gives each job its own W&B run
     (WANDB_RUN_ID from the shell is ignored outside a sweep).
-  python -m icl_lr.sweep: a file that is not YAML, not a mapping or not a sweep, one line; --sweep-id
+  python -m icl_lr.run.sweep: a file that is not YAML, not a mapping or not a sweep, one line; --sweep-id
     with results, refused unless --resume; two runners on one id, the second refused; --resume without
     results, one line; --workers < 1, one line; the overrides after -- kept in the "continue with" line.
   analyze.py: paths without run dirs, one line; --wandb without a key, one line; --sweep or --report
@@ -70,9 +70,9 @@ import pytest
 
 import analyze
 from helpers import FAST, ROOT, RunFile, assert_trees_equal, final_state, no_key_env, run_config, run_id_of, train_cli
-from icl_lr.config import ConfigError
-from icl_lr.run_dir import RunDirLock, read_identity
-from icl_lr.tracking import read_jsonl
+from icl_lr.fields import ConfigError
+from icl_lr.records.run_dir import RunDirLock, read_identity
+from icl_lr.records.tracking import read_jsonl
 
 
 def start(run_dir, *overrides, env=None):

@@ -15,10 +15,10 @@ from wandb.sdk.lib import config_util
 
 import sweeps
 from helpers import FAST, ROOT, RunFile, no_key_env
-from icl_lr import analysis
-from icl_lr.run_dir import RunDirError
-from icl_lr.sweep import expand_command, load_sweep, run_sweep, worker_cores, worker_environment
-from icl_lr.tracking import read_jsonl
+from icl_lr.analysis import tables
+from icl_lr.records.run_dir import RunDirError
+from icl_lr.records.tracking import read_jsonl
+from icl_lr.run.sweep import expand_command, load_sweep, run_sweep, worker_cores, worker_environment
 
 SWEEP_FILES = sorted((ROOT / "sweeps").glob("*.yaml"))
 
@@ -69,7 +69,7 @@ def test_a_run_started_as_the_agent_starts_it_keeps_its_nested_config(tmp_path):
     record = RunFile.load(next((run_dir / "wandb").glob("offline-run-*")))
     assert record.run_id == "run1" and record.config_value("model") == "gpt2_small" and record.config_value("seed") == 1
     assert [record.config_value(f"model.{k}") for k in ("n_layer", "n_embd", "n_head")] == [6, 32, 4]
-    runs, _, _ = analysis.load_wandb_files([run_dir])  # what `analyze.py --wandb` reads: no TypeError
+    runs, _, _ = tables.load_wandb_files([run_dir])  # what `analyze.py --wandb` reads: no TypeError
     assert list(runs.model_size) == ["6L/32d/4H"]
 
 
@@ -110,7 +110,7 @@ def test_every_sweep_names_its_project():
 
 
 def test_two_runners_on_one_sweep_id_cannot_both_start(tmp_path):
-    command = [sys.executable, "-m", "icl_lr.sweep", str(ROOT / "sweeps" / "model_size.yaml"), "--count", "1"]
+    command = [sys.executable, "-m", "icl_lr.run.sweep", str(ROOT / "sweeps" / "model_size.yaml"), "--count", "1"]
     command += ["--sweep-id", "dup", "--", *FAST, "training.steps=20"]
     first = subprocess.Popen(command, cwd=tmp_path, env=no_key_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 60
@@ -131,7 +131,7 @@ def test_a_broken_sweep_file_is_refused_in_one_line(tmp_path, text, says):
     path = tmp_path / "bad.yaml"
     path.write_text(text)
     result = subprocess.run(
-        [sys.executable, "-m", "icl_lr.sweep", str(path)], cwd=tmp_path, capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "icl_lr.run.sweep", str(path)], cwd=tmp_path, capture_output=True, text=True, timeout=60
     )
     errors = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(errors) == 1 and says in errors[0], result.stderr
@@ -197,7 +197,7 @@ def test_the_slurm_agent_script_parses_and_asks_for_a_sweep():
 
 
 def test_ctrl_c_ends_a_local_sweep_cleanly(tmp_path):
-    command = [sys.executable, "-m", "icl_lr.sweep", str(ROOT / "sweeps" / "model_size.yaml"), "--count", "2"]
+    command = [sys.executable, "-m", "icl_lr.run.sweep", str(ROOT / "sweeps" / "model_size.yaml"), "--count", "2"]
     command += ["--sweep-id", "local-int", "--", *FAST, "training.steps=5000", "training.checkpoint_every=20"]
     # A terminal's foreground job: its own process group, SIGINT at its default. A suite started in the
     # background of a non-interactive shell ignores SIGINT and would pass that on; a handler is not inherited.

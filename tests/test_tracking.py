@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 
 from helpers import FAST, ROOT, RunFile, assert_trees_equal, final_state, no_key_env, run_id_of, train_cli
-from icl_lr import analysis
-from icl_lr.tracking import read_jsonl
-from icl_lr.train import train
+from icl_lr.analysis import tables
+from icl_lr.records.tracking import read_jsonl
+from icl_lr.train.loop import train
 
 SECRET = "0123456789abcdef0123456789abcdef01234567"  # a well-formed but bogus W&B API key
 
@@ -88,10 +88,10 @@ def test_one_summary_schema_in_run_dirs_and_wandb_files(tracked_run, tmp_path):
     shutil.copytree(run_dir / "wandb", only_wandb)
     (folder,) = (run_dir / "wandb").glob("offline-run-*")
     local = json.loads((run_dir / "summary.json").read_text())
-    from_wandb = analysis.summary_scalars(analysis.read_wandb_file(folder)["summary"])
+    from_wandb = tables.summary_scalars(tables.read_wandb_file(folder)["summary"])
     assert from_wandb == pytest.approx(local, rel=1e-9)
-    runs, curves, history = analysis.load_local([run_dir])
-    wandb_runs, wandb_curves, wandb_history = analysis.load_wandb_files([only_wandb])
+    runs, curves, history = tables.load_local([run_dir])
+    wandb_runs, wandb_curves, wandb_history = tables.load_wandb_files([only_wandb])
     pd.testing.assert_frame_equal(
         runs.drop(columns="run_dir"), wandb_runs.drop(columns="run_dir"), check_like=True, check_dtype=False
     )
@@ -111,10 +111,10 @@ def test_error_curves_are_logged_as_tables(tracked_run):
     run_dir, _ = tracked_run
     (record,) = offline_run_files(run_dir)
     files_dir = next((run_dir / "wandb").glob("offline-run-*")) / "files"
-    tables = rows_with(record.history, "eval/curves.path")
+    logged = rows_with(record.history, "eval/curves.path")
     local = {r["step"]: r for r in read_jsonl(run_dir / "curves.jsonl")}
-    assert sorted(tables) == sorted(local) == [20, 40]
-    for step, row in tables.items():
+    assert sorted(logged) == sorted(local) == [20, 40]
+    for step, row in logged.items():
         table = json.loads((files_dir / row["eval/curves.path"]).read_text())
         assert table["columns"][0] == "k"
         assert sorted(table["columns"][1:]) == ["3nn", "averaging", "bayes", "least_squares", "model"]
@@ -145,7 +145,7 @@ def test_resumed_run_continues_the_same_wandb_run(tmp_path):
     assert sorted(rows_with(first.history, "train/loss")) == [10, 20]
     assert sorted(rows_with(second.history, "train/loss")) == [30, 40]  # nothing logged twice
     # analyze reads the two W&B run folders as one run: the same history as the run dir's metrics.jsonl
-    assert_same_history(analysis.load_local([tmp_path]).history, analysis.load_wandb_files([tmp_path]).history)
+    assert_same_history(tables.load_local([tmp_path]).history, tables.load_wandb_files([tmp_path]).history)
 
 
 def test_init_from_a_checkpoint_starts_from_its_params(fast_config, tmp_path):

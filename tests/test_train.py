@@ -11,10 +11,10 @@ import optax
 import pytest
 
 from helpers import FAST, ROOT, assert_trees_equal, final_state
-from icl_lr.checkpoint import Checkpoints
-from icl_lr.optimizer import learning_rate_schedule, make_optimizer
-from icl_lr.tracking import Tracker, read_jsonl
-from icl_lr.train import build_model, init_state, train
+from icl_lr.records.checkpoint import Checkpoints
+from icl_lr.records.tracking import Tracker, read_jsonl
+from icl_lr.train.loop import build_model, init_state, train
+from icl_lr.train.optimizer import learning_rate_schedule, make_optimizer
 
 
 def test_learning_rate_warmup_then_cosine(fast_config):

@@ -9,8 +9,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from icl_lr.analysis import HELD_OUT, POOL_PREDICTORS, POOL_SETS, TASK_POOL, config_text  # noqa: E402
-from icl_lr.tracking import is_error_curve  # noqa: E402
+from icl_lr.analysis.tables import POOL_PREDICTORS, POOL_SETS, TASK_POOL, config_text  # noqa: E402
+from icl_lr.records.schema import HELD_OUT, is_error_curve  # noqa: E402
 
 
 def group_label(keys: list[str], values, separator: str = ", ") -> str:

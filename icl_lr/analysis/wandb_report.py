@@ -9,45 +9,20 @@ runs table.
 Config keys are flat (`training.learning_rate`, one key), which W&B stores as
 {"training.learning_rate": {"value": ...}}: the path `training.learning_rate.value`. wandb-workspaces
 assumes nested keys (`config.training.value.learning_rate`, its `groupby_str_to_key` and `Config`), so
-every config path here is written out in the flat form. `report_spec` serialises the report as `save`
-sends it, without a server (checked against wandb-workspaces 0.4.13).
+every config path here is written out in the flat form (icl_lr/records/wandb_adapter.py). `report_spec`
+serialises the report as `save` sends it, without a server.
 """
-
-import contextlib
 
 import pandas as pd
 import wandb_workspaces.reports.v2 as wr
 from wandb_workspaces import expr
-from wandb_workspaces.reports.v2 import interface
 
-from icl_lr.analysis import HELD_OUT, LEARNING_CURVES, MODEL_SHAPE, TASK_POOL
-from icl_lr.plots import group_label
-from icl_lr.tracking import curves_key
+from icl_lr.analysis.plots import group_label
+from icl_lr.analysis.tables import MODEL_SHAPE, TASK_POOL
+from icl_lr.records import wandb_adapter
+from icl_lr.records.schema import EXCESS, HELD_OUT, LEARNING_CURVES, curves_key
 
-HEADLINE = "eval/excess/mean"
-
-
-def config_path(key: str) -> str:
-    """Where W&B keeps a flat dotted config key's value: `training.learning_rate.value`."""
-    return f"{key}.value"
-
-
-class _ConfigAxis(wr.ParallelCoordinatesPlotColumn):
-    """A parallel-coordinates axis of a flat config key (wr.Config alone sends the nested path)."""
-
-    def _to_model(self):
-        model = super()._to_model()
-        model.accessor = f"config:{config_path(self.metric.name)}"
-        return model
-
-
-class _ConfigScatter(wr.ScatterPlot):
-    """A scatter plot of a summary metric against a flat config key (x, a wr.Config)."""
-
-    def _to_model(self):
-        model = super()._to_model()
-        model.config.x_axis = f"config:{config_path(self.x.name)}"
-        return model
+HEADLINE = EXCESS  # the report's one headline, as analyze's summary's first column
 
 
 def _config_keys(keys: list[str]) -> list[str]:
@@ -67,7 +42,7 @@ def _runset(entity: str, project: str, sweep: str | None, name: str, run_ids=Non
 
 def _curve_chart(eval_set: str, title: str) -> wr.CustomChart:
     """Error vs k of every predictor, from the last eval's line-series table of `eval_set`."""
-    chart_table = curves_key("" if eval_set == HELD_OUT else eval_set) + "_chart_table"
+    chart_table = curves_key(eval_set) + "_chart_table"
     return wr.CustomChart(
         query={"summaryTable": {"tableKey": chart_table}},
         chart_name="wandb/lineseries/v0",
@@ -85,8 +60,9 @@ def build_report(entity: str, project: str, sweep: str | None, runs: pd.DataFram
     panels when the runs logged them.
     """
     config_keys = _config_keys(keys)
-    grouped = dict(groupby=[f"config.{config_path(k)}" for k in config_keys])
-    columns = [f"config:{config_path(k)}" for k in config_keys] + [f"summary:{m}" for m in (HEADLINE, *LEARNING_CURVES)]
+    grouped = dict(groupby=[f"config.{wandb_adapter.config_path(k)}" for k in config_keys])
+    columns = [f"config:{wandb_adapter.config_path(k)}" for k in config_keys]
+    columns += [f"summary:{m}" for m in (HEADLINE, *LEARNING_CURVES)]
     picked = None if sweep else runs.run_id  # without a sweep, the runs analyze read, by id
     everything = _runset(
         entity, project, sweep, "sweep", picked, **grouped, pinned_columns=list(dict.fromkeys(columns))
@@ -104,14 +80,15 @@ def build_report(entity: str, project: str, sweep: str | None, runs: pd.DataFram
     ]
     overview.append(
         wr.ParallelCoordinatesPlot(
-            columns=[_ConfigAxis(metric=wr.Config(k)) for k in config_keys]
+            columns=[wandb_adapter.flat_config_axis(k) for k in config_keys]
             + [wr.ParallelCoordinatesPlotColumn(metric=wr.SummaryMetric(HEADLINE))]
         )
     )
     if "model_size" in keys and runs.model_size.nunique() > 1:
         overview.append(wr.ScatterPlot(title="final excess vs model size", x="n_params", y=HEADLINE, log_x=True))
     if "data.noise_std" in keys and runs["data.noise_std"].nunique() > 1:
-        overview.append(_ConfigScatter(title="final excess vs noise std", x=wr.Config("data.noise_std"), y=HEADLINE))
+        noise = wandb_adapter.flat_config_scatter("data.noise_std", title="final excess vs noise std", y=HEADLINE)
+        overview.append(noise)
     blocks = [
         wr.H1("Aggregates over seeds"),
         wr.MarkdownBlock(summary_md),
@@ -141,8 +118,8 @@ def build_report(entity: str, project: str, sweep: str | None, runs: pd.DataFram
         ]
     if TASK_POOL in keys and "eval/pretrain/model/error_mean" in runs:
         pool = [
-            _ConfigScatter(
-                title=f"{title}: model error vs task pool size", x=wr.Config(TASK_POOL), y=metric, log_x=True
+            wandb_adapter.flat_config_scatter(
+                TASK_POOL, title=f"{title}: model error vs task pool size", y=metric, log_x=True
             )
             for title, metric in (
                 ("fresh tasks", "eval/model/error_mean"),
@@ -163,24 +140,11 @@ def _is_ood_mean(column: str) -> bool:
     return column.startswith("eval/ood/") and column.endswith("/model/error_mean")
 
 
-@contextlib.contextmanager
-def _no_server():
-    """wandb-workspaces without a server: the one call building a report makes, each run set's project
-    id lookup, answered with a placeholder id (the server's own id goes in when `save` sends it)."""
-    lookup, api = interface.execute_graphql, interface._get_api
-    interface.execute_graphql = lambda _api, query, variables: {"project": {"internalId": "offline"}}
-    interface._get_api = lambda: None
-    try:
-        yield
-    finally:
-        interface.execute_graphql, interface._get_api = lookup, api
-
-
 def report_spec(report: wr.Report) -> dict:
     """The report as `Report.save` sends it to W&B (its upsertView variables, the spec as JSON text),
     built without a server: to review before `--report` publishes it."""
-    with _no_server():
-        model = report._to_model()
+    with wandb_adapter.report_without_server():
+        model = wandb_adapter.report_model(report)
     return {
         "entityName": model.project.entity_name,
         "projectName": model.project.name,

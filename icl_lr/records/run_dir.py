@@ -1,10 +1,7 @@
-"""The guards and the identity of a run directory, the run's whole record: one writer at a time, the
-config of its latest start beside its records, a finished run left as it is, and one W&B run per dir.
+"""A run directory, the run's whole record: its files, its lock (one writer at a time), its identity
+(one W&B run per dir: a copy is told from a move) and the config record of its latest start.
 
-Every start of `train.py` on a directory is planned by `plan_start` (it reads only, and refuses a start
-that would relabel or corrupt the records) and committed by `RunStart.commit` (identity, config record)
-before anything compiles or W&B starts, so a refused start changes nothing there but its own entry under
-`.hydra/attempts/`.
+What a start may do with a dir is decided above, where the run is composed (icl_lr/run/start.py).
 """
 
 import dataclasses
@@ -13,32 +10,25 @@ import logging
 import os
 import re
 import secrets
-import shutil
 import socket
 import string
-from dataclasses import dataclass
 from pathlib import Path
 
-from icl_lr.config import ConfigError, RunConfig, flatten
+from icl_lr.fields import flatten
+from icl_lr.records.schema import (
+    CONFIG_FILE,
+    IDENTITY_FILE,
+    LEGACY_CONFIG_FILE,
+    LEGACY_ID_FILE,
+    LOCK_FILE,
+    METRICS_FILE,
+    SUMMARY_FILE,
+)
 
 log = logging.getLogger("icl_lr")
 
-LOCK_FILE = "run.lock"
-IDENTITY_FILE = "identity.json"  # {"wandb_run_id", "path", "inode", "device"[, "copied_from"]}
-LEGACY_ID_FILE = "wandb_run_id"  # the id alone, as run dirs held it before identity.json
-CONFIG_FILE = "run_config.json"  # the resolved config of the latest start, beside the records it produced
-LEGACY_CONFIG_FILE = "checkpoints/run_config.json"
-SUMMARY_FILE = "summary.json"
 TAKE_OVER_VARIABLE = "ICL_LR_TAKE_OVER_LOCK"  # =1: take over a lock held on another host
 RUN_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
-# Keys that do not change what the model sees or how it is updated: a resume may change them.
-# training.steps may only grow (it extends the run; the schedule keeps its horizon, training.decay_steps);
-# model.embedding_std acts only at init, which a resume replaces with the checkpoint (so run dirs from
-# before that key existed resume too).
-FREE_KEYS = ("training.log_every", "training.eval_every", "training.checkpoint_every", "training.max_to_keep")
-FREE_KEYS += ("training.steps_per_dispatch", "init_from", "training.steps", "model.embedding_std")
-FREE_KEYS += ("training.distributed", "training.cpu_devices")  # where the steps run, not what they compute
-FREE_PREFIXES = ("eval.", "wandb.")
 
 
 class RunDirError(RuntimeError):
@@ -119,8 +109,8 @@ def _is_alive(pid: int) -> bool:
     return True
 
 
-def config_record(cfg: RunConfig) -> dict:
-    """The resolved config as stored in run_config.json: dotted keys, values as JSON reads them back."""
+def config_record(cfg) -> dict:
+    """A resolved config (dataclasses) as run_config.json stores it: dotted keys, values as JSON reads them."""
     return json.loads(json.dumps(flatten(dataclasses.asdict(cfg))))
 
 
@@ -142,16 +132,6 @@ def read_config_record(run_dir: Path) -> dict | None:
     return None
 
 
-def differing_keys(stored: dict, current: dict) -> list:
-    """Keys whose change would alter the training trajectory of a resumed run. A key the stored record
-    lacks (added to the code after the run started) counts as its default: a new key's default keeps the
-    old behaviour, or the key is free."""
-    keys = sorted(set(stored) | set(current))
-    free = lambda key: key in FREE_KEYS or key.startswith(FREE_PREFIXES)
-    defaults = config_record(RunConfig())
-    return [k for k in keys if not free(k) and stored.get(k, defaults.get(k)) != current.get(k)]
-
-
 def has_checkpoints(run_dir: Path) -> bool:
     latest = Path(run_dir) / "checkpoints" / "latest"
     return latest.is_dir() and any(p.name.isdigit() for p in latest.iterdir())
@@ -163,80 +143,6 @@ def read_summary(run_dir: Path) -> dict | None:
         return json.loads((Path(run_dir) / SUMMARY_FILE).read_text())
     except (OSError, ValueError):
         return None
-
-
-def with_horizon(cfg: RunConfig, stored: dict | None) -> RunConfig:
-    """cfg with training.decay_steps set: as given, else the stored run's, else this run's length."""
-    t = cfg.training
-    if t.decay_steps is not None:
-        return cfg
-    horizon = stored["training.decay_steps"] if stored else t.steps
-    return dataclasses.replace(cfg, training=dataclasses.replace(t, decay_steps=horizon))
-
-
-@dataclass(frozen=True)
-class RunStart:
-    """What a start on a run dir does: `finished` (the summary of a run with nothing left to do), else
-    trains `cfg` (training.decay_steps resolved), resuming its checkpoints when `resumed`."""
-
-    run_dir: Path
-    cfg: RunConfig
-    finished: dict | None
-    resumed: bool
-    stored: dict | None  # the config record of the run's previous start
-
-    def commit(self, attempt_dir: Path | None) -> str:
-        """Writes the start's record (identity, run_config.json, .hydra/) and returns its W&B run id."""
-        run_id = claim_identity(self.run_dir, fresh=not self.resumed)
-        write_atomic(self.run_dir / CONFIG_FILE, json.dumps(config_record(self.cfg), indent=2) + "\n")
-        if attempt_dir is not None:  # .hydra/ holds the latest start's Hydra config; each start's own stays
-            for name in ("config.yaml", "overrides.yaml", "hydra.yaml"):
-                if (attempt_dir / name).exists():
-                    shutil.copyfile(attempt_dir / name, self.run_dir / ".hydra" / name)
-        if self.resumed and self.stored and self.cfg.training.steps > self.stored["training.steps"]:
-            log.info("extending the run from %d to %d steps; %s", self.stored["training.steps"], *self._extension())
-        return run_id
-
-    def _extension(self) -> tuple:
-        t = self.cfg.training
-        if t.schedule == "constant" or t.horizon >= t.steps:
-            return t.steps, f"the {t.schedule} schedule goes on as it was (horizon {t.horizon} steps)"
-        floor = t.min_lr_ratio * t.learning_rate
-        return t.steps, (
-            f"the {t.schedule} schedule keeps its horizon (training.decay_steps={t.horizon}): the learning rate "
-            f"stays at its floor {floor:.2e} from step {t.horizon} on"
-        )
-
-
-def plan_start(run_dir: Path, cfg: RunConfig) -> RunStart:
-    """Every check of a start, reading only; the caller holds the RunDirLock. Raises RunDirError or
-    ConfigError (one line) for a start that would change or relabel what the run dir records."""
-    run_dir = Path(run_dir)
-    resumed = has_checkpoints(run_dir)
-    if cfg.init_from and not resumed:
-        check_init_from(cfg.init_from)
-    stored = read_config_record(run_dir)
-    has_results = (run_dir / SUMMARY_FILE).exists()
-    cfg = with_horizon(cfg, stored if resumed or has_results else None)
-    current = config_record(cfg)
-    changed = differing_keys(stored, current) if stored and (resumed or has_results) else []
-    details = ", ".join(f"{k}: {stored.get(k)!r} -> {current.get(k)!r}" for k in changed)
-    if resumed and changed:
-        raise RunDirError(f"run dir {run_dir} was trained with another config ({details}); start a new run dir")
-    if resumed and stored and cfg.training.steps < stored["training.steps"]:
-        raise RunDirError(
-            f"training.steps ({cfg.training.steps}) is below the run's {stored['training.steps']}: "
-            "a resume may only extend a run"
-        )
-    if not resumed and has_results and (changed or not stored or cfg.training.steps != stored["training.steps"]):
-        differs = details or f"training.steps: {stored and stored.get('training.steps')!r} -> {cfg.training.steps}"
-        raise RunDirError(
-            f"run dir {run_dir} holds the results of a run ({differs}) but no checkpoints to continue it from; "
-            "start a new run dir"
-        )
-    summary = read_summary(run_dir)
-    finished = summary if summary and summary.get("step") == cfg.training.steps else None
-    return RunStart(run_dir, cfg, finished, resumed, stored)
 
 
 def _location(run_dir: Path) -> dict:
@@ -325,7 +231,7 @@ def new_run_id() -> str:
 
 
 def _logged_history(run_dir: Path) -> bool:
-    path = run_dir / "metrics.jsonl"
+    path = run_dir / METRICS_FILE
     return path.exists() and path.stat().st_size > 0
 
 
@@ -335,15 +241,3 @@ def write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
-
-
-def check_init_from(init_from: str) -> None:
-    """A local checkpoint must exist; a W&B reference (with ':alias') is looked up when the run starts."""
-    if ":" in init_from:
-        return
-    path = Path(init_from)
-    if not (path / "default").is_dir():
-        raise ConfigError(
-            f"init_from: no checkpoint step directory at {path} (expected <run dir>/checkpoints/latest/<step>, "
-            "or a W&B artifact entity/project/model-<id>:<alias>)"
-        )

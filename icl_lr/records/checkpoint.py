@@ -18,7 +18,7 @@ from pathlib import Path
 import jax
 import orbax.checkpoint as ocp
 
-from icl_lr.config import ConfigError
+from icl_lr.fields import ConfigError
 
 BEST_METRIC = "eval_error"
 log = logging.getLogger("icl_lr")

@@ -10,8 +10,6 @@ pretrain, sigma_<s>, ood/<condition>); the history holds every scalar logged, by
 
 import json
 import logging
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 from typing import NamedTuple
@@ -19,14 +17,24 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
-from icl_lr.config import RunConfig, flatten
-from icl_lr.run_dir import RunDirLock, config_record, read_config_record, read_identity
-from icl_lr.tracking import read_jsonl
+from icl_lr.fields import flatten
+from icl_lr.records import wandb_adapter
+from icl_lr.records.run_dir import RunDirLock, config_record, read_config_record, read_identity
+from icl_lr.records.schema import (
+    CURVES_FILE,
+    HELD_OUT,
+    HYDRA_CONFIG,
+    LEARNING_CURVES,
+    METRICS_FILE,
+    SUMMARY_FILE,
+    set_of,
+)
+from icl_lr.records.tracking import read_jsonl
+from icl_lr.train.config import RunConfig
 
 CONFIG_PREFIXES = ("data.", "model.", "training.", "eval.", "seed")  # config columns that can define a group
 CURVE_COLUMNS = ["run_id", "set", "step", "predictor", "k", "value"]  # predictor: an error curve, or metric/predictor
 HISTORY_COLUMNS = ["run_id", "step", "metric", "value"]  # every scalar logged: train/..., eval/...
-HELD_OUT = "held_out"  # the `set` of the held-out prompts; others: pretrain, train_set, sigma_<s>, ood/<condition>
 STATS = ["n", "mean", "std", "ci_low", "ci_high"]
 MODEL_SHAPE = ("model.n_layer", "model.n_embd", "model.n_head")  # summed up by the model_size column
 log = logging.getLogger("analyze")
@@ -114,8 +122,8 @@ def _curve_rows(run_id: str, step: int, curves: dict, eval_set: str = HELD_OUT) 
 
 
 def _last_curves(run_id: str, records: list) -> list:
-    """Curve rows of each set's last eval, from curves.jsonl records (held-out records carry no "set")."""
-    last = {record.get("set", HELD_OUT): record for record in records}
+    """Curve rows of each set's last eval, from curves.jsonl records."""
+    last = {set_of(record): record for record in records}
     return [
         row
         for eval_set, record in last.items()
@@ -131,7 +139,7 @@ def _curve_tables(summary: dict) -> dict:
     for key, value in summary.items():
         if key.startswith("eval/") and key.endswith("curves") and isinstance(value, dict) and value.get("path"):
             eval_set = key.removeprefix("eval/").removesuffix("curves").rstrip("/")
-            tables[eval_set or HELD_OUT] = value["path"]
+            tables[eval_set or HELD_OUT] = value["path"]  # eval/curves: the held-out set's (schema.curves_key)
     return tables
 
 
@@ -152,10 +160,10 @@ def _local_run(run_dir: Path) -> tuple[dict, list, list] | None:
     try:
         config = read_config_record(run_dir)
         if config is None:
-            config = OmegaConf.to_container(OmegaConf.load(run_dir / ".hydra" / "config.yaml"), resolve=True)
-        summary = _read_json(run_dir / "summary.json") if (run_dir / "summary.json").exists() else None
-        evals = read_jsonl(run_dir / "curves.jsonl")
-        metrics = read_jsonl(run_dir / "metrics.jsonl")
+            config = OmegaConf.to_container(OmegaConf.load(run_dir / HYDRA_CONFIG), resolve=True)
+        summary = _read_json(run_dir / SUMMARY_FILE) if (run_dir / SUMMARY_FILE).exists() else None
+        evals = read_jsonl(run_dir / CURVES_FILE)
+        metrics = read_jsonl(run_dir / METRICS_FILE)
         last_step = max((r["step"] for r in metrics), default=None)
     except (OSError, ValueError, KeyError) as error:
         log.warning("skipping %s: a damaged file (%s: %s)", run_dir, type(error).__name__, error)
@@ -195,7 +203,7 @@ def load_local(paths) -> RunTables:
     `runs` has a `status` column: finished, running or crashed; only finished runs have a summary and
     curves; every run has its history so far.
     """
-    run_dirs = sorted({p.parents[1] for path in map(Path, paths) for p in path.rglob(".hydra/config.yaml")})
+    run_dirs = sorted({p.parents[1] for path in map(Path, paths) for p in path.rglob(HYDRA_CONFIG)})
     if not run_dirs:
         raise FileNotFoundError(f"no run dirs (with .hydra/config.yaml) under {', '.join(map(str, paths))}")
     loaded = _once_per_run([(run_dir, run) for run_dir in run_dirs if (run := _local_run(run_dir)) is not None])
@@ -225,7 +233,7 @@ def load_wandb(project_path: str, sweep: str | None = None, state: str | None = 
     with tempfile.TemporaryDirectory() as downloads:
         for run in api.runs(project_path, filters=filters):
             config = {k: v for k, v in run.config.items() if not k.startswith("_")}
-            summary = run.summary._json_dict
+            summary = wandb_adapter.summary_dict(run)
             rows.append(_run_row(run.id, config, summary, run_path="/".join(run.path), status=run.state))
             history_rows += _history_rows(run.id, run.scan_history())
             for eval_set, path in _curve_tables(summary).items():
@@ -236,20 +244,14 @@ def load_wandb(project_path: str, sweep: str | None = None, state: str | None = 
     return RunTables.of(rows, curve_rows, history_rows)
 
 
-def _wandb_reader(*args: str) -> str:
-    """The output of W&B's own reader of a run's .wandb log (`wandb leet inspect`), which checks each record's CRC."""
-    wandb_cli = Path(sys.executable).with_name("wandb")
-    return subprocess.run([str(wandb_cli), "leet", "inspect", *args], check=True, capture_output=True, text=True).stdout
-
-
 def read_wandb_file(run_folder: Path) -> dict:
     """State, config and summary of a local W&B run folder (offline-run-*)."""
-    return json.loads(_wandb_reader("--summary", "--json", str(run_folder)))
+    return wandb_adapter.read_run_folder(run_folder, summary=True)
 
 
 def read_wandb_records(run_folder: Path) -> list[dict]:
     """Every record of a local W&B run folder, in the order written: {"type": "history", "history": {...}}, ..."""
-    return [json.loads(line) for line in _wandb_reader("--json", str(run_folder)).splitlines()]
+    return wandb_adapter.read_run_folder(run_folder)
 
 
 def load_wandb_files(paths) -> RunTables:
@@ -346,9 +348,6 @@ def aggregate_curves(
     (NaN, a k an OOD condition does not score, left out)."""
     labelled = curves.merge(runs[["run_id", *keys]], on="run_id")
     return _group_stats(labelled, [*keys, "set", "predictor", "k"], n_resamples)
-
-
-LEARNING_CURVES = ("eval/model/error_mean", "eval/excess/mean")  # history metrics plotted against step per group
 
 
 def aggregate_history(

@@ -16,8 +16,10 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from icl_lr.config import WANDB_MODES, ConfigError, WandbConfig, flatten
-from icl_lr.run_dir import SUMMARY_FILE, write_atomic
+from icl_lr.fields import ConfigError, flatten
+from icl_lr.records.config import WANDB_MODES, WandbConfig
+from icl_lr.records.run_dir import write_atomic
+from icl_lr.records.schema import CURVES_FILE, HELD_OUT, METRICS_FILE, SUMMARY_FILE, curves_key, is_error_curve
 
 log = logging.getLogger("icl_lr")
 
@@ -27,9 +29,9 @@ class Tracker:
 
     def log(self, metrics: dict, step: int) -> None: ...
 
-    def log_curves(self, curves: dict, step: int, eval_set: str = "") -> None:
-        """curves: {predictor name: per-context-length errors [n]}; `eval_set`: "" for the held-out prompts,
-        else the set's name (train_set, pretrain, sigma_0.5, ood/skewed)."""
+    def log_curves(self, curves: dict, step: int, eval_set: str = HELD_OUT) -> None:
+        """curves: {predictor name: per-context-length errors [n]}; `eval_set`: the prompt set's name
+        (schema.HELD_OUT, train_set, pretrain, sigma_0.5, ood/skewed)."""
 
     def log_checkpoint(self, directory: Path, step: int, aliases: Sequence[str]) -> None: ...
 
@@ -43,18 +45,6 @@ class Tracker:
         return Path(wandb.Api().artifact(reference, type="model").download())
 
     def finish(self, summary: dict) -> None: ...
-
-
-def curves_key(eval_set: str = "") -> str:
-    """The W&B key of a set's curve table: eval/curves for the held-out prompts, else eval/<set>/curves;
-    its line-series chart is <key>_chart (whose data W&B keeps as the table <key>_chart_table)."""
-    return f"eval/{eval_set}/curves" if eval_set else "eval/curves"
-
-
-def is_error_curve(name: str) -> bool:
-    """Curves are named by predictor when they hold errors (model, bayes, least_squares_on_bins) and
-    metric/predictor otherwise (ce/model, coverage/50): the one naming rule charts and summaries read."""
-    return "/" not in name
 
 
 def read_jsonl(path: Path) -> list:
@@ -75,7 +65,7 @@ class LocalFiles(Tracker):
     def __init__(self, run_dir: Path, resume_step: int = 0):
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        for name in ("metrics.jsonl", "curves.jsonl"):
+        for name in (METRICS_FILE, CURVES_FILE):
             path = self.run_dir / name
             kept = [r for r in read_jsonl(path) if r["step"] <= resume_step]
             path.write_text("".join(json.dumps(r) + "\n" for r in kept))
@@ -85,12 +75,13 @@ class LocalFiles(Tracker):
             f.write(json.dumps(record) + "\n")
 
     def log(self, metrics: dict, step: int) -> None:
-        self._append("metrics.jsonl", {"step": step, **metrics})
+        self._append(METRICS_FILE, {"step": step, **metrics})
 
-    def log_curves(self, curves: dict, step: int, eval_set: str = "") -> None:
-        """One curves.jsonl record per set and eval; other sets than the held-out one carry "set"."""
-        named = {"set": eval_set} if eval_set else {}
-        self._append("curves.jsonl", {"step": step, **named, **{k: [float(x) for x in v] for k, v in curves.items()}})
+    def log_curves(self, curves: dict, step: int, eval_set: str = HELD_OUT) -> None:
+        """One curves.jsonl record per set and eval."""
+        self._append(
+            CURVES_FILE, {"step": step, "set": eval_set, **{k: [float(x) for x in v] for k, v in curves.items()}}
+        )
 
     def finish(self, summary: dict) -> None:
         write_atomic(self.run_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
@@ -106,7 +97,7 @@ class Trackers(Tracker):
         for t in self.trackers:
             t.log(metrics, step)
 
-    def log_curves(self, curves, step, eval_set=""):
+    def log_curves(self, curves, step, eval_set=HELD_OUT):
         for t in self.trackers:
             t.log_curves(curves, step, eval_set)
 
@@ -218,7 +209,7 @@ class WandbRun(Tracker):
     def log(self, metrics: dict, step: int) -> None:
         self.run.log({"step": step, **metrics})
 
-    def log_curves(self, curves: dict, step: int, eval_set: str = "") -> None:
+    def log_curves(self, curves: dict, step: int, eval_set: str = HELD_OUT) -> None:
         """A table eval/<set>/curves (eval/curves for the held-out set) and its chart of the error curves."""
         names = list(curves)
         ks = list(range(len(curves[names[0]])))
@@ -228,7 +219,7 @@ class WandbRun(Tracker):
             xs=ks,
             ys=[[float(v) for v in curves[n]] for n in errors],
             keys=errors,
-            title=f"{eval_set or 'held-out'}: squared error / d vs in-context examples (step {step})",
+            title=f"{eval_set}: squared error / d vs in-context examples (step {step})",
             xname="k",
         )
         key = curves_key(eval_set)

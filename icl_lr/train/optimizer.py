@@ -3,7 +3,7 @@
 import jax
 import optax
 
-from icl_lr.config import TrainingConfig
+from icl_lr.train.config import TrainingConfig
 
 
 def learning_rate_schedule(cfg: TrainingConfig) -> optax.Schedule:

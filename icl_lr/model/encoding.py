@@ -1,7 +1,7 @@
 """How prompts become model inputs, and model outputs become predictions and a loss: one Encoding per format.
 
 continuous (Garg et al.): an x-token and a y-token per point, a linear read-in, one scalar out, MSE.
-tokens (the project's seed): every value binned into `vocab_size` ids, an embedding table, logits over
+tokens: every value binned into `vocab_size` ids, an embedding table, logits over
 the bins, a loss on the y's bin and on the decoded mean.
 binned_y: continuous inputs, the y's bin predicted as tokens predict it.
 
@@ -17,15 +17,15 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from icl_lr import baselines
-from icl_lr.config import DataConfig, ModelConfig
-from icl_lr.model import read_in_init
+from icl_lr.model.config import ModelConfig
+from icl_lr.model.gpt2 import read_in_init
+from icl_lr.task import baselines
+from icl_lr.task.config import DataConfig
 
 
 @dataclass(frozen=True)
 class Encoding:
-    """A format's layout, read-in, loss and decoding. Shapes: B prompts, N points, D = n_dims, T tokens,
-    E model width, O outputs per token (`n_outputs`)."""
+    """A format's layout, read-in, loss and decoding (O = `n_outputs`, the read-out's width per token)."""
 
     cfg: DataConfig
 
@@ -192,7 +192,7 @@ class BinnedOutput:
 
 
 class Tokens(BinnedOutput, Encoding):
-    """The seed's layout: ids [B, N(D+1)] of [x0_0 ... x0_{D-1}, y0, x1_0, ...], every value binned (x as is,
+    """One token per value: ids [B, N(D+1)] of [x0_0 ... x0_{D-1}, y0, x1_0, ...], every value binned (x as is,
     y standardised by `y_scale`), an embedding table; the logits at x_i's last coordinate predict y_i."""
 
     @property

@@ -10,7 +10,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from icl_lr.config import DataConfig
+from icl_lr.task.config import DataConfig
 
 # fold_in indices of the run key's fixed streams; step keys are fold_in(run key, step) and never reach them
 POOL_STREAM = 2**31 - 1  # the finite task pool

@@ -18,14 +18,28 @@ import optax
 from flax import struct
 from jax.sharding import Mesh
 
-from icl_lr import baselines, data, evaluate, parallel
-from icl_lr.checkpoint import Checkpoints, restore_params
-from icl_lr.config import ConfigError, DataConfig, RunConfig, steps_per_epoch
-from icl_lr.encoding import encoding_of
-from icl_lr.model import ICLModel
-from icl_lr.optimizer import learning_rate_schedule, make_optimizer
-from icl_lr.preemption import StopRequest
-from icl_lr.tracking import LocalFiles, Tracker, Trackers, read_jsonl
+from icl_lr.fields import ConfigError
+from icl_lr.model.encoding import encoding_of
+from icl_lr.model.gpt2 import ICLModel
+from icl_lr.records.checkpoint import Checkpoints, restore_params
+from icl_lr.records.schema import (
+    BAYES,
+    CURVES_FILE,
+    EXCESS,
+    HELD_OUT,
+    METRICS_FILE,
+    MODEL,
+    MODEL_ERROR,
+    metric_prefix,
+    set_of,
+)
+from icl_lr.records.tracking import LocalFiles, Tracker, Trackers, read_jsonl
+from icl_lr.task import baselines, linear
+from icl_lr.task.config import DataConfig
+from icl_lr.train import evaluate, parallel
+from icl_lr.train.config import RunConfig, steps_per_epoch
+from icl_lr.train.optimizer import learning_rate_schedule, make_optimizer
+from icl_lr.train.preemption import StopRequest
 
 log = logging.getLogger("icl_lr")
 
@@ -52,12 +66,12 @@ def build_model(cfg: RunConfig) -> ICLModel:
 
 def init_state(model: ICLModel, tx: optax.GradientTransformation, data_cfg: DataConfig, seed: int) -> TrainState:
     init_key, run_key = jax.random.split(jax.random.PRNGKey(seed))
-    example = data.sample_batch(jax.random.PRNGKey(0), data_cfg, 1)
+    example = linear.sample_batch(jax.random.PRNGKey(0), data_cfg, 1)
     params = jax.jit(model.init)(init_key, model.encoding.encode(example.xs, example.ys))["params"]
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), rng=run_key)
 
 
-def loss_fn(params, model: ICLModel, batch: data.Batch, dropout_key) -> jax.Array:
+def loss_fn(params, model: ICLModel, batch: linear.Batch, dropout_key) -> jax.Array:
     """Mean loss over the y predictions of the prompts that count.
 
     Only the y positions are scored: the x's are i.i.d. noise whose prediction teaches nothing
@@ -79,8 +93,8 @@ def make_dispatch(model: ICLModel, tx, cfg: RunConfig, mesh: Mesh):
 
     def one_step(state: TrainState, _):
         step_key, dropout_key = jax.random.split(jax.random.fold_in(state.rng, state.step))
-        batch = data.training_batch(state.rng, step_key, cfg.data, cfg.training.batch_size, state.step, epoch_steps)
-        batch = batch._replace(**parallel.constrain_rows(mesh, {k: getattr(batch, k) for k in data.PER_PROMPT}))
+        batch = linear.training_batch(state.rng, step_key, cfg.data, cfg.training.batch_size, state.step, epoch_steps)
+        batch = batch._replace(**parallel.constrain_rows(mesh, {k: getattr(batch, k) for k in linear.PER_PROMPT}))
         loss, grads = jax.value_and_grad(loss_fn)(state.params, model, batch, dropout_key)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
@@ -131,7 +145,7 @@ def _headline(curves: dict, n_dims: int) -> str:
     if not scored:
         return "error: not finite at any k"
     k = max(scored)
-    names = ("model", evaluate.BAYES, "least_squares", "dmmse")
+    names = (MODEL, BAYES, "least_squares", "dmmse")
     parts = [f"{name} {curves[name][k]:.4f}" for name in names if name in curves]
     return f"error@k={k}: " + ", ".join(parts) + f" (k=0: {curves['model'][0]:.4f})"
 
@@ -168,10 +182,10 @@ def _log_phase(tracker: Tracker, window: list, step: int, cfg: RunConfig, throug
 
 
 class Evaluator:
-    """The eval phase: the model's curves on every fixed prompt set, logged as eval/<set>/... scalars and
-    per-set curve tables. Sets: the held-out prompts (prefix ""); the training set's (`train_set/`) and
-    the pool's (`pretrain/`), when finite; one per sigma of a hierarchical noise prior (`sigma_<s>/`);
-    and Garg et al.'s OOD suite (`ood/<condition>/`), at the final eval or every eval."""
+    """The eval phase: the model's curves on every fixed prompt set, logged as scalars (schema.metric_prefix)
+    and per-set curve tables. Sets: the held-out prompts (schema.HELD_OUT); the training set's (`train_set`)
+    and the pool's (`pretrain`), when finite; one per sigma of a hierarchical noise prior (`sigma_<s>`);
+    and Garg et al.'s OOD suite (`ood/<condition>`), at the final eval or every eval."""
 
     def __init__(self, cfg: RunConfig, model: ICLModel, run_key, mesh: Mesh):
         started = time.perf_counter()
@@ -180,19 +194,19 @@ class Evaluator:
         d, e = cfg.data, cfg.eval
         pool = None  # the whole pool, for dMMSE; sampling from it needs none of it
         if d.task_pool_size and d.task_pool_size <= baselines.DMMSE_MAX_POOL:
-            pool = data.pool_tasks(data.pool_key(run_key), d, jnp.arange(d.task_pool_size))
+            pool = linear.pool_tasks(linear.pool_key(run_key), d, jnp.arange(d.task_pool_size))
         elif d.task_pool_size:
             log.info(
                 "dMMSE left out: a pool of %d tasks is past its bound of %d", d.task_pool_size, baselines.DMMSE_MAX_POOL
             )
         one = lambda eval_set: evaluate.EvalSets([eval_set])
-        self.sets = {"": one(evaluate.make_eval_set(d, e, pool))}
+        self.sets = {HELD_OUT: one(evaluate.make_eval_set(d, e, pool))}
         if d.train_size:
-            self.sets["train_set/"] = one(evaluate.make_train_set_eval(d, e, run_key, pool))
+            self.sets["train_set"] = one(evaluate.make_train_set_eval(d, e, run_key, pool))
         if d.task_pool_size:
-            self.sets["pretrain/"] = one(evaluate.make_pretrain_set(d, e, run_key, pool))
+            self.sets["pretrain"] = one(evaluate.make_pretrain_set(d, e, run_key, pool))
         if d.noise_std_choices:
-            self.sets |= {f"sigma_{s:g}/": one(v) for s, v in evaluate.make_sigma_sets(d, e).items()}
+            self.sets |= {f"sigma_{s:g}": one(v) for s, v in evaluate.make_sigma_sets(d, e).items()}
         log.info("eval sets and their baselines ready in %.1fs", time.perf_counter() - started)
         self.ood_sets, self.ood_seconds = None, 0.0
 
@@ -201,7 +215,7 @@ class Evaluator:
         if self.ood_sets is None:
             started = time.perf_counter()
             conditions = evaluate.make_ood_sets(self.cfg.data, self.cfg.eval)
-            self.ood_sets = {f"ood/{name}/": sets for name, sets in conditions.items()}
+            self.ood_sets = {f"ood/{name}": sets for name, sets in conditions.items()}
             self.ood_seconds += time.perf_counter() - started
             log.info("OOD suite: %d conditions and their baselines ready in %.1fs", len(conditions), self.ood_seconds)
         return self.ood_sets
@@ -211,22 +225,23 @@ class Evaluator:
         e, scalars = self.cfg.eval, {}
         with_ood = e.ood and (final or e.ood_every_eval)
         all_curves = {}
-        for prefix, eval_sets in (self.sets | (self._ood() if with_ood else {})).items():
+        for name, eval_sets in (self.sets | (self._ood() if with_ood else {})).items():
             started = time.perf_counter()
-            all_curves[prefix] = curves = evaluate.score(self.model_curves, params, eval_sets)
-            if prefix.startswith("ood/"):
+            all_curves[name] = curves = evaluate.score(self.model_curves, params, eval_sets)
+            if name.startswith("ood/"):
                 self.ood_seconds += time.perf_counter() - started
-            scalars |= {f"eval/{prefix}{k}": v for k, v in evaluate.summarize(curves, self.cfg.data.n_dims).items()}
-            tracker.log_curves(curves, step, prefix.rstrip("/"))
+            prefix = metric_prefix(name)
+            scalars |= {prefix + k: v for k, v in evaluate.summarize(curves, self.cfg.data.n_dims).items()}
+            tracker.log_curves(curves, step, name)
         tracker.log(scalars, step)
-        line = _headline(all_curves[""], self.cfg.data.n_dims)
-        log.info("eval at step %d | %s | excess over Bayes (mean over k) %.4f", step, line, scalars["eval/excess/mean"])
-        for prefix, curves in all_curves.items():
-            if prefix:
-                log.info("  %s %s", prefix.rstrip("/"), _headline(curves, self.cfg.data.n_dims))
+        line = _headline(all_curves[HELD_OUT], self.cfg.data.n_dims)
+        log.info("eval at step %d | %s | excess over Bayes (mean over k) %.4f", step, line, scalars[EXCESS])
+        for name, curves in all_curves.items():
+            if name != HELD_OUT:
+                log.info("  %s %s", name, _headline(curves, self.cfg.data.n_dims))
         if with_ood:
             log.info("OOD suite: %.1fs so far (building its sets and scoring them)", self.ood_seconds)
-        return scalars, all_curves[""]
+        return scalars, all_curves[HELD_OUT]
 
 
 def _start_state(cfg: RunConfig, model: ICLModel, tx, checkpoints: Checkpoints, tracker) -> tuple[TrainState, bool]:
@@ -241,7 +256,7 @@ def _start_state(cfg: RunConfig, model: ICLModel, tx, checkpoints: Checkpoints, 
     return state, False
 
 
-BEST_OF = ("train/loss", "eval/model/error_mean")  # the summary keeps each one's minimum as best/<key>
+BEST_OF = ("train/loss", MODEL_ERROR)  # the summary keeps each one's minimum as best/<key>
 
 
 def summary_of(records: list) -> dict:
@@ -328,7 +343,7 @@ def train(cfg: RunConfig, run_dir: Path, trackers=(), stop: StopRequest | None =
         best_dir = None
         if step % t.eval_every == 0 or is_last:
             scalars, _ = evaluator(state.params, tracker, step, final=is_last)
-            best_dir = checkpoints.save_best(state, scalars["eval/model/error_mean"])
+            best_dir = checkpoints.save_best(state, scalars[MODEL_ERROR])
 
         # checkpoint: the latest state (one artifact version when it is also the best)
         saved = step % t.checkpoint_every == 0 or is_last
@@ -349,9 +364,9 @@ def train(cfg: RunConfig, run_dir: Path, trackers=(), stop: StopRequest | None =
 
     checkpoints.close()
     facts |= {"step": step, "wall_seconds": time.perf_counter() - started, "ood_seconds": evaluator.ood_seconds}
-    records = read_jsonl(run_dir / "metrics.jsonl") if writers else []
+    records = read_jsonl(run_dir / METRICS_FILE) if writers else []
     summary = summary_of(records) | facts
     tracker.finish(summary)
     log.info("done: %d steps in %s", step, _duration(facts["wall_seconds"]))
-    held_out = [r for r in read_jsonl(run_dir / "curves.jsonl") if "set" not in r] if writers else []
-    return summary | {"curves": {k: v for k, v in held_out[-1].items() if k != "step"} if held_out else {}}
+    held_out = [r for r in read_jsonl(run_dir / CURVES_FILE) if set_of(r) == HELD_OUT] if writers else []
+    return summary | {"curves": {k: v for k, v in held_out[-1].items() if k not in ("step", "set")} if held_out else {}}

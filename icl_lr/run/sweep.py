@@ -1,12 +1,13 @@
 """Run a W&B sweep YAML on this machine, without a W&B server.
 
-    python -m icl_lr.sweep sweeps/noise_prior.yaml --count 4 [-- extra Hydra overrides]
-    python -m icl_lr.sweep sweeps/noise_prior.yaml --count 8 --resume local-abc123
+    python -m icl_lr.run.sweep sweeps/noise_prior.yaml --count 4 [-- extra Hydra overrides]
+    python -m icl_lr.run.sweep sweeps/noise_prior.yaml --count 8 --resume local-abc123
 
 Runs are proposed by the open-source W&B sweeps engine (`sweeps`, the one behind W&B's own
 controller: grid, random, bayes), and each is started as `wandb agent` starts it: the command the
-YAML names, expanded by wandb's own agent code, with the agent's environment (WANDB_SWEEP_ID,
-WANDB_RUN_ID, WANDB_SWEEP_PARAM_PATH) and its parameter file, written by wandb's own config_util.
+YAML names, expanded by wandb's own agent code, with the agent's environment (WANDB_PROJECT, WANDB_DIR,
+WANDB_SWEEP_ID, WANDB_RUN_ID, WANDB_SWEEP_PARAM_PATH) and its parameter file, written by wandb's own code
+(icl_lr/records/wandb_adapter.py).
 Runs go one at a time (or `--workers N` at once: one GPU each, round robin, with JAX's memory share
 set when several share one; on a CPU, a share of its cores each), offline, under
 outputs/sweep-<id>/<run id>/, grouped by the sweep id; each run's result is printed and appended to
@@ -28,18 +29,18 @@ from pathlib import Path
 from typing import NamedTuple
 
 import yaml
-from wandb.sdk.launch.sweeps import utils as sweep_utils
 
-from icl_lr.config import WandbConfig
-from icl_lr.preemption import Preempted, StopRequest
-from icl_lr.run_dir import RunDirError, RunDirLock, new_run_id
-from icl_lr.tracking import read_jsonl
+from icl_lr.records import wandb_adapter
+from icl_lr.records.config import WandbConfig
+from icl_lr.records.run_dir import RunDirError, RunDirLock, new_run_id
+from icl_lr.records.tracking import read_jsonl
+from icl_lr.train.preemption import Preempted, StopRequest
 
 with warnings.catch_warnings():  # the engine's pydantic-1 style config warns on import under pydantic 2
     warnings.simplefilter("ignore")
     import sweeps
 
-log = logging.getLogger("icl_lr.sweep")
+log = logging.getLogger("icl_lr.run.sweep")
 
 
 def load_sweep(path: Path) -> dict:
@@ -63,23 +64,8 @@ def load_sweep(path: Path) -> dict:
 
 def expand_command(sweep: dict, params: dict, environ: dict) -> list:
     """The argv `wandb agent` would run for these parameters (its macro expansion, step for step)."""
-    saved = {k: os.environ.get(k) for k in environ}
-    os.environ.update(environ)  # create_sweep_command fills ${envvar:...} from os.environ
-    try:
-        template = sweep_utils.create_sweep_command(list(sweep.get("command") or []))  # it edits in place
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key)
-            else:
-                os.environ[key] = value
-    macros = sweep_utils.create_sweep_command_args({"args": {k: {"value": v} for k, v in params.items()}})
-    macros |= {"env": ["/usr/bin/env"], "interpreter": [sys.executable], "program": [sweep["program"]]}
-    argv = []
-    for word in map(str, template):
-        is_macro = word.startswith("${") and word.endswith("}")
-        argv += (macros.get(word[2:-1]) or []) if is_macro else [word]
-    return argv
+    macros = {"env": ["/usr/bin/env"], "interpreter": [sys.executable], "program": [sweep["program"]]}
+    return wandb_adapter.agent_argv(sweep.get("command") or [], params, macros, environ)
 
 
 def _plain(value):
@@ -120,11 +106,9 @@ def agent_environment(sweep: dict, sweep_id: str, run_id: str, params: dict) -> 
     entity, `Agent.__init__` WANDB_DIR where unset, `Agent._command_run` the sweep and run ids and the
     parameter file, which wandb.init merges over the run's config). The project is `agent_project`'s,
     never the folder's name, which W&B would otherwise take."""
-    from wandb.sdk.lib import config_util
-
     base = os.environ.get("WANDB_DIR") or os.path.abspath(os.getcwd())
     param_path = os.path.join(base, "wandb", f"sweep-{sweep_id}", f"config-{run_id}.yaml")
-    config_util.save_config_file_from_dict(param_path, {key: {"value": value} for key, value in params.items()})
+    wandb_adapter.write_param_file(param_path, params)
     environ = {"WANDB_PROJECT": agent_project(sweep), "WANDB_DIR": base}
     if sweep.get("entity"):
         environ["WANDB_ENTITY"] = sweep["entity"]
@@ -233,7 +217,7 @@ def run_sweep(
             len(done),
             workers,
         )
-        continued = ["python", "-m", "icl_lr.sweep", str(sweep_path), "--count", str(count), "--resume", sweep_id]
+        continued = ["python", "-m", "icl_lr.run.sweep", str(sweep_path), "--count", str(count), "--resume", sweep_id]
         continued += ["--workers", str(workers)] * (workers > 1) + (["--", *overrides] if overrides else [])
         return _run_all(sweep, sweep_id, count, overrides, workers, done, results_file, shlex.join(continued))
 

@@ -16,12 +16,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from icl_lr import baselines, data, ood, parallel
-from icl_lr.config import DataConfig, EvalConfig
-from icl_lr.encoding import encoding_of
-from icl_lr.tracking import is_error_curve
-
-BAYES = "bayes"  # the Bayes-optimal predictor on the eval distribution (a mixture if sigma is hierarchical)
+from icl_lr.model.encoding import encoding_of
+from icl_lr.records.schema import BAYES, MODEL, is_error_curve
+from icl_lr.task import baselines, linear, ood
+from icl_lr.task.config import DataConfig
+from icl_lr.train import parallel
+from icl_lr.train.config import EvalConfig
 
 
 class EvalSet(NamedTuple):
@@ -48,7 +48,7 @@ def _baseline_curves(xs, ys, ys_scored, noise_stds: tuple, data_cfg: DataConfig,
     return {name + suffix: np.asarray(squared_error_curve(p, ys_scored, data_cfg.n_dims)) for name, p in preds.items()}
 
 
-def eval_set_of(data_cfg: DataConfig, batch: data.Batch, pool=None) -> EvalSet:
+def eval_set_of(data_cfg: DataConfig, batch: linear.Batch, pool=None) -> EvalSet:
     """The prompts of `batch`, encoded, with the baselines' error curves on them (dMMSE given the run's
     task pool [M, d]). An encoding that quantises its inputs adds each baseline on the decoded values the
     model sees (`<name>_on_bins`, scored against the exact ys; Bayes's noise there includes the
@@ -64,8 +64,8 @@ def eval_set_of(data_cfg: DataConfig, batch: data.Batch, pool=None) -> EvalSet:
     return EvalSet(encoding.encode(batch.xs, batch.ys), batch.ys, curves)
 
 
-def _prompts(xs, ys) -> data.Batch:
-    return data.Batch(xs, ys, jnp.ones(ys.shape[1]), jnp.ones(ys.shape[0]))
+def _prompts(xs, ys) -> linear.Batch:
+    return linear.Batch(xs, ys, jnp.ones(ys.shape[1]), jnp.ones(ys.shape[0]))
 
 
 def _set_key(eval_cfg: EvalConfig, stream: int):
@@ -75,18 +75,18 @@ def _set_key(eval_cfg: EvalConfig, stream: int):
 
 
 def make_eval_set(data_cfg: DataConfig, eval_cfg: EvalConfig, pool=None) -> EvalSet:
-    return eval_set_of(data_cfg, data.sample_batch(_set_key(eval_cfg, 0), data_cfg, eval_cfg.n_prompts), pool)
+    return eval_set_of(data_cfg, linear.sample_batch(_set_key(eval_cfg, 0), data_cfg, eval_cfg.n_prompts), pool)
 
 
 def make_train_set_eval(data_cfg: DataConfig, eval_cfg: EvalConfig, run_key, pool=None) -> EvalSet:
     """The first min(train_size, eval.n_prompts) prompts of the run's finite training set, full task."""
     ids = jnp.arange(min(data_cfg.train_size, eval_cfg.n_prompts))
-    return eval_set_of(data_cfg, data.training_set_prompts(run_key, data_cfg, ids), pool)
+    return eval_set_of(data_cfg, linear.training_set_prompts(run_key, data_cfg, ids), pool)
 
 
 def make_pretrain_set(data_cfg: DataConfig, eval_cfg: EvalConfig, run_key, pool) -> EvalSet:
     """Held-out prompts whose tasks come from the run's own pool (Raventos et al.'s "Pretrain" eval)."""
-    batch = data.sample_batch(_set_key(eval_cfg, 1), data_cfg, eval_cfg.n_prompts, pool_key=data.pool_key(run_key))
+    batch = linear.sample_batch(_set_key(eval_cfg, 1), data_cfg, eval_cfg.n_prompts, pool_key=linear.pool_key(run_key))
     return eval_set_of(data_cfg, batch, pool)
 
 
@@ -94,7 +94,7 @@ def make_sigma_sets(data_cfg: DataConfig, eval_cfg: EvalConfig) -> dict:
     """Under a hierarchical noise prior, {sigma: set} with every prompt's noise at that sigma (the same x's
     and w's for all), scored beside the mixture's Bayes and ridge at each sigma (Bai et al. 2023)."""
     fixed = lambda sigma: dataclasses.replace(data_cfg, noise_std=sigma, noise_std_choices=None)
-    sample = lambda sigma: data.sample_batch(_set_key(eval_cfg, 2), fixed(sigma), eval_cfg.n_prompts)
+    sample = lambda sigma: linear.sample_batch(_set_key(eval_cfg, 2), fixed(sigma), eval_cfg.n_prompts)
     return {sigma: eval_set_of(data_cfg, sample(sigma)) for sigma in data_cfg.noise_stds}
 
 
@@ -134,8 +134,8 @@ def make_model_curves_fn(model, eval_cfg: EvalConfig, mesh):
         split = lambda a: jnp.pad(a, [(0, padded)] + [(0, 0)] * (a.ndim - 1)).reshape(n_chunks, chunk, *a.shape[1:])
 
         def chunk_sums(_, one):
-            inputs_CxL, ys_CxN, counted_C = parallel.constrain_rows(mesh, one)
-            metrics = model.encoding.eval_metrics(model.apply({"params": params}, inputs_CxL), ys_CxN)
+            inputs_CxT, ys_CxN, counted_C = parallel.constrain_rows(mesh, one)
+            metrics = model.encoding.eval_metrics(model.apply({"params": params}, inputs_CxT), ys_CxN)
             return None, {name: jnp.where(counted_C[:, None], v, 0.0).sum(axis=0) for name, v in metrics.items()}
 
         _, sums = jax.lax.scan(chunk_sums, None, (split(inputs), split(ys), split(jnp.ones(n_prompts, bool))))
@@ -149,15 +149,15 @@ def summarize(curves: dict, n_dims: int) -> dict:
     metrics as <metric>/<predictor>_k<k>), the model's mean error and its excess over Bayes (and its
     excess cross-entropy, where there is one). A curve's NaN (a k an OOD condition cannot score) is left
     out of its scalars."""
-    n = len(curves["model"])
+    n = len(curves[MODEL])
     points = {f"k{k}": k for k in (n_dims // 2, n_dims, 2 * n_dims) if k < n}
     key = lambda name, label: f"{name}/error_{label}" if is_error_curve(name) else f"{name}_{label}"
     summary = {key(name, label): float(curve[k]) for name, curve in curves.items() for label, k in points.items()}
-    excess = np.asarray(curves["model"]) - np.asarray(curves[BAYES])
+    excess = np.asarray(curves[MODEL]) - np.asarray(curves[BAYES])
     summary |= {f"excess/error_{label}": float(excess[k]) for label, k in points.items()}
     if "ce/bayes" in curves:
         excess_ce = np.asarray(curves["ce/model"]) - np.asarray(curves["ce/bayes"])
         summary |= {f"excess/ce_{label}": float(excess_ce[k]) for label, k in points.items()}
     summary["excess/mean"] = float(np.nanmean(excess))
-    summary["model/error_mean"] = float(np.nanmean(curves["model"]))
+    summary["model/error_mean"] = float(np.nanmean(curves[MODEL]))
     return {name: value for name, value in summary.items() if np.isfinite(value)}

@@ -2,7 +2,7 @@
 
 Parameter names and layouts follow Hugging Face's GPT2Model (wpe, h_i.ln_1, attn.c_attn, ...), so
 its weights load one to one; tests/test_model.py checks the hidden states against it.
-Shape suffixes: B batch, L sequence length, D model width, H heads, K head width, V vocabulary.
+Shape suffixes as declared in icl_lr/__init__.py.
 
 Initialisation, and which reference each follows:
 - the blocks' weight matrices N(0, 0.02), their projections into the residual stream
@@ -13,14 +13,9 @@ Initialisation, and which reference each follows:
   tokens encoding's slot, point and value embeddings, and the learned positions: std
   `model.embedding_std` (0.2) per coordinate, content and position at one scale; the read-in's kernel
   is N(0, embedding_std^2 / fan_in), so unit-variance inputs give that std. This follows no
-  reference, by measurement (issue 13; README, "Initialisation"): GPT-2's 0.02 tokens and 0.01
-  positions, and Garg et al.'s PyTorch-default read-in (std 1/sqrt(3 fan_in), embeddings ~0.6 beside
-  0.02 positions), each fail one of the two recipes. Our reading: a small embedding is drowned by the
-  blocks' outputs, which constant-lr Adam without warmup grows by ~lr per weight from the first step:
-  the model stays on the predict-zero plateau (k = 10 error 0.98 at 0.02, 0.80 at 0.1, after 3,000
-  steps). One much larger than the positions hides them (0.22 with a unit read-in beside 0.01
-  positions), and the default recipe's 3,000-step figure moves with the seed more than with the scale
-  from 0.2 to 0.5 (0.047 to 0.096 over four seeds at 0.2; GPT-2's init: 0.054 to 0.147).
+  reference: a small embedding is drowned by the blocks' outputs, which Adam grows by about lr per
+  weight from the first step (the model then stays on the predict-zero plateau), and one much larger
+  than the positions hides them. The measurements behind it: README, "Initialisation".
 """
 
 from typing import Any
@@ -29,7 +24,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from icl_lr.config import ModelConfig
+from icl_lr.model.config import ModelConfig
 
 GPT2_INIT = nn.initializers.normal(0.02)  # GPT-2's init of every weight matrix
 
@@ -50,22 +45,22 @@ class Attention(nn.Module):
     dtype: Any
 
     @nn.compact
-    def __call__(self, h_BxLxD, train: bool):
+    def __call__(self, h_BxTxE, train: bool):
         cfg = self.config
-        batch, length, width = h_BxLxD.shape
-        qkv = nn.Dense(3 * width, kernel_init=GPT2_INIT, dtype=self.dtype, name="c_attn")(h_BxLxD)
-        qkv_BxLx3xHxK = qkv.reshape(batch, length, 3, cfg.n_head, width // cfg.n_head)
-        q_BxLxHxK, k_BxLxHxK, v_BxLxHxK = (qkv_BxLx3xHxK[:, :, i] for i in range(3))
+        batch, length, width = h_BxTxE.shape
+        qkv = nn.Dense(3 * width, kernel_init=GPT2_INIT, dtype=self.dtype, name="c_attn")(h_BxTxE)
+        qkv_BxTx3xHxA = qkv.reshape(batch, length, 3, cfg.n_head, width // cfg.n_head)
+        q_BxTxHxA, k_BxTxHxA, v_BxTxHxA = (qkv_BxTx3xHxA[:, :, i] for i in range(3))
         if train and cfg.dropout > 0:  # dropout on the attention weights: spelled out
-            scores_BxHxLxL = jnp.einsum("bqhk,bshk->bhqs", q_BxLxHxK, k_BxLxHxK, preferred_element_type=jnp.float32)
-            causal_LxL = jnp.tril(jnp.ones((length, length), bool))
-            masked = jnp.where(causal_LxL, scores_BxHxLxL / jnp.sqrt(q_BxLxHxK.shape[-1]), jnp.finfo(jnp.float32).min)
-            probs_BxHxLxL = nn.Dropout(cfg.dropout)(jax.nn.softmax(masked, axis=-1), deterministic=False)
-            out_BxLxHxK = jnp.einsum("bhqs,bshk->bqhk", probs_BxHxLxL.astype(self.dtype), v_BxLxHxK)
+            scores_BxHxTxT = jnp.einsum("bqhk,bshk->bhqs", q_BxTxHxA, k_BxTxHxA, preferred_element_type=jnp.float32)
+            causal_TxT = jnp.tril(jnp.ones((length, length), bool))
+            masked = jnp.where(causal_TxT, scores_BxHxTxT / jnp.sqrt(q_BxTxHxA.shape[-1]), jnp.finfo(jnp.float32).min)
+            probs_BxHxTxT = nn.Dropout(cfg.dropout)(jax.nn.softmax(masked, axis=-1), deterministic=False)
+            out_BxTxHxA = jnp.einsum("bhqs,bshk->bqhk", probs_BxHxTxT.astype(self.dtype), v_BxTxHxA)
         else:  # JAX's fused attention: cuDNN's flash attention on a GPU where it applies, XLA's elsewhere
-            out_BxLxHxK = jax.nn.dot_product_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, is_causal=True)
-        out_BxLxD = out_BxLxHxK.reshape(batch, length, width)
-        return nn.Dense(width, kernel_init=residual_init(cfg.n_layer), dtype=self.dtype, name="c_proj")(out_BxLxD)
+            out_BxTxHxA = jax.nn.dot_product_attention(q_BxTxHxA, k_BxTxHxA, v_BxTxHxA, is_causal=True)
+        out_BxTxE = out_BxTxHxA.reshape(batch, length, width)
+        return nn.Dense(width, kernel_init=residual_init(cfg.n_layer), dtype=self.dtype, name="c_proj")(out_BxTxE)
 
 
 class MLP(nn.Module):
@@ -73,12 +68,12 @@ class MLP(nn.Module):
     dtype: Any
 
     @nn.compact
-    def __call__(self, h_BxLxD):
+    def __call__(self, h_BxTxE):
         cfg = self.config
-        h_BxLx4D = nn.gelu(
-            nn.Dense(4 * cfg.n_embd, kernel_init=GPT2_INIT, dtype=self.dtype, name="c_fc")(h_BxLxD), approximate=True
+        h_BxTx4E = nn.gelu(
+            nn.Dense(4 * cfg.n_embd, kernel_init=GPT2_INIT, dtype=self.dtype, name="c_fc")(h_BxTxE), approximate=True
         )  # gelu_new
-        return nn.Dense(cfg.n_embd, kernel_init=residual_init(cfg.n_layer), dtype=self.dtype, name="c_proj")(h_BxLx4D)
+        return nn.Dense(cfg.n_embd, kernel_init=residual_init(cfg.n_layer), dtype=self.dtype, name="c_proj")(h_BxTx4E)
 
 
 class Block(nn.Module):
@@ -86,11 +81,11 @@ class Block(nn.Module):
     dtype: Any
 
     @nn.compact
-    def __call__(self, h_BxLxD, train: bool):
+    def __call__(self, h_BxTxE, train: bool):
         drop = nn.Dropout(self.config.dropout, deterministic=not train)
         norm = lambda name: nn.LayerNorm(1e-5, dtype=self.dtype, name=name)  # statistics in float32 either way
-        h_BxLxD = h_BxLxD + drop(Attention(self.config, self.dtype, name="attn")(norm("ln_1")(h_BxLxD), train))
-        return h_BxLxD + drop(MLP(self.config, self.dtype, name="mlp")(norm("ln_2")(h_BxLxD)))
+        h_BxTxE = h_BxTxE + drop(Attention(self.config, self.dtype, name="attn")(norm("ln_1")(h_BxTxE), train))
+        return h_BxTxE + drop(MLP(self.config, self.dtype, name="mlp")(norm("ln_2")(h_BxTxE)))
 
 
 class Transformer(nn.Module):
@@ -101,16 +96,16 @@ class Transformer(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, embeddings_BxLxD, train: bool = False):
+    def __call__(self, embeddings_BxTxE, train: bool = False):
         cfg = self.config
         wpe = nn.Embed(
             cfg.n_positions, cfg.n_embd, embedding_init=nn.initializers.normal(cfg.embedding_std), name="wpe"
         )
-        h_BxLxD = (embeddings_BxLxD + wpe(jnp.arange(embeddings_BxLxD.shape[1]))).astype(self.dtype)
-        h_BxLxD = nn.Dropout(cfg.dropout, deterministic=not train)(h_BxLxD)
+        h_BxTxE = (embeddings_BxTxE + wpe(jnp.arange(embeddings_BxTxE.shape[1]))).astype(self.dtype)
+        h_BxTxE = nn.Dropout(cfg.dropout, deterministic=not train)(h_BxTxE)
         for i in range(cfg.n_layer):
-            h_BxLxD = Block(cfg, self.dtype, name=f"h_{i}")(h_BxLxD, train)
-        return nn.LayerNorm(1e-5, name="ln_f")(h_BxLxD.astype(jnp.float32))
+            h_BxTxE = Block(cfg, self.dtype, name=f"h_{i}")(h_BxTxE, train)
+        return nn.LayerNorm(1e-5, name="ln_f")(h_BxTxE.astype(jnp.float32))
 
 
 class ICLModel(nn.Module):
@@ -122,6 +117,6 @@ class ICLModel(nn.Module):
 
     @nn.compact
     def __call__(self, inputs, train: bool = False):
-        embeddings_BxLxD = self.encoding.read_in(inputs, self.config)
-        hidden_BxLxD = Transformer(self.config, self.dtype, name="transformer")(embeddings_BxLxD, train)
-        return nn.Dense(self.encoding.n_outputs, kernel_init=GPT2_INIT, name="read_out")(hidden_BxLxD)
+        embeddings_BxTxE = self.encoding.read_in(inputs, self.config)
+        hidden_BxTxE = Transformer(self.config, self.dtype, name="transformer")(embeddings_BxTxE, train)
+        return nn.Dense(self.encoding.n_outputs, kernel_init=GPT2_INIT, name="read_out")(hidden_BxTxE)

@@ -16,7 +16,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from icl_lr.config import ConfigError, RunConfig
+from icl_lr.fields import ConfigError
+from icl_lr.train.config import RunConfig
 
 AXIS = "data"
 

@@ -1,0 +1,124 @@
+"""The package's layers: imports flow one way, down this list, with no circle (imports inside functions
+included), and every knob has one home (its YAML line and its typed field agree). No process starts."""
+
+import ast
+import dataclasses
+from pathlib import Path
+
+import pytest
+import yaml
+
+from helpers import ROOT, compose_config
+from icl_lr.fields import flatten
+from icl_lr.run.start import FREE_KEYS
+from icl_lr.train.config import RunConfig
+
+pytestmark = pytest.mark.unit
+
+# Bottom to top: a module may import its own layer's modules and those of the layers below it.
+LAYERS = ["icl_lr.fields", "icl_lr.records", "icl_lr.task", "icl_lr.model", "icl_lr.train", "icl_lr.run"]
+LAYERS += ["icl_lr.analysis"]
+
+
+def module_name(path: Path, root: Path) -> str:
+    parts = path.relative_to(root).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph(root: Path, package: str = "icl_lr") -> dict:
+    """{module: the package's modules it imports, anywhere in it (module level or inside functions)}."""
+    files = {module_name(p, root): p for p in (root / package).rglob("*.py")}
+    graph = {}
+    for module, path in files.items():
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                found |= {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
+        graph[module] = {name for name in found if name in files and name != package}
+    return graph
+
+
+def layer_of(module: str, layers: list) -> int:
+    (index,) = [i for i, layer in enumerate(layers) if module == layer or module.startswith(layer + ".")]
+    return index
+
+
+def upward_imports(graph: dict, layers: list) -> list:
+    return [
+        f"{module} -> {imported}"
+        for module, imported_modules in graph.items()
+        if module not in ("icl_lr", "pkg")
+        for imported in imported_modules
+        if layer_of(imported, layers) > layer_of(module, layers)
+    ]
+
+
+def cycles(graph: dict) -> list:
+    state, found = {}, []
+
+    def visit(module, path):
+        state[module] = "open"
+        for imported in sorted(graph.get(module, ())):
+            if state.get(imported) == "open":
+                found.append(" -> ".join([*path[path.index(imported) :], imported]))
+            elif imported not in state:
+                visit(imported, [*path, imported])
+        state[module] = "done"
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+    return found
+
+
+def test_imports_flow_down_the_layers_with_no_circle():
+    graph = import_graph(ROOT)
+    assert all(layer_of(module, LAYERS) >= 0 for module in graph if module != "icl_lr")  # each in one layer
+    assert not upward_imports(graph, LAYERS)
+    assert not cycles(graph)
+
+
+def test_the_walk_finds_an_import_inside_a_function_going_up_and_a_circle(tmp_path):
+    package = tmp_path / "pkg"
+    for layer in ("low", "high"):
+        (package / layer).mkdir(parents=True)
+        (package / layer / "__init__.py").write_text("")
+    (package / "__init__.py").write_text("")
+    (package / "low" / "a.py").write_text("def f():\n    from pkg.high import b\n")
+    (package / "high" / "b.py").write_text("from pkg.low import a\n")
+    graph = import_graph(tmp_path, "pkg")
+    assert "pkg.low.a -> pkg.high.b" in upward_imports(graph, ["pkg.low", "pkg.high"])
+    assert cycles(graph) == ["pkg.high.b -> pkg.low.a -> pkg.high.b"]
+
+
+def test_every_typed_field_has_its_yaml_line_and_back():
+    """The composed default config and RunConfig name the same keys with the same values."""
+    composed = flatten(yaml.safe_load(_composed_yaml()))
+    fields = flatten(dataclasses.asdict(RunConfig()))
+    assert set(composed) == set(fields)
+    assert {k: composed[k] for k in fields} == {k: list(v) if isinstance(v, tuple) else v for k, v in fields.items()}
+
+
+def _composed_yaml() -> str:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_yaml(compose_config())
+
+
+def test_the_keys_a_resume_may_change_are_declared_on_their_fields():
+    assert {k for k in FREE_KEYS if not k.startswith(("eval.", "wandb."))} == {
+        "training.steps",
+        "training.distributed",
+        "training.cpu_devices",
+        "training.steps_per_dispatch",
+        "training.log_every",
+        "training.eval_every",
+        "training.checkpoint_every",
+        "training.max_to_keep",
+        "model.embedding_std",
+        "init_from",
+    }
+    every = set(flatten(dataclasses.asdict(RunConfig())))
+    assert {k for k in every if k.startswith(("eval.", "wandb."))} <= FREE_KEYS
