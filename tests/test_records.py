@@ -279,3 +279,21 @@ def test_a_lock_from_another_host_is_taken_over_only_when_said(finished, tmp_pat
     forced = start(run_dir, "training.steps=80", NO_WANDB, env=no_key_env(ICL_LR_TAKE_OVER_LOCK="1"))
     assert forced.returncode == 0 and "ICL_LR_TAKE_OVER_LOCK=1" in output(forced)
     assert RunDirLock(run_dir).holder()[0] is None  # released at exit
+
+
+FIXTURE_OVERRIDES = ["model.n_embd=16", "training.steps=40", "training.schedule=constant", NO_WANDB]
+
+
+def test_a_run_dir_written_by_an_earlier_version_resumes(fast_config, tmp_path):
+    """tests/fixtures/run_dir_v1: 20 steps written before the layered package, identity.json and the
+    config record beside the records (its checkpoints/run_config.json, no W&B id); it resumes to 40 steps
+    and ends where a run started now ends."""
+    run_dir = copy_of(ROOT / "tests" / "fixtures" / "run_dir_v1", tmp_path / "old")
+    result = train_cli(run_dir, *FIXTURE_OVERRIDES)
+    assert "resumed at step 20 of 40" in output(result)
+    straight = tmp_path / "straight"
+    train_cli(straight, *FIXTURE_OVERRIDES)
+    cfg = fast_config(*FIXTURE_OVERRIDES)
+    assert_trees_equal(final_state(cfg, run_dir), final_state(cfg, straight))
+    assert json.loads((run_dir / "summary.json").read_text())["step"] == 40
+    assert json.loads((run_dir / "run_config.json").read_text())["model.n_embd"] == 16
