@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 from scipy.stats import norm, truncnorm
 
-from icl_lr.model.encoding import Continuous, encoding_of
+from icl_lr.model.bins import Bins
+from icl_lr.model.encoding import encoding_of
+from icl_lr.model.read_in import ContinuousInputs
 from icl_lr.task import linear
 from icl_lr.task.config import CurriculumConfig, DataConfig
 
@@ -100,11 +102,13 @@ def test_binned_y_reads_continuous_inputs_and_bins_the_y():
     cfg = DataConfig(n_dims=3, n_points=4, encoding="binned_y", vocab_size=16, bin_range=2.0)
     batch = linear.sample_batch(KEY, cfg, 2)
     enc = encoding_of(cfg)
-    np.testing.assert_array_equal(enc.encode(batch.xs, batch.ys), Continuous(cfg).encode(batch.xs, batch.ys))
+    np.testing.assert_array_equal(enc.encode(batch.xs, batch.ys), ContinuousInputs(cfg).encode(batch.xs, batch.ys))
     assert enc.n_outputs == 16 and enc.sequence_length == 8
-    logits = jnp.full((2, 8, 16), -1e9).at[:, 0::2].set(jax.nn.one_hot(enc.y_targets(batch.ys), 16) * 1e9)
+    logits = jnp.full((2, 8, 16), -1e9).at[:, 0::2].set(jax.nn.one_hot(enc.head.bins.y_targets(batch.ys), 16) * 1e9)
     np.testing.assert_allclose(enc.point_losses(logits, batch.ys), 0, atol=1e-6)  # the y's own bin: no loss
-    np.testing.assert_allclose(enc.predict(logits), enc.bin_centres()[enc.y_targets(batch.ys)] * cfg.y_scale)
+    np.testing.assert_allclose(
+        enc.predict(logits), enc.head.bins.centres()[enc.head.bins.y_targets(batch.ys)] * cfg.y_scale
+    )
 
 
 def test_binned_loss_weighs_cross_entropy_and_the_decoded_means_error():
@@ -131,16 +135,16 @@ def test_token_encoding_layout_and_decoding():
     assert tokens.shape == (2, 16) and tokens.dtype == jnp.int32
     assert 0 <= int(tokens.min()) and int(tokens.max()) < 16
     per_point = np.asarray(tokens).reshape(2, 4, 4)
-    np.testing.assert_array_equal(per_point[..., :3], enc.to_tokens(batch.xs))
-    np.testing.assert_array_equal(per_point[..., 3], enc.y_targets(batch.ys))
+    np.testing.assert_array_equal(per_point[..., :3], enc.head.bins.to_tokens(batch.xs))
+    np.testing.assert_array_equal(per_point[..., 3], enc.head.bins.y_targets(batch.ys))
     # Bins: value -> id -> centre is within half a bin for in-range values, clipped outside.
     values = jnp.array([-5.0, -1.99, -0.1, 0.1, 1.3, 5.0])
-    centres = enc.bin_centres()[enc.to_tokens(values)]
+    centres = enc.head.bins.centres()[enc.head.bins.to_tokens(values)]
     np.testing.assert_allclose(centres[1:-1], values[1:-1], atol=2.0 / 16 + 1e-6)
     assert float(centres[0]) == pytest.approx(-2 + 0.125) and float(centres[-1]) == pytest.approx(2 - 0.125)
     # y_i is predicted from the last x coordinate of point i; a one-hot logit decodes to its centre.
     logits = jnp.full((1, 16, 16), -1e9).at[0, 2, 5].set(0.0)
-    assert float(enc.predict(logits)[0, 0]) == pytest.approx(float(enc.bin_centres()[5]) * cfg.y_scale)
+    assert float(enc.predict(logits)[0, 0]) == pytest.approx(float(enc.head.bins.centres()[5]) * cfg.y_scale)
 
 
 def test_gaussian_quantile_bins_against_scipy():
@@ -149,15 +153,15 @@ def test_gaussian_quantile_bins_against_scipy():
     cfg = DataConfig(encoding="tokens", vocab_size=10, bin_scheme="gaussian_quantiles")
     enc = encoding_of(cfg)
     edges = norm.ppf(np.linspace(0, 1, 11))
-    np.testing.assert_allclose(enc.bin_edges()[1:-1], edges[1:-1], rtol=1e-4)
-    np.testing.assert_allclose(enc.bin_centres(), truncnorm.mean(edges[:-1], edges[1:]), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(enc.head.bins.edges()[1:-1], edges[1:-1], rtol=1e-4)
+    np.testing.assert_allclose(enc.head.bins.centres(), truncnorm.mean(edges[:-1], edges[1:]), rtol=1e-4, atol=1e-5)
     draws = np.random.default_rng(0).normal(size=200_000)
-    ids = np.asarray(enc.to_tokens(jnp.asarray(draws)))
+    ids = np.asarray(enc.head.bins.to_tokens(jnp.asarray(draws)))
     np.testing.assert_allclose(np.bincount(ids, minlength=10) / len(draws), 0.1, atol=0.003)
-    rounding = np.mean((draws - np.asarray(enc.bin_centres())[ids]) ** 2)
-    assert enc.rounding_variance == pytest.approx(rounding, rel=0.02)
+    rounding = np.mean((draws - np.asarray(enc.head.bins.centres())[ids]) ** 2)
+    assert enc.head.bins.rounding_variance == pytest.approx(rounding, rel=0.02)
     uniform = encoding_of(DataConfig(encoding="tokens", vocab_size=10, bin_range=2.0))
-    assert uniform.rounding_variance == pytest.approx(0.4**2 / 12)
+    assert uniform.head.bins.rounding_variance == pytest.approx(0.4**2 / 12)
 
 
 def test_bin_yardsticks_against_an_independent_numpy_posterior():
@@ -186,9 +190,9 @@ def test_binned_eval_metrics_median_and_coverage():
     enc = encoding_of(cfg)
     logits = jnp.full((1, 8, 16), -1e9).at[:, :, 4:8].set(jnp.log(jnp.array([0.1, 0.3, 0.3, 0.3])))
     target_bins = np.array([3, 4, 5, 7])
-    ys = jnp.asarray(enc.bin_centres()[target_bins] * cfg.y_scale)[None]
+    ys = jnp.asarray(enc.head.bins.centres()[target_bins] * cfg.y_scale)[None]
     metrics = enc.eval_metrics(logits, ys)
-    median = float(enc.bin_centres()[6]) * cfg.y_scale
+    median = float(enc.head.bins.centres()[6]) * cfg.y_scale
     np.testing.assert_allclose(metrics["model_median"][0], (median - ys[0]) ** 2, rtol=1e-5)
     np.testing.assert_array_equal(metrics["coverage/50"][0], [0, 0, 1, 1])
     np.testing.assert_array_equal(metrics["coverage/90"][0], [0, 1, 1, 1])
@@ -197,7 +201,7 @@ def test_binned_eval_metrics_median_and_coverage():
     # more, as an interval takes whole bins.
     fine = encoding_of(dataclasses.replace(cfg, vocab_size=64, bin_range=4.0))
     ys = jax.random.normal(KEY, (4000, 4)) * cfg.y_scale
-    logits = jnp.broadcast_to(jax.scipy.stats.norm.logpdf(fine.bin_centres()), (4000, 8, 64))
+    logits = jnp.broadcast_to(jax.scipy.stats.norm.logpdf(fine.head.bins.centres()), (4000, 8, 64))
     metrics = fine.eval_metrics(logits, ys)
     assert 0.5 <= float(metrics["coverage/50"].mean()) <= 0.56
     assert 0.9 <= float(metrics["coverage/90"].mean()) <= 0.93
@@ -210,9 +214,9 @@ def test_token_baselines_see_the_decoded_bins():
     cfg = DataConfig(n_dims=2, n_points=5, encoding="tokens", vocab_size=8, bin_range=2.0)
     batch = linear.sample_batch(KEY, cfg, 64)
     curves = evaluate.eval_set_of(cfg, batch).baseline_curves
-    centres = np.asarray(encoding_of(cfg).bin_centres(), np.float64)
-    xs_seen = centres[np.asarray(encoding_of(cfg).to_tokens(batch.xs))]
-    ys_seen = centres[np.asarray(encoding_of(cfg).y_targets(batch.ys))] * cfg.y_scale
+    centres = np.asarray(Bins(cfg).centres(), np.float64)
+    xs_seen = centres[np.asarray(Bins(cfg).to_tokens(batch.xs))]
+    ys_seen = centres[np.asarray(Bins(cfg).y_targets(batch.ys))] * cfg.y_scale
     ys = np.asarray(batch.ys, np.float64)
     preds = np.array(
         [

@@ -1,12 +1,16 @@
-import flax.linen as nn
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from icl_lr.model.bins import Bins
 from icl_lr.model.config import ModelConfig
-from icl_lr.model.encoding import Continuous, Tokens
-from icl_lr.model.gpt2 import ICLModel, Transformer
+from icl_lr.model.encoding import encoding_of
+from icl_lr.model.gpt2 import Transformer
+from icl_lr.model.icl_model import ICLModel
+from icl_lr.model.read_in import TokenReadIn
 from icl_lr.task.config import DataConfig
 
 pytestmark = pytest.mark.unit  # the fast tier: no process started
@@ -74,7 +78,7 @@ def test_causal_outputs_ignore_the_future():
 
 def test_read_in_and_read_out_shapes_and_dropout():
     dropout_cfg = ModelConfig(n_layer=1, n_embd=16, n_head=2, n_positions=16, dropout=0.5)
-    continuous = ICLModel(dropout_cfg, Continuous(DataConfig(n_dims=5, n_points=5)))
+    continuous = ICLModel(dropout_cfg, encoding_of(DataConfig(n_dims=5, n_points=5)))
     x = jnp.ones((2, 10, 5))
     params = continuous.init(jax.random.PRNGKey(0), x)["params"]
     assert continuous.apply({"params": params}, x).shape == (2, 10, 1)
@@ -85,7 +89,7 @@ def test_read_in_and_read_out_shapes_and_dropout():
     np.testing.assert_array_equal(
         continuous.apply({"params": params}, x), continuous.apply({"params": params}, x)
     )  # ...not in eval
-    tokens = ICLModel(dropout_cfg, Tokens(DataConfig(n_dims=2, n_points=4, encoding="tokens", vocab_size=11)))
+    tokens = ICLModel(dropout_cfg, encoding_of(DataConfig(n_dims=2, n_points=4, encoding="tokens", vocab_size=11)))
     ids = jnp.zeros((2, 12), jnp.int32)
     token_params = tokens.init(jax.random.PRNGKey(0), ids)["params"]
     assert tokens.apply({"params": token_params}, ids).shape == (2, 12, 11)
@@ -94,14 +98,15 @@ def test_read_in_and_read_out_shapes_and_dropout():
 @pytest.mark.parametrize("n_dims", [5, 20])
 def test_embeddings_enter_the_stream_at_one_scale(n_dims):
     """Read-in embeddings of unit-variance x, token rows and positions all start at std model.embedding_std
-    (issue 13: GPT-2's 0.02 read-in beside 0.01 positions stalls under constant-lr Adam)."""
+    (README, "Initialisation": GPT-2's 0.02 read-in beside 0.01 positions stalls under constant-lr Adam)."""
     cfg = ModelConfig(n_layer=1, n_embd=256, n_head=2, n_positions=128)
     switches = dict(token_slot_embedding=True, token_point_embedding=True, token_value_embedding=True)
     data_cfg = DataConfig(n_dims=n_dims, n_points=5, encoding="tokens", vocab_size=64, **switches)
     xs = jax.random.normal(jax.random.PRNGKey(0), (64, 10, n_dims))
-    continuous = ICLModel(cfg, Continuous(data_cfg)).init(jax.random.PRNGKey(1), xs)["params"]
+    continuous_cfg = dataclasses.replace(data_cfg, encoding="continuous", **dict.fromkeys(switches, False))
+    continuous = ICLModel(cfg, encoding_of(continuous_cfg)).init(jax.random.PRNGKey(1), xs)["params"]
     embeddings = xs @ continuous["read_in"]["kernel"]
-    tokens = ICLModel(cfg, Tokens(data_cfg)).init(jax.random.PRNGKey(1), jnp.zeros((1, 8), jnp.int32))["params"]
+    tokens = ICLModel(cfg, encoding_of(data_cfg)).init(jax.random.PRNGKey(1), jnp.zeros((1, 8), jnp.int32))["params"]
     for name, values in [
         ("read-in embeddings", embeddings),
         ("positions", continuous["transformer"]["wpe"]["embedding"]),
@@ -113,17 +118,6 @@ def test_embeddings_enter_the_stream_at_one_scale(n_dims):
         assert float(jnp.std(values)) == pytest.approx(cfg.embedding_std, rel=0.1), name
 
 
-class ReadIn(nn.Module):
-    """An encoding's read-in alone, its parameters at the top level."""
-
-    encoding: Tokens
-    cfg: ModelConfig
-
-    @nn.compact
-    def __call__(self, ids):
-        return self.encoding.read_in(ids, self.cfg)
-
-
 def test_token_read_in_adds_slot_point_and_value_embeddings_then_mixes_a_point():
     """With the switches on, a token's embedding e_t is its table row + its slot's + its point's + its bin
     centre times its slot's direction (data.token_*_embedding), and the short convolution adds
@@ -131,19 +125,19 @@ def test_token_read_in_adds_slot_point_and_value_embeddings_then_mixes_a_point()
     switches = dict(
         token_slot_embedding=True, token_point_embedding=True, token_value_embedding=True, token_short_conv=True
     )
-    encoding = Tokens(DataConfig(n_dims=2, n_points=3, encoding="tokens", vocab_size=8, **switches))
+    data_cfg = DataConfig(n_dims=2, n_points=3, encoding="tokens", vocab_size=8, **switches)
     cfg = ModelConfig(n_layer=1, n_embd=16, n_head=2, n_positions=16)
     ids = jax.random.randint(jax.random.PRNGKey(0), (2, 9), 0, 8)
-    read_in = ReadIn(encoding, cfg)
+    read_in = TokenReadIn(data_cfg, cfg)
     params = read_in.init(jax.random.PRNGKey(1), ids)["params"]
     embeddings = read_in.apply({"params": params}, ids)
     table = {name: np.asarray(params[name]["embedding"]) for name in ("wte", "wse", "wpte", "wve")}
     slot, point = np.arange(9) % 3, np.arange(9) // 3
-    centres = np.asarray(encoding.bin_centres())[np.asarray(ids)]
+    centres = np.asarray(Bins(data_cfg).centres())[np.asarray(ids)]
     summed = table["wte"][ids] + table["wse"][slot] + table["wpte"][point] + centres[..., None] * table["wve"][slot]
     kernel = np.asarray(params["short_conv"]["embedding"])  # [d + 1, width]: one weight per offset and channel
     shifted = lambda o: np.pad(summed, ((0, 0), (o, 0), (0, 0)))[:, :9]  # e_{t-o}, 0 before the sequence
     want = summed + sum(kernel[o] * shifted(o) for o in range(3))
     np.testing.assert_allclose(embeddings, want, rtol=1e-5, atol=1e-6)
-    plain = Tokens(DataConfig(n_dims=2, n_points=3, encoding="tokens", vocab_size=8))
-    assert set(ReadIn(plain, cfg).init(jax.random.PRNGKey(1), ids)["params"]) == {"wte"}
+    plain = DataConfig(n_dims=2, n_points=3, encoding="tokens", vocab_size=8)
+    assert set(TokenReadIn(plain, cfg).init(jax.random.PRNGKey(1), ids)["params"]) == {"wte"}

@@ -7,6 +7,7 @@ from icl_lr.fields import FREE, check
 
 @dataclass(frozen=True)
 class ModelConfig:
+    family: str = "gpt2"
     n_layer: int = 6
     n_embd: int = 64
     n_head: int = 2

@@ -1,4 +1,5 @@
-"""GPT-2 in Flax Linen, between the read-in and read-out of in-context regression.
+"""GPT-2 in Flax Linen: the trunk of the gpt2 family, between the read-in and read-out of in-context
+regression (icl_lr/model/icl_model.py).
 
 Parameter names and layouts follow Hugging Face's GPT2Model (wpe, h_i.ln_1, attn.c_attn, ...), so
 its weights load one to one; tests/test_model.py checks the hidden states against it.
@@ -33,11 +34,6 @@ def residual_init(n_layer: int) -> nn.initializers.Initializer:
     """GPT-2's init of the projections into the residual stream: N(0, 0.02 / sqrt(2 n_layer)),
     so the stream's variance does not grow with depth (two such projections per block)."""
     return nn.initializers.normal(0.02 / (2 * n_layer) ** 0.5)
-
-
-def read_in_init(fan_in: int, embedding_std: float) -> nn.initializers.Initializer:
-    """A linear read-in of unit-variance inputs whose embeddings have std `embedding_std`."""
-    return nn.initializers.normal(embedding_std / fan_in**0.5)
 
 
 class Attention(nn.Module):
@@ -106,17 +102,3 @@ class Transformer(nn.Module):
         for i in range(cfg.n_layer):
             h_BxTxE = Block(cfg, self.dtype, name=f"h_{i}")(h_BxTxE, train)
         return nn.LayerNorm(1e-5, name="ln_f")(h_BxTxE.astype(jnp.float32))
-
-
-class ICLModel(nn.Module):
-    """The encoding's read-in, the GPT-2 trunk, a linear read-out of `encoding.n_outputs` per token."""
-
-    config: ModelConfig
-    encoding: Any  # an icl_lr.encoding.Encoding (which imports this module for its inits)
-    dtype: Any = jnp.float32  # the blocks' compute type; read-in, final LayerNorm and read-out stay float32
-
-    @nn.compact
-    def __call__(self, inputs, train: bool = False):
-        embeddings_BxTxE = self.encoding.read_in(inputs, self.config)
-        hidden_BxTxE = Transformer(self.config, self.dtype, name="transformer")(embeddings_BxTxE, train)
-        return nn.Dense(self.encoding.n_outputs, kernel_init=GPT2_INIT, name="read_out")(hidden_BxTxE)

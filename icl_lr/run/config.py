@@ -2,8 +2,8 @@
 before anything compiles with a one-line ConfigError naming the key.
 
 Each section checks its own keys (its `check`, beside its fields); what spans sections is checked here,
-where the run is composed: the encoding's name and the sequence length it needs against the model's
-positions, epochs against the finite training set.
+where the run is composed: the model family's and the encoding's names, the sequence length the encoding
+needs against the model's positions, epochs against the finite training set.
 
 Why not Hydra structured configs (ConfigStore dataclasses)? They check types while Hydra composes, before
 `main` runs, so a bad value ends in Hydra's multi-line error report rather than one line naming the key;
@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from icl_lr.fields import build, check, check_sections
 from icl_lr.model.encoding import ENCODINGS, encoding_of
+from icl_lr.model.icl_model import FAMILIES
 from icl_lr.train.config import RunConfig, steps_per_epoch
 
 log = logging.getLogger("icl_lr")
@@ -25,6 +26,7 @@ log = logging.getLogger("icl_lr")
 def check_across(cfg: RunConfig) -> None:
     """The checks that span sections."""
     d, m, t = cfg.data, cfg.model, cfg.training
+    check(m.family in FAMILIES, f"model.family must be one of {tuple(FAMILIES)}, got {m.family!r}")
     check(d.encoding in ENCODINGS, f"data.encoding must be one of {tuple(ENCODINGS)}, got {d.encoding!r}")
     sequence_length = encoding_of(d).sequence_length
     check(

@@ -20,7 +20,7 @@ from jax.sharding import Mesh
 
 from icl_lr.fields import ConfigError
 from icl_lr.model.encoding import encoding_of
-from icl_lr.model.gpt2 import ICLModel
+from icl_lr.model.icl_model import ICLModel
 from icl_lr.records.checkpoint import Checkpoints, restore_params
 from icl_lr.records.schema import (
     BAYES,
