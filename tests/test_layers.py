@@ -122,3 +122,14 @@ def test_the_keys_a_resume_may_change_are_declared_on_their_fields():
     }
     every = set(flatten(dataclasses.asdict(RunConfig())))
     assert {k for k in every if k.startswith(("eval.", "wandb."))} <= FREE_KEYS
+
+
+def test_each_task_and_family_has_the_interface_its_registry_promises():
+    from icl_lr.model.icl_model import FAMILIES
+    from icl_lr.task.base import Task
+    from icl_lr.task.registry import TASKS
+
+    wanted = {name for name in vars(Task) if not name.startswith("_")}
+    for name, task in TASKS.items():
+        assert wanted <= set(dir(task)), (name, wanted - set(dir(task)))
+    assert set(FAMILIES) == {"gpt2"} and set(TASKS) == {"linear_regression"}

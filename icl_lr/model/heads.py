@@ -15,8 +15,8 @@ import optax
 
 from icl_lr.model.bins import Bins
 from icl_lr.records.schema import MODEL
-from icl_lr.task import baselines
 from icl_lr.task.config import DataConfig
+from icl_lr.task.registry import task_of
 
 
 def _error(preds_BxN, ys_BxN, n_dims: int) -> jax.Array:
@@ -98,7 +98,7 @@ class BinnedHead:
         if len(cfg.noise_stds) > 1:
             return {}
         noise_var = cfg.noise_std**2 + self.bins.rounding_variance * cfg.y_scale**2
-        predictive = lambda x, y: baselines.bayes_predictive(x, y, cfg.prior_scale, noise_var)
+        predictive = lambda x, y: task_of(cfg).bayes_predictive(x, y, noise_var)
         mean_BxN, var_BxN = jax.vmap(predictive)(xs_BxNxD, ys_BxN)
         prior_var_BxN = cfg.prior_scale**2 * jnp.sum(xs_BxNxD**2, axis=-1) + noise_var
         return {

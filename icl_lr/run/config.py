@@ -3,7 +3,7 @@ before anything compiles with a one-line ConfigError naming the key.
 
 Each section checks its own keys (its `check`, beside its fields); what spans sections is checked here,
 where the run is composed: the model family's and the encoding's names, the sequence length the encoding
-needs against the model's positions, epochs against the finite training set.
+needs against the model's positions, the task's name, epochs against the finite training set.
 
 Why not Hydra structured configs (ConfigStore dataclasses)? They check types while Hydra composes, before
 `main` runs, so a bad value ends in Hydra's multi-line error report rather than one line naming the key;
@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from icl_lr.fields import build, check, check_sections
 from icl_lr.model.encoding import ENCODINGS, encoding_of
 from icl_lr.model.icl_model import FAMILIES
+from icl_lr.task.registry import TASKS
 from icl_lr.train.config import RunConfig, steps_per_epoch
 
 log = logging.getLogger("icl_lr")
@@ -27,6 +28,7 @@ def check_across(cfg: RunConfig) -> None:
     """The checks that span sections."""
     d, m, t = cfg.data, cfg.model, cfg.training
     check(m.family in FAMILIES, f"model.family must be one of {tuple(FAMILIES)}, got {m.family!r}")
+    check(d.task in TASKS, f"data.task must be one of {tuple(TASKS)}, got {d.task!r}")
     check(d.encoding in ENCODINGS, f"data.encoding must be one of {tuple(ENCODINGS)}, got {d.encoding!r}")
     sequence_length = encoding_of(d).sequence_length
     check(

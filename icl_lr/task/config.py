@@ -25,6 +25,7 @@ class CurriculumConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
+    task: str = "linear_regression"
     n_dims: int = 5
     n_points: int = 11
     prior_scale: float = 1.0

@@ -1,30 +1,22 @@
-"""In-context linear regression tasks, sampled on device.
+"""In-context linear regression, sampled on device: the `linear_regression` task.
 
-Each sequence has its own weight vector w ~ N(0, prior_scale^2 I_d); points x_i ~ N(0, I_d) and
-y_i = w^T x_i + eps_i with eps_i ~ N(0, sigma^2). Everything is a pure function of a PRNG key, so
-the train step can sample inside `jit` and a resumed run sees exactly the data it would have seen.
+Each sequence has its own weight vector w ~ N(0, prior_scale^2 I_d) (or one of the run's finite pool);
+points x_i ~ N(0, I_d) and y_i = w^T x_i + eps_i with eps_i ~ N(0, sigma^2), sigma from the noise prior.
+Everything is a pure function of a PRNG key, so the train step can sample inside `jit` and a resumed run
+sees exactly the data it would have seen.
 """
 
-from typing import NamedTuple
+import logging
+from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
 
+from icl_lr.task import baselines, ood
+from icl_lr.task.base import TRAIN_SET_STREAM, Batch, pool_key
 from icl_lr.task.config import DataConfig
 
-# fold_in indices of the run key's fixed streams; step keys are fold_in(run key, step) and never reach them
-POOL_STREAM = 2**31 - 1  # the finite task pool
-TRAIN_SET_STREAM = 2**31 - 2  # the finite training set
-
-
-PER_PROMPT = ("xs", "ys", "example_mask")  # the Batch fields with a prompt axis first (split across devices)
-
-
-class Batch(NamedTuple):
-    xs: jax.Array  # [B, N, D]
-    ys: jax.Array  # [B, N]
-    point_mask: jax.Array  # [N] 1 for points inside the current curriculum length
-    example_mask: jax.Array  # [B] 1 for prompts that count (0 pads the last, partial batch of an epoch)
+log = logging.getLogger("icl_lr")
 
 
 def curriculum_stage(cfg: DataConfig, step) -> tuple:
@@ -72,10 +64,6 @@ def sample_batch(key, cfg: DataConfig, batch_size: int, step=None, pool_key=None
     return Batch(xs, ys, point_mask, jnp.ones(batch_size, jnp.float32))
 
 
-def pool_key(run_key) -> jax.Array:
-    return jax.random.fold_in(run_key, POOL_STREAM)
-
-
 def training_set_prompts(run_key, cfg: DataConfig, ids, step=None) -> Batch:
     """Prompts `ids` of the run's finite training set.
 
@@ -103,3 +91,37 @@ def training_batch(run_key, step_key, cfg: DataConfig, batch_size: int, step, st
     slots = position * batch_size + jnp.arange(batch_size)
     batch = training_set_prompts(run_key, cfg, order[slots % cfg.train_size], step)
     return batch._replace(example_mask=(slots < cfg.train_size).astype(jnp.float32))
+
+
+@dataclass(frozen=True)
+class LinearRegression:
+    """The task interface (icl_lr/task/base.py) of in-context linear regression."""
+
+    cfg: DataConfig
+
+    def sample_batch(self, key, batch_size: int, step=None, pool_key=None) -> Batch:
+        return sample_batch(key, self.cfg, batch_size, step, pool_key)
+
+    def training_batch(self, run_key, step_key, batch_size: int, step, steps_per_epoch: int = 0) -> Batch:
+        return training_batch(run_key, step_key, self.cfg, batch_size, step, steps_per_epoch)
+
+    def training_set_prompts(self, run_key, ids, step=None) -> Batch:
+        return training_set_prompts(run_key, self.cfg, ids, step)
+
+    def eval_pool(self, run_key):
+        """The pool's tasks [M, D] for dMMSE, up to its memory bound (past it, none: a log line)."""
+        size = self.cfg.task_pool_size
+        if size and size > baselines.DMMSE_MAX_POOL:
+            log.info("dMMSE left out: a pool of %d tasks is past its bound of %d", size, baselines.DMMSE_MAX_POOL)
+        if not size or size > baselines.DMMSE_MAX_POOL:
+            return None
+        return pool_tasks(pool_key(run_key), self.cfg, jnp.arange(size))
+
+    def baselines(self, xs, ys, noise_stds: tuple, pool=None) -> dict:
+        return baselines.all_predictions(xs, ys, self.cfg.prior_scale, noise_stds, pool)
+
+    def bayes_predictive(self, xs, ys, noise_var: float) -> tuple:
+        return baselines.bayes_predictive(xs, ys, self.cfg.prior_scale, noise_var)
+
+    def ood_conditions(self, key, n_prompts: int) -> dict:
+        return ood.conditions(key, self.cfg, n_prompts)

@@ -10,7 +10,6 @@ puts its own query at position k and is scored there only (their `xs_p`), NaN pa
 import jax
 import jax.numpy as jnp
 
-from icl_lr.task import linear
 from icl_lr.task.config import DataConfig
 
 SCALES = (0.333, 0.5, 2, 3)  # Garg et al.'s x and y scale factors
@@ -51,7 +50,7 @@ def conditions(key, cfg: DataConfig, n_prompts: int) -> dict:
     is scored at its k only (module docstring)."""
     w_key, x_key, sigma_key, noise_key, rotation_key, sign_key, pick_key = jax.random.split(key, 7)
     d = cfg.n_dims
-    ws = linear.sample_weights(w_key, cfg, n_prompts)
+    ws = cfg.prior_scale * jax.random.normal(w_key, (n_prompts, cfg.n_dims))  # tasks from the prior
     xs = jax.random.normal(x_key, (n_prompts, cfg.n_points, d))
     sigma = jax.random.choice(sigma_key, jnp.asarray(cfg.noise_stds, jnp.float32), (n_prompts, 1))
     unit_noise = jax.random.normal(noise_key, (n_prompts, cfg.n_points))

@@ -5,7 +5,7 @@ curriculum), so every run and every eval of a run is scored on the same prompts.
 finite training set is also scored on (the first prompts of) that set, so memorisation shows; one
 with a task pool on prompts from its pool (Raventos et al.'s "Pretrain"); one with a hierarchical
 noise prior on one set per noise level (Bai et al.); and every run on Garg et al.'s OOD suite
-(icl_lr/ood.py). Every set comes from eval.seed. Baselines do not change during training and are
+(icl_lr/task/ood.py). Every set comes from eval.seed. Baselines do not change during training and are
 computed once per set.
 """
 
@@ -18,8 +18,9 @@ import numpy as np
 
 from icl_lr.model.encoding import encoding_of
 from icl_lr.records.schema import BAYES, MODEL, is_error_curve
-from icl_lr.task import baselines, linear, ood
+from icl_lr.task.base import Batch, pool_key
 from icl_lr.task.config import DataConfig
+from icl_lr.task.registry import task_of
 from icl_lr.train import parallel
 from icl_lr.train.config import EvalConfig
 
@@ -43,12 +44,12 @@ def squared_error_curve(preds_PxN, ys_PxN, n_dims: int) -> jax.Array:
 
 
 def _baseline_curves(xs, ys, ys_scored, noise_stds: tuple, data_cfg: DataConfig, pool, suffix: str = "") -> dict:
-    predict = jax.jit(baselines.all_predictions, static_argnums=(2, 3))
-    preds = predict(xs, ys, data_cfg.prior_scale, noise_stds, pool)
+    predict = jax.jit(task_of(data_cfg).baselines, static_argnums=2)
+    preds = predict(xs, ys, noise_stds, pool)
     return {name + suffix: np.asarray(squared_error_curve(p, ys_scored, data_cfg.n_dims)) for name, p in preds.items()}
 
 
-def eval_set_of(data_cfg: DataConfig, batch: linear.Batch, pool=None) -> EvalSet:
+def eval_set_of(data_cfg: DataConfig, batch: Batch, pool=None) -> EvalSet:
     """The prompts of `batch`, encoded, with the baselines' error curves on them (dMMSE given the run's
     task pool [M, d]). An encoding that quantises its inputs adds each baseline on the decoded values the
     model sees (`<name>_on_bins`, scored against the exact ys; Bayes's noise there includes the
@@ -64,8 +65,8 @@ def eval_set_of(data_cfg: DataConfig, batch: linear.Batch, pool=None) -> EvalSet
     return EvalSet(encoding.encode(batch.xs, batch.ys), batch.ys, curves)
 
 
-def _prompts(xs, ys) -> linear.Batch:
-    return linear.Batch(xs, ys, jnp.ones(ys.shape[1]), jnp.ones(ys.shape[0]))
+def _prompts(xs, ys) -> Batch:
+    return Batch(xs, ys, jnp.ones(ys.shape[1]), jnp.ones(ys.shape[0]))
 
 
 def _set_key(eval_cfg: EvalConfig, stream: int):
@@ -75,18 +76,18 @@ def _set_key(eval_cfg: EvalConfig, stream: int):
 
 
 def make_eval_set(data_cfg: DataConfig, eval_cfg: EvalConfig, pool=None) -> EvalSet:
-    return eval_set_of(data_cfg, linear.sample_batch(_set_key(eval_cfg, 0), data_cfg, eval_cfg.n_prompts), pool)
+    return eval_set_of(data_cfg, task_of(data_cfg).sample_batch(_set_key(eval_cfg, 0), eval_cfg.n_prompts), pool)
 
 
 def make_train_set_eval(data_cfg: DataConfig, eval_cfg: EvalConfig, run_key, pool=None) -> EvalSet:
     """The first min(train_size, eval.n_prompts) prompts of the run's finite training set, full task."""
     ids = jnp.arange(min(data_cfg.train_size, eval_cfg.n_prompts))
-    return eval_set_of(data_cfg, linear.training_set_prompts(run_key, data_cfg, ids), pool)
+    return eval_set_of(data_cfg, task_of(data_cfg).training_set_prompts(run_key, ids), pool)
 
 
 def make_pretrain_set(data_cfg: DataConfig, eval_cfg: EvalConfig, run_key, pool) -> EvalSet:
     """Held-out prompts whose tasks come from the run's own pool (Raventos et al.'s "Pretrain" eval)."""
-    batch = linear.sample_batch(_set_key(eval_cfg, 1), data_cfg, eval_cfg.n_prompts, pool_key=linear.pool_key(run_key))
+    batch = task_of(data_cfg).sample_batch(_set_key(eval_cfg, 1), eval_cfg.n_prompts, pool_key=pool_key(run_key))
     return eval_set_of(data_cfg, batch, pool)
 
 
@@ -94,13 +95,13 @@ def make_sigma_sets(data_cfg: DataConfig, eval_cfg: EvalConfig) -> dict:
     """Under a hierarchical noise prior, {sigma: set} with every prompt's noise at that sigma (the same x's
     and w's for all), scored beside the mixture's Bayes and ridge at each sigma (Bai et al. 2023)."""
     fixed = lambda sigma: dataclasses.replace(data_cfg, noise_std=sigma, noise_std_choices=None)
-    sample = lambda sigma: linear.sample_batch(_set_key(eval_cfg, 2), fixed(sigma), eval_cfg.n_prompts)
+    sample = lambda sigma: task_of(fixed(sigma)).sample_batch(_set_key(eval_cfg, 2), eval_cfg.n_prompts)
     return {sigma: eval_set_of(data_cfg, sample(sigma)) for sigma in data_cfg.noise_stds}
 
 
 def make_ood_sets(data_cfg: DataConfig, eval_cfg: EvalConfig) -> dict:
-    """{condition: EvalSets} of Garg et al.'s OOD suite (icl_lr/ood.py), baselines under the training prior."""
-    suite = ood.conditions(_set_key(eval_cfg, 3), data_cfg, eval_cfg.n_prompts)
+    """{condition: EvalSets} of the task's OOD prompts (Garg et al.'s suite), baselines under the training prior."""
+    suite = task_of(data_cfg).ood_conditions(_set_key(eval_cfg, 3), eval_cfg.n_prompts)
     return {
         name: EvalSets([eval_set_of(data_cfg, _prompts(xs, ys)) for xs, ys in sets], per_k)
         for name, (sets, per_k) in suite.items()

@@ -34,8 +34,9 @@ from icl_lr.records.schema import (
     set_of,
 )
 from icl_lr.records.tracking import LocalFiles, Tracker, Trackers, read_jsonl
-from icl_lr.task import baselines, linear
+from icl_lr.task.base import PER_PROMPT, Batch
 from icl_lr.task.config import DataConfig
+from icl_lr.task.registry import task_of
 from icl_lr.train import evaluate, parallel
 from icl_lr.train.config import RunConfig, steps_per_epoch
 from icl_lr.train.optimizer import learning_rate_schedule, make_optimizer
@@ -66,12 +67,12 @@ def build_model(cfg: RunConfig) -> ICLModel:
 
 def init_state(model: ICLModel, tx: optax.GradientTransformation, data_cfg: DataConfig, seed: int) -> TrainState:
     init_key, run_key = jax.random.split(jax.random.PRNGKey(seed))
-    example = linear.sample_batch(jax.random.PRNGKey(0), data_cfg, 1)
+    example = task_of(data_cfg).sample_batch(jax.random.PRNGKey(0), 1)
     params = jax.jit(model.init)(init_key, model.encoding.encode(example.xs, example.ys))["params"]
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), rng=run_key)
 
 
-def loss_fn(params, model: ICLModel, batch: linear.Batch, dropout_key) -> jax.Array:
+def loss_fn(params, model: ICLModel, batch: Batch, dropout_key) -> jax.Array:
     """Mean loss over the y predictions of the prompts that count.
 
     Only the y positions are scored: the x's are i.i.d. noise whose prediction teaches nothing
@@ -90,11 +91,12 @@ def make_dispatch(model: ICLModel, tx, cfg: RunConfig, mesh: Mesh):
     and replicated over `mesh`, each batch split across its devices."""
     schedule = learning_rate_schedule(cfg.training)
     epoch_steps = steps_per_epoch(cfg) if cfg.data.train_size else 0
+    task = task_of(cfg.data)
 
     def one_step(state: TrainState, _):
         step_key, dropout_key = jax.random.split(jax.random.fold_in(state.rng, state.step))
-        batch = linear.training_batch(state.rng, step_key, cfg.data, cfg.training.batch_size, state.step, epoch_steps)
-        batch = batch._replace(**parallel.constrain_rows(mesh, {k: getattr(batch, k) for k in linear.PER_PROMPT}))
+        batch = task.training_batch(state.rng, step_key, cfg.training.batch_size, state.step, epoch_steps)
+        batch = batch._replace(**parallel.constrain_rows(mesh, {k: getattr(batch, k) for k in PER_PROMPT}))
         loss, grads = jax.value_and_grad(loss_fn)(state.params, model, batch, dropout_key)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
@@ -192,13 +194,7 @@ class Evaluator:
         self.cfg = cfg
         self.model_curves = evaluate.make_model_curves_fn(model, cfg.eval, mesh)
         d, e = cfg.data, cfg.eval
-        pool = None  # the whole pool, for dMMSE; sampling from it needs none of it
-        if d.task_pool_size and d.task_pool_size <= baselines.DMMSE_MAX_POOL:
-            pool = linear.pool_tasks(linear.pool_key(run_key), d, jnp.arange(d.task_pool_size))
-        elif d.task_pool_size:
-            log.info(
-                "dMMSE left out: a pool of %d tasks is past its bound of %d", d.task_pool_size, baselines.DMMSE_MAX_POOL
-            )
+        pool = task_of(d).eval_pool(run_key)  # the whole pool, for the baselines that need it; sampling needs none
         one = lambda eval_set: evaluate.EvalSets([eval_set])
         self.sets = {HELD_OUT: one(evaluate.make_eval_set(d, e, pool))}
         if d.train_size:

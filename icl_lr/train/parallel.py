@@ -40,9 +40,9 @@ def use_cpu_devices(cfg: RunConfig) -> None:
 
     Why: one XLA CPU device runs a step's ops one after another, each spread over the cores by a thread
     pool that the small matmuls and the ops between them leave partly idle. Devices that each take a
-    share of the batch keep the cores busy: 1.2x the steps/s of one on a 2-core machine (README,
-    "Benchmark"). JAX fixes the count when it starts; a later job of a multirun that asks for another
-    count is refused. GPU runs leave the CPU devices unused.
+    share of the batch keep the cores busy (the figures: README, "Benchmark"). JAX fixes the count when it
+    starts; a later job of a multirun that asks for another count is refused. GPU runs leave the CPU
+    devices unused.
     """
     count = cpu_device_count(cfg)
     if count is None:
