@@ -76,6 +76,17 @@ def run_id_of(run_dir) -> str:
     return read_identity(Path(run_dir))["wandb_run_id"]
 
 
+def start(run_dir, *overrides, env=None):
+    """`python train.py FAST overrides` on run_dir, whatever its exit code."""
+    command = [sys.executable, str(ROOT / "train.py"), *FAST, *overrides, f"hydra.run.dir={run_dir}"]
+    return subprocess.run(command, cwd=ROOT, env=env or no_key_env(), capture_output=True, text=True, timeout=300)
+
+
+def output(result) -> str:
+    """What a finished `train.py` printed: Hydra's log lines go to stdout, Python's errors to stderr."""
+    return result.stdout + result.stderr
+
+
 def final_state(cfg, run_dir):
     """The last checkpointed TrainState of a run dir."""
     template = init_state(build_model(cfg), make_optimizer(cfg.training), cfg.data, cfg.seed)

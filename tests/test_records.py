@@ -14,23 +14,23 @@ import pandas as pd
 import pytest
 
 import analyze
-from helpers import FAST, ROOT, RunFile, assert_trees_equal, final_state, no_key_env, run_id_of, train_cli
+from helpers import (
+    FAST,
+    ROOT,
+    RunFile,
+    assert_trees_equal,
+    final_state,
+    no_key_env,
+    output,
+    run_id_of,
+    start,
+    train_cli,
+)
 from icl_lr.analysis import tables
 from icl_lr.records.run_dir import RunDirLock
 from icl_lr.records.tracking import read_jsonl
 
 NO_WANDB = "wandb.mode=disabled"
-
-
-def start(run_dir, *overrides, env=None):
-    """`python train.py FAST overrides` on run_dir, whatever its exit code."""
-    command = [sys.executable, str(ROOT / "train.py"), *FAST, *overrides, f"hydra.run.dir={run_dir}"]
-    return subprocess.run(command, cwd=ROOT, env=env or no_key_env(), capture_output=True, text=True, timeout=300)
-
-
-def output(result) -> str:
-    """What a finished `train.py` printed: Hydra's log lines go to stdout, Python's errors to stderr."""
-    return result.stdout + result.stderr
 
 
 def error_lines(result) -> list:

@@ -61,7 +61,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -69,21 +68,21 @@ import pandas as pd
 import pytest
 
 import analyze
-from helpers import FAST, ROOT, RunFile, assert_trees_equal, final_state, no_key_env, run_config, run_id_of, train_cli
+from helpers import (
+    FAST,
+    RunFile,
+    assert_trees_equal,
+    final_state,
+    no_key_env,
+    output,
+    run_config,
+    run_id_of,
+    start,
+    train_cli,
+)
 from icl_lr.fields import ConfigError
 from icl_lr.records.run_dir import RunDirLock, read_identity
 from icl_lr.records.tracking import read_jsonl
-
-
-def start(run_dir, *overrides, env=None):
-    """`python train.py FAST overrides` on run_dir, whatever its exit code."""
-    command = [sys.executable, str(ROOT / "train.py"), *FAST, *overrides, f"hydra.run.dir={run_dir}"]
-    return subprocess.run(command, cwd=ROOT, env=env or no_key_env(), capture_output=True, text=True, timeout=300)
-
-
-def output(result) -> str:
-    """What a finished `train.py` printed: Hydra's log lines go to stdout, Python's errors to stderr."""
-    return result.stdout + result.stderr
 
 
 def one_error_line(result) -> str:
