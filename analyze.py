@@ -21,6 +21,7 @@ fresh tasks (error_vs_task_pool.png), when the pool size varies.
 """
 
 import argparse
+import importlib.util
 import json
 import logging
 import shlex
@@ -105,6 +106,13 @@ def parse_args(argv):
         parser.error("--html needs the plots: drop --no-plots")
     if args.wandb and args.wandb.count("/") != 1:
         parser.error(f"--wandb takes ENTITY/PROJECT, got {args.wandb!r}")
+    optional = [  # (asked for, the option, the package it needs, the extra that installs it)
+        ("parquet" in args.format, "--format parquet", "pyarrow", "parquet"),
+        (args.report or args.report_spec, "--report and --report-spec", "wandb_workspaces", "report"),
+    ]
+    for asked, option, module, extra in optional:
+        if asked and importlib.util.find_spec(module) is None:
+            parser.error(f"{option} need {module}: pip install 'icl-lr[{extra}]'")
     return args
 
 

@@ -3,6 +3,7 @@ included), and every knob has one home (its YAML line and its typed field agree)
 
 import ast
 import dataclasses
+import re
 from pathlib import Path
 
 import pytest
@@ -133,3 +134,40 @@ def test_each_task_and_family_has_the_interface_its_registry_promises():
     for name, task in TASKS.items():
         assert wanted <= set(dir(task)), (name, wanted - set(dir(task)))
     assert set(FAMILIES) == {"gpt2"} and set(TASKS) == {"linear_regression"}
+
+
+def test_a_missing_extra_is_named_in_one_line(monkeypatch, capsys):
+    """The runtime install leaves out the sweeps engine, wandb-workspaces and pyarrow: each command that needs
+    one says which extra installs it."""
+    import importlib.util
+
+    import analyze
+    from icl_lr.run import sweep
+
+    monkeypatch.setattr(sweep, "sweeps", None)
+    assert sweep.main(["sweeps/model_size.yaml"]) == 2
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "pyarrow" else find_spec(name, *a)
+    )
+    with pytest.raises(SystemExit):
+        analyze.parse_args(["outputs", "--format", "parquet"])
+    assert "--format parquet need pyarrow: pip install 'icl-lr[parquet]'" in capsys.readouterr().err
+
+
+def test_every_imported_package_is_declared():
+    """Each third-party package the code imports is a requirement of the runtime or of an extra."""
+    import sys
+
+    lines = [line.split("#")[0].strip() for p in ROOT.glob("requirements*.txt") for line in p.read_text().splitlines()]
+    declared = {re.split(r"[=<>\[ ]", line)[0].lower() for line in lines if line}
+    aliases = {"yaml": "pyyaml", "sklearn": "scikit-learn", "wandb_workspaces": "wandb-workspaces"}
+    aliases |= {"orbax": "orbax-checkpoint", "hydra": "hydra-core", "jaxlib": "jaxlib"}
+    imported = set()
+    for path in [*(ROOT / "icl_lr").rglob("*.py"), ROOT / "train.py", ROOT / "analyze.py"]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            names += [node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level else []
+            imported |= {name.split(".")[0] for name in names}
+    third_party = {n for n in imported if n not in sys.stdlib_module_names and n != "icl_lr"}
+    assert {n for n in third_party if aliases.get(n, n).lower() not in declared} == set()

@@ -38,6 +38,8 @@ def test_without_a_key_the_run_is_offline_with_a_sync_hint(tracked_run):
     run_dir, output = tracked_run
     (offline,) = list((run_dir / "wandb").glob("offline-run-*"))
     assert f"upload later with: wandb sync {offline}" in output
+    assert "Run summary" not in output and "Run history" not in output  # W&B's end-of-run dump: in W&B only
+    assert len([line for line in output.splitlines() if "artifact" in line]) <= 2  # a line per checkpoint
 
 
 def test_run_file_records_identity_and_the_resolved_config(tracked_run):
@@ -139,7 +141,8 @@ def test_checkpoints_are_model_artifacts_with_aliases(tracked_run):
 
 def test_resumed_run_continues_the_same_wandb_run(tmp_path):
     train_cli(tmp_path, "training.steps=20")
-    train_cli(tmp_path)  # same dir, 40 steps: resumes from the step-20 checkpoint
+    resumed = train_cli(tmp_path)  # same dir, 40 steps: resumes from the step-20 checkpoint
+    assert "Metadata file does not exist" not in resumed.stdout + resumed.stderr  # a quiet resume
     first, second = offline_run_files(tmp_path)
     assert first.run_id == second.run_id == run_id_of(tmp_path)
     assert sorted(rows_with(first.history, "train/loss")) == [10, 20]

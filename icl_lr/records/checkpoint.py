@@ -110,17 +110,25 @@ def _one_error(step_dir: Path, state):
     if free < needed:
         raise OSError(errno.ENOSPC, f"No space left on device for {step_dir}: {free / 2**20:.1f} MiB free, "
                       f"a checkpoint needs about {needed / 2**20:.1f} MiB")  # fmt: skip
-    absl = logging.getLogger("absl")
-    level = absl.level
-    absl.setLevel(logging.CRITICAL)
     try:
-        yield
+        with _orbax_quiet(logging.CRITICAL):
+            yield
     except Exception as error:
         if "No space left on device" in str(error) or getattr(error, "errno", None) == errno.ENOSPC:
             raise OSError(errno.ENOSPC, f"No space left on device writing {step_dir}") from None
         raise
+
+
+@contextlib.contextmanager
+def _orbax_quiet(level: int):
+    """Orbax's log lines (absl's logger) below `level` held back for the while."""
+    absl = logging.getLogger("absl")
+    previous = absl.level
+    absl.setLevel(level)
+    try:
+        yield
     finally:
-        absl.setLevel(level)
+        absl.setLevel(previous)
 
 
 def _metadata_readable(step_dir: Path) -> bool:
@@ -147,8 +155,8 @@ def _leaf_name(path) -> str:
 def _check_shapes(step_dir: Path, template, prefix: str = "") -> None:
     """Refuses, before restoring, a checkpoint whose arrays (those under `prefix`) differ in shape from
     `template`'s: orbax would fail deep in its event loop, burying the cause under its tracebacks."""
-    with ocp.StandardCheckpointer() as checkpointer:
-        stored_tree = checkpointer.metadata(step_dir / "default").item_metadata
+    with ocp.StandardCheckpointer() as checkpointer, _orbax_quiet(logging.ERROR):  # its item dir has no
+        stored_tree = checkpointer.metadata(step_dir / "default").item_metadata  # step metadata: it warns so
     stored = {m.name: tuple(m.shape) for m in jax.tree.leaves(stored_tree or {}) if m.name.startswith(prefix)}
     if not stored:
         raise ValueError(f"{step_dir} has no readable array metadata")  # damage, not another model

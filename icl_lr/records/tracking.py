@@ -179,7 +179,9 @@ class WandbRun(Tracker):
             resume="allow",
         )
         try:
-            self.run = wandb.init(mode=mode, settings=wandb.Settings(init_timeout=settings.init_timeout), **init_args)
+            self.run = wandb.init(
+                mode=mode, settings=wandb.Settings(init_timeout=settings.init_timeout, quiet=True), **init_args
+            )
         except Exception as error:  # bad key, unreachable server: keep training, log offline
             if mode != "online":
                 raise

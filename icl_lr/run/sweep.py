@@ -36,9 +36,12 @@ from icl_lr.records.run_dir import RunDirError, RunDirLock, new_run_id
 from icl_lr.records.tracking import read_jsonl
 from icl_lr.train.preemption import Preempted, StopRequest
 
-with warnings.catch_warnings():  # the engine's pydantic-1 style config warns on import under pydantic 2
-    warnings.simplefilter("ignore")
-    import sweeps
+try:
+    with warnings.catch_warnings():  # the engine's pydantic-1 style config warns on import under pydantic 2
+        warnings.simplefilter("ignore")
+        import sweeps
+except ImportError:  # the [sweep] extra is not installed: main says so in one line
+    sweeps = None
 
 log = logging.getLogger("icl_lr.run.sweep")
 
@@ -344,6 +347,9 @@ def main(argv=None) -> int:
     overrides = argv[argv.index("--") + 1 :] if "--" in argv else []
     args = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][sweep] %(message)s")
+    if sweeps is None:
+        log.error("the local sweep runner needs the W&B sweeps engine: pip install 'icl-lr[sweep]'")
+        return 2
     StopRequest().install()  # SIGTERM: the runs are sent one and the runner stops, saying how to go on
     try:
         if args.workers < 1:
