@@ -1,6 +1,7 @@
 """icl-lr: train a transformer to do in-context regression, every run and sweep tracked in W&B.
 
 Layers, each a subpackage, imports flowing down this list only (tests/test_layers.py; docs/design.md):
+  cli/       the commands: train (icl-lr-train, python train.py), analyze (icl-lr-analyze)
   analysis/  runs' records -> tables, plots, reports
   run/       composition: the validated config of a run, what a start may do with a run dir, sweeps
   train/     the train step and loop, evaluation, optimiser, devices; RunConfig, every section in one

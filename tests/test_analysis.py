@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import analyze
 from helpers import FAST, ROOT, held_out_curves, no_key_env, run_id_of
 from icl_lr.analysis import tables
+from icl_lr.cli import analyze
 from icl_lr.records import schema
 from icl_lr.records.tracking import read_jsonl
 

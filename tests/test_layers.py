@@ -3,6 +3,7 @@ included), and every knob has one home (its YAML line and its typed field agree)
 
 import ast
 import dataclasses
+import os
 import re
 from pathlib import Path
 
@@ -18,7 +19,7 @@ pytestmark = pytest.mark.unit
 
 # Bottom to top: a module may import its own layer's modules and those of the layers below it.
 LAYERS = ["icl_lr.fields", "icl_lr.records", "icl_lr.task", "icl_lr.model", "icl_lr.train", "icl_lr.run"]
-LAYERS += ["icl_lr.analysis"]
+LAYERS += ["icl_lr.analysis", "icl_lr.cli"]
 
 
 def module_name(path: Path, root: Path) -> str:
@@ -141,7 +142,7 @@ def test_a_missing_extra_is_named_in_one_line(monkeypatch, capsys):
     one says which extra installs it."""
     import importlib.util
 
-    import analyze
+    from icl_lr.cli import analyze
     from icl_lr.run import sweep
 
     monkeypatch.setattr(sweep, "sweeps", None)
@@ -171,3 +172,17 @@ def test_every_imported_package_is_declared():
             imported |= {name.split(".")[0] for name in names}
     third_party = {n for n in imported if n not in sys.stdlib_module_names and n != "icl_lr"}
     assert {n for n in third_party if aliases.get(n, n).lower() not in declared} == set()
+
+
+def test_the_project_speaks_of_itself_only():
+    """No issue numbers, no mention of the document it was started from or of sessions, outside tests/."""
+    pattern = re.compile(r"issue [0-9]+|the seed's|original brief|this session", re.IGNORECASE)
+    skip = {".git", ".venv", "tests", "outputs", "multirun", "wandb", "analysis", "__pycache__", ".pytest_cache"}
+    found = []
+    for folder, folders, files in os.walk(ROOT):
+        folders[:] = [f for f in folders if f not in skip and not f.endswith(".egg-info")]
+        for name in files:
+            path = Path(folder) / name
+            if path.suffix in {".py", ".md", ".yaml", ".toml", ".txt", ".sh", ".sbatch"} or name == "run":
+                found += [f"{path.relative_to(ROOT)}: {m.group(0)}" for m in pattern.finditer(path.read_text())]
+    assert not found

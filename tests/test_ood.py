@@ -8,9 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import analyze
 from helpers import train_cli
 from icl_lr.analysis import tables
+from icl_lr.cli import analyze
 from icl_lr.records.schema import HELD_OUT
 from icl_lr.records.tracking import read_jsonl
 from icl_lr.task import baselines, linear, ood

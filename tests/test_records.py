@@ -13,7 +13,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-import analyze
 from helpers import (
     FAST,
     ROOT,
@@ -27,6 +26,7 @@ from helpers import (
     train_cli,
 )
 from icl_lr.analysis import tables
+from icl_lr.cli import analyze
 from icl_lr.records.run_dir import RunDirLock
 from icl_lr.records.tracking import read_jsonl
 

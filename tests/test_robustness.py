@@ -67,7 +67,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-import analyze
 from helpers import (
     FAST,
     RunFile,
@@ -80,6 +79,7 @@ from helpers import (
     start,
     train_cli,
 )
+from icl_lr.cli import analyze
 from icl_lr.fields import ConfigError
 from icl_lr.records.run_dir import RunDirLock, read_identity
 from icl_lr.records.tracking import read_jsonl

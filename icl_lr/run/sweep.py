@@ -94,11 +94,13 @@ def _record(run_dir: Path, name: str, config: dict, returncode: int):
 
 def resolve_program(sweep: dict, sweep_path: Path) -> dict:
     """The sweep with `program` made absolute: found beside the YAML or in a folder above it (the
-    YAML's repository), so the sweep runs from any working directory."""
+    YAML's repository), else among the package's commands (icl_lr/cli/: an installed package's YAMLs), so
+    the sweep runs from any working directory."""
     program = Path(sweep["program"])
     if program.is_absolute():
         return sweep
-    for folder in [Path(sweep_path).resolve().parent, *Path(sweep_path).resolve().parents]:
+    commands = Path(__file__).resolve().parents[1] / "cli"
+    for folder in [Path(sweep_path).resolve().parent, *Path(sweep_path).resolve().parents, commands]:
         if (folder / program).is_file():
             return sweep | {"program": str(folder / program)}
     raise FileNotFoundError(f"{sweep_path}: program {program} is not beside the YAML nor in a folder above it")
@@ -366,5 +368,10 @@ def main(argv=None) -> int:
     return 0 if all(r["exit_code"] == 0 for r in results) else 1
 
 
-if __name__ == "__main__":
+def run_cli() -> None:
+    """`python -m icl_lr.run.sweep` and `icl-lr-sweep`."""
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    run_cli()

@@ -1,0 +1,395 @@
+"""Runs into pandas tables: one row per run, long tables of error curves and of histories, seed aggregates.
+
+Runs come from local run dirs (what train.py writes: .hydra/config.yaml, summary.json, metrics.jsonl,
+curves.jsonl), from their offline W&B files alone, or from the W&B API (config, summary, history and
+the last `eval/curves` and `eval/<set>/curves` tables). All give the same columns: `run_id`, `run_dir`
+or `run_path`, the flattened config (`data.noise_std`, ...), `model_size` and the scalar summary
+metrics (`eval/excess/mean`, ...); curves carry the prompt set they were scored on (`set`: held_out,
+pretrain, sigma_<s>, ood/<condition>); the history holds every scalar logged, by step.
+"""
+
+import json
+import logging
+import tempfile
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import pandas as pd
+
+from icl_lr.fields import flatten
+from icl_lr.records import wandb_adapter
+from icl_lr.records.run_dir import RunDirLock, config_record, read_config_record, read_identity
+from icl_lr.records.schema import (
+    CURVES_FILE,
+    HELD_OUT,
+    HYDRA_CONFIG,
+    LEARNING_CURVES,
+    METRICS_FILE,
+    SUMMARY_FILE,
+    set_of,
+)
+from icl_lr.records.tracking import read_jsonl
+from icl_lr.train.config import RunConfig
+
+CONFIG_PREFIXES = ("data.", "model.", "training.", "eval.", "seed")  # config columns that can define a group
+CURVE_COLUMNS = ["run_id", "set", "step", "predictor", "k", "value"]  # predictor: an error curve, or metric/predictor
+HISTORY_COLUMNS = ["run_id", "step", "metric", "value"]  # every scalar logged: train/..., eval/...
+STATS = ["n", "mean", "std", "ci_low", "ci_high"]
+MODEL_SHAPE = ("model.n_layer", "model.n_embd", "model.n_head")  # summed up by the model_size column
+log = logging.getLogger("analyze")
+
+
+GROUP_CHOICES = ("data", "model", "training", "experiment")  # W&B's config also records the groups' choices
+
+
+class RunTables(NamedTuple):
+    runs: pd.DataFrame  # one row per run: config, status, summary
+    curves: pd.DataFrame  # CURVE_COLUMNS: each set's last eval
+    history: pd.DataFrame  # HISTORY_COLUMNS: every run's train and eval metrics, by step
+
+    @classmethod
+    def of(cls, rows: list, curve_rows: list, history_rows: list) -> "RunTables":
+        """The tables; of a (step, metric) logged twice, the last value (a resumed run logs again the steps
+        after its checkpoint, in a new W&B run folder or history rows of the same W&B run)."""
+        history = pd.DataFrame(history_rows, columns=HISTORY_COLUMNS)
+        history = history.drop_duplicates(["run_id", "step", "metric"], keep="last").reset_index(drop=True)
+        return cls(pd.DataFrame(rows), pd.DataFrame(curve_rows, columns=CURVE_COLUMNS), history)
+
+
+def _flatten(tree: dict) -> dict:
+    """Dotted keys; a list becomes its JSON text, so it can be a table cell and a group key."""
+    return {k: json.dumps(v) if isinstance(v, list) else v for k, v in flatten(tree).items()}
+
+
+def _config_columns(config: dict) -> dict:
+    """Flat config columns, the same from a run dir's nested config and W&B's flat one.
+
+    W&B's group choices are dropped (model_size stands for the model), a sweep parameter's text
+    ('null', '[0.1,0.5]') is read as YAML, and data.noise_std, ignored under a hierarchical noise
+    prior, is NaN there: runs group by the noise prior they really had.
+    """
+    import yaml
+
+    flat = {}
+    choices = [k for k, v in config.items() if k in GROUP_CHOICES and not isinstance(v, dict)]
+    for key, value in _flatten({k: v for k, v in config.items() if k not in choices}).items():
+        if isinstance(value, str) and key.startswith(CONFIG_PREFIXES):
+            parsed = yaml.safe_load(value)
+            value = json.dumps(parsed) if isinstance(parsed, list) else value if isinstance(parsed, str) else parsed
+        flat[key] = value
+    if flat.get("data.noise_std_choices") is not None:
+        flat["data.noise_std"] = float("nan")
+    return flat
+
+
+def summary_scalars(summary: dict) -> dict:
+    """A summary's numbers: W&B's own keys (_runtime, ...) and media (tables, charts) left out."""
+    kept = {k: v for k, v in summary.items() if not k.startswith("_") and not (isinstance(v, dict) and "_type" in v)}
+    return {k: v for k, v in _flatten(kept).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def _run_row(run_id: str, config: dict, summary: dict, **source) -> dict:
+    """A run's row. A config key its record lacks (added to the code after the run started) gets its
+    default, as a resumed run dir reads it (run_dir.differing_keys): runs group by what really varied."""
+    columns = _config_columns(config)
+    for key, value in config_record(RunConfig()).items():
+        columns.setdefault(key, json.dumps(value) if isinstance(value, list) else value)
+    size = f"{columns['model.n_layer']}L/{columns['model.n_embd']}d/{columns['model.n_head']}H"
+    return {"run_id": run_id, **source, **columns, "model_size": size, **summary_scalars(summary)}
+
+
+def history_scalars(item: dict) -> dict:
+    """A logged history row's metrics: the numbers, without `step`, W&B's own keys and media. W&B's reader
+    flattens a table into `<key>._type`, `<key>.nrows`, ...: those go with it."""
+    media = tuple(k.removesuffix("._type") + "." for k in item if k.endswith("._type"))
+    return summary_scalars({k: v for k, v in item.items() if k != "step" and not k.startswith(media)})
+
+
+def _history_rows(run_id: str, records) -> list:
+    return [
+        (run_id, record["step"], metric, float(value))
+        for record in records
+        if "step" in record
+        for metric, value in history_scalars(record).items()
+    ]
+
+
+def _curve_rows(run_id: str, step: int, curves: dict, eval_set: str = HELD_OUT) -> list:
+    return [
+        (run_id, eval_set, step, name, k, float(e)) for name, errors in curves.items() for k, e in enumerate(errors)
+    ]
+
+
+def _last_curves(run_id: str, records: list) -> list:
+    """Curve rows of each set's last eval, from curves.jsonl records."""
+    last = {set_of(record): record for record in records}
+    return [
+        row
+        for eval_set, record in last.items()
+        for row in _curve_rows(
+            run_id, record["step"], {k: v for k, v in record.items() if k not in ("step", "set")}, eval_set
+        )
+    ]
+
+
+def _curve_tables(summary: dict) -> dict:
+    """{set: table file reference} of a W&B summary's last curve tables: eval/curves, eval/<set>/curves."""
+    tables = {}
+    for key, value in summary.items():
+        if key.startswith("eval/") and key.endswith("curves") and isinstance(value, dict) and value.get("path"):
+            eval_set = key.removeprefix("eval/").removesuffix("curves").rstrip("/")
+            tables[eval_set or HELD_OUT] = value["path"]  # eval/curves: the held-out set's (schema.curves_key)
+    return tables
+
+
+def _read_json(path: Path):
+    return json.loads(path.read_text())
+
+
+def _local_run(run_dir: Path) -> tuple[dict, list, list] | None:
+    """(row, curve rows, history rows) of one run dir; None (and a warning) when one of its files is damaged.
+
+    The config is the one its latest start ran (run_config.json; older dirs: .hydra/config.yaml). Only a
+    finished run's summary and curves count: a run without summary.json, or whose summary.json is older
+    than its metrics (a resumed run that has not finished again), is listed with status `running` or
+    `crashed` and no metrics.
+    """
+    from omegaconf import OmegaConf
+
+    try:
+        config = read_config_record(run_dir)
+        if config is None:
+            config = OmegaConf.to_container(OmegaConf.load(run_dir / HYDRA_CONFIG), resolve=True)
+        summary = _read_json(run_dir / SUMMARY_FILE) if (run_dir / SUMMARY_FILE).exists() else None
+        evals = read_jsonl(run_dir / CURVES_FILE)
+        metrics = read_jsonl(run_dir / METRICS_FILE)
+        last_step = max((r["step"] for r in metrics), default=None)
+    except (OSError, ValueError, KeyError) as error:
+        log.warning("skipping %s: a damaged file (%s: %s)", run_dir, type(error).__name__, error)
+        return None
+    run_id = read_identity(run_dir)["wandb_run_id"] or run_dir.name
+    history_rows = _history_rows(run_id, metrics)
+    if summary is not None and summary.get("step") == last_step:
+        curve_rows = _last_curves(run_id, evals)
+        return _run_row(run_id, config, summary, run_dir=str(run_dir), status="finished"), curve_rows, history_rows
+    status = "running" if RunDirLock(run_dir).is_held() else "crashed"
+    log.info("%s: %s at step %s, not in the aggregates", run_dir, status, last_step or 0)
+    return _run_row(run_id, config, {}, run_dir=str(run_dir), status=status), [], history_rows
+
+
+def _once_per_run(readable: list) -> list:
+    """The loaded runs of `readable` [(run dir, loaded run)], one per run id: a run dir copied whole (same
+    id, never restarted) counts once, from the dir the id was given in (its identity's path), else from a
+    finished copy; a warning names the others."""
+    by_id = {}
+    for run_dir, run in readable:
+        by_id.setdefault(run[0]["run_id"], []).append((run_dir, run))
+    kept = []
+    for run_id, places in by_id.items():
+        home = read_identity(places[0][0]).get("path")
+        places.sort(key=lambda place: (str(place[0].resolve()) != home, place[1][0]["status"] != "finished"))
+        kept.append(places[0][1])
+        if len(places) > 1:
+            copies = ", ".join(str(run_dir) for run_dir, _ in places[1:])
+            log.warning("run %s is in %d run dirs: counted once, from %s (copies: %s)", run_id, len(places),
+                        places[0][0], copies)  # fmt: skip
+    return kept
+
+
+def load_local(paths) -> RunTables:
+    """Every run dir (one holding .hydra/config.yaml) at or below `paths`, each run once.
+
+    `runs` has a `status` column: finished, running or crashed; only finished runs have a summary and
+    curves; every run has its history so far.
+    """
+    run_dirs = sorted({p.parents[1] for path in map(Path, paths) for p in path.rglob(HYDRA_CONFIG)})
+    if not run_dirs:
+        raise FileNotFoundError(f"no run dirs (with .hydra/config.yaml) under {', '.join(map(str, paths))}")
+    loaded = _once_per_run([(run_dir, run) for run_dir in run_dirs if (run := _local_run(run_dir)) is not None])
+    if not any(row["status"] == "finished" for row, _, _ in loaded):
+        raise FileNotFoundError(
+            f"no finished runs among the {len(run_dirs)} run dirs under {', '.join(map(str, paths))}"
+        )
+    rows, curve_rows, history_rows = zip(*loaded, strict=True)
+    return RunTables.of(list(rows), [r for rs in curve_rows for r in rs], [r for rs in history_rows for r in rs])
+
+
+def _table_curves(table: dict) -> dict:
+    """{predictor: errors by k} from a W&B `eval/curves` table file."""
+    return {name: [row[i] for row in table["data"]] for i, name in enumerate(table["columns"]) if name != "k"}
+
+
+def load_wandb(project_path: str, sweep: str | None = None, state: str | None = "finished") -> RunTables:
+    """Runs of `entity/project` from the W&B API (needs a key and the network)."""
+    import wandb
+
+    filters = {k: v for k, v in (("sweep", sweep), ("state", state)) if v}
+    rows, curve_rows, history_rows = [], [], []
+    try:
+        api = wandb.Api()
+    except wandb.errors.UsageError:  # no key: W&B's own message is a traceback's last line
+        raise LookupError("--wandb needs a W&B API key: run `wandb login` or set WANDB_API_KEY") from None
+    with tempfile.TemporaryDirectory() as downloads:
+        for run in api.runs(project_path, filters=filters):
+            config = {k: v for k, v in run.config.items() if not k.startswith("_")}
+            summary = wandb_adapter.summary_dict(run)
+            rows.append(_run_row(run.id, config, summary, run_path="/".join(run.path), status=run.state))
+            history_rows += _history_rows(run.id, run.scan_history())
+            for eval_set, path in _curve_tables(summary).items():
+                with run.file(path).download(root=downloads, replace=True) as f:
+                    curve_rows += _curve_rows(run.id, summary.get("step"), _table_curves(json.load(f)), eval_set)
+    if not rows:
+        raise LookupError(f"no runs in {project_path} matching {filters}")
+    return RunTables.of(rows, curve_rows, history_rows)
+
+
+def read_wandb_file(run_folder: Path) -> dict:
+    """State, config and summary of a local W&B run folder (offline-run-*)."""
+    return wandb_adapter.read_run_folder(run_folder, summary=True)
+
+
+def read_wandb_records(run_folder: Path) -> list[dict]:
+    """Every record of a local W&B run folder, in the order written: {"type": "history", "history": {...}}, ..."""
+    return wandb_adapter.read_run_folder(run_folder)
+
+
+def load_wandb_files(paths) -> RunTables:
+    """Runs that exist only as local W&B files (offline, not synced), at or below `paths`.
+
+    A run resumed several times has several folders with one id: the last one holds its final state,
+    and their history rows, in order, its history.
+    """
+    folders = sorted({p for path in map(Path, paths) for p in path.rglob("offline-run-*") if p.is_dir()})
+    if not folders:
+        raise FileNotFoundError(f"no W&B run folders (offline-run-*) under {', '.join(map(str, paths))}")
+    by_name = {}  # a run dir copied whole carries its W&B folders along: one start, counted once
+    for folder in folders:
+        by_name.setdefault(folder.name, []).append(folder)
+    for name, copies in by_name.items():
+        if len(copies) > 1:
+            log.warning("W&B folder %s is in %d places: read once, from %s", name, len(copies), copies[0].parent)
+    starts = {}  # names start with the start time: in order, each id's folders from first to last start
+    for name in sorted(by_name):
+        starts.setdefault(name.rsplit("-", 1)[-1], []).append(by_name[name][0])
+    rows, curve_rows, history_rows = [], [], []
+    for run_id, run_folders in starts.items():
+        record = read_wandb_file(run_folders[-1])
+        config = {k: v for k, v in record["config"].items() if not k.startswith("_")}
+        summary = record["summary"]
+        status = {"finished": "finished"}.get(record.get("state"), "crashed")
+        rows.append(_run_row(run_id, config, summary, run_dir=str(run_folders[-1]), status=status))
+        for folder in run_folders:
+            items = [r["history"]["item"] for r in read_wandb_records(folder) if r["type"] == "history"]
+            history_rows += _history_rows(run_id, items)
+        for eval_set, path in _curve_tables(summary).items() if status == "finished" else ():
+            curves = _table_curves(json.loads((run_folders[-1] / "files" / path).read_text()))
+            curve_rows += _curve_rows(run_id, summary.get("step"), curves, eval_set)
+    return RunTables.of(rows, curve_rows, history_rows)
+
+
+def apply_filters(tables: RunTables, where: list[str]) -> RunTables:
+    """Keeps runs where every KEY=VALUE holds, VALUE written as in the YAML (0.5, 16, null)."""
+    runs = tables.runs
+    keep = pd.Series(True, index=runs.index)
+    for condition in where:
+        key, sep, value = condition.partition("=")
+        if not sep or key not in runs:
+            raise KeyError(
+                f"--where {condition!r}: expected KEY=VALUE with KEY one of the run columns, e.g. data.noise_std"
+            )
+        keep &= runs[key].map(config_text) == value
+    kept = runs[keep]
+    return RunTables(kept, *(t[t["run_id"].isin(kept["run_id"])] for t in (tables.curves, tables.history)))
+
+
+def group_keys(runs: pd.DataFrame) -> list[str]:
+    """What a sweep varied: config columns (seed aside) whose values differ between runs, with the
+    model's shape as one `model_size` column; just `model_size` when nothing varies."""
+    columns = [c for c in runs if c.startswith(CONFIG_PREFIXES) and c != "seed"]
+    varied = [c for c in columns if runs[c].nunique(dropna=False) > 1]
+    shape = [c for c in varied if c in MODEL_SHAPE]
+    return ["model_size"] * bool(shape or not varied) + [c for c in varied if c not in MODEL_SHAPE]
+
+
+def bootstrap_interval(values: np.ndarray, n_resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap 95% interval of the mean; NaN below two values (no spread to resample)."""
+    values = np.asarray(values, dtype=float)
+    if len(values) < 2:
+        return float("nan"), float("nan")
+    resamples = np.random.default_rng(seed).choice(values, size=(n_resamples, len(values)))
+    low, high = np.percentile(resamples.mean(axis=1), [2.5, 97.5])
+    return float(low), float(high)
+
+
+def _stats(values: pd.Series, n_resamples: int) -> pd.Series:
+    low, high = bootstrap_interval(values.to_numpy(), n_resamples)
+    return pd.Series(
+        {"n": len(values), "mean": values.mean(), "std": values.std(ddof=1), "ci_low": low, "ci_high": high}
+    )
+
+
+def _group_stats(long: pd.DataFrame, by: list[str], n_resamples: int) -> pd.DataFrame:
+    """The statistics of a long table's `value` over the rows of each `by` group (runs, seeds)."""
+    table = long.dropna(subset=["value"]).groupby(by, dropna=False).value.apply(_stats, n_resamples=n_resamples)
+    return table.unstack()[STATS].reset_index()
+
+
+def aggregate_runs(runs: pd.DataFrame, keys: list[str], metrics: list[str], n_resamples: int = 2000) -> pd.DataFrame:
+    """Long table: one row per (group, metric) with n, mean, std (ddof 1) and the bootstrap interval."""
+    long = runs.melt(id_vars=keys, value_vars=metrics, var_name="metric", value_name="value")
+    return _group_stats(long, [*keys, "metric"], n_resamples)
+
+
+def aggregate_curves(
+    runs: pd.DataFrame, curves: pd.DataFrame, keys: list[str], n_resamples: int = 2000
+) -> pd.DataFrame:
+    """Per group, prompt set, predictor and context length k: the curve's statistics over the group's runs
+    (NaN, a k an OOD condition does not score, left out)."""
+    labelled = curves.merge(runs[["run_id", *keys]], on="run_id")
+    return _group_stats(labelled, [*keys, "set", "predictor", "k"], n_resamples)
+
+
+def aggregate_history(
+    runs: pd.DataFrame, history: pd.DataFrame, keys: list[str], metrics=LEARNING_CURVES, n_resamples: int = 2000
+) -> pd.DataFrame:
+    """Learning curves with seed bands: per group, metric and step, the statistics over the group's runs."""
+    labelled = history[history.metric.isin(list(metrics))].merge(runs[["run_id", *keys]], on="run_id")
+    return _group_stats(labelled, [*keys, "metric", "step"], n_resamples)
+
+
+def config_text(value) -> str:
+    """A config value as the YAML shows it: null, 16 (not 16.0 from a column with nulls)."""
+    if pd.isna(value):
+        return "null"
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+
+
+def summary_table(aggregate: pd.DataFrame, keys: list[str], metrics: list[str]) -> pd.DataFrame:
+    """One row per group; each metric as `mean ± std [95% interval] (n)`, just `mean (n=1)` for one run."""
+    chosen = aggregate[aggregate.metric.isin(metrics)].copy()
+    chosen["cell"] = [
+        f"{r.mean:.4f} ± {r.std:.4f} [{r.ci_low:.4f}, {r.ci_high:.4f}] (n={r.n:.0f})"
+        if r.n > 1
+        else f"{r.mean:.4f} (n=1)"
+        for r in chosen.itertuples()
+    ]
+    wide = chosen.set_index([*keys, "metric"])["cell"].unstack("metric").reset_index()
+    wide[keys] = wide[keys].map(config_text)
+    wide.columns.name = None  # not a "metric" header over the group keys
+    return wide[[*keys, *(m for m in metrics if m in wide)]]
+
+
+TASK_POOL = "data.task_pool_size"
+POOL_PREDICTORS = ("model", "dmmse", "bayes")  # Raventos et al.'s figure: the model between dMMSE and ridge
+POOL_SETS = {"pretrain": "tasks from the pretraining pool", HELD_OUT: "fresh tasks"}
+
+
+def task_pool_stats(runs: pd.DataFrame, curves: pd.DataFrame, keys: list[str], n_resamples: int = 2000) -> pd.DataFrame:
+    """Per pool size (and other group), set (pretrain, held_out) and predictor (model, dMMSE, Bayes): each
+    run's error averaged over k, aggregated over seeds."""
+    others = [k for k in keys if k != TASK_POOL]
+    chosen = curves[curves.set.isin(list(POOL_SETS)) & curves.predictor.isin(POOL_PREDICTORS)].dropna(subset=["value"])
+    per_run = chosen.groupby(["run_id", "set", "predictor"]).value.mean().reset_index()
+    labelled = per_run.merge(runs[["run_id", TASK_POOL, *others]], on="run_id").dropna(subset=[TASK_POOL])
+    return _group_stats(labelled, [*others, TASK_POOL, "set", "predictor"], n_resamples)

@@ -1,0 +1,155 @@
+"""A W&B report of a sweep, built from code with wandb-workspaces (reports v2): `analyze.py --report`.
+
+The panels read what train.py logs: scalars against the `step` metric, the summary, and each eval's
+`eval/<set>/curves_chart` line series (a table `..._chart_table` of step = k, lineKey = predictor,
+lineVal = error), drawn by W&B's own `wandb/lineseries/v0` chart as on a run's page. Runs are picked
+by sweep (or by id), a group's runs by their ids; which groups and sets exist is read from analyze.py's
+runs table.
+
+Config keys are flat (`training.learning_rate`, one key), which W&B stores as
+{"training.learning_rate": {"value": ...}}: the path `training.learning_rate.value`. wandb-workspaces
+assumes nested keys (`config.training.value.learning_rate`, its `groupby_str_to_key` and `Config`), so
+every config path here is written out in the flat form (icl_lr/records/wandb_adapter.py). `report_spec`
+serialises the report as `save` sends it, without a server.
+"""
+
+import pandas as pd
+import wandb_workspaces.reports.v2 as wr
+from wandb_workspaces import expr
+
+from icl_lr.analysis.plots import group_label
+from icl_lr.analysis.tables import MODEL_SHAPE, TASK_POOL
+from icl_lr.records import wandb_adapter
+from icl_lr.records.schema import EXCESS, HELD_OUT, LEARNING_CURVES, curves_key
+
+HEADLINE = EXCESS  # the report's one headline, as analyze's summary's first column
+
+
+def _config_keys(keys: list[str]) -> list[str]:
+    """The W&B config keys behind analyze's group keys (model_size is the model's shape)."""
+    return [k for key in keys for k in (MODEL_SHAPE if key == "model_size" else (key,))]
+
+
+def _runset(entity: str, project: str, sweep: str | None, name: str, run_ids=None, **kwargs) -> wr.Runset:
+    """The sweep's finished runs; a group's, by their ids (exact, whatever the types of its config values)."""
+    filters = [expr.Metric("State") == "finished"]
+    if sweep:
+        filters.append(expr.Metric("Sweep") == sweep)
+    if run_ids is not None:
+        filters.append(expr.Metric("ID").isin(list(run_ids)))
+    return wr.Runset(entity=entity, project=project, name=name, filters=expr.And(*filters), **kwargs)
+
+
+def _curve_chart(eval_set: str, title: str) -> wr.CustomChart:
+    """Error vs k of every predictor, from the last eval's line-series table of `eval_set`."""
+    chart_table = curves_key(eval_set) + "_chart_table"
+    return wr.CustomChart(
+        query={"summaryTable": {"tableKey": chart_table}},
+        chart_name="wandb/lineseries/v0",
+        chart_fields={"step": "step", "lineKey": "lineKey", "lineVal": "lineVal"},
+        chart_strings={"title": title, "xname": "in-context examples k"},
+    )
+
+
+def build_report(entity: str, project: str, sweep: str | None, runs: pd.DataFrame, keys: list[str], summary_md: str):
+    """The report of `runs` (analyze's table of finished runs), grouped by `keys`.
+
+    Sections: the aggregate table (`summary_md`); learning curves, a parallel-coordinates panel and the
+    run table over all runs, grouped by the swept config keys; final excess vs model size and vs noise std
+    when they vary; error vs k with the baselines for each group; the OOD conditions and the task-pool
+    panels when the runs logged them.
+    """
+    config_keys = _config_keys(keys)
+    grouped = dict(groupby=[f"config.{wandb_adapter.config_path(k)}" for k in config_keys])
+    columns = [f"config:{wandb_adapter.config_path(k)}" for k in config_keys]
+    columns += [f"summary:{m}" for m in (HEADLINE, *LEARNING_CURVES)]
+    picked = None if sweep else runs.run_id  # without a sweep, the runs analyze read, by id
+    everything = _runset(
+        entity, project, sweep, "sweep", picked, **grouped, pinned_columns=list(dict.fromkeys(columns))
+    )
+    overview = [
+        wr.LinePlot(
+            title=f"{metric} during training (mean, min-max over seeds)",
+            x="step",
+            y=[metric],
+            log_y=True,
+            groupby_aggfunc="mean",
+            groupby_rangefunc="minmax",
+        )
+        for metric in LEARNING_CURVES
+    ]
+    overview.append(
+        wr.ParallelCoordinatesPlot(
+            columns=[wandb_adapter.flat_config_axis(k) for k in config_keys]
+            + [wr.ParallelCoordinatesPlotColumn(metric=wr.SummaryMetric(HEADLINE))]
+        )
+    )
+    if "model_size" in keys and runs.model_size.nunique() > 1:
+        overview.append(wr.ScatterPlot(title="final excess vs model size", x="n_params", y=HEADLINE, log_x=True))
+    if "data.noise_std" in keys and runs["data.noise_std"].nunique() > 1:
+        noise = wandb_adapter.flat_config_scatter("data.noise_std", title="final excess vs noise std", y=HEADLINE)
+        overview.append(noise)
+    blocks = [
+        wr.H1("Aggregates over seeds"),
+        wr.MarkdownBlock(summary_md),
+        wr.H1("All runs"),
+        wr.P("Grouped by what the sweep varied; the run table lists every run."),
+        wr.PanelGrid(runsets=[everything], panels=overview),
+        wr.H1("Error vs in-context examples, per group"),
+    ]
+    for values, group in runs.groupby(keys, dropna=False, sort=True):
+        name = group_label(keys, values)
+        blocks += [
+            wr.H2(name),
+            wr.PanelGrid(
+                runsets=[_runset(entity, project, sweep, name, group.run_id)],
+                panels=[_curve_chart(HELD_OUT, f"{name}: squared error / d vs k")],
+            ),
+        ]
+    ood = sorted(c.removeprefix("eval/").removesuffix("/model/error_mean") for c in runs if _is_ood_mean(c))
+    if ood:
+        bars = wr.BarPlot(
+            title="model error, mean over k, per OOD condition", metrics=[f"eval/{s}/model/error_mean" for s in ood]
+        )
+        charts = [_curve_chart(s, f"{s}: squared error / d vs k") for s in ood]
+        blocks += [
+            wr.H1("Out-of-distribution prompts (Garg et al.)"),
+            wr.PanelGrid(runsets=[_runset(entity, project, sweep, "sweep", picked, **grouped)], panels=[bars, *charts]),
+        ]
+    if TASK_POOL in keys and "eval/pretrain/model/error_mean" in runs:
+        pool = [
+            wandb_adapter.flat_config_scatter(
+                TASK_POOL, title=f"{title}: model error vs task pool size", y=metric, log_x=True
+            )
+            for title, metric in (
+                ("fresh tasks", "eval/model/error_mean"),
+                ("pool tasks", "eval/pretrain/model/error_mean"),
+            )
+        ]
+        blocks += [
+            wr.H1("Task diversity (Raventos et al.)"),
+            wr.PanelGrid(runsets=[_runset(entity, project, sweep, "sweep", picked)], panels=pool),
+        ]
+    title = f"icl-lr sweep {sweep}" if sweep else f"icl-lr {project}"
+    return wr.Report(
+        entity=entity, project=project, title=title, description=f"grouped by {', '.join(keys)}", blocks=blocks
+    )
+
+
+def _is_ood_mean(column: str) -> bool:
+    return column.startswith("eval/ood/") and column.endswith("/model/error_mean")
+
+
+def report_spec(report: wr.Report) -> dict:
+    """The report as `Report.save` sends it to W&B (its upsertView variables, the spec as JSON text),
+    built without a server: to review before `--report` publishes it."""
+    with wandb_adapter.report_without_server():
+        model = wandb_adapter.report_model(report)
+    return {
+        "entityName": model.project.entity_name,
+        "projectName": model.project.name,
+        "displayName": model.display_name,
+        "description": model.description,
+        "type": "runs",
+        "spec": model.spec.model_dump_json(by_alias=True, exclude_none=True),
+    }

@@ -1,0 +1,156 @@
+"""Train one model: `python train.py [hydra overrides]`. One Hydra run = one W&B run.
+
+Examples:
+  python train.py                                   # default: d=5, tiny GPT-2, ~minutes on a CPU
+  python train.py model=gpt2_small data.noise_std=0.5 training.learning_rate=3e-4
+  python train.py -m data.noise_std=0,0.25,0.5      # Hydra multirun
+  python train.py hydra.run.dir=outputs/<dir>       # resume a stopped run from its last checkpoint
+"""
+
+import errno
+import logging
+import os
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from icl_lr.fields import ConfigError
+from icl_lr.records.run_dir import RunDirError, RunDirLock, config_record, read_config_record
+from icl_lr.run.config import from_dictconfig
+from icl_lr.run.start import plan_start, with_horizon
+from icl_lr.train.preemption import Preempted, StopRequest
+
+log = logging.getLogger("icl_lr")
+GROUPS = ("data", "model", "training", "experiment")  # config groups whose choice W&B records
+
+
+class JobFailed(RuntimeError):
+    """A multirun job that failed; Hydra records it and goes on with the next job."""
+
+
+def run(cfg: DictConfig, run_dir: Path, attempt_dir: Path, choices: dict, stop: StopRequest) -> None:
+    """One run on run_dir: checks, W&B, training. Raises on failure (W&B's run is then marked failed).
+
+    Multi-host (training.distributed): process 0 runs this; the others train beside it once it says so.
+    """
+    run_cfg = from_dictconfig(cfg)
+    # Imported once Hydra has set up logging: orbax's first (absl) log line otherwise installs a second
+    # root handler, which doubles every line of `--info`; `--help`, `--cfg` and `--info` skip JAX too.
+    from icl_lr.records.tracking import resolve_mode
+    from icl_lr.train import parallel
+
+    mode = resolve_mode(run_cfg.wandb.mode)  # a bad WANDB_MODE is a config error, before anything starts
+    parallel.use_cpu_devices(run_cfg)
+    if run_cfg.training.distributed:
+        parallel.initialize_distributed()
+        if not parallel.same_on_every_process(str(run_dir.absolute())):
+            raise ConfigError(
+                "training.distributed: the processes have different run dirs; give them one, "
+                "e.g. hydra.run.dir=outputs/slurm-$SLURM_JOB_ID"
+            )
+        if not parallel.is_primary():
+            logging.getLogger("icl_lr").setLevel(logging.WARNING)  # process 0 tells the progress
+            if parallel.agree(0):  # process 0 has committed the start: its record holds the resolved config
+                from icl_lr.train.loop import train
+
+                train(with_horizon(run_cfg, read_config_record(run_dir)), run_dir, stop=stop)
+            return
+    with RunDirLock(run_dir):
+        try:
+            start = plan_start(run_dir, run_cfg)
+            if not start.finished:
+                parallel.check_split(start.cfg)  # before W&B starts a run for it
+                run_id = start.commit(attempt_dir)
+        except Exception:
+            parallel.agree(0)  # the other processes stop too
+            raise
+        parallel.agree(not start.finished)
+        if start.finished:
+            excess = start.finished.get("eval/excess/mean", float("nan"))
+            done = f"{run_dir} already finished at step {start.finished['step']} (excess over Bayes {excess:.4f})"
+            log.info("%s; nothing to do. Raise training.steps to extend it.", done)
+            return
+        from icl_lr.records.tracking import WandbRun, flat_config
+        from icl_lr.train.loop import train
+
+        if mode == "disabled":  # no W&B at all: it need not even be installed
+            train(start.cfg, run_dir, stop=stop)
+            return
+        config = flat_config(config_record(start.cfg), choices)
+        with WandbRun(run_cfg.wandb, mode, config, run_dir, run_id) as wandb_run:
+            train(start.cfg, run_dir, trackers=[wandb_run], stop=stop)
+
+
+def no_space_left(error: BaseException) -> bool:
+    """Whether a full disk is behind `error`: an OSError ENOSPC anywhere in its chain (orbax wraps its own)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC or "No space left on device" in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+@hydra.main(config_path="../configs", config_name="config", version_base="1.3")  # icl_lr/configs: the repo's configs/
+def main(cfg: DictConfig) -> None:
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    choices = {group: hydra_cfg.runtime.choices.get(group) for group in GROUPS}
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    stop = StopRequest().install()
+    logging.raiseExceptions = False  # a full disk fails train.log's handler too: no traceback per log line
+    try:
+        run(cfg, run_dir, run_dir / hydra_cfg.output_subdir, choices, stop)
+    except KeyboardInterrupt as error:
+        where = f" {error}" if str(error) else ""
+        log.error("interrupted%s; start the same command again to resume from the last checkpoint", where)
+        raise SystemExit(130) from None
+    except Preempted as error:  # the whole multirun stops: its job is being taken away
+        log.error("preempted: %s", error)
+        raise SystemExit(Preempted.exit_code) from None
+    except Exception as error:
+        from icl_lr.train.loop import NonFiniteLoss
+
+        if no_space_left(error):
+            kind = "disk full"
+            reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+            error = f"{reason}; free some and start the same command again to resume from the last checkpoint"
+        elif isinstance(error, ConfigError):
+            kind = "config error"
+        elif isinstance(error, RunDirError):
+            kind = "run dir error"
+        elif isinstance(error, NonFiniteLoss):
+            kind = "training stopped"
+        else:
+            raise  # a bug: Hydra shows where
+        log.error("%s: %s", kind, error)
+        if multirun:  # the next jobs still run; Hydra reports the failure at the end
+            raise JobFailed(f"{run_dir}: {kind}: {error}") from None
+        sys.exit(2 if kind in ("config error", "run dir error") else 1)
+
+
+HYDRA_FLAGS = ("--cfg", "--info", "--config", "--multirun", "--hydra-help", "--help", "--run", "--shell", "--package")
+HYDRA_FLAGS += ("--resolve", "--experimental")
+
+
+def overrides_from_agent(argv: list) -> list:
+    """`wandb agent` resuming a preempted sweep run passes `--key=value` even where the sweep's command
+    says ${args_no_hyphens} (wandb issue #9143); Hydra takes `key=value`. Hydra's own flags stay."""
+    strip = lambda arg: arg[2:] if arg.startswith("--") and "=" in arg and not arg.startswith(HYDRA_FLAGS) else arg
+    return [argv[0], *map(strip, argv[1:])]
+
+
+def run_cli() -> None:
+    """`python train.py` and `icl-lr-train`: the command line, as Hydra (and a sweep agent) give it."""
+    if os.environ.get("WANDB_SWEEP_ID"):
+        sys.argv = overrides_from_agent(sys.argv)
+    main()
+
+
+if __name__ == "__main__":
+    run_cli()

@@ -1,0 +1,26 @@
+"""The model's config section (`model:` in configs/model/*.yaml, where each key is documented)."""
+
+from dataclasses import dataclass, field
+
+from icl_lr.fields import FREE, check
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    family: str = "gpt2"
+    n_layer: int = 6
+    n_embd: int = 64
+    n_head: int = 2
+    n_positions: int = 256
+    dropout: float = 0.0
+    embedding_std: float = field(default=0.2, metadata=FREE)  # acts at init only, which a resume replaces
+
+    def check(self) -> None:
+        for key in ("n_layer", "n_embd", "n_head", "n_positions"):
+            check(getattr(self, key) >= 1, f"model.{key} must be >= 1, got {getattr(self, key)}")
+        check(
+            self.n_embd % self.n_head == 0,
+            f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head})",
+        )
+        check(0 <= self.dropout < 1, f"model.dropout must be in [0, 1), got {self.dropout}")
+        check(self.embedding_std > 0, f"model.embedding_std must be > 0, got {self.embedding_std}")

@@ -1,0 +1,104 @@
+"""GPT-2 in Flax Linen: the trunk of the gpt2 family, between the read-in and read-out of in-context
+regression (icl_lr/model/icl_model.py).
+
+Parameter names and layouts follow Hugging Face's GPT2Model (wpe, h_i.ln_1, attn.c_attn, ...), so
+its weights load one to one; tests/test_model.py checks the hidden states against it.
+Shape suffixes as declared in icl_lr/__init__.py.
+
+Initialisation, and which reference each follows:
+- the blocks' weight matrices N(0, 0.02), their projections into the residual stream
+  N(0, 0.02 / sqrt(2 n_layer)), zero biases, unit LayerNorms: GPT-2 (OpenAI's gpt-2 model.py, Hugging
+  Face's GPT2PreTrainedModel._init_weights), as in Garg et al.'s GPT2Model backbone;
+- the read-out: N(0, 0.02), GPT-2's (its output layer is the tied 0.02 token table);
+- what enters the residual stream, the read-in's embedding (continuous), the token table and the
+  tokens encoding's slot, point and value embeddings, and the learned positions: std
+  `model.embedding_std` (0.2) per coordinate, content and position at one scale; the read-in's kernel
+  is N(0, embedding_std^2 / fan_in), so unit-variance inputs give that std. This follows no
+  reference: a small embedding is drowned by the blocks' outputs, which Adam grows by about lr per
+  weight from the first step (the model then stays on the predict-zero plateau), and one much larger
+  than the positions hides them. The measurements behind it: README, "Initialisation".
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from icl_lr.model.config import ModelConfig
+
+GPT2_INIT = nn.initializers.normal(0.02)  # GPT-2's init of every weight matrix
+
+
+def residual_init(n_layer: int) -> nn.initializers.Initializer:
+    """GPT-2's init of the projections into the residual stream: N(0, 0.02 / sqrt(2 n_layer)),
+    so the stream's variance does not grow with depth (two such projections per block)."""
+    return nn.initializers.normal(0.02 / (2 * n_layer) ** 0.5)
+
+
+class Attention(nn.Module):
+    config: ModelConfig
+    dtype: Any
+
+    @nn.compact
+    def __call__(self, h_BxTxE, train: bool):
+        cfg = self.config
+        batch, length, width = h_BxTxE.shape
+        qkv = nn.Dense(3 * width, kernel_init=GPT2_INIT, dtype=self.dtype, name="c_attn")(h_BxTxE)
+        qkv_BxTx3xHxA = qkv.reshape(batch, length, 3, cfg.n_head, width // cfg.n_head)
+        q_BxTxHxA, k_BxTxHxA, v_BxTxHxA = (qkv_BxTx3xHxA[:, :, i] for i in range(3))
+        if train and cfg.dropout > 0:  # dropout on the attention weights: spelled out
+            scores_BxHxTxT = jnp.einsum("bqhk,bshk->bhqs", q_BxTxHxA, k_BxTxHxA, preferred_element_type=jnp.float32)
+            causal_TxT = jnp.tril(jnp.ones((length, length), bool))
+            masked = jnp.where(causal_TxT, scores_BxHxTxT / jnp.sqrt(q_BxTxHxA.shape[-1]), jnp.finfo(jnp.float32).min)
+            probs_BxHxTxT = nn.Dropout(cfg.dropout)(jax.nn.softmax(masked, axis=-1), deterministic=False)
+            out_BxTxHxA = jnp.einsum("bhqs,bshk->bqhk", probs_BxHxTxT.astype(self.dtype), v_BxTxHxA)
+        else:  # JAX's fused attention: cuDNN's flash attention on a GPU where it applies, XLA's elsewhere
+            out_BxTxHxA = jax.nn.dot_product_attention(q_BxTxHxA, k_BxTxHxA, v_BxTxHxA, is_causal=True)
+        out_BxTxE = out_BxTxHxA.reshape(batch, length, width)
+        return nn.Dense(width, kernel_init=residual_init(cfg.n_layer), dtype=self.dtype, name="c_proj")(out_BxTxE)
+
+
+class MLP(nn.Module):
+    config: ModelConfig
+    dtype: Any
+
+    @nn.compact
+    def __call__(self, h_BxTxE):
+        cfg = self.config
+        h_BxTx4E = nn.gelu(
+            nn.Dense(4 * cfg.n_embd, kernel_init=GPT2_INIT, dtype=self.dtype, name="c_fc")(h_BxTxE), approximate=True
+        )  # gelu_new
+        return nn.Dense(cfg.n_embd, kernel_init=residual_init(cfg.n_layer), dtype=self.dtype, name="c_proj")(h_BxTx4E)
+
+
+class Block(nn.Module):
+    config: ModelConfig
+    dtype: Any
+
+    @nn.compact
+    def __call__(self, h_BxTxE, train: bool):
+        drop = nn.Dropout(self.config.dropout, deterministic=not train)
+        norm = lambda name: nn.LayerNorm(1e-5, dtype=self.dtype, name=name)  # statistics in float32 either way
+        h_BxTxE = h_BxTxE + drop(Attention(self.config, self.dtype, name="attn")(norm("ln_1")(h_BxTxE), train))
+        return h_BxTxE + drop(MLP(self.config, self.dtype, name="mlp")(norm("ln_2")(h_BxTxE)))
+
+
+class Transformer(nn.Module):
+    """GPT2Model on input embeddings: learned positions, pre-LN blocks, final LayerNorm. `dtype` is the
+    blocks' compute type (bfloat16 under training.precision=bf16); parameters stay float32."""
+
+    config: ModelConfig
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, embeddings_BxTxE, train: bool = False):
+        cfg = self.config
+        wpe = nn.Embed(
+            cfg.n_positions, cfg.n_embd, embedding_init=nn.initializers.normal(cfg.embedding_std), name="wpe"
+        )
+        h_BxTxE = (embeddings_BxTxE + wpe(jnp.arange(embeddings_BxTxE.shape[1]))).astype(self.dtype)
+        h_BxTxE = nn.Dropout(cfg.dropout, deterministic=not train)(h_BxTxE)
+        for i in range(cfg.n_layer):
+            h_BxTxE = Block(cfg, self.dtype, name=f"h_{i}")(h_BxTxE, train)
+        return nn.LayerNorm(1e-5, name="ln_f")(h_BxTxE.astype(jnp.float32))

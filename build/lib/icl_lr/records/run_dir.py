@@ -1,0 +1,243 @@
+"""A run directory, the run's whole record: its files, its lock (one writer at a time), its identity
+(one W&B run per dir: a copy is told from a move) and the config record of its latest start.
+
+What a start may do with a dir is decided above, where the run is composed (icl_lr/run/start.py).
+"""
+
+import dataclasses
+import json
+import logging
+import os
+import re
+import secrets
+import socket
+import string
+from pathlib import Path
+
+from icl_lr.fields import flatten
+from icl_lr.records.schema import (
+    CONFIG_FILE,
+    IDENTITY_FILE,
+    LEGACY_CONFIG_FILE,
+    LEGACY_ID_FILE,
+    LOCK_FILE,
+    METRICS_FILE,
+    SUMMARY_FILE,
+)
+
+log = logging.getLogger("icl_lr")
+
+TAKE_OVER_VARIABLE = "ICL_LR_TAKE_OVER_LOCK"  # =1: take over a lock held on another host
+RUN_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+class RunDirError(RuntimeError):
+    """A start that would corrupt the run dir; the message is one line."""
+
+
+class RunDirLock:
+    """`run.lock` holds the writer's pid, host and SLURM job; a second writer is refused, a dead one's lock
+    taken over. A lock from another host is taken over when it names this SLURM job (a requeue) or when
+    ICL_LR_TAKE_OVER_LOCK=1 says its process is gone."""
+
+    def __init__(self, run_dir: Path, what: str = "run dir"):
+        self.path, self.what = Path(run_dir) / LOCK_FILE, what
+        self.owner = f"{os.getpid()} {socket.gethostname()} {os.environ.get('SLURM_JOB_ID', '-')}"
+
+    def __enter__(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                self._take_over_if_stale()
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(self.owner + "\n")
+            return self
+
+    def holder(self) -> tuple[int | None, str, str]:
+        """(pid, host, SLURM job id or '-') of the lock's writer; pid None when there is no readable lock."""
+        try:
+            pid_text, host, job, *_ = self.path.read_text().split() + ["-"]
+            return int(pid_text), host, job
+        except (OSError, ValueError):  # no lock, or one half written by a killed process
+            return None, socket.gethostname(), "-"
+
+    def is_held(self) -> bool:
+        """Whether a live process holds the lock (as far as this host can tell): the run dir is being written."""
+        pid, host, _ = self.holder()
+        return pid is not None and (host != socket.gethostname() or _is_alive(pid))
+
+    def _take_over_if_stale(self) -> None:
+        pid, host, job = self.holder()
+        here = socket.gethostname()
+        if pid is not None and host == here and _is_alive(pid):
+            raise RunDirError(
+                f"{self.what} {self.path.parent} is in use by process {pid} on {host}; "
+                f"wait for it, or delete {self.path} if that process is gone"
+            )
+        if pid is not None and host != here:
+            requeued = job != "-" and job == os.environ.get("SLURM_JOB_ID")
+            if not requeued and os.environ.get(TAKE_OVER_VARIABLE) != "1":
+                slurm = f" (SLURM job {job})" if job != "-" else ""
+                raise RunDirError(
+                    f"{self.what} {self.path.parent} is locked by process {pid} on host {host}{slurm}, which this host "
+                    f"cannot check; if that job is gone, start again with {TAKE_OVER_VARIABLE}=1"
+                )
+            why = f"SLURM job {job} requeued" if requeued else f"{TAKE_OVER_VARIABLE}=1"
+            log.warning("taking over the lock of process %s on %s (%s)", pid, host, why)
+        else:
+            log.warning("taking over the lock of process %s, which is no longer running", pid)
+        self.path.unlink(missing_ok=True)
+
+    def __exit__(self, *exc_info):
+        try:
+            if self.path.read_text().strip() == self.owner:
+                self.path.unlink()
+        except OSError:
+            pass
+
+
+def _is_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def config_record(cfg) -> dict:
+    """A resolved config (dataclasses) as run_config.json stores it: dotted keys, values as JSON reads them."""
+    return json.loads(json.dumps(flatten(dataclasses.asdict(cfg))))
+
+
+def read_config_record(run_dir: Path) -> dict | None:
+    """The config record of the run dir's latest start (older dirs: the one under checkpoints/); None
+    when it has none or it cannot be read (a warning). A record from before training.decay_steps existed
+    gets the horizon those runs had: their first start's training.steps."""
+    for name in (CONFIG_FILE, LEGACY_CONFIG_FILE):
+        path = Path(run_dir) / name
+        if not path.exists():
+            continue
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            log.warning("no readable %s: the start's config cannot be checked against the run's", path)
+            return None
+        record.setdefault("training.decay_steps", record.get("training.steps"))
+        return record
+    return None
+
+
+def has_checkpoints(run_dir: Path) -> bool:
+    latest = Path(run_dir) / "checkpoints" / "latest"
+    return latest.is_dir() and any(p.name.isdigit() for p in latest.iterdir())
+
+
+def read_summary(run_dir: Path) -> dict | None:
+    """summary.json, or None when it is missing or damaged."""
+    try:
+        return json.loads((Path(run_dir) / SUMMARY_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _location(run_dir: Path) -> dict:
+    """Where a run dir lives: its real path and its inode (a move keeps the inode, a copy gets another)."""
+    stat = run_dir.stat()
+    return {"path": str(run_dir.resolve()), "inode": stat.st_ino, "device": stat.st_dev}
+
+
+def read_identity(run_dir: Path) -> dict:
+    """{"wandb_run_id": id or None, and the location it was given at when the dir records one}: from
+    identity.json, else the older wandb_run_id file; a damaged one's id is recovered from the names of
+    W&B's run folders in the dir (a warning)."""
+    run_dir = Path(run_dir)
+    for name in (IDENTITY_FILE, LEGACY_ID_FILE):
+        path = run_dir / name
+        if not path.exists():
+            continue
+        try:
+            text = path.read_text()
+            identity = json.loads(text) if name == IDENTITY_FILE else {"wandb_run_id": text.strip()}
+            if RUN_ID.fullmatch(str(identity.get("wandb_run_id"))):
+                return identity
+        except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+            text = "<unreadable>"
+        recovered = sorted((run_dir / "wandb").glob("*run-*-*"), key=lambda p: p.stat().st_mtime)
+        run_id = recovered[-1].name.rsplit("-", 1)[-1] if recovered else None
+        found = f"recovered {run_id} from {recovered[-1].name}" if run_id else "a new id"
+        log.warning("%s held %r, not a W&B run id: %s", path, text[:40], found)
+        return {"wandb_run_id": run_id}
+    return {"wandb_run_id": None}
+
+
+def claim_identity(run_dir: Path, fresh: bool) -> str:
+    """The W&B run id this start logs to, written with the dir's location to identity.json.
+
+    The dir's own id, unless the dir is a copy of another (its recorded location is another path and
+    inode: the copy gets a new id, the original keeps its own), or this is a fresh start (no checkpoint)
+    after an earlier start logged history (a new W&B run, so W&B's history never mixes two attempts).
+    A new run dir takes the sweep agent's WANDB_RUN_ID; outside a sweep that variable is ignored.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    identity, here = read_identity(run_dir), _location(run_dir)
+    run_id, was = identity["wandb_run_id"], identity.get("path")
+    record = {"wandb_run_id": run_id, **here}
+    agent_id = os.environ.get("WANDB_RUN_ID") if os.environ.get("WANDB_SWEEP_ID") else None
+    if os.environ.get("WANDB_RUN_ID") and not os.environ.get("WANDB_SWEEP_ID"):
+        log.warning("WANDB_RUN_ID is set outside a sweep: ignored, each run dir keeps a W&B run of its own")
+    if run_id is None:
+        record["wandb_run_id"] = agent_id or new_run_id()
+    elif (
+        was
+        and was != here["path"]
+        and [identity.get("inode"), identity.get("device")] != [here["inode"], here["device"]]
+    ):
+        record |= {"wandb_run_id": new_run_id(), "copied_from": {"path": was, "wandb_run_id": run_id}}
+        log.warning(
+            "run dir %s is a copy of %s (W&B run %s): it goes on as W&B run %s, the original keeps its own",
+            run_dir,
+            was,
+            run_id,
+            record["wandb_run_id"],
+        )
+    elif fresh and _logged_history(run_dir):
+        record["wandb_run_id"] = new_run_id()
+        log.warning(
+            "an earlier start of %s logged history but left no checkpoint: training starts over as W&B run %s "
+            "(W&B run %s keeps the earlier attempt)",
+            run_dir,
+            record["wandb_run_id"],
+            run_id,
+        )
+    else:
+        if was and was != here["path"]:
+            log.info("run dir %s was moved here from %s: the same run, W&B run %s", run_dir, was, run_id)
+        if "copied_from" in identity:
+            record["copied_from"] = identity["copied_from"]
+    write_atomic(run_dir / IDENTITY_FILE, json.dumps(record, indent=2) + "\n")
+    (run_dir / LEGACY_ID_FILE).unlink(missing_ok=True)
+    return record["wandb_run_id"]
+
+
+def new_run_id() -> str:
+    """Eight lowercase letters and digits, as W&B makes its run ids."""
+    return "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
+
+
+def _logged_history(run_dir: Path) -> bool:
+    path = run_dir / METRICS_FILE
+    return path.exists() and path.stat().st_size > 0
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Writes a file whole or not at all: a reader (or a crash) never sees half of it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

@@ -1,0 +1,51 @@
+"""The names a run's records share, in one place: the files of a run dir, the prompt sets, the metric
+keys and the curve tables. Evaluation and tracking write by these names; analysis, plots and both
+reports read by them.
+"""
+
+# The files of a run dir (README, "Runs, outputs and resuming").
+LOCK_FILE = "run.lock"
+IDENTITY_FILE = "identity.json"  # {"wandb_run_id", "path", "inode", "device"[, "copied_from"]}
+LEGACY_ID_FILE = "wandb_run_id"  # the id alone, as run dirs held it before identity.json
+CONFIG_FILE = "run_config.json"  # the resolved config of the latest start, beside the records it produced
+LEGACY_CONFIG_FILE = "checkpoints/run_config.json"
+SUMMARY_FILE = "summary.json"
+METRICS_FILE = "metrics.jsonl"  # one record per log or eval step: {"step", <metric key>: value, ...}
+CURVES_FILE = "curves.jsonl"  # one record per set and eval: {"step", "set", <curve name>: [value per k]}
+HYDRA_CONFIG = ".hydra/config.yaml"
+
+# The prompt sets a run is scored on. The held-out set's metric keys carry no set name (eval/model/...);
+# the others': eval/<set>/... (train_set, pretrain, sigma_<s>, ood/<condition>).
+HELD_OUT = "held_out"
+
+# Curves are named by predictor when they hold squared error / d (model, bayes, least_squares, dmmse, ...)
+# and metric/predictor otherwise (ce/model, coverage/50).
+MODEL = "model"
+BAYES = "bayes"  # the Bayes-optimal predictor on the eval distribution (a mixture if sigma is hierarchical)
+
+# The headline metrics, lower is better: the model's excess over Bayes and its error, mean over k.
+EXCESS = "eval/excess/mean"
+MODEL_ERROR = "eval/model/error_mean"
+HEADLINE = (EXCESS, MODEL_ERROR)
+LEARNING_CURVES = (MODEL_ERROR, EXCESS)  # plotted against the training step
+
+
+def metric_prefix(eval_set: str) -> str:
+    """Where a set's scalars go: eval/ for the held-out prompts, eval/<set>/ for the others."""
+    return "eval/" if eval_set == HELD_OUT else f"eval/{eval_set}/"
+
+
+def curves_key(eval_set: str) -> str:
+    """The W&B key of a set's curve table: eval/curves for the held-out prompts, else eval/<set>/curves;
+    its line-series chart is <key>_chart (whose data W&B keeps as the table <key>_chart_table)."""
+    return f"{metric_prefix(eval_set)}curves"
+
+
+def is_error_curve(name: str) -> bool:
+    """The one naming rule charts and summaries read: an error curve's name has no '/'."""
+    return "/" not in name
+
+
+def set_of(record: dict) -> str:
+    """The set of a curves.jsonl record (records written before sets were always named: held-out)."""
+    return record.get("set", HELD_OUT)

@@ -1,0 +1,247 @@
+"""Where a run's numbers go. The loop talks to a Tracker; each backend is one class.
+
+LocalFiles always runs: JSON lines in the run directory (metrics.jsonl, curves.jsonl and
+summary.json), readable without W&B. On resume it drops records past the restored step, so the
+steps a killed run did after its last checkpoint are not counted twice.
+
+WandbRun streams the same numbers to W&B, plus the error curves as tables and line charts and
+the checkpoints as `model` artifacts; its summary equals summary.json. Without credentials it runs
+offline; if the server cannot be reached it falls back to offline, so training never stops for W&B.
+Its files go to the run dir's wandb/, or under $WANDB_DIR when that is set.
+"""
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from icl_lr.fields import ConfigError, flatten
+from icl_lr.records.config import WANDB_MODES, WandbConfig
+from icl_lr.records.run_dir import write_atomic
+from icl_lr.records.schema import CURVES_FILE, HELD_OUT, METRICS_FILE, SUMMARY_FILE, curves_key, is_error_curve
+
+log = logging.getLogger("icl_lr")
+
+
+class Tracker:
+    """No-op base: every hook a backend may implement."""
+
+    def log(self, metrics: dict, step: int) -> None: ...
+
+    def log_curves(self, curves: dict, step: int, eval_set: str = HELD_OUT) -> None:
+        """curves: {predictor name: per-context-length errors [n]}; `eval_set`: the prompt set's name
+        (schema.HELD_OUT, train_set, pretrain, sigma_0.5, ood/skewed)."""
+
+    def log_checkpoint(self, directory: Path, step: int, aliases: Sequence[str]) -> None: ...
+
+    def preempting(self) -> None:
+        """The run is about to stop on SIGTERM, at a checkpoint, to be resumed."""
+
+    def download_checkpoint(self, reference: str) -> Path:
+        """The files of a W&B `model` artifact (init_from), through the public API."""
+        import wandb
+
+        return Path(wandb.Api().artifact(reference, type="model").download())
+
+    def finish(self, summary: dict) -> None: ...
+
+
+def read_jsonl(path: Path) -> list:
+    """The records of a JSON-lines file (metrics.jsonl, curves.jsonl); none if it does not exist. A last
+    line cut short (a kill or a full disk mid-write) is left out with a warning; damage elsewhere raises."""
+    if not path.exists():
+        return []
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    try:
+        return [json.loads(line) for line in lines]
+    except ValueError:
+        records = [json.loads(line) for line in lines[:-1]]
+        log.warning("%s: its last line is cut short (%r); left out", path, lines[-1][:60])
+        return records
+
+
+class LocalFiles(Tracker):
+    def __init__(self, run_dir: Path, resume_step: int = 0):
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        for name in (METRICS_FILE, CURVES_FILE):
+            path = self.run_dir / name
+            kept = [r for r in read_jsonl(path) if r["step"] <= resume_step]
+            path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+
+    def _append(self, name: str, record: dict) -> None:
+        with open(self.run_dir / name, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def log(self, metrics: dict, step: int) -> None:
+        self._append(METRICS_FILE, {"step": step, **metrics})
+
+    def log_curves(self, curves: dict, step: int, eval_set: str = HELD_OUT) -> None:
+        """One curves.jsonl record per set and eval."""
+        self._append(
+            CURVES_FILE, {"step": step, "set": eval_set, **{k: [float(x) for x in v] for k, v in curves.items()}}
+        )
+
+    def finish(self, summary: dict) -> None:
+        write_atomic(self.run_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+
+
+class Trackers(Tracker):
+    """Fans every call out to several backends."""
+
+    def __init__(self, trackers: Sequence[Tracker]):
+        self.trackers = list(trackers)
+
+    def log(self, metrics, step):
+        for t in self.trackers:
+            t.log(metrics, step)
+
+    def log_curves(self, curves, step, eval_set=HELD_OUT):
+        for t in self.trackers:
+            t.log_curves(curves, step, eval_set)
+
+    def log_checkpoint(self, directory, step, aliases):
+        for t in self.trackers:
+            t.log_checkpoint(directory, step, aliases)
+
+    def preempting(self):
+        for t in self.trackers:
+            t.preempting()
+
+    def download_checkpoint(self, reference):
+        return (self.trackers or [Tracker()])[-1].download_checkpoint(reference)  # W&B's, when it is one
+
+    def finish(self, summary):
+        for t in self.trackers:
+            t.finish(summary)
+
+
+WANDB_MODE_ALIASES = {"dryrun": "offline", "run": "online"}  # W&B's older names, which it still accepts
+
+
+def resolve_mode(mode: str) -> str:
+    """online | offline | disabled: WANDB_MODE wins over wandb.mode; 'auto' is online only when W&B
+    itself finds credentials (an API key in the environment, its settings file or netrc, or an
+    identity-token file), asked without ever prompting."""
+    mode = os.environ.get("WANDB_MODE", mode)
+    mode = WANDB_MODE_ALIASES.get(mode, mode)
+    if mode not in WANDB_MODES:
+        choices = ", ".join((*WANDB_MODES, *WANDB_MODE_ALIASES))
+        raise ConfigError(f"WANDB_MODE (in the environment) must be one of {choices}, got {mode!r}")
+    if mode == "auto":
+        import wandb
+
+        return "online" if wandb.login(prompt=False, verify=False) else "offline"
+    return mode
+
+
+def flat_config(config: dict, choices: dict) -> dict:
+    """The run's config for W&B: dotted keys (`training.learning_rate`), as sweeps and Hydra overrides
+    name them, and the config groups' choices (`model: gpt2_small`).
+
+    Flat, because `wandb agent` hands W&B a parameter file that wandb.init merges over the config: a
+    nested `model` section would be replaced by the sweep's `model: gpt2_small` (wandb issue #5477).
+    """
+    return flatten(config) | choices
+
+
+class WandbRun(Tracker):
+    """One W&B run per training run; `run_id` is kept in the run dir, so a resumed run continues it.
+
+    A context manager: leaving it by an exception finishes the W&B run as failed (exit code 1), so a
+    failed job of a Hydra multirun never leaves its run open for the next job's wandb.init.
+    """
+
+    def __init__(self, settings: WandbConfig, mode: str, config: dict, run_dir: Path, run_id: str):
+        """`mode`: online or offline, as `resolve_mode` says."""
+        import wandb
+
+        self.wandb = wandb
+        self.log_checkpoints = settings.log_checkpoints
+        # In a sweep W&B takes the project, entity and run id from the environment alone (the agent's): the
+        # run dir's own id goes there (a copied or restarted dir has a new one), read afresh by W&B.
+        in_sweep = bool(os.environ.get("WANDB_SWEEP_ID"))
+        if in_sweep and os.environ.get("WANDB_RUN_ID") != run_id:
+            os.environ["WANDB_RUN_ID"] = run_id
+            wandb.teardown()  # W&B read its environment when it first started in this process
+        files_dir = os.environ.get("WANDB_DIR") or str(Path(run_dir).absolute())
+        init_args = dict(
+            project=None if in_sweep else settings.project,
+            entity=None if in_sweep else settings.entity,
+            group=settings.group,
+            tags=list(settings.tags),
+            job_type=settings.job_type,
+            name=settings.name,
+            config=config,
+            dir=files_dir,
+            id=None if in_sweep else run_id,
+            resume="allow",
+        )
+        try:
+            self.run = wandb.init(
+                mode=mode, settings=wandb.Settings(init_timeout=settings.init_timeout, quiet=True), **init_args
+            )
+        except Exception as error:  # bad key, unreachable server: keep training, log offline
+            if mode != "online":
+                raise
+            reason = " ".join(str(error).split())  # one line
+            log.warning("W&B could not start online (%s: %s); logging offline instead", type(error).__name__, reason)
+            mode = "offline"
+            wandb.teardown()  # the failed attempt still holds the run id in wandb's service process
+            self.run = wandb.init(mode=mode, **init_args)
+        self.mode = mode
+        if mode == "offline":
+            log.info("W&B is offline; upload later with: wandb sync %s", self.run.dir.rsplit("/files", 1)[0])
+        self.run.define_metric("step")
+        self.run.define_metric("*", step_metric="step")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, traceback):
+        if error is not None and self.run is not None:  # KeyboardInterrupt and SIGTERM included
+            self.run.finish(exit_code=getattr(error, "exit_code", 1))
+            self.run = None
+
+    def preempting(self) -> None:
+        """W&B marks the run preempting: a sweep's controller requeues it, and it resumes under its id."""
+        self.run.mark_preempting()
+
+    def log(self, metrics: dict, step: int) -> None:
+        self.run.log({"step": step, **metrics})
+
+    def log_curves(self, curves: dict, step: int, eval_set: str = HELD_OUT) -> None:
+        """A table eval/<set>/curves (eval/curves for the held-out set) and its chart of the error curves."""
+        names = list(curves)
+        ks = list(range(len(curves[names[0]])))
+        table = self.wandb.Table(columns=["k", *names], data=[[k, *(float(curves[n][k]) for n in names)] for k in ks])
+        errors = [n for n in names if is_error_curve(n)]  # the chart: errors only
+        chart = self.wandb.plot.line_series(
+            xs=ks,
+            ys=[[float(v) for v in curves[n]] for n in errors],
+            keys=errors,
+            title=f"{eval_set}: squared error / d vs in-context examples (step {step})",
+            xname="k",
+        )
+        key = curves_key(eval_set)
+        self.run.log({"step": step, key: table, f"{key}_chart": chart})
+
+    def log_checkpoint(self, directory: Path, step: int, aliases: Sequence[str]) -> None:
+        if not self.log_checkpoints:
+            return
+        artifact = self.wandb.Artifact(f"model-{self.run.id}", type="model", metadata={"step": step})
+        artifact.add_dir(str(directory))
+        self.run.log_artifact(artifact, aliases=list(aliases))
+
+    def download_checkpoint(self, reference: str) -> Path:
+        """A `model` artifact's files, used by this run (lineage on the dashboard) when online."""
+        if self.mode == "online":
+            return Path(self.run.use_artifact(reference, type="model").download())
+        return super().download_checkpoint(reference)
+
+    def finish(self, summary: dict) -> None:
+        """The summary holds exactly the local summary.json's numbers (and W&B's own media and _keys)."""
+        self.run.summary.update(summary)
+        self.run.finish()
+        self.run = None

@@ -1,0 +1,124 @@
+"""What a start of `train.py` may do with a run dir, decided before anything compiles or W&B starts:
+`plan_start` reads only and refuses (one line) a start that would relabel or corrupt the records;
+`RunStart.commit` writes the start's record (identity, run_config.json, .hydra/). A refused start so
+changes nothing in the dir but its own entry under `.hydra/attempts/`.
+"""
+
+import dataclasses
+import json
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from icl_lr.fields import ConfigError, free_keys
+from icl_lr.records.run_dir import (
+    CONFIG_FILE,
+    SUMMARY_FILE,
+    RunDirError,
+    claim_identity,
+    config_record,
+    has_checkpoints,
+    read_config_record,
+    read_summary,
+    write_atomic,
+)
+from icl_lr.train.config import RunConfig
+
+log = logging.getLogger("icl_lr")
+FREE_KEYS = free_keys(RunConfig)  # a resume may change these (the fields marked FREE); training.steps only grows
+
+
+def differing_keys(stored: dict, current: dict) -> list:
+    """Keys whose change would alter the training trajectory of a resumed run. A key the stored record
+    lacks (added to the code after the run started) counts as its default: a new key's default keeps the
+    old behaviour, or the key is free."""
+    keys = sorted(set(stored) | set(current))
+    defaults = config_record(RunConfig())
+    return [k for k in keys if k not in FREE_KEYS and stored.get(k, defaults.get(k)) != current.get(k)]
+
+
+def with_horizon(cfg: RunConfig, stored: dict | None) -> RunConfig:
+    """cfg with training.decay_steps set: as given, else the stored run's, else this run's length."""
+    t = cfg.training
+    if t.decay_steps is not None:
+        return cfg
+    horizon = stored["training.decay_steps"] if stored else t.steps
+    return dataclasses.replace(cfg, training=dataclasses.replace(t, decay_steps=horizon))
+
+
+@dataclass(frozen=True)
+class RunStart:
+    """What a start on a run dir does: `finished` (the summary of a run with nothing left to do), else
+    trains `cfg` (training.decay_steps resolved), resuming its checkpoints when `resumed`."""
+
+    run_dir: Path
+    cfg: RunConfig
+    finished: dict | None
+    resumed: bool
+    stored: dict | None  # the config record of the run's previous start
+
+    def commit(self, attempt_dir: Path | None) -> str:
+        """Writes the start's record (identity, run_config.json, .hydra/) and returns its W&B run id."""
+        run_id = claim_identity(self.run_dir, fresh=not self.resumed)
+        write_atomic(self.run_dir / CONFIG_FILE, json.dumps(config_record(self.cfg), indent=2) + "\n")
+        if attempt_dir is not None:  # .hydra/ holds the latest start's Hydra config; each start's own stays
+            for name in ("config.yaml", "overrides.yaml", "hydra.yaml"):
+                if (attempt_dir / name).exists():
+                    shutil.copyfile(attempt_dir / name, self.run_dir / ".hydra" / name)
+        if self.resumed and self.stored and self.cfg.training.steps > self.stored["training.steps"]:
+            log.info("extending the run from %d to %d steps; %s", self.stored["training.steps"], *self._extension())
+        return run_id
+
+    def _extension(self) -> tuple:
+        t = self.cfg.training
+        if t.schedule == "constant" or t.horizon >= t.steps:
+            return t.steps, f"the {t.schedule} schedule goes on as it was (horizon {t.horizon} steps)"
+        floor = t.min_lr_ratio * t.learning_rate
+        return t.steps, (
+            f"the {t.schedule} schedule keeps its horizon (training.decay_steps={t.horizon}): the learning rate "
+            f"stays at its floor {floor:.2e} from step {t.horizon} on"
+        )
+
+
+def plan_start(run_dir: Path, cfg: RunConfig) -> RunStart:
+    """Every check of a start, reading only; the caller holds the RunDirLock. Raises RunDirError or
+    ConfigError (one line) for a start that would change or relabel what the run dir records."""
+    run_dir = Path(run_dir)
+    resumed = has_checkpoints(run_dir)
+    if cfg.init_from and not resumed:
+        check_init_from(cfg.init_from)
+    stored = read_config_record(run_dir)
+    has_results = (run_dir / SUMMARY_FILE).exists()
+    cfg = with_horizon(cfg, stored if resumed or has_results else None)
+    current = config_record(cfg)
+    changed = differing_keys(stored, current) if stored and (resumed or has_results) else []
+    details = ", ".join(f"{k}: {stored.get(k)!r} -> {current.get(k)!r}" for k in changed)
+    if resumed and changed:
+        raise RunDirError(f"run dir {run_dir} was trained with another config ({details}); start a new run dir")
+    if resumed and stored and cfg.training.steps < stored["training.steps"]:
+        raise RunDirError(
+            f"training.steps ({cfg.training.steps}) is below the run's {stored['training.steps']}: "
+            "a resume may only extend a run"
+        )
+    if not resumed and has_results and (changed or not stored or cfg.training.steps != stored["training.steps"]):
+        differs = details or f"training.steps: {stored and stored.get('training.steps')!r} -> {cfg.training.steps}"
+        raise RunDirError(
+            f"run dir {run_dir} holds the results of a run ({differs}) but no checkpoints to continue it from; "
+            "start a new run dir"
+        )
+    summary = read_summary(run_dir)
+    finished = summary if summary and summary.get("step") == cfg.training.steps else None
+    return RunStart(run_dir, cfg, finished, resumed, stored)
+
+
+def check_init_from(init_from: str) -> None:
+    """A local checkpoint must exist; a W&B reference (with ':alias') is looked up when the run starts."""
+    if ":" in init_from:
+        return
+    path = Path(init_from)
+    if not (path / "default").is_dir():
+        raise ConfigError(
+            f"init_from: no checkpoint step directory at {path} (expected <run dir>/checkpoints/latest/<step>, "
+            "or a W&B artifact entity/project/model-<id>:<alias>)"
+        )

@@ -1,0 +1,377 @@
+"""Run a W&B sweep YAML on this machine, without a W&B server.
+
+    python -m icl_lr.run.sweep sweeps/noise_prior.yaml --count 4 [-- extra Hydra overrides]
+    python -m icl_lr.run.sweep sweeps/noise_prior.yaml --count 8 --resume local-abc123
+
+Runs are proposed by the open-source W&B sweeps engine (`sweeps`, the one behind W&B's own
+controller: grid, random, bayes), and each is started as `wandb agent` starts it: the command the
+YAML names, expanded by wandb's own agent code, with the agent's environment (WANDB_PROJECT, WANDB_DIR,
+WANDB_SWEEP_ID, WANDB_RUN_ID, WANDB_SWEEP_PARAM_PATH) and its parameter file, written by wandb's own code
+(icl_lr/records/wandb_adapter.py).
+Runs go one at a time (or `--workers N` at once: one GPU each, round robin, with JAX's memory share
+set when several share one; on a CPU, a share of its cores each), offline, under
+outputs/sweep-<id>/<run id>/, grouped by the sweep id; each run's result is printed and appended to
+outputs/sweep-<id>/results.jsonl as soon as it ends.
+Early termination needs concurrent runs and a server, so it is ignored here.
+"""
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import shlex
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import NamedTuple
+
+import yaml
+
+from icl_lr.records import wandb_adapter
+from icl_lr.records.config import WandbConfig
+from icl_lr.records.run_dir import RunDirError, RunDirLock, new_run_id
+from icl_lr.records.tracking import read_jsonl
+from icl_lr.train.preemption import Preempted, StopRequest
+
+try:
+    with warnings.catch_warnings():  # the engine's pydantic-1 style config warns on import under pydantic 2
+        warnings.simplefilter("ignore")
+        import sweeps
+except ImportError:  # the [sweep] extra is not installed: main says so in one line
+    sweeps = None
+
+log = logging.getLogger("icl_lr.run.sweep")
+
+
+def load_sweep(path: Path) -> dict:
+    """The sweep config, refused (ValueError, one line) when it is not YAML, not a mapping, or breaks the
+    sweeps engine's schema (every violation named)."""
+    try:
+        config = yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as error:
+        raise ValueError(f"{path}: not valid YAML ({' '.join(str(error).split())})") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: a sweep config is a mapping (program, method, parameters, ...), got {config!r:.80}")
+    # run_cap is the W&B server's (the open-source engine's schema predates it): checked here, honoured by run_sweep
+    run_cap = config.get("run_cap")
+    if run_cap is not None and not (isinstance(run_cap, int) and run_cap >= 1):
+        raise ValueError(f"{path}: run_cap must be a positive integer, got {run_cap!r}")
+    violations = sweeps.schema_violations_from_proposed_config({k: v for k, v in config.items() if k != "run_cap"})
+    if violations:
+        raise ValueError(f"{path}: invalid sweep config: " + "; ".join(" ".join(v.split()) for v in violations))
+    return config
+
+
+def expand_command(sweep: dict, params: dict, environ: dict) -> list:
+    """The argv `wandb agent` would run for these parameters (its macro expansion, step for step)."""
+    macros = {"env": ["/usr/bin/env"], "interpreter": [sys.executable], "program": [sweep["program"]]}
+    return wandb_adapter.agent_argv(sweep.get("command") or [], params, macros, environ)
+
+
+def _plain(value):
+    """numpy scalars from the engine as plain Python values."""
+    return value.item() if hasattr(value, "item") else value
+
+
+def _run_dir(argv: list) -> Path:
+    for arg in argv:
+        if arg.startswith("hydra.run.dir="):
+            return Path(arg.split("=", 1)[1])
+    raise ValueError("the sweep's command must set hydra.run.dir (see sweeps/*.yaml)")
+
+
+def _record(run_dir: Path, name: str, config: dict, returncode: int):
+    summary_file = run_dir / "summary.json"
+    summary = json.loads(summary_file.read_text()) if summary_file.exists() else {}
+    history = read_jsonl(run_dir / "metrics.jsonl")
+    state = sweeps.RunState.finished if returncode == 0 else sweeps.RunState.failed
+    # by alias: under pydantic 2 the engine's models ignore the field names (summary_metrics, history)
+    return sweeps.SweepRun(name=name, state=state, config=config, summaryMetrics=summary, sampledHistory=history)
+
+
+def resolve_program(sweep: dict, sweep_path: Path) -> dict:
+    """The sweep with `program` made absolute: found beside the YAML or in a folder above it (the
+    YAML's repository), else among the package's commands (icl_lr/cli/: an installed package's YAMLs), so
+    the sweep runs from any working directory."""
+    program = Path(sweep["program"])
+    if program.is_absolute():
+        return sweep
+    commands = Path(__file__).resolve().parents[1] / "cli"
+    for folder in [Path(sweep_path).resolve().parent, *Path(sweep_path).resolve().parents, commands]:
+        if (folder / program).is_file():
+            return sweep | {"program": str(folder / program)}
+    raise FileNotFoundError(f"{sweep_path}: program {program} is not beside the YAML nor in a folder above it")
+
+
+def agent_environment(sweep: dict, sweep_id: str, run_id: str, params: dict) -> dict:
+    """What `wandb agent` adds to a run's environment (wandb_agent.py: `run_agent` sets the project and
+    entity, `Agent.__init__` WANDB_DIR where unset, `Agent._command_run` the sweep and run ids and the
+    parameter file, which wandb.init merges over the run's config). The project is `agent_project`'s,
+    never the folder's name, which W&B would otherwise take."""
+    base = os.environ.get("WANDB_DIR") or os.path.abspath(os.getcwd())
+    param_path = os.path.join(base, "wandb", f"sweep-{sweep_id}", f"config-{run_id}.yaml")
+    wandb_adapter.write_param_file(param_path, params)
+    environ = {"WANDB_PROJECT": agent_project(sweep), "WANDB_DIR": base}
+    if sweep.get("entity"):
+        environ["WANDB_ENTITY"] = sweep["entity"]
+    return environ | {"WANDB_SWEEP_ID": sweep_id, "WANDB_RUN_ID": run_id, "WANDB_SWEEP_PARAM_PATH": param_path}
+
+
+def _previous_runs(results_file: Path) -> list:
+    """The sweeps engine's records of a resumed sweep's runs, from its results.jsonl."""
+    runs = []
+    for result in read_jsonl(results_file):
+        run_dir = Path(result["run_dir"])
+        config = {key: {"value": value} for key, value in result["params"].items()}
+        runs.append(_record(run_dir, result["run_id"], config, result["exit_code"]))
+    return runs
+
+
+def gpu_indices() -> list:
+    """This machine's NVIDIA GPUs, by index, as nvidia-smi lists them (none without it). Not through JAX:
+    its first use would take most of each GPU's memory in this process."""
+    try:
+        listed = subprocess.run(["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"], capture_output=True)
+    except FileNotFoundError:
+        return []
+    return listed.stdout.decode().split() if listed.returncode == 0 else []
+
+
+def worker_environment(slot: int, workers: int, gpus: list) -> dict:
+    """Worker `slot`'s devices: GPU slot mod #GPUs (CUDA_VISIBLE_DEVICES), with JAX's memory share set when
+    several workers share one GPU; nothing on a CPU-only machine (see `worker_cores`)."""
+    if not gpus:
+        return {}
+    sharing = -(-workers // len(gpus))  # workers per GPU, at most
+    environ = {"CUDA_VISIBLE_DEVICES": gpus[slot % len(gpus)]}
+    if sharing > 1:
+        environ["XLA_PYTHON_CLIENT_MEM_FRACTION"] = f"{0.9 / sharing:.2f}"
+    return environ
+
+
+def worker_cores(slot: int, workers: int, cores: list) -> list:
+    """Worker `slot`'s CPU cores when the runs share a CPU: a disjoint share while there are enough
+    (each run's training.cpu_devices=auto then splits its own share, not every core), else one core."""
+    if workers >= len(cores):
+        return [cores[slot % len(cores)]]
+    return cores[slot::workers]
+
+
+@contextlib.contextmanager
+def _on_cores(cores: list | None):
+    """Processes started inside run on `cores` (None: on this one's): they inherit this thread's CPU
+    affinity, set for the while and restored (no preexec_fn, which forks unsafely beside threads)."""
+    if cores is None:
+        yield
+        return
+    own = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cores)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, own)
+
+
+class _Running(NamedTuple):
+    process: subprocess.Popen
+    run_id: str
+    proposal: object  # the engine's SweepRun proposal
+    params: dict
+    run_dir: Path
+    slot: int
+
+
+def run_sweep(
+    sweep_path: Path,
+    count: int,
+    overrides: list,
+    sweep_id: str | None = None,
+    resume: bool = False,
+    workers: int = 1,
+) -> list:
+    """Proposes and runs runs until the sweep has `count` (a resumed sweep's earlier runs count), up to
+    `workers` at once, each in its own process and W&B run; returns one dict per run of this call: id,
+    params, metric, exit code, run dir. One runner per sweep id: a second is refused while one runs (the
+    sweep folder's lock), and a sweep id that has results goes on only with `resume`."""
+    sweep = resolve_program(load_sweep(sweep_path), sweep_path)
+    if sweep.get("run_cap") and sweep["run_cap"] < count:
+        log.info("the sweep's run_cap is %d: %d runs instead of %d", sweep["run_cap"], sweep["run_cap"], count)
+        count = sweep["run_cap"]
+    sweep_id = sweep_id or f"local-{new_run_id()}"
+    folder = Path("outputs") / f"sweep-{sweep_id}"
+    with RunDirLock(folder, "sweep"):
+        results_file = folder / "results.jsonl"
+        if resume and not results_file.exists():
+            raise FileNotFoundError(f"--resume {sweep_id}: no {results_file} here (start from the sweep's folder)")
+        if not resume and results_file.exists():
+            raise RunDirError(
+                f"sweep {sweep_id} has {len(read_jsonl(results_file))} runs in {results_file} already: continue it "
+                f"with --resume {sweep_id}, or give another --sweep-id"
+            )
+        done = _previous_runs(results_file) if resume else []
+        log.info(
+            "sweep %s (%s, %s, W&B project %s): %d runs, %d done before, %d at a time",
+            sweep_id,
+            sweep_path,
+            sweep["method"],
+            agent_project(sweep),
+            count,
+            len(done),
+            workers,
+        )
+        continued = ["python", "-m", "icl_lr.run.sweep", str(sweep_path), "--count", str(count), "--resume", sweep_id]
+        continued += ["--workers", str(workers)] * (workers > 1) + (["--", *overrides] if overrides else [])
+        return _run_all(sweep, sweep_id, count, overrides, workers, done, results_file, shlex.join(continued))
+
+
+def agent_project(sweep: dict) -> str:
+    """The W&B project a sweep's runs log to: its `project:`, else WANDB_PROJECT, else wandb.project's default."""
+    return sweep.get("project") or os.environ.get("WANDB_PROJECT") or WandbConfig().project
+
+
+def _run_all(sweep, sweep_id, count, overrides, workers, done, results_file, continued: str) -> list:
+    """The runs of the sweep, `workers` at a time, each recorded in results_file as it ends. On Ctrl-C the
+    runs got the same signal and stop (their W&B runs marked failed); on SIGTERM they are sent one. Either
+    way one line says what stopped and the command that goes on (`continued`)."""
+    metric = sweep.get("metric", {}).get("name")
+    results, running, exhausted, gpus = [], [], False, gpu_indices()
+    try:
+        while running or (not exhausted and len(done) < count):
+            # start: proposals while a worker is free (running runs count, as the W&B controller counts them)
+            while not exhausted and len(running) < workers and len(done) + len(running) < count:
+                pending = [
+                    sweeps.SweepRun(name=r.run_id, state=sweeps.RunState.running, config=r.proposal.config)
+                    for r in running
+                ]
+                with warnings.catch_warnings():  # the engine's scipy/sklearn deprecation noise
+                    warnings.simplefilter("ignore")
+                    proposal = sweeps.next_run(sweep, done + pending)
+                if proposal is None:
+                    log.info("the sweep's search space is exhausted after %d runs", len(done) + len(running))
+                    exhausted = True
+                    break
+                slot = min(set(range(workers)) - {r.slot for r in running})
+                running.append(
+                    _start(
+                        sweep, proposal, sweep_id, overrides, slot, workers, gpus, len(done) + len(running) + 1, count
+                    )
+                )
+            if not running:
+                break
+            # wait: for the first run to end, then record it
+            finished = _wait_for_one(running)
+            running.remove(finished)
+            returncode = finished.process.returncode
+            record = _record(finished.run_dir, finished.run_id, finished.proposal.config, returncode)
+            done.append(record)
+            params = finished.params
+            result = {
+                "run_id": finished.run_id,
+                **params,
+                metric: record.summary_metrics.get(metric),
+                "exit_code": returncode,
+            }
+            results.append(result)
+            _append_result(results_file, result | {"params": params, "run_dir": str(finished.run_dir)})
+            if returncode:
+                log.error(
+                    "run %s failed (exit code %d); see %s/train.log", finished.run_id, returncode, finished.run_dir
+                )
+            print(json.dumps(result), flush=True)
+    except (KeyboardInterrupt, Preempted) as stop:
+        for run in running:
+            if run.process.poll() is None and isinstance(stop, Preempted):
+                run.process.terminate()  # Ctrl-C reached the runs already; a SIGTERM to the runner did not
+            run.process.wait()
+        log.error(
+            "%s during run%s %s; %d finished runs are in %s; continue with: %s",
+            "interrupted" if isinstance(stop, KeyboardInterrupt) else "stopped by SIGTERM",
+            "s" * (len(running) > 1),
+            ", ".join(r.run_id for r in running),
+            len(done),
+            results_file,
+            continued,
+        )
+        raise
+    return results
+
+
+def _start(sweep, proposal, sweep_id, overrides, slot, workers, gpus, number, count) -> _Running:
+    """One run's process, started as `wandb agent` starts it, on worker `slot`'s devices."""
+    params = {key: _plain(spec["value"]) for key, spec in proposal.config.items()}
+    run_id = new_run_id()
+    environ = agent_environment(sweep, sweep_id, run_id, params)
+    argv = expand_command(sweep, params, environ) + [f"wandb.group={sweep_id}", *overrides]
+    run_dir = _run_dir(argv)  # before the run: a command without it is refused untried
+    devices = worker_environment(slot, workers, gpus)
+    on, cores = (f" on GPU {devices['CUDA_VISIBLE_DEVICES']}" if devices else ""), None
+    if not gpus and workers > 1 and hasattr(os, "sched_setaffinity"):
+        cores = worker_cores(slot, workers, sorted(os.sched_getaffinity(0)))
+        on = f" on CPU cores {','.join(map(str, cores))}"
+    log.info("run %d/%d (%s)%s: %s", number, count, run_id, on, " ".join(f"{k}={v}" for k, v in params.items()))
+    with _on_cores(cores):
+        process = subprocess.Popen(argv, env=os.environ | environ | devices)
+    return _Running(process, run_id, proposal, params, run_dir, slot)
+
+
+def _wait_for_one(running: list) -> _Running:
+    """The first of the running runs to end (polled: each run is its own process)."""
+    while True:
+        for run in running:
+            if run.process.poll() is not None:
+                return run
+        time.sleep(0.5)
+
+
+def _append_result(path: Path, result: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        f.write(json.dumps(result) + "\n")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("sweep", type=Path, help="a sweep YAML, e.g. sweeps/noise_prior.yaml")
+    parser.add_argument("--count", type=int, default=4, help="runs in the sweep, earlier ones of --resume included")
+    parser.add_argument("--sweep-id", help="name for the group and output folder (default: local-<random id>)")
+    parser.add_argument("--resume", metavar="SWEEP_ID", help="continue this local sweep (its results.jsonl)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="runs at once, each in its own process (one GPU each when there are GPUs)",
+    )
+    parser.epilog = "Hydra overrides after `--` are added to every run, e.g. `-- training.steps=2000`."
+    argv = sys.argv[1:] if argv is None else list(argv)
+    overrides = argv[argv.index("--") + 1 :] if "--" in argv else []
+    args = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][sweep] %(message)s")
+    if sweeps is None:
+        log.error("the local sweep runner needs the W&B sweeps engine: pip install 'icl-lr[sweep]'")
+        return 2
+    StopRequest().install()  # SIGTERM: the runs are sent one and the runner stops, saying how to go on
+    try:
+        if args.workers < 1:
+            raise ValueError(f"--workers must be >= 1, got {args.workers}")
+        sweep_id = args.resume or args.sweep_id
+        results = run_sweep(args.sweep, args.count, overrides, sweep_id, bool(args.resume), args.workers)
+    except (ValueError, FileNotFoundError, RunDirError) as error:
+        log.error("%s", error)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except Preempted:
+        return Preempted.exit_code
+    return 0 if all(r["exit_code"] == 0 for r in results) else 1
+
+
+def run_cli() -> None:
+    """`python -m icl_lr.run.sweep` and `icl-lr-sweep`."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run_cli()

@@ -1,0 +1,55 @@
+"""The task interface: what training, evaluation and the encodings ask of a task (a family of prompts
+(x_i, y_i) with a prior over the function that labels them). Adding a task is one module with a class
+that has these methods, one data YAML and one TASKS line (icl_lr/task/registry.py).
+"""
+
+from typing import NamedTuple, Protocol
+
+import jax
+
+# fold_in indices of the run key's fixed streams; step keys are fold_in(run key, step) and never reach them
+POOL_STREAM = 2**31 - 1  # the finite task pool
+TRAIN_SET_STREAM = 2**31 - 2  # the finite training set
+
+PER_PROMPT = ("xs", "ys", "example_mask")  # the Batch fields with a prompt axis first (split across devices)
+
+
+class Batch(NamedTuple):
+    xs: jax.Array  # [B, N, D]
+    ys: jax.Array  # [B, N]
+    point_mask: jax.Array  # [N] 1 for points inside the current curriculum length
+    example_mask: jax.Array  # [B] 1 for prompts that count (0 pads the last, partial batch of an epoch)
+
+
+def pool_key(run_key) -> jax.Array:
+    """The key of the run's task pool."""
+    return jax.random.fold_in(run_key, POOL_STREAM)
+
+
+class Task(Protocol):
+    """Prompts as pure functions of PRNG keys (so the train step samples inside jit and a resumed run sees
+    the data it would have seen), the task's baselines, and its out-of-distribution prompts."""
+
+    def sample_batch(self, key, batch_size: int, step=None, pool_key=None) -> Batch:
+        """Fresh prompts; `step` selects the curriculum stage (None: the full task); `pool_key` draws the
+        tasks from the run's finite pool (None: from the prior)."""
+
+    def training_batch(self, run_key, step_key, batch_size: int, step, steps_per_epoch: int = 0) -> Batch:
+        """The batch of `step`, a pure function of (run key, step)."""
+
+    def training_set_prompts(self, run_key, ids, step=None) -> Batch:
+        """Prompts `ids` of the run's finite training set."""
+
+    def eval_pool(self, run_key):
+        """The run's whole task pool, for the baselines that need it (dMMSE), or None."""
+
+    def baselines(self, xs, ys, noise_stds: tuple, pool=None) -> dict:
+        """{baseline name: predictions [B, N]} of each y_k from the points before it; "bayes" among them,
+        the Bayes-optimal predictor under the training prior (schema.BAYES)."""
+
+    def bayes_predictive(self, xs, ys, noise_var: float) -> tuple:
+        """Each y_k's posterior predictive (mean, variance) from the points before it, of one prompt, under
+        Gaussian noise of variance `noise_var`."""
+
+    def ood_conditions(self, key, n_prompts: int) -> dict:
+        """{condition: ([(xs, ys), ...], per_k)}: the task's out-of-distribution prompt sets."""

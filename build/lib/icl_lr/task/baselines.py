@@ -1,0 +1,145 @@
+"""Baseline predictors of y_k from the first k points of a prompt, for every k = 0..n-1, in JAX.
+
+Each function maps one prompt (xs [n, d], ys [n]) to predictions [n]; prediction k sees points < k.
+Least squares and ridge share one SVD per prefix: on the prefix's (zero-padded) design matrix
+X = U S V^T, the min-norm solution is V S^+ U^T y and ridge is V S/(S^2 + lambda) U^T y.
+"""
+
+import jax
+import jax.numpy as jnp
+
+NEIGHBOURS = 3
+
+
+def _prefix_masks(n: int) -> jax.Array:
+    """[k, i] = 1 where point i is in the context of prediction k (i < k)."""
+    return jnp.tril(jnp.ones((n, n)), -1)
+
+
+def _prefix_svd(xs, ys):
+    masks = _prefix_masks(xs.shape[0])
+    designs = masks[:, :, None] * xs[None]  # [k, n, d], rows >= k zeroed
+    u, s, vt = jnp.linalg.svd(designs, full_matrices=False)
+    targets = masks * ys[None]  # [k, n]
+    projections = jnp.einsum("knr,kn->kr", u, targets)  # U^T y per prefix
+    return s, vt, projections, targets
+
+
+def _predict_from_svd(xs, s, vt, projections, ridge_lambda):
+    """x_k^T w_k with w_k = V f(S) U^T y, f(S) = S/(S^2 + lambda), cut at numerical rank."""
+    cutoff = jnp.finfo(s.dtype).eps * max(xs.shape) * s[:, :1]
+    gain = jnp.where(s > cutoff, s / (s**2 + ridge_lambda), 0.0)
+    weights = jnp.einsum("krd,kr->kd", vt, gain * projections)
+    return jnp.einsum("kd,kd->k", xs, weights)
+
+
+def ridge(xs, ys, ridge_lambda: float):
+    s, vt, projections, _ = _prefix_svd(xs, ys)
+    return _predict_from_svd(xs, s, vt, projections, ridge_lambda)
+
+
+def least_squares(xs, ys):
+    """Minimum-norm least squares (the pseudo-inverse), the noiseless Bayes estimator."""
+    return ridge(xs, ys, 0.0)
+
+
+def bayes_optimal(xs, ys, prior_scale: float, noise_stds: tuple):
+    """Posterior-mean prediction under w ~ N(0, prior_scale^2 I) and the noise prior.
+
+    One noise std: ridge with lambda = sigma^2 / prior_scale^2. Several (a uniform hierarchical
+    prior): the ridge predictions mixed by each sigma's posterior weight, from the evidence
+    log N(y; 0, prior_scale^2 X X^T + sigma^2 I) computed on the same SVD.
+    """
+    s, vt, projections, targets = _prefix_svd(xs, ys)
+    sigmas = jnp.asarray(noise_stds, jnp.float32)
+    lambdas = sigmas**2 / prior_scale**2
+    preds = jax.vmap(lambda lam: _predict_from_svd(xs, s, vt, projections, lam))(lambdas)  # [m, k]
+    if len(noise_stds) == 1:
+        return preds[0]
+    context_size = jnp.arange(xs.shape[0])
+    residual = jnp.sum(targets**2, axis=1) - jnp.sum(projections**2, axis=1)
+
+    def log_evidence(sigma):
+        eig = prior_scale**2 * s**2 + sigma**2  # covariance eigenvalues along U; sigma^2 elsewhere
+        quad = jnp.sum(projections**2 / eig, axis=1) + residual / sigma**2
+        logdet = jnp.sum(jnp.log(eig), axis=1) + (context_size - s.shape[1]) * jnp.log(sigma**2)
+        return -0.5 * (quad + logdet)
+
+    posterior = jax.nn.softmax(jax.vmap(log_evidence)(sigmas), axis=0)  # [m, k]
+    return jnp.sum(posterior * preds, axis=0)
+
+
+def bayes_predictive(xs, ys, prior_scale: float, noise_var: float):
+    """Posterior predictive N(mean, var) of each y_k from points < k, under w ~ N(0, prior_scale^2 I)
+    and Gaussian noise of variance `noise_var` > 0: mean = ridge's prediction (lambda = noise_var /
+    prior_scale^2) and var = noise_var (1 + x^T (X^T X + lambda I)^-1 x), the inverse taken on the
+    prefix's SVD, with 1/lambda along directions its rows do not span."""
+    s, vt, projections, _ = _prefix_svd(xs, ys)
+    ridge_lambda = noise_var / prior_scale**2
+    mean = _predict_from_svd(xs, s, vt, projections, ridge_lambda)
+    along_KxR = jnp.einsum("krd,kd->kr", vt, xs)  # the query's coordinates along each prefix's V
+    spanned = jnp.sum(along_KxR**2 / (s**2 + ridge_lambda), axis=1)
+    unspanned = (jnp.sum(xs**2, axis=1) - jnp.sum(along_KxR**2, axis=1)) / ridge_lambda
+    return mean, noise_var * (1 + spanned + jnp.maximum(unspanned, 0.0))
+
+
+def averaging(xs, ys):
+    """w_k = mean of y_i x_i over the context (Akyurek et al.'s / Garg et al.'s averaging)."""
+    masks = _prefix_masks(xs.shape[0])
+    weights = jnp.einsum("ki,i,id->kd", masks, ys, xs) / jnp.maximum(masks.sum(1, keepdims=True), 1)
+    return jnp.einsum("kd,kd->k", xs, weights)
+
+
+def nearest_neighbours(xs, ys):
+    """Mean y of the 3 nearest context points (all of them while fewer than 3); 0 with none."""
+    masks = _prefix_masks(xs.shape[0])
+    dist = jnp.sum((xs[:, None] - xs[None]) ** 2, axis=-1)
+    neg_dist, idx = jax.lax.top_k(jnp.where(masks > 0, -dist, -jnp.inf), min(NEIGHBOURS, xs.shape[0]))
+    valid = jnp.isfinite(neg_dist)
+    return jnp.sum(jnp.where(valid, ys[idx], 0.0), axis=1) / jnp.maximum(valid.sum(1), 1)
+
+
+DMMSE_MIN_STD = 1e-3  # times prior_scale: the noise std dMMSE assumes for a noiseless pool (its sigma -> 0 limit)
+
+
+def discrete_mmse(xs, ys, pool_MxD, prior_scale: float, noise_stds: tuple):
+    """Raventos et al.'s dMMSE: the posterior mean of w over the run's finite pool of M tasks (uniform prior
+    on the pool, and on the noise prior's sigmas), as their `icl/models.py` DiscreteMMSE. At k = 0 it predicts
+    with the pool's mean w."""
+    sigmas = jnp.maximum(jnp.asarray(noise_stds, jnp.float32), DMMSE_MIN_STD * prior_scale)
+    preds_NxM = jnp.einsum("nd,md->nm", xs, pool_MxD, precision=jax.lax.Precision.HIGHEST)
+    residuals_NxM = (ys[:, None] - preds_NxM) ** 2
+    seen_NxM = jnp.cumsum(residuals_NxM, axis=0) - residuals_NxM  # sum over the context i < k
+    context_size_N = jnp.arange(xs.shape[0])[:, None, None]
+    log_likelihood_NxMxS = -seen_NxM[..., None] / (2 * sigmas**2) - context_size_N * jnp.log(sigmas)
+    posterior_NxM = (
+        jax.nn.softmax(log_likelihood_NxMxS.reshape(xs.shape[0], -1), axis=1)
+        .reshape(log_likelihood_NxMxS.shape)
+        .sum(axis=2)
+    )
+    return jnp.sum(posterior_NxM * preds_NxM, axis=1)
+
+
+DMMSE_CHUNK = 2**22  # context points x pool tasks per dMMSE batch: bounds its memory for pools up to 2^20
+DMMSE_MAX_POOL = 2**20  # past this many tasks dMMSE is left out: the pool would not fit its memory bound
+
+
+def all_predictions(xs, ys, prior_scale: float, noise_stds: tuple, pool_MxD=None) -> dict:
+    """{baseline name: predictions [B, n]} for a batch of prompts. Under a hierarchical noise prior, ridge at
+    each sigma's lambda too (`ridge_sigma_<sigma>`, Bai et al.'s fixed-lambda algorithms); given the run's
+    task pool [M, d], dMMSE."""
+    per_prompt = {
+        "least_squares": least_squares,
+        "bayes": lambda x, y: bayes_optimal(x, y, prior_scale, noise_stds),
+        "averaging": averaging,
+        "3nn": nearest_neighbours,
+    }
+    if len(noise_stds) > 1:
+        for sigma in noise_stds:
+            per_prompt[f"ridge_sigma_{sigma:g}"] = lambda x, y, lam=sigma**2 / prior_scale**2: ridge(x, y, lam)
+    predictions = {name: jax.vmap(fn)(xs, ys) for name, fn in per_prompt.items()}
+    if pool_MxD is not None:
+        dmmse = lambda xy: discrete_mmse(*xy, pool_MxD, prior_scale, noise_stds)
+        chunk = max(1, DMMSE_CHUNK // (xs.shape[1] * pool_MxD.shape[0]))
+        predictions["dmmse"] = jax.lax.map(dmmse, (xs, ys), batch_size=chunk)
+    return predictions

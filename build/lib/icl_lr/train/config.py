@@ -1,0 +1,108 @@
+"""The training and eval config sections (`training:` in configs/training/*.yaml, `eval:` in
+configs/config.yaml, where each key is documented), and RunConfig: every layer's section in one run.
+
+A field marked FREE may change when a run resumes: it changes neither what the model sees nor how it is
+updated (training.steps may only grow: it extends the run).
+"""
+
+import math
+from dataclasses import dataclass, field
+
+from icl_lr.fields import FREE, check
+from icl_lr.model.config import ModelConfig
+from icl_lr.records.config import WandbConfig
+from icl_lr.task.config import DataConfig
+
+SCHEDULES = ("constant", "cosine", "linear")
+PRECISIONS = ("fp32", "bf16")
+SEED_LIMIT = 2**32  # PRNGKey keeps a seed's low 32 bits: larger seeds repeat smaller ones
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    steps: int = field(default=12000, metadata=FREE)
+    num_epochs: int | None = None
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    warmup_steps: int = 2000
+    schedule: str = "cosine"
+    decay_steps: int | None = None
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    precision: str = "fp32"
+    distributed: bool = field(default=False, metadata=FREE)  # where the steps run, not what they compute
+    cpu_devices: str = field(default="auto", metadata=FREE)
+    steps_per_dispatch: int = field(default=50, metadata=FREE)
+    log_every: int = field(default=500, metadata=FREE)
+    eval_every: int = field(default=2000, metadata=FREE)
+    checkpoint_every: int = field(default=2000, metadata=FREE)
+    max_to_keep: int = field(default=3, metadata=FREE)
+
+    @property
+    def horizon(self) -> int:
+        """The step at which the decay reaches its floor: decay_steps, or the run's length when unset."""
+        return self.steps if self.decay_steps is None else self.decay_steps
+
+    def check(self) -> None:
+        check(self.schedule in SCHEDULES, f"training.schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        check(self.precision in PRECISIONS, f"training.precision must be one of {PRECISIONS}, got {self.precision!r}")
+        check(
+            self.cpu_devices == "auto" or (self.cpu_devices.isdigit() and int(self.cpu_devices) >= 1),
+            f"training.cpu_devices must be auto or an integer >= 1, got {self.cpu_devices!r}",
+        )
+        for key in ("steps", "batch_size", "steps_per_dispatch", "max_to_keep"):
+            check(getattr(self, key) >= 1, f"training.{key} must be >= 1, got {getattr(self, key)}")
+        check(
+            self.num_epochs is None or self.num_epochs >= 1,
+            f"training.num_epochs must be null or >= 1, got {self.num_epochs}",
+        )
+        check(self.learning_rate > 0, f"training.learning_rate must be > 0, got {self.learning_rate}")
+        check(self.warmup_steps >= 0, f"training.warmup_steps must be >= 0, got {self.warmup_steps}")
+        check(
+            self.decay_steps is None or self.decay_steps >= 1,
+            f"training.decay_steps must be null or >= 1, got {self.decay_steps}",
+        )
+        check(0 <= self.min_lr_ratio <= 1, f"training.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        check(self.grad_clip > 0, f"training.grad_clip must be > 0, got {self.grad_clip}")
+        check(self.weight_decay >= 0, f"training.weight_decay must be >= 0, got {self.weight_decay}")
+        for key in ("log_every", "eval_every", "checkpoint_every"):
+            value = getattr(self, key)
+            check(
+                value >= 1 and value % self.steps_per_dispatch == 0,
+                f"training.{key} ({value}) must be a positive multiple of "
+                f"training.steps_per_dispatch ({self.steps_per_dispatch})",
+            )
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    n_prompts: int = field(default=1280, metadata=FREE)
+    batch_size: int = field(default=256, metadata=FREE)
+    seed: int = field(default=12345, metadata=FREE)
+    ood: bool = field(default=True, metadata=FREE)
+    ood_every_eval: bool = field(default=False, metadata=FREE)
+
+    def check(self) -> None:
+        check(self.n_prompts >= 1, f"eval.n_prompts must be >= 1, got {self.n_prompts}")
+        check(self.batch_size >= 1, f"eval.batch_size must be >= 1, got {self.batch_size}")
+        check(0 <= self.seed < SEED_LIMIT, f"eval.seed must be in [0, 2**32), got {self.seed}")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    seed: int = 0
+    init_from: str | None = field(default=None, metadata=FREE)  # used at a run's start only
+
+    def check(self) -> None:
+        check(0 <= self.seed < SEED_LIMIT, f"seed must be in [0, 2**32), got {self.seed}")
+
+
+def steps_per_epoch(cfg: RunConfig) -> int:
+    """Steps of one pass over the finite training set: the last batch of an epoch may be partial."""
+    return math.ceil(cfg.data.train_size / cfg.training.batch_size)

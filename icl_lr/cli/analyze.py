@@ -1,0 +1,254 @@
+"""Aggregate runs into tables, plots and reports.
+
+  python analyze.py outputs/sweep-local-abc123            # local run dirs (train.py's outputs), any depth
+  python analyze.py outputs/sweep-local-abc123 --html     # ... and one self-contained report.html
+  python analyze.py --wandb-files outputs/                 # offline W&B run folders alone (no run dir files)
+  python analyze.py --wandb my-team/icl-lr --sweep 9x2k   # runs of a W&B project (needs a key and network)
+  python analyze.py --wandb my-team/icl-lr --sweep 9x2k --report   # ... and a W&B report of the sweep
+  python analyze.py outputs/sweep-local-abc123 --report-spec report.json   # that report, serialised, no server
+
+Runs are grouped by what the sweep varied (config keys that differ between runs, the model's shape
+as `model_size`), and every metric is aggregated over the seeds of a group: mean, std and a bootstrap
+95% interval of the mean. Writes to --out: runs.csv (one row per run: config and summary),
+curves.csv (each curve's value per run, predictor and context length k, last eval: errors, and for
+binned outputs ce/<predictor> cross-entropies and coverage/<p>), history.csv (every scalar each run
+logged, by step), aggregate.csv and curve_aggregate.csv (the statistics), summary.md (a Markdown
+table), and PNG plots: error vs k per group with the baselines (and cross-entropy vs k for binned
+outputs); eval error vs step per group with seed bands; final excess error vs model size and vs noise
+std when those vary; the OOD conditions (ood_vs_context.png) and the noise levels (error_per_sigma.png)
+a panel each, when the runs scored them; error vs task pool size with dMMSE and ridge, on pool and on
+fresh tasks (error_vs_task_pool.png), when the pool size varies.
+"""
+
+import argparse
+import importlib.util
+import json
+import logging
+import shlex
+import sys
+from pathlib import Path
+
+from icl_lr.analysis import plots, tables
+from icl_lr.records import schema
+
+HEADLINE = list(schema.HEADLINE)
+log = logging.getLogger("analyze")
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "paths", nargs="*", type=Path, help="run dirs or folders holding them (e.g. outputs/, multirun/<date>/)"
+    )
+    parser.add_argument("--wandb", metavar="ENTITY/PROJECT", help="load runs from the W&B API instead of local dirs")
+    parser.add_argument(
+        "--wandb-files",
+        action="store_true",
+        help="read the paths' local W&B run folders (offline-run-*, through W&B's own reader) instead of run dirs",
+    )
+    parser.add_argument("--sweep", metavar="ID", help="with --wandb: only the runs of this sweep")
+    parser.add_argument(
+        "--state", default="finished", help="with --wandb: run state to keep; 'any' keeps all (default: finished)"
+    )
+    parser.add_argument(
+        "--where",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="keep runs whose column KEY equals VALUE, e.g. --where data.n_dims=5 (repeatable)",
+    )
+    parser.add_argument(
+        "--group-by",
+        action="append",
+        metavar="KEY",
+        help="group by these columns instead of the ones the runs vary in (repeatable)",
+    )
+    parser.add_argument(
+        "--metrics",
+        nargs="+",
+        metavar="NAME",
+        help=f"summary metrics for summary.md (default: {' '.join(HEADLINE)}); aggregate.csv has every eval/ metric",
+    )
+    parser.add_argument("--out", type=Path, default=Path("analysis"), help="output folder (default: analysis/)")
+    parser.add_argument(
+        "--format", nargs="+", choices=["csv", "parquet"], default=["csv"], help="table file formats (default: csv)"
+    )
+    parser.add_argument(
+        "--bootstrap",
+        type=int,
+        default=2000,
+        metavar="N",
+        help="bootstrap resamples for the 95%% interval (default 2000)",
+    )
+    parser.add_argument("--no-plots", action="store_true", help="tables only")
+    parser.add_argument(
+        "--html", action="store_true", help="also write report.html: the plots, tables and groups in one file"
+    )
+    parser.add_argument(
+        "--report",
+        action="store_true",
+        help="with --wandb: save a W&B report of the runs (the sweep) and print its URL",
+    )
+    parser.add_argument(
+        "--report-spec",
+        type=Path,
+        metavar="FILE",
+        help="write the W&B report as --report would send it (JSON), without a server: to review it first",
+    )
+    args = parser.parse_args(argv)
+    if bool(args.paths) == bool(args.wandb):
+        parser.error("give run dirs, or --wandb ENTITY/PROJECT (not both)")
+    if args.sweep and not args.wandb:
+        parser.error("--sweep needs --wandb; for local sweeps pass outputs/sweep-<id>")
+    if args.report and not args.wandb:
+        parser.error("--report needs --wandb ENTITY/PROJECT (a report lives on the W&B server); offline: --html")
+    if args.html and args.no_plots:
+        parser.error("--html needs the plots: drop --no-plots")
+    if args.wandb and args.wandb.count("/") != 1:
+        parser.error(f"--wandb takes ENTITY/PROJECT, got {args.wandb!r}")
+    optional = [  # (asked for, the option, the package it needs, the extra that installs it)
+        ("parquet" in args.format, "--format parquet", "pyarrow", "parquet"),
+        (args.report or args.report_spec, "--report and --report-spec", "wandb_workspaces", "report"),
+    ]
+    for asked, option, module, extra in optional:
+        if asked and importlib.util.find_spec(module) is None:
+            parser.error(f"{option} need {module}: pip install 'icl-lr[{extra}]'")
+    return args
+
+
+def load(args) -> tables.RunTables:
+    if args.wandb:
+        return tables.load_wandb(args.wandb, args.sweep, None if args.state == "any" else args.state)
+    if args.wandb_files:
+        return tables.load_wandb_files(args.paths)
+    return tables.load_local(args.paths)
+
+
+def write_plots(named: dict, finished, keys, args) -> dict:
+    """The PNG figures that the runs' metrics allow, from the written tables `named`: {path: caption}."""
+    aggregate, curve_stats = named["aggregate"], named["curve_aggregate"]
+    out, curves, figures = args.out, named["curves"], {}
+    plots.plot_error_curves(curve_stats, keys, out / "error_vs_context.png")
+    figures[out / "error_vs_context.png"] = (
+        "squared error / d vs k per group, the model (95% band) beside the baselines"
+    )
+    if curve_stats.predictor.str.startswith("ce/").any():
+        plots.plot_error_curves(curve_stats, keys, out / "ce_vs_context.png", metric="ce")
+        figures[out / "ce_vs_context.png"] = "cross-entropy of the y bin vs k per group, binned outputs"
+    history_stats = tables.aggregate_history(finished, named["history"], keys, n_resamples=args.bootstrap)
+    if not history_stats.empty:
+        plots.plot_history(history_stats, keys, out / "eval_vs_step.png")
+        figures[out / "eval_vs_step.png"] = "held-out error (mean over k) and excess over Bayes vs training step"
+    named_sets = {
+        "ood/": ("ood_vs_context.png", "Garg et al.'s out-of-distribution prompts"),
+        "sigma_": ("error_per_sigma.png", "one noise level per panel (Bai et al.)"),
+    }
+    for prefix, (name, title) in named_sets.items():
+        sets = [s for s in curves.set.unique() if s.startswith(prefix)]  # in the order the runs logged them
+        if sets:
+            plots.plot_sets(curve_stats, keys, sets, out / name, title)
+            figures[out / name] = f"{title}: error vs k, a panel each"
+    if "task_pool" in named:
+        plots.plot_error_vs_task_pool(named["task_pool"], keys, out / "error_vs_task_pool.png")
+        figures[out / "error_vs_task_pool.png"] = (
+            "error vs task pool size, on pool and fresh tasks (the table task_pool.csv)"
+        )
+    runs = named["runs"]
+    if "model_size" in keys and runs.model_size.nunique() > 1:
+        order = list(runs.groupby("model_size").n_params.first().sort_values().index)
+        path = out / "excess_vs_model_size.png"
+        plots.plot_metric(aggregate, "eval/excess/mean", "model_size", keys, path, order)
+        figures[path] = "final excess over Bayes (mean over k) vs model size"
+    if "data.noise_std" in keys and runs["data.noise_std"].nunique() > 1:
+        path = out / "excess_vs_noise_std.png"
+        plots.plot_metric(aggregate, "eval/excess/mean", "data.noise_std", keys, path)
+        figures[path] = "final excess over Bayes (mean over k) vs label noise std"
+    return figures
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        loaded = tables.apply_filters(load(args), args.where)
+    except (FileNotFoundError, LookupError) as error:
+        log.error("analyze: %s", error)
+        return 2
+    runs = loaded.runs
+    finished = runs[runs.status == "finished"]  # runs.csv lists every run; only finished ones are aggregated
+    if finished.empty:
+        log.error("analyze: no finished runs left after --where %s", " ".join(args.where))
+        return 2
+    keys = args.group_by or tables.group_keys(finished)
+    missing = [k for k in [*keys, *(args.metrics or [])] if k not in runs]
+    if missing:
+        log.error("analyze: unknown column(s) %s; runs.csv lists them all", ", ".join(missing))
+        return 2
+    metrics = [c for c in finished if c.startswith("eval/")] + ["n_params"]
+    aggregate = tables.aggregate_runs(finished, keys, metrics, args.bootstrap)
+    curve_stats = tables.aggregate_curves(finished, loaded.curves, keys, args.bootstrap)
+    groups = finished.groupby(keys, dropna=False).ngroups
+    log.info("%d finished runs (of %d) in %d groups by %s", len(finished), len(runs), groups, ", ".join(keys))
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    named = {**loaded._asdict(), "aggregate": aggregate, "curve_aggregate": curve_stats}
+    if tables.TASK_POOL in keys and (loaded.curves.set == "pretrain").any():
+        named["task_pool"] = tables.task_pool_stats(finished, loaded.curves, keys, args.bootstrap)
+    written = []
+    for name, table in named.items():
+        for fmt in args.format:
+            path = args.out / f"{name}.{fmt}"
+            table.to_csv(path, index=False) if fmt == "csv" else table.to_parquet(path, index=False)
+            written.append(path)
+    summary = tables.summary_table(aggregate, keys, args.metrics or HEADLINE)
+    markdown = summary.to_markdown(index=False)
+    (args.out / "summary.md").write_text(markdown + "\n")
+    written.append(args.out / "summary.md")
+    figures = {} if args.no_plots else write_plots(named, finished, keys, args)
+    written += figures
+    if args.html:
+        from icl_lr.analysis import html_report
+
+        varied = {k: sorted(finished[k].map(tables.config_text).unique()) for k in keys}
+        tables_shown = {"aggregate: every eval metric": aggregate, "runs: config and summary": runs}
+        html_report.write_report(
+            args.out / "report.html",
+            "python analyze.py " + shlex.join(argv),
+            [args.wandb] if args.wandb else list(map(str, args.paths)),
+            varied,
+            runs.status.value_counts().to_dict(),
+            summary,
+            figures,
+            tables_shown,
+        )
+        written.append(args.out / "report.html")
+    print(markdown)
+    print("wrote " + ", ".join(map(str, written)))
+    if args.report or args.report_spec:
+        from icl_lr.analysis import wandb_report
+
+        entity, project = args.wandb.split("/") if args.wandb else runs_project(finished)
+        report = wandb_report.build_report(entity, project, args.sweep, finished, keys, markdown)
+        if args.report_spec:
+            args.report_spec.write_text(json.dumps(wandb_report.report_spec(report), indent=2) + "\n")
+            print(f"wrote {args.report_spec} (the W&B report as --report would send it)")
+        if args.report:
+            report.save()
+            print(f"W&B report: {report.url}")
+    return 0
+
+
+def runs_project(runs) -> tuple[str, str]:
+    """(entity, project) that local runs logged to, from their wandb.* config ("ENTITY" where unset)."""
+    entity, project = (runs[key].dropna().unique() for key in ("wandb.entity", "wandb.project"))
+    return (entity[0] if len(entity) else "ENTITY"), (project[0] if len(project) else "icl-lr")
+
+
+def run_cli() -> None:
+    """`python analyze.py` and `icl-lr-analyze`."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run_cli()
