@@ -16,16 +16,17 @@ import logging
 from omegaconf import DictConfig, OmegaConf
 
 from icl_lr.fields import build, check, check_sections
-from icl_lr.model.encoding import ENCODINGS, encoding_of
-from icl_lr.model.icl_model import FAMILIES
-from icl_lr.task.registry import TASKS
 from icl_lr.train.config import RunConfig, steps_per_epoch
 
 log = logging.getLogger("icl_lr")
 
 
 def check_across(cfg: RunConfig) -> None:
-    """The checks that span sections."""
+    """The checks that span sections (the registries imported here: `--help` and `--cfg` need no JAX)."""
+    from icl_lr.model.encoding import ENCODINGS, encoding_of
+    from icl_lr.model.icl_model import FAMILIES
+    from icl_lr.task.registry import TASKS
+
     d, m, t = cfg.data, cfg.model, cfg.training
     check(m.family in FAMILIES, f"model.family must be one of {tuple(FAMILIES)}, got {m.family!r}")
     check(d.task in TASKS, f"data.task must be one of {tuple(TASKS)}, got {d.task!r}")
