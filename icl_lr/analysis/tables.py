@@ -28,6 +28,7 @@ from icl_lr.records.schema import (
     METRICS_FILE,
     SUMMARY_FILE,
     set_of,
+    set_of_curves_key,
 )
 from icl_lr.records.tracking import read_jsonl
 from icl_lr.train.config import RunConfig
@@ -135,12 +136,11 @@ def _last_curves(run_id: str, records: list) -> list:
 
 def _curve_tables(summary: dict) -> dict:
     """{set: table file reference} of a W&B summary's last curve tables: eval/curves, eval/<set>/curves."""
-    tables = {}
-    for key, value in summary.items():
-        if key.startswith("eval/") and key.endswith("curves") and isinstance(value, dict) and value.get("path"):
-            eval_set = key.removeprefix("eval/").removesuffix("curves").rstrip("/")
-            tables[eval_set or HELD_OUT] = value["path"]  # eval/curves: the held-out set's (schema.curves_key)
-    return tables
+    return {
+        set_of_curves_key(key): value["path"]
+        for key, value in summary.items()
+        if set_of_curves_key(key) and isinstance(value, dict) and value.get("path")
+    }
 
 
 def _read_json(path: Path):

@@ -41,6 +41,13 @@ def curves_key(eval_set: str) -> str:
     return f"{metric_prefix(eval_set)}curves"
 
 
+def set_of_curves_key(key: str) -> str | None:
+    """The set whose curve table `key` is (the inverse of `curves_key`), or None for another key."""
+    if not (key.startswith("eval/") and key.endswith("curves")):
+        return None
+    return key.removeprefix("eval/").removesuffix("curves").rstrip("/") or HELD_OUT
+
+
 def is_error_curve(name: str) -> bool:
     """The one naming rule charts and summaries read: an error curve's name has no '/'."""
     return "/" not in name

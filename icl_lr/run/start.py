@@ -60,22 +60,25 @@ class RunStart:
 
     def commit(self, attempt_dir: Path | None) -> str:
         """Writes the start's record (identity, run_config.json, .hydra/) and returns its W&B run id."""
-        run_id = claim_identity(self.run_dir, fresh=not self.resumed)
+        t, run_id = self.cfg.training, claim_identity(self.run_dir, fresh=not self.resumed)
         write_atomic(self.run_dir / CONFIG_FILE, json.dumps(config_record(self.cfg), indent=2) + "\n")
         if attempt_dir is not None:  # .hydra/ holds the latest start's Hydra config; each start's own stays
             for name in ("config.yaml", "overrides.yaml", "hydra.yaml"):
                 if (attempt_dir / name).exists():
                     shutil.copyfile(attempt_dir / name, self.run_dir / ".hydra" / name)
-        if self.resumed and self.stored and self.cfg.training.steps > self.stored["training.steps"]:
-            log.info("extending the run from %d to %d steps; %s", self.stored["training.steps"], *self._extension())
+        if self.resumed and self.stored and t.steps > self.stored["training.steps"]:
+            log.info(
+                "extending the run from %d to %d steps; %s", self.stored["training.steps"], t.steps, self._extension()
+            )
         return run_id
 
-    def _extension(self) -> tuple:
+    def _extension(self) -> str:
+        """What an extension does to the learning-rate schedule."""
         t = self.cfg.training
         if t.schedule == "constant" or t.horizon >= t.steps:
-            return t.steps, f"the {t.schedule} schedule goes on as it was (horizon {t.horizon} steps)"
+            return f"the {t.schedule} schedule goes on as it was (horizon {t.horizon} steps)"
         floor = t.min_lr_ratio * t.learning_rate
-        return t.steps, (
+        return (
             f"the {t.schedule} schedule keeps its horizon (training.decay_steps={t.horizon}): the learning rate "
             f"stays at its floor {floor:.2e} from step {t.horizon} on"
         )

@@ -6,7 +6,6 @@ steps run in one `lax.scan` per call (a dispatch), to keep Python out of the hot
 """
 
 import logging
-import signal
 import time
 from functools import partial
 from pathlib import Path
@@ -354,7 +353,7 @@ def train(cfg: RunConfig, run_dir: Path, trackers=(), stop: StopRequest | None =
             if not saved:
                 tracker.log_checkpoint(checkpoints.save_latest(state), step, ["latest", f"step-{step}"])
             checkpoints.close()
-            if stop.signal == signal.SIGTERM:
+            if stop.preempted:
                 tracker.preempting()
             stop.stop(f"at step {step}: checkpoint saved")
 

@@ -27,6 +27,11 @@ class StopRequest:
     def requested(self) -> bool:
         return self.signal is not None
 
+    @property
+    def preempted(self) -> bool:
+        """Whether the request is SIGTERM's (W&B is then told the run is preempting)."""
+        return self.signal == signal.SIGTERM
+
     def install(self) -> "StopRequest":
         """This request receives the process's SIGTERMs, and its SIGINTs unless they are ignored (a job
         started in the background); from the main thread only, as Python allows."""
@@ -37,10 +42,10 @@ class StopRequest:
         return self
 
     def _receive(self, signum, frame) -> None:
-        if not self.watched or self.signal == signum == signal.SIGINT:  # a second Ctrl-C does not wait
-            self.signal = signum
-            self.stop("before training started: nothing to save" if not self.watched else "again")
+        again = self.signal == signum == signal.SIGINT  # a second Ctrl-C does not wait
         self.signal = signum
+        if not self.watched or again:
+            self.stop("before training started: nothing to save" if not self.watched else "again")
 
     def stop(self, where: str) -> None:
         """Raises what the received signal asks for: Preempted for SIGTERM, KeyboardInterrupt for SIGINT."""
