@@ -1,6 +1,9 @@
 """W&B tracking, checked on the run files wandb itself writes offline (read back with wandb's schema)."""
 
 import json
+import os
+import pty
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -140,9 +143,13 @@ def test_checkpoints_are_model_artifacts_with_aliases(tracked_run):
 
 
 def test_resumed_run_continues_the_same_wandb_run(tmp_path):
-    train_cli(tmp_path, "training.steps=20")
+    first_start = train_cli(tmp_path, "training.steps=20")
     resumed = train_cli(tmp_path)  # same dir, 40 steps: resumes from the step-20 checkpoint
     assert "Metadata file does not exist" not in resumed.stdout + resumed.stderr  # a quiet resume
+    for console in (first_start, resumed):  # W&B's own lines stay off: the run's log says what they would
+        lines = (console.stdout + console.stderr).splitlines()
+        assert [line for line in lines if line.startswith("wandb:")] == []
+        assert sum("upload later with: wandb sync" in line for line in lines) == 1
     first, second = offline_run_files(tmp_path)
     assert first.run_id == second.run_id == run_id_of(tmp_path)
     assert sorted(rows_with(first.history, "train/loss")) == [10, 20]
@@ -200,3 +207,30 @@ def test_a_bad_init_from_fails_before_training_in_one_line(fast_config, tmp_path
     errors = [line for line in (result.stdout + result.stderr).splitlines() if "][ERROR] - " in line]
     assert result.returncode == 2 and len(errors) == 1 and "config error: init_from: cannot start from" in errors[0]
     assert "Traceback" not in result.stdout + result.stderr and not (tmp_path / "r" / "metrics.jsonl").exists()
+
+
+def test_a_terminal_shows_a_live_bar_that_never_breaks_a_log_line(tmp_path):
+    """On a terminal, one bar line redrawn after each dispatch and cleared before each log line; in a pipe
+    (the test above, a log file, a batch job) none."""
+    leader, follower = pty.openpty()
+    command = [sys.executable, str(ROOT / "train.py"), *FAST, f"hydra.run.dir={tmp_path}", "wandb.mode=disabled"]
+    process = subprocess.Popen(command, cwd=ROOT, env=no_key_env(), stdout=follower, stderr=follower)
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # the terminal closed: the run has ended
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    assert process.wait(timeout=300) == 0
+    console = b"".join(chunks).decode().replace("\r\n", "\n")
+    assert "] 40/40 | " in console and "[########################] 40/40" in console
+    frames = re.findall(r"\r\x1b\[K\[[#.]{24}\] (\d+)/40", console)
+    assert [int(f) for f in frames] == [10, 20, 30, 40]  # one frame per dispatch of 10 steps
+    for line in console.split("\n"):  # as a terminal shows it, every log line starts clean: the bar was cleared
+        if "[icl_lr][INFO]" in line:
+            assert re.match(r"\[\d{4}-\d\d-\d\d ", line.split("\r\x1b[K")[-1]), repr(line)
+    assert "\x1b[K" not in train_cli(tmp_path / "piped", "training.steps=20").stderr

@@ -22,6 +22,9 @@ from icl_lr.records.run_dir import write_atomic
 from icl_lr.records.schema import CURVES_FILE, HELD_OUT, METRICS_FILE, SUMMARY_FILE, curves_key, is_error_curve
 
 log = logging.getLogger("icl_lr")
+# W&B's own console lines stay off (its end-of-run summary, "Adding directory to artifact" per checkpoint, the
+# offline notice): the run logs its own one line for each of these; warnings and errors still show.
+QUIET = {"quiet": True, "show_info": False}
 
 
 class Tracker:
@@ -178,9 +181,11 @@ class WandbRun(Tracker):
             id=None if in_sweep else run_id,
             resume="allow",
         )
+        wandb.setup()  # W&B's console settings are set once per process, at its setup: quieten them after it
+        wandb.termsetup(wandb.Settings(**QUIET), None)
         try:
             self.run = wandb.init(
-                mode=mode, settings=wandb.Settings(init_timeout=settings.init_timeout, quiet=True), **init_args
+                mode=mode, settings=wandb.Settings(init_timeout=settings.init_timeout, **QUIET), **init_args
             )
         except Exception as error:  # bad key, unreachable server: keep training, log offline
             if mode != "online":
@@ -189,10 +194,12 @@ class WandbRun(Tracker):
             log.warning("W&B could not start online (%s: %s); logging offline instead", type(error).__name__, reason)
             mode = "offline"
             wandb.teardown()  # the failed attempt still holds the run id in wandb's service process
-            self.run = wandb.init(mode=mode, **init_args)
+            self.run = wandb.init(mode=mode, settings=wandb.Settings(**QUIET), **init_args)
         self.mode = mode
         if mode == "offline":
             log.info("W&B is offline; upload later with: wandb sync %s", self.run.dir.rsplit("/files", 1)[0])
+        else:
+            log.info("W&B run: %s", self.run.url)
         self.run.define_metric("step")
         self.run.define_metric("*", step_metric="step")
 

@@ -40,6 +40,7 @@ from icl_lr.train import evaluate, parallel
 from icl_lr.train.config import RunConfig, steps_per_epoch
 from icl_lr.train.optimizer import learning_rate_schedule, make_optimizer
 from icl_lr.train.preemption import StopRequest
+from icl_lr.train.progress import LiveBar
 
 log = logging.getLogger("icl_lr")
 
@@ -316,46 +317,51 @@ def train(cfg: RunConfig, run_dir: Path, trackers=(), stop: StopRequest | None =
     facts, window, throughput = {"n_params": n_params, "n_devices": mesh.size}, [], Throughput()
     stop.watched = True  # from here on, a stop signal is answered at the end of a dispatch
 
-    while step < t.steps:
-        # train: one dispatch, up to the next multiple of steps_per_dispatch (a preempted run realigns)
-        n_steps = min(t.steps_per_dispatch - step % t.steps_per_dispatch, t.steps - step)
-        dispatch_started = time.perf_counter()
-        state, metrics = dispatch(state, n_steps)
-        window.append(jax.device_get(metrics))
-        _check_finite(window[-1], step)
-        step += n_steps
-        if throughput.record(n_steps, time.perf_counter() - dispatch_started) and "compile_seconds" not in facts:
-            facts["compile_seconds"] = time.perf_counter() - dispatch_started
-            log.info("train step compiled and first %d steps run in %.1fs", n_steps, facts["compile_seconds"])
-        is_last = step == t.steps
+    with LiveBar(log, enabled=parallel.is_primary()) as bar:  # on a terminal only
+        rate = None
+        while step < t.steps:
+            # train: one dispatch, up to the next multiple of steps_per_dispatch (a preempted run realigns)
+            n_steps = min(t.steps_per_dispatch - step % t.steps_per_dispatch, t.steps - step)
+            dispatch_started = time.perf_counter()
+            state, metrics = dispatch(state, n_steps)
+            window.append(jax.device_get(metrics))
+            _check_finite(window[-1], step)
+            step += n_steps
+            if throughput.record(n_steps, time.perf_counter() - dispatch_started) and "compile_seconds" not in facts:
+                facts["compile_seconds"] = time.perf_counter() - dispatch_started
+                log.info("train step compiled and first %d steps run in %.1fs", n_steps, facts["compile_seconds"])
+            is_last = step == t.steps
 
-        # log: train metrics and a progress line
-        if step % t.log_every == 0 or is_last:
-            _log_phase(tracker, window, step, cfg, throughput)
-            window = []
+            rate = throughput.steps_per_second() or rate
+            bar.draw(step, t.steps, rate, _duration((t.steps - step) / rate) if rate else None)
 
-        # eval: error curves, and the best checkpoint by held-out error
-        best_dir = None
-        if step % t.eval_every == 0 or is_last:
-            scalars, _ = evaluator(state.params, tracker, step, final=is_last)
-            best_dir = checkpoints.save_best(state, scalars[MODEL_ERROR])
+            # log: train metrics and a progress line
+            if step % t.log_every == 0 or is_last:
+                _log_phase(tracker, window, step, cfg, throughput)
+                window = []
 
-        # checkpoint: the latest state (one artifact version when it is also the best)
-        saved = step % t.checkpoint_every == 0 or is_last
-        if saved:
-            aliases = ["latest", f"step-{step}"] + (["best"] if best_dir else [])
-            tracker.log_checkpoint(checkpoints.save_latest(state), step, aliases)
-        elif best_dir:
-            tracker.log_checkpoint(best_dir, step, ["best"])
+            # eval: error curves, and the best checkpoint by held-out error
+            best_dir = None
+            if step % t.eval_every == 0 or is_last:
+                scalars, _ = evaluator(state.params, tracker, step, final=is_last)
+                best_dir = checkpoints.save_best(state, scalars[MODEL_ERROR])
 
-        # stop (SIGTERM, Ctrl-C): a checkpoint at this step, W&B told, then stop (the same command resumes here)
-        if stop.requested and not is_last:
-            if not saved:
-                tracker.log_checkpoint(checkpoints.save_latest(state), step, ["latest", f"step-{step}"])
-            checkpoints.close()
-            if stop.preempted:
-                tracker.preempting()
-            stop.stop(f"at step {step}: checkpoint saved")
+            # checkpoint: the latest state (one artifact version when it is also the best)
+            saved = step % t.checkpoint_every == 0 or is_last
+            if saved:
+                aliases = ["latest", f"step-{step}"] + (["best"] if best_dir else [])
+                tracker.log_checkpoint(checkpoints.save_latest(state), step, aliases)
+            elif best_dir:
+                tracker.log_checkpoint(best_dir, step, ["best"])
+
+            # stop (SIGTERM, Ctrl-C): a checkpoint at this step, W&B told, then stop (the same command resumes here)
+            if stop.requested and not is_last:
+                if not saved:
+                    tracker.log_checkpoint(checkpoints.save_latest(state), step, ["latest", f"step-{step}"])
+                checkpoints.close()
+                if stop.preempted:
+                    tracker.preempting()
+                stop.stop(f"at step {step}: checkpoint saved")
 
     checkpoints.close()
     facts |= {"step": step, "wall_seconds": time.perf_counter() - started, "ood_seconds": evaluator.ood_seconds}
