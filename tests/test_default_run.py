@@ -26,7 +26,7 @@ def test_default_run_learns_in_context(tmp_path):
 
 
 GARG_OPTIMISER = ["training.schedule=constant", "training.warmup_steps=0", "training.grad_clip=1e9"]
-TINY = ["model=gpt2_tiny", "training.batch_size=128"]  # the model and batch the README's initialisation table used
+TINY = ["model=gpt2_tiny", "training.batch_size=128"]  # the model and batch docs/initialisation.md's table used
 
 
 @pytest.mark.slow

@@ -176,7 +176,9 @@ def test_every_imported_package_is_declared():
 
 def test_the_project_speaks_of_itself_only():
     """No issue numbers, no mention of the document it was started from or of sessions, outside tests/."""
-    pattern = re.compile(r"issue [0-9]+|the seed's|original brief|this session", re.IGNORECASE)
+    pattern = re.compile(
+        r"issue [0-9]+|the issue|the seed's format|the brief|original brief|\bsessions?\b", re.IGNORECASE
+    )
     skip = {".git", ".venv", "tests", "outputs", "multirun", "wandb", "analysis", "__pycache__", ".pytest_cache"}
     found = []
     for folder, folders, files in os.walk(ROOT):

@@ -98,7 +98,7 @@ def test_read_in_and_read_out_shapes_and_dropout():
 @pytest.mark.parametrize("n_dims", [5, 20])
 def test_embeddings_enter_the_stream_at_one_scale(n_dims):
     """Read-in embeddings of unit-variance x, token rows and positions all start at std model.embedding_std
-    (README, "Initialisation": GPT-2's 0.02 read-in beside 0.01 positions stalls under constant-lr Adam)."""
+    (docs/initialisation.md: GPT-2's 0.02 read-in beside 0.01 positions stalls under constant-lr Adam)."""
     cfg = ModelConfig(n_layer=1, n_embd=256, n_head=2, n_positions=128)
     switches = dict(token_slot_embedding=True, token_point_embedding=True, token_value_embedding=True)
     data_cfg = DataConfig(n_dims=n_dims, n_points=5, encoding="tokens", vocab_size=64, **switches)

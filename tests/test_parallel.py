@@ -19,7 +19,7 @@ from icl_lr.train.optimizer import make_optimizer
 
 TWO_DEVICES = no_key_env(JAX_NUM_CPU_DEVICES="2")
 CONSTANT_LR = ["training.schedule=constant", "wandb.mode=disabled"]  # a run cut at step 20 resumes the same
-TOLERANCE = dict(rtol=1e-4, atol=1e-5)  # measured: float32 sums in another order (see the README)
+TOLERANCE = dict(rtol=1e-4, atol=1e-5)  # measured: float32 sums in another order (docs/scaling_out.md)
 RUN = run_config(*FAST, *CONSTANT_LR)  # the runs' config, to read their checkpoints
 
 
