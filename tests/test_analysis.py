@@ -3,6 +3,9 @@
 import base64
 import html
 import json
+import logging
+import re
+import shutil
 import subprocess
 import sys
 from html.parser import HTMLParser
@@ -11,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.stats
+from plotly.offline import get_plotlyjs
 
 from helpers import FAST, ROOT, held_out_curves, no_key_env, run_id_of
 from icl_lr.analysis import tables
@@ -92,10 +97,61 @@ def test_aggregates_over_seeds_equal_the_per_run_numbers(sweep_dir):
                 and row["mean"] == pytest.approx(values.mean())
                 and row["std"] == pytest.approx(values.std(ddof=1))
             )
-            assert values.min() <= row.ci_low <= row.ci_high <= values.max()
+            low, high = scipy.stats.t.interval(0.95, len(values) - 1, values.mean(), scipy.stats.sem(values))
+            assert (row.ci_low, row.ci_high, row.ci_method) == (pytest.approx(low), pytest.approx(high), "t")
             for k in (0, 3, 7):
                 model_errors = [c["model"][k] for _, c in group]
                 assert curve_stats.loc[(size, noise, "model", k), "mean"] == pytest.approx(np.mean(model_errors))
+
+
+@pytest.mark.parametrize("n", [2, 3, 5, 29])
+def test_a_mean_over_few_seeds_gets_a_student_t_interval(n):
+    """At n = 3 the bootstrap's interval is the seeds' min-max; Student-t's is wider, as scipy computes it."""
+    values = np.random.default_rng(n).normal(0.75, 0.002, size=n)
+    low, high, method = tables.mean_interval(values)
+    want = scipy.stats.t.interval(0.95, n - 1, loc=values.mean(), scale=scipy.stats.sem(values))
+    assert method == "t" and (low, high) == (pytest.approx(want[0], rel=1e-12), pytest.approx(want[1], rel=1e-12))
+    if n == 3:
+        assert high - low > values.max() - values.min()
+
+
+def test_one_run_has_no_interval_and_many_seeds_a_bootstrap_one():
+    low, high, method = tables.mean_interval(np.array([0.5]))
+    assert np.isnan(low) and np.isnan(high) and method == ""
+    values = np.random.default_rng(0).normal(size=tables.BOOTSTRAP_FROM)
+    low, high, method = tables.mean_interval(values)
+    want = scipy.stats.t.interval(0.95, len(values) - 1, loc=values.mean(), scale=scipy.stats.sem(values))
+    assert method == "bootstrap" and high - low == pytest.approx(want[1] - want[0], rel=0.2)
+
+
+def test_the_summary_puts_the_best_first_and_marks_overlapping_intervals():
+    aggregate = pd.DataFrame(
+        [  # (group, mean, low, high, method, n)
+            ("a", 0.30, 0.25, 0.35, "t", 3),
+            ("b", 0.10, 0.05, 0.15, "t", 3),
+            ("c", 0.13, 0.12, 0.20, "t", 3),
+            ("d", 0.50, np.nan, np.nan, "", 1),
+        ],
+        columns=["g", "mean", "ci_low", "ci_high", "ci_method", "n"],
+    ).assign(metric="eval/excess/mean", std=0.0)
+    summary = tables.summary_table(aggregate, ["g"], ["eval/excess/mean"])
+    assert list(summary.g) == ["b", "c", "a", "d"] and list(summary["rank"]) == [1, 2, 3, 4]
+    assert list(summary.verdict) == ["best", "overlaps best", "", "no interval (n=1)"]
+    assert summary["eval/excess/mean"][0] == "0.1000 [0.0500, 0.1500] (t, n=3)"
+    assert summary["eval/excess/mean"][3] == "0.5000 (n=1)"
+    assert "lower is better" in tables.summary_note(["eval/excess/mean"])
+    accuracy = aggregate.assign(metric="eval/accuracy")
+    assert list(tables.summary_table(accuracy, ["g"], ["eval/accuracy"]).g) == ["d", "a", "c", "b"]
+
+
+def test_reading_many_runs_says_how_far_it_got(caplog):
+    caplog.set_level(logging.INFO, logger="analyze")
+    assert list(tables._reading(range(3), "runs", every=0)) == [0, 1, 2]
+    lines = [r.getMessage() for r in caplog.records]
+    assert [line.split(" (")[0] for line in lines[:3]] == ["read 0 of 3 runs", "read 1 of 3 runs", "read 2 of 3 runs"]
+    assert lines[3].startswith("read 3 runs in ")
+    caplog.clear()
+    assert list(tables._reading(range(3), "runs")) == [0, 1, 2] and not caplog.records  # quick: no lines
 
 
 def test_bootstrap_interval_is_the_spread_of_the_mean():
@@ -116,8 +172,9 @@ def test_cli_writes_tables_markdown_and_plots(sweep_dir, tmp_path):
     assert set(aggregate.metric) >= {"eval/excess/mean", "eval/model/error_k3", "n_params"}
     markdown = (out / "summary.md").read_text()
     assert (
-        "model_size" in markdown and "data.noise_std" in markdown and markdown.count("(n=2)") == 8
+        "model_size" in markdown and "data.noise_std" in markdown and markdown.count("(t, n=2)") == 8
     )  # 4 groups x 2 metrics
+    assert markdown.startswith("Sorted by eval/excess/mean (lower is better).")
     for plot in ("error_vs_context.png", "eval_vs_step.png", "excess_vs_model_size.png", "excess_vs_noise_std.png"):
         assert (out / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -204,23 +261,51 @@ def test_html_report_holds_every_plot_and_table(sweep_dir, tmp_path):
     out = tmp_path / "analysis"
     assert analyze.main([str(sweep_dir), "--out", str(out), "--html"]) == 0
     page = (out / "report.html").read_text()
+    assert page.count(get_plotlyjs()) == 1  # Plotly's JavaScript inlined once
+    rest = page.replace(get_plotlyjs(), "")
+    assert not re.search(r"""(src|href)=["'](?!data:|#)""", rest)  # nothing loaded from elsewhere
+    assert rest.count("Plotly.newPlot(") == 2  # interactive: error vs k, learning curves
     pngs = sorted(out.glob("*.png"))
     assert len(pngs) == 4
     for png in pngs:  # each plot, embedded byte for byte
         assert f"data:image/png;base64,{base64.b64encode(png.read_bytes()).decode()}" in page
-    assert "src=" not in page.replace('src="data:image/png;base64,', "")  # nothing loaded from elsewhere
     assert f"python analyze.py {sweep_dir} --out {out} --html" in page
     assert "<th>model_size</th><td>1L/16d/2H, 1L/32d/2H</td>" in page
     assert "<th>data.noise_std</th><td>0, 0.5</td>" in page
-    summary = pd.read_csv(out / "aggregate.csv")
-    cells = tables.summary_table(summary, ["model_size", "data.noise_std"], list(analyze.HEADLINE))
-    for cell in cells[list(analyze.HEADLINE)].to_numpy().ravel():
-        assert html.escape(cell) in page
+    aggregate = pd.read_csv(out / "aggregate.csv")
+    keys = ["model_size", "data.noise_std"]
+    cells = tables.summary_table(aggregate, keys, list(analyze.HEADLINE))
     shown = html_tables(page)
-    assert len(shown) == 4  # what varies, summary, aggregate, runs
+    assert len(shown) == 4  # summary, what varies, aggregate, runs
+    assert shown[0][0] == ["rank", "verdict", *keys, *analyze.HEADLINE]
+    assert shown[0][1:] == cells.astype(str).to_numpy().tolist()  # the best first, as summary_table ranks
+    excess = aggregate[aggregate.metric == schema.EXCESS].sort_values("mean")
+    assert [row[2:4] for row in shown[0][1:]] == excess[keys].map(tables.config_text).to_numpy().tolist()
+    best_row = re.search(r'<tr class="best">(.*?)</tr>', page).group(1)
+    assert f"<td>{html.escape(cells.iloc[0][schema.EXCESS])}</td>" in best_row
+    assert "lower is better" in page and html.escape(f"{schema.EXCESS} {cells.iloc[0][schema.EXCESS]}") in page
     runs = pd.read_csv(out / "runs.csv")
     assert shown[3][0][:2] == ["run_id", "run_dir"] and {row[0] for row in shown[3][1:]} == set(runs.run_id)
-    assert len(shown[2]) == 1 + len(summary)  # a header row and every aggregate row
+    assert len(shown[2]) == 1 + len(aggregate)  # a header row and every aggregate row
+
+
+def test_the_report_renders_in_a_real_browser_without_errors_or_fetches(sweep_dir, tmp_path):
+    """Headless Chromium opens report.html with every host unreachable: the Plotly figures render (their SVG
+    is in the DOM), the console has no errors, nothing failed to load."""
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("no chromium on this machine (.ci/run installs Debian's)")
+    out = tmp_path / "analysis"
+    assert analyze.main([str(sweep_dir), "--out", str(out), "--html"]) == 0
+    command = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr", "--v=0"]
+    command += ["--host-resolver-rules=MAP * ~NOTFOUND", "--virtual-time-budget=10000", "--dump-dom"]
+    opened = subprocess.run([*command, (out / "report.html").as_uri()], capture_output=True, text=True, timeout=120)
+    dom = opened.stdout
+    assert dom.count('class="main-svg"') >= 2 * 2  # each Plotly figure draws two SVG layers
+    assert dom.count('class="scatterlayer') >= 2 and "Which config is best" in dom
+    console = [line for line in opened.stderr.splitlines() if ":CONSOLE" in line]
+    assert console == [], console
+    assert "Failed to load" not in opened.stderr and "ERR_NAME_NOT_RESOLVED" not in opened.stderr
 
 
 def html_tables(page: str) -> list:
@@ -229,7 +314,7 @@ def html_tables(page: str) -> list:
     class Tables(HTMLParser):
         def __init__(self):
             super().__init__()
-            self.tables = []
+            self.tables, self.in_cell = [], False
 
         def handle_starttag(self, tag, attrs):
             if tag == "table":
@@ -238,9 +323,14 @@ def html_tables(page: str) -> list:
                 self.tables[-1].append([])
             elif tag in ("td", "th"):
                 self.tables[-1][-1].append("")
+                self.in_cell = True
+
+        def handle_endtag(self, tag):
+            if tag in ("td", "th"):
+                self.in_cell = False
 
         def handle_data(self, data):
-            if self.tables and self.tables[-1] and self.tables[-1][-1]:
+            if self.in_cell:
                 self.tables[-1][-1][-1] += data.strip()
 
     parser = Tables()
@@ -256,9 +346,10 @@ def test_wandb_report_has_a_panel_per_group_and_metric(sweep_dir):
 
     runs, _, history = tables.load_local([sweep_dir])
     keys = tables.group_keys(runs)
-    report = wandb_report.build_report("team", "icl-lr", "swp123", runs, keys, "| table |")
+    told = {"headline": "Best: ...", "note": "Sorted by ...", "markdown": "| table |"}
+    report = wandb_report.build_report("team", "icl-lr", "swp123", runs, keys, told)
     grids = [b for b in report.blocks if isinstance(b, wr.PanelGrid)]
-    overview, per_group = grids[0], grids[1:]
+    per_group, overview = grids[:-1], grids[-1]
     filters = lambda runset: [(f.key.name, f.value) for f in expr.string_to_filterexpr_list(runset.filters)]  # noqa: E731
     everything = overview.runsets[0]
     assert filters(everything) == [("State", "finished"), ("Sweep", "swp123")]
@@ -291,6 +382,22 @@ def test_wandb_report_has_a_panel_per_group_and_metric(sweep_dir):
     assert logged["eval/curves_chart_table"]["_type"] == "table-file"  # the table the charts read, as W&B holds it
     assert all(f"summary:{m}" in everything.pinned_columns for m in ("eval/excess/mean", "eval/model/error_mean"))
     assert not any(isinstance(b, wr.H1) and "distribution" in b.text for b in report.blocks)  # no OOD metrics here
+
+
+def test_the_wandb_report_keeps_parity_with_report_html(sweep_dir, tmp_path):
+    """The same sections in the same order, the same headline sentence, the same summary table."""
+    out, spec_file = tmp_path / "analysis", tmp_path / "report.json"
+    assert analyze.main([str(sweep_dir), "--out", str(out), "--html", "--report-spec", str(spec_file)]) == 0
+    page = (out / "report.html").read_text()
+    html_sections = [html.unescape(t) for t in re.findall(r"<h[23]>(.*?)</h[23]>", page)]
+    html_sections = [t for t in html_sections if t not in ("What varies", "Figures", "Tables")]
+    spec = json.loads(spec_file.read_text())["spec"]
+    blocks = json.loads(spec)["blocks"]
+    wandb_sections = [b["children"][0]["text"] for b in blocks if b.get("type") == "heading" and b.get("level") == 1]
+    assert html_sections == wandb_sections == ["Which config is best", "Error vs k per group", "Learning curves"]
+    headline = html.unescape(re.search(r'<p class="headline">(.*?)</p>', page).group(1))
+    assert headline.startswith("Best: model_size=") and headline in spec
+    assert (out / "summary.md").read_text().split("\n\n", 1)[1].strip() in spec.replace("\\n", "\n")
 
 
 def logged_config_paths(run_folder) -> set:

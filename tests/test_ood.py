@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from helpers import train_cli
-from icl_lr.analysis import tables
+from icl_lr.analysis import sections, tables
 from icl_lr.cli import analyze
 from icl_lr.records.schema import HELD_OUT
 from icl_lr.records.tracking import read_jsonl
@@ -245,9 +245,9 @@ def test_the_wandb_report_has_the_ood_and_task_pool_panels(pool_runs):
     runs, _, _ = tables.load_local([pool_runs])
     keys = tables.group_keys(runs)
     assert tables.TASK_POOL in keys
-    report = wandb_report.build_report("team", "icl-lr", None, runs, keys, "")
+    report = wandb_report.build_report("team", "icl-lr", None, runs, keys, {"headline": "", "note": "", "markdown": ""})
     after = {b.text: report.blocks[i + 1] for i, b in enumerate(report.blocks) if isinstance(b, wr.H1)}
-    assert list(after)[-2:] == ["Out-of-distribution prompts (Garg et al.)", "Task diversity (Raventos et al.)"]
+    assert list(after)[-2:] == [sections.OOD, sections.TASK_POOL]
     ood_grid, pool_grid = (after[h] for h in list(after)[-2:])
     conditions = sorted(ood.conditions(jax.random.PRNGKey(0), DataConfig(), 2))
     bars, *charts = ood_grid.panels

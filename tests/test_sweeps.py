@@ -1,6 +1,7 @@
 """Sweep YAMLs: valid for the W&B sweeps engine, expanded by wandb's agent code into runnable Hydra runs."""
 
 import json
+import logging
 import os
 import re
 import shlex
@@ -143,7 +144,10 @@ def run_interval(run_dir) -> tuple:
     return stamps[0], stamps[-1]
 
 
-def test_workers_run_a_sweep_two_at_a_time_each_on_its_share_of_the_cores(tmp_path, monkeypatch):
+def test_workers_run_a_sweep_two_at_a_time_each_on_its_share_of_the_cores(tmp_path, monkeypatch, capfd, caplog):
+    """... and the runner's console: a line per run start and end (k/N, elapsed, ETA, best so far), the runs'
+    own output in their run dirs, a closing table best first."""
+    caplog.set_level(logging.INFO, logger="icl_lr.run.sweep")
     monkeypatch.chdir(tmp_path)
     for key, value in no_key_env().items():
         monkeypatch.setenv(key, value)
@@ -159,6 +163,22 @@ def test_workers_run_a_sweep_two_at_a_time_each_on_its_share_of_the_cores(tmp_pa
     logs = [(tmp_path / "outputs" / "sweep-local-two" / r["run_id"] / "train.log").read_text() for r in results]
     devices = [int(re.search(r"on (\d+) CPU devices?;", log).group(1)) for log in logs]
     assert sum(devices) <= max(2, len(os.sched_getaffinity(0)))  # a share of the cores each, not all of them
+    terminal = capfd.readouterr()
+    assert "step 40/40" not in terminal.out + terminal.err  # the runs' output is in their run dirs
+    for r in results:
+        console = (tmp_path / "outputs" / "sweep-local-two" / r["run_id"] / "console.log").read_text()
+        assert "step 40/40" in console and "done: 40 steps" in console
+    lines = [record.getMessage() for record in caplog.records]
+    starts = [line for line in lines if re.match(r"\[\d/2\] start ", line)]
+    ends = [line for line in lines if re.match(r"\[\d/2\] end ", line)]
+    assert len(starts) == len(ends) == 2 and all("elapsed 0:" in line for line in starts + ends)
+    best = min(results, key=lambda r: r["eval/excess/mean"])
+    assert "ETA 0:00:00" in ends[-1] and f"best so far {best['eval/excess/mean']:.4g} ({best['run_id']})" in ends[-1]
+    table = lines[-1].splitlines()
+    assert table[0] == "the sweep's runs, best first by eval/excess/mean (lower is better):"
+    assert [row.split()[0] for row in table[2:]] == [
+        r["run_id"] for r in sorted(results, key=lambda r: r["eval/excess/mean"])
+    ]
 
 
 def test_workers_get_a_gpu_or_cores_each_and_share_memory_when_they_share_a_gpu():

@@ -19,6 +19,34 @@ def group_label(keys: list[str], values, separator: str = ", ") -> str:
     return separator.join(f"{k.split('.')[-1]}={config_text(v)}" for k, v in zip(keys, values, strict=True))
 
 
+DECADES = 2  # a log y axis where the values span more than this many decades
+METRIC_LABELS = {
+    "eval/model/error_mean": "held-out error, mean over k",
+    "eval/excess/mean": "excess over Bayes, mean over k",
+    "train/loss": "training loss",
+}
+
+
+def metric_label(metric: str) -> str:
+    """A metric's axis label: its words where known, else its key."""
+    return METRIC_LABELS.get(metric, metric)
+
+
+def y_axis(values) -> tuple[str, float | None]:
+    """("log", floor) where the positive values span more than DECADES decades and none is clearly negative,
+    else ("linear", None). The floor sits under the smallest value above 1e-6 of the largest: what is below
+    it (an exact baseline's zeros, to rounding) is drawn at the floor."""
+    values = np.asarray(values, dtype=float)
+    values = values[np.isfinite(values)]
+    top = values.max() if len(values) else 0.0
+    if top <= 0 or (values < -1e-6 * top).any():
+        return "linear", None
+    smallest = values[values > 1e-6 * top].min()
+    if top / smallest <= 10**DECADES:
+        return "linear", None
+    return "log", smallest / 2
+
+
 def _panels(n: int, columns: int = 4, width: float = 4.4, height: float = 3.4):
     """A figure of n panels, `columns` a row at most; the spare ones blank."""
     columns = min(columns, n)
@@ -29,6 +57,31 @@ def _panels(n: int, columns: int = 4, width: float = 4.4, height: float = 3.4):
     return fig, axes.flat
 
 
+MARKERS = "osD^vxP*"
+DASHES = ["--", ":", "-.", (0, (5, 1)), (0, (3, 1, 1, 1))]
+
+
+def _draw(ax, x, stats: pd.DataFrame, axis, i: int, model: bool, label: str, colour=None) -> None:
+    """One series: a model's line solid with its 95% band over seeds, a baseline dashed, each with its own
+    marker; on a log axis, values below the floor drawn at it."""
+    _, floor = axis
+    clip = (lambda v: np.maximum(np.asarray(v, dtype=float), floor)) if floor else (lambda v: v)
+    style = {"ls": "-", "lw": 2.2} if model else {"ls": DASHES[i % len(DASHES)], "lw": 1.3}
+    ax.plot(x, clip(stats["mean"]), color=colour, marker=MARKERS[i % len(MARKERS)], ms=4, label=label, **style)
+    if model:
+        ax.fill_between(x, clip(stats.ci_low), clip(stats.ci_high), color=colour, alpha=0.2, lw=0)
+
+
+def _axes(ax, axis, xlabel: str, ylabel: str, title: str) -> None:
+    """Scale, labels, grid and a legend, on every panel."""
+    if axis[0] == "log":
+        ax.set_yscale("log")
+    ax.set(xlabel=xlabel, ylabel=ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+
+
 def _save(fig, path: Path, dpi: int = 120) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=dpi)
@@ -37,8 +90,8 @@ def _save(fig, path: Path, dpi: int = 120) -> None:
 
 def plot_error_curves(curve_stats: pd.DataFrame, keys: list[str], path: Path, metric: str = "error") -> None:
     """Error (or, with metric="ce", the y bin's cross-entropy of binned outputs) vs number of in-context
-    examples, one panel per group: the model (mean, 95% interval over seeds) beside the baselines. Least
-    squares' peak at k = d is cut off to keep the rest legible."""
+    examples, one panel per group: the model (mean, 95% interval over seeds) beside the baselines, nothing
+    cut off (a log axis where the values span decades)."""
     curve_stats = curve_stats[curve_stats.set == HELD_OUT]
     if metric == "error":
         curve_stats = curve_stats[curve_stats.predictor.map(is_error_curve)]
@@ -46,31 +99,17 @@ def plot_error_curves(curve_stats: pd.DataFrame, keys: list[str], path: Path, me
         curve_stats = curve_stats[curve_stats.predictor.str.startswith(f"{metric}/")]
         curve_stats = curve_stats.assign(predictor=curve_stats.predictor.str.removeprefix(f"{metric}/"))
     groups = list(curve_stats.groupby(keys, dropna=False, sort=True))
+    axis = y_axis(curve_stats["mean"])
+    ylabel = "cross-entropy of the y bin (nats)" if metric == "ce" else "squared error / d"
     fig, axes = _panels(len(groups), columns=3, width=4.8, height=3.3 + 0.3 * len(keys))
     for ax, (values, group) in zip(axes, groups, strict=False):
-        for predictor, line in group.groupby("predictor", sort=False):
-            is_model = predictor == "model"
-            ax.plot(
-                line.k,
-                line["mean"],
-                label=predictor,
-                lw=2.4 if is_model else 1.3,
-                ls="-" if is_model else "--",
-                color="black" if is_model else None,
-            )
-            if is_model:
-                ax.fill_between(line.k, line.ci_low, line.ci_high, color="black", alpha=0.2, lw=0)
-        top = (
-            group[group.k == 0]["mean"].max()
-            if metric == "ce"
-            else group[(group.predictor == "model") & (group.k == 0)]["mean"].max()
-        )
-        ax.set_ylim(0, 1.3 * top)
-        ax.set_title(group_label(keys, values, "\n"), fontsize=9)
-        ylabel = "cross-entropy of the y bin (nats)" if metric == "ce" else "squared error / d"
-        ax.set(xlabel="in-context examples k", ylabel=ylabel)
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+        predictors = list(dict.fromkeys(["model", *group.predictor]))
+        for i, predictor in enumerate(predictors):
+            line = group[group.predictor == predictor].sort_values("k")
+            if len(line):
+                colour = "black" if predictor == "model" else f"C{i - 1}"
+                _draw(ax, line.k, line, axis, i, predictor == "model", predictor, colour)
+        _axes(ax, axis, "in-context examples k", ylabel, group_label(keys, values, "\n"))
     _save(fig, path)
 
 
@@ -89,7 +128,7 @@ def plot_metric(aggregate: pd.DataFrame, metric: str, x_key: str, keys: list[str
         )
     if x_order:
         ax.set_xticks(range(len(x_order)), x_order)
-    ax.set(xlabel=x_key, ylabel=metric, title=f"{metric} vs {x_key}")
+    ax.set(xlabel=x_key, ylabel=metric_label(metric), title=f"{metric_label(metric)} vs {x_key}")
     ax.grid(alpha=0.3)
     if others:
         ax.legend(fontsize=8)
@@ -99,28 +138,25 @@ def plot_metric(aggregate: pd.DataFrame, metric: str, x_key: str, keys: list[str
 def plot_sets(curve_stats: pd.DataFrame, keys: list[str], sets: list[str], path: Path, title: str) -> None:
     """Error vs k, one panel per prompt set (OOD conditions, noise levels): each group's model (mean, 95%
     interval over seeds); the baselines too when there is one group, else each group's Bayes dashed."""
-    errors = curve_stats[curve_stats.predictor.map(is_error_curve)]
+    errors = curve_stats[curve_stats.predictor.map(is_error_curve) & curve_stats.set.isin(sets)]
     groups = list(errors.groupby(keys, dropna=False, sort=True))
+    axis = y_axis(errors["mean"])
     fig, axes = _panels(len(sets))
     for ax, eval_set in zip(axes, sets, strict=False):
         for i, (values, group) in enumerate(groups):
             colour = f"C{i}" if len(groups) > 1 else "black"
             in_set = group[group.set == eval_set]
-            for predictor, line in in_set.groupby("predictor", sort=False):
+            predictors = list(dict.fromkeys(["model", *in_set.predictor]))
+            for j, predictor in enumerate(predictors):
+                line = in_set[in_set.predictor == predictor].sort_values("k")
                 if predictor == "model":
                     label = group_label(keys, values) if len(groups) > 1 else "model"
-                    ax.plot(line.k, line["mean"], color=colour, lw=2.2, label=label)
-                    ax.fill_between(line.k, line.ci_low, line.ci_high, color=colour, alpha=0.2, lw=0)
-                elif len(groups) == 1 or predictor == "bayes":
-                    kwargs = {"color": colour} if len(groups) > 1 else {}
-                    ax.plot(line.k, line["mean"], ls="--", lw=1.2, label=predictor if not i else None, **kwargs)
-            top = in_set[in_set.predictor == "model"]["mean"].max()
-            if np.isfinite(top):
-                ax.set_ylim(0, 1.3 * top)
-        ax.set_title(eval_set, fontsize=9)
-        ax.set(xlabel="in-context examples k", ylabel="squared error / d")
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
+                    _draw(ax, line.k, line, axis, i, True, label, colour)
+                elif len(groups) == 1:
+                    _draw(ax, line.k, line, axis, j, False, predictor, f"C{j - 1}")
+                elif predictor == "bayes":
+                    _draw(ax, line.k, line, axis, i, False, f"bayes: {group_label(keys, values)}", colour)
+        _axes(ax, axis, "in-context examples k", "squared error / d", eval_set)
     fig.suptitle(title)
     _save(fig, path, dpi=110)
 
@@ -129,20 +165,16 @@ def plot_error_vs_task_pool(stats: pd.DataFrame, keys: list[str], path: Path) ->
     """Raventos et al.'s figure from `task_pool_stats`: error vs the pool's size on pool and on fresh tasks,
     the model (mean, 95% interval over seeds) between dMMSE and Bayes (ridge); a line style per other group."""
     others = [k for k in keys if k != TASK_POOL]
+    axis = y_axis(stats["mean"])
     fig, axes = _panels(len(POOL_SETS), width=5.2, height=3.8)
     for ax, (eval_set, title) in zip(axes, POOL_SETS.items(), strict=True):
         for j, (values, group) in enumerate(stats.groupby(others, dropna=False) if others else [((), stats)]):
             for i, predictor in enumerate(POOL_PREDICTORS):
                 line = group[(group.set == eval_set) & (group.predictor == predictor)].sort_values(TASK_POOL)
                 label = " ".join(filter(None, [predictor, group_label(others, values) if others else ""]))
-                style = ["-", "--", ":"][j % 3]
-                ax.plot(line[TASK_POOL], line["mean"], marker="o", color=f"C{i}", ls=style, label=label)
-                if predictor == "model":
-                    ax.fill_between(line[TASK_POOL], line.ci_low, line.ci_high, color=f"C{i}", alpha=0.2, lw=0)
+                _draw(ax, line[TASK_POOL], line, axis, i + 3 * j, predictor == "model", label, f"C{i}")
         ax.set_xscale("log", base=2)
-        ax.set(title=title, xlabel="task pool size M", ylabel="squared error / d, mean over k")
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+        _axes(ax, axis, "task pool size M", "squared error / d, mean over k", title)
     _save(fig, path)
 
 
@@ -152,14 +184,10 @@ def plot_history(history_stats: pd.DataFrame, keys: list[str], path: Path) -> No
     metrics = list(history_stats.metric.unique())
     fig, axes = _panels(len(metrics), columns=2, width=5.6, height=3.8)
     for ax, metric in zip(axes, metrics, strict=False):
-        for i, (values, line) in enumerate(history_stats[history_stats.metric == metric].groupby(keys, dropna=False)):
+        rows = history_stats[history_stats.metric == metric]
+        axis = y_axis(rows["mean"])
+        for i, (values, line) in enumerate(rows.groupby(keys, dropna=False)):
             line = line.sort_values("step")
-            ax.plot(line.step, line["mean"], color=f"C{i}", marker=".", label=group_label(keys, values))
-            ax.fill_between(line.step, line.ci_low, line.ci_high, color=f"C{i}", alpha=0.2, lw=0)
-        means = history_stats[history_stats.metric == metric]["mean"]
-        if means.min() > 0 and means.max() > 10 * means.min():  # log only where it spans a decade
-            ax.set_yscale("log")
-        ax.set(xlabel="training step", ylabel=metric, title=f"{metric} during training")
-        ax.grid(alpha=0.3, which="both")
-    axes[0].legend(fontsize=7)
+            _draw(ax, line.step, line, axis, i, True, group_label(keys, values), f"C{i}")
+        _axes(ax, axis, "training step", metric_label(metric), f"{metric_label(metric)} during training")
     _save(fig, path)

@@ -11,11 +11,13 @@ pretrain, sigma_<s>, ood/<condition>); the history holds every scalar logged, by
 import json
 import logging
 import tempfile
+import time
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
+import scipy.stats
 
 from icl_lr.fields import flatten
 from icl_lr.records import wandb_adapter
@@ -36,7 +38,8 @@ from icl_lr.train.config import RunConfig
 CONFIG_PREFIXES = ("data.", "model.", "training.", "eval.", "seed")  # config columns that can define a group
 CURVE_COLUMNS = ["run_id", "set", "step", "predictor", "k", "value"]  # predictor: an error curve, or metric/predictor
 HISTORY_COLUMNS = ["run_id", "step", "metric", "value"]  # every scalar logged: train/..., eval/...
-STATS = ["n", "mean", "std", "ci_low", "ci_high"]
+STATS = ["n", "mean", "std", "ci_low", "ci_high", "ci_method"]
+BOOTSTRAP_FROM = 30  # seeds: below, a resampling interval is too narrow (at n = 3 it is the min-max); Student-t
 MODEL_SHAPE = ("model.n_layer", "model.n_embd", "model.n_head")  # summed up by the model_size column
 log = logging.getLogger("analyze")
 
@@ -178,6 +181,20 @@ def _local_run(run_dir: Path) -> tuple[dict, list, list] | None:
     return _run_row(run_id, config, {}, run_dir=str(run_dir), status=status), [], history_rows
 
 
+def _reading(items, what: str, every: float = 2.0):
+    """`items`, with a progress line every `every` seconds while they are read (and one at the end when
+    there were such lines): W&B's API takes about a second a run, offline folders a fraction of one."""
+    items = list(items) if not hasattr(items, "__len__") else items
+    started = last = time.monotonic()
+    for i, item in enumerate(items):
+        if time.monotonic() - last >= every:
+            last = time.monotonic()
+            log.info("read %d of %d %s (%.0fs)", i, len(items), what, last - started)
+        yield item
+    if last > started:
+        log.info("read %d %s in %.0fs", len(items), what, time.monotonic() - started)
+
+
 def _once_per_run(readable: list) -> list:
     """The loaded runs of `readable` [(run dir, loaded run)], one per run id: a run dir copied whole (same
     id, never restarted) counts once, from the dir the id was given in (its identity's path), else from a
@@ -206,7 +223,8 @@ def load_local(paths) -> RunTables:
     run_dirs = sorted({p.parents[1] for path in map(Path, paths) for p in path.rglob(HYDRA_CONFIG)})
     if not run_dirs:
         raise FileNotFoundError(f"no run dirs (with .hydra/config.yaml) under {', '.join(map(str, paths))}")
-    loaded = _once_per_run([(run_dir, run) for run_dir in run_dirs if (run := _local_run(run_dir)) is not None])
+    readable = [(d, run) for d in _reading(run_dirs, "run dirs") if (run := _local_run(d)) is not None]
+    loaded = _once_per_run(readable)
     if not any(row["status"] == "finished" for row, _, _ in loaded):
         raise FileNotFoundError(
             f"no finished runs among the {len(run_dirs)} run dirs under {', '.join(map(str, paths))}"
@@ -231,10 +249,10 @@ def load_wandb(project_path: str, sweep: str | None = None, state: str | None = 
     except wandb.errors.UsageError:  # no key: W&B's own message is a traceback's last line
         raise LookupError("--wandb needs a W&B API key: run `wandb login` or set WANDB_API_KEY") from None
     with tempfile.TemporaryDirectory() as downloads:
-        for run in api.runs(project_path, filters=filters):
+        for run in _reading(api.runs(project_path, filters=filters), f"runs of {project_path}"):
             config = {k: v for k, v in run.config.items() if not k.startswith("_")}
             summary = wandb_adapter.summary_dict(run)
-            rows.append(_run_row(run.id, config, summary, run_path="/".join(run.path), status=run.state))
+            rows.append(_run_row(run.id, config, summary, run_path="/".join(run.path), url=run.url, status=run.state))
             history_rows += _history_rows(run.id, run.scan_history())
             for eval_set, path in _curve_tables(summary).items():
                 with run.file(path).download(root=downloads, replace=True) as f:
@@ -273,7 +291,7 @@ def load_wandb_files(paths) -> RunTables:
     for name in sorted(by_name):
         starts.setdefault(name.rsplit("-", 1)[-1], []).append(by_name[name][0])
     rows, curve_rows, history_rows = [], [], []
-    for run_id, run_folders in starts.items():
+    for run_id, run_folders in _reading(list(starts.items()), "runs' W&B folders"):
         record = read_wandb_file(run_folders[-1])
         config = {k: v for k, v in record["config"].items() if not k.startswith("_")}
         summary = record["summary"]
@@ -322,21 +340,42 @@ def bootstrap_interval(values: np.ndarray, n_resamples: int = 2000, seed: int = 
     return float(low), float(high)
 
 
+def mean_interval(values: np.ndarray, n_resamples: int = 2000) -> tuple[float, float, str]:
+    """95% interval of the mean over seeds and its method: Student-t below BOOTSTRAP_FROM values, the
+    percentile bootstrap from there; none for one value ("", NaN bounds)."""
+    values = np.asarray(values, dtype=float)
+    n = len(values)
+    if n < 2:
+        return float("nan"), float("nan"), ""
+    if n >= BOOTSTRAP_FROM:
+        return (*bootstrap_interval(values, n_resamples), "bootstrap")
+    half = scipy.stats.t.ppf(0.975, n - 1) * values.std(ddof=1) / np.sqrt(n)
+    return float(values.mean() - half), float(values.mean() + half), "t"
+
+
 def _stats(values: pd.Series, n_resamples: int) -> pd.Series:
-    low, high = bootstrap_interval(values.to_numpy(), n_resamples)
+    low, high, method = mean_interval(values.to_numpy(), n_resamples)
     return pd.Series(
-        {"n": len(values), "mean": values.mean(), "std": values.std(ddof=1), "ci_low": low, "ci_high": high}
+        {
+            "n": len(values),
+            "mean": values.mean(),
+            "std": values.std(ddof=1),
+            "ci_low": low,
+            "ci_high": high,
+            "ci_method": method,
+        }
     )
 
 
 def _group_stats(long: pd.DataFrame, by: list[str], n_resamples: int) -> pd.DataFrame:
     """The statistics of a long table's `value` over the rows of each `by` group (runs, seeds)."""
     table = long.dropna(subset=["value"]).groupby(by, dropna=False).value.apply(_stats, n_resamples=n_resamples)
-    return table.unstack()[STATS].reset_index()
+    numbers = {c: float for c in STATS if c != "ci_method"}
+    return table.unstack()[STATS].astype(numbers).reset_index()
 
 
 def aggregate_runs(runs: pd.DataFrame, keys: list[str], metrics: list[str], n_resamples: int = 2000) -> pd.DataFrame:
-    """Long table: one row per (group, metric) with n, mean, std (ddof 1) and the bootstrap interval."""
+    """Long table: one row per (group, metric) with n, mean, std (ddof 1) and the 95% interval of the mean."""
     long = runs.melt(id_vars=keys, value_vars=metrics, var_name="metric", value_name="value")
     return _group_stats(long, [*keys, "metric"], n_resamples)
 
@@ -365,19 +404,54 @@ def config_text(value) -> str:
     return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
 
 
+def higher_is_better(metric: str) -> bool:
+    """Errors, excesses and cross-entropies are better lower; accuracies higher."""
+    return "accuracy" in metric
+
+
+def _has_interval(row) -> bool:
+    return isinstance(row.ci_method, str) and bool(row.ci_method)  # "" (one run) reads back from CSV as NaN
+
+
+def interval_text(row) -> str:
+    """`mean [low, high] (t, n=3)`: the 95% interval of the mean over seeds and its method; `mean (n=1)`."""
+    if not _has_interval(row):
+        return f"{row.mean:.4f} (n={row.n:.0f})"
+    return f"{row.mean:.4f} [{row.ci_low:.4f}, {row.ci_high:.4f}] ({row.ci_method}, n={row.n:.0f})"
+
+
+def _verdict(row, best) -> str:
+    if not (_has_interval(row) and _has_interval(best)):
+        return "no interval (n=1)"
+    return "overlaps best" if row.ci_low <= best.ci_high and best.ci_low <= row.ci_high else ""
+
+
 def summary_table(aggregate: pd.DataFrame, keys: list[str], metrics: list[str]) -> pd.DataFrame:
-    """One row per group; each metric as `mean ± std [95% interval] (n)`, just `mean (n=1)` for one run."""
+    """One row per group, the best first by the first metric, with `rank` and `verdict`: "best", "overlaps
+    best" (the two 95% intervals overlap: not told apart by these seeds), "" (worse, told apart) or "no
+    interval (n=1)"; each metric's cell as `interval_text`."""
+    headline = metrics[0]
+    lead = aggregate[aggregate.metric == headline].sort_values("mean", ascending=not higher_is_better(headline))
+    best = lead.iloc[0]
+    verdicts = ["best"] + [_verdict(r, best) for r in lead.iloc[1:].itertuples()]
+    order = lead[keys].assign(rank=range(1, len(lead) + 1), verdict=verdicts)
     chosen = aggregate[aggregate.metric.isin(metrics)].copy()
-    chosen["cell"] = [
-        f"{r.mean:.4f} ± {r.std:.4f} [{r.ci_low:.4f}, {r.ci_high:.4f}] (n={r.n:.0f})"
-        if r.n > 1
-        else f"{r.mean:.4f} (n=1)"
-        for r in chosen.itertuples()
-    ]
+    chosen["cell"] = [interval_text(r) for r in chosen.itertuples()]
     wide = chosen.set_index([*keys, "metric"])["cell"].unstack("metric").reset_index()
+    wide = order.merge(wide, on=keys, how="left")
     wide[keys] = wide[keys].map(config_text)
     wide.columns.name = None  # not a "metric" header over the group keys
-    return wide[[*keys, *(m for m in metrics if m in wide)]]
+    return wide[["rank", "verdict", *keys, *(m for m in metrics if m in wide)]]
+
+
+def summary_note(metrics: list[str]) -> str:
+    """What the summary's order and cells mean, in one line."""
+    direction = "higher" if higher_is_better(metrics[0]) else "lower"
+    return (
+        f"Sorted by {metrics[0]} ({direction} is better). Cells: mean [95% interval of the mean over seeds] "
+        f"(t: Student-t; bootstrap from {BOOTSTRAP_FROM} seeds; n runs). 'overlaps best': its interval overlaps "
+        "the best group's, so these seeds do not tell the two apart."
+    )
 
 
 TASK_POOL = "data.task_pool_size"

@@ -17,6 +17,7 @@ import pandas as pd
 import wandb_workspaces.reports.v2 as wr
 from wandb_workspaces import expr
 
+from icl_lr.analysis import sections
 from icl_lr.analysis.plots import group_label
 from icl_lr.analysis.tables import MODEL_SHAPE, TASK_POOL
 from icl_lr.records import wandb_adapter
@@ -51,13 +52,17 @@ def _curve_chart(eval_set: str, title: str) -> wr.CustomChart:
     )
 
 
-def build_report(entity: str, project: str, sweep: str | None, runs: pd.DataFrame, keys: list[str], summary_md: str):
-    """The report of `runs` (analyze's table of finished runs), grouped by `keys`.
+def build_report(
+    entity: str, project: str, sweep: str | None, runs: pd.DataFrame, keys: list[str], summary: dict
+) -> wr.Report:
+    """The report of `runs` (analyze's table of finished runs), grouped by `keys`, with report.html's
+    sections in its order (icl_lr/analysis/sections.py). `summary`: {"headline", "note", "markdown"} of
+    analyze's summary table, the best group first.
 
-    Sections: the aggregate table (`summary_md`); learning curves, a parallel-coordinates panel and the
-    run table over all runs, grouped by the swept config keys; final excess vs model size and vs noise std
-    when they vary; error vs k with the baselines for each group; the OOD conditions and the task-pool
-    panels when the runs logged them.
+    Sections: which config is best (the headline, the summary table); error vs k with the baselines for
+    each group; learning curves, a parallel-coordinates panel and the run table over all runs, grouped by
+    the swept config keys, with final excess vs model size and vs noise std when they vary; the OOD
+    conditions, the noise levels and the task-pool panels when the runs logged them.
     """
     config_keys = _config_keys(keys)
     grouped = dict(groupby=[f"config.{wandb_adapter.config_path(k)}" for k in config_keys])
@@ -90,12 +95,11 @@ def build_report(entity: str, project: str, sweep: str | None, runs: pd.DataFram
         noise = wandb_adapter.flat_config_scatter("data.noise_std", title="final excess vs noise std", y=HEADLINE)
         overview.append(noise)
     blocks = [
-        wr.H1("Aggregates over seeds"),
-        wr.MarkdownBlock(summary_md),
-        wr.H1("All runs"),
-        wr.P("Grouped by what the sweep varied; the run table lists every run."),
-        wr.PanelGrid(runsets=[everything], panels=overview),
-        wr.H1("Error vs in-context examples, per group"),
+        wr.H1(sections.BEST),
+        wr.P(summary["headline"]),
+        wr.P(summary["note"]),
+        wr.MarkdownBlock(summary["markdown"]),
+        wr.H1(sections.ERROR_VS_K),
     ]
     for values, group in runs.groupby(keys, dropna=False, sort=True):
         name = group_label(keys, values)
@@ -106,16 +110,20 @@ def build_report(entity: str, project: str, sweep: str | None, runs: pd.DataFram
                 panels=[_curve_chart(HELD_OUT, f"{name}: squared error / d vs k")],
             ),
         ]
-    ood = sorted(c.removeprefix("eval/").removesuffix("/model/error_mean") for c in runs if _is_ood_mean(c))
-    if ood:
-        bars = wr.BarPlot(
-            title="model error, mean over k, per OOD condition", metrics=[f"eval/{s}/model/error_mean" for s in ood]
-        )
-        charts = [_curve_chart(s, f"{s}: squared error / d vs k") for s in ood]
-        blocks += [
-            wr.H1("Out-of-distribution prompts (Garg et al.)"),
-            wr.PanelGrid(runsets=[_runset(entity, project, sweep, "sweep", picked, **grouped)], panels=[bars, *charts]),
-        ]
+    blocks += [
+        wr.H1(sections.LEARNING_CURVES),
+        wr.P("All runs, grouped by what the sweep varied; the run table lists every run."),
+        wr.PanelGrid(runsets=[everything], panels=overview),
+    ]
+    for prefix, title in sections.SET_SECTIONS.items():
+        sets = sorted(c.removeprefix("eval/").removesuffix(MEAN) for c in runs if _is_set_mean(c, prefix))
+        if sets:
+            bars = wr.BarPlot(
+                title="model error, mean over k, per prompt set", metrics=[f"eval/{s}{MEAN}" for s in sets]
+            )
+            charts = [_curve_chart(s, f"{s}: squared error / d vs k") for s in sets]
+            runset = _runset(entity, project, sweep, "sweep", picked, **grouped)
+            blocks += [wr.H1(title), wr.PanelGrid(runsets=[runset], panels=[bars, *charts])]
     if TASK_POOL in keys and "eval/pretrain/model/error_mean" in runs:
         pool = [
             wandb_adapter.flat_config_scatter(
@@ -127,7 +135,7 @@ def build_report(entity: str, project: str, sweep: str | None, runs: pd.DataFram
             )
         ]
         blocks += [
-            wr.H1("Task diversity (Raventos et al.)"),
+            wr.H1(sections.TASK_POOL),
             wr.PanelGrid(runsets=[_runset(entity, project, sweep, "sweep", picked)], panels=pool),
         ]
     title = f"icl-lr sweep {sweep}" if sweep else f"icl-lr {project}"
@@ -136,8 +144,11 @@ def build_report(entity: str, project: str, sweep: str | None, runs: pd.DataFram
     )
 
 
-def _is_ood_mean(column: str) -> bool:
-    return column.startswith("eval/ood/") and column.endswith("/model/error_mean")
+MEAN = "/model/error_mean"
+
+
+def _is_set_mean(column: str, prefix: str) -> bool:
+    return column.startswith(f"eval/{prefix}") and column.endswith(MEAN)
 
 
 def report_spec(report: wr.Report) -> dict:

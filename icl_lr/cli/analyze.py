@@ -8,11 +8,12 @@
   python analyze.py outputs/sweep-local-abc123 --report-spec report.json   # that report, serialised, no server
 
 Runs are grouped by what the sweep varied (config keys that differ between runs, the model's shape
-as `model_size`), and every metric is aggregated over the seeds of a group: mean, std and a bootstrap
-95% interval of the mean. Writes to --out: runs.csv (one row per run: config and summary),
+as `model_size`), and every metric is aggregated over the seeds of a group: mean, std and the 95%
+interval of the mean (Student-t; the bootstrap from 30 seeds; none for one run). Writes to --out:
+runs.csv (one row per run: config and summary),
 curves.csv (each curve's value per run, predictor and context length k, last eval: errors, and for
 binned outputs ce/<predictor> cross-entropies and coverage/<p>), history.csv (every scalar each run
-logged, by step), aggregate.csv and curve_aggregate.csv (the statistics), summary.md (a Markdown
+logged, by step), aggregate.csv, curve_aggregate.csv and history_aggregate.csv (the statistics), summary.md (a Markdown
 table), and PNG plots: error vs k per group with the baselines (and cross-entropy vs k for binned
 outputs); eval error vs step per group with seed bands; final excess error vs model size and vs noise
 std when those vary; the OOD conditions (ood_vs_context.png) and the noise levels (error_per_sigma.png)
@@ -28,10 +29,11 @@ import shlex
 import sys
 from pathlib import Path
 
-from icl_lr.analysis import plots, tables
+from icl_lr.analysis import plots, sections, tables
 from icl_lr.records import schema
 
 HEADLINE = list(schema.HEADLINE)
+SET_FIGURES = {"ood/": "ood_vs_context.png", "sigma_": "error_per_sigma.png"}  # a panel per prompt set
 log = logging.getLogger("analyze")
 
 
@@ -78,7 +80,7 @@ def parse_args(argv):
         type=int,
         default=2000,
         metavar="N",
-        help="bootstrap resamples for the 95%% interval (default 2000)",
+        help="bootstrap resamples for the 95%% interval, where a group has 30 seeds or more (default 2000)",
     )
     parser.add_argument("--no-plots", action="store_true", help="tables only")
     parser.add_argument(
@@ -124,7 +126,7 @@ def load(args) -> tables.RunTables:
     return tables.load_local(args.paths)
 
 
-def write_plots(named: dict, finished, keys, args) -> dict:
+def write_plots(named: dict, keys, args) -> dict:
     """The PNG figures that the runs' metrics allow, from the written tables `named`: {path: caption}."""
     aggregate, curve_stats = named["aggregate"], named["curve_aggregate"]
     out, curves, figures = args.out, named["curves"], {}
@@ -135,17 +137,13 @@ def write_plots(named: dict, finished, keys, args) -> dict:
     if curve_stats.predictor.str.startswith("ce/").any():
         plots.plot_error_curves(curve_stats, keys, out / "ce_vs_context.png", metric="ce")
         figures[out / "ce_vs_context.png"] = "cross-entropy of the y bin vs k per group, binned outputs"
-    history_stats = tables.aggregate_history(finished, named["history"], keys, n_resamples=args.bootstrap)
+    history_stats = named["history_aggregate"]
     if not history_stats.empty:
         plots.plot_history(history_stats, keys, out / "eval_vs_step.png")
         figures[out / "eval_vs_step.png"] = "held-out error (mean over k) and excess over Bayes vs training step"
-    named_sets = {
-        "ood/": ("ood_vs_context.png", "Garg et al.'s out-of-distribution prompts"),
-        "sigma_": ("error_per_sigma.png", "one noise level per panel (Bai et al.)"),
-    }
-    for prefix, (name, title) in named_sets.items():
-        sets = [s for s in curves.set.unique() if s.startswith(prefix)]  # in the order the runs logged them
-        if sets:
+    for prefix, name in SET_FIGURES.items():
+        title = sections.SET_SECTIONS[prefix]
+        if sets := _sets(curves, prefix):
             plots.plot_sets(curve_stats, keys, sets, out / name, title)
             figures[out / name] = f"{title}: error vs k, a panel each"
     if "task_pool" in named:
@@ -164,6 +162,26 @@ def write_plots(named: dict, finished, keys, args) -> dict:
         plots.plot_metric(aggregate, "eval/excess/mean", "data.noise_std", keys, path)
         figures[path] = "final excess over Bayes (mean over k) vs label noise std"
     return figures
+
+
+def _sets(curves, prefix: str) -> list[str]:
+    return [s for s in curves.set.unique() if s.startswith(prefix)]  # in the order the runs logged them
+
+
+def interactive_figures(named: dict, keys) -> dict:
+    """report.html's Plotly figures, as write_plots's PNGs: {section title: HTML fragment}."""
+    from icl_lr.analysis import interactive
+
+    curve_stats, curves, history_stats = named["curve_aggregate"], named["curves"], named["history_aggregate"]
+    shown = {sections.ERROR_VS_K: interactive.error_vs_k(curve_stats, keys)}
+    if not history_stats.empty:
+        shown[sections.LEARNING_CURVES] = interactive.learning_curves(history_stats, keys)
+    for prefix, title in sections.SET_SECTIONS.items():
+        if sets := _sets(curves, prefix):
+            shown[title] = interactive.sets_vs_k(curve_stats, keys, sets, title)
+    if "task_pool" in named:
+        shown[sections.TASK_POOL] = interactive.task_pool(named["task_pool"], keys)
+    return shown
 
 
 def main(argv=None) -> int:
@@ -192,7 +210,13 @@ def main(argv=None) -> int:
     log.info("%d finished runs (of %d) in %d groups by %s", len(finished), len(runs), groups, ", ".join(keys))
 
     args.out.mkdir(parents=True, exist_ok=True)
-    named = {**loaded._asdict(), "aggregate": aggregate, "curve_aggregate": curve_stats}
+    history_stats = tables.aggregate_history(finished, loaded.history, keys, n_resamples=args.bootstrap)
+    named = {
+        **loaded._asdict(),
+        "aggregate": aggregate,
+        "curve_aggregate": curve_stats,
+        "history_aggregate": history_stats,
+    }
     if tables.TASK_POOL in keys and (loaded.curves.set == "pretrain").any():
         named["task_pool"] = tables.task_pool_stats(finished, loaded.curves, keys, args.bootstrap)
     written = []
@@ -203,15 +227,17 @@ def main(argv=None) -> int:
             written.append(path)
     summary = tables.summary_table(aggregate, keys, args.metrics or HEADLINE)
     markdown = summary.to_markdown(index=False)
-    (args.out / "summary.md").write_text(markdown + "\n")
+    note = tables.summary_note(args.metrics or HEADLINE)
+    (args.out / "summary.md").write_text(note + "\n\n" + markdown + "\n")
     written.append(args.out / "summary.md")
-    figures = {} if args.no_plots else write_plots(named, finished, keys, args)
+    figures = {} if args.no_plots else write_plots(named, keys, args)
     written += figures
     if args.html:
         from icl_lr.analysis import html_report
 
         varied = {k: sorted(finished[k].map(tables.config_text).unique()) for k in keys}
         tables_shown = {"aggregate: every eval metric": aggregate, "runs: config and summary": runs}
+        links = dict(zip(runs.run_id, runs.url, strict=True)) if "url" in runs else {}
         html_report.write_report(
             args.out / "report.html",
             "python analyze.py " + shlex.join(argv),
@@ -219,17 +245,22 @@ def main(argv=None) -> int:
             varied,
             runs.status.value_counts().to_dict(),
             summary,
+            note,
+            interactive_figures(named, keys),
             figures,
             tables_shown,
+            links,
         )
         written.append(args.out / "report.html")
-    print(markdown)
+    print(note + "\n" + markdown)
     print("wrote " + ", ".join(map(str, written)))
     if args.report or args.report_spec:
         from icl_lr.analysis import wandb_report
 
         entity, project = args.wandb.split("/") if args.wandb else runs_project(finished)
-        report = wandb_report.build_report(entity, project, args.sweep, finished, keys, markdown)
+        headline = sections.headline(summary, keys, (args.metrics or HEADLINE)[0])
+        told = {"headline": headline, "note": note, "markdown": markdown}
+        report = wandb_report.build_report(entity, project, args.sweep, finished, keys, told)
         if args.report_spec:
             args.report_spec.write_text(json.dumps(wandb_report.report_spec(report), indent=2) + "\n")
             print(f"wrote {args.report_spec} (the W&B report as --report would send it)")

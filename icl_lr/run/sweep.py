@@ -10,8 +10,9 @@ WANDB_SWEEP_ID, WANDB_RUN_ID, WANDB_SWEEP_PARAM_PATH) and its parameter file, wr
 (icl_lr/records/wandb_adapter.py).
 Runs go one at a time (or `--workers N` at once: one GPU each, round robin, with JAX's memory share
 set when several share one; on a CPU, a share of its cores each), offline, under
-outputs/sweep-<id>/<run id>/, grouped by the sweep id; each run's result is printed and appended to
-outputs/sweep-<id>/results.jsonl as soon as it ends.
+outputs/sweep-<id>/<run id>/ (its output in console.log there), grouped by the sweep id. The console gets a
+line per run start and end (k/N, elapsed, ETA, best so far) and, at the end, the runs best first; each
+run's result is appended to outputs/sweep-<id>/results.jsonl as soon as it ends.
 Early termination needs concurrent runs and a server, so it is ignored here.
 """
 
@@ -44,6 +45,7 @@ except ImportError:  # the [sweep] extra is not installed: main says so in one l
     sweeps = None
 
 log = logging.getLogger("icl_lr.run.sweep")
+CONSOLE = "console.log"  # a sweep run's output (stdout and stderr), in its run dir
 
 
 def load_sweep(path: Path) -> dict:
@@ -182,6 +184,70 @@ class _Running(NamedTuple):
     params: dict
     run_dir: Path
     slot: int
+    number: int  # k of k/N
+    started: float  # time.monotonic() at its start
+
+
+class Progress:
+    """The runner's console: one line per run start and end with k/N, elapsed time, ETA (the mean duration
+    of the runs ended so far, over the runs left, `workers` at a time) and the best result so far."""
+
+    def __init__(self, count: int, workers: int, metric: str | None, goal: str):
+        self.count, self.workers, self.metric, self.goal = count, workers, metric, goal
+        self.started, self.durations, self.best = time.monotonic(), [], None
+
+    def _clock(self, ended: int) -> str:
+        elapsed = time.monotonic() - self.started
+        line = f"elapsed {_duration(elapsed)}"
+        if self.durations:
+            left = -(-(self.count - ended) // self.workers) * sum(self.durations) / len(self.durations)
+            line += f", ETA {_duration(left)}"
+        return line
+
+    def started_run(self, run: "_Running", on: str) -> None:
+        params = " ".join(f"{k}={v}" for k, v in run.params.items())
+        log.info("[%d/%d] start %s%s: %s | %s", run.number, self.count, run.run_id, on, params, self._clock(0))
+
+    def ended_run(self, run: "_Running", value, returncode: int, ended: int) -> None:
+        self.durations.append(time.monotonic() - run.started)
+        if returncode == 0 and _is_number(value) and (self.best is None or self._better(value, self.best[0])):
+            self.best = (value, run.run_id)
+        result = f"{self.metric} {value:.4g}" if _is_number(value) else f"exit code {returncode}"
+        best = f" | best so far {self.best[0]:.4g} ({self.best[1]})" if self.best else ""
+        log.info(
+            "[%d/%d] end %s: %s in %s | %s%s",
+            run.number, self.count, run.run_id, result, _duration(self.durations[-1]), self._clock(ended), best,
+        )  # fmt: skip
+
+    def _better(self, value, than) -> bool:
+        return value > than if self.goal == "maximize" else value < than
+
+    def table(self, results: list) -> str:
+        """The runs of this call, the best first by the sweep's metric; failed runs last."""
+
+        def key(result):
+            value = result.get(self.metric)
+            ok = result["exit_code"] == 0 and _is_number(value)
+            return (not ok, (-value if self.goal == "maximize" else value) if ok else 0.0)
+
+        ordered = sorted(results, key=key)
+        names = sorted({k for r in results for k in r if k not in ("run_id", "exit_code", self.metric)})
+        header = ["run_id", *names, self.metric or "metric", "exit_code"]
+        rows = [[str(r.get(h, "")) if not _is_number(r.get(h)) else f"{r[h]:.4g}" for h in header] for r in ordered]
+        widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
+        lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
+        lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
+        direction = "higher" if self.goal == "maximize" else "lower"
+        return f"the sweep's runs, best first by {self.metric} ({direction} is better):\n" + "\n".join(lines)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value == value
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
 def run_sweep(
@@ -237,6 +303,7 @@ def _run_all(sweep, sweep_id, count, overrides, workers, done, results_file, con
     runs got the same signal and stop (their W&B runs marked failed); on SIGTERM they are sent one. Either
     way one line says what stopped and the command that goes on (`continued`)."""
     metric = sweep.get("metric", {}).get("name")
+    progress = Progress(count, workers, metric, sweep.get("metric", {}).get("goal", "minimize"))
     results, running, exhausted, gpus = [], [], False, gpu_indices()
     try:
         while running or (not exhausted and len(done) < count):
@@ -256,7 +323,15 @@ def _run_all(sweep, sweep_id, count, overrides, workers, done, results_file, con
                 slot = min(set(range(workers)) - {r.slot for r in running})
                 running.append(
                     _start(
-                        sweep, proposal, sweep_id, overrides, slot, workers, gpus, len(done) + len(running) + 1, count
+                        sweep,
+                        proposal,
+                        sweep_id,
+                        overrides,
+                        slot,
+                        workers,
+                        gpus,
+                        len(done) + len(running) + 1,
+                        progress,
                     )
                 )
             if not running:
@@ -276,11 +351,11 @@ def _run_all(sweep, sweep_id, count, overrides, workers, done, results_file, con
             }
             results.append(result)
             _append_result(results_file, result | {"params": params, "run_dir": str(finished.run_dir)})
+            progress.ended_run(finished, result[metric], returncode, len(done))
             if returncode:
                 log.error(
-                    "run %s failed (exit code %d); see %s/train.log", finished.run_id, returncode, finished.run_dir
+                    "run %s failed (exit code %d); see %s/%s", finished.run_id, returncode, finished.run_dir, CONSOLE
                 )
-            print(json.dumps(result), flush=True)
     except (KeyboardInterrupt, Preempted) as stop:
         for run in running:
             if run.process.poll() is None and isinstance(stop, Preempted):
@@ -296,11 +371,14 @@ def _run_all(sweep, sweep_id, count, overrides, workers, done, results_file, con
             continued,
         )
         raise
+    if results:
+        log.info(progress.table(results))
     return results
 
 
-def _start(sweep, proposal, sweep_id, overrides, slot, workers, gpus, number, count) -> _Running:
-    """One run's process, started as `wandb agent` starts it, on worker `slot`'s devices."""
+def _start(sweep, proposal, sweep_id, overrides, slot, workers, gpus, number, progress: Progress) -> _Running:
+    """One run's process, started as `wandb agent` starts it, on worker `slot`'s devices; its output goes to
+    its run dir's console.log, not to the runner's terminal."""
     params = {key: _plain(spec["value"]) for key, spec in proposal.config.items()}
     run_id = new_run_id()
     environ = agent_environment(sweep, sweep_id, run_id, params)
@@ -311,10 +389,12 @@ def _start(sweep, proposal, sweep_id, overrides, slot, workers, gpus, number, co
     if not gpus and workers > 1 and hasattr(os, "sched_setaffinity"):
         cores = worker_cores(slot, workers, sorted(os.sched_getaffinity(0)))
         on = f" on CPU cores {','.join(map(str, cores))}"
-    log.info("run %d/%d (%s)%s: %s", number, count, run_id, on, " ".join(f"{k}={v}" for k, v in params.items()))
-    with _on_cores(cores):
-        process = subprocess.Popen(argv, env=os.environ | environ | devices)
-    return _Running(process, run_id, proposal, params, run_dir, slot)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with _on_cores(cores), open(run_dir / CONSOLE, "ab") as console:
+        process = subprocess.Popen(argv, env=os.environ | environ | devices, stdout=console, stderr=subprocess.STDOUT)
+    run = _Running(process, run_id, proposal, params, run_dir, slot, number, time.monotonic())
+    progress.started_run(run, on)
+    return run
 
 
 def _wait_for_one(running: list) -> _Running:

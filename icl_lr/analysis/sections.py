@@ -1,0 +1,22 @@
+"""What a report of runs holds, in order, shared by report.html and the W&B report so the two keep parity:
+the section titles and the headline sentence."""
+
+import pandas as pd
+
+BEST = "Which config is best"
+ERROR_VS_K = "Error vs k per group"
+LEARNING_CURVES = "Learning curves"
+OOD = "Garg et al.'s out-of-distribution prompts"
+SIGMA = "One noise level per panel (Bai et al.)"
+TASK_POOL = "Error vs task pool size"
+SET_SECTIONS = {"ood/": OOD, "sigma_": SIGMA}  # prompt sets shown a panel each, by set-name prefix
+
+
+def headline(summary: pd.DataFrame, keys: list[str], metric: str) -> str:
+    """The best group in words, from tables.summary_table: `Best: model_size=1L/32d/2H, data.noise_std=0.5,
+    eval/excess/mean 0.5858 [0.5836, 0.5880] (t, n=2); 1 other group(s) overlap its interval.`"""
+    best = summary.iloc[0]
+    group = ", ".join(f"{k}={best[k]}" for k in keys)
+    others = int((summary.verdict == "overlaps best").sum())
+    tied = f"; {others} other group(s) overlap its interval" if others else ""
+    return f"Best: {group}, {metric} {best[metric]}{tied}."
