@@ -18,7 +18,7 @@ import scipy.stats
 from plotly.offline import get_plotlyjs
 
 from helpers import FAST, ROOT, held_out_curves, no_key_env, run_id_of
-from icl_lr.analysis import tables
+from icl_lr.analysis import html_report, tables
 from icl_lr.cli import analyze
 from icl_lr.records import schema
 from icl_lr.records.tracking import read_jsonl
@@ -287,6 +287,25 @@ def test_html_report_holds_every_plot_and_table(sweep_dir, tmp_path):
     runs = pd.read_csv(out / "runs.csv")
     assert shown[3][0][:2] == ["run_id", "run_dir"] and {row[0] for row in shown[3][1:]} == set(runs.run_id)
     assert len(shown[2]) == 1 + len(aggregate)  # a header row and every aggregate row
+
+
+def test_the_report_of_wandb_runs_is_the_same_and_links_each_run_to_its_page(sweep_dir, tmp_path):
+    """From the runs' W&B files (as from the W&B API: the same tables) the same summary; a run id that has a
+    W&B URL (runs read through the API carry one) links to its page."""
+    from_dirs, from_wandb = tmp_path / "dirs", tmp_path / "wandb"
+    assert analyze.main([str(sweep_dir), "--out", str(from_dirs), "--html"]) == 0
+    assert analyze.main(["--wandb-files", str(sweep_dir), "--out", str(from_wandb), "--html"]) == 0
+    dirs_page, wandb_page = ((out / "report.html").read_text() for out in (from_dirs, from_wandb))
+    assert html_tables(dirs_page)[0] == html_tables(wandb_page)[0]  # the summary, best first
+    runs = pd.read_csv(from_dirs / "runs.csv")
+    links = {run_id: f"https://wandb.ai/team/icl-lr/runs/{run_id}" for run_id in runs.run_id[:2]}
+    summary = pd.DataFrame({"rank": [1], "verdict": ["best"], "g": ["a"], "m": ["0.1 (n=1)"]})
+    page_file = tmp_path / "linked.html"
+    html_report.write_report(page_file, "cmd", ["src"], {"g": ["a"]}, {"finished": 8}, summary, "note", {}, {},
+                             {"runs": runs}, links)  # fmt: skip
+    page = page_file.read_text()
+    for run_id in runs.run_id:
+        assert (f'<a href="https://wandb.ai/team/icl-lr/runs/{run_id}">{run_id}</a>' in page) == (run_id in links)
 
 
 def test_the_report_renders_in_a_real_browser_without_errors_or_fetches(sweep_dir, tmp_path):

@@ -247,8 +247,8 @@ def test_the_wandb_report_has_the_ood_and_task_pool_panels(pool_runs):
     assert tables.TASK_POOL in keys
     report = wandb_report.build_report("team", "icl-lr", None, runs, keys, {"headline": "", "note": "", "markdown": ""})
     after = {b.text: report.blocks[i + 1] for i, b in enumerate(report.blocks) if isinstance(b, wr.H1)}
-    assert list(after)[-2:] == [sections.OOD, sections.TASK_POOL]
-    ood_grid, pool_grid = (after[h] for h in list(after)[-2:])
+    assert list(after)[-3:] == [sections.OOD, sections.SIGMA, sections.TASK_POOL]  # report.html's order
+    ood_grid, pool_grid = after[sections.OOD], after[sections.TASK_POOL]
     conditions = sorted(ood.conditions(jax.random.PRNGKey(0), DataConfig(), 2))
     bars, *charts = ood_grid.panels
     assert bars.metrics == [f"eval/ood/{c}/model/error_mean" for c in conditions]

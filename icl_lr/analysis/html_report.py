@@ -64,10 +64,9 @@ def _table(frame: pd.DataFrame, table_id: str, row_classes: list[str] | None = N
     frame = frame.copy()
     escaped = {c: frame[c].map(lambda v: "" if pd.isna(v) else html.escape(_text(v))) for c in frame}
     if links and "run_id" in frame:
-        escaped["run_id"] = [
-            f'<a href="{html.escape(links[r])}">{html.escape(r)}</a>' if links.get(r) else html.escape(r)
-            for r in frame.run_id
-        ]
+        escaped["run_id"] = frame.run_id.map(
+            lambda r: f'<a href="{html.escape(links[r])}">{html.escape(r)}</a>' if links.get(r) else html.escape(r)
+        )
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame)
     classes = row_classes or [""] * len(frame)
     rows = "".join(

@@ -69,9 +69,15 @@ def _line(fig, x, stats: pd.DataFrame, name: str, i: int, model: bool, row: int,
     )  # fmt: skip
 
 
-def _finish(fig, panels: int, columns: int, axis, ylabel: str, xlabel: str, title: str) -> str:
-    scale, _ = axis
-    fig.update_yaxes(title_text=ylabel, type=scale, showgrid=True)
+def _panel_axis(fig, values, row: int, col: int):
+    """A panel's y axis from its own values (plots.y_axis): log where they span decades."""
+    axis = y_axis(values)
+    fig.update_yaxes(type=axis[0], row=row, col=col)
+    return axis
+
+
+def _finish(fig, panels: int, columns: int, ylabel: str, xlabel: str, title: str) -> str:
+    fig.update_yaxes(title_text=ylabel, showgrid=True)
     fig.update_xaxes(title_text=xlabel, showgrid=True)
     rows = -(-panels // columns)
     fig.update_layout(
@@ -93,14 +99,15 @@ def error_vs_k(curve_stats: pd.DataFrame, keys: list[str]) -> str:
     stats = curve_stats[(curve_stats.set == HELD_OUT) & curve_stats.predictor.map(is_error_curve)]
     groups = list(stats.groupby(keys, dropna=False, sort=True))
     fig, columns = _grid([group_label(keys, v) for v, _ in groups], 3)
-    predictors, axis = list(dict.fromkeys(["model", *stats.predictor])), y_axis(stats["mean"])
+    predictors = list(dict.fromkeys(["model", *stats.predictor]))
     for p, (_, group) in enumerate(groups):
         row, col = p // columns + 1, p % columns + 1
+        axis = _panel_axis(fig, group["mean"], row, col)
         for i, predictor in enumerate(predictors):
             line = group[group.predictor == predictor].sort_values("k")
             if len(line):
                 _line(fig, line.k, line, predictor, i - 1, predictor == "model", row, col, p == 0, axis)
-    return _finish(fig, len(groups), columns, axis, ERROR, K, "Error vs k per group (hover for values)")
+    return _finish(fig, len(groups), columns, ERROR, K, "Error vs k per group (hover for values)")
 
 
 def sets_vs_k(curve_stats: pd.DataFrame, keys: list[str], sets: list[str], title: str) -> str:
@@ -108,9 +115,9 @@ def sets_vs_k(curve_stats: pd.DataFrame, keys: list[str], sets: list[str], title
     stats = curve_stats[curve_stats.set.isin(sets) & curve_stats.predictor.isin(["model", "bayes"])]
     groups = list(stats.groupby(keys, dropna=False, sort=True))
     fig, columns = _grid(sets, 4)
-    axis = y_axis(stats["mean"])
     for p, eval_set in enumerate(sets):
         row, col = p // columns + 1, p % columns + 1
+        axis = _panel_axis(fig, stats[stats.set == eval_set]["mean"], row, col)
         for i, (values, group) in enumerate(groups):
             label = group_label(keys, values)
             for predictor in ("model", "bayes"):
@@ -118,7 +125,7 @@ def sets_vs_k(curve_stats: pd.DataFrame, keys: list[str], sets: list[str], title
                 name = f"{predictor}: {label}" if len(groups) > 1 else predictor
                 _line(fig, line.k, line, name, i if len(groups) > 1 else (i - 1 if predictor == "model" else 1),
                       predictor == "model", row, col, p == 0, axis)  # fmt: skip
-    return _finish(fig, len(sets), columns, axis, ERROR, K, title)
+    return _finish(fig, len(sets), columns, ERROR, K, title)
 
 
 def learning_curves(history_stats: pd.DataFrame, keys: list[str]) -> str:
@@ -126,21 +133,21 @@ def learning_curves(history_stats: pd.DataFrame, keys: list[str]) -> str:
     metrics = list(history_stats.metric.unique())
     groups = list(history_stats.groupby(keys, dropna=False, sort=True))
     fig, columns = _grid([metric_label(m) for m in metrics], 2)
-    axis = y_axis(history_stats["mean"])
     for p, metric in enumerate(metrics):
         row, col = p // columns + 1, p % columns + 1
+        axis = _panel_axis(fig, history_stats[history_stats.metric == metric]["mean"], row, col)
         for i, (values, group) in enumerate(groups):
             line = group[group.metric == metric].sort_values("step")
             _line(fig, line.step, line, group_label(keys, values), i, True, row, col, p == 0, axis, x_name="step")
-    return _finish(fig, len(metrics), columns, axis, "", "training step", "Learning curves")
+    return _finish(fig, len(metrics), columns, "", "training step", "Learning curves")
 
 
 def task_pool(stats: pd.DataFrame, keys: list[str]) -> str:
     """Error (mean over k) vs the task pool's size, on pool and on fresh tasks: the model, dMMSE, Bayes."""
     others = [k for k in keys if k != TASK_POOL]
     fig, columns = _grid(list(POOL_SETS.values()), 2)
-    axis = y_axis(stats["mean"])
     for p, eval_set in enumerate(POOL_SETS):
+        axis = _panel_axis(fig, stats[stats.set == eval_set]["mean"], 1, p + 1)
         for j, (values, group) in enumerate(stats.groupby(others, dropna=False) if others else [((), stats)]):
             for i, predictor in enumerate(POOL_PREDICTORS):
                 line = group[(group.set == eval_set) & (group.predictor == predictor)].sort_values(TASK_POOL)

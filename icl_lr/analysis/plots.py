@@ -61,21 +61,29 @@ MARKERS = "osD^vxP*"
 DASHES = ["--", ":", "-.", (0, (5, 1)), (0, (3, 1, 1, 1))]
 
 
-def _draw(ax, x, stats: pd.DataFrame, axis, i: int, model: bool, label: str, colour=None) -> None:
+def _draw(ax, x, stats: pd.DataFrame, axis, i: int, model: bool, label: str, colour=None) -> bool:
     """One series: a model's line solid with its 95% band over seeds, a baseline dashed, each with its own
-    marker; on a log axis, values below the floor drawn at it."""
+    marker; on a log axis, values below the floor drawn at it with open markers. True when some were."""
     _, floor = axis
     clip = (lambda v: np.maximum(np.asarray(v, dtype=float), floor)) if floor else (lambda v: v)
     style = {"ls": "-", "lw": 2.2} if model else {"ls": DASHES[i % len(DASHES)], "lw": 1.3}
-    ax.plot(x, clip(stats["mean"]), color=colour, marker=MARKERS[i % len(MARKERS)], ms=4, label=label, **style)
+    marker = MARKERS[i % len(MARKERS)]
+    (line,) = ax.plot(x, clip(stats["mean"]), color=colour, marker=marker, ms=4, label=label, **style)
     if model:
         ax.fill_between(x, clip(stats.ci_low), clip(stats.ci_high), color=colour, alpha=0.2, lw=0)
+    below = np.asarray(stats["mean"], dtype=float) < floor if floor else np.zeros(len(stats), bool)
+    if below.any():
+        ax.plot(np.asarray(x)[below], np.full(below.sum(), floor), ls="", marker=marker, ms=6, mfc="white",
+                color=line.get_color())  # fmt: skip
+    return bool(below.any())
 
 
-def _axes(ax, axis, xlabel: str, ylabel: str, title: str) -> None:
-    """Scale, labels, grid and a legend, on every panel."""
+def _axes(ax, axis, xlabel: str, ylabel: str, title: str, floored: bool = False) -> None:
+    """Scale, labels, grid and a legend, on every panel; a note where values sit below a log axis's floor."""
     if axis[0] == "log":
         ax.set_yscale("log")
+    if floored:
+        ax.annotate("open markers: below the axis (about 0)", (0.01, 0.01), xycoords="axes fraction", fontsize=6)
     ax.set(xlabel=xlabel, ylabel=ylabel)
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3, which="both")
@@ -99,17 +107,17 @@ def plot_error_curves(curve_stats: pd.DataFrame, keys: list[str], path: Path, me
         curve_stats = curve_stats[curve_stats.predictor.str.startswith(f"{metric}/")]
         curve_stats = curve_stats.assign(predictor=curve_stats.predictor.str.removeprefix(f"{metric}/"))
     groups = list(curve_stats.groupby(keys, dropna=False, sort=True))
-    axis = y_axis(curve_stats["mean"])
     ylabel = "cross-entropy of the y bin (nats)" if metric == "ce" else "squared error / d"
     fig, axes = _panels(len(groups), columns=3, width=4.8, height=3.3 + 0.3 * len(keys))
     for ax, (values, group) in zip(axes, groups, strict=False):
+        axis, floored = y_axis(group["mean"]), False
         predictors = list(dict.fromkeys(["model", *group.predictor]))
         for i, predictor in enumerate(predictors):
             line = group[group.predictor == predictor].sort_values("k")
             if len(line):
                 colour = "black" if predictor == "model" else f"C{i - 1}"
-                _draw(ax, line.k, line, axis, i, predictor == "model", predictor, colour)
-        _axes(ax, axis, "in-context examples k", ylabel, group_label(keys, values, "\n"))
+                floored |= _draw(ax, line.k, line, axis, i, predictor == "model", predictor, colour)
+        _axes(ax, axis, "in-context examples k", ylabel, group_label(keys, values, "\n"), floored)
     _save(fig, path)
 
 
@@ -140,9 +148,9 @@ def plot_sets(curve_stats: pd.DataFrame, keys: list[str], sets: list[str], path:
     interval over seeds); the baselines too when there is one group, else each group's Bayes dashed."""
     errors = curve_stats[curve_stats.predictor.map(is_error_curve) & curve_stats.set.isin(sets)]
     groups = list(errors.groupby(keys, dropna=False, sort=True))
-    axis = y_axis(errors["mean"])
     fig, axes = _panels(len(sets))
     for ax, eval_set in zip(axes, sets, strict=False):
+        axis, floored = y_axis(errors[errors.set == eval_set]["mean"]), False
         for i, (values, group) in enumerate(groups):
             colour = f"C{i}" if len(groups) > 1 else "black"
             in_set = group[group.set == eval_set]
@@ -151,12 +159,12 @@ def plot_sets(curve_stats: pd.DataFrame, keys: list[str], sets: list[str], path:
                 line = in_set[in_set.predictor == predictor].sort_values("k")
                 if predictor == "model":
                     label = group_label(keys, values) if len(groups) > 1 else "model"
-                    _draw(ax, line.k, line, axis, i, True, label, colour)
+                    floored |= _draw(ax, line.k, line, axis, i, True, label, colour)
                 elif len(groups) == 1:
-                    _draw(ax, line.k, line, axis, j, False, predictor, f"C{j - 1}")
+                    floored |= _draw(ax, line.k, line, axis, j, False, predictor, f"C{j - 1}")
                 elif predictor == "bayes":
-                    _draw(ax, line.k, line, axis, i, False, f"bayes: {group_label(keys, values)}", colour)
-        _axes(ax, axis, "in-context examples k", "squared error / d", eval_set)
+                    floored |= _draw(ax, line.k, line, axis, i, False, f"bayes: {group_label(keys, values)}", colour)
+        _axes(ax, axis, "in-context examples k", "squared error / d", eval_set, floored)
     fig.suptitle(title)
     _save(fig, path, dpi=110)
 
