@@ -52,3 +52,18 @@ def test_every_study_says_its_command_machine_and_commit_and_the_index_lists_it(
             assert re.search(rf"^- \*\*{field}s?:\*\* \S", text, re.MULTILINE), (study, field)
         assert re.search(r"^- \*\*Commits?:\*\* .*\b[0-9a-f]{7}\b", text, re.MULTILINE), study
         assert f"({study}.md)" in index
+
+
+def test_pointers_from_code_and_configs_into_the_docs_resolve():
+    """A `docs/<page>.md` named in code, configs, sweeps or scripts exists; a README section named there
+    (README, "<section>") is one of its sections."""
+    sections = set(re.findall(r"^## (.+)$", (ROOT / "README.md").read_text(), re.MULTILINE))
+    for folder in ("icl_lr", "configs", "sweeps", "scripts", "bench"):
+        for path in (ROOT / folder).rglob("*"):
+            if path.suffix not in {".py", ".yaml", ".sh", ".sbatch"} or not path.is_file():
+                continue
+            text = path.read_text()
+            for page in re.findall(r"docs/([\w.-]+\.md)", text):
+                assert (ROOT / "docs" / page).exists(), f"{path.relative_to(ROOT)}: docs/{page}"
+            for section in re.findall(r'README,? "([^"]+)"', text):
+                assert section in sections, f"{path.relative_to(ROOT)}: README section {section!r}"

@@ -3,6 +3,7 @@ included), and every knob has one home (its YAML line and its typed field agree)
 
 import ast
 import dataclasses
+import inspect
 import os
 import re
 from pathlib import Path
@@ -120,6 +121,7 @@ def test_the_keys_a_resume_may_change_are_declared_on_their_fields():
         "training.checkpoint_every",
         "training.max_to_keep",
         "model.embedding_std",
+        "model.gd_learning_rate",
         "init_from",
     }
     every = set(flatten(dataclasses.asdict(RunConfig())))
@@ -134,7 +136,10 @@ def test_each_task_and_family_has_the_interface_its_registry_promises():
     wanted = {name for name in vars(Task) if not name.startswith("_")}
     for name, task in TASKS.items():
         assert wanted <= set(dir(task)), (name, wanted - set(dir(task)))
-    assert set(FAMILIES) == {"gpt2"} and set(TASKS) == {"linear_regression"}
+    for name, trunk in FAMILIES.items():  # built from (ModelConfig, dtype), called on (embeddings, train)
+        assert {"config", "dtype"} <= set(trunk.__dataclass_fields__), name
+        assert list(inspect.signature(trunk.__call__).parameters)[2:] == ["train"], name
+    assert set(FAMILIES) == {"gpt2", "lstm", "lsa"} and set(TASKS) == {"linear_regression"}
 
 
 def test_a_missing_extra_is_named_in_one_line(monkeypatch, capsys):

@@ -9,7 +9,7 @@ from icl_lr.model.bins import Bins
 from icl_lr.model.config import ModelConfig
 from icl_lr.model.encoding import encoding_of
 from icl_lr.model.gpt2 import Transformer
-from icl_lr.model.icl_model import ICLModel
+from icl_lr.model.icl_model import FAMILIES, ICLModel
 from icl_lr.model.read_in import TokenReadIn
 from icl_lr.task.config import DataConfig
 
@@ -74,6 +74,26 @@ def test_causal_outputs_ignore_the_future():
     out, out_changed = (Transformer(CFG).apply({"params": params}, e) for e in (embeddings, changed))
     np.testing.assert_allclose(out[:, :12], out_changed[:, :12], atol=1e-6)
     assert not np.allclose(out[:, 12:], out_changed[:, 12:])
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_every_family_is_causal_and_counts_its_parameters(family):
+    """Prediction k does not change when the points after k change, for every family's whole model."""
+    data = DataConfig(n_dims=3, n_points=8, encoding="paired" if family == "lsa" else "continuous")
+    model_cfg = dataclasses.replace(CFG, family=family, n_head=1 if family != "gpt2" else CFG.n_head)
+    encoding = encoding_of(data)
+    model = ICLModel(model_cfg, encoding)
+    xs = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 3))
+    ys = jax.random.normal(jax.random.PRNGKey(1), (2, 8))
+    later_xs = xs.at[:, 6:].set(jax.random.normal(jax.random.PRNGKey(3), (2, 2, 3)))
+    later_ys = ys.at[:, 5:].set(jax.random.normal(jax.random.PRNGKey(4), (2, 3)))  # y_5 on, x_6 on
+    inputs, later = encoding.encode(xs, ys), encoding.encode(later_xs, later_ys)
+    params = model.init(jax.random.PRNGKey(2), inputs)["params"]
+    out, changed = (encoding.predict(model.apply({"params": params}, i)) for i in (inputs, later))
+    np.testing.assert_allclose(out[:, :6], changed[:, :6], atol=1e-6)  # y_k's prediction: points before k, x_k
+    assert not np.allclose(out[:, 6:], changed[:, 6:])
+    n_params = sum(p.size for p in jax.tree.leaves(params))
+    assert n_params > 0 and set(params) >= {"transformer", "read_out"}
 
 
 def test_read_in_and_read_out_shapes_and_dropout():
@@ -141,3 +161,33 @@ def test_token_read_in_adds_slot_point_and_value_embeddings_then_mixes_a_point()
     np.testing.assert_allclose(embeddings, want, rtol=1e-5, atol=1e-6)
     plain = DataConfig(n_dims=2, n_points=3, encoding="tokens", vocab_size=8)
     assert set(TokenReadIn(plain, cfg).init(jax.random.PRNGKey(1), ids)["params"]) == {"wte"}
+
+
+def gd_steps(xs_NxD, ys_N, k: int, steps: int, lr: float) -> float:
+    """The prediction at x_k of `steps` gradient-descent steps from w = 0 on (1/2k) sum_{j<k} (w.x_j - y_j)^2."""
+    w = np.zeros(xs_NxD.shape[1])
+    for _ in range(steps):
+        w = w + lr * (ys_N[:k] - xs_NxD[:k] @ w) @ xs_NxD[:k] / max(k, 1)
+    return float(w @ xs_NxD[k])
+
+
+@pytest.mark.parametrize("n_layer", [1, 3])
+def test_the_gd_construction_of_lsa_is_gradient_descent(n_layer):
+    """von Oswald et al.'s construction: L layers of linear self-attention predict as L GD steps from w = 0
+    with the construction's learning rate, at every context length k (k = 0: no context, w = 0)."""
+    data = DataConfig(n_dims=4, n_points=9, encoding="paired")
+    cfg = ModelConfig(family="lsa", n_layer=n_layer, n_embd=7, n_head=1, init="gd", gd_learning_rate=0.3)
+    encoding = encoding_of(data)
+    model = ICLModel(cfg, encoding)
+    xs = np.asarray(jax.random.normal(jax.random.PRNGKey(0), (3, 9, 4)), dtype=np.float64)
+    ys = np.asarray(jax.random.normal(jax.random.PRNGKey(1), (3, 9)), dtype=np.float64)
+    inputs = encoding.encode(jnp.asarray(xs, jnp.float32), jnp.asarray(ys, jnp.float32))
+    params = model.init(jax.random.PRNGKey(2), inputs)["params"]
+    preds = np.asarray(encoding.predict(model.apply({"params": params}, inputs)))
+    want = np.array([[gd_steps(x, y, k, n_layer, 0.3) for k in range(9)] for x, y in zip(xs, ys, strict=True)])
+    np.testing.assert_allclose(preds, want, rtol=1e-4, atol=1e-5)
+    assert np.abs(want).max() > 0.1  # not all zeros
+    if n_layer == 1:  # one step: (lr / k) sum_j y_j x_j . x_k
+        k = 6
+        one_step = 0.3 * (ys[0, :k] @ xs[0, :k]) @ xs[0, k] / k
+        assert preds[0, k] == pytest.approx(one_step, rel=1e-4)

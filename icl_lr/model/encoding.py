@@ -13,19 +13,20 @@ import jax
 
 from icl_lr.model.config import ModelConfig
 from icl_lr.model.heads import BinnedHead, ScalarHead
-from icl_lr.model.read_in import ContinuousInputs, TokenInputs
+from icl_lr.model.read_in import ContinuousInputs, PairedInputs, TokenInputs
 from icl_lr.task.config import DataConfig
 
 ENCODINGS = {  # data.encoding -> (its input side, its output side)
     "continuous": (ContinuousInputs, ScalarHead),  # Garg et al.
     "tokens": (TokenInputs, BinnedHead),  # one token per value in and out
     "binned_y": (ContinuousInputs, BinnedHead),  # continuous inputs, the y read out over bins
+    "paired": (PairedInputs, ScalarHead),  # one token (y_i, x_i) per point: the lsa family's
 }
 
 
 @dataclass(frozen=True)
 class Encoding:
-    inputs: ContinuousInputs | TokenInputs
+    inputs: ContinuousInputs | TokenInputs | PairedInputs
     head: ScalarHead | BinnedHead
 
     @property

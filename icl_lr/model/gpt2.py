@@ -16,7 +16,7 @@ Initialisation, and which reference each follows:
   is N(0, embedding_std^2 / fan_in), so unit-variance inputs give that std. This follows no
   reference: a small embedding is drowned by the blocks' outputs, which Adam grows by about lr per
   weight from the first step (the model then stays on the predict-zero plateau), and one much larger
-  than the positions hides them. The measurements behind it: README, "Initialisation".
+  than the positions hides them. The measurements behind it: docs/initialisation.md.
 """
 
 from typing import Any

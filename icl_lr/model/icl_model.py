@@ -15,8 +15,10 @@ import jax.numpy as jnp
 from icl_lr.model.config import ModelConfig
 from icl_lr.model.encoding import Encoding
 from icl_lr.model.gpt2 import GPT2_INIT, Transformer
+from icl_lr.model.lsa import LSA, gd_read_out_init
+from icl_lr.model.lstm import LSTM
 
-FAMILIES = {"gpt2": Transformer}  # model.family -> its trunk
+FAMILIES = {"gpt2": Transformer, "lstm": LSTM, "lsa": LSA}  # model.family -> its trunk
 
 
 class ICLModel(nn.Module):
@@ -28,7 +30,8 @@ class ICLModel(nn.Module):
         self.embed = self.encoding.read_in(self.config)
         nn.share_scope(self, self.embed)
         self.transformer = FAMILIES[self.config.family](self.config, self.dtype)  # the trunk, by its saved name
-        self.read_out = nn.Dense(self.encoding.n_outputs, kernel_init=GPT2_INIT)
+        read_out_init = gd_read_out_init if self.config.init == "gd" else GPT2_INIT
+        self.read_out = nn.Dense(self.encoding.n_outputs, kernel_init=read_out_init)
 
     def __call__(self, inputs, train: bool = False):
         return self.read_out(self.transformer(self.embed(inputs), train))

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 
 from icl_lr.model.bins import Bins
 from icl_lr.model.config import ModelConfig
+from icl_lr.model.lsa import gd_read_in_init
 from icl_lr.task.config import DataConfig
 
 
@@ -51,9 +52,42 @@ class ContinuousInputs:
         return None
 
 
+class PairedReadIn(nn.Module):
+    """Paired tokens [B, N, 2, D + 1] -> embeddings [B, N, 2, E] (parameters `read_in`): a linear read-in, or
+    under model.init=gd the construction's identity."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, inputs_BxNx2xD1):
+        gd = self.config.init == "gd"
+        kernel_init = gd_read_in_init if gd else read_in_init(inputs_BxNx2xD1.shape[-1], self.config.embedding_std)
+        return nn.Dense(self.config.n_embd, kernel_init=kernel_init, name="read_in")(inputs_BxNx2xD1)
+
+
+@dataclass(frozen=True)
+class PairedInputs:
+    """One token per point, e_i = (y_i, x_i), for the lsa family: [B, N, 2, D + 1], each point twice, with
+    its y (a context token of the later points) and with y = 0 (the query that predicts y_i)."""
+
+    cfg: DataConfig
+    tokens_per_point = 1
+
+    def encode(self, xs_BxNxD: jax.Array, ys_BxN: jax.Array) -> jax.Array:
+        with_y_BxNxD1 = jnp.concatenate([ys_BxN[..., None], xs_BxNxD], axis=-1)
+        return jnp.stack([with_y_BxNxD1, with_y_BxNxD1.at[..., 0].set(0.0)], axis=2)
+
+    def read_in(self, model_cfg: ModelConfig) -> nn.Module:
+        return PairedReadIn(model_cfg)
+
+    def seen_values(self, xs_BxNxD: jax.Array, ys_BxN: jax.Array) -> tuple | None:
+        """The prompts as the model sees them: exactly (None: nothing is quantised)."""
+        return None
+
+
 class TokenReadIn(nn.Module):
-    """Token ids [B, T] -> embeddings [B, T, E]: the token table's row, plus, each behind its switch (README,
-    "Encodings"): an embedding of the token's slot in its point (x_0 .. x_{D-1}, y), of the point it belongs
+    """Token ids [B, T] -> embeddings [B, T, E]: the token table's row, plus, each behind its switch
+    (docs/tokens.md): an embedding of the token's slot in its point (x_0 .. x_{D-1}, y), of the point it belongs
     to, and its bin centre times a learned direction per slot (the continuous read-in's x_c W_c, one
     coordinate per token); then a causal short convolution, e_t + sum_o kernel_o * e_{t-o} over o = 0..D,
     that gathers a point into one position (H3's short convolution, Fu et al. 2023)."""

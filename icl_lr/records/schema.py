@@ -3,7 +3,7 @@ keys and the curve tables. Evaluation and tracking write by these names; analysi
 reports read by them.
 """
 
-# The files of a run dir (README, "Runs, outputs and resuming").
+# The files of a run dir (docs/records.md).
 LOCK_FILE = "run.lock"
 IDENTITY_FILE = "identity.json"  # {"wandb_run_id", "path", "inode", "device"[, "copied_from"]}
 LEGACY_ID_FILE = "wandb_run_id"  # the id alone, as run dirs held it before identity.json

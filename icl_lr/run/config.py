@@ -31,6 +31,15 @@ def check_across(cfg: RunConfig) -> None:
     check(m.family in FAMILIES, f"model.family must be one of {tuple(FAMILIES)}, got {m.family!r}")
     check(d.task in TASKS, f"data.task must be one of {tuple(TASKS)}, got {d.task!r}")
     check(d.encoding in ENCODINGS, f"data.encoding must be one of {tuple(ENCODINGS)}, got {d.encoding!r}")
+    check(
+        (m.family == "lsa") == (d.encoding == "paired"),
+        f"model.family=lsa and data.encoding=paired go together (one token per point), got model.family={m.family} "
+        f"and data.encoding={d.encoding}: use experiment=lsa",
+    )
+    check(
+        m.init != "gd" or m.n_embd >= d.n_dims + 1,
+        f"model.init=gd needs model.n_embd >= data.n_dims + 1 ({d.n_dims + 1}) for its identity read-in: {m.n_embd}",
+    )
     sequence_length = encoding_of(d).sequence_length
     check(
         sequence_length <= m.n_positions,

@@ -31,6 +31,7 @@ class TrainingConfig:
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     precision: str = "fp32"
+    loss_points: str = "all"
     distributed: bool = field(default=False, metadata=FREE)  # where the steps run, not what they compute
     cpu_devices: str = field(default="auto", metadata=FREE)
     steps_per_dispatch: int = field(default=50, metadata=FREE)
@@ -47,6 +48,9 @@ class TrainingConfig:
     def check(self) -> None:
         check(self.schedule in SCHEDULES, f"training.schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         check(self.precision in PRECISIONS, f"training.precision must be one of {PRECISIONS}, got {self.precision!r}")
+        check(
+            self.loss_points in ("all", "last"), f"training.loss_points must be all or last, got {self.loss_points!r}"
+        )
         check(
             self.cpu_devices == "auto" or (self.cpu_devices.isdigit() and int(self.cpu_devices) >= 1),
             f"training.cpu_devices must be auto or an integer >= 1, got {self.cpu_devices!r}",

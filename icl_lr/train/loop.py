@@ -72,18 +72,20 @@ def init_state(model: ICLModel, tx: optax.GradientTransformation, data_cfg: Data
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), rng=run_key)
 
 
-def loss_fn(params, model: ICLModel, batch: Batch, dropout_key) -> jax.Array:
-    """Mean loss over the y predictions of the prompts that count.
+def loss_fn(params, model: ICLModel, batch: Batch, dropout_key, last_only: bool = False) -> jax.Array:
+    """Mean loss over the y predictions of the prompts that count (`last_only`: the final query's alone,
+    training.loss_points=last).
 
     Only the y positions are scored: the x's are i.i.d. noise whose prediction teaches nothing
     about in-context regression. Points beyond the curriculum's current length are masked out.
     """
     inputs = model.encoding.encode(batch.xs, batch.ys)
     outputs = model.apply({"params": params}, inputs, train=True, rngs={"dropout": dropout_key})
-    per_point_BxN = model.encoding.point_losses(outputs, batch.ys) * batch.point_mask
-    return jnp.sum(per_point_BxN * batch.example_mask[:, None]) / (
-        jnp.sum(batch.example_mask) * jnp.sum(batch.point_mask)
-    )
+    scored_N = batch.point_mask
+    if last_only:  # the final query of the prompt (the curriculum's current length)
+        scored_N = (jnp.arange(len(scored_N)) == jnp.sum(scored_N) - 1).astype(scored_N.dtype)
+    per_point_BxN = model.encoding.point_losses(outputs, batch.ys) * scored_N
+    return jnp.sum(per_point_BxN * batch.example_mask[:, None]) / (jnp.sum(batch.example_mask) * jnp.sum(scored_N))
 
 
 def make_dispatch(model: ICLModel, tx, cfg: RunConfig, mesh: Mesh):
@@ -97,7 +99,8 @@ def make_dispatch(model: ICLModel, tx, cfg: RunConfig, mesh: Mesh):
         step_key, dropout_key = jax.random.split(jax.random.fold_in(state.rng, state.step))
         batch = task.training_batch(state.rng, step_key, cfg.training.batch_size, state.step, epoch_steps)
         batch = batch._replace(**parallel.constrain_rows(mesh, {k: getattr(batch, k) for k in PER_PROMPT}))
-        loss, grads = jax.value_and_grad(loss_fn)(state.params, model, batch, dropout_key)
+        last_only = cfg.training.loss_points == "last"
+        loss, grads = jax.value_and_grad(loss_fn)(state.params, model, batch, dropout_key, last_only)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": schedule(state.step)}

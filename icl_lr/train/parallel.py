@@ -40,7 +40,7 @@ def use_cpu_devices(cfg: RunConfig) -> None:
 
     Why: one XLA CPU device runs a step's ops one after another, each spread over the cores by a thread
     pool that the small matmuls and the ops between them leave partly idle. Devices that each take a
-    share of the batch keep the cores busy (the figures: README, "Benchmark"). JAX fixes the count when it
+    share of the batch keep the cores busy (the figures: docs/benchmark.md). JAX fixes the count when it
     starts; a later job of a multirun that asks for another count is refused. GPU runs leave the CPU
     devices unused.
     """
