@@ -11,13 +11,13 @@ import jax.numpy as jnp
 NEIGHBOURS = 3
 
 
-def _prefix_masks(n: int) -> jax.Array:
+def prefix_masks(n: int) -> jax.Array:
     """[k, i] = 1 where point i is in the context of prediction k (i < k)."""
     return jnp.tril(jnp.ones((n, n)), -1)
 
 
 def _prefix_svd(xs, ys):
-    masks = _prefix_masks(xs.shape[0])
+    masks = prefix_masks(xs.shape[0])
     designs = masks[:, :, None] * xs[None]  # [k, n, d], rows >= k zeroed
     u, s, vt = jnp.linalg.svd(designs, full_matrices=False)
     targets = masks * ys[None]  # [k, n]
@@ -85,14 +85,14 @@ def bayes_predictive(xs, ys, prior_scale: float, noise_var: float):
 
 def averaging(xs, ys):
     """w_k = mean of y_i x_i over the context (Akyurek et al.'s / Garg et al.'s averaging)."""
-    masks = _prefix_masks(xs.shape[0])
+    masks = prefix_masks(xs.shape[0])
     weights = jnp.einsum("ki,i,id->kd", masks, ys, xs) / jnp.maximum(masks.sum(1, keepdims=True), 1)
     return jnp.einsum("kd,kd->k", xs, weights)
 
 
 def nearest_neighbours(xs, ys):
     """Mean y of the 3 nearest context points (all of them while fewer than 3); 0 with none."""
-    masks = _prefix_masks(xs.shape[0])
+    masks = prefix_masks(xs.shape[0])
     dist = jnp.sum((xs[:, None] - xs[None]) ** 2, axis=-1)
     neg_dist, idx = jax.lax.top_k(jnp.where(masks > 0, -dist, -jnp.inf), min(NEIGHBOURS, xs.shape[0]))
     valid = jnp.isfinite(neg_dist)

@@ -12,11 +12,12 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 
-from icl_lr.task import baselines, ood
+from icl_lr.task import algorithms, baselines, ood
 from icl_lr.task.base import TRAIN_SET_STREAM, Batch, pool_key
 from icl_lr.task.config import DataConfig
 
 log = logging.getLogger("icl_lr")
+TUNING_SEED = 2**31 - 1  # the algorithms' tuning prompts: a key no run's data or eval set uses
 
 
 def curriculum_stage(cfg: DataConfig, step) -> tuple:
@@ -119,6 +120,10 @@ class LinearRegression:
 
     def baselines(self, xs, ys, noise_stds: tuple, pool=None) -> dict:
         return baselines.all_predictions(xs, ys, self.cfg.prior_scale, noise_stds, pool)
+
+    def algorithms(self, xs, ys, steps: tuple) -> tuple[dict, dict]:
+        tuning = self.sample_batch(jax.random.PRNGKey(TUNING_SEED), algorithms.TUNING_PROMPTS)
+        return algorithms.all_predictions(xs, ys, steps, (tuning.xs, tuning.ys))
 
     def bayes_predictive(self, xs, ys, noise_var: float) -> tuple:
         return baselines.bayes_predictive(xs, ys, self.cfg.prior_scale, noise_var)

@@ -86,11 +86,17 @@ class EvalConfig:
     seed: int = field(default=12345, metadata=FREE)
     ood: bool = field(default=True, metadata=FREE)
     ood_every_eval: bool = field(default=False, metadata=FREE)
+    algorithms: bool = field(default=False, metadata=FREE)
+    algorithm_steps: tuple[int, ...] = field(default=(1, 3, 10), metadata=FREE)
 
     def check(self) -> None:
         check(self.n_prompts >= 1, f"eval.n_prompts must be >= 1, got {self.n_prompts}")
         check(self.batch_size >= 1, f"eval.batch_size must be >= 1, got {self.batch_size}")
         check(0 <= self.seed < SEED_LIMIT, f"eval.seed must be in [0, 2**32), got {self.seed}")
+        check(
+            len(self.algorithm_steps) >= 1 and min(self.algorithm_steps) >= 1,
+            f"eval.algorithm_steps must be a non-empty list of steps >= 1, got {list(self.algorithm_steps)}",
+        )
 
 
 @dataclass(frozen=True)

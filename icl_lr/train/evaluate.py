@@ -10,6 +10,7 @@ computed once per set.
 """
 
 import dataclasses
+import logging
 from typing import NamedTuple
 
 import jax
@@ -23,6 +24,8 @@ from icl_lr.task.config import DataConfig
 from icl_lr.task.registry import task_of
 from icl_lr.train import parallel
 from icl_lr.train.config import EvalConfig
+
+log = logging.getLogger("icl_lr")
 
 
 class EvalSet(NamedTuple):
@@ -76,7 +79,17 @@ def _set_key(eval_cfg: EvalConfig, stream: int):
 
 
 def make_eval_set(data_cfg: DataConfig, eval_cfg: EvalConfig, pool=None) -> EvalSet:
-    return eval_set_of(data_cfg, task_of(data_cfg).sample_batch(_set_key(eval_cfg, 0), eval_cfg.n_prompts), pool)
+    """The held-out set; with eval.algorithms, the iterative algorithms' curves beside the baselines'."""
+    task = task_of(data_cfg)
+    batch = task.sample_batch(_set_key(eval_cfg, 0), eval_cfg.n_prompts)
+    held_out = eval_set_of(data_cfg, batch, pool)
+    if not eval_cfg.algorithms:
+        return held_out
+    preds, rates = task.algorithms(batch.xs, batch.ys, eval_cfg.algorithm_steps)
+    log.info("algorithm baselines: learning rates tuned on their own prompts: %s",
+             ", ".join(f"{name} {rate:.3g}" for name, rate in rates.items()))  # fmt: skip
+    curves = {name: np.asarray(squared_error_curve(p, batch.ys, data_cfg.n_dims)) for name, p in preds.items()}
+    return held_out._replace(baseline_curves=held_out.baseline_curves | curves)
 
 
 def make_train_set_eval(data_cfg: DataConfig, eval_cfg: EvalConfig, run_key, pool=None) -> EvalSet:
