@@ -72,6 +72,8 @@ def test_the_tuned_rate_is_the_best_of_the_grid_and_the_eval_set_shows_the_algor
     task = LinearRegression(DataConfig(n_dims=3, n_points=8))
     batch = task.sample_batch(jax.random.PRNGKey(6), 64)
     preds, rates = task.algorithms(batch.xs, batch.ys, (1, 5))
+    again, same = task.algorithms(batch.xs, batch.ys, (1, 5), rates)  # given rates: the same predictions
+    assert same == rates and all(np.array_equal(again[n], preds[n]) for n in preds)
     assert set(preds) == {"gd_1", "gd_5", "preconditioned_gd", "newton_1", "newton_5", "online_gd"}
     assert set(rates) == {"gd_1", "gd_5", "online_gd"}
     tuning = task.sample_batch(jax.random.PRNGKey(TUNING_SEED), algorithms.TUNING_PROMPTS)
@@ -86,3 +88,29 @@ def test_the_tuned_rate_is_the_best_of_the_grid_and_the_eval_set_shows_the_algor
     assert {"gd_1", "gd_3", "gd_10", "newton_10", "preconditioned_gd", "online_gd"} <= set(held_out.baseline_curves)
     plain = evaluate.make_eval_set(DataConfig(n_dims=3, n_points=8), EvalConfig(n_prompts=64))
     assert "gd_10" not in plain.baseline_curves
+
+
+def test_a_model_that_is_an_algorithm_is_found_identical_to_it():
+    """The LSA construction at rate 0.3 against GD with one step at 0.3: predictions equal, residuals and
+    query gradients parallel; against 3 steps they differ."""
+    from icl_lr.model.config import ModelConfig
+    from icl_lr.model.encoding import encoding_of
+    from icl_lr.model.icl_model import ICLModel
+
+    data = DataConfig(n_dims=4, n_points=9, encoding="paired")
+    model = ICLModel(ModelConfig(family="lsa", n_layer=1, n_embd=5, n_head=1, init="gd", gd_learning_rate=0.3),
+                     encoding_of(data))  # fmt: skip
+    batch = LinearRegression(data).sample_batch(jax.random.PRNGKey(7), 128)
+    params = model.init(jax.random.PRNGKey(0), model.encoding.encode(batch.xs, batch.ys))["params"]
+    model_preds, model_grads = evaluate.make_model_gradients_fn(model)(params, batch.xs, batch.ys)
+
+    def reference(steps):
+        predict = lambda xs, ys: jax.vmap(algorithms.gradient_descent, (0, 0, None, None))(xs, ys, steps, 0.3)
+        return predict(batch.xs, batch.ys), evaluate.query_gradients(predict, batch.xs, batch.ys)
+
+    held_out = evaluate.EvalSet(None, batch.ys, {}, batch.xs, {"gd_1": reference(1), "gd_3": reference(3)})
+    curves = evaluate.similarity_curves(model_preds, model_grads, held_out, 4)
+    np.testing.assert_allclose(curves["similarity_mse/gd_1"], 0, atol=1e-9)
+    np.testing.assert_allclose(curves["similarity_residual_cos/gd_1"][1:], 1, atol=1e-5)
+    np.testing.assert_allclose(curves["similarity_grad_cos/gd_1"][1:], 1, atol=1e-5)
+    assert curves["similarity_mse/gd_3"][5:].min() > 1e-3 and curves["similarity_grad_cos/gd_3"][5:].max() < 0.999

@@ -461,3 +461,27 @@ def test_the_report_as_wandb_receives_it_reads_config_paths_the_runs_have(sweep_
         assert f'"section":"config","name":"{key}.value"' in spec_text
         assert f'"accessor":"config:{key}.value"' in spec_text
     assert '"xAxis":"config:data.noise_std.value"' in spec_text
+
+
+def test_analyze_says_which_algorithm_best_matches_the_model(tmp_path):
+    """A run with eval.algorithms: its similarity curves in curves.jsonl, and analyze's table (each
+    algorithm's mean over k >= 1, the closest first) and figure."""
+    result = subprocess.run(
+        [sys.executable, "train.py", *FAST, "eval.algorithms=true", "eval.algorithm_steps=[1,4]",
+         f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=ROOT, env=no_key_env(), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    (last,) = [r for r in read_jsonl(tmp_path / "run" / "curves.jsonl") if r["step"] == 40]
+    names = ["gd_1", "gd_4", "newton_1", "newton_4", "preconditioned_gd", "online_gd"]
+    assert {f"similarity_mse/{n}" for n in names} <= set(last) and {f"{n}" for n in names} <= set(last)
+    out = tmp_path / "analysis"
+    assert analyze.main([str(tmp_path / "run"), "--out", str(out), "--html"]) == 0
+    table = pd.read_csv(out / "algorithm_similarity.csv")
+    assert list(table["rank"]) == list(range(1, 7)) and sorted(table.algorithm) == sorted(names)
+    assert table.similarity_mse.is_monotonic_increasing
+    for row in table.itertuples():
+        assert row.similarity_mse == pytest.approx(np.mean(last[f"similarity_mse/{row.algorithm}"][1:]), rel=1e-5)
+        assert -1 <= row.similarity_residual_cos <= 1 and -1 <= row.similarity_grad_cos <= 1
+    assert (out / "similarity_vs_context.png").exists()
+    assert "which algorithm best matches the model" in (out / "report.html").read_text()

@@ -96,10 +96,18 @@ def _save(fig, path: Path, dpi: int = 120) -> None:
     plt.close(fig)
 
 
+YLABELS = {
+    "error": "squared error / d",
+    "ce": "cross-entropy of the y bin (nats)",
+    "similarity_mse": "mean squared difference from the model / d",
+}
+
+
 def plot_error_curves(curve_stats: pd.DataFrame, keys: list[str], path: Path, metric: str = "error") -> None:
-    """Error (or, with metric="ce", the y bin's cross-entropy of binned outputs) vs number of in-context
-    examples, one panel per group: the model (mean, 95% interval over seeds) beside the baselines, nothing
-    cut off (a log axis where the values span decades)."""
+    """Error vs number of in-context examples, one panel per group: the model (mean, 95% interval over
+    seeds) beside the baselines, nothing cut off (a log axis where the values span decades). Another curve
+    `metric` instead: "ce" (the y bin's cross-entropy of binned outputs), "similarity_mse" (each algorithm's
+    distance from the model)."""
     curve_stats = curve_stats[curve_stats.set == HELD_OUT]
     if metric == "error":
         curve_stats = curve_stats[curve_stats.predictor.map(is_error_curve)]
@@ -107,7 +115,7 @@ def plot_error_curves(curve_stats: pd.DataFrame, keys: list[str], path: Path, me
         curve_stats = curve_stats[curve_stats.predictor.str.startswith(f"{metric}/")]
         curve_stats = curve_stats.assign(predictor=curve_stats.predictor.str.removeprefix(f"{metric}/"))
     groups = list(curve_stats.groupby(keys, dropna=False, sort=True))
-    ylabel = "cross-entropy of the y bin (nats)" if metric == "ce" else "squared error / d"
+    ylabel = YLABELS.get(metric, metric)
     fig, axes = _panels(len(groups), columns=3, width=4.8, height=3.3 + 0.3 * len(keys))
     for ax, (values, group) in zip(axes, groups, strict=False):
         axis, floored = y_axis(group["mean"]), False

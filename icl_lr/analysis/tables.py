@@ -467,3 +467,23 @@ def task_pool_stats(runs: pd.DataFrame, curves: pd.DataFrame, keys: list[str], n
     per_run = chosen.groupby(["run_id", "set", "predictor"]).value.mean().reset_index()
     labelled = per_run.merge(runs[["run_id", TASK_POOL, *others]], on="run_id").dropna(subset=[TASK_POOL])
     return _group_stats(labelled, [*others, TASK_POOL, "set", "predictor"], n_resamples)
+
+
+SIMILARITY = ("similarity_mse", "similarity_residual_cos", "similarity_grad_cos")  # evaluate.similarity_curves
+
+
+def algorithm_similarity(curve_stats: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Which algorithm, with how many steps, best matches the model: per group and algorithm, each similarity
+    curve's mean over k >= 1 (of the seeds' means), the closest first (least mean squared difference)."""
+    chosen = curve_stats[
+        (curve_stats.set == HELD_OUT) & curve_stats.predictor.str.startswith(SIMILARITY) & (curve_stats.k >= 1)
+    ]
+    split = chosen.predictor.str.split("/", n=1, expand=True)
+    chosen = chosen.assign(similarity=split[0], algorithm=split[1])
+    table = chosen.pivot_table(
+        index=[*keys, "algorithm"], columns="similarity", values="mean", aggfunc="mean", dropna=False
+    )
+    table = table.reset_index().sort_values([*keys, "similarity_mse"])
+    table.columns.name = None
+    table["rank"] = table.groupby(keys, dropna=False).cumcount() + 1
+    return table[[*keys, "rank", "algorithm", *(s for s in SIMILARITY if s in table)]]

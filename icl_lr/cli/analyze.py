@@ -137,6 +137,11 @@ def write_plots(named: dict, keys, args) -> dict:
     if curve_stats.predictor.str.startswith("ce/").any():
         plots.plot_error_curves(curve_stats, keys, out / "ce_vs_context.png", metric="ce")
         figures[out / "ce_vs_context.png"] = "cross-entropy of the y bin vs k per group, binned outputs"
+    if "algorithm_similarity" in named:
+        plots.plot_error_curves(curve_stats, keys, out / "similarity_vs_context.png", metric="similarity_mse")
+        figures[out / "similarity_vs_context.png"] = (
+            "each algorithm's mean squared difference from the model's predictions vs k (algorithm_similarity.csv)"
+        )
     history_stats = named["history_aggregate"]
     if not history_stats.empty:
         plots.plot_history(history_stats, keys, out / "eval_vs_step.png")
@@ -217,6 +222,8 @@ def main(argv=None) -> int:
         "curve_aggregate": curve_stats,
         "history_aggregate": history_stats,
     }
+    if loaded.curves.predictor.str.startswith("similarity_mse/").any():
+        named["algorithm_similarity"] = tables.algorithm_similarity(curve_stats, keys)
     if tables.TASK_POOL in keys and (loaded.curves.set == "pretrain").any():
         named["task_pool"] = tables.task_pool_stats(finished, loaded.curves, keys, args.bootstrap)
     written = []
@@ -237,6 +244,8 @@ def main(argv=None) -> int:
 
         varied = {k: sorted(finished[k].map(tables.config_text).unique()) for k in keys}
         tables_shown = {"aggregate: every eval metric": aggregate, "runs: config and summary": runs}
+        if "algorithm_similarity" in named:
+            tables_shown = {"which algorithm best matches the model": named["algorithm_similarity"], **tables_shown}
         links = dict(zip(runs.run_id, runs.url, strict=True)) if "url" in runs else {}
         html_report.write_report(
             args.out / "report.html",

@@ -85,14 +85,17 @@ def _tuned(algorithm, xs_BxNxD, ys_BxN) -> float:
     return float(LEARNING_RATES[jnp.nanargmin(jnp.where(jnp.isfinite(losses), losses, jnp.nan))])
 
 
-def all_predictions(xs_BxNxD, ys_BxN, steps: tuple, tuning: tuple) -> tuple[dict, dict]:
-    """({algorithm name: predictions [B, N]}, {name: its tuned learning rate}) for a batch of prompts, GD and
-    Newton at each number of `steps`; `tuning`: (xs, ys) of the set GD's and online GD's rates are tuned on
-    (GD's rate once per number of steps)."""
+def tuned_rates(steps: tuple, tuning: tuple) -> dict:
+    """{name: learning rate} of GD at each number of `steps` and of online GD, tuned on `tuning` (xs, ys)."""
     rates = {f"gd_{s}": _tuned(lambda x, y, lr, s=s: gradient_descent(x, y, s, lr), *tuning) for s in steps}
-    rates["online_gd"] = _tuned(online_gd, *tuning)
+    return rates | {"online_gd": _tuned(online_gd, *tuning)}
+
+
+def all_predictions(xs_BxNxD, ys_BxN, steps: tuple, rates: dict) -> dict:
+    """{algorithm name: predictions [B, N]} for a batch of prompts, GD and Newton at each number of `steps`,
+    GD and online GD at `rates` (tuned_rates)."""
     per_prompt = {f"gd_{s}": lambda x, y, s=s: gradient_descent(x, y, s, rates[f"gd_{s}"]) for s in steps}
     per_prompt["preconditioned_gd"] = preconditioned_gd
     per_prompt |= {f"newton_{s}": lambda x, y, s=s: newton(x, y, s) for s in steps}
     per_prompt["online_gd"] = lambda x, y: online_gd(x, y, rates["online_gd"])
-    return {name: jax.vmap(fn)(xs_BxNxD, ys_BxN) for name, fn in per_prompt.items()}, rates
+    return {name: jax.vmap(fn)(xs_BxNxD, ys_BxN) for name, fn in per_prompt.items()}

@@ -32,6 +32,8 @@ class EvalSet(NamedTuple):
     inputs: jax.Array  # encoded prompts, [P, L, ...]
     ys: jax.Array  # [P, N]
     baseline_curves: dict  # name -> np.ndarray [N]
+    xs: jax.Array | None = None  # [P, N, D], kept where the model is compared with `references`
+    references: dict = {}  # algorithm name -> (predictions [P, N], gradients at each query [P, N, D])
 
 
 class EvalSets(NamedTuple):
@@ -89,7 +91,50 @@ def make_eval_set(data_cfg: DataConfig, eval_cfg: EvalConfig, pool=None) -> Eval
     log.info("algorithm baselines: learning rates tuned on their own prompts: %s",
              ", ".join(f"{name} {rate:.3g}" for name, rate in rates.items()))  # fmt: skip
     curves = {name: np.asarray(squared_error_curve(p, batch.ys, data_cfg.n_dims)) for name, p in preds.items()}
-    return held_out._replace(baseline_curves=held_out.baseline_curves | curves)
+    references = {  # each algorithm's gradient at its queries, from the same predictions as a function of xs
+        name: (p, query_gradients(lambda xs, ys, name=name: task.algorithms(xs, ys, eval_cfg.algorithm_steps,
+                                                                              rates)[0][name], batch.xs, batch.ys))
+        for name, p in preds.items()
+    }  # fmt: skip
+    return held_out._replace(baseline_curves=held_out.baseline_curves | curves, xs=batch.xs, references=references)
+
+
+def query_gradients(predict, xs_PxNxD, ys_PxN) -> jax.Array:
+    """d prediction_k / d x_k [P, N, D] of `predict(xs [B, N, D], ys [B, N]) -> [B, N]`: the diagonal
+    blocks of each prompt's Jacobian (prediction k's sensitivity to its own query)."""
+
+    def one(xy):
+        xs_NxD, ys_N = xy
+        jacobian_NxNxD = jax.jacrev(lambda x: predict(x[None], ys_N[None])[0])(xs_NxD)
+        n = xs_NxD.shape[0]
+        return jacobian_NxNxD[jnp.arange(n), jnp.arange(n)]
+
+    return jax.lax.map(one, (xs_PxNxD, ys_PxN), batch_size=64)
+
+
+def similarity_curves(model_preds_PxN, model_grads_PxNxD, eval_set: EvalSet, n_dims: int) -> dict:
+    """Per algorithm and k: the mean squared difference of predictions / d (`similarity_mse/<name>`), the
+    cosine over prompts of the two residuals (`similarity_residual_cos/<name>`), and the mean cosine of the
+    gradients at the query (`similarity_grad_cos/<name>`; NaN where a gradient is 0, as for tokens)."""
+    cos = lambda a, b, axis: jnp.sum(a * b, axis) / (jnp.linalg.norm(a, axis=axis) * jnp.linalg.norm(b, axis=axis))
+    curves = {}
+    for name, (preds_PxN, grads_PxNxD) in eval_set.references.items():
+        curves[f"similarity_mse/{name}"] = jnp.mean((model_preds_PxN - preds_PxN) ** 2, axis=0) / n_dims
+        curves[f"similarity_residual_cos/{name}"] = cos(model_preds_PxN - eval_set.ys, preds_PxN - eval_set.ys, 0)
+        curves[f"similarity_grad_cos/{name}"] = jnp.nanmean(cos(model_grads_PxNxD, grads_PxNxD, -1), axis=0)
+    return {name: np.asarray(curve) for name, curve in curves.items()}
+
+
+def make_model_gradients_fn(model):
+    """jitted params, xs, ys -> the model's predictions [P, N] and gradients at each query [P, N, D]."""
+
+    @jax.jit
+    def predictions_and_gradients(params, xs_PxNxD, ys_PxN):
+        predict = lambda xs, ys: model.encoding.predict(model.apply({"params": params}, model.encoding.encode(xs, ys)))
+        preds = jax.lax.map(lambda xy: predict(xy[0][None], xy[1][None])[0], (xs_PxNxD, ys_PxN), batch_size=256)
+        return preds, query_gradients(predict, xs_PxNxD, ys_PxN)
+
+    return predictions_and_gradients
 
 
 def make_train_set_eval(data_cfg: DataConfig, eval_cfg: EvalConfig, run_key, pool=None) -> EvalSet:

@@ -208,6 +208,7 @@ class Evaluator:
             self.sets |= {f"sigma_{s:g}": one(v) for s, v in evaluate.make_sigma_sets(d, e).items()}
         log.info("eval sets and their baselines ready in %.1fs", time.perf_counter() - started)
         self.ood_sets, self.ood_seconds = None, 0.0
+        self.model_gradients = evaluate.make_model_gradients_fn(model) if e.algorithms else None
 
     def _ood(self) -> dict:
         """The OOD suite's sets, built on first use."""
@@ -227,6 +228,10 @@ class Evaluator:
         for name, eval_sets in (self.sets | (self._ood() if with_ood else {})).items():
             started = time.perf_counter()
             all_curves[name] = curves = evaluate.score(self.model_curves, params, eval_sets)
+            if name == HELD_OUT and self.model_gradients:  # the model beside each algorithm (eval.algorithms)
+                held_out = eval_sets.sets[0]
+                preds, grads = self.model_gradients(params, held_out.xs, held_out.ys)
+                curves |= evaluate.similarity_curves(preds, grads, held_out, self.cfg.data.n_dims)
             if name.startswith("ood/"):
                 self.ood_seconds += time.perf_counter() - started
             prefix = metric_prefix(name)
