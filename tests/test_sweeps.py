@@ -1,5 +1,6 @@
 """Sweep YAMLs: valid for the W&B sweeps engine, expanded by wandb's agent code into runnable Hydra runs."""
 
+import itertools
 import json
 import logging
 import os
@@ -15,7 +16,7 @@ import yaml
 from wandb.sdk.lib import config_util
 
 import sweeps
-from helpers import FAST, ROOT, RunFile, no_key_env
+from helpers import FAST, ROOT, RunFile, no_key_env, run_config
 from icl_lr.analysis import tables
 from icl_lr.records.run_dir import RunDirError
 from icl_lr.records.tracking import read_jsonl
@@ -41,6 +42,15 @@ def test_an_invalid_sweep_is_refused_with_the_engine_reasons(tmp_path):
     bad.write_text(yaml.safe_dump({"program": "train.py", "method": "grd", "parameters": {"seed": {"values": [0]}}}))
     with pytest.raises(ValueError, match="bad.yaml: invalid sweep config: .*grd"):
         load_sweep(bad)
+
+
+@pytest.mark.parametrize("path", [p for p in SWEEP_FILES if load_sweep(p)["method"] == "grid"], ids=lambda p: p.stem)
+def test_every_point_of_a_grid_is_a_valid_run(path):
+    """Each point of a grid sweep composes and passes every check (the families' and encodings' pairings too)."""
+    parameters = load_sweep(path)["parameters"]
+    axes = [[(k, v) for v in spec.get("values", [spec.get("value")])] for k, spec in parameters.items()]
+    for point in itertools.product(*axes):
+        run_config(*(f"{k}={json.dumps(v) if isinstance(v, list) else v}" for k, v in point))
 
 
 @pytest.mark.parametrize("path", SWEEP_FILES, ids=lambda p: p.stem)
