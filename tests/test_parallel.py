@@ -193,3 +193,21 @@ def test_bf16_computes_in_bfloat16_and_stays_near_float32():
     assert block_out.dtype == jnp.bfloat16
     scale = float(jnp.abs(out32).max())
     assert 0 < float(jnp.abs(out16 - out32).max()) < 0.02 * scale  # bfloat16 keeps 8 bits of mantissa
+
+
+def test_importing_the_package_does_not_start_jax():
+    """training.cpu_devices must be applied before JAX's backend starts: no module may start it on import
+    (a module-level jnp array did, and every run got one CPU device)."""
+    code = (
+        "import importlib, pkgutil, jax, icl_lr\n"
+        "for m in pkgutil.walk_packages(icl_lr.__path__, 'icl_lr.'):\n"
+        "    importlib.import_module(m.name)\n"
+        "jax.config.update('jax_num_cpu_devices', 3)\n"
+        "print(len(jax.devices('cpu')))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("JAX_NUM_CPU_DEVICES", "XLA_FLAGS")}
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split()[-1] == "3"

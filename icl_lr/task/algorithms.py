@@ -8,10 +8,12 @@ loss (1/2k) sum_{j<k} (w^T x_j - y_j)^2 from w = 0.
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from icl_lr.task.baselines import prefix_masks
 
-LEARNING_RATES = jnp.geomspace(1e-3, 2.0, 31)  # the grid gd's and online GD's rates are tuned on
+LEARNING_RATES = np.geomspace(1e-3, 2.0, 31)  # the grid GD's and online GD's rates are tuned on (numpy: importing
+# this module must not start JAX's backend before training.cpu_devices is applied)
 TUNING_PROMPTS = 256  # prompts of the tuning set (drawn from the task's prior with a key of their own)
 
 
@@ -81,8 +83,8 @@ def _tuned(algorithm, xs_BxNxD, ys_BxN) -> float:
     errors = jax.vmap(
         lambda lr: jnp.mean((jax.vmap(algorithm, (0, 0, None))(xs_BxNxD, ys_BxN, lr) - ys_BxN)[:, 1:] ** 2)
     )
-    losses = errors(LEARNING_RATES)
-    return float(LEARNING_RATES[jnp.nanargmin(jnp.where(jnp.isfinite(losses), losses, jnp.nan))])
+    losses = np.asarray(errors(jnp.asarray(LEARNING_RATES)))
+    return float(LEARNING_RATES[np.nanargmin(np.where(np.isfinite(losses), losses, np.nan))])
 
 
 def tuned_rates(steps: tuple, tuning: tuple) -> dict:
