@@ -36,6 +36,7 @@ from icl_lr.records.config import WandbConfig
 from icl_lr.records.run_dir import RunDirError, RunDirLock, new_run_id
 from icl_lr.records.tracking import read_jsonl
 from icl_lr.train.preemption import Preempted, StopRequest
+from icl_lr.train.progress import duration
 
 try:
     with warnings.catch_warnings():  # the engine's pydantic-1 style config warns on import under pydantic 2
@@ -198,10 +199,10 @@ class Progress:
 
     def _clock(self, ended: int) -> str:
         elapsed = time.monotonic() - self.started
-        line = f"elapsed {_duration(elapsed)}"
+        line = f"elapsed {duration(elapsed)}"
         if self.durations:
             left = -(-(self.count - ended) // self.workers) * sum(self.durations) / len(self.durations)
-            line += f", ETA {_duration(left)}"
+            line += f", ETA {duration(left)}"
         return line
 
     def started_run(self, run: "_Running", on: str) -> None:
@@ -216,7 +217,7 @@ class Progress:
         best = f" | best so far {self.best[0]:.4g} ({self.best[1]})" if self.best else ""
         log.info(
             "[%d/%d] end %s: %s in %s | %s%s",
-            run.number, self.count, run.run_id, result, _duration(self.durations[-1]), self._clock(ended), best,
+            run.number, self.count, run.run_id, result, duration(self.durations[-1]), self._clock(ended), best,
         )  # fmt: skip
 
     def _better(self, value, than) -> bool:
@@ -243,11 +244,6 @@ class Progress:
 
 def _is_number(value) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and value == value
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(seconds)
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
 def run_sweep(

@@ -93,11 +93,11 @@ def tuned_rates(steps: tuple, tuning: tuple) -> dict:
     return rates | {"online_gd": _tuned(online_gd, *tuning)}
 
 
-def all_predictions(xs_BxNxD, ys_BxN, steps: tuple, rates: dict) -> dict:
-    """{algorithm name: predictions [B, N]} for a batch of prompts, GD and Newton at each number of `steps`,
-    GD and online GD at `rates` (tuned_rates)."""
-    per_prompt = {f"gd_{s}": lambda x, y, s=s: gradient_descent(x, y, s, rates[f"gd_{s}"]) for s in steps}
-    per_prompt["preconditioned_gd"] = preconditioned_gd
-    per_prompt |= {f"newton_{s}": lambda x, y, s=s: newton(x, y, s) for s in steps}
-    per_prompt["online_gd"] = lambda x, y: online_gd(x, y, rates["online_gd"])
-    return {name: jax.vmap(fn)(xs_BxNxD, ys_BxN) for name, fn in per_prompt.items()}
+def predictors(steps: tuple, rates: dict) -> dict:
+    """{algorithm name: predict(xs [N, D], ys [N]) -> [N]}: GD and Newton at each number of `steps`, GD and
+    online GD at `rates` (tuned_rates), one preconditioned GD step."""
+    named = {f"gd_{s}": lambda x, y, s=s: gradient_descent(x, y, s, rates[f"gd_{s}"]) for s in steps}
+    named["preconditioned_gd"] = preconditioned_gd
+    named |= {f"newton_{s}": lambda x, y, s=s: newton(x, y, s) for s in steps}
+    named["online_gd"] = lambda x, y: online_gd(x, y, rates["online_gd"])
+    return named

@@ -47,10 +47,10 @@ class Task(Protocol):
         """{baseline name: predictions [B, N]} of each y_k from the points before it; "bayes" among them,
         the Bayes-optimal predictor under the training prior (schema.BAYES)."""
 
-    def algorithms(self, xs, ys, steps: tuple, rates: dict | None = None) -> tuple[dict, dict]:
-        """({algorithm name: predictions [B, N]}, {name: learning rate}): iterative algorithms a model may run
-        in context, at each number of `steps` where they iterate; their rates tuned on prompts of their own
-        unless given."""
+    def algorithms(self, steps: tuple) -> tuple[dict, dict]:
+        """({algorithm name: predict(xs [N, D], ys [N]) -> [N]}, {name: learning rate}): iterative algorithms
+        a model may run in context, at each number of `steps` where they iterate, their rates tuned on prompts
+        of their own."""
 
     def bayes_predictive(self, xs, ys, noise_var: float) -> tuple:
         """Each y_k's posterior predictive (mean, variance) from the points before it, of one prompt, under

@@ -121,11 +121,10 @@ class LinearRegression:
     def baselines(self, xs, ys, noise_stds: tuple, pool=None) -> dict:
         return baselines.all_predictions(xs, ys, self.cfg.prior_scale, noise_stds, pool)
 
-    def algorithms(self, xs, ys, steps: tuple, rates: dict | None = None) -> tuple[dict, dict]:
-        if rates is None:
-            tuning = self.sample_batch(jax.random.PRNGKey(TUNING_SEED), algorithms.TUNING_PROMPTS)
-            rates = algorithms.tuned_rates(steps, (tuning.xs, tuning.ys))
-        return algorithms.all_predictions(xs, ys, steps, rates), rates
+    def algorithms(self, steps: tuple) -> tuple[dict, dict]:
+        tuning = self.sample_batch(jax.random.PRNGKey(TUNING_SEED), algorithms.TUNING_PROMPTS)
+        rates = algorithms.tuned_rates(steps, (tuning.xs, tuning.ys))
+        return algorithms.predictors(steps, rates), rates
 
     def bayes_predictive(self, xs, ys, noise_var: float) -> tuple:
         return baselines.bayes_predictive(xs, ys, self.cfg.prior_scale, noise_var)

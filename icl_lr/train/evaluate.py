@@ -87,15 +87,12 @@ def make_eval_set(data_cfg: DataConfig, eval_cfg: EvalConfig, pool=None) -> Eval
     held_out = eval_set_of(data_cfg, batch, pool)
     if not eval_cfg.algorithms:
         return held_out
-    preds, rates = task.algorithms(batch.xs, batch.ys, eval_cfg.algorithm_steps)
+    predictors, rates = task.algorithms(eval_cfg.algorithm_steps)
     log.info("algorithm baselines: learning rates tuned on their own prompts: %s",
              ", ".join(f"{name} {rate:.3g}" for name, rate in rates.items()))  # fmt: skip
-    curves = {name: np.asarray(squared_error_curve(p, batch.ys, data_cfg.n_dims)) for name, p in preds.items()}
-    references = {  # each algorithm's gradient at its queries, from the same predictions as a function of xs
-        name: (p, query_gradients(lambda xs, ys, name=name: task.algorithms(xs, ys, eval_cfg.algorithm_steps,
-                                                                              rates)[0][name], batch.xs, batch.ys))
-        for name, p in preds.items()
-    }  # fmt: skip
+    batched = {name: jax.vmap(predict) for name, predict in predictors.items()}
+    references = {name: (p(batch.xs, batch.ys), query_gradients(p, batch.xs, batch.ys)) for name, p in batched.items()}
+    curves = {n: np.asarray(squared_error_curve(p, batch.ys, data_cfg.n_dims)) for n, (p, _) in references.items()}
     return held_out._replace(baseline_curves=held_out.baseline_curves | curves, xs=batch.xs, references=references)
 
 

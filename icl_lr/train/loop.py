@@ -40,7 +40,7 @@ from icl_lr.train import evaluate, parallel
 from icl_lr.train.config import RunConfig, steps_per_epoch
 from icl_lr.train.optimizer import learning_rate_schedule, make_optimizer
 from icl_lr.train.preemption import StopRequest
-from icl_lr.train.progress import LiveBar
+from icl_lr.train.progress import LiveBar, duration
 
 log = logging.getLogger("icl_lr")
 
@@ -138,11 +138,6 @@ class Throughput:
         self.steps, self.seconds = 0, 0.0
 
 
-def _duration(seconds: float) -> str:
-    seconds = int(seconds)
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
-
-
 def _headline(curves: dict, n_dims: int) -> str:
     """Errors at k = 2d (or the last k the curves score): the model beside the Bayes-optimal, least squares
     and, where the run has a task pool, dMMSE."""
@@ -180,7 +175,7 @@ def _log_phase(tracker: Tracker, window: list, step: int, cfg: RunConfig, throug
     if rate:
         record["train/steps_per_second"] = rate
         record["train/examples_per_second"] = rate * cfg.training.batch_size
-        line += f" | {rate:.0f} steps/s | ETA {_duration((total - step) / rate)}"
+        line += f" | {rate:.0f} steps/s | ETA {duration((total - step) / rate)}"
     tracker.log(record, step)
     log.info(line)
     throughput.reset()
@@ -341,7 +336,7 @@ def train(cfg: RunConfig, run_dir: Path, trackers=(), stop: StopRequest | None =
             is_last = step == t.steps
 
             rate = throughput.steps_per_second() or rate
-            bar.draw(step, t.steps, rate, _duration((t.steps - step) / rate) if rate else None)
+            bar.draw(step, t.steps, rate, duration((t.steps - step) / rate) if rate else None)
 
             # log: train metrics and a progress line
             if step % t.log_every == 0 or is_last:
@@ -376,6 +371,6 @@ def train(cfg: RunConfig, run_dir: Path, trackers=(), stop: StopRequest | None =
     records = read_jsonl(run_dir / METRICS_FILE) if writers else []
     summary = summary_of(records) | facts
     tracker.finish(summary)
-    log.info("done: %d steps in %s", step, _duration(facts["wall_seconds"]))
+    log.info("done: %d steps in %s", step, duration(facts["wall_seconds"]))
     held_out = [r for r in read_jsonl(run_dir / CURVES_FILE) if set_of(r) == HELD_OUT] if writers else []
     return summary | {"curves": {k: v for k, v in held_out[-1].items() if k not in ("step", "set")} if held_out else {}}

@@ -10,6 +10,12 @@ import sys
 WIDTH = 24  # characters of the bar itself
 
 
+def duration(seconds: float) -> str:
+    """h:mm:ss, as progress lines and ETAs show a time."""
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
 class LiveBar(logging.Filter):
     """Draws `[#####.....] step/total | steps/s | ETA` on stderr; as a filter on the run's logger it clears
     the bar before a record is printed, so log lines never start mid-bar."""
