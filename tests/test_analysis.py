@@ -475,8 +475,8 @@ def test_analyze_says_which_algorithm_best_matches_the_model(tmp_path):
     (last,) = [r for r in read_jsonl(tmp_path / "run" / "curves.jsonl") if r["step"] == 40]
     names = ["gd_1", "gd_4", "newton_1", "newton_4", "preconditioned_gd", "online_gd"]
     assert {f"similarity_mse/{n}" for n in names} <= set(last) and {f"{n}" for n in names} <= set(last)
-    out = tmp_path / "analysis"
-    assert analyze.main([str(tmp_path / "run"), "--out", str(out), "--html"]) == 0
+    out, spec_file = tmp_path / "analysis", tmp_path / "report.json"
+    assert analyze.main([str(tmp_path / "run"), "--out", str(out), "--html", "--report-spec", str(spec_file)]) == 0
     table = pd.read_csv(out / "algorithm_similarity.csv")
     assert list(table["rank"]) == list(range(1, 7)) and sorted(table.algorithm) == sorted(names)
     assert table.similarity_mse.is_monotonic_increasing
@@ -484,4 +484,14 @@ def test_analyze_says_which_algorithm_best_matches_the_model(tmp_path):
         assert row.similarity_mse == pytest.approx(np.mean(last[f"similarity_mse/{row.algorithm}"][1:]), rel=1e-5)
         assert -1 <= row.similarity_residual_cos <= 1 and -1 <= row.similarity_grad_cos <= 1
     assert (out / "similarity_vs_context.png").exists()
-    assert "which algorithm best matches the model" in (out / "report.html").read_text()
+    page = (out / "report.html").read_text()
+    assert "which algorithm best matches the model" in page
+    html_sections = [html.unescape(t) for t in re.findall(r"<h3>(.*?)</h3>", page)]
+    blocks = json.loads(json.loads(spec_file.read_text())["spec"])["blocks"]
+    wandb_sections = [b["children"][0]["text"] for b in blocks if b.get("type") == "heading" and b.get("level") == 1]
+    assert html_sections == ["Error vs k per group", "Learning curves", "Which algorithm the model matches"]
+    assert wandb_sections == ["Which config is best", *html_sections]  # the W&B report's, in the same order
+    (folder,) = (tmp_path / "run" / "wandb").glob("offline-run-*")
+    logged = tables.read_wandb_file(folder)["summary"]
+    assert logged["eval/curves_similarity_chart_table"]["_type"] == "table-file"  # what that section charts
+    assert '"value":"eval/curves_similarity_chart_table"' in json.loads(spec_file.read_text())["spec"]

@@ -7,7 +7,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from icl_lr.analysis.plots import group_label, metric_label, y_axis
+from icl_lr.analysis.plots import YLABELS, group_label, metric_label, y_axis
 from icl_lr.analysis.tables import POOL_PREDICTORS, POOL_SETS, TASK_POOL
 from icl_lr.records.schema import HELD_OUT, is_error_curve
 
@@ -94,9 +94,15 @@ def _grid(titles: list[str], columns: int):
     return fig, columns
 
 
-def error_vs_k(curve_stats: pd.DataFrame, keys: list[str]) -> str:
-    """Held-out error vs k, a panel per group: the model (95% band over seeds) beside the baselines."""
-    stats = curve_stats[(curve_stats.set == HELD_OUT) & curve_stats.predictor.map(is_error_curve)]
+def error_vs_k(curve_stats: pd.DataFrame, keys: list[str], metric: str = "error", title: str = "Error vs k") -> str:
+    """Held-out error vs k, a panel per group: the model (95% band over seeds) beside the baselines; or
+    another curve `metric` (DISTANCE: each algorithm's distance from the model)."""
+    held_out = curve_stats[curve_stats.set == HELD_OUT]
+    if metric == "error":
+        stats = held_out[held_out.predictor.map(is_error_curve)]
+    else:
+        stats = held_out[held_out.predictor.str.startswith(f"{metric}/")]
+        stats = stats.assign(predictor=stats.predictor.str.removeprefix(f"{metric}/"))
     groups = list(stats.groupby(keys, dropna=False, sort=True))
     fig, columns = _grid([group_label(keys, v) for v, _ in groups], 3)
     predictors = list(dict.fromkeys(["model", *stats.predictor]))
@@ -107,7 +113,7 @@ def error_vs_k(curve_stats: pd.DataFrame, keys: list[str]) -> str:
             line = group[group.predictor == predictor].sort_values("k")
             if len(line):
                 _line(fig, line.k, line, predictor, i - 1, predictor == "model", row, col, p == 0, axis)
-    return _finish(fig, len(groups), columns, ERROR, K, "Error vs k per group (hover for values)")
+    return _finish(fig, len(groups), columns, YLABELS[metric], K, f"{title} (hover for values)")
 
 
 def sets_vs_k(curve_stats: pd.DataFrame, keys: list[str], sets: list[str], title: str) -> str:

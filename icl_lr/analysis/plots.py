@@ -10,7 +10,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from icl_lr.analysis.tables import POOL_PREDICTORS, POOL_SETS, TASK_POOL, config_text  # noqa: E402
-from icl_lr.records.schema import HELD_OUT, is_error_curve  # noqa: E402
+from icl_lr.records.schema import DISTANCE, HELD_OUT, is_error_curve  # noqa: E402
 
 
 def group_label(keys: list[str], values, separator: str = ", ") -> str:
@@ -99,7 +99,7 @@ def _save(fig, path: Path, dpi: int = 120) -> None:
 YLABELS = {
     "error": "squared error / d",
     "ce": "cross-entropy of the y bin (nats)",
-    "similarity_mse": "mean squared difference from the model / d",
+    DISTANCE: "mean squared difference from the model / d",
 }
 
 

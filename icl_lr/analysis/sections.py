@@ -6,6 +6,7 @@ import pandas as pd
 BEST = "Which config is best"
 ERROR_VS_K = "Error vs k per group"
 LEARNING_CURVES = "Learning curves"
+SIMILARITY = "Which algorithm the model matches"
 OOD = "Garg et al.'s out-of-distribution prompts"
 SIGMA = "One noise level per panel (Bai et al.)"
 TASK_POOL = "Error vs task pool size"

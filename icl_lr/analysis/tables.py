@@ -24,10 +24,12 @@ from icl_lr.records import wandb_adapter
 from icl_lr.records.run_dir import RunDirLock, config_record, read_config_record, read_identity
 from icl_lr.records.schema import (
     CURVES_FILE,
+    DISTANCE,
     HELD_OUT,
     HYDRA_CONFIG,
     LEARNING_CURVES,
     METRICS_FILE,
+    SIMILARITIES,
     SUMMARY_FILE,
     set_of,
     set_of_curves_key,
@@ -469,21 +471,18 @@ def task_pool_stats(runs: pd.DataFrame, curves: pd.DataFrame, keys: list[str], n
     return _group_stats(labelled, [*others, TASK_POOL, "set", "predictor"], n_resamples)
 
 
-SIMILARITY = ("similarity_mse", "similarity_residual_cos", "similarity_grad_cos")  # evaluate.similarity_curves
-
-
 def algorithm_similarity(curve_stats: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     """Which algorithm, with how many steps, best matches the model: per group and algorithm, each similarity
     curve's mean over k >= 1 (of the seeds' means), the closest first (least mean squared difference)."""
     chosen = curve_stats[
-        (curve_stats.set == HELD_OUT) & curve_stats.predictor.str.startswith(SIMILARITY) & (curve_stats.k >= 1)
+        (curve_stats.set == HELD_OUT) & curve_stats.predictor.str.startswith(SIMILARITIES) & (curve_stats.k >= 1)
     ]
     split = chosen.predictor.str.split("/", n=1, expand=True)
     chosen = chosen.assign(similarity=split[0], algorithm=split[1])
     table = chosen.pivot_table(
         index=[*keys, "algorithm"], columns="similarity", values="mean", aggfunc="mean", dropna=False
     )
-    table = table.reset_index().sort_values([*keys, "similarity_mse"])
+    table = table.reset_index().sort_values([*keys, DISTANCE])
     table.columns.name = None
     table["rank"] = table.groupby(keys, dropna=False).cumcount() + 1
-    return table[[*keys, "rank", "algorithm", *(s for s in SIMILARITY if s in table)]]
+    return table[[*keys, "rank", "algorithm", *(s for s in SIMILARITIES if s in table)]]

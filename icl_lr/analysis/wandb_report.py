@@ -21,7 +21,7 @@ from icl_lr.analysis import sections
 from icl_lr.analysis.plots import group_label
 from icl_lr.analysis.tables import MODEL_SHAPE, TASK_POOL
 from icl_lr.records import wandb_adapter
-from icl_lr.records.schema import EXCESS, HELD_OUT, LEARNING_CURVES, curves_key
+from icl_lr.records.schema import DISTANCE, EXCESS, HELD_OUT, LEARNING_CURVES, curves_key
 
 HEADLINE = EXCESS  # the report's one headline, as analyze's summary's first column
 
@@ -41,9 +41,10 @@ def _runset(entity: str, project: str, sweep: str | None, name: str, run_ids=Non
     return wr.Runset(entity=entity, project=project, name=name, filters=expr.And(*filters), **kwargs)
 
 
-def _curve_chart(eval_set: str, title: str) -> wr.CustomChart:
-    """Error vs k of every predictor, from the last eval's line-series table of `eval_set`."""
-    chart_table = curves_key(eval_set) + "_chart_table"
+def _curve_chart(eval_set: str, title: str, chart: str = "chart") -> wr.CustomChart:
+    """Error vs k of every predictor (chart="similarity_chart": each algorithm's distance from the model),
+    from the last eval's line-series table of `eval_set`."""
+    chart_table = f"{curves_key(eval_set)}_{chart}_table"
     return wr.CustomChart(
         query={"summaryTable": {"tableKey": chart_table}},
         chart_name="wandb/lineseries/v0",
@@ -115,6 +116,12 @@ def build_report(
         wr.P("All runs, grouped by what the sweep varied; the run table lists every run."),
         wr.PanelGrid(runsets=[everything], panels=overview),
     ]
+    if any(c.startswith(f"eval/{DISTANCE}/") for c in runs):  # eval.algorithms
+        blocks.append(wr.H1(sections.SIMILARITY))
+        for values, group in runs.groupby(keys, dropna=False, sort=True):
+            name = group_label(keys, values)
+            chart = _curve_chart(HELD_OUT, f"{name}: each algorithm's distance from the model vs k", "similarity_chart")
+            blocks.append(wr.PanelGrid(runsets=[_runset(entity, project, sweep, name, group.run_id)], panels=[chart]))
     for prefix, title in sections.SET_SECTIONS.items():
         sets = sorted(c.removeprefix("eval/").removesuffix(MEAN) for c in runs if _is_set_mean(c, prefix))
         if sets:

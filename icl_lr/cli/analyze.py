@@ -138,7 +138,7 @@ def write_plots(named: dict, keys, args) -> dict:
         plots.plot_error_curves(curve_stats, keys, out / "ce_vs_context.png", metric="ce")
         figures[out / "ce_vs_context.png"] = "cross-entropy of the y bin vs k per group, binned outputs"
     if "algorithm_similarity" in named:
-        plots.plot_error_curves(curve_stats, keys, out / "similarity_vs_context.png", metric="similarity_mse")
+        plots.plot_error_curves(curve_stats, keys, out / "similarity_vs_context.png", metric=schema.DISTANCE)
         figures[out / "similarity_vs_context.png"] = (
             "each algorithm's mean squared difference from the model's predictions vs k (algorithm_similarity.csv)"
         )
@@ -178,9 +178,11 @@ def interactive_figures(named: dict, keys) -> dict:
     from icl_lr.analysis import interactive
 
     curve_stats, curves, history_stats = named["curve_aggregate"], named["curves"], named["history_aggregate"]
-    shown = {sections.ERROR_VS_K: interactive.error_vs_k(curve_stats, keys)}
+    shown = {sections.ERROR_VS_K: interactive.error_vs_k(curve_stats, keys, title=sections.ERROR_VS_K)}
     if not history_stats.empty:
         shown[sections.LEARNING_CURVES] = interactive.learning_curves(history_stats, keys)
+    if "algorithm_similarity" in named:
+        shown[sections.SIMILARITY] = interactive.error_vs_k(curve_stats, keys, schema.DISTANCE, sections.SIMILARITY)
     for prefix, title in sections.SET_SECTIONS.items():
         if sets := _sets(curves, prefix):
             shown[title] = interactive.sets_vs_k(curve_stats, keys, sets, title)
@@ -222,7 +224,7 @@ def main(argv=None) -> int:
         "curve_aggregate": curve_stats,
         "history_aggregate": history_stats,
     }
-    if loaded.curves.predictor.str.startswith("similarity_mse/").any():
+    if loaded.curves.predictor.str.startswith(f"{schema.DISTANCE}/").any():
         named["algorithm_similarity"] = tables.algorithm_similarity(curve_stats, keys)
     if tables.TASK_POOL in keys and (loaded.curves.set == "pretrain").any():
         named["task_pool"] = tables.task_pool_stats(finished, loaded.curves, keys, args.bootstrap)

@@ -48,6 +48,12 @@ def set_of_curves_key(key: str) -> str | None:
     return key.removeprefix("eval/").removesuffix("curves").rstrip("/") or HELD_OUT
 
 
+# eval.algorithms' curves, `<similarity>/<algorithm>`: the mean squared difference of predictions / d (the
+# distance the charts show and analysis ranks by), the cosine of residuals, the cosine of query gradients
+SIMILARITIES = ("similarity_mse", "similarity_residual_cos", "similarity_grad_cos")
+DISTANCE = SIMILARITIES[0]
+
+
 def is_error_curve(name: str) -> bool:
     """The one naming rule charts and summaries read: an error curve's name has no '/'."""
     return "/" not in name

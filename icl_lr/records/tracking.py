@@ -19,7 +19,15 @@ from pathlib import Path
 from icl_lr.fields import ConfigError, flatten
 from icl_lr.records.config import WANDB_MODES, WandbConfig
 from icl_lr.records.run_dir import write_atomic
-from icl_lr.records.schema import CURVES_FILE, HELD_OUT, METRICS_FILE, SUMMARY_FILE, curves_key, is_error_curve
+from icl_lr.records.schema import (
+    CURVES_FILE,
+    DISTANCE,
+    HELD_OUT,
+    METRICS_FILE,
+    SUMMARY_FILE,
+    curves_key,
+    is_error_curve,
+)
 
 log = logging.getLogger("icl_lr")
 # W&B's own console lines stay off (its end-of-run summary, "Adding directory to artifact" per checkpoint, the
@@ -219,20 +227,31 @@ class WandbRun(Tracker):
         self.run.log({"step": step, **metrics})
 
     def log_curves(self, curves: dict, step: int, eval_set: str = HELD_OUT) -> None:
-        """A table eval/<set>/curves (eval/curves for the held-out set) and its chart of the error curves."""
+        """A table eval/<set>/curves (eval/curves for the held-out set) and its chart of the error curves; with
+        similarity curves (eval.algorithms), a chart of each algorithm's distance from the model too
+        (`<key>_similarity_chart`)."""
         names = list(curves)
         ks = list(range(len(curves[names[0]])))
         table = self.wandb.Table(columns=["k", *names], data=[[k, *(float(curves[n][k]) for n in names)] for k in ks])
-        errors = [n for n in names if is_error_curve(n)]  # the chart: errors only
-        chart = self.wandb.plot.line_series(
-            xs=ks,
-            ys=[[float(v) for v in curves[n]] for n in errors],
-            keys=errors,
-            title=f"{eval_set}: squared error / d vs in-context examples (step {step})",
-            xname="k",
-        )
         key = curves_key(eval_set)
-        self.run.log({"step": step, key: table, f"{key}_chart": chart})
+        charts = {
+            f"{key}_chart": ([n for n in names if is_error_curve(n)], "squared error / d"),
+            f"{key}_similarity_chart": (
+                [n for n in names if n.startswith(f"{DISTANCE}/")],
+                "distance from the model / d",
+            ),
+        }
+        logged = {"step": step, key: table}
+        for chart_key, (shown, what) in charts.items():
+            if shown:
+                logged[chart_key] = self.wandb.plot.line_series(
+                    xs=ks,
+                    ys=[[float(v) for v in curves[n]] for n in shown],
+                    keys=[n.removeprefix(f"{DISTANCE}/") for n in shown],
+                    title=f"{eval_set}: {what} vs in-context examples (step {step})",
+                    xname="k",
+                )
+        self.run.log(logged)
 
     def log_checkpoint(self, directory: Path, step: int, aliases: Sequence[str]) -> None:
         if not self.log_checkpoints:

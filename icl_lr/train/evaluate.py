@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from icl_lr.model.encoding import encoding_of
-from icl_lr.records.schema import BAYES, MODEL, is_error_curve
+from icl_lr.records.schema import BAYES, MODEL, SIMILARITIES, is_error_curve
 from icl_lr.task.base import Batch, pool_key
 from icl_lr.task.config import DataConfig
 from icl_lr.task.registry import task_of
@@ -114,11 +114,12 @@ def similarity_curves(model_preds_PxN, model_grads_PxNxD, eval_set: EvalSet, n_d
     cosine over prompts of the two residuals (`similarity_residual_cos/<name>`), and the mean cosine of the
     gradients at the query (`similarity_grad_cos/<name>`; NaN where a gradient is 0, as for tokens)."""
     cos = lambda a, b, axis: jnp.sum(a * b, axis) / (jnp.linalg.norm(a, axis=axis) * jnp.linalg.norm(b, axis=axis))
+    mse, residuals, gradients = SIMILARITIES
     curves = {}
     for name, (preds_PxN, grads_PxNxD) in eval_set.references.items():
-        curves[f"similarity_mse/{name}"] = jnp.mean((model_preds_PxN - preds_PxN) ** 2, axis=0) / n_dims
-        curves[f"similarity_residual_cos/{name}"] = cos(model_preds_PxN - eval_set.ys, preds_PxN - eval_set.ys, 0)
-        curves[f"similarity_grad_cos/{name}"] = jnp.nanmean(cos(model_grads_PxNxD, grads_PxNxD, -1), axis=0)
+        curves[f"{mse}/{name}"] = jnp.mean((model_preds_PxN - preds_PxN) ** 2, axis=0) / n_dims
+        curves[f"{residuals}/{name}"] = cos(model_preds_PxN - eval_set.ys, preds_PxN - eval_set.ys, 0)
+        curves[f"{gradients}/{name}"] = jnp.nanmean(cos(model_grads_PxNxD, grads_PxNxD, -1), axis=0)
     return {name: np.asarray(curve) for name, curve in curves.items()}
 
 
