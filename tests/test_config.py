@@ -48,6 +48,15 @@ def test_defaults_and_presets_compose():
         ("data.token_value_embedding=true", "data.token_value_embedding"),
         ("data.token_short_conv=true", "data.token_short_conv"),
         ("data.encoding=binned_y data.token_slot_embedding=true", "data.token_slot_embedding"),
+        ("training.loss_points=first", "training.loss_points"),
+        ("eval.algorithm_steps=[]", "eval.algorithm_steps"),
+        ("eval.algorithm_steps=[0,3]", "eval.algorithm_steps"),
+        ("model=lstm model.dropout=0.1", "model.dropout"),
+        ("model.init=fancy", "model.init"),
+        ("model.init=gd", "model.init=gd"),
+        ("data.encoding=paired", "model.family=lsa and data.encoding=paired"),
+        ("model=lsa", "model.family=lsa and data.encoding=paired"),
+        ("experiment=lsa model.init=gd model.n_embd=5", "model.init=gd needs model.n_embd"),
     ],
 )
 @pytest.mark.unit
