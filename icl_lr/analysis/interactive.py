@@ -7,9 +7,8 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from icl_lr.analysis.plots import YLABELS, group_label, metric_label, y_axis
+from icl_lr.analysis.plots import YLABELS, group_label, held_out_curves, metric_label, y_axis
 from icl_lr.analysis.tables import POOL_PREDICTORS, POOL_SETS, TASK_POOL
-from icl_lr.records.schema import HELD_OUT, is_error_curve
 
 COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22"]
 DASHES = ["dash", "dot", "dashdot", "longdash", "longdashdot"]
@@ -97,12 +96,7 @@ def _grid(titles: list[str], columns: int):
 def error_vs_k(curve_stats: pd.DataFrame, keys: list[str], metric: str = "error", title: str = "Error vs k") -> str:
     """Held-out error vs k, a panel per group: the model (95% band over seeds) beside the baselines; or
     another curve `metric` (DISTANCE: each algorithm's distance from the model)."""
-    held_out = curve_stats[curve_stats.set == HELD_OUT]
-    if metric == "error":
-        stats = held_out[held_out.predictor.map(is_error_curve)]
-    else:
-        stats = held_out[held_out.predictor.str.startswith(f"{metric}/")]
-        stats = stats.assign(predictor=stats.predictor.str.removeprefix(f"{metric}/"))
+    stats = held_out_curves(curve_stats, metric)
     groups = list(stats.groupby(keys, dropna=False, sort=True))
     fig, columns = _grid([group_label(keys, v) for v, _ in groups], 3)
     predictors = list(dict.fromkeys(["model", *stats.predictor]))

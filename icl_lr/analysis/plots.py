@@ -103,17 +103,22 @@ YLABELS = {
 }
 
 
+def held_out_curves(curve_stats: pd.DataFrame, metric: str = "error") -> pd.DataFrame:
+    """The held-out set's curves of `metric`: the error curves, or those named `<metric>/<predictor>`, each
+    renamed to its predictor."""
+    held_out = curve_stats[curve_stats.set == HELD_OUT]
+    if metric == "error":
+        return held_out[held_out.predictor.map(is_error_curve)]
+    chosen = held_out[held_out.predictor.str.startswith(f"{metric}/")]
+    return chosen.assign(predictor=chosen.predictor.str.removeprefix(f"{metric}/"))
+
+
 def plot_error_curves(curve_stats: pd.DataFrame, keys: list[str], path: Path, metric: str = "error") -> None:
     """Error vs number of in-context examples, one panel per group: the model (mean, 95% interval over
     seeds) beside the baselines, nothing cut off (a log axis where the values span decades). Another curve
     `metric` instead: "ce" (the y bin's cross-entropy of binned outputs), "similarity_mse" (each algorithm's
     distance from the model)."""
-    curve_stats = curve_stats[curve_stats.set == HELD_OUT]
-    if metric == "error":
-        curve_stats = curve_stats[curve_stats.predictor.map(is_error_curve)]
-    else:
-        curve_stats = curve_stats[curve_stats.predictor.str.startswith(f"{metric}/")]
-        curve_stats = curve_stats.assign(predictor=curve_stats.predictor.str.removeprefix(f"{metric}/"))
+    curve_stats = held_out_curves(curve_stats, metric)
     groups = list(curve_stats.groupby(keys, dropna=False, sort=True))
     ylabel = YLABELS.get(metric, metric)
     fig, axes = _panels(len(groups), columns=3, width=4.8, height=3.3 + 0.3 * len(keys))
