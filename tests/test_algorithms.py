@@ -108,7 +108,9 @@ def test_a_model_that_is_an_algorithm_is_found_identical_to_it():
 
     def reference(steps):
         predict = lambda xs, ys: jax.vmap(algorithms.gradient_descent, (0, 0, None, None))(xs, ys, steps, 0.3)
-        return predict(batch.xs, batch.ys), evaluate.query_gradients(predict, batch.xs, batch.ys)
+        preds, grads = evaluate.predictions_and_query_gradients(predict, batch.xs, batch.ys)
+        np.testing.assert_allclose(preds, predict(batch.xs, batch.ys), rtol=1e-6, atol=1e-6)  # the pass's values
+        return preds, grads
 
     held_out = evaluate.EvalSet(None, batch.ys, {}, batch.xs, {"gd_1": reference(1), "gd_3": reference(3)})
     curves = evaluate.similarity_curves(model_preds, model_grads, held_out, 4)

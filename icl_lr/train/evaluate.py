@@ -91,20 +91,22 @@ def make_eval_set(data_cfg: DataConfig, eval_cfg: EvalConfig, pool=None) -> Eval
     log.info("algorithm baselines: learning rates tuned on their own prompts: %s",
              ", ".join(f"{name} {rate:.3g}" for name, rate in rates.items()))  # fmt: skip
     batched = {name: jax.vmap(predict) for name, predict in predictors.items()}
-    references = {name: (p(batch.xs, batch.ys), query_gradients(p, batch.xs, batch.ys)) for name, p in batched.items()}
+    references = {name: predictions_and_query_gradients(p, batch.xs, batch.ys) for name, p in batched.items()}
     curves = {n: np.asarray(squared_error_curve(p, batch.ys, data_cfg.n_dims)) for n, (p, _) in references.items()}
     return held_out._replace(baseline_curves=held_out.baseline_curves | curves, xs=batch.xs, references=references)
 
 
-def query_gradients(predict, xs_PxNxD, ys_PxN) -> jax.Array:
-    """d prediction_k / d x_k [P, N, D] of `predict(xs [B, N, D], ys [B, N]) -> [B, N]`: the diagonal
-    blocks of each prompt's Jacobian (prediction k's sensitivity to its own query)."""
+def predictions_and_query_gradients(predict, xs_PxNxD, ys_PxN) -> tuple[jax.Array, jax.Array]:
+    """The predictions [P, N] of `predict(xs [B, N, D], ys [B, N]) -> [B, N]` and d prediction_k / d x_k
+    [P, N, D], the diagonal blocks of each prompt's Jacobian (prediction k's sensitivity to its own query),
+    from one pass."""
 
     def one(xy):
         xs_NxD, ys_N = xy
-        jacobian_NxNxD = jax.jacrev(lambda x: predict(x[None], ys_N[None])[0])(xs_NxD)
+        with_value = lambda x: (lambda preds_N: (preds_N, preds_N))(predict(x[None], ys_N[None])[0])
+        jacobian_NxNxD, preds_N = jax.jacrev(with_value, has_aux=True)(xs_NxD)
         n = xs_NxD.shape[0]
-        return jacobian_NxNxD[jnp.arange(n), jnp.arange(n)]
+        return preds_N, jacobian_NxNxD[jnp.arange(n), jnp.arange(n)]
 
     return jax.lax.map(one, (xs_PxNxD, ys_PxN), batch_size=64)
 
@@ -129,8 +131,7 @@ def make_model_gradients_fn(model):
     @jax.jit
     def predictions_and_gradients(params, xs_PxNxD, ys_PxN):
         predict = lambda xs, ys: model.encoding.predict(model.apply({"params": params}, model.encoding.encode(xs, ys)))
-        preds = jax.lax.map(lambda xy: predict(xy[0][None], xy[1][None])[0], (xs_PxNxD, ys_PxN), batch_size=256)
-        return preds, query_gradients(predict, xs_PxNxD, ys_PxN)
+        return predictions_and_query_gradients(predict, xs_PxNxD, ys_PxN)
 
     return predictions_and_gradients
 
