@@ -463,11 +463,12 @@ def test_the_report_as_wandb_receives_it_reads_config_paths_the_runs_have(sweep_
     assert '"xAxis":"config:data.noise_std.value"' in spec_text
 
 
-def test_analyze_says_which_algorithm_best_matches_the_model(tmp_path):
-    """A run with eval.algorithms: its similarity curves in curves.jsonl, and analyze's table (each
-    algorithm's mean over k >= 1, the closest first) and figure."""
+def test_analyze_says_which_algorithm_best_matches_the_model_and_what_each_layer_holds(tmp_path):
+    """A run with eval.algorithms and eval.probes: its similarity and probe curves in curves.jsonl; analyze's
+    tables (each algorithm's mean over k >= 1, the closest first; each probe's R² by layer), figures and
+    report sections; the W&B charts those sections read, as W&B wrote them."""
     result = subprocess.run(
-        [sys.executable, "train.py", *FAST, "eval.algorithms=true", "eval.algorithm_steps=[1,4]",
+        [sys.executable, "train.py", *FAST, "eval.algorithms=true", "eval.algorithm_steps=[1,4]", "eval.probes=true",
          f"hydra.run.dir={tmp_path / 'run'}"],
         cwd=ROOT, env=no_key_env(), capture_output=True, text=True, timeout=600,
     )  # fmt: skip
@@ -489,9 +490,26 @@ def test_analyze_says_which_algorithm_best_matches_the_model(tmp_path):
     html_sections = [html.unescape(t) for t in re.findall(r"<h3>(.*?)</h3>", page)]
     blocks = json.loads(json.loads(spec_file.read_text())["spec"])["blocks"]
     wandb_sections = [b["children"][0]["text"] for b in blocks if b.get("type") == "heading" and b.get("level") == 1]
-    assert html_sections == ["Error vs k per group", "Learning curves", "Which algorithm the model matches"]
+    assert html_sections == [
+        "Error vs k per group", "Learning curves", "Which algorithm the model matches",
+        "What each layer holds (linear probes)",
+    ]  # fmt: skip
     assert wandb_sections == ["Which config is best", *html_sections]  # the W&B report's, in the same order
     (folder,) = (tmp_path / "run" / "wandb").glob("offline-run-*")
     logged = tables.read_wandb_file(folder)["summary"]
-    assert logged["eval/curves_similarity_chart_table"]["_type"] == "table-file"  # what that section charts
-    assert '"value":"eval/curves_similarity_chart_table"' in json.loads(spec_file.read_text())["spec"]
+    for chart in ("similarity_chart", "probe_chart"):  # what those sections chart
+        assert logged[f"eval/curves_{chart}_table"]["_type"] == "table-file"
+        assert f'"value":"eval/curves_{chart}_table"' in json.loads(spec_file.read_text())["spec"]
+
+    layers = 1 + 1  # FAST's one block and the trunk's input
+    targets = ["w", "xty", "ls_w", "gd_prediction", "ls_prediction"]
+    probes = pd.read_csv(out / "probe_r2.csv")
+    assert list(dict.fromkeys(probes.target)) == targets and list(probes.layer) == list(range(layers)) * len(targets)
+    for row in probes.itertuples():
+        assert row.mean == pytest.approx(np.nanmean(last[f"probe_r2/{row.target}/layer_{row.layer}"]), rel=1e-6)
+    assert np.isnan(last["probe_r2/xty/layer_0"][0])  # X^T y of no points does not vary: no R²
+    assert (out / "probe_r2_by_layer.png").exists()
+    chart = json.loads((folder / "files" / logged["eval/curves_probe_chart_table"]["path"]).read_text())
+    rows = [dict(zip(chart["columns"], row, strict=True)) for row in chart["data"]]
+    sent = {(row["lineKey"], row["step"]): row["lineVal"] for row in rows}  # W&B's chart: R² by layer, the same means
+    assert sent == pytest.approx({(row.target, row.layer): row.mean for row in probes.itertuples()})

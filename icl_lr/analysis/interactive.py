@@ -7,7 +7,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from icl_lr.analysis.plots import YLABELS, group_label, held_out_curves, metric_label, y_axis
+from icl_lr.analysis.plots import R2, YLABELS, group_label, held_out_curves, metric_label, y_axis
 from icl_lr.analysis.tables import POOL_PREDICTORS, POOL_SETS, TASK_POOL
 
 COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22"]
@@ -158,3 +158,18 @@ def task_pool(stats: pd.DataFrame, keys: list[str]) -> str:
     return _finish(
         fig, 2, columns, axis, "squared error / d, mean over k", "task pool size M", "Error vs task pool size"
     )
+
+
+def probe_r2(stats: pd.DataFrame, keys: list[str], title: str) -> str:
+    """Probe R² by layer, a panel per target and a line per group (band: seeds), from `tables.probe_r2`."""
+    targets = list(dict.fromkeys(stats.target))
+    groups = list(stats.groupby(keys, dropna=False, sort=True))
+    fig, columns = _grid(targets, 5)
+    for p, target in enumerate(targets):
+        row, col = p // columns + 1, p % columns + 1
+        for i, (values, group) in enumerate(groups):
+            line = group[group.target == target].sort_values("layer")
+            _line(fig, line.layer, line, group_label(keys, values), i, True, row, col, p == 0, ("linear", None),
+                  x_name="layer")  # fmt: skip
+    fig.update_yaxes(range=[min(-0.05, stats.ci_low.min(), stats["mean"].min()) - 0.02, 1.05])  # R² on its scale
+    return _finish(fig, len(targets), columns, R2, "layer", title)

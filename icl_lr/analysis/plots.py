@@ -212,3 +212,22 @@ def plot_history(history_stats: pd.DataFrame, keys: list[str], path: Path) -> No
             _draw(ax, line.step, line, axis, i, True, group_label(keys, values), f"C{i}")
         _axes(ax, axis, "training step", metric_label(metric), f"{metric_label(metric)} during training")
     _save(fig, path)
+
+
+R2 = "held-out R², mean over k"
+
+
+def plot_probe_r2(stats: pd.DataFrame, keys: list[str], path: Path) -> None:
+    """Probe R² by layer from `tables.probe_r2`: a panel per target, a line per group (band: 95% interval over
+    seeds). Layer 0 is the trunk's input."""
+    targets = list(dict.fromkeys(stats.target))
+    fig, axes = _panels(len(targets), columns=5, width=3.6)
+    for ax, target in zip(axes, targets, strict=False):
+        rows = stats[stats.target == target]
+        for i, (values, line) in enumerate(rows.groupby(keys, dropna=False)):
+            line = line.sort_values("layer")
+            _draw(ax, line.layer, line, ("linear", None), i, True, group_label(keys, values), f"C{i}")
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.set_ylim(min(-0.05, rows.ci_low.min(), rows["mean"].min()) - 0.02, 1.05)  # R² on its own scale
+        _axes(ax, ("linear", None), "layer", R2, target)
+    _save(fig, path)

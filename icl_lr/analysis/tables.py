@@ -29,8 +29,10 @@ from icl_lr.records.schema import (
     HYDRA_CONFIG,
     LEARNING_CURVES,
     METRICS_FILE,
+    PROBE_R2,
     SIMILARITIES,
     SUMMARY_FILE,
+    probe_of,
     set_of,
     set_of_curves_key,
 )
@@ -486,3 +488,16 @@ def algorithm_similarity(curve_stats: pd.DataFrame, keys: list[str]) -> pd.DataF
     table.columns.name = None
     table["rank"] = table.groupby(keys, dropna=False).cumcount() + 1
     return table[[*keys, "rank", "algorithm", *(s for s in SIMILARITIES if s in table)]]
+
+
+def probe_r2(runs: pd.DataFrame, curves: pd.DataFrame, keys: list[str], n_resamples: int = 2000) -> pd.DataFrame:
+    """Per group, probe target and layer: each run's held-out probe R² averaged over the k where it is
+    defined (eval.probes), aggregated over seeds."""
+    chosen = curves[(curves.set == HELD_OUT) & curves.predictor.str.startswith(f"{PROBE_R2}/")].dropna(subset=["value"])
+    per_run = chosen.groupby(["run_id", "predictor"]).value.mean().reset_index()
+    target_layer = per_run.predictor.map(probe_of)
+    per_run = per_run.assign(target=target_layer.str[0], layer=target_layer.str[1])
+    labelled = per_run.merge(runs[["run_id", *keys]], on="run_id")
+    stats = _group_stats(labelled, [*keys, "target", "layer"], n_resamples)
+    logged_order = {target: i for i, target in enumerate(dict.fromkeys(chosen.predictor.map(probe_of).str[0]))}
+    return stats.sort_values("target", key=lambda t: t.map(logged_order), kind="stable", ignore_index=True)

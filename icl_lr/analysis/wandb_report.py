@@ -21,7 +21,7 @@ from icl_lr.analysis import sections
 from icl_lr.analysis.plots import group_label
 from icl_lr.analysis.tables import MODEL_SHAPE, TASK_POOL
 from icl_lr.records import wandb_adapter
-from icl_lr.records.schema import DISTANCE, EXCESS, HELD_OUT, LEARNING_CURVES, curves_key
+from icl_lr.records.schema import DISTANCE, EXCESS, HELD_OUT, LEARNING_CURVES, PROBE_R2, curves_key
 
 HEADLINE = EXCESS  # the report's one headline, as analyze's summary's first column
 
@@ -41,15 +41,15 @@ def _runset(entity: str, project: str, sweep: str | None, name: str, run_ids=Non
     return wr.Runset(entity=entity, project=project, name=name, filters=expr.And(*filters), **kwargs)
 
 
-def _curve_chart(eval_set: str, title: str, chart: str = "chart") -> wr.CustomChart:
-    """Error vs k of every predictor (chart="similarity_chart": each algorithm's distance from the model),
-    from the last eval's line-series table of `eval_set`."""
+def _curve_chart(eval_set: str, title: str, chart: str = "chart", xname: str = "in-context examples k"):
+    """Error vs k of every predictor (chart="similarity_chart": each algorithm's distance from the model;
+    "probe_chart": probe R² by layer), from the last eval's line-series table of `eval_set`."""
     chart_table = f"{curves_key(eval_set)}_{chart}_table"
     return wr.CustomChart(
         query={"summaryTable": {"tableKey": chart_table}},
         chart_name="wandb/lineseries/v0",
         chart_fields={"step": "step", "lineKey": "lineKey", "lineVal": "lineVal"},
-        chart_strings={"title": title, "xname": "in-context examples k"},
+        chart_strings={"title": title, "xname": xname},
     )
 
 
@@ -63,7 +63,8 @@ def build_report(
     Sections: which config is best (the headline, the summary table); error vs k with the baselines for
     each group; learning curves, a parallel-coordinates panel and the run table over all runs, grouped by
     the swept config keys, with final excess vs model size and vs noise std when they vary; the OOD
-    conditions, the noise levels and the task-pool panels when the runs logged them.
+    conditions, the noise levels, the task-pool panels, the algorithms' similarity and the probes' R² by
+    layer when the runs logged them.
     """
     config_keys = _config_keys(keys)
     grouped = dict(groupby=[f"config.{wandb_adapter.config_path(k)}" for k in config_keys])
@@ -121,6 +122,12 @@ def build_report(
         for values, group in runs.groupby(keys, dropna=False, sort=True):
             name = group_label(keys, values)
             chart = _curve_chart(HELD_OUT, f"{name}: each algorithm's distance from the model vs k", "similarity_chart")
+            blocks.append(wr.PanelGrid(runsets=[_runset(entity, project, sweep, name, group.run_id)], panels=[chart]))
+    if any(c.startswith(f"eval/{PROBE_R2}/") for c in runs):  # eval.probes
+        blocks.append(wr.H1(sections.PROBES))
+        for values, group in runs.groupby(keys, dropna=False, sort=True):
+            name = group_label(keys, values)
+            chart = _curve_chart(HELD_OUT, f"{name}: probe R² by layer, mean over k", "probe_chart", "layer")
             blocks.append(wr.PanelGrid(runsets=[_runset(entity, project, sweep, name, group.run_id)], panels=[chart]))
     for prefix, title in sections.SET_SECTIONS.items():
         sets = sorted(c.removeprefix("eval/").removesuffix(MEAN) for c in runs if _is_set_mean(c, prefix))

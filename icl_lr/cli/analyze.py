@@ -142,6 +142,11 @@ def write_plots(named: dict, keys, args) -> dict:
         figures[out / "similarity_vs_context.png"] = (
             "each algorithm's mean squared difference from the model's predictions vs k (algorithm_similarity.csv)"
         )
+    if "probe_r2" in named:
+        plots.plot_probe_r2(named["probe_r2"], keys, out / "probe_r2_by_layer.png")
+        figures[out / "probe_r2_by_layer.png"] = (
+            "held-out R² of each layer's linear probe for each target, mean over k (probe_r2.csv)"
+        )
     history_stats = named["history_aggregate"]
     if not history_stats.empty:
         plots.plot_history(history_stats, keys, out / "eval_vs_step.png")
@@ -183,6 +188,8 @@ def interactive_figures(named: dict, keys) -> dict:
         shown[sections.LEARNING_CURVES] = interactive.learning_curves(history_stats, keys)
     if "algorithm_similarity" in named:
         shown[sections.SIMILARITY] = interactive.error_vs_k(curve_stats, keys, schema.DISTANCE, sections.SIMILARITY)
+    if "probe_r2" in named:
+        shown[sections.PROBES] = interactive.probe_r2(named["probe_r2"], keys, sections.PROBES)
     for prefix, title in sections.SET_SECTIONS.items():
         if sets := _sets(curves, prefix):
             shown[title] = interactive.sets_vs_k(curve_stats, keys, sets, title)
@@ -226,6 +233,8 @@ def main(argv=None) -> int:
     }
     if loaded.curves.predictor.str.startswith(f"{schema.DISTANCE}/").any():
         named["algorithm_similarity"] = tables.algorithm_similarity(curve_stats, keys)
+    if loaded.curves.predictor.str.startswith(f"{schema.PROBE_R2}/").any():
+        named["probe_r2"] = tables.probe_r2(finished, loaded.curves, keys, args.bootstrap)
     if tables.TASK_POOL in keys and (loaded.curves.set == "pretrain").any():
         named["task_pool"] = tables.task_pool_stats(finished, loaded.curves, keys, args.bootstrap)
     written = []

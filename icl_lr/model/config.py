@@ -1,8 +1,12 @@
-"""The model's config section (`model:` in configs/model/*.yaml, where each key is documented)."""
+"""The model's config section (`model:` in configs/model/*.yaml, where each key is documented), and the
+collection every family's trunk sows its hidden states into."""
 
 from dataclasses import dataclass, field
 
 from icl_lr.fields import FREE, check
+
+HIDDEN = "intermediates"  # the collection every family's trunk sows its states into ("hidden": before its first
+# layer and after each, [B, T, E]; read by the probes, icl_lr/train/probes.py)
 
 
 @dataclass(frozen=True)

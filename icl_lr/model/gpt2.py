@@ -25,7 +25,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from icl_lr.model.config import ModelConfig
+from icl_lr.model.config import HIDDEN, ModelConfig
 
 GPT2_INIT = nn.initializers.normal(0.02)  # GPT-2's init of every weight matrix
 
@@ -86,7 +86,8 @@ class Block(nn.Module):
 
 class Transformer(nn.Module):
     """GPT2Model on input embeddings: learned positions, pre-LN blocks, final LayerNorm. `dtype` is the
-    blocks' compute type (bfloat16 under training.precision=bf16); parameters stay float32."""
+    blocks' compute type (bfloat16 under training.precision=bf16); parameters stay float32. The residual
+    stream is sown (HIDDEN) with the positions added and after each block."""
 
     config: ModelConfig
     dtype: Any = jnp.float32
@@ -98,7 +99,9 @@ class Transformer(nn.Module):
             cfg.n_positions, cfg.n_embd, embedding_init=nn.initializers.normal(cfg.embedding_std), name="wpe"
         )
         h_BxTxE = (embeddings_BxTxE + wpe(jnp.arange(embeddings_BxTxE.shape[1]))).astype(self.dtype)
+        self.sow(HIDDEN, "hidden", h_BxTxE)
         h_BxTxE = nn.Dropout(cfg.dropout, deterministic=not train)(h_BxTxE)
         for i in range(cfg.n_layer):
             h_BxTxE = Block(cfg, self.dtype, name=f"h_{i}")(h_BxTxE, train)
+            self.sow(HIDDEN, "hidden", h_BxTxE)
         return nn.LayerNorm(1e-5, name="ln_f")(h_BxTxE.astype(jnp.float32))

@@ -19,7 +19,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from icl_lr.model.config import ModelConfig
+from icl_lr.model.config import HIDDEN, ModelConfig
 
 LSA_INIT = nn.initializers.normal(0.02)  # W_KQ and W_PV of a trained LSA start small (Ahn et al. init near 0)
 
@@ -44,7 +44,8 @@ def _gd_kq(key, shape, dtype=jnp.float32):
 
 class LSA(nn.Module):
     """Context and query embeddings [B, N, 2, E] (per point: the token with its y, the token with y = 0)
-    -> the query's state [B, N, E] after n_layer layers, for every prefix problem k = 0..N-1 at once."""
+    -> the query's state [B, N, E] after n_layer layers, for every prefix problem k = 0..N-1 at once. The
+    queries' states are sown (HIDDEN) before the first layer and after each."""
 
     config: ModelConfig
     dtype: Any = jnp.float32
@@ -62,6 +63,7 @@ class LSA(nn.Module):
         mask_KxN = jnp.arange(n)[None, :] < jnp.arange(n)[:, None]
         scale_K = 1.0 / jnp.maximum(jnp.arange(n), 1)
         context_BxKxNxE, query_BxKxE = context_BxKxNxE.astype(self.dtype), query_BxKxE.astype(self.dtype)
+        self.sow(HIDDEN, "hidden", query_BxKxE)
         for i in range(cfg.n_layer):
             w_kq = self.param(f"w_kq_{i}", kq_init, (e, e))
             w_pv = self.param(f"w_pv_{i}", pv_init, (e, e))
@@ -74,4 +76,5 @@ class LSA(nn.Module):
             update_BxKxNxE = jnp.einsum("bkij,bkjf->bkif", to_context, values_BxKxNxE)
             context_BxKxNxE = context_BxKxNxE + scale[..., None] * update_BxKxNxE
             query_BxKxE = query_BxKxE + scale * jnp.einsum("bkj,bkjf->bkf", to_query, values_BxKxNxE)
+            self.sow(HIDDEN, "hidden", query_BxKxE)
         return query_BxKxE.astype(jnp.float32)

@@ -11,12 +11,12 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from icl_lr.model.config import ModelConfig
+from icl_lr.model.config import HIDDEN, ModelConfig
 
 
 class LSTM(nn.Module):
     """Embeddings [B, T, E] -> hidden states [B, T, E]. `dtype`: the cells' compute type; parameters stay
-    float32."""
+    float32. The embeddings and each layer's states are sown (HIDDEN)."""
 
     config: ModelConfig
     dtype: Any = jnp.float32
@@ -24,7 +24,9 @@ class LSTM(nn.Module):
     @nn.compact
     def __call__(self, embeddings_BxTxE, train: bool = False):
         h_BxTxE = embeddings_BxTxE.astype(self.dtype)
+        self.sow(HIDDEN, "hidden", h_BxTxE)
         for i in range(self.config.n_layer):
             cell = nn.OptimizedLSTMCell(self.config.n_embd, dtype=self.dtype, name=f"cell_{i}")
             h_BxTxE = nn.RNN(cell, name=f"rnn_{i}")(h_BxTxE)
+            self.sow(HIDDEN, "hidden", h_BxTxE)
         return nn.LayerNorm(1e-5, name="ln_f")(h_BxTxE.astype(jnp.float32))

@@ -53,6 +53,28 @@ def set_of_curves_key(key: str) -> str | None:
 SIMILARITIES = ("similarity_mse", "similarity_residual_cos", "similarity_grad_cos")
 DISTANCE = SIMILARITIES[0]
 
+# eval.probes' curves, `probe_r2/<target>/layer_<l>`: the held-out R² of a linear probe of the state that
+# predicts y_k, at layer l (0: the trunk's input), for each of the task's probe targets (w, xty, ...)
+PROBE_R2 = "probe_r2"
+
+
+def probe_of(name: str) -> tuple[str, int] | None:
+    """(target, layer) of a probe curve's name, or None for another curve."""
+    parts = name.split("/")
+    if len(parts) != 3 or parts[0] != PROBE_R2 or not parts[2].startswith("layer_"):
+        return None
+    return parts[1], int(parts[2].removeprefix("layer_"))
+
+
+def probe_r2_by_layer(curves: dict) -> dict:
+    """{target: [R² per layer]}, each the mean over the k where it is defined, of a set's probe curves."""
+    by_target = {}
+    for name, curve in curves.items():
+        if (of := probe_of(name)) is not None:
+            finite = [float(v) for v in curve if v == v]  # NaN where the target does not vary
+            by_target.setdefault(of[0], {})[of[1]] = sum(finite) / len(finite) if finite else float("nan")
+    return {target: [layers[i] for i in sorted(layers)] for target, layers in by_target.items()}
+
 
 def is_error_curve(name: str) -> bool:
     """The one naming rule charts and summaries read: an error curve's name has no '/'."""

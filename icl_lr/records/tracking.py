@@ -27,6 +27,7 @@ from icl_lr.records.schema import (
     SUMMARY_FILE,
     curves_key,
     is_error_curve,
+    probe_r2_by_layer,
 )
 
 log = logging.getLogger("icl_lr")
@@ -229,7 +230,8 @@ class WandbRun(Tracker):
     def log_curves(self, curves: dict, step: int, eval_set: str = HELD_OUT) -> None:
         """A table eval/<set>/curves (eval/curves for the held-out set) and its chart of the error curves; with
         similarity curves (eval.algorithms), a chart of each algorithm's distance from the model too
-        (`<key>_similarity_chart`)."""
+        (`<key>_similarity_chart`); with probe curves (eval.probes), a chart of their R² by layer
+        (`<key>_probe_chart`)."""
         names = list(curves)
         ks = list(range(len(curves[names[0]])))
         table = self.wandb.Table(columns=["k", *names], data=[[k, *(float(curves[n][k]) for n in names)] for k in ks])
@@ -251,6 +253,15 @@ class WandbRun(Tracker):
                     title=f"{eval_set}: {what} vs in-context examples (step {step})",
                     xname="k",
                 )
+        by_layer = probe_r2_by_layer(curves)
+        if by_layer:
+            logged[f"{key}_probe_chart"] = self.wandb.plot.line_series(
+                xs=list(range(max(len(r2) for r2 in by_layer.values()))),
+                ys=list(by_layer.values()),
+                keys=list(by_layer),
+                title=f"{eval_set}: probe R² by layer, mean over k (step {step})",
+                xname="layer",
+            )
         self.run.log(logged)
 
     def log_checkpoint(self, directory: Path, step: int, aliases: Sequence[str]) -> None:

@@ -34,6 +34,10 @@ class Task(Protocol):
         """Fresh prompts; `step` selects the curriculum stage (None: the full task); `pool_key` draws the
         tasks from the run's finite pool (None: from the prior)."""
 
+    def probe_set(self, key, n_prompts: int) -> tuple[Batch, dict]:
+        """sample_batch(key, n_prompts)'s prompts and {target: [P, N, M]}: what a model may compute in context
+        before it predicts each y_k, for the per-layer probes (icl_lr/train/probes.py)."""
+
     def training_batch(self, run_key, step_key, batch_size: int, step, steps_per_epoch: int = 0) -> Batch:
         """The batch of `step`, a pure function of (run key, step)."""
 

@@ -25,17 +25,27 @@ def _prefix_svd(xs, ys):
     return s, vt, projections, targets
 
 
-def _predict_from_svd(xs, s, vt, projections, ridge_lambda):
-    """x_k^T w_k with w_k = V f(S) U^T y, f(S) = S/(S^2 + lambda), cut at numerical rank."""
+def _weights_from_svd(xs, s, vt, projections, ridge_lambda):
+    """Each prefix's w_k = V f(S) U^T y [K, D], f(S) = S/(S^2 + lambda), cut at numerical rank."""
     cutoff = jnp.finfo(s.dtype).eps * max(xs.shape) * s[:, :1]
     gain = jnp.where(s > cutoff, s / (s**2 + ridge_lambda), 0.0)
-    weights = jnp.einsum("krd,kr->kd", vt, gain * projections)
-    return jnp.einsum("kd,kd->k", xs, weights)
+    return jnp.einsum("krd,kr->kd", vt, gain * projections)
+
+
+def _predict_from_svd(xs, s, vt, projections, ridge_lambda):
+    """x_k^T w_k, w_k from _weights_from_svd."""
+    return jnp.einsum("kd,kd->k", xs, _weights_from_svd(xs, s, vt, projections, ridge_lambda))
 
 
 def ridge(xs, ys, ridge_lambda: float):
     s, vt, projections, _ = _prefix_svd(xs, ys)
     return _predict_from_svd(xs, s, vt, projections, ridge_lambda)
+
+
+def least_squares_weights(xs, ys):
+    """Each prefix's minimum-norm least-squares w [N, D] (row k from the points before k; row 0 is 0)."""
+    s, vt, projections, _ = _prefix_svd(xs, ys)
+    return _weights_from_svd(xs, s, vt, projections, 0.0)
 
 
 def least_squares(xs, ys):

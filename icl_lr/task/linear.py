@@ -54,6 +54,11 @@ def sample_batch(key, cfg: DataConfig, batch_size: int, step=None, pool_key=None
     `step` selects the curriculum stage (None: the full task); `pool_key` draws w from the run's
     finite task pool (None: fresh from the prior, as for evaluation).
     """
+    return sample_prompts(key, cfg, batch_size, step, pool_key)[0]
+
+
+def sample_prompts(key, cfg: DataConfig, batch_size: int, step=None, pool_key=None) -> tuple[Batch, jax.Array]:
+    """sample_batch's batch and the weights [B, D] that label it."""
     w_key, x_key, sigma_key, eps_key = jax.random.split(key, 4)
     ws = sample_weights(w_key, cfg, batch_size, pool_key)
     xs = jax.random.normal(x_key, (batch_size, cfg.n_points, cfg.n_dims))
@@ -62,7 +67,23 @@ def sample_batch(key, cfg: DataConfig, batch_size: int, step=None, pool_key=None
     sigma = jax.random.choice(sigma_key, jnp.asarray(cfg.noise_stds, jnp.float32), (batch_size, 1))
     ys = jnp.einsum("bnd,bd->bn", xs, ws) + sigma * jax.random.normal(eps_key, (batch_size, cfg.n_points))
     point_mask = (jnp.arange(cfg.n_points) < points).astype(jnp.float32)
-    return Batch(xs, ys, point_mask, jnp.ones(batch_size, jnp.float32))
+    return Batch(xs, ys, point_mask, jnp.ones(batch_size, jnp.float32)), ws
+
+
+def probe_targets(xs_PxNxD, ys_PxN, ws_PxD) -> dict:
+    """{target: [P, N, M]}: what a model may hold while it predicts y_k (Akyurek et al. 2022's probes): the
+    task's w, X^T y of the points before k, least squares' w on them, and two predictions of y_k, one GD
+    step's from w = 0 (x_k^T X^T y: its rate only scales it) and least squares'."""
+    xy_PxNxD = jnp.cumsum(ys_PxN[..., None] * xs_PxNxD, axis=1) - ys_PxN[..., None] * xs_PxNxD
+    ls_w_PxNxD = jax.vmap(baselines.least_squares_weights)(xs_PxNxD, ys_PxN)
+    along = lambda w_PxNxD: jnp.sum(xs_PxNxD * w_PxNxD, axis=-1, keepdims=True)
+    return {
+        "w": jnp.broadcast_to(ws_PxD[:, None], xs_PxNxD.shape),
+        "xty": xy_PxNxD,
+        "ls_w": ls_w_PxNxD,
+        "gd_prediction": along(xy_PxNxD),
+        "ls_prediction": along(ls_w_PxNxD),
+    }
 
 
 def training_set_prompts(run_key, cfg: DataConfig, ids, step=None) -> Batch:
@@ -102,6 +123,10 @@ class LinearRegression:
 
     def sample_batch(self, key, batch_size: int, step=None, pool_key=None) -> Batch:
         return sample_batch(key, self.cfg, batch_size, step, pool_key)
+
+    def probe_set(self, key, n_prompts: int) -> tuple[Batch, dict]:
+        batch, ws = sample_prompts(key, self.cfg, n_prompts)
+        return batch, probe_targets(batch.xs, batch.ys, ws)
 
     def training_batch(self, run_key, step_key, batch_size: int, step, steps_per_epoch: int = 0) -> Batch:
         return training_batch(run_key, step_key, self.cfg, batch_size, step, steps_per_epoch)

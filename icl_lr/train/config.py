@@ -88,6 +88,7 @@ class EvalConfig:
     ood_every_eval: bool = field(default=False, metadata=FREE)
     algorithms: bool = field(default=False, metadata=FREE)
     algorithm_steps: tuple[int, ...] = field(default=(1, 3, 10), metadata=FREE)
+    probes: bool = field(default=False, metadata=FREE)
 
     def check(self) -> None:
         check(self.n_prompts >= 1, f"eval.n_prompts must be >= 1, got {self.n_prompts}")

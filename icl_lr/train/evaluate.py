@@ -22,7 +22,7 @@ from icl_lr.records.schema import BAYES, MODEL, SIMILARITIES, is_error_curve
 from icl_lr.task.base import Batch, pool_key
 from icl_lr.task.config import DataConfig
 from icl_lr.task.registry import task_of
-from icl_lr.train import parallel
+from icl_lr.train import parallel, probes
 from icl_lr.train.config import EvalConfig
 
 log = logging.getLogger("icl_lr")
@@ -134,6 +134,13 @@ def make_model_gradients_fn(model):
         return predictions_and_query_gradients(predict, xs_PxNxD, ys_PxN)
 
     return predictions_and_gradients
+
+
+def make_probe_sets(data_cfg: DataConfig, eval_cfg: EvalConfig) -> tuple[probes.ProbeSet, probes.ProbeSet]:
+    """(probe-training set, the held-out prompts) with their probe targets, for eval.probes."""
+    task, encoding = task_of(data_cfg), encoding_of(data_cfg)
+    of = lambda stream: probes.probe_set_of(task, encoding, _set_key(eval_cfg, stream), eval_cfg.n_prompts)
+    return of(4), of(0)
 
 
 def make_train_set_eval(data_cfg: DataConfig, eval_cfg: EvalConfig, run_key, pool=None) -> EvalSet:

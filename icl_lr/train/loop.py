@@ -36,7 +36,7 @@ from icl_lr.records.tracking import LocalFiles, Tracker, Trackers, read_jsonl
 from icl_lr.task.base import PER_PROMPT, Batch
 from icl_lr.task.config import DataConfig
 from icl_lr.task.registry import task_of
-from icl_lr.train import evaluate, parallel
+from icl_lr.train import evaluate, parallel, probes
 from icl_lr.train.config import RunConfig, steps_per_epoch
 from icl_lr.train.optimizer import learning_rate_schedule, make_optimizer
 from icl_lr.train.preemption import StopRequest
@@ -204,6 +204,8 @@ class Evaluator:
         log.info("eval sets and their baselines ready in %.1fs", time.perf_counter() - started)
         self.ood_sets, self.ood_seconds = None, 0.0
         self.model_gradients = evaluate.make_model_gradients_fn(model) if e.algorithms else None
+        self.probe_sets = evaluate.make_probe_sets(d, e) if e.probes else None
+        self.hidden_states = probes.make_hidden_states_fn(model) if e.probes else None
 
     def _ood(self) -> dict:
         """The OOD suite's sets, built on first use."""
@@ -227,6 +229,8 @@ class Evaluator:
                 held_out = eval_sets.sets[0]
                 preds, grads = self.model_gradients(params, held_out.xs, held_out.ys)
                 curves |= evaluate.similarity_curves(preds, grads, held_out, self.cfg.data.n_dims)
+            if name == HELD_OUT and self.probe_sets:  # what each layer's state holds (eval.probes)
+                curves |= probes.r2_curves(self.hidden_states, params, *self.probe_sets, e.batch_size)
             if name.startswith("ood/"):
                 self.ood_seconds += time.perf_counter() - started
             prefix = metric_prefix(name)
