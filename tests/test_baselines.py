@@ -3,13 +3,14 @@ import numpy as np
 import pytest
 from scipy.stats import multivariate_normal
 
-from icl_lr.task import baselines, linear
+from icl_lr.task import baselines
 from icl_lr.task.config import DataConfig
+from icl_lr.task.linear import LinearRegression
 
 pytestmark = pytest.mark.unit  # the fast tier: no process started
 
 CFG = DataConfig(n_dims=4, n_points=10, prior_scale=1.5, noise_std=0.5)
-BATCH = linear.sample_batch(jax.random.PRNGKey(3), CFG, 3)
+BATCH = LinearRegression(CFG).sample_batch(jax.random.PRNGKey(3), 3)
 
 
 def prompts():
@@ -82,7 +83,7 @@ def test_three_nearest_neighbours():
 
 def test_bayes_beats_least_squares_on_noisy_data():
     cfg = DataConfig(n_dims=4, n_points=12, noise_std=0.5)
-    batch = linear.sample_batch(jax.random.PRNGKey(0), cfg, 2000)
+    batch = LinearRegression(cfg).sample_batch(jax.random.PRNGKey(0), 2000)
     preds = baselines.all_predictions(batch.xs, batch.ys, cfg.prior_scale, cfg.noise_stds)
     err = {k: np.mean((np.asarray(v) - np.asarray(batch.ys)) ** 2, axis=0) / 4 for k, v in preds.items()}
     assert err["bayes"][0] == pytest.approx((4 + 0.25) / 4, rel=0.15)  # k = 0: E[y^2] / d (y^2 is heavy-tailed)

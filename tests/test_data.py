@@ -9,8 +9,10 @@ from scipy.stats import norm, truncnorm
 from icl_lr.model.bins import Bins
 from icl_lr.model.encoding import encoding_of
 from icl_lr.model.read_in import ContinuousInputs
-from icl_lr.task import linear
+from icl_lr.task import sampling
+from icl_lr.task.base import Batch
 from icl_lr.task.config import CurriculumConfig, DataConfig
+from icl_lr.task.linear import LinearRegression
 
 pytestmark = pytest.mark.unit  # the fast tier: no process started
 
@@ -19,16 +21,16 @@ KEY = jax.random.PRNGKey(0)
 
 def test_shapes_and_determinism():
     cfg = DataConfig(n_dims=4, n_points=7)
-    batch = linear.sample_batch(KEY, cfg, 3)
+    batch = LinearRegression(cfg).sample_batch(KEY, 3)
     assert batch.xs.shape == (3, 7, 4) and batch.ys.shape == (3, 7) and batch.point_mask.shape == (7,)
-    again = linear.sample_batch(KEY, cfg, 3)
+    again = LinearRegression(cfg).sample_batch(KEY, 3)
     np.testing.assert_array_equal(batch.ys, again.ys)
-    assert not np.allclose(batch.ys, linear.sample_batch(jax.random.PRNGKey(1), cfg, 3).ys)
+    assert not np.allclose(batch.ys, LinearRegression(cfg).sample_batch(jax.random.PRNGKey(1), 3).ys)
 
 
 def test_statistics_match_the_prior():
     cfg = DataConfig(n_dims=4, n_points=32, prior_scale=2.0, noise_std=0.5)
-    batch = linear.sample_batch(KEY, cfg, 4096)
+    batch = LinearRegression(cfg).sample_batch(KEY, 4096)
     xs, ys = np.asarray(batch.xs), np.asarray(batch.ys)
     assert xs.mean() == pytest.approx(0, abs=0.01) and xs.var() == pytest.approx(1, rel=0.02)
     # Var(y) = prior_scale^2 d + sigma^2 = 16.25
@@ -43,7 +45,7 @@ def test_statistics_match_the_prior():
 
 def test_hierarchical_noise_draws_sigma_per_sequence():
     cfg = DataConfig(n_dims=2, n_points=400, noise_std_choices=(0.1, 1.0))
-    batch = linear.sample_batch(KEY, cfg, 64)
+    batch = LinearRegression(cfg).sample_batch(KEY, 64)
     xs, ys = np.asarray(batch.xs), np.asarray(batch.ys)
     stds = []
     for x, y in zip(xs, ys, strict=True):
@@ -58,11 +60,11 @@ def test_hierarchical_noise_draws_sigma_per_sequence():
 def test_task_pool_is_fixed_and_finite():
     cfg = DataConfig(n_dims=3, n_points=5, task_pool_size=4)
     pool_key = jax.random.PRNGKey(7)
-    w1 = linear.sample_weights(jax.random.PRNGKey(1), cfg, 256, pool_key)
-    w2 = linear.sample_weights(jax.random.PRNGKey(2), cfg, 256, pool_key)
+    w1 = LinearRegression(cfg).functions(jax.random.PRNGKey(1), 256, pool_key)
+    w2 = LinearRegression(cfg).functions(jax.random.PRNGKey(2), 256, pool_key)
     pool = np.unique(np.round(np.concatenate([w1, w2]), 6), axis=0)
     assert pool.shape == (4, 3)
-    fresh = linear.sample_weights(jax.random.PRNGKey(1), cfg, 256)  # no pool key: the prior
+    fresh = LinearRegression(cfg).functions(jax.random.PRNGKey(1), 256)  # no pool key: the prior
     assert np.unique(np.round(fresh, 6), axis=0).shape[0] == 256
 
 
@@ -71,23 +73,23 @@ def test_curriculum_truncates_dims_and_points():
         enabled=True, dims_start=2, dims_increment=1, points_start=4, points_increment=2, interval=10
     )
     cfg = DataConfig(n_dims=5, n_points=9, curriculum=cur)
-    assert [tuple(map(int, linear.curriculum_stage(cfg, s))) for s in (0, 9, 10, 25, 1000)] == [
+    assert [tuple(map(int, sampling.curriculum_stage(cfg, s))) for s in (0, 9, 10, 25, 1000)] == [
         (2, 4),
         (2, 4),
         (3, 6),
         (4, 8),
         (5, 9),
     ]
-    batch = linear.sample_batch(KEY, cfg, 8, step=jnp.asarray(10))
+    batch = LinearRegression(cfg).sample_batch(KEY, 8, step=jnp.asarray(10))
     assert np.all(np.asarray(batch.xs)[..., 3:] == 0) and np.all(np.asarray(batch.xs)[..., :3] != 0)
     np.testing.assert_array_equal(batch.point_mask, [1, 1, 1, 1, 1, 1, 0, 0, 0])
-    full = linear.sample_batch(KEY, cfg, 8)  # evaluation: no step, full task
+    full = LinearRegression(cfg).sample_batch(KEY, 8)  # evaluation: no step, full task
     assert np.all(np.asarray(full.xs) != 0) and np.all(full.point_mask == 1)
 
 
 def test_continuous_encoding_interleaves_x_and_y():
     cfg = DataConfig(n_dims=3, n_points=4)
-    batch = linear.sample_batch(KEY, cfg, 2)
+    batch = LinearRegression(cfg).sample_batch(KEY, 2)
     inputs = encoding_of(cfg).encode(batch.xs, batch.ys)
     assert inputs.shape == (2, 8, 3)
     np.testing.assert_array_equal(inputs[:, 0::2], batch.xs)
@@ -100,7 +102,7 @@ def test_continuous_encoding_interleaves_x_and_y():
 
 def test_binned_y_reads_continuous_inputs_and_bins_the_y():
     cfg = DataConfig(n_dims=3, n_points=4, encoding="binned_y", vocab_size=16, bin_range=2.0)
-    batch = linear.sample_batch(KEY, cfg, 2)
+    batch = LinearRegression(cfg).sample_batch(KEY, 2)
     enc = encoding_of(cfg)
     np.testing.assert_array_equal(enc.encode(batch.xs, batch.ys), ContinuousInputs(cfg).encode(batch.xs, batch.ys))
     assert enc.n_outputs == 16 and enc.sequence_length == 8
@@ -113,7 +115,7 @@ def test_binned_y_reads_continuous_inputs_and_bins_the_y():
 
 def test_binned_loss_weighs_cross_entropy_and_the_decoded_means_error():
     cfg = DataConfig(n_dims=3, n_points=4, encoding="binned_y", vocab_size=16, bin_range=2.0)
-    batch = linear.sample_batch(KEY, cfg, 2)
+    batch = LinearRegression(cfg).sample_batch(KEY, 2)
     logits = jax.random.normal(jax.random.PRNGKey(5), (2, 8, 16))
     probs = np.asarray(jax.nn.softmax(logits[:, 0::2], axis=-1), np.float64)  # the outputs at the x tokens
     centres = (np.linspace(-2, 2, 17)[:-1] + np.linspace(-2, 2, 17)[1:]) / 2
@@ -129,7 +131,7 @@ def test_binned_loss_weighs_cross_entropy_and_the_decoded_means_error():
 
 def test_token_encoding_layout_and_decoding():
     cfg = DataConfig(n_dims=3, n_points=4, encoding="tokens", vocab_size=16, bin_range=2.0)
-    batch = linear.sample_batch(KEY, cfg, 2)
+    batch = LinearRegression(cfg).sample_batch(KEY, 2)
     enc = encoding_of(cfg)
     tokens = enc.encode(batch.xs, batch.ys)
     assert tokens.shape == (2, 16) and tokens.dtype == jnp.int32
@@ -168,7 +170,7 @@ def test_bin_yardsticks_against_an_independent_numpy_posterior():
     """ce/bayes and ce/marginal: -log of the y bin's mass under the Gaussian posterior (prior) predictive,
     numpy's posterior and scipy's normal cdf; noise variance = sigma^2 + (bin width * y_scale)^2 / 12."""
     cfg = DataConfig(n_dims=3, n_points=6, encoding="tokens", vocab_size=16, bin_range=2.0, noise_std=0.3)
-    batch = linear.sample_batch(KEY, cfg, 4)
+    batch = LinearRegression(cfg).sample_batch(KEY, 4)
     got = encoding_of(cfg).yardsticks(batch.xs, batch.ys)
     noise_var = 0.3**2 + (0.25 * cfg.y_scale) ** 2 / 12
     edges = np.linspace(-2, 2, 17) * cfg.y_scale
@@ -212,7 +214,7 @@ def test_token_baselines_see_the_decoded_bins():
     from icl_lr.train import evaluate
 
     cfg = DataConfig(n_dims=2, n_points=5, encoding="tokens", vocab_size=8, bin_range=2.0)
-    batch = linear.sample_batch(KEY, cfg, 64)
+    batch = LinearRegression(cfg).sample_batch(KEY, 64)
     curves = evaluate.eval_set_of(cfg, batch).baseline_curves
     centres = np.asarray(Bins(cfg).centres(), np.float64)
     xs_seen = centres[np.asarray(Bins(cfg).to_tokens(batch.xs))]
@@ -230,13 +232,15 @@ def test_token_baselines_see_the_decoded_bins():
 
 def training_set_batches(cfg: DataConfig, batch_size: int, steps: range, run_key=KEY):
     per_epoch = -(-cfg.train_size // batch_size)
-    batches = [linear.training_batch(run_key, None, cfg, batch_size, jnp.asarray(s), per_epoch) for s in steps]
+    batches = [
+        LinearRegression(cfg).training_batch(run_key, None, batch_size, jnp.asarray(s), per_epoch) for s in steps
+    ]
     return per_epoch, batches
 
 
-def prompt_ids(cfg: DataConfig, batch: linear.Batch, run_key=KEY) -> list:
+def prompt_ids(cfg: DataConfig, batch: Batch, run_key=KEY) -> list:
     """Which training-set prompt each counted row of `batch` is, matched by its ys."""
-    every = linear.training_set_prompts(run_key, cfg, jnp.arange(cfg.train_size))
+    every = LinearRegression(cfg).training_set_prompts(run_key, jnp.arange(cfg.train_size))
     rows = np.asarray(batch.ys)[np.asarray(batch.example_mask) > 0]
     return [int(np.flatnonzero(np.all(np.asarray(every.ys) == row, axis=1))[0]) for row in rows]
 
@@ -257,7 +261,7 @@ def test_each_epoch_visits_every_training_prompt_once_in_its_own_order():
 
 def test_training_set_prompts_follow_the_prior_and_the_task_pool():
     cfg = DataConfig(n_dims=2, n_points=6, train_size=2048, task_pool_size=3)
-    batch = linear.training_set_prompts(KEY, cfg, jnp.arange(2048))
+    batch = LinearRegression(cfg).training_set_prompts(KEY, jnp.arange(2048))
     ws = np.stack([np.linalg.lstsq(x, y, rcond=None)[0] for x, y in zip(batch.xs, batch.ys, strict=True)])
     assert np.unique(np.round(ws, 4), axis=0).shape == (3, 2)  # every prompt's w from the run's pool of 3
     np.testing.assert_allclose(np.asarray(batch.xs).std(), 1, rtol=0.03)

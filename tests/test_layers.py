@@ -130,16 +130,19 @@ def test_the_keys_a_resume_may_change_are_declared_on_their_fields():
 
 def test_each_task_and_family_has_the_interface_its_registry_promises():
     from icl_lr.model.icl_model import FAMILIES
-    from icl_lr.task.base import Task
-    from icl_lr.task.registry import TASKS
+    from icl_lr.task.base import LinearTask, Task
+    from icl_lr.task.registry import LINEAR, TASKS
 
-    wanted = {name for name in vars(Task) if not name.startswith("_")}
     for name, task in TASKS.items():
+        wanted = {n for n in [*vars(Task), *(vars(LinearTask) if name in LINEAR else ())] if not n.startswith("_")}
+        wanted |= set(Task.__annotations__)
         assert wanted <= set(dir(task)), (name, wanted - set(dir(task)))
     for name, trunk in FAMILIES.items():  # built from (ModelConfig, dtype), called on (embeddings, train)
         assert {"config", "dtype"} <= set(trunk.__dataclass_fields__), name
         assert list(inspect.signature(trunk.__call__).parameters)[2:] == ["train"], name
-    assert set(FAMILIES) == {"gpt2", "lstm", "lsa"} and set(TASKS) == {"linear_regression"}
+    assert set(FAMILIES) == {"gpt2", "lstm", "lsa"}
+    assert set(TASKS) == {"linear_regression", "sparse_linear", "linear_classification", "quadratic", "relu_2nn",
+                          "decision_tree"}  # fmt: skip
 
 
 def test_a_missing_extra_is_named_in_one_line(monkeypatch, capsys):
@@ -167,7 +170,12 @@ def test_every_imported_package_is_declared():
 
     lines = [line.split("#")[0].strip() for p in ROOT.glob("requirements*.txt") for line in p.read_text().splitlines()]
     declared = {re.split(r"[=<>\[ ]", line)[0].lower() for line in lines if line}
-    aliases = {"yaml": "pyyaml", "sklearn": "scikit-learn", "wandb_workspaces": "wandb-workspaces"}
+    aliases = {
+        "yaml": "pyyaml",
+        "sklearn": "scikit-learn",
+        "wandb_workspaces": "wandb-workspaces",
+        "xgboost": "xgboost-cpu",
+    }
     aliases |= {"orbax": "orbax-checkpoint", "hydra": "hydra-core", "jaxlib": "jaxlib"}
     imported = set()
     for path in [*(ROOT / "icl_lr").rglob("*.py"), ROOT / "train.py", ROOT / "analyze.py"]:

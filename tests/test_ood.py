@@ -13,8 +13,10 @@ from icl_lr.analysis import sections, tables
 from icl_lr.cli import analyze
 from icl_lr.records.schema import HELD_OUT
 from icl_lr.records.tracking import read_jsonl
-from icl_lr.task import baselines, linear, ood
+from icl_lr.task import baselines, ood, sampling
+from icl_lr.task.base import pool_key
 from icl_lr.task.config import DataConfig
+from icl_lr.task.linear import LinearRegression
 from icl_lr.train import evaluate
 from icl_lr.train.config import EvalConfig
 
@@ -23,7 +25,7 @@ D, N, P = 4, 9, 512
 
 @pytest.fixture(scope="module")
 def suite():
-    return ood.conditions(jax.random.PRNGKey(0), DataConfig(n_dims=D, n_points=N), P)
+    return ood.conditions(jax.random.PRNGKey(0), LinearRegression(DataConfig(n_dims=D, n_points=N)), P)
 
 
 def only_set(suite, name):
@@ -34,7 +36,7 @@ def only_set(suite, name):
 
 def test_transformation_has_the_eigenvalues_and_keeps_the_norm():
     eigenvalues = 1 / jnp.arange(1, 6)
-    t = np.asarray(ood.transformation(jax.random.PRNGKey(3), eigenvalues, normalize=True))
+    t = np.asarray(sampling.transformation(jax.random.PRNGKey(3), eigenvalues, normalize=True))
     np.testing.assert_allclose(t, t.T, atol=1e-6)
     expected = np.sort(np.asarray(eigenvalues) * np.sqrt(5 / np.sum(np.asarray(eigenvalues) ** 2)))
     np.testing.assert_allclose(np.sort(np.linalg.eigvalsh(t)), expected, rtol=1e-5)
@@ -130,8 +132,8 @@ def numpy_dmmse(xs, ys, pool, sigmas):
 @pytest.mark.parametrize("sigmas", [(0.5,), (0.3, 1.0)])
 def test_dmmse_is_the_posterior_mean_over_the_pool(sigmas):
     cfg = DataConfig(n_dims=3, n_points=7, noise_std=sigmas[0], noise_std_choices=sigmas if len(sigmas) > 1 else None)
-    pool = linear.pool_tasks(jax.random.PRNGKey(1), cfg, jnp.arange(6))
-    batch = linear.sample_batch(jax.random.PRNGKey(2), cfg, 8, pool_key=jax.random.PRNGKey(1))
+    pool = LinearRegression(cfg).pool_functions(jax.random.PRNGKey(1), jnp.arange(6))
+    batch = LinearRegression(cfg).sample_batch(jax.random.PRNGKey(2), 8, pool_key=jax.random.PRNGKey(1))
     preds = baselines.all_predictions(batch.xs, batch.ys, cfg.prior_scale, cfg.noise_stds, pool)["dmmse"]
     for p in range(8):
         np.testing.assert_allclose(preds[p], numpy_dmmse(batch.xs[p], batch.ys[p], pool, sigmas), rtol=1e-4, atol=1e-5)
@@ -141,10 +143,10 @@ def test_dmmse_is_the_posterior_mean_over_the_pool(sigmas):
 def test_pretrain_prompts_come_from_the_runs_pool():
     cfg = DataConfig(n_dims=3, n_points=8, task_pool_size=5)
     run_key = jax.random.PRNGKey(7)
-    pool = linear.pool_tasks(linear.pool_key(run_key), cfg, jnp.arange(5))
+    pool = LinearRegression(cfg).pool_functions(pool_key(run_key), jnp.arange(5))
     eval_set = evaluate.make_pretrain_set(cfg, EvalConfig(n_prompts=64), run_key, pool)
-    batch = linear.sample_batch(
-        jax.random.fold_in(jax.random.PRNGKey(12345), 1), cfg, 64, pool_key=linear.pool_key(run_key)
+    batch = LinearRegression(cfg).sample_batch(
+        jax.random.fold_in(jax.random.PRNGKey(12345), 1), 64, pool_key=pool_key(run_key)
     )
     np.testing.assert_array_equal(eval_set.ys, batch.ys)
     solve = lambda x, y: np.linalg.lstsq(np.asarray(x), np.asarray(y), rcond=None)[0]  # noiseless: w itself
@@ -188,7 +190,7 @@ def test_a_run_logs_every_set(pool_runs):
         assert np.isfinite(summary[key])
     assert summary["eval/ood/orthogonal_query/model/error_k1"] > 0
     assert "eval/ood/orthogonal_query/model/error_k6" not in summary  # past k = d - 1: not scored
-    conditions = set(ood.conditions(jax.random.PRNGKey(0), DataConfig(), 2))
+    conditions = set(ood.conditions(jax.random.PRNGKey(0), LinearRegression(DataConfig()), 2))
     assert conditions == {key.split("/")[2] for key in summary if key.startswith("eval/ood/")}
     records = read_jsonl(run_dir / "curves.jsonl")
     sets = {r["set"] for r in records}  # every record names its set, the held-out one too
@@ -225,8 +227,8 @@ def test_analysis_reads_every_set_and_plots_the_pool_sizes(pool_runs, tmp_path):
 def test_dmmse_chunks_a_large_pool():
     """A pool whose dMMSE does not fit one batch gives the same predictions in chunks."""
     cfg = DataConfig(n_dims=2, n_points=5, noise_std=0.5)
-    pool = linear.pool_tasks(jax.random.PRNGKey(1), cfg, jnp.arange(64))
-    batch = linear.sample_batch(jax.random.PRNGKey(2), cfg, 16)
+    pool = LinearRegression(cfg).pool_functions(jax.random.PRNGKey(1), jnp.arange(64))
+    batch = LinearRegression(cfg).sample_batch(jax.random.PRNGKey(2), 16)
     whole = baselines.all_predictions(batch.xs, batch.ys, 1.0, (0.5,), pool)["dmmse"]
     original = baselines.DMMSE_CHUNK
     try:
@@ -249,7 +251,7 @@ def test_the_wandb_report_has_the_ood_and_task_pool_panels(pool_runs):
     after = {b.text: report.blocks[i + 1] for i, b in enumerate(report.blocks) if isinstance(b, wr.H1)}
     assert list(after)[-3:] == [sections.OOD, sections.SIGMA, sections.TASK_POOL]  # report.html's order
     ood_grid, pool_grid = after[sections.OOD], after[sections.TASK_POOL]
-    conditions = sorted(ood.conditions(jax.random.PRNGKey(0), DataConfig(), 2))
+    conditions = sorted(ood.conditions(jax.random.PRNGKey(0), LinearRegression(DataConfig()), 2))
     bars, *charts = ood_grid.panels
     assert bars.metrics == [f"eval/ood/{c}/model/error_mean" for c in conditions]
     (folder,) = (pool_runs / "pool8" / "wandb").glob("offline-run-*")

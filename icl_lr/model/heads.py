@@ -38,8 +38,11 @@ class ScalarHead:
         return (self.predict(outs_BxNxO) - ys_BxN) ** 2
 
     def eval_metrics(self, outs_BxNxO: jax.Array, ys_BxN: jax.Array) -> dict:
-        """Per-point metrics [B, N], whose means over prompts are the eval curves (schema.is_error_curve)."""
-        return {MODEL: _error(self.predict(outs_BxNxO), ys_BxN, self.cfg.n_dims)}
+        """Per-point metrics [B, N], whose means over prompts are the eval curves (schema.is_error_curve): the
+        squared error / d and the task's other metrics (`<metric>/model`)."""
+        preds_BxN = self.predict(outs_BxNxO)
+        others = task_of(self.cfg).metrics(preds_BxN, ys_BxN)
+        return {MODEL: _error(preds_BxN, ys_BxN, self.cfg.n_dims)} | {f"{m}/{MODEL}": v for m, v in others.items()}
 
     def yardsticks(self, xs_BxNxD: jax.Array, ys_BxN: jax.Array) -> dict:
         """Per-point metrics [B, N] of reference predictors that depend only on the prompts."""

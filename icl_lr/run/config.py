@@ -11,6 +11,7 @@ and they cannot check what spans keys.
 """
 
 import dataclasses
+import importlib.util
 import logging
 
 from omegaconf import DictConfig, OmegaConf
@@ -25,11 +26,21 @@ def check_across(cfg: RunConfig) -> None:
     """The checks that span sections (the registries imported here: `--help` and `--cfg` need no JAX)."""
     from icl_lr.model.encoding import ENCODINGS, encoding_of
     from icl_lr.model.icl_model import FAMILIES
-    from icl_lr.task.registry import TASKS
+    from icl_lr.task.registry import LINEAR, TASKS
 
     d, m, t = cfg.data, cfg.model, cfg.training
     check(m.family in FAMILIES, f"model.family must be one of {tuple(FAMILIES)}, got {m.family!r}")
     check(d.task in TASKS, f"data.task must be one of {tuple(TASKS)}, got {d.task!r}")
+    for key in ("probes", "algorithms"):
+        check(
+            not getattr(cfg.eval, key) or d.task in LINEAR,
+            f"eval.{key} reads a task's one weight vector: data.task must be one of {LINEAR}, got {d.task}",
+        )
+    missing = [m for m in ("sklearn", "xgboost") if importlib.util.find_spec(m) is None]
+    check(
+        d.task != "decision_tree" or not missing,
+        f"data.task=decision_tree's baselines need {' and '.join(missing)}: pip install 'icl-lr[trees]'",
+    )
     check(d.encoding in ENCODINGS, f"data.encoding must be one of {tuple(ENCODINGS)}, got {d.encoding!r}")
     check(
         (m.family == "lsa") == (d.encoding == "paired"),

@@ -1,6 +1,7 @@
 """The task interface: what training, evaluation and the encodings ask of a task (a family of prompts
 (x_i, y_i) with a prior over the function that labels them). Adding a task is one module with a class
-that has these methods, one data YAML and one TASKS line (icl_lr/task/registry.py).
+that has these methods (icl_lr/task/sampling.py's Prompts gives the sampling ones from a prior and a
+labelling function), its keys in the data YAML and one TASKS line (icl_lr/task/registry.py).
 """
 
 from typing import NamedTuple, Protocol
@@ -30,13 +31,11 @@ class Task(Protocol):
     """Prompts as pure functions of PRNG keys (so the train step samples inside jit and a resumed run sees
     the data it would have seen), the task's baselines, and its out-of-distribution prompts."""
 
+    reference: str  # the predictor the model's excess is measured against: schema.BAYES where it is exact
+
     def sample_batch(self, key, batch_size: int, step=None, pool_key=None) -> Batch:
         """Fresh prompts; `step` selects the curriculum stage (None: the full task); `pool_key` draws the
         tasks from the run's finite pool (None: from the prior)."""
-
-    def probe_set(self, key, n_prompts: int) -> tuple[Batch, dict]:
-        """sample_batch(key, n_prompts)'s prompts and {target: [P, N, M]}: what a model may compute in context
-        before it predicts each y_k, for the per-layer probes (icl_lr/train/probes.py)."""
 
     def training_batch(self, run_key, step_key, batch_size: int, step, steps_per_epoch: int = 0) -> Batch:
         """The batch of `step`, a pure function of (run key, step)."""
@@ -48,8 +47,20 @@ class Task(Protocol):
         """The run's whole task pool, for the baselines that need it (dMMSE), or None."""
 
     def baselines(self, xs, ys, noise_stds: tuple, pool=None) -> dict:
-        """{baseline name: predictions [B, N]} of each y_k from the points before it; "bayes" among them,
-        the Bayes-optimal predictor under the training prior (schema.BAYES)."""
+        """{baseline name: predictions [B, N]} of each y_k from the points before it, the task's `reference`
+        among them (schema.BAYES, the Bayes-optimal predictor under the training prior, where it is exact)."""
+
+    def metrics(self, preds_BxN, ys_BxN) -> dict:
+        """{metric: [B, N]} per point beside squared error / d (classification's accuracy), for the model
+        and every baseline (curves `<metric>/<predictor>`)."""
+
+    def ood_conditions(self, key, n_prompts: int) -> dict:
+        """{condition: ([(xs, ys), ...], per_k)}: the task's out-of-distribution prompt sets."""
+
+
+class LinearTask(Task, Protocol):
+    """A task whose prompts each have one weight vector w (icl_lr/task/registry.py, LINEAR): what the
+    iterative algorithms, the probes and the binned heads' Bayes predictive read."""
 
     def algorithms(self, steps: tuple) -> tuple[dict, dict]:
         """({algorithm name: predict(xs [N, D], ys [N]) -> [N]}, {name: learning rate}): iterative algorithms
@@ -60,5 +71,6 @@ class Task(Protocol):
         """Each y_k's posterior predictive (mean, variance) from the points before it, of one prompt, under
         Gaussian noise of variance `noise_var`."""
 
-    def ood_conditions(self, key, n_prompts: int) -> dict:
-        """{condition: ([(xs, ys), ...], per_k)}: the task's out-of-distribution prompt sets."""
+    def probe_set(self, key, n_prompts: int) -> tuple[Batch, dict]:
+        """sample_batch(key, n_prompts)'s prompts and {target: [P, N, M]}: what a model may compute in context
+        before it predicts each y_k, for the per-layer probes (icl_lr/train/probes.py)."""

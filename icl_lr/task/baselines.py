@@ -8,7 +8,11 @@ X = U S V^T, the min-norm solution is V S^+ U^T y and ridge is V S/(S^2 + lambda
 import jax
 import jax.numpy as jnp
 
+from icl_lr.records.schema import BAYES
+
 NEIGHBOURS = 3
+DMMSE_MIN_STD = 1e-3  # times prior_scale: the noise std a posterior over tasks assumes for noiseless prompts (the
+# sigma -> 0 limit: dMMSE's pool, the Gaussian mixture's components)
 
 
 def prefix_masks(n: int) -> jax.Array:
@@ -66,17 +70,41 @@ def bayes_optimal(xs, ys, prior_scale: float, noise_stds: tuple):
     preds = jax.vmap(lambda lam: _predict_from_svd(xs, s, vt, projections, lam))(lambdas)  # [m, k]
     if len(noise_stds) == 1:
         return preds[0]
-    context_size = jnp.arange(xs.shape[0])
+    log_evidence = jax.vmap(lambda sigma: _log_evidence(s, projections, targets, prior_scale, sigma))(sigmas)
+    return jnp.sum(jax.nn.softmax(log_evidence, axis=0) * preds, axis=0)
+
+
+def _log_evidence(s, projections, targets, prior_scale: float, sigma):
+    """Each prefix's log N(y; 0, prior_scale^2 X X^T + sigma^2 I), up to a constant, on its SVD."""
+    context_size = jnp.arange(targets.shape[0])
     residual = jnp.sum(targets**2, axis=1) - jnp.sum(projections**2, axis=1)
+    eig = prior_scale**2 * s**2 + sigma**2  # covariance eigenvalues along U; sigma^2 elsewhere
+    quad = jnp.sum(projections**2 / eig, axis=1) + residual / sigma**2
+    logdet = jnp.sum(jnp.log(eig), axis=1) + (context_size - s.shape[1]) * jnp.log(sigma**2)
+    return -0.5 * (quad + logdet)
 
-    def log_evidence(sigma):
-        eig = prior_scale**2 * s**2 + sigma**2  # covariance eigenvalues along U; sigma^2 elsewhere
-        quad = jnp.sum(projections**2 / eig, axis=1) + residual / sigma**2
-        logdet = jnp.sum(jnp.log(eig), axis=1) + (context_size - s.shape[1]) * jnp.log(sigma**2)
-        return -0.5 * (quad + logdet)
 
-    posterior = jax.nn.softmax(jax.vmap(log_evidence)(sigmas), axis=0)  # [m, k]
-    return jnp.sum(posterior * preds, axis=0)
+def mixture_bayes(xs, ys, means_CxD, prior_scale: float, noise_std: float):
+    """Posterior-mean prediction under w ~ (1/C) sum_c N(mu_c, prior_scale^2 I) (Panwar et al. 2024's
+    Gaussian-mixture prior): each component's ridge about its mean, mixed by its posterior weight from the
+    evidence of y - X mu_c. A noiseless prompt is scored at noise std DMMSE_MIN_STD * prior_scale (the
+    limit sigma -> 0, where the evidence past k = d is otherwise singular)."""
+    sigma = max(noise_std, DMMSE_MIN_STD * prior_scale)
+
+    def component(mean_D):
+        preds_K, log_evidence_K = ridge_and_evidence(xs, ys - xs @ mean_D, prior_scale, sigma)
+        return preds_K + xs @ mean_D, log_evidence_K
+
+    preds_CxK, log_evidence_CxK = jax.vmap(component)(means_CxD)
+    return jnp.sum(jax.nn.softmax(log_evidence_CxK, axis=0) * preds_CxK, axis=0)
+
+
+def ridge_and_evidence(xs, ys, prior_scale: float, sigma: float):
+    """Each prefix's posterior-mean prediction under w ~ N(0, prior_scale^2 I) and noise std sigma (ridge,
+    lambda = sigma^2 / prior_scale^2) and its log evidence: what a mixture of such priors weighs."""
+    s, vt, projections, targets = _prefix_svd(xs, ys)
+    preds_K = _predict_from_svd(xs, s, vt, projections, sigma**2 / prior_scale**2)
+    return preds_K, _log_evidence(s, projections, targets, prior_scale, sigma)
 
 
 def bayes_predictive(xs, ys, prior_scale: float, noise_var: float):
@@ -109,9 +137,6 @@ def nearest_neighbours(xs, ys):
     return jnp.sum(jnp.where(valid, ys[idx], 0.0), axis=1) / jnp.maximum(valid.sum(1), 1)
 
 
-DMMSE_MIN_STD = 1e-3  # times prior_scale: the noise std dMMSE assumes for a noiseless pool (its sigma -> 0 limit)
-
-
 def discrete_mmse(xs, ys, pool_MxD, prior_scale: float, noise_stds: tuple):
     """Raventos et al.'s dMMSE: the posterior mean of w over the run's finite pool of M tasks (uniform prior
     on the pool, and on the noise prior's sigmas), as their `icl/models.py` DiscreteMMSE. At k = 0 it predicts
@@ -140,7 +165,7 @@ def all_predictions(xs, ys, prior_scale: float, noise_stds: tuple, pool_MxD=None
     task pool [M, d], dMMSE."""
     per_prompt = {
         "least_squares": least_squares,
-        "bayes": lambda x, y: bayes_optimal(x, y, prior_scale, noise_stds),
+        BAYES: lambda x, y: bayes_optimal(x, y, prior_scale, noise_stds),
         "averaging": averaging,
         "3nn": nearest_neighbours,
     }

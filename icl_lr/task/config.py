@@ -23,11 +23,22 @@ class CurriculumConfig:
         check(self.interval >= 1, f"data.curriculum.interval must be >= 1, got {self.interval}")
 
 
+X_COVARIANCES = ("identity", "skewed", "rotated_skewed")
+W_PRIORS = ("gaussian", "gaussian_mixture")
+
+
 @dataclass(frozen=True)
 class DataConfig:
     task: str = "linear_regression"
     n_dims: int = 5
     n_points: int = 11
+    x_cov: str = "identity"
+    w_prior: str = "gaussian"
+    w_components: int = 2
+    w_centre: float = 2.0
+    sparsity: int = 2
+    hidden_width: int = 100
+    tree_depth: int = 4
     prior_scale: float = 1.0
     noise_std: float = 0.0
     noise_std_choices: tuple[float, ...] | None = None
@@ -58,6 +69,32 @@ class DataConfig:
     def check(self) -> None:
         check(self.n_dims >= 1, f"data.n_dims must be >= 1, got {self.n_dims}")
         check(self.n_points >= 1, f"data.n_points must be >= 1, got {self.n_points}")
+        check(self.x_cov in X_COVARIANCES, f"data.x_cov must be one of {X_COVARIANCES}, got {self.x_cov!r}")
+        check(self.w_prior in W_PRIORS, f"data.w_prior must be one of {W_PRIORS}, got {self.w_prior!r}")
+        check(self.w_components >= 1, f"data.w_components must be >= 1, got {self.w_components}")
+        check(self.w_centre >= 0, f"data.w_centre must be >= 0, got {self.w_centre}")
+        check(
+            self.task != "sparse_linear" or 1 <= self.sparsity <= self.n_dims,
+            f"data.sparsity must be in [1, data.n_dims={self.n_dims}], got {self.sparsity}",
+        )
+        check(
+            self.w_prior == "gaussian" or self.task == "linear_regression",
+            f"data.w_prior={self.w_prior} is a prior of linear_regression's w, not of data.task={self.task}",
+        )
+        check(
+            self.task != "linear_classification" or self.noise_stds == (0.0,),
+            f"data.task=linear_classification has no label noise: data.noise_std must be 0, got {self.noise_stds}",
+        )
+        check(
+            self.noise_std_choices is None or self.task == "linear_regression",
+            f"data.noise_std_choices (a hierarchical noise prior) is linear_regression's, not data.task={self.task}'s",
+        )
+        check(
+            self.encoding in ("continuous", "paired") or self.task == "linear_regression",
+            f"data.encoding={self.encoding} (binned y) is for data.task=linear_regression, not {self.task}",
+        )
+        check(self.hidden_width >= 1, f"data.hidden_width must be >= 1, got {self.hidden_width}")
+        check(1 <= self.tree_depth <= 10, f"data.tree_depth must be in [1, 10], got {self.tree_depth}")
         check(self.prior_scale > 0, f"data.prior_scale must be > 0, got {self.prior_scale}")
         check(self.noise_std >= 0, f"data.noise_std must be >= 0, got {self.noise_std}")
         if self.noise_std_choices is not None:

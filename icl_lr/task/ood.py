@@ -10,17 +10,9 @@ puts its own query at position k and is scored there only (their `xs_p`), NaN pa
 import jax
 import jax.numpy as jnp
 
-from icl_lr.task.config import DataConfig
+from icl_lr.task.sampling import sample_xs, skew, transformation
 
 SCALES = (0.333, 0.5, 2, 3)  # Garg et al.'s x and y scale factors
-
-
-def transformation(key, eigenvalues, normalize: bool = False) -> jax.Array:
-    """U diag(eigenvalues) U^T for a random orthogonal U, [d, d]; `normalize` rescales it so x @ t keeps
-    E|x|^2 = d (their `sample_transformation`)."""
-    u, _, _ = jnp.linalg.svd(jax.random.normal(key, (len(eigenvalues), len(eigenvalues))))
-    t = u @ jnp.diag(eigenvalues) @ u.T
-    return t * jnp.sqrt(len(eigenvalues) / jnp.sum(eigenvalues**2)) if normalize else t
 
 
 def _orthogonal_queries(xs_PxNxD) -> list:
@@ -45,13 +37,14 @@ def _repeated_queries(key, xs_PxNxD) -> list:
     return [xs_PxNxD[jnp.arange(n_prompts), j] for j in picks]
 
 
-def conditions(key, cfg: DataConfig, n_prompts: int) -> dict:
-    """{condition: ([(xs [P, N, D], ys [P, N]), ...], per_k)}: the suite's prompt sets, `per_k` when set k
-    is scored at its k only (module docstring)."""
+def conditions(key, task, n_prompts: int) -> dict:
+    """{condition: ([(xs [P, N, D], ys [P, N]), ...], per_k)}: the suite's prompt sets of `task` (a linear
+    one: its `draw` gives w), `per_k` when set k is scored at its k only (module docstring)."""
     w_key, x_key, sigma_key, noise_key, rotation_key, sign_key, pick_key = jax.random.split(key, 7)
+    cfg = task.cfg
     d = cfg.n_dims
-    ws = cfg.prior_scale * jax.random.normal(w_key, (n_prompts, cfg.n_dims))  # tasks from the prior
-    xs = jax.random.normal(x_key, (n_prompts, cfg.n_points, d))
+    ws = task.draw(w_key, n_prompts)  # tasks from the prior
+    xs = sample_xs(x_key, cfg, n_prompts)  # the training x's, which the conditions then move
     sigma = jax.random.choice(sigma_key, jnp.asarray(cfg.noise_stds, jnp.float32), (n_prompts, 1))
     unit_noise = jax.random.normal(noise_key, (n_prompts, cfg.n_points))
     labels = lambda xs_, ws_=ws, noise=sigma * unit_noise: jnp.einsum("pnd,pd->pn", xs_, ws_) + noise
@@ -64,8 +57,7 @@ def conditions(key, cfg: DataConfig, n_prompts: int) -> dict:
     for s in SCALES:
         suite[f"scale_x_{s:g}"] = one_set(xs @ transformation(rotation_key, s * jnp.ones(d)))
         suite[f"scale_y_{s:g}"] = one_set(xs, labels(xs, s * ws))
-    skew = 1 / jnp.arange(1, d + 1)
-    suite["skewed"] = one_set(xs @ transformation(rotation_key, skew, normalize=True))
+    suite["skewed"] = one_set(xs @ transformation(rotation_key, skew(d), normalize=True))
     if d >= 2:  # half of one dimension is none: at d = 1 the condition does not exist
         half = (jnp.arange(d) < d // 2).astype(jnp.float32)
         suite["half_subspace"] = one_set(xs @ transformation(rotation_key, half, normalize=True))

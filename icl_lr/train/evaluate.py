@@ -49,9 +49,15 @@ def squared_error_curve(preds_PxN, ys_PxN, n_dims: int) -> jax.Array:
 
 
 def _baseline_curves(xs, ys, ys_scored, noise_stds: tuple, data_cfg: DataConfig, pool, suffix: str = "") -> dict:
-    predict = jax.jit(task_of(data_cfg).baselines, static_argnums=2)
-    preds = predict(xs, ys, noise_stds, pool)
-    return {name + suffix: np.asarray(squared_error_curve(p, ys_scored, data_cfg.n_dims)) for name, p in preds.items()}
+    """Each baseline's squared error / d by k, and its curves of the task's other metrics (`<metric>/<name>`)."""
+    task = task_of(data_cfg)
+    curves = {}
+    for name, p in task.baselines(xs, ys, noise_stds, pool).items():
+        curves[name + suffix] = np.asarray(squared_error_curve(p, ys_scored, data_cfg.n_dims))
+        curves |= {
+            f"{metric}/{name}{suffix}": np.asarray(v.mean(0)) for metric, v in task.metrics(p, ys_scored).items()
+        }
+    return curves
 
 
 def eval_set_of(data_cfg: DataConfig, batch: Batch, pool=None) -> EvalSet:
@@ -209,16 +215,16 @@ def make_model_curves_fn(model, eval_cfg: EvalConfig, mesh):
     return curves
 
 
-def summarize(curves: dict, n_dims: int) -> dict:
+def summarize(curves: dict, n_dims: int, reference: str = BAYES) -> dict:
     """Scalars for dashboards: each curve at k = d/2, d, 2d (error curves as <predictor>/error_k<k>, other
-    metrics as <metric>/<predictor>_k<k>), the model's mean error and its excess over Bayes (and its
-    excess cross-entropy, where there is one). A curve's NaN (a k an OOD condition cannot score) is left
-    out of its scalars."""
+    metrics as <metric>/<predictor>_k<k>), the model's mean error and its excess over the task's reference
+    predictor (Bayes where it is exact; and its excess cross-entropy, where there is one). A curve's NaN (a
+    k an OOD condition cannot score) is left out of its scalars."""
     n = len(curves[MODEL])
     points = {f"k{k}": k for k in (n_dims // 2, n_dims, 2 * n_dims) if k < n}
     key = lambda name, label: f"{name}/error_{label}" if is_error_curve(name) else f"{name}_{label}"
     summary = {key(name, label): float(curve[k]) for name, curve in curves.items() for label, k in points.items()}
-    excess = np.asarray(curves[MODEL]) - np.asarray(curves[BAYES])
+    excess = np.asarray(curves[MODEL]) - np.asarray(curves[reference])
     summary |= {f"excess/error_{label}": float(excess[k]) for label, k in points.items()}
     if "ce/bayes" in curves:
         excess_ce = np.asarray(curves["ce/model"]) - np.asarray(curves["ce/bayes"])

@@ -138,14 +138,14 @@ class Throughput:
         self.steps, self.seconds = 0, 0.0
 
 
-def _headline(curves: dict, n_dims: int) -> str:
-    """Errors at k = 2d (or the last k the curves score): the model beside the Bayes-optimal, least squares
-    and, where the run has a task pool, dMMSE."""
+def _headline(curves: dict, n_dims: int, reference: str = BAYES) -> str:
+    """Errors at k = 2d (or the last k the curves score): the model beside the task's reference (the
+    Bayes-optimal where it is exact), least squares and, where the run has a task pool, dMMSE."""
     scored = [k for k in range(min(2 * n_dims + 1, len(curves["model"]))) if np.isfinite(curves["model"][k])]
     if not scored:
         return "error: not finite at any k"
     k = max(scored)
-    names = (MODEL, BAYES, "least_squares", "dmmse")
+    names = dict.fromkeys((MODEL, reference, "least_squares", "dmmse"))
     parts = [f"{name} {curves[name][k]:.4f}" for name in names if name in curves]
     return f"error@k={k}: " + ", ".join(parts) + f" (k=0: {curves['model'][0]:.4f})"
 
@@ -204,6 +204,7 @@ class Evaluator:
         log.info("eval sets and their baselines ready in %.1fs", time.perf_counter() - started)
         self.ood_sets, self.ood_seconds = None, 0.0
         self.model_gradients = evaluate.make_model_gradients_fn(model) if e.algorithms else None
+        self.reference = task_of(d).reference  # what the excess is measured against
         self.probe_sets = evaluate.make_probe_sets(d, e) if e.probes else None
         self.hidden_states = probes.make_hidden_states_fn(model) if e.probes else None
 
@@ -234,14 +235,17 @@ class Evaluator:
             if name.startswith("ood/"):
                 self.ood_seconds += time.perf_counter() - started
             prefix = metric_prefix(name)
-            scalars |= {prefix + k: v for k, v in evaluate.summarize(curves, self.cfg.data.n_dims).items()}
+            summary = evaluate.summarize(curves, self.cfg.data.n_dims, self.reference)
+            scalars |= {prefix + k: v for k, v in summary.items()}
             tracker.log_curves(curves, step, name)
         tracker.log(scalars, step)
-        line = _headline(all_curves[HELD_OUT], self.cfg.data.n_dims)
-        log.info("eval at step %d | %s | excess over Bayes (mean over k) %.4f", step, line, scalars[EXCESS])
+        line = _headline(all_curves[HELD_OUT], self.cfg.data.n_dims, self.reference)
+        log.info(
+            "eval at step %d | %s | excess over %s (mean over k) %.4f", step, line, self.reference, scalars[EXCESS]
+        )
         for name, curves in all_curves.items():
             if name != HELD_OUT:
-                log.info("  %s %s", name, _headline(curves, self.cfg.data.n_dims))
+                log.info("  %s %s", name, _headline(curves, self.cfg.data.n_dims, self.reference))
         if with_ood:
             log.info("OOD suite: %.1fs so far (building its sets and scoring them)", self.ood_seconds)
         return scalars, all_curves[HELD_OUT]

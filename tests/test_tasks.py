@@ -1,0 +1,232 @@
+"""The task zoo: each sampler's statistics, each baseline against scikit-learn or a numpy computation of its
+closed form, the x covariance, and the one-line errors where a task and a key do not go together."""
+
+import dataclasses
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy.stats import multivariate_normal
+from sklearn.linear_model import Lasso, LogisticRegression
+from sklearn.tree import DecisionTreeRegressor
+
+from helpers import compose_config
+from icl_lr.fields import ConfigError
+from icl_lr.run.config import from_dictconfig
+from icl_lr.task import baselines, classification, nonlinear, sampling, sparse
+from icl_lr.task.config import DataConfig
+from icl_lr.task.linear import component_means
+from icl_lr.task.registry import TASKS, task_of
+from icl_lr.train import evaluate
+from icl_lr.train.config import EvalConfig
+
+pytestmark = pytest.mark.unit
+KEY = jax.random.PRNGKey(0)
+
+
+def batch_of(n_prompts=4096, **data):
+    task = task_of(DataConfig(**data))
+    return task, *task.sample_prompts(KEY, n_prompts)
+
+
+def test_sparse_w_has_exactly_s_nonzero_coordinates_on_uniform_supports():
+    _, _, ws = batch_of(task="sparse_linear", n_dims=6, sparsity=2)
+    nonzero = np.asarray(ws) != 0
+    assert (nonzero.sum(1) == 2).all()
+    np.testing.assert_allclose(nonzero.mean(0), 2 / 6, atol=0.03)  # each coordinate in a support equally often
+    np.testing.assert_allclose(np.asarray(ws)[nonzero].std(), 1.0, atol=0.03)
+
+
+def test_classification_labels_are_balanced_signs_of_a_linear_function():
+    _, batch, ws = batch_of(task="linear_classification", n_dims=4)
+    ys = np.asarray(batch.ys)
+    assert set(np.unique(ys)) == {-1.0, 1.0}
+    assert abs(ys.mean()) < 0.02
+    np.testing.assert_array_equal(ys, np.sign(np.einsum("bnd,bd->bn", batch.xs, ws)))
+
+
+@pytest.mark.parametrize("x_cov", ["skewed", "rotated_skewed"])
+def test_x_covariance_is_the_skewed_spectrum_in_training_and_evaluation(x_cov):
+    """E[x x^T] = t^T t with eigenvalues proportional to 1/i^2 and trace d; axis-aligned or in a fixed basis."""
+    d = 4
+    _, batch, _ = batch_of(n_prompts=20000, n_dims=d, x_cov=x_cov)
+    empirical = np.cov(np.asarray(batch.xs).reshape(-1, d).T)
+    spectrum = 1 / np.arange(1, d + 1) ** 2
+    spectrum *= d / spectrum.sum()
+    np.testing.assert_allclose(np.sort(np.linalg.eigvalsh(empirical))[::-1], spectrum, rtol=0.03, atol=0.005)
+    assert (np.abs(empirical - np.diag(np.diag(empirical))).max() < 0.02) == (x_cov == "skewed")
+    eval_set = evaluate.make_eval_set(DataConfig(n_dims=d, x_cov=x_cov), EvalConfig(n_prompts=64))
+    assert eval_set.baseline_curves["least_squares"][d + 1 :].max() < 1e-6  # the held-out set: the same task
+
+
+def test_gaussian_mixture_prior_draws_each_component_about_its_mean():
+    _, _, ws = batch_of(n_prompts=20000, n_dims=3, w_prior="gaussian_mixture", w_components=4, w_centre=5.0)
+    means = np.asarray(component_means(3, 4, 5.0))
+    np.testing.assert_array_equal(means, [[5, 0, 0], [-5, 0, 0], [0, 5, 0], [0, -5, 0]])
+    nearest = np.argmin(((np.asarray(ws)[:, None] - means[None]) ** 2).sum(-1), axis=1)
+    np.testing.assert_allclose(np.bincount(nearest) / len(ws), 0.25, atol=0.015)
+    np.testing.assert_allclose((np.asarray(ws) - means[nearest]).std(0), 1.0, atol=0.03)
+
+
+def test_nonlinear_labels_follow_their_definitions():
+    _, batch, w = batch_of(n_prompts=3, task="quadratic", n_dims=3)
+    np.testing.assert_allclose(batch.ys, np.einsum("bnd,bd->bn", np.asarray(batch.xs) ** 2, w) / 3**0.5, rtol=1e-5)
+    _, batch, (w1, w2) = batch_of(n_prompts=3, task="relu_2nn", n_dims=3, hidden_width=7)
+    hidden = np.maximum(np.einsum("bnd,bdh->bnh", batch.xs, w1), 0)
+    np.testing.assert_allclose(batch.ys, np.einsum("bnh,bh->bn", hidden, w2) * (2 / 7) ** 0.5, rtol=1e-4, atol=1e-5)
+    _, batch, (features, values) = batch_of(n_prompts=3, task="decision_tree", n_dims=3, tree_depth=3)
+    for p, n in itertools.product(range(3), range(batch.xs.shape[1])):
+        node = 0
+        for _ in range(3):  # Garg et al.'s traversal, one point at a time
+            node = 2 * node + 1 + int(batch.xs[p, n, features[p, node]] > 0)
+        assert batch.ys[p, n] == values[p, node]
+    assert 7 <= node <= 14  # a leaf of the depth-3 tree
+
+
+def test_fista_lasso_reaches_scikit_learns_objective():
+    rng = np.random.default_rng(0)
+    xs = rng.normal(size=(12, 6)).astype(np.float32)
+    ys = (xs[:, [1, 4]] @ rng.normal(size=2) + 0.1 * rng.normal(size=12)).astype(np.float32)
+    alpha = 0.05
+    weights = np.asarray(sparse.lasso_weights(jnp.asarray(xs), jnp.asarray(ys), alpha, steps=3000))
+    objective = lambda w, k: ((xs[:k] @ w - ys[:k]) ** 2).sum() / (2 * k) + alpha * np.abs(w).sum()
+    for k in range(1, 12):
+        theirs = Lasso(alpha=alpha, fit_intercept=False, tol=1e-10, max_iter=100000).fit(xs[:k], ys[:k]).coef_
+        assert objective(weights[k], k) - objective(theirs, k) < 1e-5, k
+    np.testing.assert_array_equal(weights[0], 0)
+
+
+def test_the_sparse_posterior_mean_is_the_support_mixture_computed_in_numpy():
+    rng = np.random.default_rng(1)
+    d, s, sigma = 4, 2, 0.3
+    xs = rng.normal(size=(7, d))
+    ys = xs[:, [0, 2]] @ rng.normal(size=2) + sigma * rng.normal(size=7)
+    every = sparse.supports(d, s)
+    assert len(every) == 6
+    got = np.asarray(
+        sparse.support_bayes(jnp.asarray(xs, jnp.float32), jnp.asarray(ys, jnp.float32), every, 1.0, sigma)
+    )
+    for k in range(1, 7):
+        x, y = xs[:k], ys[:k]
+        evidence = np.array([multivariate_normal(np.zeros(k), x[:, S] @ x[:, S].T + sigma**2 * np.eye(k)).pdf(y)
+                             for S in every])  # fmt: skip
+        means = [xs[k, S] @ np.linalg.solve(x[:, S].T @ x[:, S] + sigma**2 * np.eye(s), x[:, S].T @ y) for S in every]
+        np.testing.assert_allclose(got[k], evidence @ means / evidence.sum(), rtol=1e-3, atol=1e-4)
+
+
+def test_the_gaussian_mixture_posterior_mean_is_computed_in_numpy():
+    rng = np.random.default_rng(2)
+    d, sigma, means = 3, 0.5, np.asarray(component_means(3, 3, 2.0))
+    xs, ys = rng.normal(size=(6, d)), rng.normal(size=6) * 2
+    got = np.asarray(baselines.mixture_bayes(jnp.asarray(xs, jnp.float32), jnp.asarray(ys, jnp.float32),
+                                             jnp.asarray(means), 1.0, sigma))  # fmt: skip
+    for k in range(6):
+        x, y = xs[:k], ys[:k]
+        evidence = np.array([multivariate_normal(x @ m, x @ x.T + sigma**2 * np.eye(k)).pdf(y) if k else 1.0
+                             for m in means])  # fmt: skip
+        posterior_means = [m + np.linalg.solve(x.T @ x + sigma**2 * np.eye(d), x.T @ (y - x @ m)) for m in means]
+        np.testing.assert_allclose(got[k], evidence @ np.array(posterior_means) @ xs[k] / evidence.sum(), rtol=1e-3,
+                                   atol=1e-4)  # fmt: skip
+
+
+def test_newton_logistic_regression_is_scikit_learns():
+    rng = np.random.default_rng(3)
+    xs = rng.normal(size=(14, 4)).astype(np.float32)
+    ys = np.sign(xs @ rng.normal(size=4)).astype(np.float32)
+    weights = np.asarray(classification.logistic_weights(jnp.asarray(xs), jnp.asarray(ys)))
+    for k in range(2, 14):
+        if len(set(ys[:k])) < 2:
+            continue
+        theirs = LogisticRegression(C=1.0, fit_intercept=False, tol=1e-10, max_iter=10000).fit(xs[:k], ys[:k])
+        np.testing.assert_allclose(weights[k], theirs.coef_[0], atol=1e-3)
+    preds = classification.logistic_regression(jnp.asarray(xs), jnp.asarray(ys))
+    np.testing.assert_allclose(preds, np.tanh(np.einsum("kd,kd->k", weights, xs) / 2), atol=1e-6)
+    np.testing.assert_array_equal(classification.accuracy(jnp.asarray([0.3, -2.0, 0.0]), jnp.asarray([1, 1, -1])),
+                                  [1, 0, 0.5])  # fmt: skip
+
+
+def test_quadratic_bayes_is_exact_once_determined_and_the_trees_are_fitted_per_prefix():
+    task, batch, _ = batch_of(n_prompts=8, task="quadratic", n_dims=3, n_points=8)
+    preds = task.baselines(batch.xs, batch.ys, (0.0,))
+    assert (
+        np.abs(preds["bayes"] - batch.ys)[:, 4:].max() < 1e-3 < np.abs(preds["least_squares"] - batch.ys)[:, 4:].max()
+    )
+    xs, ys = np.asarray(batch.xs), np.asarray(batch.ys)
+    trees = nonlinear.host_trees(xs[:2], ys[:2], depth=2)
+    direct = DecisionTreeRegressor(max_depth=2, random_state=0).fit(xs[1, :5], ys[1, :5]).predict(xs[1, 5:6])[0]
+    assert trees["greedy_tree"][1, 5] == pytest.approx(direct) and trees["xgboost"][:, 0].tolist() == [0, 0]
+
+
+def test_the_network_baseline_fits_networks_of_its_class_better_than_averaging():
+    task, batch, _ = batch_of(n_prompts=16, task="relu_2nn", n_dims=2, n_points=16, hidden_width=8)
+    preds = task.baselines(batch.xs, batch.ys, (0.0,))
+    error = {name: float(np.mean((np.asarray(p) - batch.ys)[:, 8:] ** 2)) for name, p in preds.items()}
+    assert error["trained_network"] < 0.5 * error["averaging"], error
+
+
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_every_task_scores_its_baselines_and_reference(task):
+    """The held-out set of each task (small): its reference among its curves, accuracy for classification."""
+    data = DataConfig(task=task, n_dims=3, n_points=6, hidden_width=4, tree_depth=2, sparsity=1)
+    eval_set = evaluate.make_eval_set(data, EvalConfig(n_prompts=8, ood=False))
+    curves = eval_set.baseline_curves
+    assert task_of(data).reference in curves and "least_squares" in curves
+    assert ("accuracy/logistic_regression" in curves) == (task == "linear_classification")
+    assert all(np.isfinite(v).all() for v in curves.values())
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["data.task=quadratic", "data.encoding=tokens"],
+            "data.encoding=tokens (binned y) is for data.task=linear_regr",
+        ),
+        (["data.task=relu_2nn", "eval.probes=true"], "eval.probes reads a task's one weight vector"),
+        (["data.task=quadratic", "eval.algorithms=true"], "eval.algorithms reads a task's one weight vector"),
+        (["data.task=linear_classification", "data.noise_std=0.5"], "linear_classification has no label noise"),
+        (["data.task=sparse_linear", "data.sparsity=9"], "data.sparsity must be in [1, data.n_dims=5], got 9"),
+        (["data.task=quadratic", "data.w_prior=gaussian_mixture"], "data.w_prior=gaussian_mixture is a prior of"),
+        (["data.x_cov=diagonal"], "data.x_cov must be one of ('identity', 'skewed', 'rotated_skewed')"),
+        (["data.task=quadratic", "data.noise_std_choices=[0.1,1]"], "noise_std_choices (a hierarchical noise prior)"),
+    ],
+)
+def test_a_task_and_a_key_that_do_not_go_together_fail_in_one_line(overrides, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
+        from_dictconfig(compose_config(*overrides))
+
+
+def test_decision_trees_without_their_extra_name_it(monkeypatch):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "xgboost" else find_spec(n, *a))
+    with pytest.raises(ConfigError, match=r"decision_tree's baselines need xgboost: pip install 'icl-lr\[trees\]'"):
+        from_dictconfig(compose_config("data.task=decision_tree"))
+
+
+def test_every_task_trains_with_every_family_on_its_encoding():
+    """One train step per (task, family): the paired encoding for lsa, continuous for the others."""
+    from icl_lr.model.config import ModelConfig
+    from icl_lr.train.config import RunConfig, TrainingConfig
+    from icl_lr.train.loop import build_model, init_state, make_dispatch
+    from icl_lr.train.optimizer import make_optimizer
+    from icl_lr.train.parallel import data_mesh
+
+    for task, family in itertools.product(sorted(TASKS), ("gpt2", "lstm", "lsa")):
+        data = DataConfig(task=task, n_dims=3, n_points=5, hidden_width=4, tree_depth=2, sparsity=1,
+                          encoding="paired" if family == "lsa" else "continuous")  # fmt: skip
+        training = TrainingConfig(steps=1, batch_size=4, steps_per_dispatch=1, warmup_steps=0)
+        cfg = RunConfig(data=data, model=ModelConfig(family=family, n_layer=1, n_embd=8, n_head=2), training=training)
+        model, tx = build_model(cfg), make_optimizer(cfg.training)
+        state = init_state(model, tx, data, 0)
+        _, metrics = make_dispatch(model, tx, cfg, data_mesh())(state, 1)
+        assert np.isfinite(np.asarray(metrics["loss"])).all(), (task, family)
+
+
+def test_x_transform_is_identity_for_identity():
+    assert sampling.x_transform(DataConfig()) is None
+    t = np.asarray(sampling.x_transform(dataclasses.replace(DataConfig(n_dims=3), x_cov="skewed")))
+    np.testing.assert_allclose(np.diag(t) ** 2, np.array([1, 1 / 4, 1 / 9]) * 3 / (1 + 1 / 4 + 1 / 9), rtol=1e-5)
