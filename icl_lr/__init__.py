@@ -6,7 +6,7 @@ Layers, each a subpackage, imports flowing down this list only (tests/test_layer
   run/       composition: the validated config of a run, what a start may do with a run dir, sweeps
   train/     the train step and loop, evaluation, optimiser, devices; RunConfig, every section in one
   model/     the model families (GPT-2, LSTM, linear self-attention) and the encodings (read-in, loss, decoding)
-  task/      the task (in-context linear regression): sampling, baselines, OOD prompts
+  task/      the tasks (linear regression, sparse, classification, nonlinear, mixtures): sampling, baselines
   records/   what a run leaves: run dir, schema of names, tracking (local files, W&B), checkpoints
   fields.py  typed config sections and their one-line errors
 

@@ -513,3 +513,40 @@ def test_analyze_says_which_algorithm_best_matches_the_model_and_what_each_layer
     rows = [dict(zip(chart["columns"], row, strict=True)) for row in chart["data"]]
     sent = {(row["lineKey"], row["step"]): row["lineVal"] for row in rows}  # W&B's chart: R² by layer, the same means
     assert sent == pytest.approx({(row.target, row.layer): row.mean for row in probes.itertuples()})
+
+
+def test_a_classification_run_and_a_task_mixture_record_their_metric_reference_and_classes(tmp_path):
+    """Classification: accuracy curves of the model and every baseline, the excess over logistic regression
+    (named in the summary, W&B's included), analyze's accuracy figure. A mixture of classes: one set per class
+    in the records and a panel each in analyze's figure."""
+    runs = {
+        "classification": ["data.task=linear_classification"],
+        "mixture": ["data.task=mixture", "data.task_mixture=[linear_regression,quadratic]"],
+    }
+    for name, overrides in runs.items():
+        result = subprocess.run(
+            [sys.executable, "train.py", *FAST, *overrides, f"hydra.run.dir={tmp_path / name}"],
+            cwd=ROOT, env=no_key_env(), capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "classification" / "summary.json").read_text())
+    (last,) = [r for r in read_jsonl(tmp_path / "classification" / "curves.jsonl") if r["step"] == 40]
+    assert summary["excess_over"] == "logistic_regression"
+    excess = np.mean(np.asarray(last["model"]) - np.asarray(last["logistic_regression"]))
+    assert summary["eval/excess/mean"] == pytest.approx(excess, rel=1e-5)
+    assert {"accuracy/model", "accuracy/logistic_regression", "accuracy/3nn"} <= set(last)
+    assert all(0 <= a <= 1 for a in last["accuracy/model"]) and "eval/accuracy/model_k3" in summary
+    (folder,) = (tmp_path / "classification" / "wandb").glob("offline-run-*")
+    logged = tables.read_wandb_file(folder)["summary"]
+    assert (
+        logged["excess_over"] == "logistic_regression"
+        and logged["eval/accuracy/model_k3"] == summary["eval/accuracy/model_k3"]
+    )
+
+    sets = {r.get("set") for r in read_jsonl(tmp_path / "mixture" / "curves.jsonl")}
+    assert sets == {"held_out", "task_linear_regression", "task_quadratic"}
+    mixture = json.loads((tmp_path / "mixture" / "summary.json").read_text())
+    assert mixture["excess_over"] == "bayes" and "eval/task_quadratic/bayes_quadratic/error_k3" in mixture
+    out = tmp_path / "analysis"
+    assert analyze.main([str(tmp_path / "classification"), str(tmp_path / "mixture"), "--out", str(out)]) == 0
+    assert (out / "accuracy_vs_context.png").exists() and (out / "error_per_task_class.png").exists()

@@ -142,7 +142,7 @@ def test_each_task_and_family_has_the_interface_its_registry_promises():
         assert list(inspect.signature(trunk.__call__).parameters)[2:] == ["train"], name
     assert set(FAMILIES) == {"gpt2", "lstm", "lsa"}
     assert set(TASKS) == {"linear_regression", "sparse_linear", "linear_classification", "quadratic", "relu_2nn",
-                          "decision_tree"}  # fmt: skip
+                          "decision_tree", "mixture"}  # fmt: skip
 
 
 def test_a_missing_extra_is_named_in_one_line(monkeypatch, capsys):

@@ -105,23 +105,24 @@ def test_the_sparse_posterior_mean_is_the_support_mixture_computed_in_numpy():
     ys = xs[:, [0, 2]] @ rng.normal(size=2) + sigma * rng.normal(size=7)
     every = sparse.supports(d, s)
     assert len(every) == 6
-    got = np.asarray(
-        sparse.support_bayes(jnp.asarray(xs, jnp.float32), jnp.asarray(ys, jnp.float32), every, 1.0, sigma)
-    )
+    got, log_evidence = sparse.support_bayes(jnp.asarray(xs, jnp.float32), jnp.asarray(ys, jnp.float32), every, 1.0,
+                                             sigma)  # fmt: skip
     for k in range(1, 7):
         x, y = xs[:k], ys[:k]
         evidence = np.array([multivariate_normal(np.zeros(k), x[:, S] @ x[:, S].T + sigma**2 * np.eye(k)).pdf(y)
                              for S in every])  # fmt: skip
         means = [xs[k, S] @ np.linalg.solve(x[:, S].T @ x[:, S] + sigma**2 * np.eye(s), x[:, S].T @ y) for S in every]
         np.testing.assert_allclose(got[k], evidence @ means / evidence.sum(), rtol=1e-3, atol=1e-4)
+        # the mixture's evidence, up to the Gaussian constant every prior shares: what a task mixture weighs
+        np.testing.assert_allclose(log_evidence[k], np.log(evidence.mean()) + k / 2 * np.log(2 * np.pi), atol=1e-3)
 
 
 def test_the_gaussian_mixture_posterior_mean_is_computed_in_numpy():
     rng = np.random.default_rng(2)
     d, sigma, means = 3, 0.5, np.asarray(component_means(3, 3, 2.0))
     xs, ys = rng.normal(size=(6, d)), rng.normal(size=6) * 2
-    got = np.asarray(baselines.mixture_bayes(jnp.asarray(xs, jnp.float32), jnp.asarray(ys, jnp.float32),
-                                             jnp.asarray(means), 1.0, sigma))  # fmt: skip
+    got, log_evidence = baselines.mixture_bayes(jnp.asarray(xs, jnp.float32), jnp.asarray(ys, jnp.float32),
+                                     jnp.asarray(means), 1.0, sigma)  # fmt: skip
     for k in range(6):
         x, y = xs[:k], ys[:k]
         evidence = np.array([multivariate_normal(x @ m, x @ x.T + sigma**2 * np.eye(k)).pdf(y) if k else 1.0
@@ -129,6 +130,7 @@ def test_the_gaussian_mixture_posterior_mean_is_computed_in_numpy():
         posterior_means = [m + np.linalg.solve(x.T @ x + sigma**2 * np.eye(d), x.T @ (y - x @ m)) for m in means]
         np.testing.assert_allclose(got[k], evidence @ np.array(posterior_means) @ xs[k] / evidence.sum(), rtol=1e-3,
                                    atol=1e-4)  # fmt: skip
+        np.testing.assert_allclose(log_evidence[k], np.log(evidence.mean()) + k / 2 * np.log(2 * np.pi), atol=1e-3)
 
 
 def test_newton_logistic_regression_is_scikit_learns():
@@ -169,7 +171,8 @@ def test_the_network_baseline_fits_networks_of_its_class_better_than_averaging()
 @pytest.mark.parametrize("task", sorted(TASKS))
 def test_every_task_scores_its_baselines_and_reference(task):
     """The held-out set of each task (small): its reference among its curves, accuracy for classification."""
-    data = DataConfig(task=task, n_dims=3, n_points=6, hidden_width=4, tree_depth=2, sparsity=1)
+    mixture = ("linear_regression", "quadratic") if task == "mixture" else None
+    data = DataConfig(task=task, n_dims=3, n_points=6, hidden_width=4, tree_depth=2, sparsity=1, task_mixture=mixture)
     eval_set = evaluate.make_eval_set(data, EvalConfig(n_prompts=8, ood=False))
     curves = eval_set.baseline_curves
     assert task_of(data).reference in curves and "least_squares" in curves
@@ -216,8 +219,9 @@ def test_every_task_trains_with_every_family_on_its_encoding():
     from icl_lr.train.parallel import data_mesh
 
     for task, family in itertools.product(sorted(TASKS), ("gpt2", "lstm", "lsa")):
+        mixture = ("sparse_linear", "relu_2nn") if task == "mixture" else None
         data = DataConfig(task=task, n_dims=3, n_points=5, hidden_width=4, tree_depth=2, sparsity=1,
-                          encoding="paired" if family == "lsa" else "continuous")  # fmt: skip
+                          task_mixture=mixture, encoding="paired" if family == "lsa" else "continuous")  # fmt: skip
         training = TrainingConfig(steps=1, batch_size=4, steps_per_dispatch=1, warmup_steps=0)
         cfg = RunConfig(data=data, model=ModelConfig(family=family, n_layer=1, n_embd=8, n_head=2), training=training)
         model, tx = build_model(cfg), make_optimizer(cfg.training)
@@ -230,3 +234,48 @@ def test_x_transform_is_identity_for_identity():
     assert sampling.x_transform(DataConfig()) is None
     t = np.asarray(sampling.x_transform(dataclasses.replace(DataConfig(n_dims=3), x_cov="skewed")))
     np.testing.assert_allclose(np.diag(t) ** 2, np.array([1, 1 / 4, 1 / 9]) * 3 / (1 + 1 / 4 + 1 / 9), rtol=1e-5)
+
+
+MIXTURE = DataConfig(task="mixture", task_mixture=("linear_regression", "quadratic"), n_dims=3, n_points=7,
+                     noise_std=0.2)  # fmt: skip
+
+
+def test_a_mixture_labels_each_prompt_by_its_class_and_its_bayes_weighs_the_classes_evidence():
+    task = task_of(MIXTURE)
+    batch, (picked, (ws, qs)) = task.sample_prompts(KEY, 64)
+    xs, ys, picked = np.asarray(batch.xs, np.float64), np.asarray(batch.ys, np.float64), np.asarray(picked)
+    assert set(picked) == {0, 1}
+    noise = ys - np.where(picked[:, None] == 0, np.einsum("bnd,bd->bn", xs, ws),
+                          np.einsum("bnd,bd->bn", xs**2, qs) / 3**0.5)  # fmt: skip
+    assert 0.15 < noise.std() < 0.25  # only the noise is left: each prompt labelled by its own class
+    preds = task.baselines(batch.xs, batch.ys, (0.2,))
+    assert {"bayes", "bayes_linear_regression", "bayes_quadratic", "least_squares"} <= set(preds)
+    for p, k in itertools.product(range(4), range(1, 7)):
+        weights, means = [], []
+        for features in (xs[p], xs[p] ** 2 / 3**0.5):  # each class: w ~ N(0, I) on its features
+            x, y = features[:k], ys[p, :k]
+            weights.append(multivariate_normal(np.zeros(k), x @ x.T + 0.04 * np.eye(k)).pdf(y))
+            means.append(features[k] @ np.linalg.solve(x.T @ x + 0.04 * np.eye(3), x.T @ y))
+        np.testing.assert_allclose(preds["bayes"][p, k], np.dot(weights, means) / sum(weights), rtol=1e-3, atol=1e-4)
+    assert task.reference == "bayes"
+    with_classification = dataclasses.replace(MIXTURE, task_mixture=("linear_regression", "linear_classification"),
+                                              noise_std=0.0)  # fmt: skip
+    assert task_of(with_classification).reference == "least_squares"  # a class without an exact Bayes
+    sets = evaluate.make_class_sets(MIXTURE, EvalConfig(n_prompts=16))
+    assert list(sets) == ["linear_regression", "quadratic"] and "bayes" in sets["quadratic"].baseline_curves
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["data.task=mixture"], "data.task=mixture and data.task_mixture (its classes) go together"),
+        (["data.task_mixture=[linear_regression,quadratic]"], "data.task=mixture and data.task_mixture"),
+        (["data.task=mixture", "data.task_mixture=[quadratic]"], "must list two or more distinct tasks"),
+        (["data.task=mixture", "data.task_mixture=[quadratic,cubic]"], "data.task_mixture's classes must be among"),
+        (["data.task=mixture", "data.task_mixture=[quadratic,linear_classification]", "data.noise_std=0.1"],
+         "linear_classification has no label noise"),
+    ],
+)  # fmt: skip
+def test_a_mixture_that_cannot_be_fails_in_one_line(overrides, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        from_dictconfig(compose_config(*overrides))

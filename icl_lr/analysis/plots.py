@@ -99,6 +99,7 @@ def _save(fig, path: Path, dpi: int = 120) -> None:
 YLABELS = {
     "error": "squared error / d",
     "ce": "cross-entropy of the y bin (nats)",
+    "accuracy": "accuracy (the prediction's sign)",
     DISTANCE: "mean squared difference from the model / d",
 }
 
@@ -116,8 +117,8 @@ def held_out_curves(curve_stats: pd.DataFrame, metric: str = "error") -> pd.Data
 def plot_error_curves(curve_stats: pd.DataFrame, keys: list[str], path: Path, metric: str = "error") -> None:
     """Error vs number of in-context examples, one panel per group: the model (mean, 95% interval over
     seeds) beside the baselines, nothing cut off (a log axis where the values span decades). Another curve
-    `metric` instead: "ce" (the y bin's cross-entropy of binned outputs), "similarity_mse" (each algorithm's
-    distance from the model)."""
+    `metric` instead: "ce" (the y bin's cross-entropy of binned outputs), "accuracy" (classification's),
+    "similarity_mse" (each algorithm's distance from the model)."""
     curve_stats = held_out_curves(curve_stats, metric)
     groups = list(curve_stats.groupby(keys, dropna=False, sort=True))
     ylabel = YLABELS.get(metric, metric)

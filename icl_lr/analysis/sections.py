@@ -10,8 +10,9 @@ SIMILARITY = "Which algorithm the model matches"
 PROBES = "What each layer holds (linear probes)"
 OOD = "Garg et al.'s out-of-distribution prompts"
 SIGMA = "One noise level per panel (Bai et al.)"
+TASK_CLASS = "One task class per panel (a mixture of tasks)"
 TASK_POOL = "Error vs task pool size"
-SET_SECTIONS = {"ood/": OOD, "sigma_": SIGMA}  # prompt sets shown a panel each, by set-name prefix
+SET_SECTIONS = {"ood/": OOD, "sigma_": SIGMA, "task_": TASK_CLASS}  # prompt sets shown a panel each, by set-name prefix
 
 
 def headline(summary: pd.DataFrame, keys: list[str], metric: str) -> str:

@@ -33,7 +33,7 @@ from icl_lr.analysis import plots, sections, tables
 from icl_lr.records import schema
 
 HEADLINE = list(schema.HEADLINE)
-SET_FIGURES = {"ood/": "ood_vs_context.png", "sigma_": "error_per_sigma.png"}  # a panel per prompt set
+SET_FIGURES = {"ood/": "ood_vs_context.png", "sigma_": "error_per_sigma.png", "task_": "error_per_task_class.png"}
 log = logging.getLogger("analyze")
 
 
@@ -137,6 +137,9 @@ def write_plots(named: dict, keys, args) -> dict:
     if curve_stats.predictor.str.startswith("ce/").any():
         plots.plot_error_curves(curve_stats, keys, out / "ce_vs_context.png", metric="ce")
         figures[out / "ce_vs_context.png"] = "cross-entropy of the y bin vs k per group, binned outputs"
+    if curve_stats.predictor.str.startswith("accuracy/").any():
+        plots.plot_error_curves(curve_stats, keys, out / "accuracy_vs_context.png", metric="accuracy")
+        figures[out / "accuracy_vs_context.png"] = "accuracy (the prediction's sign) vs k per group, classification"
     if "algorithm_similarity" in named:
         plots.plot_error_curves(curve_stats, keys, out / "similarity_vs_context.png", metric=schema.DISTANCE)
         figures[out / "similarity_vs_context.png"] = (

@@ -31,6 +31,8 @@ def check_across(cfg: RunConfig) -> None:
     d, m, t = cfg.data, cfg.model, cfg.training
     check(m.family in FAMILIES, f"model.family must be one of {tuple(FAMILIES)}, got {m.family!r}")
     check(d.task in TASKS, f"data.task must be one of {tuple(TASKS)}, got {d.task!r}")
+    for name in d.task_mixture or ():
+        check(name in TASKS, f"data.task_mixture's classes must be among {tuple(TASKS)}, got {name!r}")
     for key in ("probes", "algorithms"):
         check(
             not getattr(cfg.eval, key) or d.task in LINEAR,
@@ -38,7 +40,7 @@ def check_across(cfg: RunConfig) -> None:
         )
     missing = [m for m in ("sklearn", "xgboost") if importlib.util.find_spec(m) is None]
     check(
-        d.task != "decision_tree" or not missing,
+        "decision_tree" not in (d.task, *(d.task_mixture or ())) or not missing,
         f"data.task=decision_tree's baselines need {' and '.join(missing)}: pip install 'icl-lr[trees]'",
     )
     check(d.encoding in ENCODINGS, f"data.encoding must be one of {tuple(ENCODINGS)}, got {d.encoding!r}")

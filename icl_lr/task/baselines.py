@@ -85,18 +85,26 @@ def _log_evidence(s, projections, targets, prior_scale: float, sigma):
 
 
 def mixture_bayes(xs, ys, means_CxD, prior_scale: float, noise_std: float):
-    """Posterior-mean prediction under w ~ (1/C) sum_c N(mu_c, prior_scale^2 I) (Panwar et al. 2024's
-    Gaussian-mixture prior): each component's ridge about its mean, mixed by its posterior weight from the
-    evidence of y - X mu_c. A noiseless prompt is scored at noise std DMMSE_MIN_STD * prior_scale (the
-    limit sigma -> 0, where the evidence past k = d is otherwise singular)."""
+    """(Posterior-mean prediction, log evidence) under w ~ (1/C) sum_c N(mu_c, prior_scale^2 I) (Panwar et
+    al. 2024's Gaussian-mixture prior): each component's ridge about its mean, mixed by its posterior weight
+    from the evidence of y - X mu_c. A noiseless prompt is scored at noise std DMMSE_MIN_STD * prior_scale
+    (the limit sigma -> 0, where the evidence past k = d is otherwise singular)."""
     sigma = max(noise_std, DMMSE_MIN_STD * prior_scale)
 
     def component(mean_D):
         preds_K, log_evidence_K = ridge_and_evidence(xs, ys - xs @ mean_D, prior_scale, sigma)
         return preds_K + xs @ mean_D, log_evidence_K
 
-    preds_CxK, log_evidence_CxK = jax.vmap(component)(means_CxD)
-    return jnp.sum(jax.nn.softmax(log_evidence_CxK, axis=0) * preds_CxK, axis=0)
+    return posterior_mixture(*jax.vmap(component)(means_CxD))
+
+
+def posterior_mixture(preds_CxK, log_evidence_CxK):
+    """Under a uniform mixture of C priors, each prefix's posterior-mean prediction [K] (each component's,
+    weighted by its posterior probability) and the mixture's log evidence [K] (up to the components' common
+    constant): what a mixture of mixtures weighs in turn."""
+    posterior_CxK = jax.nn.softmax(log_evidence_CxK, axis=0)
+    log_evidence_K = jax.nn.logsumexp(log_evidence_CxK, axis=0) - jnp.log(log_evidence_CxK.shape[0])
+    return jnp.sum(posterior_CxK * preds_CxK, axis=0), log_evidence_K
 
 
 def ridge_and_evidence(xs, ys, prior_scale: float, sigma: float):

@@ -1,5 +1,6 @@
 """The task's config section (`data:` in configs/data/*.yaml, where each key is documented)."""
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from icl_lr.fields import check
@@ -39,6 +40,7 @@ class DataConfig:
     sparsity: int = 2
     hidden_width: int = 100
     tree_depth: int = 4
+    task_mixture: tuple[str, ...] | None = None
     prior_scale: float = 1.0
     noise_std: float = 0.0
     noise_std_choices: tuple[float, ...] | None = None
@@ -93,6 +95,19 @@ class DataConfig:
             self.encoding in ("continuous", "paired") or self.task == "linear_regression",
             f"data.encoding={self.encoding} (binned y) is for data.task=linear_regression, not {self.task}",
         )
+        check(
+            (self.task == "mixture") == (self.task_mixture is not None),
+            f"data.task=mixture and data.task_mixture (its classes) go together, got data.task={self.task} "
+            f"and data.task_mixture={self.task_mixture}",
+        )
+        if self.task_mixture is not None:
+            classes = list(self.task_mixture)
+            check(
+                len(classes) >= 2 and len(set(classes)) == len(classes) and "mixture" not in classes,
+                f"data.task_mixture must list two or more distinct tasks other than mixture, got {classes}",
+            )
+            for name in classes:  # each class's own checks, on the mixture's keys
+                dataclasses.replace(self, task=name, task_mixture=None).check()
         check(self.hidden_width >= 1, f"data.hidden_width must be >= 1, got {self.hidden_width}")
         check(1 <= self.tree_depth <= 10, f"data.tree_depth must be in [1, 10], got {self.tree_depth}")
         check(self.prior_scale > 0, f"data.prior_scale must be > 0, got {self.prior_scale}")

@@ -78,6 +78,16 @@ class LinearRegression(Prompts):
     def baselines(self, xs, ys, noise_stds: tuple, pool=None) -> dict:
         return _baselines(self.cfg, xs, ys, noise_stds, pool)
 
+    def bayes_evidence(self, xs_NxD, ys_N, noise_std: float) -> tuple:
+        """One prompt's Bayes prediction [N] and log evidence [N] by prefix, what a mixture of tasks weighs (a
+        noiseless prompt at noise std DMMSE_MIN_STD * prior_scale, the limit sigma -> 0)."""
+        cfg = self.cfg
+        if cfg.w_prior == "gaussian_mixture":
+            means = component_means(cfg.n_dims, cfg.w_components, cfg.w_centre)
+            return baselines.mixture_bayes(xs_NxD, ys_N, means, cfg.prior_scale, noise_std)
+        sigma = max(noise_std, baselines.DMMSE_MIN_STD * cfg.prior_scale)
+        return baselines.ridge_and_evidence(xs_NxD, ys_N, cfg.prior_scale, sigma)
+
     def algorithms(self, steps: tuple) -> tuple[dict, dict]:
         tuning = self.sample_batch(jax.random.PRNGKey(TUNING_SEED), algorithms.TUNING_PROMPTS)
         rates = algorithms.tuned_rates(steps, (tuning.xs, tuning.ys))
@@ -96,6 +106,6 @@ def _baselines(cfg, xs, ys, noise_stds: tuple, pool) -> dict:
     predictions = baselines.all_predictions(xs, ys, cfg.prior_scale, noise_stds, pool)
     if cfg.w_prior == "gaussian_mixture":
         means = component_means(cfg.n_dims, cfg.w_components, cfg.w_centre)
-        bayes = lambda x, y: baselines.mixture_bayes(x, y, means, cfg.prior_scale, noise_stds[0])
+        bayes = lambda x, y: baselines.mixture_bayes(x, y, means, cfg.prior_scale, noise_stds[0])[0]
         predictions[BAYES] = jax.vmap(bayes)(xs, ys)
     return predictions

@@ -44,6 +44,10 @@ class Quadratic(Prompts):
     def baselines(self, xs, ys, noise_stds: tuple, pool=None) -> dict:
         return _quadratic_baselines(xs, ys, self.cfg.prior_scale, noise_stds)
 
+    def bayes_evidence(self, xs_NxD, ys_N, noise_std: float) -> tuple:
+        sigma = max(noise_std, baselines.DMMSE_MIN_STD * self.cfg.prior_scale)
+        return baselines.ridge_and_evidence(xs_NxD**2 / jnp.sqrt(3.0), ys_N, self.cfg.prior_scale, sigma)
+
 
 @partial(jax.jit, static_argnums=(2, 3))
 def _quadratic_baselines(xs, ys, prior_scale: float, noise_stds: tuple) -> dict:

@@ -60,22 +60,26 @@ def supports(n_dims: int, sparsity: int) -> np.ndarray:
 
 
 def support_bayes(xs_NxD, ys_N, supports_CxS, prior_scale: float, noise_std: float):
-    """The posterior-mean prediction under the sparse prior: each support's ridge (w_S ~ N(0, prior_scale^2
-    I_s)) mixed by the support's posterior weight, from its evidence (a uniform prior over supports). A
-    noiseless prompt is scored at noise std DMMSE_MIN_STD * prior_scale (the limit sigma -> 0)."""
+    """(Posterior-mean prediction, log evidence) under the sparse prior: each support's ridge (w_S ~ N(0,
+    prior_scale^2 I_s)) mixed by the support's posterior weight, from its evidence (a uniform prior over
+    supports). A noiseless prompt is scored at noise std DMMSE_MIN_STD * prior_scale (the limit sigma -> 0)."""
     sigma = max(noise_std, baselines.DMMSE_MIN_STD * prior_scale)
 
     def one(support_S):
         on_support_NxS = xs_NxD[:, support_S]
         return baselines.ridge_and_evidence(on_support_NxS, ys_N, prior_scale, sigma)
 
-    preds_CxK, log_evidence_CxK = jax.lax.map(one, supports_CxS, batch_size=64)
-    return jnp.sum(jax.nn.softmax(log_evidence_CxK, axis=0) * preds_CxK, axis=0)
+    return baselines.posterior_mixture(*jax.lax.map(one, supports_CxS, batch_size=64))
 
 
 @dataclass(frozen=True)
 class SparseLinear(LinearRegression):
     """The task interface of sparse linear regression; linear regression's but for its prior and baselines."""
+
+    @property
+    def reference(self) -> str:
+        """Bayes, or past MAX_SUPPORTS supports (where it is left out) the Lasso."""
+        return BAYES if math.comb(self.cfg.n_dims, self.cfg.sparsity) <= MAX_SUPPORTS else "lasso"
 
     def draw(self, key, batch_size: int) -> jax.Array:
         cfg = self.cfg
@@ -90,13 +94,17 @@ class SparseLinear(LinearRegression):
         predictions = LinearRegression.baselines(self, xs, ys, noise_stds, pool)
         predictions["ridge"] = predictions.pop(BAYES)
         predictions["lasso"] = _lassos(xs, ys, lasso_alpha(self))
-        if math.comb(cfg.n_dims, cfg.sparsity) > MAX_SUPPORTS:
+        if self.reference != BAYES:
             log.info("the sparse prior's posterior mean left out: past %d supports", MAX_SUPPORTS)
             del predictions[BAYES]
             return predictions
         every = jnp.asarray(supports(cfg.n_dims, cfg.sparsity))
         predictions[BAYES] = _support_bayes(xs, ys, every, cfg.prior_scale, noise_stds[0])
         return predictions
+
+    def bayes_evidence(self, xs_NxD, ys_N, noise_std: float) -> tuple:
+        every = jnp.asarray(supports(self.cfg.n_dims, self.cfg.sparsity))
+        return support_bayes(xs_NxD, ys_N, every, self.cfg.prior_scale, noise_std)
 
 
 @functools.cache
@@ -116,4 +124,4 @@ def _lassos(xs, ys, alpha):
 
 @partial(jax.jit, static_argnums=(3, 4))
 def _support_bayes(xs, ys, every, prior_scale, noise_std):
-    return jax.vmap(lambda x, y: support_bayes(x, y, every, prior_scale, noise_std))(xs, ys)
+    return jax.vmap(lambda x, y: support_bayes(x, y, every, prior_scale, noise_std)[0])(xs, ys)

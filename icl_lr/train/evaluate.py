@@ -1,12 +1,12 @@
 """Error curves on fixed prompt sets: squared error / d at every context length k = 0..n-1.
 
-The held-out prompts come from a fixed seed and always from the Gaussian prior (no task pool, no
+The held-out prompts come from a fixed seed and always from the task's prior (no task pool, no
 curriculum), so every run and every eval of a run is scored on the same prompts. A run with a
 finite training set is also scored on (the first prompts of) that set, so memorisation shows; one
 with a task pool on prompts from its pool (Raventos et al.'s "Pretrain"); one with a hierarchical
-noise prior on one set per noise level (Bai et al.); and every run on Garg et al.'s OOD suite
-(icl_lr/task/ood.py). Every set comes from eval.seed. Baselines do not change during training and are
-computed once per set.
+noise prior on one set per noise level (Bai et al.); one with a mixture of task classes on one set
+per class; and every run on Garg et al.'s OOD suite (icl_lr/task/ood.py). Every set comes from
+eval.seed. Baselines do not change during training and are computed once per set.
 """
 
 import dataclasses
@@ -21,6 +21,7 @@ from icl_lr.model.encoding import encoding_of
 from icl_lr.records.schema import BAYES, MODEL, SIMILARITIES, is_error_curve
 from icl_lr.task.base import Batch, pool_key
 from icl_lr.task.config import DataConfig
+from icl_lr.task.mixture import component_config
 from icl_lr.task.registry import task_of
 from icl_lr.train import parallel, probes
 from icl_lr.train.config import EvalConfig
@@ -167,6 +168,15 @@ def make_sigma_sets(data_cfg: DataConfig, eval_cfg: EvalConfig) -> dict:
     fixed = lambda sigma: dataclasses.replace(data_cfg, noise_std=sigma, noise_std_choices=None)
     sample = lambda sigma: task_of(fixed(sigma)).sample_batch(_set_key(eval_cfg, 2), eval_cfg.n_prompts)
     return {sigma: eval_set_of(data_cfg, sample(sigma)) for sigma in data_cfg.noise_stds}
+
+
+def make_class_sets(data_cfg: DataConfig, eval_cfg: EvalConfig) -> dict:
+    """Under a mixture of task classes, {class: set} of prompts of that class alone, scored by the mixture's
+    baselines (Bai et al. 2023's per-class evaluation)."""
+    sample = lambda name: task_of(component_config(data_cfg, name)).sample_batch(
+        _set_key(eval_cfg, 5), eval_cfg.n_prompts
+    )
+    return {name: eval_set_of(data_cfg, sample(name)) for name in data_cfg.task_mixture}
 
 
 def make_ood_sets(data_cfg: DataConfig, eval_cfg: EvalConfig) -> dict:

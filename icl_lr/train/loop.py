@@ -185,7 +185,8 @@ class Evaluator:
     """The eval phase: the model's curves on every fixed prompt set, logged as scalars (schema.metric_prefix)
     and per-set curve tables. Sets: the held-out prompts (schema.HELD_OUT); the training set's (`train_set`)
     and the pool's (`pretrain`), when finite; one per sigma of a hierarchical noise prior (`sigma_<s>`);
-    and Garg et al.'s OOD suite (`ood/<condition>`), at the final eval or every eval."""
+    one per class of a mixture of tasks (`task_<class>`); and Garg et al.'s OOD suite (`ood/<condition>`),
+    at the final eval or every eval."""
 
     def __init__(self, cfg: RunConfig, model: ICLModel, run_key, mesh: Mesh):
         started = time.perf_counter()
@@ -201,6 +202,8 @@ class Evaluator:
             self.sets["pretrain"] = one(evaluate.make_pretrain_set(d, e, run_key, pool))
         if d.noise_std_choices:
             self.sets |= {f"sigma_{s:g}": one(v) for s, v in evaluate.make_sigma_sets(d, e).items()}
+        if d.task_mixture:
+            self.sets |= {f"task_{name}": one(v) for name, v in evaluate.make_class_sets(d, e).items()}
         log.info("eval sets and their baselines ready in %.1fs", time.perf_counter() - started)
         self.ood_sets, self.ood_seconds = None, 0.0
         self.model_gradients = evaluate.make_model_gradients_fn(model) if e.algorithms else None
@@ -325,7 +328,8 @@ def train(cfg: RunConfig, run_dir: Path, trackers=(), stop: StopRequest | None =
     started = time.perf_counter()
     evaluator = Evaluator(cfg, model, state.rng, mesh)
     dispatch = make_dispatch(model, tx, cfg, mesh)
-    facts, window, throughput = {"n_params": n_params, "n_devices": mesh.size}, [], Throughput()
+    facts = {"n_params": n_params, "n_devices": mesh.size, "excess_over": evaluator.reference}  # what excess means
+    window, throughput = [], Throughput()
     stop.watched = True  # from here on, a stop signal is answered at the end of a dispatch
 
     with LiveBar(log, enabled=parallel.is_primary()) as bar:  # on a terminal only
