@@ -92,9 +92,10 @@ def _config_columns(config: dict) -> dict:
 
 
 def summary_scalars(summary: dict) -> dict:
-    """A summary's numbers: W&B's own keys (_runtime, ...) and media (tables, charts) left out."""
+    """A summary's numbers and names (`excess_over`): W&B's own keys (_runtime, ...) and media (tables, charts)
+    left out."""
     kept = {k: v for k, v in summary.items() if not k.startswith("_") and not (isinstance(v, dict) and "_type" in v)}
-    return {k: v for k, v in _flatten(kept).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return {k: v for k, v in _flatten(kept).items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
 
 
 def _run_row(run_id: str, config: dict, summary: dict, **source) -> dict:
