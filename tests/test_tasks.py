@@ -187,6 +187,7 @@ def test_every_task_scores_its_baselines_and_reference(task):
             ["data.task=quadratic", "data.encoding=tokens"],
             "data.encoding=tokens (binned y) is for data.task=linear_regr",
         ),
+        (["data.w_prior=gaussian_mixture", "data.encoding=binned_y"], "not linear_regression under gaussian_mixture"),
         (["data.task=relu_2nn", "eval.probes=true"], "eval.probes reads a task's one weight vector"),
         (["data.task=quadratic", "eval.algorithms=true"], "eval.algorithms reads a task's one weight vector"),
         (["data.task=linear_classification", "data.noise_std=0.5"], "linear_classification has no label noise"),

@@ -92,8 +92,10 @@ class DataConfig:
             f"data.noise_std_choices (a hierarchical noise prior) is linear_regression's, not data.task={self.task}'s",
         )
         check(
-            self.encoding in ("continuous", "paired") or self.task == "linear_regression",
-            f"data.encoding={self.encoding} (binned y) is for data.task=linear_regression, not {self.task}",
+            self.encoding in ("continuous", "paired")
+            or (self.task == "linear_regression" and self.w_prior == "gaussian"),
+            f"data.encoding={self.encoding} (binned y) is for data.task=linear_regression under data.w_prior=gaussian "
+            f"(its bins and yardsticks assume them), not {self.task} under {self.w_prior}",
         )
         check(
             (self.task == "mixture") == (self.task_mixture is not None),
