@@ -87,12 +87,10 @@ def _log_evidence(s, projections, targets, prior_scale: float, sigma):
 def mixture_bayes(xs, ys, means_CxD, prior_scale: float, noise_std: float):
     """(Posterior-mean prediction, log evidence) under w ~ (1/C) sum_c N(mu_c, prior_scale^2 I) (Panwar et
     al. 2024's Gaussian-mixture prior): each component's ridge about its mean, mixed by its posterior weight
-    from the evidence of y - X mu_c. A noiseless prompt is scored at noise std DMMSE_MIN_STD * prior_scale
-    (the limit sigma -> 0, where the evidence past k = d is otherwise singular)."""
-    sigma = max(noise_std, DMMSE_MIN_STD * prior_scale)
+    from the evidence of y - X mu_c (ridge_and_evidence, its noise floor included)."""
 
     def component(mean_D):
-        preds_K, log_evidence_K = ridge_and_evidence(xs, ys - xs @ mean_D, prior_scale, sigma)
+        preds_K, log_evidence_K = ridge_and_evidence(xs, ys - xs @ mean_D, prior_scale, noise_std)
         return preds_K + xs @ mean_D, log_evidence_K
 
     return posterior_mixture(*jax.vmap(component)(means_CxD))
@@ -107,9 +105,12 @@ def posterior_mixture(preds_CxK, log_evidence_CxK):
     return jnp.sum(posterior_CxK * preds_CxK, axis=0), log_evidence_K
 
 
-def ridge_and_evidence(xs, ys, prior_scale: float, sigma: float):
+def ridge_and_evidence(xs, ys, prior_scale: float, noise_std: float):
     """Each prefix's posterior-mean prediction under w ~ N(0, prior_scale^2 I) and noise std sigma (ridge,
-    lambda = sigma^2 / prior_scale^2) and its log evidence: what a mixture of such priors weighs."""
+    lambda = sigma^2 / prior_scale^2) and its log evidence: what a mixture of such priors weighs. A noiseless
+    prompt is scored at sigma = DMMSE_MIN_STD * prior_scale (the limit sigma -> 0, where the evidence past
+    k = d is otherwise singular)."""
+    sigma = max(noise_std, DMMSE_MIN_STD * prior_scale)
     s, vt, projections, targets = _prefix_svd(xs, ys)
     preds_K = _predict_from_svd(xs, s, vt, projections, sigma**2 / prior_scale**2)
     return preds_K, _log_evidence(s, projections, targets, prior_scale, sigma)
@@ -163,6 +164,14 @@ def discrete_mmse(xs, ys, pool_MxD, prior_scale: float, noise_stds: tuple):
     return jnp.sum(posterior_NxM * preds_NxM, axis=1)
 
 
+def on_prompts(named: dict, xs, ys) -> dict:
+    """{name: predictions [B, N]} of each one-prompt predictor of `named` on a batch of prompts."""
+    return {name: jax.vmap(fn)(xs, ys) for name, fn in named.items()}
+
+
+PRIOR_FREE = {"least_squares": least_squares, "averaging": averaging, "3nn": nearest_neighbours}  # any task's
+
+
 DMMSE_CHUNK = 2**22  # context points x pool tasks per dMMSE batch: bounds its memory for pools up to 2^20
 DMMSE_MAX_POOL = 2**20  # past this many tasks dMMSE is left out: the pool would not fit its memory bound
 
@@ -180,7 +189,7 @@ def all_predictions(xs, ys, prior_scale: float, noise_stds: tuple, pool_MxD=None
     if len(noise_stds) > 1:
         for sigma in noise_stds:
             per_prompt[f"ridge_sigma_{sigma:g}"] = lambda x, y, lam=sigma**2 / prior_scale**2: ridge(x, y, lam)
-    predictions = {name: jax.vmap(fn)(xs, ys) for name, fn in per_prompt.items()}
+    predictions = on_prompts(per_prompt, xs, ys)
     if pool_MxD is not None:
         dmmse = lambda xy: discrete_mmse(*xy, pool_MxD, prior_scale, noise_stds)
         chunk = max(1, DMMSE_CHUNK // (xs.shape[1] * pool_MxD.shape[0]))

@@ -80,13 +80,12 @@ class LinearRegression(Prompts):
 
     def bayes_evidence(self, xs_NxD, ys_N, noise_std: float) -> tuple:
         """One prompt's Bayes prediction [N] and log evidence [N] by prefix, what a mixture of tasks weighs (a
-        noiseless prompt at noise std DMMSE_MIN_STD * prior_scale, the limit sigma -> 0)."""
+        noiseless prompt at ridge_and_evidence's noise floor)."""
         cfg = self.cfg
         if cfg.w_prior == "gaussian_mixture":
             means = component_means(cfg.n_dims, cfg.w_components, cfg.w_centre)
             return baselines.mixture_bayes(xs_NxD, ys_N, means, cfg.prior_scale, noise_std)
-        sigma = max(noise_std, baselines.DMMSE_MIN_STD * cfg.prior_scale)
-        return baselines.ridge_and_evidence(xs_NxD, ys_N, cfg.prior_scale, sigma)
+        return baselines.ridge_and_evidence(xs_NxD, ys_N, cfg.prior_scale, noise_std)
 
     def algorithms(self, steps: tuple) -> tuple[dict, dict]:
         tuning = self.sample_batch(jax.random.PRNGKey(TUNING_SEED), algorithms.TUNING_PROMPTS)

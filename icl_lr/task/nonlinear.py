@@ -23,14 +23,8 @@ from icl_lr.records.schema import BAYES
 from icl_lr.task import baselines
 from icl_lr.task.sampling import Prompts
 
-PRIOR_FREE = {"least_squares": baselines.least_squares, "averaging": baselines.averaging,
-              "3nn": baselines.nearest_neighbours}  # fmt: skip
 NN_STEPS = 300  # Adam steps of the network baseline, per prefix
 NN_LEARNING_RATE = 5e-3  # as Garg et al.'s GDModel
-
-
-def _per_prompt(named: dict, xs, ys) -> dict:
-    return {name: jax.vmap(fn)(xs, ys) for name, fn in named.items()}
 
 
 @dataclass(frozen=True)
@@ -45,14 +39,13 @@ class Quadratic(Prompts):
         return _quadratic_baselines(xs, ys, self.cfg.prior_scale, noise_stds)
 
     def bayes_evidence(self, xs_NxD, ys_N, noise_std: float) -> tuple:
-        sigma = max(noise_std, baselines.DMMSE_MIN_STD * self.cfg.prior_scale)
-        return baselines.ridge_and_evidence(xs_NxD**2 / jnp.sqrt(3.0), ys_N, self.cfg.prior_scale, sigma)
+        return baselines.ridge_and_evidence(xs_NxD**2 / jnp.sqrt(3.0), ys_N, self.cfg.prior_scale, noise_std)
 
 
 @partial(jax.jit, static_argnums=(2, 3))
 def _quadratic_baselines(xs, ys, prior_scale: float, noise_stds: tuple) -> dict:
     bayes = lambda x, y: baselines.bayes_optimal(x**2 / jnp.sqrt(3.0), y, prior_scale, noise_stds)
-    return _per_prompt(PRIOR_FREE | {BAYES: bayes}, xs, ys)
+    return baselines.on_prompts(baselines.PRIOR_FREE | {BAYES: bayes}, xs, ys)
 
 
 def relu_network(params, xs_NxD):
@@ -104,7 +97,7 @@ class Relu2NN(Prompts):
 def _relu_baselines(xs, ys, width: int) -> dict:
     keys = jax.random.split(jax.random.PRNGKey(0), xs.shape[0])
     trained = jax.lax.map(lambda a: trained_network(a[0], a[1], a[2], width), (keys, xs, ys), batch_size=16)
-    return _per_prompt(PRIOR_FREE, xs, ys) | {"trained_network": trained}
+    return baselines.on_prompts(baselines.PRIOR_FREE, xs, ys) | {"trained_network": trained}
 
 
 @dataclass(frozen=True)
@@ -133,7 +126,7 @@ class DecisionTree(Prompts):
 
 @jax.jit
 def _prior_free(xs, ys) -> dict:
-    return _per_prompt(PRIOR_FREE, xs, ys)
+    return baselines.on_prompts(baselines.PRIOR_FREE, xs, ys)
 
 
 def host_trees(xs_PxNxD: np.ndarray, ys_PxN: np.ndarray, depth: int) -> dict:

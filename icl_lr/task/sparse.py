@@ -62,12 +62,10 @@ def supports(n_dims: int, sparsity: int) -> np.ndarray:
 def support_bayes(xs_NxD, ys_N, supports_CxS, prior_scale: float, noise_std: float):
     """(Posterior-mean prediction, log evidence) under the sparse prior: each support's ridge (w_S ~ N(0,
     prior_scale^2 I_s)) mixed by the support's posterior weight, from its evidence (a uniform prior over
-    supports). A noiseless prompt is scored at noise std DMMSE_MIN_STD * prior_scale (the limit sigma -> 0)."""
-    sigma = max(noise_std, baselines.DMMSE_MIN_STD * prior_scale)
+    supports; ridge_and_evidence's noise floor for noiseless prompts)."""
 
     def one(support_S):
-        on_support_NxS = xs_NxD[:, support_S]
-        return baselines.ridge_and_evidence(on_support_NxS, ys_N, prior_scale, sigma)
+        return baselines.ridge_and_evidence(xs_NxD[:, support_S], ys_N, prior_scale, noise_std)
 
     return baselines.posterior_mixture(*jax.lax.map(one, supports_CxS, batch_size=64))
 
