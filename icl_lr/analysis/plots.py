@@ -99,7 +99,7 @@ def _save(fig, path: Path, dpi: int = 120) -> None:
 YLABELS = {
     "error": "squared error / d",
     "ce": "cross-entropy of the y bin (nats)",
-    "accuracy": "accuracy (the prediction's sign)",
+    "accuracy": "accuracy (the prediction's sign; 0 counts wrong)",
     DISTANCE: "mean squared difference from the model / d",
 }
 

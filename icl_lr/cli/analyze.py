@@ -139,7 +139,7 @@ def write_plots(named: dict, keys, args) -> dict:
         figures[out / "ce_vs_context.png"] = "cross-entropy of the y bin vs k per group, binned outputs"
     if curve_stats.predictor.str.startswith("accuracy/").any():
         plots.plot_error_curves(curve_stats, keys, out / "accuracy_vs_context.png", metric="accuracy")
-        figures[out / "accuracy_vs_context.png"] = "accuracy (the prediction's sign) vs k per group, classification"
+        figures[out / "accuracy_vs_context.png"] = f"{plots.YLABELS['accuracy']} vs k per group, classification"
     if "algorithm_similarity" in named:
         plots.plot_error_curves(curve_stats, keys, out / "similarity_vs_context.png", metric=schema.DISTANCE)
         figures[out / "similarity_vs_context.png"] = (

@@ -2,8 +2,9 @@
 dtsip/in-context-learning src/tasks.py): y_i = sign(w^T x_i), w ~ N(0, prior_scale^2 I_d), no noise.
 
 The model is trained on the squared error of the +-1 labels, as on every task; its records add accuracy
-(`accuracy/<predictor>`: a prediction's sign against y, a prediction of 0 counted half). Its best baseline,
-the reference of its excess, is L2-penalised logistic regression fitted by Newton's method on the context.
+(`accuracy/<predictor>`: a prediction's sign against y, a prediction of 0 counted wrong, as Garg et al.'s).
+Its best baseline, the reference of its excess, is L2-penalised logistic regression fitted by Newton's method
+on the context.
 """
 
 from dataclasses import dataclass
@@ -43,8 +44,9 @@ def logistic_regression(xs_NxD, ys_N):
 
 
 def accuracy(preds_BxN, ys_BxN) -> jax.Array:
-    """1 where the prediction's sign is y's, 1/2 where the prediction is 0."""
-    return (1 + jnp.sign(preds_BxN) * ys_BxN) / 2
+    """1 where the prediction's sign is y's, else 0 (a prediction of 0 is wrong): Garg et al.'s rule
+    (dtsip/in-context-learning src/tasks.py, `ys == ys_pred.sign()`)."""
+    return (jnp.sign(preds_BxN) == ys_BxN).astype(jnp.float32)
 
 
 @dataclass(frozen=True)

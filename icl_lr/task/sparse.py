@@ -2,13 +2,14 @@
 dtsip/in-context-learning src/tasks.py): w ~ N(0, prior_scale^2 I_d) with all but data.sparsity of its
 coordinates, a uniformly random support, set to 0; y_i = w^T x_i + eps_i.
 
-Its baselines beside linear regression's: the Lasso (FISTA, its penalty tuned on prompts of its own) and
-the exact posterior mean, a mixture over the C(d, s) supports of each support's ridge.
+Its baselines beside linear regression's: the Lasso (exact, on the host in float64, its penalty tuned on
+prompts of its own) and the exact posterior mean, a mixture over the C(d, s) supports of each support's ridge.
 """
 
 import functools
 import logging
 import math
+import warnings
 from dataclasses import dataclass
 from functools import partial
 from itertools import combinations
@@ -22,36 +23,49 @@ from icl_lr.task import baselines
 from icl_lr.task.linear import TUNING_SEED, LinearRegression
 
 log = logging.getLogger("icl_lr")
-LASSO_ALPHAS = (1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3)  # the Lasso penalties tuned over
-LASSO_STEPS = 500  # FISTA iterations per prefix
+LASSO_ALPHAS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0)  # the penalties tuned over, Garg et al.'s among them
+LASSO_KKT_TOL = 1e-9  # the Lasso's optimality: no coordinate's subgradient condition off by more (float64)
 MAX_SUPPORTS = 5000  # past this many supports the exact posterior is left out (a log line)
 
 
-def lasso_weights(xs_NxD, ys_N, alpha: float, steps: int = LASSO_STEPS):
-    """Each prefix's Lasso w [K, D]: argmin (1/2k) |X_k w - y_k|^2 + alpha |w|_1 by FISTA from w = 0 (Beck
-    and Teboulle 2009; scikit-learn's Lasso objective), its step 1/L with L = lambda_max(X_k^T X_k / k)."""
-    masks_KxN = baselines.prefix_masks(xs_NxD.shape[0])
-    k_K = jnp.maximum(masks_KxN.sum(1), 1)
-    designs_KxNxD = masks_KxN[:, :, None] * xs_NxD[None]
-    gram_KxDxD = jnp.einsum("knd,kne->kde", designs_KxNxD, designs_KxNxD) / k_K[:, None, None]
-    xty_KxD = jnp.einsum("knd,kn->kd", designs_KxNxD, masks_KxN * ys_N[None]) / k_K[:, None]
-    step_K = 1.0 / jnp.maximum(jnp.linalg.eigvalsh(gram_KxDxD)[:, -1], 1e-12)
-    shrink = lambda v, t: jnp.sign(v) * jnp.maximum(jnp.abs(v) - t, 0.0)
+def lasso_weights(xs_KxD, ys_K, alphas) -> np.ndarray:
+    """The Lasso's w [A, D] on k points for each penalty of `alphas`: the exact minimiser of
+    (1/2k) |X w - y|^2 + alpha |w|_1 (scikit-learn's Lasso objective), in float64. The LARS-Lasso homotopy
+    (Efron et al. 2004, scikit-learn's lars_path) gives every alpha's w from one path; where a degenerate step
+    of the path leaves the KKT conditions off by more than LASSO_KKT_TOL, coordinate descent polishes it."""
+    import sklearn
+    from sklearn.linear_model import Lasso, lars_path
 
-    def iterate(carry, _):
-        w, z, t = carry
-        gradient = jnp.einsum("kde,ke->kd", gram_KxDxD, z) - xty_KxD
-        w_next = shrink(z - step_K[:, None] * gradient, alpha * step_K[:, None])
-        t_next = (1 + jnp.sqrt(1 + 4 * t**2)) / 2
-        return (w_next, w_next + (t - 1) / t_next * (w_next - w), t_next), None
-
-    zeros = jnp.zeros_like(xty_KxD)
-    (w_KxD, _, _), _ = jax.lax.scan(iterate, (zeros, zeros, jnp.ones(())), None, length=steps)
-    return w_KxD
+    xs, ys, alphas = np.asarray(xs_KxD, np.float64), np.asarray(ys_K, np.float64), np.asarray(alphas, np.float64)
+    with warnings.catch_warnings(), sklearn.config_context(skip_parameter_validation=True):
+        warnings.simplefilter("ignore")  # lars_path's notes on degenerate steps: the KKT check below decides
+        knots, _, path_DxT = lars_path(xs, ys, method="lasso", alpha_min=float(alphas.min()))
+        ws_AxD = np.stack([np.interp(alphas, knots[::-1], c[::-1]) for c in path_DxT], axis=1)
+        for a in np.flatnonzero(lasso_kkt_violation(xs, ys, ws_AxD, alphas) > LASSO_KKT_TOL):
+            polish = Lasso(alpha=alphas[a], fit_intercept=False, warm_start=True, tol=1e-14, max_iter=10**6)
+            polish.coef_ = ws_AxD[a].copy()
+            ws_AxD[a] = polish.fit(xs, ys).coef_
+    return ws_AxD
 
 
-def lasso(xs_NxD, ys_N, alpha: float):
-    return jnp.einsum("kd,kd->k", xs_NxD, lasso_weights(xs_NxD, ys_N, alpha))
+def lasso_kkt_violation(xs_KxD, ys_K, ws_AxD, alphas) -> np.ndarray:
+    """How far each w is from the Lasso's optimality conditions at its alpha [A]: g = X^T (y - X w) / k must
+    equal alpha sign(w_j) where w_j != 0 and lie in [-alpha, alpha] elsewhere; the largest violation."""
+    ws_AxD, alphas_A1 = np.atleast_2d(ws_AxD), np.reshape(alphas, (-1, 1))
+    g_AxD = (ys_K[None] - ws_AxD @ xs_KxD.T) @ xs_KxD / len(ys_K)
+    off = np.where(ws_AxD != 0, np.abs(g_AxD - alphas_A1 * np.sign(ws_AxD)), np.maximum(np.abs(g_AxD) - alphas_A1, 0))
+    return off.max(axis=1, initial=0.0)
+
+
+def lasso_predictions(xs_PxNxD, ys_PxN, alphas) -> np.ndarray:
+    """[A, P, N]: each penalty's Lasso prediction of y_k from the points before it (0 at k = 0), on the host."""
+    xs, ys = np.asarray(xs_PxNxD, np.float64), np.asarray(ys_PxN, np.float64)
+    n_prompts, n_points, _ = xs.shape
+    predictions = np.zeros((len(alphas), n_prompts, n_points))
+    for p in range(n_prompts):
+        for k in range(1, n_points):
+            predictions[:, p, k] = lasso_weights(xs[p, :k], ys[p, :k], alphas) @ xs[p, k]
+    return predictions
 
 
 def supports(n_dims: int, sparsity: int) -> np.ndarray:
@@ -91,7 +105,7 @@ class SparseLinear(LinearRegression):
         cfg = self.cfg
         predictions = LinearRegression.baselines(self, xs, ys, noise_stds, pool)
         predictions["ridge"] = predictions.pop(BAYES)
-        predictions["lasso"] = _lassos(xs, ys, lasso_alpha(self))
+        predictions["lasso"] = jnp.asarray(lasso_predictions(xs, ys, [lasso_alpha(self)])[0], jnp.float32)
         if self.reference != BAYES:
             log.info("the sparse prior's posterior mean left out: past %d supports", MAX_SUPPORTS)
             del predictions[BAYES]
@@ -109,15 +123,11 @@ class SparseLinear(LinearRegression):
 def lasso_alpha(task: SparseLinear) -> float:
     """The penalty of LASSO_ALPHAS with the least error on prompts of its own (k >= 1), once per task."""
     tuning = task.sample_batch(jax.random.PRNGKey(TUNING_SEED), 256)
-    errors = [float(jnp.mean((_lassos(tuning.xs, tuning.ys, a) - tuning.ys)[:, 1:] ** 2)) for a in LASSO_ALPHAS]
-    alpha = LASSO_ALPHAS[int(np.argmin(errors))]
+    errors_A = np.mean((lasso_predictions(tuning.xs, tuning.ys, LASSO_ALPHAS) - np.asarray(tuning.ys))[:, :, 1:] ** 2,
+                       axis=(1, 2))  # fmt: skip
+    alpha = LASSO_ALPHAS[int(np.argmin(errors_A))]
     log.info("sparse_linear: the Lasso's penalty, tuned on prompts of its own: %g", alpha)
     return alpha
-
-
-@jax.jit
-def _lassos(xs, ys, alpha):
-    return jax.vmap(lasso, (0, 0, None))(xs, ys, alpha)
 
 
 @partial(jax.jit, static_argnums=(3, 4))
