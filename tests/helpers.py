@@ -112,6 +112,7 @@ class RunFile:
     project: str = ""
     group: str = ""
     job_type: str = ""
+    sweep_id: str = ""
     name: str = ""
     tags: list = field(default_factory=list)
     config: dict = field(default_factory=dict)
@@ -128,10 +129,11 @@ class RunFile:
             kind, body = record["type"], record.get(record["type"], {})
             if kind == "run":
                 run.run_id, run.project, run.group = body["run_id"], body.get("project", ""), body.get("run_group", "")
-                run.job_type, run.name, run.tags = (
+                run.job_type, run.name, run.tags, run.sweep_id = (
                     body.get("job_type", ""),
                     body.get("display_name", ""),
                     body.get("tags", []),
+                    body.get("sweep_id", ""),
                 )
                 run.config |= body.get("config", {}).get("update", {})
             elif kind == "config":

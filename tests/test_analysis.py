@@ -18,7 +18,7 @@ import scipy.stats
 from plotly.offline import get_plotlyjs
 
 from helpers import FAST, ROOT, held_out_curves, no_key_env, run_id_of
-from icl_lr.analysis import html_report, tables
+from icl_lr.analysis import html_report, sections, tables
 from icl_lr.cli import analyze
 from icl_lr.records import schema
 from icl_lr.records.tracking import read_jsonl
@@ -142,6 +142,34 @@ def test_the_summary_puts_the_best_first_and_marks_overlapping_intervals():
     assert "lower is better" in tables.summary_note(["eval/excess/mean"])
     accuracy = aggregate.assign(metric="eval/accuracy")
     assert list(tables.summary_table(accuracy, ["g"], ["eval/accuracy"]).g) == ["d", "a", "c", "b"]
+
+
+def test_excesses_over_different_references_are_never_ranked_as_one_and_unmeasured_groups_not_at_all():
+    """Runs of three tasks: each task's excess is over its own reference, so each is ranked among its own; a
+    group without the headline metric (accuracy of a regression) is listed unranked."""
+    aggregate = pd.DataFrame(
+        [  # (task, its reference, mean excess)
+            ("linear_regression", "bayes", 0.011),
+            ("noisy_linear", "bayes", 0.020),
+            ("decision_tree", "xgboost", -0.168),
+            ("linear_classification", "logistic_regression", -0.011),
+        ],
+        columns=["data.task", "excess_over", "mean"],
+    ).assign(metric="eval/excess/mean", std=0.0, ci_low=np.nan, ci_high=np.nan, ci_method="", n=1)
+    runs = aggregate[["data.task", "excess_over"]]
+    within = tables.compared_within(runs, "eval/excess/mean")
+    assert within == ["excess_over"] and tables.compared_within(runs, "eval/model/error_mean") == []
+    summary = tables.summary_table(aggregate, ["data.task", "excess_over"], ["eval/excess/mean"], within)
+    best = summary[summary.verdict == "best"]
+    assert list(best["data.task"]) == ["linear_regression", "linear_classification", "decision_tree"]
+    assert list(summary["rank"]) == [1, 2, 1, 1]
+    headline = sections.headline(summary, ["data.task", "excess_over"], "eval/excess/mean")
+    assert headline.count("Best: ") == 3 and "data.task=decision_tree, excess_over=xgboost" in headline
+    assert "ranked within each excess_over" in tables.summary_note(["eval/excess/mean"], within)
+    accuracy = aggregate.assign(metric="eval/accuracy", mean=[np.nan, np.nan, np.nan, 0.85])
+    ranked = tables.summary_table(accuracy, ["data.task"], ["eval/accuracy"])
+    assert list(ranked["data.task"])[0] == "linear_classification" and list(ranked.verdict)[1:] == ["not measured"] * 3
+    assert ranked["rank"].isna().sum() == 3
 
 
 def test_reading_many_runs_says_how_far_it_got(caplog):

@@ -212,7 +212,7 @@ def test_wandb_run_id_in_the_shell_is_not_every_runs_id(tmp_path):
     env = no_key_env(WANDB_RUN_ID="shared1")
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "WANDB_RUN_ID is set outside a sweep: ignored" in output(result)
+    assert "WANDB_RUN_ID=shared1 is set without a W&B agent's parameter file for it" in output(result)
     ids = [run.run_id for job in ("0", "1") for run in wandb_runs(tmp_path / job / "wandb")]
     assert len(set(ids)) == 2 and "shared1" not in ids
 

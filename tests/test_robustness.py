@@ -6,7 +6,9 @@ against, through `python train.py` as a user starts it. tests/test_records.py ho
 What each input gets (the red-team list):
 
 Config keys, every one: a wrong type or an unknown key is one line naming it, before anything compiles.
-  data.n_dims, n_points >= 1 (n_dims = 1 with the OOD suite runs, without half_subspace); prior_scale > 0;
+  data.n_dims, n_points >= 1 (n_dims = 1 with the OOD suite runs, without half_subspace; eval.algorithms and
+    eval.probes need n_points >= 2); w_components in [1, 64]; hidden_width in [1, 4096]; sparse_linear past
+    5,000 supports (and a mixture holding it) scores without Bayes, its excess over the Lasso; prior_scale > 0;
     noise_std >= 0; noise_std_choices non-empty, > 0 when several; task_pool_size, train_size in
     [1, 2**31), dMMSE left out past 2**20 tasks; vocab_size >= 2; bin_range > 0; bin_scheme one of its
     names; ce_weight, mean_loss_weight >= 0, not both 0; token_* with the tokens encoding only;
@@ -18,7 +20,8 @@ Config keys, every one: a wrong type or an unknown key is one line naming it, be
     warning); decay_steps null or >= 1, kept by an extension; min_lr_ratio in [0, 1]; weight_decay >= 0;
     schedule, precision one of their names; num_epochs >= 1 (<= steps without train_size); cpu_devices
     auto or >= 1 (a later multirun job asking another count: refused); distributed without a job to join.
-  eval.n_prompts, batch_size >= 1; eval.seed and seed in [0, 2**32) (PRNGKey repeats larger ones).
+  eval.n_prompts, batch_size >= 1; eval.seed and seed in [0, 2**32) (PRNGKey repeats larger ones);
+    eval.algorithm_steps each in [1, 1000] (time grows with it, and a running XLA call does not see SIGTERM).
   wandb.mode one of its names, WANDB_MODE wins (dryrun = offline, a bogus one: one line); init_timeout
     finite and > 0; init_from: a missing checkpoint or an unreadable artifact, one line.
   experiment=<no such file>: Hydra's error with the options; nothing runs, not even --cfg job.
@@ -26,12 +29,14 @@ Config keys, every one: a wrong type or an unknown key is one line naming it, be
     model.embedding_std may change; any other key is refused naming it, old value and new.
 Files of a run dir:
   .hydra/: the latest start's Hydra config; .hydra/attempts/<time>/ every start's, refused ones too.
-  run_config.json: the latest start's resolved config; unreadable: a warning, the resume unchecked;
-    older dirs' checkpoints/run_config.json is read. identity.json: damaged, its id recovered from W&B's
+  run_config.json: the latest start's resolved config; missing, truncated or not a record beside checkpoints
+    or results: refused in one line (nothing else in the dir is trusted to say how it trained); older dirs'
+    checkpoints/run_config.json is read. identity.json: damaged, its id recovered from W&B's
     folder names; in a copied dir, a new W&B id; in a moved dir, the same; older dirs' wandb_run_id read.
   summary.json: lost or damaged, rebuilt whole from metrics.jsonl by starting the run again; written
-    whole or not at all. metrics.jsonl, curves.jsonl: a cut-short last line is left out (a warning);
-    records past the restored step are dropped on a resume.
+    whole or not at all. metrics.jsonl, curves.jsonl: a cut-short last line is left out (a warning); a damaged
+    line before it, refused in one line before W&B starts (analyze skips the run, a warning); records past
+    the restored step are dropped on a resume.
   checkpoints/latest/<step>: unreadable, moved to damaged/ and the one before used; another model's,
     refused; half-written ones removed; all deleted beside results, only the same config is accepted
     ("already finished"). checkpoints/best/<step>: unreadable metadata, moved to damaged/.
@@ -40,13 +45,16 @@ Files of a run dir:
   A full disk: one line ("disk full"), and the same command resumes from the last checkpoint.
 CLI flags:
   train.py: Hydra's own; an agent's --key=value read as key=value; -m gives each job its own W&B run
-    (WANDB_RUN_ID from the shell is ignored outside a sweep).
-  python -m icl_lr.run.sweep: a file that is not YAML, not a mapping or not a sweep, one line; --sweep-id
+    (WANDB_RUN_ID and WANDB_SWEEP_ID are an agent's only beside its parameter file for that run id, and a
+    run id goes to one run dir: exported in a shell they are ignored in one line, the run in no sweep).
+  python -m icl_lr.run.sweep: a file that is not YAML, not a mapping or not a sweep (parameters not a mapping
+    of specs included), one line; --sweep-id
     with results, refused unless --resume; two runners on one id, the second refused; --resume without
     results, one line; --workers < 1, one line; the overrides after -- kept in the "continue with" line.
   analyze.py: paths without run dirs, one line; --wandb without a key, one line; --sweep or --report
     without --wandb, a usage error; --where / --group-by an unknown column, one line; --report-spec FILE,
-    the report as W&B would receive it; a run found in several dirs (copies), counted once and named.
+    the report as W&B would receive it; a run found in several dirs (copies), counted once and named; runs
+    whose excesses are over different references (excess_over) ranked apart, a headline sentence each.
 Signals:
   SIGINT: the run's W&B run finished failed, the lock released, exit 130; the sweep runner stops its
     runs and says how to go on. SIGTERM: a checkpoint at the current step, W&B marked preempting and
@@ -160,6 +168,40 @@ def test_a_resume_with_another_trajectory_is_refused_and_the_original_config_kep
     assert len(list((finished_run / ".hydra" / "attempts").iterdir())) == 2  # each start's own config is kept
 
 
+@pytest.mark.parametrize("damage", ["deleted", "truncated", "not a record"])
+def test_a_run_dir_without_a_readable_config_record_is_never_trained_under_another_config(finished_run, damage):
+    record = finished_run / "run_config.json"
+    if damage == "deleted":
+        record.unlink()
+    else:
+        record.write_text(record.read_text()[:40] if damage == "truncated" else "[1, 2]")
+    before = snapshot(finished_run)
+    line = one_error_line(start(finished_run, *CONSTANT, "data.noise_std=0.5", "training.steps=60"))
+    assert f"run dir {finished_run} holds checkpoints but {record}" in line and "start a new run dir" in line
+    assert snapshot(finished_run) == before
+    (finished_run / "checkpoints" / "latest").rename(finished_run / "gone")  # results alone: refused too
+    assert "holds results but" in one_error_line(start(finished_run, *CONSTANT))
+
+
+def test_wandb_agent_variables_exported_in_a_shell_give_no_run_a_shared_or_a_sweeps_id(tmp_path):
+    """WANDB_SWEEP_ID and WANDB_RUN_ID without the agent's parameter file: each run its own id, in no sweep. With
+    the agent's parameter file, the first run dir takes the agent's id and a second run dir a new one."""
+    env = no_key_env(WANDB_SWEEP_ID="sw1", WANDB_RUN_ID="shared1")
+    result = train_cli(tmp_path / "a", "training.steps=20", env=env)
+    assert "WANDB_RUN_ID=shared1 is set without a W&B agent's parameter file" in output(result)
+    record = RunFile.load(next((tmp_path / "a" / "wandb").glob("offline-run-*")))
+    assert record.run_id == run_id_of(tmp_path / "a") != "shared1" and record.sweep_id == ""
+    param_file = tmp_path / "wandb" / "sweep-sw1" / "config-shared1.yaml"
+    param_file.parent.mkdir(parents=True)
+    param_file.write_text("seed:\n  value: 0\n")
+    env |= {"WANDB_SWEEP_PARAM_PATH": str(param_file), "WANDB_DIR": str(tmp_path)}
+    result_c, result_d = (train_cli(tmp_path / name, "training.steps=20", env=env) for name in ("c", "d"))
+    assert run_id_of(tmp_path / "c") == "shared1" and run_id_of(tmp_path / "d") not in ("shared1", None)
+    assert f"W&B run shared1 of sweep sw1 is already {tmp_path / 'c'}'s" in output(result_d)
+    train_cli(tmp_path / "c", "training.steps=30", env=env)  # its own resume keeps the agent's id
+    assert run_id_of(tmp_path / "c") == "shared1"
+
+
 def test_a_second_writer_is_refused(finished_run):
     before = snapshot(finished_run)
     with RunDirLock(finished_run):  # this test's process writes the run dir
@@ -243,6 +285,11 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_one_before(fast_config, f
         ("+trainng.steps=5", "trainng"),
         ("data.curriculum.dims_increment=-1", "data.curriculum.dims_increment"),
         ("init_from=/no/such/checkpoint", "init_from"),
+        ("data.w_components=100000", "data.w_components must be in"),  # its Bayes holds each one: memory
+        ("eval.algorithm_steps=[1,100000000]", "eval.algorithm_steps must be a non-empty list of steps in"),
+        ("data.hidden_width=1000000", "data.hidden_width must be in"),
+        ("eval.algorithms=true data.n_points=1", "eval.algorithms scores predictions from a context"),
+        ("eval.probes=true data.n_points=1", "eval.probes scores predictions from a context"),
     ],
 )
 def test_a_bad_value_is_refused_in_one_line_naming_the_key(tmp_path, override, key):
@@ -251,7 +298,7 @@ def test_a_bad_value_is_refused_in_one_line_naming_the_key(tmp_path, override, k
         assert not (tmp_path / "checkpoints" / "latest").exists()
         return
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
-        run_config(*FAST, override)
+        run_config(*FAST, *override.split())
 
 
 def test_a_bad_value_from_the_command_line(tmp_path):
@@ -324,6 +371,16 @@ def test_a_partial_last_line_of_the_metrics_does_not_stop_a_resume(finished_run)
     result = train_cli(finished_run, *CONSTANT, "training.steps=60", NO_WANDB)
     assert "its last line is cut short" in output(result)
     assert [r["step"] for r in read_jsonl(metrics) if "train/loss" in r] == [10, 20, 30, 40, 50, 60]
+
+
+def test_a_damaged_line_inside_the_metrics_is_refused_before_wandb_starts(finished_run):
+    metrics = finished_run / "metrics.jsonl"
+    lines = metrics.read_text().splitlines()
+    metrics.write_text("\n".join([*lines[:2], '{"step": 2', *lines[2:]]) + "\n")
+    before = snapshot(finished_run)
+    line = one_error_line(start(finished_run, *CONSTANT, "training.steps=60"))
+    assert f"{metrics}: line 3 of {len(lines) + 1} is damaged" in line and "move the file aside" in line
+    assert snapshot(finished_run) == before and len(list((finished_run / "wandb").glob("offline-run-*"))) == 1
 
 
 def test_a_damaged_best_checkpoint_is_moved_aside(finished_run):

@@ -42,6 +42,10 @@ def test_an_invalid_sweep_is_refused_with_the_engine_reasons(tmp_path):
     bad.write_text(yaml.safe_dump({"program": "train.py", "method": "grd", "parameters": {"seed": {"values": [0]}}}))
     with pytest.raises(ValueError, match="bad.yaml: invalid sweep config: .*grd"):
         load_sweep(bad)
+    for parameters in (5, {"seed": 5}):  # the engine's own check breaks on these (an AttributeError)
+        bad.write_text(yaml.safe_dump({"program": "train.py", "method": "grid", "parameters": parameters}))
+        with pytest.raises(ValueError, match="bad.yaml: parameters must map each key to its spec"):
+            load_sweep(bad)
 
 
 @pytest.mark.parametrize("path", [p for p in SWEEP_FILES if load_sweep(p)["method"] == "grid"], ids=lambda p: p.stem)

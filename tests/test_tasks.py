@@ -229,6 +229,17 @@ def test_every_task_scores_its_baselines_and_reference(task):
     assert all(np.isfinite(v).all() for v in curves.values())
 
 
+@pytest.mark.parametrize("mixture", [None, ("linear_regression", "sparse_linear")], ids=["sparse", "in a mixture"])
+def test_sparse_past_its_support_bound_scores_without_bayes_its_excess_over_the_lasso(mixture):
+    """C(16, 8) = 12,870 supports, past MAX_SUPPORTS: the posterior mean is left out, the Lasso is the reference
+    (in a mixture, least squares: not every class has its Bayes)."""
+    data = DataConfig(task="mixture" if mixture else "sparse_linear", task_mixture=mixture, n_dims=16, sparsity=8,
+                      n_points=4)  # fmt: skip
+    curves = evaluate.make_eval_set(data, EvalConfig(n_prompts=4, ood=False)).baseline_curves
+    assert "bayes" not in curves and {"lasso", "ridge"} <= set(curves)
+    assert task_of(data).reference == ("least_squares" if mixture else "lasso")
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [

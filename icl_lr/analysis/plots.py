@@ -22,7 +22,7 @@ def group_label(keys: list[str], values, separator: str = ", ") -> str:
 DECADES = 2  # a log y axis where the values span more than this many decades
 METRIC_LABELS = {
     "eval/model/error_mean": "held-out error, mean over k",
-    "eval/excess/mean": "excess over Bayes, mean over k",
+    "eval/excess/mean": "excess over the reference, mean over k",
     "train/loss": "training loss",
 }
 

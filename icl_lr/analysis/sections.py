@@ -17,9 +17,13 @@ SET_SECTIONS = {"ood/": OOD, "sigma_": SIGMA, "task_": TASK_CLASS}  # prompt set
 
 def headline(summary: pd.DataFrame, keys: list[str], metric: str) -> str:
     """The best group in words, from tables.summary_table: `Best: model_size=1L/32d/2H, data.noise_std=0.5,
-    eval/excess/mean 0.5858 [0.5836, 0.5880] (t, n=2); 1 other group(s) overlap its interval.`"""
-    best = summary.iloc[0]
-    group = ", ".join(f"{k}={best[k]}" for k in keys)
-    others = int((summary.verdict == "overlaps best").sum())
-    tied = f"; {others} other group(s) overlap its interval" if others else ""
-    return f"Best: {group}, {metric} {best[metric]}{tied}."
+    eval/excess/mean 0.5858 [0.5836, 0.5880] (t, n=2); 1 other group(s) overlap its interval.`; one such
+    sentence per set of groups ranked apart (excesses over different references)."""
+    sentences, bests = [], list(summary.index[summary.verdict == "best"]) + [len(summary)]
+    for start, end in zip(bests[:-1], bests[1:], strict=True):
+        best, part = summary.loc[start], summary.loc[start : end - 1]
+        group = ", ".join(f"{k}={best[k]}" for k in keys)
+        others = int((part.verdict == "overlaps best").sum())
+        tied = f"; {others} other group(s) overlap its interval" if others else ""
+        sentences.append(f"Best: {group}, {metric} {best[metric]}{tied}.")
+    return " ".join(sentences)

@@ -23,6 +23,7 @@ from icl_lr.fields import flatten
 from icl_lr.records import wandb_adapter
 from icl_lr.records.run_dir import RunDirLock, config_record, read_config_record, read_identity
 from icl_lr.records.schema import (
+    BAYES,
     CURVES_FILE,
     DISTANCE,
     HELD_OUT,
@@ -40,6 +41,7 @@ from icl_lr.records.tracking import read_jsonl
 from icl_lr.train.config import RunConfig
 
 CONFIG_PREFIXES = ("data.", "model.", "training.", "eval.", "seed")  # config columns that can define a group
+REFERENCE = "excess_over"  # the summary's name of what a run's excess is over (runs from before it: Bayes)
 CURVE_COLUMNS = ["run_id", "set", "step", "predictor", "k", "value"]  # predictor: an error curve, or metric/predictor
 HISTORY_COLUMNS = ["run_id", "step", "metric", "value"]  # every scalar logged: train/..., eval/...
 STATS = ["n", "mean", "std", "ci_low", "ci_high", "ci_method"]
@@ -105,7 +107,8 @@ def _run_row(run_id: str, config: dict, summary: dict, **source) -> dict:
     for key, value in config_record(RunConfig()).items():
         columns.setdefault(key, json.dumps(value) if isinstance(value, list) else value)
     size = f"{columns['model.n_layer']}L/{columns['model.n_embd']}d/{columns['model.n_head']}H"
-    return {"run_id": run_id, **source, **columns, "model_size": size, **summary_scalars(summary)}
+    reference = {REFERENCE: BAYES} if summary else {}  # a summary from before it was named: over Bayes
+    return {"run_id": run_id, **source, **columns, "model_size": size, **reference, **summary_scalars(summary)}
 
 
 def history_scalars(item: dict) -> dict:
@@ -431,15 +434,31 @@ def _verdict(row, best) -> str:
     return "overlaps best" if row.ci_low <= best.ci_high and best.ci_low <= row.ci_high else ""
 
 
-def summary_table(aggregate: pd.DataFrame, keys: list[str], metrics: list[str]) -> pd.DataFrame:
+def compared_within(runs: pd.DataFrame, metric: str) -> list[str]:
+    """The columns within whose values `metric` may be ranked: [REFERENCE] for an excess when the runs'
+    excesses are over different references (Bayes, logistic regression, XGBoost: not one measure), else []."""
+    return [REFERENCE] if "excess" in metric and runs[REFERENCE].nunique() > 1 else []
+
+
+def summary_table(aggregate: pd.DataFrame, keys: list[str], metrics: list[str], within=()) -> pd.DataFrame:
     """One row per group, the best first by the first metric, with `rank` and `verdict`: "best", "overlaps
-    best" (the two 95% intervals overlap: not told apart by these seeds), "" (worse, told apart) or "no
-    interval (n=1)"; each metric's cell as `interval_text`."""
-    headline = metrics[0]
-    lead = aggregate[aggregate.metric == headline].sort_values("mean", ascending=not higher_is_better(headline))
-    best = lead.iloc[0]
-    verdicts = ["best"] + [_verdict(r, best) for r in lead.iloc[1:].itertuples()]
-    order = lead[keys].assign(rank=range(1, len(lead) + 1), verdict=verdicts)
+    best" (the two 95% intervals overlap: not told apart by these seeds), "" (worse, told apart), "no
+    interval (n=1)" or "not measured" (a group without the metric, e.g. accuracy on a regression task: not
+    ranked); each metric's cell as `interval_text`. With `within` (columns of keys), groups are ranked only
+    against groups of the same values there, each such set with its own best."""
+    headline, within = metrics[0], list(within)
+    lead = aggregate[aggregate.metric == headline]
+    lead = lead.sort_values([*within, "mean"], ascending=[True] * len(within) + [not higher_is_better(headline)])
+    lead = lead.sort_values("mean", key=lambda m: m.isna(), kind="stable")  # the unmeasured last
+    ranks, verdicts = [], []
+    for _, part in lead.groupby(within, sort=False, dropna=False) if within else [(None, lead)]:
+        best = part.iloc[0]
+        for i, row in enumerate(part.itertuples()):
+            measured = row.mean == row.mean
+            ranks.append(i + 1 if measured else None)
+            verdicts.append("not measured" if not measured else "best" if i == 0 else _verdict(row, best))
+    order = pd.concat([part for _, part in lead.groupby(within, sort=False, dropna=False)] if within else [lead])
+    order = order[keys].assign(rank=pd.array(ranks, dtype="Int64"), verdict=verdicts)
     chosen = aggregate[aggregate.metric.isin(metrics)].copy()
     chosen["cell"] = [interval_text(r) for r in chosen.itertuples()]
     wide = chosen.set_index([*keys, "metric"])["cell"].unstack("metric").reset_index()
@@ -449,11 +468,13 @@ def summary_table(aggregate: pd.DataFrame, keys: list[str], metrics: list[str]) 
     return wide[["rank", "verdict", *keys, *(m for m in metrics if m in wide)]]
 
 
-def summary_note(metrics: list[str]) -> str:
+def summary_note(metrics: list[str], within=()) -> str:
     """What the summary's order and cells mean, in one line."""
     direction = "higher" if higher_is_better(metrics[0]) else "lower"
+    apart = f", ranked within each {', '.join(within)} (an excess over one reference is not one over another)"
     return (
-        f"Sorted by {metrics[0]} ({direction} is better). Cells: mean [95% interval of the mean over seeds] "
+        f"Sorted by {metrics[0]} ({direction} is better){apart if within else ''}. Cells: mean [95% interval of "
+        "the mean over seeds] "
         f"(t: Student-t; bootstrap from {BOOTSTRAP_FROM} seeds; n runs). 'overlaps best': its interval overlaps "
         "the best group's, so these seeds do not tell the two apart."
     )

@@ -153,7 +153,9 @@ def write_plots(named: dict, keys, args) -> dict:
     history_stats = named["history_aggregate"]
     if not history_stats.empty:
         plots.plot_history(history_stats, keys, out / "eval_vs_step.png")
-        figures[out / "eval_vs_step.png"] = "held-out error (mean over k) and excess over Bayes vs training step"
+        figures[out / "eval_vs_step.png"] = (
+            "held-out error (mean over k) and excess over the reference vs training step"
+        )
     for prefix, name in SET_FIGURES.items():
         title = sections.SET_SECTIONS[prefix]
         if sets := _sets(curves, prefix):
@@ -169,11 +171,11 @@ def write_plots(named: dict, keys, args) -> dict:
         order = list(runs.groupby("model_size").n_params.first().sort_values().index)
         path = out / "excess_vs_model_size.png"
         plots.plot_metric(aggregate, "eval/excess/mean", "model_size", keys, path, order)
-        figures[path] = "final excess over Bayes (mean over k) vs model size"
+        figures[path] = "final excess over the reference (mean over k) vs model size"
     if "data.noise_std" in keys and runs["data.noise_std"].nunique() > 1:
         path = out / "excess_vs_noise_std.png"
         plots.plot_metric(aggregate, "eval/excess/mean", "data.noise_std", keys, path)
-        figures[path] = "final excess over Bayes (mean over k) vs label noise std"
+        figures[path] = "final excess over the reference (mean over k) vs label noise std"
     return figures
 
 
@@ -216,6 +218,9 @@ def main(argv=None) -> int:
         log.error("analyze: no finished runs left after --where %s", " ".join(args.where))
         return 2
     keys = args.group_by or tables.group_keys(finished)
+    headline_metrics = args.metrics or HEADLINE
+    within = tables.compared_within(finished, headline_metrics[0]) if headline_metrics[0] in finished else []
+    keys += [k for k in within if k not in keys]  # excesses over different references: never one ranking
     missing = [k for k in [*keys, *(args.metrics or [])] if k not in runs]
     if missing:
         log.error("analyze: unknown column(s) %s; runs.csv lists them all", ", ".join(missing))
@@ -246,9 +251,9 @@ def main(argv=None) -> int:
             path = args.out / f"{name}.{fmt}"
             table.to_csv(path, index=False) if fmt == "csv" else table.to_parquet(path, index=False)
             written.append(path)
-    summary = tables.summary_table(aggregate, keys, args.metrics or HEADLINE)
+    summary = tables.summary_table(aggregate, keys, headline_metrics, within)
     markdown = summary.to_markdown(index=False)
-    note = tables.summary_note(args.metrics or HEADLINE)
+    note = tables.summary_note(headline_metrics, within)
     (args.out / "summary.md").write_text(note + "\n\n" + markdown + "\n")
     written.append(args.out / "summary.md")
     figures = {} if args.no_plots else write_plots(named, keys, args)
@@ -281,7 +286,7 @@ def main(argv=None) -> int:
         from icl_lr.analysis import wandb_report
 
         entity, project = args.wandb.split("/") if args.wandb else runs_project(finished)
-        headline = sections.headline(summary, keys, (args.metrics or HEADLINE)[0])
+        headline = sections.headline(summary, keys, headline_metrics[0])
         told = {"headline": headline, "note": note, "markdown": markdown}
         report = wandb_report.build_report(entity, project, args.sweep, finished, keys, told)
         if args.report_spec:

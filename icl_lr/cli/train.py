@@ -70,8 +70,11 @@ def run(cfg: DictConfig, run_dir: Path, attempt_dir: Path, choices: dict, stop: 
             raise
         parallel.agree(not start.finished)
         if start.finished:
-            excess = start.finished.get("eval/excess/mean", float("nan"))
-            done = f"{run_dir} already finished at step {start.finished['step']} (excess over Bayes {excess:.4f})"
+            excess, over = (
+                start.finished.get("eval/excess/mean", float("nan")),
+                start.finished.get("excess_over", "bayes"),
+            )
+            done = f"{run_dir} already finished at step {start.finished['step']} (excess over {over} {excess:.4f})"
             log.info("%s; nothing to do. Raise training.steps to extend it.", done)
             return
         from icl_lr.records.tracking import WandbRun, flat_config

@@ -114,19 +114,24 @@ def config_record(cfg) -> dict:
     return json.loads(json.dumps(flatten(dataclasses.asdict(cfg))))
 
 
+class UnreadableRecord(ValueError):
+    """A config record that exists but cannot be read (truncated, not JSON)."""
+
+
 def read_config_record(run_dir: Path) -> dict | None:
     """The config record of the run dir's latest start (older dirs: the one under checkpoints/); None
-    when it has none or it cannot be read (a warning). A record from before training.decay_steps existed
-    gets the horizon those runs had: their first start's training.steps."""
+    when it has none; UnreadableRecord when it has one that cannot be read. A record from before
+    training.decay_steps existed gets the horizon those runs had: their first start's training.steps."""
     for name in (CONFIG_FILE, LEGACY_CONFIG_FILE):
         path = Path(run_dir) / name
         if not path.exists():
             continue
         try:
             record = json.loads(path.read_text())
-        except (OSError, ValueError):
-            log.warning("no readable %s: the start's config cannot be checked against the run's", path)
-            return None
+            if not isinstance(record, dict) or "training.steps" not in record:
+                raise ValueError("not a config record")
+        except (OSError, ValueError) as error:
+            raise UnreadableRecord(f"{path} cannot be read ({' '.join(str(error).split())[:80]})") from None
         record.setdefault("training.decay_steps", record.get("training.steps"))
         return record
     return None
@@ -181,16 +186,14 @@ def claim_identity(run_dir: Path, fresh: bool) -> str:
     The dir's own id, unless the dir is a copy of another (its recorded location is another path and
     inode: the copy gets a new id, the original keeps its own), or this is a fresh start (no checkpoint)
     after an earlier start logged history (a new W&B run, so W&B's history never mixes two attempts).
-    A new run dir takes the sweep agent's WANDB_RUN_ID; outside a sweep that variable is ignored.
+    A new run dir takes the W&B agent's run id (claim_agent_run_id), else a new one.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     identity, here = read_identity(run_dir), _location(run_dir)
     run_id, was = identity["wandb_run_id"], identity.get("path")
     record = {"wandb_run_id": run_id, **here}
-    agent_id = os.environ.get("WANDB_RUN_ID") if os.environ.get("WANDB_SWEEP_ID") else None
-    if os.environ.get("WANDB_RUN_ID") and not os.environ.get("WANDB_SWEEP_ID"):
-        log.warning("WANDB_RUN_ID is set outside a sweep: ignored, each run dir keeps a W&B run of its own")
+    agent_id = claim_agent_run_id(run_dir) if run_id is None else None
     if run_id is None:
         record["wandb_run_id"] = agent_id or new_run_id()
     elif (
@@ -223,6 +226,53 @@ def claim_identity(run_dir: Path, fresh: bool) -> str:
     write_atomic(run_dir / IDENTITY_FILE, json.dumps(record, indent=2) + "\n")
     (run_dir / LEGACY_ID_FILE).unlink(missing_ok=True)
     return record["wandb_run_id"]
+
+
+AGENT_CLAIM_SUFFIX = ".claimed"  # beside the agent's parameter file: the run dir that took its run id
+
+
+def started_by_agent() -> bool:
+    """Whether a W&B agent (or the local sweep runner, which starts runs as it does) started this process: its
+    sweep and run ids are set and its parameter file WANDB_SWEEP_PARAM_PATH exists and is that run's
+    (`config-<WANDB_RUN_ID>.yaml`). The variables alone, exported in a shell, are not an agent."""
+    run_id, param_path = os.environ.get("WANDB_RUN_ID") or "", os.environ.get("WANDB_SWEEP_PARAM_PATH")
+    return bool(
+        os.environ.get("WANDB_SWEEP_ID")
+        and RUN_ID.fullmatch(run_id)
+        and param_path
+        and Path(param_path).is_file()
+        and Path(param_path).name == f"config-{run_id}.yaml"
+    )
+
+
+def claim_agent_run_id(run_dir: Path) -> str | None:
+    """The agent's WANDB_RUN_ID for a new run dir, when an agent started this process and no other run dir took
+    that id before (a claim file beside the parameter file names the dir that did): two run dirs never share a
+    W&B run. Anything else is ignored, in one line."""
+    run_id, sweep_id = os.environ.get("WANDB_RUN_ID"), os.environ.get("WANDB_SWEEP_ID")
+    if not run_id:
+        return None
+    if not started_by_agent():
+        log.warning(
+            "WANDB_RUN_ID=%s is set without a W&B agent's parameter file for it (WANDB_SWEEP_PARAM_PATH): ignored, "
+            "each run dir keeps a W&B run of its own",
+            run_id[:64],
+        )
+        return None
+    param_path = Path(os.environ["WANDB_SWEEP_PARAM_PATH"])
+    claim, here = param_path.with_name(param_path.name + AGENT_CLAIM_SUFFIX), str(run_dir.resolve())
+    try:
+        fd = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        holder = claim.read_text().strip()
+        if holder != here:
+            log.warning("W&B run %s of sweep %s is already %s's: this run dir gets a W&B run of its own", run_id,
+                        sweep_id, holder)  # fmt: skip
+            return None
+        return run_id
+    with os.fdopen(fd, "w") as f:
+        f.write(here + "\n")
+    return run_id
 
 
 def new_run_id() -> str:

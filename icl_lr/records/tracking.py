@@ -18,7 +18,7 @@ from pathlib import Path
 
 from icl_lr.fields import ConfigError, flatten
 from icl_lr.records.config import WANDB_MODES, WandbConfig
-from icl_lr.records.run_dir import write_atomic
+from icl_lr.records.run_dir import started_by_agent, write_atomic
 from icl_lr.records.schema import (
     CURVES_FILE,
     DISTANCE,
@@ -65,12 +65,15 @@ def read_jsonl(path: Path) -> list:
     if not path.exists():
         return []
     lines = [line for line in path.read_text().splitlines() if line.strip()]
-    try:
-        return [json.loads(line) for line in lines]
-    except ValueError:
-        records = [json.loads(line) for line in lines[:-1]]
-        log.warning("%s: its last line is cut short (%r); left out", path, lines[-1][:60])
-        return records
+    records = []
+    for number, line in enumerate(lines, 1):
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            if number < len(lines):
+                raise ValueError(f"{path}: line {number} of {len(lines)} is damaged ({line[:40]!r})") from None
+            log.warning("%s: its last line is cut short (%r); left out", path, line[:60])
+    return records
 
 
 class LocalFiles(Tracker):
@@ -173,9 +176,12 @@ class WandbRun(Tracker):
         self.log_checkpoints = settings.log_checkpoints
         # In a sweep W&B takes the project, entity and run id from the environment alone (the agent's): the
         # run dir's own id goes there (a copied or restarted dir has a new one), read afresh by W&B.
-        in_sweep = bool(os.environ.get("WANDB_SWEEP_ID"))
-        if in_sweep and os.environ.get("WANDB_RUN_ID") != run_id:
-            os.environ["WANDB_RUN_ID"] = run_id
+        # An agent's variables exported in a shell, without an agent, would file the run under that sweep.
+        in_sweep, agent_variables = started_by_agent(), ("WANDB_SWEEP_ID", "WANDB_RUN_ID", "WANDB_SWEEP_PARAM_PATH")
+        stray = [] if in_sweep else [os.environ.pop(name) for name in agent_variables if name in os.environ]
+        if stray or (in_sweep and os.environ.get("WANDB_RUN_ID") != run_id):
+            if in_sweep:
+                os.environ["WANDB_RUN_ID"] = run_id
             wandb.teardown()  # W&B read its environment when it first started in this process
         files_dir = os.environ.get("WANDB_DIR") or str(Path(run_dir).absolute())
         init_args = dict(

@@ -38,6 +38,10 @@ def check_across(cfg: RunConfig) -> None:
             not getattr(cfg.eval, key) or d.task in LINEAR,
             f"eval.{key} reads a task's one weight vector: data.task must be one of {LINEAR}, got {d.task}",
         )
+        check(
+            not getattr(cfg.eval, key) or d.n_points >= 2,
+            f"eval.{key} scores predictions from a context: data.n_points must be >= 2, got {d.n_points}",
+        )
     missing = [m for m in ("sklearn", "xgboost") if importlib.util.find_spec(m) is None]
     check(
         "decision_tree" not in (d.task, *(d.task_mixture or ())) or not missing,

@@ -16,6 +16,7 @@ from icl_lr.records.run_dir import (
     CONFIG_FILE,
     SUMMARY_FILE,
     RunDirError,
+    UnreadableRecord,
     claim_identity,
     config_record,
     has_checkpoints,
@@ -23,6 +24,8 @@ from icl_lr.records.run_dir import (
     read_summary,
     write_atomic,
 )
+from icl_lr.records.schema import CURVES_FILE, METRICS_FILE
+from icl_lr.records.tracking import read_jsonl
 from icl_lr.train.config import RunConfig
 
 log = logging.getLogger("icl_lr")
@@ -91,8 +94,19 @@ def plan_start(run_dir: Path, cfg: RunConfig) -> RunStart:
     resumed = has_checkpoints(run_dir)
     if cfg.init_from and not resumed:
         check_init_from(cfg.init_from)
-    stored = read_config_record(run_dir)
     has_results = (run_dir / SUMMARY_FILE).exists()
+    try:
+        stored = read_config_record(run_dir)
+    except UnreadableRecord as error:
+        stored, unreadable = None, str(error)
+    else:
+        unreadable = f"{run_dir / CONFIG_FILE} is missing"
+    if (resumed or has_results) and stored is None:
+        raise RunDirError(
+            f"run dir {run_dir} holds {'checkpoints' if resumed else 'results'} but {unreadable}: the config it was "
+            f"trained with cannot be checked against this start's; put that file back (W&B keeps a copy of the "
+            f"config in wandb/*/files/config.yaml) or start a new run dir"
+        )
     cfg = with_horizon(cfg, stored if resumed or has_results else None)
     current = config_record(cfg)
     changed = differing_keys(stored, current) if stored and (resumed or has_results) else []
@@ -110,6 +124,11 @@ def plan_start(run_dir: Path, cfg: RunConfig) -> RunStart:
             f"run dir {run_dir} holds the results of a run ({differs}) but no checkpoints to continue it from; "
             "start a new run dir"
         )
+    for name in (METRICS_FILE, CURVES_FILE):  # read as the resume will, before W&B starts a run for it
+        try:
+            read_jsonl(run_dir / name)
+        except ValueError as error:
+            raise RunDirError(f"{error}: move the file aside to start this run dir again, or start a new one") from None
     summary = read_summary(run_dir)
     finished = summary if summary and summary.get("step") == cfg.training.steps else None
     return RunStart(run_dir, cfg, finished, resumed, stored)

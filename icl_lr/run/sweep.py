@@ -59,6 +59,13 @@ def load_sweep(path: Path) -> dict:
     if not isinstance(config, dict):
         raise ValueError(f"{path}: a sweep config is a mapping (program, method, parameters, ...), got {config!r:.80}")
     # run_cap is the W&B server's (the open-source engine's schema predates it): checked here, honoured by run_sweep
+    parameters = config.get("parameters")  # the engine's schema check itself breaks on another type
+    if "parameters" in config and not (
+        isinstance(parameters, dict) and all(isinstance(spec, dict) for spec in parameters.values())
+    ):
+        raise ValueError(
+            f"{path}: parameters must map each key to its spec ({{values: [...]}}), got {parameters!r:.80}"
+        )
     run_cap = config.get("run_cap")
     if run_cap is not None and not (isinstance(run_cap, int) and run_cap >= 1):
         raise ValueError(f"{path}: run_cap must be a positive integer, got {run_cap!r}")

@@ -73,7 +73,7 @@ class DataConfig:
         check(self.n_points >= 1, f"data.n_points must be >= 1, got {self.n_points}")
         check(self.x_cov in X_COVARIANCES, f"data.x_cov must be one of {X_COVARIANCES}, got {self.x_cov!r}")
         check(self.w_prior in W_PRIORS, f"data.w_prior must be one of {W_PRIORS}, got {self.w_prior!r}")
-        check(self.w_components >= 1, f"data.w_components must be >= 1, got {self.w_components}")
+        check(1 <= self.w_components <= 64, f"data.w_components must be in [1, 64], got {self.w_components}")
         check(self.w_centre >= 0, f"data.w_centre must be >= 0, got {self.w_centre}")
         check(
             self.task != "sparse_linear" or 1 <= self.sparsity <= self.n_dims,
@@ -110,7 +110,7 @@ class DataConfig:
             )
             for name in classes:  # each class's own checks, on the mixture's keys
                 dataclasses.replace(self, task=name, task_mixture=None).check()
-        check(self.hidden_width >= 1, f"data.hidden_width must be >= 1, got {self.hidden_width}")
+        check(1 <= self.hidden_width <= 4096, f"data.hidden_width must be in [1, 4096], got {self.hidden_width}")
         check(1 <= self.tree_depth <= 10, f"data.tree_depth must be in [1, 10], got {self.tree_depth}")
         check(self.prior_scale > 0, f"data.prior_scale must be > 0, got {self.prior_scale}")
         check(self.noise_std >= 0, f"data.noise_std must be >= 0, got {self.noise_std}")

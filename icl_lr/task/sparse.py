@@ -108,7 +108,6 @@ class SparseLinear(LinearRegression):
         predictions["lasso"] = jnp.asarray(lasso_predictions(xs, ys, [lasso_alpha(self)])[0], jnp.float32)
         if self.reference != BAYES:
             log.info("the sparse prior's posterior mean left out: past %d supports", MAX_SUPPORTS)
-            del predictions[BAYES]
             return predictions
         every = jnp.asarray(supports(cfg.n_dims, cfg.sparsity))
         predictions[BAYES] = _support_bayes(xs, ys, every, cfg.prior_scale, noise_stds[0])

@@ -95,8 +95,8 @@ class EvalConfig:
         check(self.batch_size >= 1, f"eval.batch_size must be >= 1, got {self.batch_size}")
         check(0 <= self.seed < SEED_LIMIT, f"eval.seed must be in [0, 2**32), got {self.seed}")
         check(
-            len(self.algorithm_steps) >= 1 and min(self.algorithm_steps) >= 1,
-            f"eval.algorithm_steps must be a non-empty list of steps >= 1, got {list(self.algorithm_steps)}",
+            len(self.algorithm_steps) >= 1 and 1 <= min(self.algorithm_steps) <= max(self.algorithm_steps) <= 1000,
+            f"eval.algorithm_steps must be a non-empty list of steps in [1, 1000], got {list(self.algorithm_steps)}",
         )
 
 
