@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import jax
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -294,6 +296,10 @@ def test_a_run_dir_written_by_an_earlier_version_resumes(fast_config, tmp_path):
     straight = tmp_path / "straight"
     train_cli(straight, *FIXTURE_OVERRIDES)
     cfg = fast_config(*FIXTURE_OVERRIDES)
-    assert_trees_equal(final_state(cfg, run_dir), final_state(cfg, straight))
+    # Its first 20 steps were computed on another machine, whose CPU kernels round differently (1e-9 apart
+    # here): equal to 1e-4 of each leaf's scale, not bit for bit (a resume on one machine is, above).
+    for resumed, fresh in zip(*(jax.tree.leaves(final_state(cfg, d)) for d in (run_dir, straight)), strict=True):
+        fresh = np.asarray(fresh)
+        np.testing.assert_allclose(np.asarray(resumed), fresh, rtol=1e-4, atol=1e-4 * np.abs(fresh).max())
     assert json.loads((run_dir / "summary.json").read_text())["step"] == 40
     assert json.loads((run_dir / "run_config.json").read_text())["model.n_embd"] == 16

@@ -270,6 +270,9 @@ def claim_agent_run_id(run_dir: Path) -> str | None:
                         sweep_id, holder)  # fmt: skip
             return None
         return run_id
+    except OSError as error:  # a parameter file's folder this process cannot write: the agent's word alone
+        log.warning("cannot claim W&B run %s beside %s (%s): taken unclaimed", run_id, param_path, error.strerror)
+        return run_id
     with os.fdopen(fd, "w") as f:
         f.write(here + "\n")
     return run_id

@@ -9,6 +9,7 @@ prompts of its own) and the exact posterior mean, a mixture over the C(d, s) sup
 import functools
 import logging
 import math
+import time
 import warnings
 from dataclasses import dataclass
 from functools import partial
@@ -25,6 +26,7 @@ from icl_lr.task.linear import TUNING_SEED, LinearRegression
 log = logging.getLogger("icl_lr")
 LASSO_ALPHAS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0)  # the penalties tuned over, Garg et al.'s among them
 LASSO_KKT_TOL = 1e-9  # the Lasso's optimality: no coordinate's subgradient condition off by more (float64)
+PROGRESS_EVERY = 10.0  # seconds between the host Lasso's progress lines
 MAX_SUPPORTS = 5000  # past this many supports the exact posterior is left out (a log line)
 
 
@@ -62,7 +64,11 @@ def lasso_predictions(xs_PxNxD, ys_PxN, alphas) -> np.ndarray:
     xs, ys = np.asarray(xs_PxNxD, np.float64), np.asarray(ys_PxN, np.float64)
     n_prompts, n_points, _ = xs.shape
     predictions = np.zeros((len(alphas), n_prompts, n_points))
+    started = last = time.monotonic()
     for p in range(n_prompts):
+        if time.monotonic() - last > PROGRESS_EVERY:
+            last = time.monotonic()
+            log.info("the Lasso on %d prompts: %d done (%.0fs)", n_prompts, p, last - started)
         for k in range(1, n_points):
             predictions[:, p, k] = lasso_weights(xs[p, :k], ys[p, :k], alphas) @ xs[p, k]
     return predictions
