@@ -14,6 +14,7 @@ import pytest
 from helpers import FAST, ROOT, auto_devices_env, final_state, no_key_env, run_config, train_cli
 from icl_lr.records.schema import HELD_OUT, set_of
 from icl_lr.records.tracking import read_jsonl
+from icl_lr.run.start import plan_start
 from icl_lr.train.loop import build_model, init_state, train
 from icl_lr.train.optimizer import make_optimizer
 
@@ -31,7 +32,9 @@ def runs(tmp_path_factory):
     train(RUN, root / "one")
     train_cli(root / "two_then_one", *CONSTANT_LR, "training.steps=20", env=TWO_DEVICES)
     train(RUN, root / "two_then_one")
-    train(run_config(*FAST, *CONSTANT_LR, "training.steps=20"), root / "one_then_two")
+    first_half = plan_start(root / "one_then_two", run_config(*FAST, *CONSTANT_LR, "training.steps=20"))
+    first_half.commit(None)  # its config record, as a start of train.py writes it: what the resume checks
+    train(first_half.cfg, root / "one_then_two")
     second_half = train_cli(root / "one_then_two", *CONSTANT_LR, env=TWO_DEVICES)
     return root, second_half.stdout + second_half.stderr
 
