@@ -69,7 +69,7 @@ class RunStart:
             for name in ("config.yaml", "overrides.yaml", "hydra.yaml"):
                 if (attempt_dir / name).exists():
                     shutil.copyfile(attempt_dir / name, self.run_dir / ".hydra" / name)
-        if self.resumed and self.stored and t.steps > self.stored["training.steps"]:
+        if self.resumed and t.steps > self.stored["training.steps"]:
             log.info(
                 "extending the run from %d to %d steps; %s", self.stored["training.steps"], t.steps, self._extension()
             )
@@ -107,19 +107,20 @@ def plan_start(run_dir: Path, cfg: RunConfig) -> RunStart:
             f"trained with cannot be checked against this start's; put that file back (W&B keeps a copy of the "
             f"config in wandb/*/files/config.yaml) or start a new run dir"
         )
-    cfg = with_horizon(cfg, stored if resumed or has_results else None)
+    trained = resumed or has_results  # then `stored` is the record of what trained
+    cfg = with_horizon(cfg, stored if trained else None)
     current = config_record(cfg)
-    changed = differing_keys(stored, current) if stored and (resumed or has_results) else []
+    changed = differing_keys(stored, current) if trained else []
     details = ", ".join(f"{k}: {stored.get(k)!r} -> {current.get(k)!r}" for k in changed)
     if resumed and changed:
         raise RunDirError(f"run dir {run_dir} was trained with another config ({details}); start a new run dir")
-    if resumed and stored and cfg.training.steps < stored["training.steps"]:
+    if resumed and cfg.training.steps < stored["training.steps"]:
         raise RunDirError(
             f"training.steps ({cfg.training.steps}) is below the run's {stored['training.steps']}: "
             "a resume may only extend a run"
         )
-    if not resumed and has_results and (changed or not stored or cfg.training.steps != stored["training.steps"]):
-        differs = details or f"training.steps: {stored and stored.get('training.steps')!r} -> {cfg.training.steps}"
+    if not resumed and has_results and (changed or cfg.training.steps != stored["training.steps"]):
+        differs = details or f"training.steps: {stored['training.steps']!r} -> {cfg.training.steps}"
         raise RunDirError(
             f"run dir {run_dir} holds the results of a run ({differs}) but no checkpoints to continue it from; "
             "start a new run dir"
