@@ -31,6 +31,7 @@ from icl_lr.records.schema import (
     LEARNING_CURVES,
     METRICS_FILE,
     PROBE_R2,
+    REFERENCE,
     SIMILARITIES,
     SUMMARY_FILE,
     probe_of,
@@ -41,7 +42,6 @@ from icl_lr.records.tracking import read_jsonl
 from icl_lr.train.config import RunConfig
 
 CONFIG_PREFIXES = ("data.", "model.", "training.", "eval.", "seed")  # config columns that can define a group
-REFERENCE = "excess_over"  # the summary's name of what a run's excess is over (runs from before it: Bayes)
 CURVE_COLUMNS = ["run_id", "set", "step", "predictor", "k", "value"]  # predictor: an error curve, or metric/predictor
 HISTORY_COLUMNS = ["run_id", "step", "metric", "value"]  # every scalar logged: train/..., eval/...
 STATS = ["n", "mean", "std", "ci_low", "ci_high", "ci_method"]
@@ -450,15 +450,15 @@ def summary_table(aggregate: pd.DataFrame, keys: list[str], metrics: list[str], 
     lead = aggregate[aggregate.metric == headline]
     lead = lead.sort_values([*within, "mean"], ascending=[True] * len(within) + [not higher_is_better(headline)])
     lead = lead.sort_values("mean", key=lambda m: m.isna(), kind="stable")  # the unmeasured last
+    parts = [part for _, part in lead.groupby(within, sort=False, dropna=False)] if within else [lead]
     ranks, verdicts = [], []
-    for _, part in lead.groupby(within, sort=False, dropna=False) if within else [(None, lead)]:
+    for part in parts:
         best = part.iloc[0]
         for i, row in enumerate(part.itertuples()):
             measured = row.mean == row.mean
             ranks.append(i + 1 if measured else None)
             verdicts.append("not measured" if not measured else "best" if i == 0 else _verdict(row, best))
-    order = pd.concat([part for _, part in lead.groupby(within, sort=False, dropna=False)] if within else [lead])
-    order = order[keys].assign(rank=pd.array(ranks, dtype="Int64"), verdict=verdicts)
+    order = pd.concat(parts)[keys].assign(rank=pd.array(ranks, dtype="Int64"), verdict=verdicts)
     chosen = aggregate[aggregate.metric.isin(metrics)].copy()
     chosen["cell"] = [interval_text(r) for r in chosen.itertuples()]
     wide = chosen.set_index([*keys, "metric"])["cell"].unstack("metric").reset_index()

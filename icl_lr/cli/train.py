@@ -19,6 +19,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from icl_lr.fields import ConfigError
+from icl_lr.records import schema
 from icl_lr.records.run_dir import RunDirError, RunDirLock, config_record, read_config_record
 from icl_lr.run.config import from_dictconfig
 from icl_lr.run.start import plan_start, with_horizon
@@ -72,7 +73,7 @@ def run(cfg: DictConfig, run_dir: Path, attempt_dir: Path, choices: dict, stop: 
         if start.finished:
             excess, over = (
                 start.finished.get("eval/excess/mean", float("nan")),
-                start.finished.get("excess_over", "bayes"),
+                start.finished.get(schema.REFERENCE, schema.BAYES),
             )
             done = f"{run_dir} already finished at step {start.finished['step']} (excess over {over} {excess:.4f})"
             log.info("%s; nothing to do. Raise training.steps to extend it.", done)

@@ -27,6 +27,7 @@ BAYES = "bayes"  # the Bayes-optimal predictor on the eval distribution (a mixtu
 EXCESS = "eval/excess/mean"
 MODEL_ERROR = "eval/model/error_mean"
 HEADLINE = (EXCESS, MODEL_ERROR)
+REFERENCE = "excess_over"  # the summary's name of the predictor a run's excess is over (runs from before it: BAYES)
 LEARNING_CURVES = (MODEL_ERROR, EXCESS)  # plotted against the training step
 
 

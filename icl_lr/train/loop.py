@@ -29,6 +29,7 @@ from icl_lr.records.schema import (
     METRICS_FILE,
     MODEL,
     MODEL_ERROR,
+    REFERENCE,
     metric_prefix,
     set_of,
 )
@@ -328,7 +329,7 @@ def train(cfg: RunConfig, run_dir: Path, trackers=(), stop: StopRequest | None =
     started = time.perf_counter()
     evaluator = Evaluator(cfg, model, state.rng, mesh)
     dispatch = make_dispatch(model, tx, cfg, mesh)
-    facts = {"n_params": n_params, "n_devices": mesh.size, "excess_over": evaluator.reference}  # what excess means
+    facts = {"n_params": n_params, "n_devices": mesh.size, REFERENCE: evaluator.reference}  # what excess means
     window, throughput = [], Throughput()
     stop.watched = True  # from here on, a stop signal is answered at the end of a dispatch
 
