@@ -25,12 +25,11 @@ import jax.numpy as jnp
 from hydra import compose, initialize_config_dir
 
 from icl_lr.model.config import ModelConfig
-from icl_lr.model.encoding import encoding_of
+from icl_lr.model.encoding import ENCODINGS
 from icl_lr.run.config import from_dictconfig
-from icl_lr.task.config import DataConfig
-from icl_lr.train import evaluate, parallel
+from icl_lr.train import evaluate, parallel, setup
 from icl_lr.train.config import EvalConfig, RunConfig
-from icl_lr.train.loop import build_model, init_state, make_dispatch
+from icl_lr.train.loop import init_state, make_dispatch
 from icl_lr.train.optimizer import make_optimizer
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -78,10 +77,10 @@ def train_flops_per_step(n_layer: int, width: int, n_dims: int, batch: int, leng
 
 
 def time_jax(cfg: RunConfig, steps: int) -> dict:
-    model = build_model(cfg)
+    run = setup.build(cfg)
     tx = make_optimizer(cfg.training)
-    state = init_state(model, tx, cfg.data, seed=0)
-    dispatch = make_dispatch(model, tx, cfg, parallel.data_mesh())
+    state = init_state(run, tx, seed=0)
+    dispatch = make_dispatch(run, tx, cfg, parallel.data_mesh())
     started = time.perf_counter()
     compiled = dispatch.lower(state, DISPATCH).compile()
     compile_seconds = time.perf_counter() - started
@@ -93,7 +92,7 @@ def time_jax(cfg: RunConfig, steps: int) -> dict:
         state, metrics = compiled(state)
     jax.block_until_ready((state, metrics))
     seconds = (time.perf_counter() - started) / (dispatches * DISPATCH)
-    return {"step_seconds": seconds, "compile_seconds": compile_seconds, "model": model, "state": state}
+    return {"step_seconds": seconds, "compile_seconds": compile_seconds, "model": run.model, "state": state}
 
 
 def time_torch(model_cfg: ModelConfig, n_dims: int, n_points: int, batch: int, steps: int) -> float | None:
@@ -154,10 +153,10 @@ def time_torch(model_cfg: ModelConfig, n_dims: int, n_points: int, batch: int, s
     return (time.perf_counter() - started) / steps
 
 
-def time_eval_set(data_cfg: DataConfig, eval_cfg: EvalConfig):
+def time_eval_set(run: setup.Setup, eval_cfg: EvalConfig):
     """The held-out set with its baselines, built as a run builds it once (compile included)."""
     started = time.perf_counter()
-    eval_set = evaluate.make_eval_set(data_cfg, eval_cfg)
+    eval_set = evaluate.held_out_set(run.task, run.encoding, eval_cfg)
     return eval_set, time.perf_counter() - started
 
 
@@ -201,7 +200,7 @@ def main() -> None:
         return
 
     data_cfg, eval_cfg = first.data, first.eval
-    length = encoding_of(data_cfg).sequence_length
+    length = ENCODINGS.resolve(data_cfg.encoding).sequence_length_of(data_cfg)
     device = jax.devices()[0]
     peak = peak_matmul_flops()
     devices = f"{jax.device_count()} {device.platform.upper()} device" + "s" * (jax.device_count() > 1)
@@ -213,7 +212,7 @@ def main() -> None:
     header += f"{'torch steps/s':>13}{'tokens/s':>10}{'MFU':>7} | {'JAX/torch time':>14}"
     print(header)
     print("-" * len(header))
-    eval_set, build_seconds = time_eval_set(data_cfg, eval_cfg)
+    eval_set, build_seconds = time_eval_set(setup.build(first), eval_cfg)
     evals = []
     by_size = sorted(configs.items(), key=lambda item: item[1].model.n_layer * item[1].model.n_embd ** 2)
     for preset, cfg in by_size:  # small to large

@@ -2,7 +2,9 @@
 type, an unknown key or a wrong type refused in one line naming the key (ConfigError).
 
 Each layer's config module declares its sections; a section's own checks are its `check` method, beside
-its fields, and what spans layers is checked where the run is composed (icl_lr/run/config.py).
+its fields, and what spans layers is checked where the run is composed (icl_lr/run/config.py). A section
+whose keys depend on the components it names (`data:` on its task and encoding, `model:` on its family)
+is the composition of its shared fields and each component's Config (`section_class`).
 """
 
 import dataclasses
@@ -52,14 +54,48 @@ def _coerce(hint, value, key: str):
     raise TypeError(f"no coercion for {hint} ({key})")
 
 
-def build(cls, values: Any, prefix: str = ""):
-    """cls(**values) with every value coerced to its field's type; unknown keys refused."""
+def build(cls, values: Any, prefix: str = "", sections: dict | None = None):
+    """cls(**values) with every value coerced to its field's type; unknown keys refused. `sections`:
+    {field: the section class to build it as}, where a field's hint is only its shared base."""
     values = dict(values or {})
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls) | (sections or {})
     full_key = lambda name: f"{prefix}.{name}" if prefix else name
     for name in values:
         check(name in hints, f"unknown key {full_key(name)}")
     return cls(**{name: _coerce(hints[name], value, full_key(name)) for name, value in values.items()})
+
+
+_SECTIONS = {}  # (base, parts) -> their section class, made once
+
+
+def section_class(base: type, parts: tuple) -> type:
+    """The section with `base`'s shared fields and every part's (each a component's frozen Config dataclass,
+    its keys its own); its `check` runs base's and each part's on the whole section. Two parts owning one
+    key are refused (ConfigError naming it)."""
+    parts = tuple(dict.fromkeys(parts))
+    if (base, parts) not in _SECTIONS:
+        owners = {f.name: (f, base) for f in dataclasses.fields(base)}
+        for part in parts:  # a key may come to two parts from one class they both extend (the same field)
+            for f in dataclasses.fields(part):
+                other, owner = owners.setdefault(f.name, (f, part))
+                check(other is f, f"{f.name} is a key of both {owner.__name__} and {part.__name__}")
+
+        def check_all(section) -> None:
+            for owner in (base, *parts):
+                owner.check(section)
+
+        def reduce(section):  # pickled by its parts, as the class itself is made here
+            return _rebuild, (base, parts, dataclasses.asdict(section))
+
+        namespace = {"check": check_all, "__reduce__": reduce}
+        name = "+".join(part.__name__ for part in (base, *parts)).replace("+", "_")
+        _SECTIONS[base, parts] = dataclasses.make_dataclass(name, [], bases=(*parts[::-1], base), frozen=True,
+                                                            namespace=namespace)  # fmt: skip
+    return _SECTIONS[base, parts]
+
+
+def _rebuild(base: type, parts: tuple, values: dict):
+    return build(section_class(base, parts), values)
 
 
 def check_sections(cfg, prefix: str = "") -> None:
@@ -72,14 +108,14 @@ def check_sections(cfg, prefix: str = "") -> None:
         cfg.check()
 
 
-def free_keys(cls, prefix: str = "") -> set:
-    """The dotted keys of `cls`'s fields (and its sections') marked `free` (metadata): a resumed run may
+def free_keys(cfg, prefix: str = "") -> set:
+    """The dotted keys of a config's fields (and its sections') marked `free` (metadata): a resumed run may
     change them, as they change neither what the model sees nor how it is updated."""
     keys = set()
-    for field in dataclasses.fields(cls):
-        hint = typing.get_type_hints(cls)[field.name]
-        if dataclasses.is_dataclass(hint):
-            keys |= free_keys(hint, f"{prefix}{field.name}.")
+    for field in dataclasses.fields(cfg):
+        value = getattr(cfg, field.name)
+        if dataclasses.is_dataclass(value):
+            keys |= free_keys(value, f"{prefix}{field.name}.")
         elif field.metadata.get("free"):
             keys.add(f"{prefix}{field.name}")
     return keys

@@ -1,6 +1,7 @@
 """What the tests share: a fast run's overrides, composing configs, running train.py as a user does,
 restoring a run's final state, and reading W&B's offline run files with W&B's own reader."""
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -12,12 +13,15 @@ import numpy as np
 from hydra import compose, initialize_config_dir
 
 from icl_lr.analysis import tables
+from icl_lr.model.encoding import ENCODINGS
 from icl_lr.records.checkpoint import Checkpoints
 from icl_lr.records.run_dir import read_identity
 from icl_lr.records.schema import HELD_OUT, set_of
 from icl_lr.records.tracking import read_jsonl
-from icl_lr.run.config import from_dictconfig
-from icl_lr.train.loop import build_model, init_state
+from icl_lr.run.config import from_dictconfig, from_values, section_overrides
+from icl_lr.task.registry import task_of
+from icl_lr.train import setup
+from icl_lr.train.loop import init_state
 from icl_lr.train.optimizer import make_optimizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,11 +48,41 @@ FAST = [
 def compose_config(*overrides, config_name="config"):
     """The Hydra config that `python train.py *overrides` would get."""
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        return compose(config_name, overrides=list(overrides))
+        return compose(config_name, overrides=section_overrides(overrides))
 
 
 def run_config(*overrides):
-    return from_dictconfig(compose_config(*overrides))
+    return from_dictconfig(compose_config(*overrides), overrides)
+
+
+def data_config(**values):
+    """A checked data section: the shared keys and those of the task and encoding it names (keys of other
+    components dropped, as from a YAML)."""
+    values = {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for k, v in values.items()}
+    return from_values({"data": values}).data
+
+
+def model_config(**values):
+    """A checked model section: the shared keys and those of the family it names."""
+    return from_values({"model": values}).model
+
+
+def encoding_of(data):
+    """The encoding a data section names, scored by its task."""
+    return ENCODINGS.resolve(data.encoding).build(data, task_of(data))
+
+
+def parts(data) -> tuple:
+    """(task, encoding) of a data section, as a run's Setup holds them."""
+    task = task_of(data)
+    return task, ENCODINGS.resolve(data.encoding).build(data, task)
+
+
+def held_out(data, eval_cfg, pool=None):
+    """The held-out eval set of a data section."""
+    from icl_lr.train import evaluate
+
+    return evaluate.held_out_set(*parts(data), eval_cfg, pool)
 
 
 def no_key_env(**extra) -> dict:
@@ -89,7 +123,7 @@ def output(result) -> str:
 
 def final_state(cfg, run_dir):
     """The last checkpointed TrainState of a run dir."""
-    template = init_state(build_model(cfg), make_optimizer(cfg.training), cfg.data, cfg.seed)
+    template = init_state(setup.build(cfg), make_optimizer(cfg.training), cfg.seed)
     checkpoints = Checkpoints(run_dir / "checkpoints", cfg.training.max_to_keep)
     try:
         return checkpoints.restore_latest(template)

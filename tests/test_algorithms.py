@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from helpers import data_config, encoding_of, held_out, model_config
 from icl_lr.task import algorithms, baselines
-from icl_lr.task.config import DataConfig
 from icl_lr.task.linear import TUNING_SEED, LinearRegression
 from icl_lr.train import evaluate
 from icl_lr.train.config import EvalConfig
@@ -69,7 +69,7 @@ def test_online_gd_is_one_sequential_pass():
 
 
 def test_the_tuned_rate_is_the_best_of_the_grid_and_the_eval_set_shows_the_algorithms():
-    task = LinearRegression(DataConfig(n_dims=3, n_points=8))
+    task = LinearRegression(data_config(n_dims=3, n_points=8))
     batch = task.sample_batch(jax.random.PRNGKey(6), 64)
     predictors, rates = task.algorithms((1, 5))
     assert set(predictors) == {"gd_1", "gd_5", "preconditioned_gd", "newton_1", "newton_5", "online_gd"}
@@ -86,21 +86,19 @@ def test_the_tuned_rate_is_the_best_of_the_grid_and_the_eval_set_shows_the_algor
         for lr in algorithms.LEARNING_RATES
     ]
     assert rates["online_gd"] == pytest.approx(float(algorithms.LEARNING_RATES[int(np.nanargmin(losses))]))
-    held_out = evaluate.make_eval_set(DataConfig(n_dims=3, n_points=8), EvalConfig(n_prompts=64, algorithms=True))
-    assert {"gd_1", "gd_3", "gd_10", "newton_10", "preconditioned_gd", "online_gd"} <= set(held_out.baseline_curves)
-    plain = evaluate.make_eval_set(DataConfig(n_dims=3, n_points=8), EvalConfig(n_prompts=64))
+    with_them = held_out(data_config(n_dims=3, n_points=8), EvalConfig(n_prompts=64, algorithms=True))
+    assert {"gd_1", "gd_3", "gd_10", "newton_10", "preconditioned_gd", "online_gd"} <= set(with_them.baseline_curves)
+    plain = held_out(data_config(n_dims=3, n_points=8), EvalConfig(n_prompts=64))
     assert "gd_10" not in plain.baseline_curves
 
 
 def test_a_model_that_is_an_algorithm_is_found_identical_to_it():
     """The LSA construction at rate 0.3 against GD with one step at 0.3: predictions equal, residuals and
     query gradients parallel; against 3 steps they differ."""
-    from icl_lr.model.config import ModelConfig
-    from icl_lr.model.encoding import encoding_of
     from icl_lr.model.icl_model import ICLModel
 
-    data = DataConfig(n_dims=4, n_points=9, encoding="paired")
-    model = ICLModel(ModelConfig(family="lsa", n_layer=1, n_embd=5, n_head=1, init="gd", gd_learning_rate=0.3),
+    data = data_config(n_dims=4, n_points=9, encoding="paired")
+    model = ICLModel(model_config(family="lsa", n_layer=1, n_embd=5, n_head=1, init="gd", gd_learning_rate=0.3),
                      encoding_of(data))  # fmt: skip
     batch = LinearRegression(data).sample_batch(jax.random.PRNGKey(7), 128)
     params = model.init(jax.random.PRNGKey(0), model.encoding.encode(batch.xs, batch.ys))["params"]

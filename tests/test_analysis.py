@@ -49,7 +49,7 @@ def per_run_files(sweep_dir: Path) -> list:
     runs = []
     for run_dir in sorted(p for p in sweep_dir.iterdir() if p.name.isdigit()):
         overrides = dict(
-            line.removeprefix("- ").split("=", 1)
+            line.removeprefix("- ").lstrip("+").split("=", 1)  # data./model. keys as add-or-set (++)
             for line in (run_dir / ".hydra" / "overrides.yaml").read_text().splitlines()
         )
         summary = json.loads((run_dir / "summary.json").read_text())
@@ -302,10 +302,10 @@ def test_html_report_holds_every_plot_and_table(sweep_dir, tmp_path):
     assert "<th>data.noise_std</th><td>0, 0.5</td>" in page
     aggregate = pd.read_csv(out / "aggregate.csv")
     keys = ["model_size", "data.noise_std"]
-    cells = tables.summary_table(aggregate, keys, list(analyze.HEADLINE))
+    cells = tables.summary_table(aggregate, keys, list(schema.HEADLINE))
     shown = html_tables(page)
     assert len(shown) == 4  # summary, what varies, aggregate, runs
-    assert shown[0][0] == ["rank", "verdict", *keys, *analyze.HEADLINE]
+    assert shown[0][0] == ["rank", "verdict", *keys, *schema.HEADLINE]
     assert shown[0][1:] == cells.astype(str).to_numpy().tolist()  # the best first, as summary_table ranks
     excess = aggregate[aggregate.metric == schema.EXCESS].sort_values("mean")
     assert [row[2:4] for row in shown[0][1:]] == excess[keys].map(tables.config_text).to_numpy().tolist()

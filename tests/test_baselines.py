@@ -3,13 +3,13 @@ import numpy as np
 import pytest
 from scipy.stats import multivariate_normal
 
+from helpers import data_config
 from icl_lr.task import baselines
-from icl_lr.task.config import DataConfig
 from icl_lr.task.linear import LinearRegression
 
 pytestmark = pytest.mark.unit  # the fast tier: no process started
 
-CFG = DataConfig(n_dims=4, n_points=10, prior_scale=1.5, noise_std=0.5)
+CFG = data_config(n_dims=4, n_points=10, prior_scale=1.5, noise_std=0.5)
 BATCH = LinearRegression(CFG).sample_batch(jax.random.PRNGKey(3), 3)
 
 
@@ -82,7 +82,7 @@ def test_three_nearest_neighbours():
 
 
 def test_bayes_beats_least_squares_on_noisy_data():
-    cfg = DataConfig(n_dims=4, n_points=12, noise_std=0.5)
+    cfg = data_config(n_dims=4, n_points=12, noise_std=0.5)
     batch = LinearRegression(cfg).sample_batch(jax.random.PRNGKey(0), 2000)
     preds = baselines.all_predictions(batch.xs, batch.ys, cfg.prior_scale, cfg.noise_stds)
     err = {k: np.mean((np.asarray(v) - np.asarray(batch.ys)) ** 2, axis=0) / 4 for k, v in preds.items()}

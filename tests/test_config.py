@@ -5,7 +5,8 @@ import pytest
 
 from helpers import ROOT, compose_config, run_config
 from icl_lr.fields import ConfigError
-from icl_lr.run.config import from_dictconfig
+from icl_lr.records.run_dir import config_record
+from icl_lr.run.config import from_dictconfig, from_values
 from icl_lr.train.config import RunConfig
 
 
@@ -42,20 +43,22 @@ def test_defaults_and_presets_compose():
         ("training.num_epochs=0", "training.num_epochs"),
         ("data.train_size=0", "data.train_size"),
         ("model.embedding_std=0", "model.embedding_std"),
-        ("data.ce_weight=0", "data.ce_weight and data.mean_loss_weight"),
-        ("data.mean_loss_weight=-1", "data.mean_loss_weight"),
-        ("data.bin_scheme=log", "data.bin_scheme"),
+        ("data.encoding=binned_y data.ce_weight=0", "data.ce_weight and data.mean_loss_weight"),
+        ("data.ce_weight=0", "data.ce_weight is a key of data.encoding=tokens|binned_y, not of data.task=linear"),
+        ("model.n_layr=3", "unknown key model.n_layr"),
+        ("data.encoding=tokens data.mean_loss_weight=-1", "data.mean_loss_weight"),
+        ("data.encoding=tokens data.bin_scheme=log", "data.bin_scheme must be"),
         ("data.token_value_embedding=true", "data.token_value_embedding"),
         ("data.token_short_conv=true", "data.token_short_conv"),
         ("data.encoding=binned_y data.token_slot_embedding=true", "data.token_slot_embedding"),
         ("training.loss_points=first", "training.loss_points"),
         ("eval.algorithm_steps=[]", "eval.algorithm_steps"),
         ("eval.algorithm_steps=[0,3]", "eval.algorithm_steps"),
-        ("model=lstm model.dropout=0.1", "model.dropout"),
-        ("model.init=fancy", "model.init"),
-        ("model.init=gd", "model.init=gd"),
-        ("data.encoding=paired", "model.family=lsa and data.encoding=paired"),
-        ("model=lsa", "model.family=lsa and data.encoding=paired"),
+        ("model=lstm model.dropout=0.1", "model.dropout is a key of model.family=gpt2, not of model.family=lstm"),
+        ("model=lsa data.encoding=paired model.init=fancy", "model.init must be"),
+        ("model.init=gd", "model.init is a key of model.family=lsa"),
+        ("data.encoding=paired", "model.family=gpt2 and data.encoding=paired do not go together"),
+        ("model=lsa", "model.family=lsa and data.encoding=continuous do not go together"),
         ("experiment=lsa model.init=gd model.n_embd=5", "model.init=gd needs model.n_embd"),
     ],
 )
@@ -90,7 +93,8 @@ def test_help_says_what_it_does_its_groups_and_common_commands():
 @pytest.mark.unit
 def test_dataclass_defaults_mirror_the_yaml():
     """Code that builds configs directly (the benchmark, tests) gets what `python train.py` gets."""
-    assert run_config() == RunConfig()
+    assert run_config() == from_values({})
+    assert config_record(run_config()) == config_record(RunConfig()) | config_record(from_values({}))
 
 
 @pytest.mark.unit

@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 from scipy.stats import norm, truncnorm
 
-from icl_lr.model.bins import Bins
-from icl_lr.model.encoding import encoding_of
+from helpers import data_config, encoding_of
 from icl_lr.model.read_in import ContinuousInputs
 from icl_lr.task import sampling
 from icl_lr.task.base import Batch
@@ -20,7 +19,7 @@ KEY = jax.random.PRNGKey(0)
 
 
 def test_shapes_and_determinism():
-    cfg = DataConfig(n_dims=4, n_points=7)
+    cfg = data_config(n_dims=4, n_points=7)
     batch = LinearRegression(cfg).sample_batch(KEY, 3)
     assert batch.xs.shape == (3, 7, 4) and batch.ys.shape == (3, 7) and batch.point_mask.shape == (7,)
     again = LinearRegression(cfg).sample_batch(KEY, 3)
@@ -29,7 +28,7 @@ def test_shapes_and_determinism():
 
 
 def test_statistics_match_the_prior():
-    cfg = DataConfig(n_dims=4, n_points=32, prior_scale=2.0, noise_std=0.5)
+    cfg = data_config(n_dims=4, n_points=32, prior_scale=2.0, noise_std=0.5)
     batch = LinearRegression(cfg).sample_batch(KEY, 4096)
     xs, ys = np.asarray(batch.xs), np.asarray(batch.ys)
     assert xs.mean() == pytest.approx(0, abs=0.01) and xs.var() == pytest.approx(1, rel=0.02)
@@ -44,7 +43,7 @@ def test_statistics_match_the_prior():
 
 
 def test_hierarchical_noise_draws_sigma_per_sequence():
-    cfg = DataConfig(n_dims=2, n_points=400, noise_std_choices=(0.1, 1.0))
+    cfg = data_config(n_dims=2, n_points=400, noise_std_choices=(0.1, 1.0))
     batch = LinearRegression(cfg).sample_batch(KEY, 64)
     xs, ys = np.asarray(batch.xs), np.asarray(batch.ys)
     stds = []
@@ -58,7 +57,7 @@ def test_hierarchical_noise_draws_sigma_per_sequence():
 
 
 def test_task_pool_is_fixed_and_finite():
-    cfg = DataConfig(n_dims=3, n_points=5, task_pool_size=4)
+    cfg = data_config(n_dims=3, n_points=5, task_pool_size=4)
     pool_key = jax.random.PRNGKey(7)
     w1 = LinearRegression(cfg).functions(jax.random.PRNGKey(1), 256, pool_key)
     w2 = LinearRegression(cfg).functions(jax.random.PRNGKey(2), 256, pool_key)
@@ -72,7 +71,7 @@ def test_curriculum_truncates_dims_and_points():
     cur = CurriculumConfig(
         enabled=True, dims_start=2, dims_increment=1, points_start=4, points_increment=2, interval=10
     )
-    cfg = DataConfig(n_dims=5, n_points=9, curriculum=cur)
+    cfg = data_config(n_dims=5, n_points=9, curriculum=cur)
     assert [tuple(map(int, sampling.curriculum_stage(cfg, s))) for s in (0, 9, 10, 25, 1000)] == [
         (2, 4),
         (2, 4),
@@ -88,7 +87,7 @@ def test_curriculum_truncates_dims_and_points():
 
 
 def test_continuous_encoding_interleaves_x_and_y():
-    cfg = DataConfig(n_dims=3, n_points=4)
+    cfg = data_config(n_dims=3, n_points=4)
     batch = LinearRegression(cfg).sample_batch(KEY, 2)
     inputs = encoding_of(cfg).encode(batch.xs, batch.ys)
     assert inputs.shape == (2, 8, 3)
@@ -101,7 +100,7 @@ def test_continuous_encoding_interleaves_x_and_y():
 
 
 def test_binned_y_reads_continuous_inputs_and_bins_the_y():
-    cfg = DataConfig(n_dims=3, n_points=4, encoding="binned_y", vocab_size=16, bin_range=2.0)
+    cfg = data_config(n_dims=3, n_points=4, encoding="binned_y", vocab_size=16, bin_range=2.0)
     batch = LinearRegression(cfg).sample_batch(KEY, 2)
     enc = encoding_of(cfg)
     np.testing.assert_array_equal(enc.encode(batch.xs, batch.ys), ContinuousInputs(cfg).encode(batch.xs, batch.ys))
@@ -114,7 +113,7 @@ def test_binned_y_reads_continuous_inputs_and_bins_the_y():
 
 
 def test_binned_loss_weighs_cross_entropy_and_the_decoded_means_error():
-    cfg = DataConfig(n_dims=3, n_points=4, encoding="binned_y", vocab_size=16, bin_range=2.0)
+    cfg = data_config(n_dims=3, n_points=4, encoding="binned_y", vocab_size=16, bin_range=2.0)
     batch = LinearRegression(cfg).sample_batch(KEY, 2)
     logits = jax.random.normal(jax.random.PRNGKey(5), (2, 8, 16))
     probs = np.asarray(jax.nn.softmax(logits[:, 0::2], axis=-1), np.float64)  # the outputs at the x tokens
@@ -130,7 +129,7 @@ def test_binned_loss_weighs_cross_entropy_and_the_decoded_means_error():
 
 
 def test_token_encoding_layout_and_decoding():
-    cfg = DataConfig(n_dims=3, n_points=4, encoding="tokens", vocab_size=16, bin_range=2.0)
+    cfg = data_config(n_dims=3, n_points=4, encoding="tokens", vocab_size=16, bin_range=2.0)
     batch = LinearRegression(cfg).sample_batch(KEY, 2)
     enc = encoding_of(cfg)
     tokens = enc.encode(batch.xs, batch.ys)
@@ -152,7 +151,7 @@ def test_token_encoding_layout_and_decoding():
 def test_gaussian_quantile_bins_against_scipy():
     """Equal-probability bins of N(0, 1): edges at its quantiles, centres its conditional means (scipy's
     truncated normal), ids of standard normal draws equally frequent, rounding variance E[(v - centre)^2]."""
-    cfg = DataConfig(encoding="tokens", vocab_size=10, bin_scheme="gaussian_quantiles")
+    cfg = data_config(encoding="tokens", vocab_size=10, bin_scheme="gaussian_quantiles")
     enc = encoding_of(cfg)
     edges = norm.ppf(np.linspace(0, 1, 11))
     np.testing.assert_allclose(enc.head.bins.edges()[1:-1], edges[1:-1], rtol=1e-4)
@@ -162,16 +161,16 @@ def test_gaussian_quantile_bins_against_scipy():
     np.testing.assert_allclose(np.bincount(ids, minlength=10) / len(draws), 0.1, atol=0.003)
     rounding = np.mean((draws - np.asarray(enc.head.bins.centres())[ids]) ** 2)
     assert enc.head.bins.rounding_variance == pytest.approx(rounding, rel=0.02)
-    uniform = encoding_of(DataConfig(encoding="tokens", vocab_size=10, bin_range=2.0))
+    uniform = encoding_of(data_config(encoding="tokens", vocab_size=10, bin_range=2.0))
     assert uniform.head.bins.rounding_variance == pytest.approx(0.4**2 / 12)
 
 
-def test_bin_yardsticks_against_an_independent_numpy_posterior():
+def test_bin_baselines_against_an_independent_numpy_posterior():
     """ce/bayes and ce/marginal: -log of the y bin's mass under the Gaussian posterior (prior) predictive,
     numpy's posterior and scipy's normal cdf; noise variance = sigma^2 + (bin width * y_scale)^2 / 12."""
-    cfg = DataConfig(n_dims=3, n_points=6, encoding="tokens", vocab_size=16, bin_range=2.0, noise_std=0.3)
+    cfg = data_config(n_dims=3, n_points=6, encoding="tokens", vocab_size=16, bin_range=2.0, noise_std=0.3)
     batch = LinearRegression(cfg).sample_batch(KEY, 4)
-    got = encoding_of(cfg).yardsticks(batch.xs, batch.ys)
+    got = encoding_of(cfg).baseline_metrics(batch.xs, batch.ys)
     noise_var = 0.3**2 + (0.25 * cfg.y_scale) ** 2 / 12
     edges = np.linspace(-2, 2, 17) * cfg.y_scale
     edges[0], edges[-1] = -np.inf, np.inf
@@ -188,7 +187,7 @@ def test_bin_yardsticks_against_an_independent_numpy_posterior():
 def test_binned_eval_metrics_median_and_coverage():
     """A histogram with mass 0.1, 0.3, 0.3, 0.3 on bins 4..7 (cdf 0.1, 0.4, 0.7, 1): the median is bin 6's
     centre, the central 50% interval (cdf 0.25 to 0.75) spans bins 5..7 and the 90% interval bins 4..7."""
-    cfg = DataConfig(n_dims=1, n_points=4, encoding="binned_y", vocab_size=16, bin_range=2.0)
+    cfg = data_config(n_dims=1, n_points=4, encoding="binned_y", vocab_size=16, bin_range=2.0)
     enc = encoding_of(cfg)
     logits = jnp.full((1, 8, 16), -1e9).at[:, :, 4:8].set(jnp.log(jnp.array([0.1, 0.3, 0.3, 0.3])))
     target_bins = np.array([3, 4, 5, 7])
@@ -209,27 +208,6 @@ def test_binned_eval_metrics_median_and_coverage():
     assert 0.9 <= float(metrics["coverage/90"].mean()) <= 0.93
 
 
-def test_token_baselines_see_the_decoded_bins():
-    """least_squares_on_bins is numpy's pseudo-inverse on the bin centres the model sees, scored on exact ys."""
-    from icl_lr.train import evaluate
-
-    cfg = DataConfig(n_dims=2, n_points=5, encoding="tokens", vocab_size=8, bin_range=2.0)
-    batch = LinearRegression(cfg).sample_batch(KEY, 64)
-    curves = evaluate.eval_set_of(cfg, batch).baseline_curves
-    centres = np.asarray(Bins(cfg).centres(), np.float64)
-    xs_seen = centres[np.asarray(Bins(cfg).to_tokens(batch.xs))]
-    ys_seen = centres[np.asarray(Bins(cfg).y_targets(batch.ys))] * cfg.y_scale
-    ys = np.asarray(batch.ys, np.float64)
-    preds = np.array(
-        [
-            [x[k] @ np.linalg.pinv(x[:k]) @ y[:k] if k else 0.0 for k in range(5)]
-            for x, y in zip(xs_seen, ys_seen, strict=True)
-        ]
-    )
-    np.testing.assert_allclose(curves["least_squares_on_bins"], ((preds - ys) ** 2).mean(0) / 2, rtol=2e-3, atol=1e-4)
-    assert curves["least_squares_on_bins"][4] > 10 * curves["least_squares"][4] + 1e-3  # exact values: 0 error
-
-
 def training_set_batches(cfg: DataConfig, batch_size: int, steps: range, run_key=KEY):
     per_epoch = -(-cfg.train_size // batch_size)
     batches = [
@@ -246,7 +224,7 @@ def prompt_ids(cfg: DataConfig, batch: Batch, run_key=KEY) -> list:
 
 
 def test_each_epoch_visits_every_training_prompt_once_in_its_own_order():
-    cfg = DataConfig(n_dims=3, n_points=4, train_size=10)
+    cfg = data_config(n_dims=3, n_points=4, train_size=10)
     per_epoch, batches = training_set_batches(cfg, 4, range(6))  # 3 steps per epoch: 4 + 4 + 2 (topped up, masked)
     assert per_epoch == 3
     np.testing.assert_array_equal([b.example_mask.sum() for b in batches], [4, 4, 2, 4, 4, 2])
@@ -260,7 +238,7 @@ def test_each_epoch_visits_every_training_prompt_once_in_its_own_order():
 
 
 def test_training_set_prompts_follow_the_prior_and_the_task_pool():
-    cfg = DataConfig(n_dims=2, n_points=6, train_size=2048, task_pool_size=3)
+    cfg = data_config(n_dims=2, n_points=6, train_size=2048, task_pool_size=3)
     batch = LinearRegression(cfg).training_set_prompts(KEY, jnp.arange(2048))
     ws = np.stack([np.linalg.lstsq(x, y, rcond=None)[0] for x, y in zip(batch.xs, batch.ys, strict=True)])
     assert np.unique(np.round(ws, 4), axis=0).shape == (3, 2)  # every prompt's w from the run's pool of 3

@@ -5,17 +5,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from helpers import data_config, encoding_of, model_config
 from icl_lr.model.bins import Bins
-from icl_lr.model.config import ModelConfig
-from icl_lr.model.encoding import encoding_of
 from icl_lr.model.gpt2 import Transformer
 from icl_lr.model.icl_model import FAMILIES, ICLModel
 from icl_lr.model.read_in import TokenReadIn
-from icl_lr.task.config import DataConfig
 
 pytestmark = pytest.mark.unit  # the fast tier: no process started
 
-CFG = ModelConfig(n_layer=2, n_embd=48, n_head=4, n_positions=32)
+CFG = model_config(n_layer=2, n_embd=48, n_head=4, n_positions=32)
 
 
 def init_transformer(seed=0, length=20):
@@ -76,11 +74,12 @@ def test_causal_outputs_ignore_the_future():
     assert not np.allclose(out[:, 12:], out_changed[:, 12:])
 
 
-@pytest.mark.parametrize("family", sorted(FAMILIES))
+@pytest.mark.parametrize("family", FAMILIES.names())
 def test_every_family_is_causal_and_counts_its_parameters(family):
     """Prediction k does not change when the points after k change, for every family's whole model."""
-    data = DataConfig(n_dims=3, n_points=8, encoding="paired" if family == "lsa" else "continuous")
-    model_cfg = dataclasses.replace(CFG, family=family, n_head=1 if family != "gpt2" else CFG.n_head)
+    data = data_config(n_dims=3, n_points=8, encoding="paired" if family == "lsa" else "continuous")
+    sizes = {"n_head": CFG.n_head, "n_positions": CFG.n_positions} if family == "gpt2" else {}
+    model_cfg = model_config(family=family, n_layer=2, n_embd=CFG.n_embd, **sizes)
     encoding = encoding_of(data)
     model = ICLModel(model_cfg, encoding)
     xs = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 3))
@@ -97,8 +96,8 @@ def test_every_family_is_causal_and_counts_its_parameters(family):
 
 
 def test_read_in_and_read_out_shapes_and_dropout():
-    dropout_cfg = ModelConfig(n_layer=1, n_embd=16, n_head=2, n_positions=16, dropout=0.5)
-    continuous = ICLModel(dropout_cfg, encoding_of(DataConfig(n_dims=5, n_points=5)))
+    dropout_cfg = model_config(n_layer=1, n_embd=16, n_head=2, n_positions=16, dropout=0.5)
+    continuous = ICLModel(dropout_cfg, encoding_of(data_config(n_dims=5, n_points=5)))
     x = jnp.ones((2, 10, 5))
     params = continuous.init(jax.random.PRNGKey(0), x)["params"]
     assert continuous.apply({"params": params}, x).shape == (2, 10, 1)
@@ -109,7 +108,7 @@ def test_read_in_and_read_out_shapes_and_dropout():
     np.testing.assert_array_equal(
         continuous.apply({"params": params}, x), continuous.apply({"params": params}, x)
     )  # ...not in eval
-    tokens = ICLModel(dropout_cfg, encoding_of(DataConfig(n_dims=2, n_points=4, encoding="tokens", vocab_size=11)))
+    tokens = ICLModel(dropout_cfg, encoding_of(data_config(n_dims=2, n_points=4, encoding="tokens", vocab_size=11)))
     ids = jnp.zeros((2, 12), jnp.int32)
     token_params = tokens.init(jax.random.PRNGKey(0), ids)["params"]
     assert tokens.apply({"params": token_params}, ids).shape == (2, 12, 11)
@@ -119,9 +118,9 @@ def test_read_in_and_read_out_shapes_and_dropout():
 def test_embeddings_enter_the_stream_at_one_scale(n_dims):
     """Read-in embeddings of unit-variance x, token rows and positions all start at std model.embedding_std
     (docs/initialisation.md: GPT-2's 0.02 read-in beside 0.01 positions stalls under constant-lr Adam)."""
-    cfg = ModelConfig(n_layer=1, n_embd=256, n_head=2, n_positions=128)
+    cfg = model_config(n_layer=1, n_embd=256, n_head=2, n_positions=128)
     switches = dict(token_slot_embedding=True, token_point_embedding=True, token_value_embedding=True)
-    data_cfg = DataConfig(n_dims=n_dims, n_points=5, encoding="tokens", vocab_size=64, **switches)
+    data_cfg = data_config(n_dims=n_dims, n_points=5, encoding="tokens", vocab_size=64, **switches)
     xs = jax.random.normal(jax.random.PRNGKey(0), (64, 10, n_dims))
     continuous_cfg = dataclasses.replace(data_cfg, encoding="continuous", **dict.fromkeys(switches, False))
     continuous = ICLModel(cfg, encoding_of(continuous_cfg)).init(jax.random.PRNGKey(1), xs)["params"]
@@ -145,8 +144,8 @@ def test_token_read_in_adds_slot_point_and_value_embeddings_then_mixes_a_point()
     switches = dict(
         token_slot_embedding=True, token_point_embedding=True, token_value_embedding=True, token_short_conv=True
     )
-    data_cfg = DataConfig(n_dims=2, n_points=3, encoding="tokens", vocab_size=8, **switches)
-    cfg = ModelConfig(n_layer=1, n_embd=16, n_head=2, n_positions=16)
+    data_cfg = data_config(n_dims=2, n_points=3, encoding="tokens", vocab_size=8, **switches)
+    cfg = model_config(n_layer=1, n_embd=16, n_head=2, n_positions=16)
     ids = jax.random.randint(jax.random.PRNGKey(0), (2, 9), 0, 8)
     read_in = TokenReadIn(data_cfg, cfg)
     params = read_in.init(jax.random.PRNGKey(1), ids)["params"]
@@ -159,7 +158,7 @@ def test_token_read_in_adds_slot_point_and_value_embeddings_then_mixes_a_point()
     shifted = lambda o: np.pad(summed, ((0, 0), (o, 0), (0, 0)))[:, :9]  # e_{t-o}, 0 before the sequence
     want = summed + sum(kernel[o] * shifted(o) for o in range(3))
     np.testing.assert_allclose(embeddings, want, rtol=1e-5, atol=1e-6)
-    plain = DataConfig(n_dims=2, n_points=3, encoding="tokens", vocab_size=8)
+    plain = data_config(n_dims=2, n_points=3, encoding="tokens", vocab_size=8)
     assert set(TokenReadIn(plain, cfg).init(jax.random.PRNGKey(1), ids)["params"]) == {"wte"}
 
 
@@ -175,8 +174,8 @@ def gd_steps(xs_NxD, ys_N, k: int, steps: int, lr: float) -> float:
 def test_the_gd_construction_of_lsa_is_gradient_descent(n_layer):
     """von Oswald et al.'s construction: L layers of linear self-attention predict as L GD steps from w = 0
     with the construction's learning rate, at every context length k (k = 0: no context, w = 0)."""
-    data = DataConfig(n_dims=4, n_points=9, encoding="paired")
-    cfg = ModelConfig(family="lsa", n_layer=n_layer, n_embd=7, n_head=1, init="gd", gd_learning_rate=0.3)
+    data = data_config(n_dims=4, n_points=9, encoding="paired")
+    cfg = model_config(family="lsa", n_layer=n_layer, n_embd=7, n_head=1, init="gd", gd_learning_rate=0.3)
     encoding = encoding_of(data)
     model = ICLModel(cfg, encoding)
     xs = np.asarray(jax.random.normal(jax.random.PRNGKey(0), (3, 9, 4)), dtype=np.float64)

@@ -8,24 +8,20 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from helpers import train_cli
+from helpers import data_config, train_cli
 from icl_lr.analysis import sections, tables
 from icl_lr.cli import analyze
 from icl_lr.records.schema import HELD_OUT
 from icl_lr.records.tracking import read_jsonl
 from icl_lr.task import baselines, ood, sampling
-from icl_lr.task.base import pool_key
-from icl_lr.task.config import DataConfig
 from icl_lr.task.linear import LinearRegression
-from icl_lr.train import evaluate
-from icl_lr.train.config import EvalConfig
 
 D, N, P = 4, 9, 512
 
 
 @pytest.fixture(scope="module")
 def suite():
-    return ood.conditions(jax.random.PRNGKey(0), LinearRegression(DataConfig(n_dims=D, n_points=N)), P)
+    return ood.conditions(jax.random.PRNGKey(0), LinearRegression(data_config(n_dims=D, n_points=N)), P)
 
 
 def only_set(suite, name):
@@ -102,17 +98,6 @@ def test_repeated_queries_repeat_a_context_point(suite):
         np.testing.assert_allclose(distances, 0, atol=1e-6)
 
 
-def test_score_takes_set_k_at_k_and_nan_past_the_last_set():
-    ys = jnp.zeros((2, 5))
-    sets = [evaluate.EvalSet(None, ys, {"b": np.arange(5) + 10.0 * k}) for k in range(3)]
-    model_curves = lambda params, inputs, ys_: {"model": np.full(5, -1.0)}
-    curves = evaluate.score(model_curves, None, evaluate.EvalSets(sets, per_k=True))
-    np.testing.assert_array_equal(curves["b"], [0, 11, 22, np.nan, np.nan])
-    np.testing.assert_array_equal(
-        evaluate.score(model_curves, None, evaluate.EvalSets(sets[1:]))["b"], np.arange(5) + 10
-    )
-
-
 def numpy_dmmse(xs, ys, pool, sigmas):
     """The posterior mean over (task, sigma), uniform prior, from Gaussian likelihoods, in float64."""
     xs, ys, pool = (np.asarray(a, np.float64) for a in (xs, ys, pool))
@@ -131,45 +116,13 @@ def numpy_dmmse(xs, ys, pool, sigmas):
 
 @pytest.mark.parametrize("sigmas", [(0.5,), (0.3, 1.0)])
 def test_dmmse_is_the_posterior_mean_over_the_pool(sigmas):
-    cfg = DataConfig(n_dims=3, n_points=7, noise_std=sigmas[0], noise_std_choices=sigmas if len(sigmas) > 1 else None)
+    cfg = data_config(n_dims=3, n_points=7, noise_std=sigmas[0], noise_std_choices=sigmas if len(sigmas) > 1 else None)
     pool = LinearRegression(cfg).pool_functions(jax.random.PRNGKey(1), jnp.arange(6))
     batch = LinearRegression(cfg).sample_batch(jax.random.PRNGKey(2), 8, pool_key=jax.random.PRNGKey(1))
     preds = baselines.all_predictions(batch.xs, batch.ys, cfg.prior_scale, cfg.noise_stds, pool)["dmmse"]
     for p in range(8):
         np.testing.assert_allclose(preds[p], numpy_dmmse(batch.xs[p], batch.ys[p], pool, sigmas), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(preds[:, 0], batch.xs[:, 0] @ pool.mean(axis=0), rtol=1e-5)  # k = 0: the pool's mean
-
-
-def test_pretrain_prompts_come_from_the_runs_pool():
-    cfg = DataConfig(n_dims=3, n_points=8, task_pool_size=5)
-    run_key = jax.random.PRNGKey(7)
-    pool = LinearRegression(cfg).pool_functions(pool_key(run_key), jnp.arange(5))
-    eval_set = evaluate.make_pretrain_set(cfg, EvalConfig(n_prompts=64), run_key, pool)
-    batch = LinearRegression(cfg).sample_batch(
-        jax.random.fold_in(jax.random.PRNGKey(12345), 1), 64, pool_key=pool_key(run_key)
-    )
-    np.testing.assert_array_equal(eval_set.ys, batch.ys)
-    solve = lambda x, y: np.linalg.lstsq(np.asarray(x), np.asarray(y), rcond=None)[0]  # noiseless: w itself
-    recovered = [solve(x, y) for x, y in zip(batch.xs, batch.ys, strict=True)]
-    distances = np.linalg.norm(np.asarray(recovered)[:, None] - np.asarray(pool)[None], axis=2).min(axis=1)
-    assert distances.max() < 1e-3  # every prompt's task is in the pool
-    curves = eval_set.baseline_curves
-    assert curves["dmmse"][2] < 1e-6 < curves["bayes"][2]  # two points name the task among 5; ridge needs 3
-
-
-def test_per_sigma_sets_follow_the_matching_ridge():
-    """With sigmas far apart, the mixture's posterior settles on the prompt's sigma: on each sigma's set
-    Bayes tends to ridge at that sigma's lambda, and stays off the other's."""
-    cfg = DataConfig(n_dims=2, n_points=24, noise_std_choices=(0.05, 2.0))
-    sets = evaluate.make_sigma_sets(cfg, EvalConfig(n_prompts=512))
-    assert sorted(sets) == [0.05, 2.0]
-    for sigma, other in ((0.05, 2.0), (2.0, 0.05)):
-        curves = sets[sigma].baseline_curves
-        matching, mismatched = curves[f"ridge_sigma_{sigma:g}"][-4:], curves[f"ridge_sigma_{other:g}"][-4:]
-        gap = np.abs(curves["bayes"][-4:] - matching)
-        assert gap.max() < 0.05 * np.abs(mismatched - matching).max()
-    ys_low, ys_high = (np.asarray(sets[s].ys) for s in (0.05, 2.0))
-    assert np.var(ys_high - ys_low) == pytest.approx(2.0**2 - 0.05**2, rel=0.1)  # same x's and w's, its own noise
 
 
 @pytest.fixture(scope="module")
@@ -190,7 +143,7 @@ def test_a_run_logs_every_set(pool_runs):
         assert np.isfinite(summary[key])
     assert summary["eval/ood/orthogonal_query/model/error_k1"] > 0
     assert "eval/ood/orthogonal_query/model/error_k6" not in summary  # past k = d - 1: not scored
-    conditions = set(ood.conditions(jax.random.PRNGKey(0), LinearRegression(DataConfig()), 2))
+    conditions = set(ood.conditions(jax.random.PRNGKey(0), LinearRegression(data_config()), 2))
     assert conditions == {key.split("/")[2] for key in summary if key.startswith("eval/ood/")}
     records = read_jsonl(run_dir / "curves.jsonl")
     sets = {r["set"] for r in records}  # every record names its set, the held-out one too
@@ -226,7 +179,7 @@ def test_analysis_reads_every_set_and_plots_the_pool_sizes(pool_runs, tmp_path):
 
 def test_dmmse_chunks_a_large_pool():
     """A pool whose dMMSE does not fit one batch gives the same predictions in chunks."""
-    cfg = DataConfig(n_dims=2, n_points=5, noise_std=0.5)
+    cfg = data_config(n_dims=2, n_points=5, noise_std=0.5)
     pool = LinearRegression(cfg).pool_functions(jax.random.PRNGKey(1), jnp.arange(64))
     batch = LinearRegression(cfg).sample_batch(jax.random.PRNGKey(2), 16)
     whole = baselines.all_predictions(batch.xs, batch.ys, 1.0, (0.5,), pool)["dmmse"]
@@ -251,7 +204,7 @@ def test_the_wandb_report_has_the_ood_and_task_pool_panels(pool_runs):
     after = {b.text: report.blocks[i + 1] for i, b in enumerate(report.blocks) if isinstance(b, wr.H1)}
     assert list(after)[-3:] == [sections.OOD, sections.SIGMA, sections.TASK_POOL]  # report.html's order
     ood_grid, pool_grid = after[sections.OOD], after[sections.TASK_POOL]
-    conditions = sorted(ood.conditions(jax.random.PRNGKey(0), LinearRegression(DataConfig()), 2))
+    conditions = sorted(ood.conditions(jax.random.PRNGKey(0), LinearRegression(data_config()), 2))
     bars, *charts = ood_grid.panels
     assert bars.metrics == [f"eval/ood/{c}/model/error_mean" for c in conditions]
     (folder,) = (pool_runs / "pool8" / "wandb").glob("offline-run-*")

@@ -15,7 +15,8 @@ from helpers import FAST, ROOT, auto_devices_env, final_state, no_key_env, run_c
 from icl_lr.records.schema import HELD_OUT, set_of
 from icl_lr.records.tracking import read_jsonl
 from icl_lr.run.start import plan_start
-from icl_lr.train.loop import build_model, init_state, train
+from icl_lr.train import setup
+from icl_lr.train.loop import init_state, train
 from icl_lr.train.optimizer import make_optimizer
 
 TWO_DEVICES = no_key_env(JAX_NUM_CPU_DEVICES="2")
@@ -144,16 +145,18 @@ def test_checkpoints_move_between_device_counts(runs):
 SPLIT_CHECK = """
 import jax, json, sys
 sys.path.insert(0, "tests")
-from helpers import FAST, run_config
+from helpers import FAST, held_out, run_config
 from icl_lr.train import evaluate, parallel
 from icl_lr.train.optimizer import make_optimizer
-from icl_lr.train.loop import build_model, init_state, make_dispatch
+from icl_lr.train import setup
+from icl_lr.train.loop import init_state, make_dispatch
 cfg = run_config(*FAST)
 mesh = parallel.data_mesh()
-model, tx = build_model(cfg), make_optimizer(cfg.training)
-state = jax.device_put(init_state(model, tx, cfg.data, 0), parallel.replicated(mesh))
-step = make_dispatch(model, tx, cfg, mesh).lower(state, 2).compile()
-eval_set = evaluate.make_eval_set(cfg.data, cfg.eval)
+run, tx = setup.build(cfg), make_optimizer(cfg.training)
+model = run.model
+state = jax.device_put(init_state(run, tx, 0), parallel.replicated(mesh))
+step = make_dispatch(run, tx, cfg, mesh).lower(state, 2).compile()
+eval_set = held_out(cfg.data, cfg.eval)
 curves_fn = evaluate.make_model_curves_fn(model, cfg.eval, mesh)
 curves = curves_fn.lower(state.params, eval_set.inputs, eval_set.ys).compile()
 print(json.dumps({"devices": mesh.size, "step": step.as_text(), "eval": curves.as_text()}))
@@ -182,8 +185,8 @@ def test_a_batch_that_does_not_split_is_refused_in_one_line(tmp_path):
 def test_bf16_computes_in_bfloat16_and_stays_near_float32():
     """Params stay float32; the outputs of a bf16 model are float32 and within bfloat16's rounding of fp32's."""
     cfg32, cfg16 = run_config(*FAST), run_config(*FAST, "training.precision=bf16")
-    model32, model16 = build_model(cfg32), build_model(cfg16)
-    params = init_state(model32, make_optimizer(cfg32.training), cfg32.data, 0).params
+    model32, model16 = setup.build(cfg32).model, setup.build(cfg16).model
+    params = init_state(setup.build(cfg32), make_optimizer(cfg32.training), 0).params
     assert {x.dtype for x in jax.tree.leaves(params)} == {jnp.dtype(jnp.float32)}
     xs = jax.random.normal(jax.random.PRNGKey(1), (8, cfg32.data.n_points, cfg32.data.n_dims))
     ys = jax.random.normal(jax.random.PRNGKey(2), (8, cfg32.data.n_points))

@@ -7,16 +7,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from icl_lr.model.config import ModelConfig
-from icl_lr.model.encoding import encoding_of
+from helpers import data_config, encoding_of, model_config
 from icl_lr.model.icl_model import FAMILIES, ICLModel
-from icl_lr.task.config import DataConfig
 from icl_lr.task.linear import LinearRegression
 from icl_lr.train import probes
 
 pytestmark = pytest.mark.unit
 
-DATA = DataConfig(n_dims=4, n_points=9)
+DATA = data_config(n_dims=4, n_points=9)
 
 
 def test_probe_targets_are_w_xty_least_squares_and_the_predictions():
@@ -69,12 +67,12 @@ def test_the_constructed_lsa_layer_holds_one_gd_step_and_random_features_hold_no
     """Under model.init=gd the query's state after layer 1 carries -eta x_k^T X^T y / k: a probe reads one GD
     step's prediction at R² = 1 from it, at every k, and not from the layer's input (R² about 0); nor does a
     random LSA (layer 0 or 1) hold w."""
-    data = DataConfig(n_dims=5, n_points=11, encoding="paired")
+    data = data_config(n_dims=5, n_points=11, encoding="paired")
     task, encoding = LinearRegression(data), encoding_of(data)
     train, test = (probes.probe_set_of(task, encoding, jax.random.PRNGKey(s), 1024) for s in (1, 2))
     curves = {}
     for init in ("gd", "random"):
-        config = ModelConfig(family="lsa", n_layer=1, n_embd=6, n_head=1, init=init, gd_learning_rate=0.625)
+        config = model_config(family="lsa", n_layer=1, n_embd=6, n_head=1, init=init, gd_learning_rate=0.625)
         model = ICLModel(config, encoding)
         params = model.init(jax.random.PRNGKey(0), train.inputs[:2])["params"]
         curves[init] = probes.r2_curves(probes.make_hidden_states_fn(model), params, train, test, chunk=256)
@@ -85,12 +83,12 @@ def test_the_constructed_lsa_layer_holds_one_gd_step_and_random_features_hold_no
         assert np.abs(curves["random"][f"probe_r2/w/layer_{layer}"]).max() < 0.05
 
 
-@pytest.mark.parametrize("family", sorted(FAMILIES))
+@pytest.mark.parametrize("family", FAMILIES.names())
 def test_every_family_sows_its_input_and_each_layer(family):
     """[n_layer + 1, prompts, N, E] states at the prediction positions; the last one is what the trunk returns
     (the LSTM and GPT-2 before their final LayerNorm), and sowing changes nothing the model outputs."""
-    data = DataConfig(n_dims=3, n_points=5, encoding="paired" if family == "lsa" else "continuous")
-    config = ModelConfig(family=family, n_layer=3, n_embd=8, n_head=2)
+    data = data_config(n_dims=3, n_points=5, encoding="paired" if family == "lsa" else "continuous")
+    config = model_config(family=family, n_layer=3, n_embd=8, n_head=2)
     model = ICLModel(config, encoding_of(data))
     batch = LinearRegression(data).sample_batch(jax.random.PRNGKey(0), 4)
     inputs = model.encoding.encode(batch.xs, batch.ys)

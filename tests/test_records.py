@@ -283,19 +283,27 @@ def test_a_lock_from_another_host_is_taken_over_only_when_said(finished, tmp_pat
     assert RunDirLock(run_dir).holder()[0] is None  # released at exit
 
 
-FIXTURE_OVERRIDES = ["model.n_embd=16", "training.steps=40", "training.schedule=constant", NO_WANDB]
+FIXTURE_RUN = ["model.n_embd=16", "training.steps=40", "training.schedule=constant", NO_WANDB]
+FIXTURES = {  # a run dir of 20 steps written by an earlier version: the overrides that resume it to 40
+    # before the layered package: identity.json and the config record beside the records (its
+    # checkpoints/run_config.json, no W&B id)
+    "run_dir_v1": FIXTURE_RUN,
+    # before each component owned its config: an LSTM on sparse prompts whose record holds every family's
+    # and every task's keys (model.n_head, data.tree_depth, ...)
+    "run_dir_v2": [*FIXTURE_RUN, "model=lstm", "data.task=sparse_linear"],
+}
 
 
-def test_a_run_dir_written_by_an_earlier_version_resumes(fast_config, tmp_path):
-    """tests/fixtures/run_dir_v1: 20 steps written before the layered package, identity.json and the
-    config record beside the records (its checkpoints/run_config.json, no W&B id); it resumes to 40 steps
-    and ends where a run started now ends."""
-    run_dir = copy_of(ROOT / "tests" / "fixtures" / "run_dir_v1", tmp_path / "old")
-    result = train_cli(run_dir, *FIXTURE_OVERRIDES)
+@pytest.mark.parametrize("fixture", FIXTURES)
+def test_a_run_dir_written_by_an_earlier_version_resumes(fixture, fast_config, tmp_path):
+    """tests/fixtures/<fixture> resumes to 40 steps and ends where a run started now ends."""
+    overrides = FIXTURES[fixture]
+    run_dir = copy_of(ROOT / "tests" / "fixtures" / fixture, tmp_path / "old")
+    result = train_cli(run_dir, *overrides)
     assert "resumed at step 20 of 40" in output(result)
     straight = tmp_path / "straight"
-    train_cli(straight, *FIXTURE_OVERRIDES)
-    cfg = fast_config(*FIXTURE_OVERRIDES)
+    train_cli(straight, *overrides)
+    cfg = fast_config(*overrides)
     # Its first 20 steps were computed on another machine, whose CPU kernels round differently (1e-9 apart
     # here): equal to 1e-4 of each leaf's scale, not bit for bit (a resume on one machine is, above).
     for resumed, fresh in zip(*(jax.tree.leaves(final_state(cfg, d)) for d in (run_dir, straight)), strict=True):

@@ -140,7 +140,7 @@ def test_a_finished_run_extends_when_training_steps_grows_and_cadences_may_chang
     assert summary["step"] == 60 and "eval/excess/mean" in summary
 
 
-@pytest.mark.parametrize("added", [["model.embedding_std"], ["data.bin_scheme", "data.token_value_embedding"]])
+@pytest.mark.parametrize("added", [["model.embedding_std"], ["data.w_prior", "data.w_centre"]])
 def test_a_run_dir_from_before_a_key_existed_resumes(finished_run, added):
     """A record without a key added since counts as its default (the old behaviour), or the key is free
     (model.embedding_std acts only at init, which the resume replaces)."""
@@ -288,7 +288,8 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_one_before(fast_config, f
         ("init_from=/no/such/checkpoint", "init_from"),
         ("data.w_components=100000", "data.w_components must be in"),  # its Bayes holds each one: memory
         ("eval.algorithm_steps=[1,100000000]", "eval.algorithm_steps must be a non-empty list of steps in"),
-        ("data.hidden_width=1000000", "data.hidden_width must be in"),
+        ("data.task=relu_2nn data.hidden_width=1000000", "data.hidden_width must be in"),
+        ("data.hidden_width=100", "data.hidden_width is a key of data.task=relu_2nn, not of data.task=linear_"),
         ("eval.algorithms=true data.n_points=1", "eval.algorithms scores predictions from a context"),
         ("eval.probes=true data.n_points=1", "eval.probes scores predictions from a context"),
     ],

@@ -13,7 +13,8 @@ import pytest
 from helpers import FAST, ROOT, assert_trees_equal, final_state
 from icl_lr.records.checkpoint import Checkpoints
 from icl_lr.records.tracking import Tracker, read_jsonl
-from icl_lr.train.loop import build_model, init_state, train
+from icl_lr.train import setup
+from icl_lr.train.loop import init_state, train
 from icl_lr.train.optimizer import learning_rate_schedule, make_optimizer
 
 
@@ -84,8 +85,8 @@ def test_binned_encodings_train_and_decode(fast_config, tmp_path, encoding):
     assert losses[0] > 2.95 and losses[-1] < losses[0] - 0.15  # measured: 3.05 -> 2.82
     model = np.asarray(summary["curves"]["model"])
     assert np.isfinite(model).all() and abs(model[0] - 1) < 0.2  # decoded prior mean ~0: error ~ E[y^2]/d = 1
-    yardsticks = {"model_median", "ce/model", "ce/bayes", "ce/marginal", "coverage/50", "coverage/90"}
-    assert yardsticks <= set(summary["curves"]) and "eval/excess/ce_k6" in summary
+    metrics = {"model_median", "ce/model", "ce/bayes", "ce/marginal", "coverage/50", "coverage/90"}
+    assert metrics <= set(summary["curves"]) and "eval/excess/ce_k6" in summary
     assert ("bayes_on_bins" in summary["curves"]) == (encoding == "tokens")  # only tokens rounds its inputs
 
 
@@ -124,12 +125,12 @@ def test_tokens_learn_in_context_at_one_dimension(fast_config, tmp_path):
 def test_checkpoint_restores_the_saved_state(fast_config, tmp_path):
     cfg = fast_config()
     tx = make_optimizer(cfg.training)
-    state = init_state(build_model(cfg), tx, cfg.data, seed=3)
+    state = init_state(setup.build(cfg), tx, seed=3)
     state = state.replace(step=state.step + 7, params=jax.tree.map(lambda p: p + 1.5, state.params))
     checkpoints = Checkpoints(tmp_path, max_to_keep=2)
     checkpoints.save_latest(state)
     checkpoints.close()
-    restored = Checkpoints(tmp_path, max_to_keep=2).restore_latest(init_state(build_model(cfg), tx, cfg.data, seed=0))
+    restored = Checkpoints(tmp_path, max_to_keep=2).restore_latest(init_state(setup.build(cfg), tx, seed=0))
     assert int(restored.step) == 7
     assert_trees_equal(restored, state)
     assert isinstance(restored.opt_state[1][0], optax.ScaleByAdamState)

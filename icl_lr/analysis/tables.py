@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import scipy.stats
 
-from icl_lr.fields import flatten
+from icl_lr.fields import ConfigError, flatten
 from icl_lr.records import wandb_adapter
 from icl_lr.records.run_dir import RunDirLock, config_record, read_config_record, read_identity
 from icl_lr.records.schema import (
@@ -39,6 +39,7 @@ from icl_lr.records.schema import (
     set_of_curves_key,
 )
 from icl_lr.records.tracking import read_jsonl
+from icl_lr.run.config import sections
 from icl_lr.train.config import RunConfig
 
 CONFIG_PREFIXES = ("data.", "model.", "training.", "eval.", "seed")  # config columns that can define a group
@@ -46,7 +47,7 @@ CURVE_COLUMNS = ["run_id", "set", "step", "predictor", "k", "value"]  # predicto
 HISTORY_COLUMNS = ["run_id", "step", "metric", "value"]  # every scalar logged: train/..., eval/...
 STATS = ["n", "mean", "std", "ci_low", "ci_high", "ci_method"]
 BOOTSTRAP_FROM = 30  # seeds: below, a resampling interval is too narrow (at n = 3 it is the min-max); Student-t
-MODEL_SHAPE = ("model.n_layer", "model.n_embd", "model.n_head")  # summed up by the model_size column
+MODEL_SHAPE = {"model.n_layer": "L", "model.n_embd": "d", "model.n_head": "H"}  # model_size: those its family has
 log = logging.getLogger("analyze")
 
 
@@ -100,13 +101,28 @@ def summary_scalars(summary: dict) -> dict:
     return {k: v for k, v in _flatten(kept).items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
 
 
+def _defaults(columns: dict) -> RunConfig:
+    """The defaults of the sections a run's components own (only the shared keys' where a component is
+    not installed here)."""
+    nested = {}
+    for key, value in columns.items():
+        section, _, name = key.partition(".")
+        if section in ("data", "model") and name in ("task", "family", "encoding", "task_mixture"):
+            nested.setdefault(section, {})[name] = value
+    try:
+        classes = sections(nested)
+    except ConfigError:
+        return RunConfig()
+    return RunConfig(**{section: cls() for section, cls in classes.items()})
+
+
 def _run_row(run_id: str, config: dict, summary: dict, **source) -> dict:
     """A run's row. A config key its record lacks (added to the code after the run started) gets its
     default, as a resumed run dir reads it (run_dir.differing_keys): runs group by what really varied."""
     columns = _config_columns(config)
-    for key, value in config_record(RunConfig()).items():
+    for key, value in config_record(_defaults(columns)).items():
         columns.setdefault(key, json.dumps(value) if isinstance(value, list) else value)
-    size = f"{columns['model.n_layer']}L/{columns['model.n_embd']}d/{columns['model.n_head']}H"
+    size = "/".join(f"{columns[key]}{letter}" for key, letter in MODEL_SHAPE.items() if key in columns)
     reference = {REFERENCE: BAYES} if summary else {}  # a summary from before it was named: over Bayes
     return {"run_id": run_id, **source, **columns, "model_size": size, **reference, **summary_scalars(summary)}
 

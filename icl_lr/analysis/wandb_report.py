@@ -21,9 +21,7 @@ from icl_lr.analysis import sections
 from icl_lr.analysis.plots import group_label
 from icl_lr.analysis.tables import MODEL_SHAPE, TASK_POOL
 from icl_lr.records import wandb_adapter
-from icl_lr.records.schema import DISTANCE, EXCESS, HELD_OUT, LEARNING_CURVES, PROBE_R2, curves_key
-
-HEADLINE = EXCESS  # the report's one headline, as analyze's summary's first column
+from icl_lr.records.schema import DISTANCE, EXCESS, HEADLINE, HELD_OUT, LEARNING_CURVES, PROBE_R2, curves_key
 
 
 def _config_keys(keys: list[str]) -> list[str]:
@@ -69,7 +67,7 @@ def build_report(
     config_keys = _config_keys(keys)
     grouped = dict(groupby=[f"config.{wandb_adapter.config_path(k)}" for k in config_keys])
     columns = [f"config:{wandb_adapter.config_path(k)}" for k in config_keys]
-    columns += [f"summary:{m}" for m in (HEADLINE, *LEARNING_CURVES)]
+    columns += [f"summary:{m}" for m in (*HEADLINE, *LEARNING_CURVES)]
     picked = None if sweep else runs.run_id  # without a sweep, the runs analyze read, by id
     everything = _runset(
         entity, project, sweep, "sweep", picked, **grouped, pinned_columns=list(dict.fromkeys(columns))
@@ -88,13 +86,13 @@ def build_report(
     overview.append(
         wr.ParallelCoordinatesPlot(
             columns=[wandb_adapter.flat_config_axis(k) for k in config_keys]
-            + [wr.ParallelCoordinatesPlotColumn(metric=wr.SummaryMetric(HEADLINE))]
+            + [wr.ParallelCoordinatesPlotColumn(metric=wr.SummaryMetric(EXCESS))]
         )
     )
     if "model_size" in keys and runs.model_size.nunique() > 1:
-        overview.append(wr.ScatterPlot(title="final excess vs model size", x="n_params", y=HEADLINE, log_x=True))
+        overview.append(wr.ScatterPlot(title="final excess vs model size", x="n_params", y=EXCESS, log_x=True))
     if "data.noise_std" in keys and runs["data.noise_std"].nunique() > 1:
-        noise = wandb_adapter.flat_config_scatter("data.noise_std", title="final excess vs noise std", y=HEADLINE)
+        noise = wandb_adapter.flat_config_scatter("data.noise_std", title="final excess vs noise std", y=EXCESS)
         overview.append(noise)
     blocks = [
         wr.H1(sections.BEST),

@@ -32,7 +32,6 @@ from pathlib import Path
 from icl_lr.analysis import plots, sections, tables
 from icl_lr.records import schema
 
-HEADLINE = list(schema.HEADLINE)
 SET_FIGURES = {"ood/": "ood_vs_context.png", "sigma_": "error_per_sigma.png", "task_": "error_per_task_class.png"}
 log = logging.getLogger("analyze")
 
@@ -69,7 +68,7 @@ def parse_args(argv):
         "--metrics",
         nargs="+",
         metavar="NAME",
-        help=f"summary metrics for summary.md (default: {' '.join(HEADLINE)}); aggregate.csv has every eval/ metric",
+        help=f"summary metrics for summary.md (default: {' '.join(schema.HEADLINE)}); aggregate.csv: all eval/ metrics",
     )
     parser.add_argument("--out", type=Path, default=Path("analysis"), help="output folder (default: analysis/)")
     parser.add_argument(
@@ -218,7 +217,7 @@ def main(argv=None) -> int:
         log.error("analyze: no finished runs left after --where %s", " ".join(args.where))
         return 2
     keys = args.group_by or tables.group_keys(finished)
-    headline_metrics = args.metrics or HEADLINE
+    headline_metrics = args.metrics or list(schema.HEADLINE)
     within = tables.compared_within(finished, headline_metrics[0]) if headline_metrics[0] in finished else []
     keys += [k for k in within if k not in keys]  # excesses over different references: never one ranking
     missing = [k for k in [*keys, *(args.metrics or [])] if k not in runs]

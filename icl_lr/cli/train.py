@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 from icl_lr.fields import ConfigError
 from icl_lr.records import schema
 from icl_lr.records.run_dir import RunDirError, RunDirLock, config_record, read_config_record
-from icl_lr.run.config import from_dictconfig
+from icl_lr.run.config import from_dictconfig, section_overrides
 from icl_lr.run.start import plan_start, with_horizon
 from icl_lr.train.preemption import Preempted, StopRequest
 
@@ -33,12 +33,13 @@ class JobFailed(RuntimeError):
     """A multirun job that failed; Hydra records it and goes on with the next job."""
 
 
-def run(cfg: DictConfig, run_dir: Path, attempt_dir: Path, choices: dict, stop: StopRequest) -> None:
+def run(cfg: DictConfig, run_dir: Path, attempt_dir: Path, choices: dict, stop: StopRequest, overrides=()) -> None:
     """One run on run_dir: checks, W&B, training. Raises on failure (W&B's run is then marked failed).
+    `overrides`: the command line's, whose keys of a component the run does not have are refused.
 
     Multi-host (training.distributed): process 0 runs this; the others train beside it once it says so.
     """
-    run_cfg = from_dictconfig(cfg)
+    run_cfg = from_dictconfig(cfg, overrides)
     # Imported once Hydra has set up logging: orbax's first (absl) log line otherwise installs a second
     # root handler, which doubles every line of `--info`; `--help`, `--cfg` and `--info` skip JAX too.
     from icl_lr.records.tracking import resolve_mode
@@ -109,7 +110,7 @@ def main(cfg: DictConfig) -> None:
     stop = StopRequest().install()
     logging.raiseExceptions = False  # a full disk fails train.log's handler too: no traceback per log line
     try:
-        run(cfg, run_dir, run_dir / hydra_cfg.output_subdir, choices, stop)
+        run(cfg, run_dir, run_dir / hydra_cfg.output_subdir, choices, stop, hydra_cfg.overrides.task)
     except KeyboardInterrupt as error:
         where = f" {error}" if str(error) else ""
         log.error("interrupted%s; start the same command again to resume from the last checkpoint", where)
@@ -153,6 +154,7 @@ def run_cli() -> None:
     """`python train.py` and `icl-lr-train`: the command line, as Hydra (and a sweep agent) give it."""
     if os.environ.get("WANDB_SWEEP_ID"):
         sys.argv = overrides_from_agent(sys.argv)
+    sys.argv = [sys.argv[0], *section_overrides(sys.argv[1:])]
     main()
 
 

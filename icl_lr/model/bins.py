@@ -5,7 +5,29 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 
+from icl_lr.fields import check
 from icl_lr.task.config import DataConfig
+
+BIN_SCHEMES = ("uniform", "gaussian_quantiles")
+
+
+@dataclass(frozen=True)
+class BinsConfig:
+    """The keys of an encoding that reads y out over bins (tokens, binned_y)."""
+
+    vocab_size: int = 64
+    bin_scheme: str = "uniform"
+    bin_range: float = 3.0
+    ce_weight: float = 1.0
+    mean_loss_weight: float = 0.0
+
+    def check(self) -> None:
+        check(self.vocab_size >= 2, f"data.vocab_size must be >= 2, got {self.vocab_size}")
+        check(self.bin_range > 0, f"data.bin_range must be > 0, got {self.bin_range}")
+        check(self.bin_scheme in BIN_SCHEMES, f"data.bin_scheme must be one of {BIN_SCHEMES}, got {self.bin_scheme!r}")
+        for key in ("ce_weight", "mean_loss_weight"):
+            check(getattr(self, key) >= 0, f"data.{key} must be >= 0, got {getattr(self, key)}")
+        check(self.ce_weight + self.mean_loss_weight > 0, "data.ce_weight and data.mean_loss_weight cannot both be 0")
 
 
 @dataclass(frozen=True)

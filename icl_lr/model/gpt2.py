@@ -19,12 +19,14 @@ Initialisation, and which reference each follows:
   than the positions hides them. The measurements behind it: docs/initialisation.md.
 """
 
+from dataclasses import dataclass
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from icl_lr.fields import check
 from icl_lr.model.config import HIDDEN, ModelConfig
 
 GPT2_INIT = nn.initializers.normal(0.02)  # GPT-2's init of every weight matrix
@@ -84,10 +86,32 @@ class Block(nn.Module):
         return h_BxTxE + drop(MLP(self.config, self.dtype, name="mlp")(norm("ln_2")(h_BxTxE)))
 
 
+@dataclass(frozen=True)
+class GPT2Config:
+    """The gpt2 family's keys (configs/model/gpt2_tiny.yaml documents them)."""
+
+    n_layer: int = 6
+    n_head: int = 2
+    n_positions: int = 256
+    dropout: float = 0.0
+
+    def check(self) -> None:
+        for key in ("n_layer", "n_head", "n_positions"):
+            check(getattr(self, key) >= 1, f"model.{key} must be >= 1, got {getattr(self, key)}")
+        check(
+            self.n_embd % self.n_head == 0,
+            f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head})",
+        )
+        check(0 <= self.dropout < 1, f"model.dropout must be in [0, 1), got {self.dropout}")
+
+
 class Transformer(nn.Module):
     """GPT2Model on input embeddings: learned positions, pre-LN blocks, final LayerNorm. `dtype` is the
     blocks' compute type (bfloat16 under training.precision=bf16); parameters stay float32. The residual
     stream is sown (HIDDEN) with the positions added and after each block."""
+
+    Config = GPT2Config
+    length_key = "n_positions"  # the key that bounds the sequence it takes
 
     config: ModelConfig
     dtype: Any = jnp.float32

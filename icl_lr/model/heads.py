@@ -15,8 +15,8 @@ import optax
 
 from icl_lr.model.bins import Bins
 from icl_lr.records.schema import MODEL
+from icl_lr.task.base import Task
 from icl_lr.task.config import DataConfig
-from icl_lr.task.registry import task_of
 
 
 def _error(preds_BxN, ys_BxN, n_dims: int) -> jax.Array:
@@ -27,6 +27,7 @@ def _error(preds_BxN, ys_BxN, n_dims: int) -> jax.Array:
 @dataclass(frozen=True)
 class ScalarHead:
     cfg: DataConfig
+    task: Task  # its metrics beside the squared error
     n_outputs = 1
 
     def predict(self, outs_BxNxO: jax.Array) -> jax.Array:
@@ -41,17 +42,18 @@ class ScalarHead:
         """Per-point metrics [B, N], whose means over prompts are the eval curves (schema.is_error_curve): the
         squared error / d and the task's other metrics (`<metric>/model`)."""
         preds_BxN = self.predict(outs_BxNxO)
-        others = task_of(self.cfg).metrics(preds_BxN, ys_BxN)
+        others = self.task.metrics(preds_BxN, ys_BxN)
         return {MODEL: _error(preds_BxN, ys_BxN, self.cfg.n_dims)} | {f"{m}/{MODEL}": v for m, v in others.items()}
 
-    def yardsticks(self, xs_BxNxD: jax.Array, ys_BxN: jax.Array) -> dict:
-        """Per-point metrics [B, N] of reference predictors that depend only on the prompts."""
+    def baseline_metrics(self, xs_BxNxD: jax.Array, ys_BxN: jax.Array) -> dict:
+        """Per-point metrics [B, N] of the baselines this output side adds: none."""
         return {}
 
 
 @dataclass(frozen=True)
 class BinnedHead:
     cfg: DataConfig
+    task: Task  # its Bayes predictive, the cross-entropy baselines' (bayes_predictive)
 
     @property
     def n_outputs(self) -> int:
@@ -89,7 +91,7 @@ class BinnedHead:
             "coverage/90": coverage(0.9).astype(jnp.float32),
         }
 
-    def yardsticks(self, xs_BxNxD, ys_BxN):
+    def baseline_metrics(self, xs_BxNxD, ys_BxN):
         """Cross-entropy of the y bin under two Gaussian predictives integrated over the same bins, from the
         exact prompts: Bayes's posterior predictive N(x^T mu_post, s^2 + x^T Sigma_post x) (`ce/bayes`; the
         model's excess over it is the gap), and the prior predictive N(0, prior^2 |x|^2 + s^2), the best
@@ -101,7 +103,7 @@ class BinnedHead:
         if len(cfg.noise_stds) > 1:
             return {}
         noise_var = cfg.noise_std**2 + self.bins.rounding_variance * cfg.y_scale**2
-        predictive = lambda x, y: task_of(cfg).bayes_predictive(x, y, noise_var)
+        predictive = lambda x, y: self.task.bayes_predictive(x, y, noise_var)
         mean_BxN, var_BxN = jax.vmap(predictive)(xs_BxNxD, ys_BxN)
         prior_var_BxN = cfg.prior_scale**2 * jnp.sum(xs_BxNxD**2, axis=-1) + noise_var
         return {

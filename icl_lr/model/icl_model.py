@@ -3,8 +3,11 @@ encoding's outputs per token. Every parameter is one of its modules' (the read-i
 so its parameters, `read_in` or `wte` and its companions, stand beside `transformer` and `read_out`, as in
 every checkpoint written so far).
 
-Adding a family is one module with its trunk (embeddings [B, T, E] -> hidden [B, T, E], built from
-(ModelConfig, dtype)), one model YAML and one FAMILIES line.
+A family is a trunk (embeddings [B, T, E] -> hidden [B, T, E], a Flax module built from (its section,
+dtype) and called on (embeddings, train)) with its `Config`, the keys it owns under `model:`; optional:
+`encodings` (the only ones it takes), `length_key` (its key bounding the sequence), `check_run(cfg)`
+(what its keys need of other sections), `read_out_init(config)`. FAMILIES names the built-ins
+(icl_lr/components.py: a plugin registers under `icl_lr.families`, or is named by import path).
 """
 
 from typing import Any
@@ -12,13 +15,17 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from icl_lr.components import Registry
 from icl_lr.model.config import ModelConfig
 from icl_lr.model.encoding import Encoding
-from icl_lr.model.gpt2 import GPT2_INIT, Transformer
-from icl_lr.model.lsa import LSA, gd_read_out_init
-from icl_lr.model.lstm import LSTM
+from icl_lr.model.gpt2 import GPT2_INIT
 
-FAMILIES = {"gpt2": Transformer, "lstm": LSTM, "lsa": LSA}  # model.family -> its trunk
+FAMILIES = Registry(
+    "model.family",
+    "icl_lr.families",
+    {"gpt2": "icl_lr.model.gpt2:Transformer", "lstm": "icl_lr.model.lstm:LSTM", "lsa": "icl_lr.model.lsa:LSA"},
+    ("__call__",),
+)
 
 
 class ICLModel(nn.Module):
@@ -27,10 +34,11 @@ class ICLModel(nn.Module):
     dtype: Any = jnp.float32  # the trunk's compute type; read-in, final LayerNorm and read-out stay float32
 
     def setup(self):
+        trunk = FAMILIES.resolve(self.config.family)
         self.embed = self.encoding.read_in(self.config)
         nn.share_scope(self, self.embed)
-        self.transformer = FAMILIES[self.config.family](self.config, self.dtype)  # the trunk, by its saved name
-        read_out_init = gd_read_out_init if self.config.init == "gd" else GPT2_INIT
+        self.transformer = trunk(self.config, self.dtype)  # the trunk, by its saved name
+        read_out_init = trunk.read_out_init(self.config) if hasattr(trunk, "read_out_init") else GPT2_INIT
         self.read_out = nn.Dense(self.encoding.n_outputs, kernel_init=read_out_init)
 
     def __call__(self, inputs, train: bool = False):

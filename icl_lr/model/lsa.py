@@ -14,12 +14,15 @@ and the query's into -w_l^T x_k, where w_l is l steps of gradient descent on (1/
 from w = 0 with learning rate eta = model.gd_learning_rate (tests/test_model.py checks it against them).
 """
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
 
+from icl_lr.fields import FREE, check
 from icl_lr.model.config import HIDDEN, ModelConfig
+from icl_lr.model.gpt2 import GPT2_INIT
 
 LSA_INIT = nn.initializers.normal(0.02)  # W_KQ and W_PV of a trained LSA start small (Ahn et al. init near 0)
 
@@ -42,10 +45,40 @@ def _gd_kq(key, shape, dtype=jnp.float32):
     return jnp.eye(*shape, dtype=dtype).at[Y, Y].set(0.0)
 
 
+@dataclass(frozen=True)
+class LSAConfig:
+    """The lsa family's keys (configs/model/lsa.yaml documents them)."""
+
+    n_layer: int = 1
+    init: str = "random"
+    gd_learning_rate: float = field(default=1.0, metadata=FREE)  # acts at init only
+
+    def check(self) -> None:
+        check(self.n_layer >= 1, f"model.n_layer must be >= 1, got {self.n_layer}")
+        check(self.init in ("random", "gd"), f"model.init must be random or gd, got {self.init!r}")
+
+
 class LSA(nn.Module):
     """Context and query embeddings [B, N, 2, E] (per point: the token with its y, the token with y = 0)
     -> the query's state [B, N, E] after n_layer layers, for every prefix problem k = 0..N-1 at once. The
     queries' states are sown (HIDDEN) before the first layer and after each."""
+
+    Config = LSAConfig
+    encodings = ("paired",)  # the only encoding it takes: one token per point
+
+    @staticmethod
+    def check_run(cfg) -> None:
+        """The construction's identity read-in needs room for (y, x)."""
+        m, d = cfg.model, cfg.data
+        check(
+            m.init != "gd" or m.n_embd >= d.n_dims + 1,
+            f"model.init=gd needs model.n_embd >= data.n_dims + 1 ({d.n_dims + 1}) for its identity read-in: "
+            f"{m.n_embd}",
+        )
+
+    @staticmethod
+    def read_out_init(config):
+        return gd_read_out_init if config.init == "gd" else GPT2_INIT
 
     config: ModelConfig
     dtype: Any = jnp.float32

@@ -6,17 +6,31 @@ OptimizedLSTMCell under nn.RNN), then a final LayerNorm as GPT-2's trunk ends wi
 recurrence orders the sequence. Causal by construction: the state at t has seen tokens up to t only.
 """
 
+from dataclasses import dataclass
 from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
 
+from icl_lr.fields import check
 from icl_lr.model.config import HIDDEN, ModelConfig
+
+
+@dataclass(frozen=True)
+class LSTMConfig:
+    """The lstm family's keys (configs/model/lstm.yaml documents them)."""
+
+    n_layer: int = 2
+
+    def check(self) -> None:
+        check(self.n_layer >= 1, f"model.n_layer must be >= 1, got {self.n_layer}")
 
 
 class LSTM(nn.Module):
     """Embeddings [B, T, E] -> hidden states [B, T, E]. `dtype`: the cells' compute type; parameters stay
     float32. The embeddings and each layer's states are sown (HIDDEN)."""
+
+    Config = LSTMConfig
 
     config: ModelConfig
     dtype: Any = jnp.float32

@@ -11,7 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from icl_lr.model.bins import Bins
+from icl_lr.model.bins import Bins, BinsConfig
 from icl_lr.model.config import ModelConfig
 from icl_lr.model.lsa import gd_read_in_init
 from icl_lr.task.config import DataConfig
@@ -83,6 +83,16 @@ class PairedInputs:
     def seen_values(self, xs_BxNxD: jax.Array, ys_BxN: jax.Array) -> tuple | None:
         """The prompts as the model sees them: exactly (None: nothing is quantised)."""
         return None
+
+
+@dataclass(frozen=True)
+class TokensConfig(BinsConfig):
+    """The tokens encoding's keys: its bins' and the read-in's switches (docs/tokens.md)."""
+
+    token_slot_embedding: bool = False
+    token_value_embedding: bool = False
+    token_point_embedding: bool = False
+    token_short_conv: bool = False
 
 
 class TokenReadIn(nn.Module):

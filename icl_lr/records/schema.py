@@ -23,7 +23,8 @@ HELD_OUT = "held_out"
 MODEL = "model"
 BAYES = "bayes"  # the Bayes-optimal predictor on the eval distribution (a mixture if sigma is hierarchical)
 
-# The headline metrics, lower is better: the model's excess over Bayes and its error, mean over k.
+# The headline metrics, lower is better: the model's excess over its reference (REFERENCE) and its error,
+# mean over k.
 EXCESS = "eval/excess/mean"
 MODEL_ERROR = "eval/model/error_mean"
 HEADLINE = (EXCESS, MODEL_ERROR)

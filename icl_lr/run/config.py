@@ -1,9 +1,11 @@
 """The run's config, composed: Hydra's config -> a validated RunConfig (icl_lr/train/config.py), refused
 before anything compiles with a one-line ConfigError naming the key.
 
-Each section checks its own keys (its `check`, beside its fields); what spans sections is checked here,
-where the run is composed: the model family's and the encoding's names, the sequence length the encoding
-needs against the model's positions, the task's name, epochs against the finite training set.
+The `data:` section is the keys every task shares and those its task and encoding own (each one's
+`Config`); `model:` those every family shares and its family's. A key another component owns is dropped
+where a YAML listed it for that component, refused (naming its owner) where the command line set it.
+Each section checks its own keys (its `check`, beside its fields); what spans sections is checked here
+through the components' own `check_run`, `encodings`/`families` and `length_key`.
 
 Why not Hydra structured configs (ConfigStore dataclasses)? They check types while Hydra composes, before
 `main` runs, so a bad value ends in Hydra's multi-line error report rather than one line naming the key;
@@ -11,58 +13,111 @@ and they cannot check what spans keys.
 """
 
 import dataclasses
-import importlib.util
 import logging
+import re
 
 from omegaconf import DictConfig, OmegaConf
 
-from icl_lr.fields import build, check, check_sections
+from icl_lr.fields import build, check, check_sections, section_class
+from icl_lr.model.config import ModelConfig
+from icl_lr.task.config import DataConfig
 from icl_lr.train.config import RunConfig, steps_per_epoch
 
 log = logging.getLogger("icl_lr")
 
 
-def check_across(cfg: RunConfig) -> None:
-    """The checks that span sections (the registries imported here: `--help` and `--cfg` need no JAX)."""
-    from icl_lr.model.encoding import ENCODINGS, encoding_of
+def section_overrides(overrides) -> list:
+    """The command line's `data.<key>=...` and `model.<key>=...` as Hydra's add-or-set (`++`): which keys a
+    section has depends on its components, so a key is refused here (one line naming the component that
+    owns it, or an unknown key), not by Hydra's composition."""
+    return [f"++{o}" if re.match(r"(data|model)\.[\w.]+=", o) else o for o in overrides]
+
+
+def typed_keys(overrides) -> frozenset:
+    """The dotted keys a command line sets (Hydra's overrides: key=value, +key=..., ++key=...)."""
+    return frozenset(o.lstrip("+~").split("=", 1)[0] for o in overrides if "=" in o)
+
+
+def components(values: dict) -> dict:
+    """{section: (its shared base, the chosen components' registries and names)} of a run's values."""
+    from icl_lr.model.encoding import ENCODINGS
     from icl_lr.model.icl_model import FAMILIES
-    from icl_lr.task.registry import LINEAR, TASKS
+    from icl_lr.task.registry import TASKS
+
+    data, model = values.get("data") or {}, values.get("model") or {}
+    task_name = str(data.get("task", DataConfig.task))
+    task = TASKS.resolve(task_name)
+    classes = task.component_names(data) if hasattr(task, "component_names") else ()
+    for name in classes:
+        TASKS.resolve(str(name), "data.task_mixture")
+    chosen_data = [(TASKS, task_name)] + [(TASKS, str(name)) for name in classes]
+    chosen_data.append((ENCODINGS, str(data.get("encoding", DataConfig.encoding))))
+    return {
+        "data": (DataConfig, chosen_data),
+        "model": (ModelConfig, [(FAMILIES, str(model.get("family", ModelConfig.family)))]),
+    }
+
+
+def sections(values: dict, typed: frozenset = frozenset()) -> dict:
+    """{section: its class for the components `values` names}; drops from `values` (in place) the keys of
+    components not chosen, or refuses one the command line set, naming the component that owns it."""
+    classes = {}
+    for section, (base, chosen) in components(values).items():
+        cls = classes[section] = section_class(base, tuple(registry.resolve(name).Config for registry, name in chosen))
+        own = {f.name for f in dataclasses.fields(cls)}
+        section_values = values.get(section) or {}
+        for key in [k for k in section_values if k not in own]:
+            owners = [(r.key, r.owners_of(key)) for r in dict.fromkeys(r for r, _ in chosen)]
+            owners = [f"{name}={'|'.join(names)}" for name, names in owners if names]
+            if not owners:
+                continue  # no component's: refused as an unknown key
+            these = " and ".join(f"{registry.key}={name}" for registry, name in chosen)
+            check(f"{section}.{key}" not in typed, f"{section}.{key} is a key of {owners[0]}, not of {these}")
+            del section_values[key]
+    return classes
+
+
+def check_across(cfg: RunConfig) -> None:
+    """The checks that span sections: each component's own (`check_run`), which encodings a family takes
+    and the sequence it can hold, what the probes and algorithms read, epochs against the finite set."""
+    from icl_lr.model.encoding import ENCODINGS
+    from icl_lr.model.icl_model import FAMILIES
+    from icl_lr.task.registry import LINEAR_INTERFACE, TASKS, is_linear
 
     d, m, t = cfg.data, cfg.model, cfg.training
-    check(m.family in FAMILIES, f"model.family must be one of {tuple(FAMILIES)}, got {m.family!r}")
-    check(d.task in TASKS, f"data.task must be one of {tuple(TASKS)}, got {d.task!r}")
-    for name in d.task_mixture or ():
-        check(name in TASKS, f"data.task_mixture's classes must be among {tuple(TASKS)}, got {name!r}")
+    task, encoding, family = TASKS.resolve(d.task), ENCODINGS.resolve(d.encoding), FAMILIES.resolve(m.family)
+    for component in (task, encoding, family):
+        if hasattr(component, "check_run"):
+            component.check_run(cfg)
+    takes = getattr(family, "encodings", None)
+    check(
+        (takes is None or d.encoding in takes) and (encoding.families is None or m.family in encoding.families),
+        f"model.family={m.family} and data.encoding={d.encoding} do not go together: the family takes "
+        f"{takes or 'any'}, the encoding is for {encoding.families or 'any family'}",
+    )
+    check(
+        d.noise_std_choices is None or getattr(task, "hierarchical_noise", False),
+        f"data.noise_std_choices (a hierarchical noise prior) is for a task whose baselines take one "
+        f"(hierarchical_noise), not data.task={d.task}",
+    )
     for key in ("probes", "algorithms"):
         check(
-            not getattr(cfg.eval, key) or d.task in LINEAR,
-            f"eval.{key} reads a task's one weight vector: data.task must be one of {LINEAR}, got {d.task}",
+            not getattr(cfg.eval, key) or is_linear(task),
+            f"eval.{key} reads a task's one weight vector: data.task={d.task} lacks "
+            f"{', '.join(n for n in LINEAR_INTERFACE if not hasattr(task, n))}",
         )
         check(
             not getattr(cfg.eval, key) or d.n_points >= 2,
             f"eval.{key} scores predictions from a context: data.n_points must be >= 2, got {d.n_points}",
         )
-    missing = [m for m in ("sklearn", "xgboost") if importlib.util.find_spec(m) is None]
-    check(
-        "decision_tree" not in (d.task, *(d.task_mixture or ())) or not missing,
-        f"data.task=decision_tree's baselines need {' and '.join(missing)}: pip install 'icl-lr[trees]'",
-    )
-    check(d.encoding in ENCODINGS, f"data.encoding must be one of {tuple(ENCODINGS)}, got {d.encoding!r}")
-    check(
-        (m.family == "lsa") == (d.encoding == "paired"),
-        f"model.family=lsa and data.encoding=paired go together (one token per point), got model.family={m.family} "
-        f"and data.encoding={d.encoding}: use experiment=lsa",
-    )
-    check(
-        m.init != "gd" or m.n_embd >= d.n_dims + 1,
-        f"model.init=gd needs model.n_embd >= data.n_dims + 1 ({d.n_dims + 1}) for its identity read-in: {m.n_embd}",
-    )
-    sequence_length = encoding_of(d).sequence_length
-    check(
-        sequence_length <= m.n_positions,
-        f"model.n_positions ({m.n_positions}) is too small: data.n_dims={d.n_dims} and data.n_points={d.n_points} "
-        f"with the {d.encoding} encoding need {sequence_length} positions",
-    )
+    length_key = getattr(family, "length_key", None)
+    if length_key:
+        length, limit = encoding.sequence_length_of(d), getattr(m, length_key)
+        check(
+            length <= limit,
+            f"model.{length_key} ({limit}) is too small: data.n_dims={d.n_dims} and data.n_points={d.n_points} "
+            f"with the {d.encoding} encoding need {length} positions",
+        )
     check(
         t.num_epochs is None or d.train_size is not None or t.num_epochs <= t.steps,
         f"training.num_epochs ({t.num_epochs}) without data.train_size splits training.steps ({t.steps}) "
@@ -87,10 +142,20 @@ def _resolve_epochs(cfg: RunConfig) -> RunConfig:
     return dataclasses.replace(cfg, training=dataclasses.replace(t, steps=steps))
 
 
-def from_dictconfig(cfg: DictConfig) -> RunConfig:
-    """Validated dataclasses from a (Hydra) config; raises ConfigError naming the bad key."""
-    run_cfg = build(RunConfig, OmegaConf.to_container(cfg, resolve=True))
+def from_values(values: dict, typed: frozenset = frozenset()) -> RunConfig:
+    """A RunConfig of nested values (its sections' classes chosen by the components they name), checked
+    section by section; `typed`: the keys the command line set."""
+    classes = sections(values, typed)
+    values = {**{section: {} for section in classes}, **values}  # a section left out gets its defaults
+    run_cfg = build(RunConfig, values, sections=classes)
     check_sections(run_cfg)
+    return run_cfg
+
+
+def from_dictconfig(cfg: DictConfig, overrides=()) -> RunConfig:
+    """Validated dataclasses from a (Hydra) config and the command line's `overrides`; raises ConfigError
+    naming the bad key."""
+    run_cfg = from_values(OmegaConf.to_container(cfg, resolve=True), typed_keys(overrides))
     check_across(run_cfg)
     run_cfg = _resolve_epochs(run_cfg)
     if run_cfg.training.warmup_steps > run_cfg.training.steps:

@@ -29,16 +29,17 @@ from icl_lr.records.tracking import read_jsonl
 from icl_lr.train.config import RunConfig
 
 log = logging.getLogger("icl_lr")
-FREE_KEYS = free_keys(RunConfig)  # a resume may change these (the fields marked FREE); training.steps only grows
 
 
-def differing_keys(stored: dict, current: dict) -> list:
-    """Keys whose change would alter the training trajectory of a resumed run. A key the stored record
+def differing_keys(stored: dict, cfg: RunConfig) -> list:
+    """The keys of `cfg` whose change from the stored record would alter the training trajectory of a
+    resumed run (those its fields mark FREE may change; training.steps only grows). A key the record
     lacks (added to the code after the run started) counts as its default: a new key's default keeps the
-    old behaviour, or the key is free."""
-    keys = sorted(set(stored) | set(current))
-    defaults = config_record(RunConfig())
-    return [k for k in keys if k not in FREE_KEYS and stored.get(k, defaults.get(k)) != current.get(k)]
+    old behaviour, or the key is free. A key the record has and `cfg` does not was another component's
+    (a record written before each component owned its keys): it never acted on this run."""
+    current, free = config_record(cfg), free_keys(cfg)
+    defaults = config_record(RunConfig(data=type(cfg.data)(), model=type(cfg.model)()))
+    return [k for k in sorted(current) if k not in free and stored.get(k, defaults[k]) != current[k]]
 
 
 def with_horizon(cfg: RunConfig, stored: dict | None) -> RunConfig:
@@ -110,7 +111,7 @@ def plan_start(run_dir: Path, cfg: RunConfig) -> RunStart:
     trained = resumed or has_results  # then `stored` is the record of what trained
     cfg = with_horizon(cfg, stored if trained else None)
     current = config_record(cfg)
-    changed = differing_keys(stored, current) if trained else []
+    changed = differing_keys(stored, cfg) if trained else []
     details = ", ".join(f"{k}: {stored.get(k)!r} -> {current.get(k)!r}" for k in changed)
     if resumed and changed:
         raise RunDirError(f"run dir {run_dir} was trained with another config ({details}); start a new run dir")

@@ -1,7 +1,8 @@
 """The task interface: what training, evaluation and the encodings ask of a task (a family of prompts
 (x_i, y_i) with a prior over the function that labels them). Adding a task is one module with a class
 that has these methods (icl_lr/task/sampling.py's Prompts gives the sampling ones from a prior and a
-labelling function), its keys in the data YAML and one TASKS line (icl_lr/task/registry.py).
+labelling function) and its `Config` (the keys it owns), its keys in the data YAML and one TASKS line
+(icl_lr/task/registry.py), or an entry point of one's own package (docs/extending.md).
 """
 
 from typing import NamedTuple, Protocol

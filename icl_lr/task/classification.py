@@ -12,8 +12,9 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 
+from icl_lr.fields import check
 from icl_lr.task import baselines
-from icl_lr.task.linear import LinearRegression
+from icl_lr.task.linear import LinearRegression, LinearRegressionConfig, check_gaussian_prior
 from icl_lr.task.sampling import Prompts
 
 LOGISTIC_C = 1.0  # logistic regression's inverse L2 penalty (scikit-learn's C, its default)
@@ -50,10 +51,22 @@ def accuracy(preds_BxN, ys_BxN) -> jax.Array:
 
 
 @dataclass(frozen=True)
+class LinearClassificationConfig(LinearRegressionConfig):
+    def check(self) -> None:
+        check_gaussian_prior(self)
+        check(
+            self.noise_stds == (0.0,),
+            f"data.task=linear_classification has no label noise: data.noise_std must be 0, got {self.noise_stds}",
+        )
+
+
+@dataclass(frozen=True)
 class LinearClassification(LinearRegression):
     """The task interface of linear classification: linear regression's prompts through a sign."""
 
+    Config = LinearClassificationConfig
     reference = "logistic_regression"
+    hierarchical_noise = False
 
     def label(self, ws_BxD, xs_BxNxD) -> jax.Array:
         return jnp.sign(LinearRegression.label(self, ws_BxD, xs_BxNxD))

@@ -13,12 +13,14 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
+from icl_lr.fields import check
 from icl_lr.records.schema import BAYES
 from icl_lr.task import algorithms, baselines, ood
 from icl_lr.task.base import Batch, pool_key
 from icl_lr.task.sampling import Prompts
 
 log = logging.getLogger("icl_lr")
+W_PRIORS = ("gaussian", "gaussian_mixture")
 TUNING_SEED = 2**31 - 1  # the algorithms' tuning prompts: a key no run's data or eval set uses
 
 
@@ -46,8 +48,33 @@ def probe_targets(xs_PxNxD, ys_PxN, ws_PxD) -> dict:
 
 
 @dataclass(frozen=True)
+class LinearRegressionConfig:
+    """linear_regression's keys (configs/data/linear_regression.yaml documents them)."""
+
+    w_prior: str = "gaussian"
+    w_components: int = 2
+    w_centre: float = 2.0
+
+    def check(self) -> None:
+        check(self.w_prior in W_PRIORS, f"data.w_prior must be one of {W_PRIORS}, got {self.w_prior!r}")
+        check(1 <= self.w_components <= 64, f"data.w_components must be in [1, 64], got {self.w_components}")
+        check(self.w_centre >= 0, f"data.w_centre must be >= 0, got {self.w_centre}")
+
+
+def check_gaussian_prior(section) -> None:
+    """A task built on linear regression's prompts whose prior is its own: w_prior stays gaussian."""
+    check(
+        section.w_prior == "gaussian",
+        f"data.w_prior={section.w_prior} is a prior of linear_regression's w, not of data.task={section.task}",
+    )
+
+
+@dataclass(frozen=True)
 class LinearRegression(Prompts):
     """The task interface (icl_lr/task/base.py) of in-context linear regression."""
+
+    Config = LinearRegressionConfig
+    hierarchical_noise = True  # its baselines take data.noise_std_choices
 
     def draw(self, key, batch_size: int) -> jax.Array:
         """w [B, D] from data.w_prior."""

@@ -6,27 +6,43 @@ function then from that class's prior. Its baselines are every class's, each cla
 squares. The evaluator adds one held-out set per class (`task_<class>`), scored by the same baselines.
 """
 
-import dataclasses
 from dataclasses import dataclass
 from functools import partial
 
 import jax
 import jax.numpy as jnp
 
+from icl_lr.fields import check
 from icl_lr.records.schema import BAYES
 from icl_lr.task import baselines
-from icl_lr.task.config import DataConfig
 from icl_lr.task.sampling import Prompts
 
 
-def component_config(cfg: DataConfig, name: str) -> DataConfig:
-    """The mixture's config as one class's own."""
-    return dataclasses.replace(cfg, task=name, task_mixture=None)
+@dataclass(frozen=True)
+class TaskMixtureConfig:
+    task_mixture: tuple[str, ...] | None = None
+
+    def check(self) -> None:
+        classes = list(self.task_mixture or ())
+        check(
+            len(classes) >= 2 and len(set(classes)) == len(classes) and "mixture" not in classes,
+            f"data.task_mixture must list two or more distinct tasks other than mixture, got {self.task_mixture}",
+        )
+        prior = getattr(self, "w_prior", "gaussian")  # linear_regression's, where it is one of the classes
+        check(
+            prior == "gaussian", f"data.w_prior={prior} is a prior of linear_regression's w, not of data.task=mixture"
+        )
 
 
 @dataclass(frozen=True)
 class TaskMixture(Prompts):
+    Config = TaskMixtureConfig
     components: tuple = ()  # one task per name of data.task_mixture (registry.task_of builds them)
+
+    @staticmethod
+    def component_names(section: dict) -> tuple:
+        """The classes whose keys join the mixture's section (data.task_mixture)."""
+        return tuple(section.get("task_mixture") or ())
 
     @property
     def exact(self) -> bool:

@@ -11,6 +11,7 @@ best baseline beside the prior-free ones (least squares, averaging, 3-NN):
   of that depth (scikit-learn) and gradient-boosted trees (XGBoost), the reference of its excess.
 """
 
+import importlib.util
 from dataclasses import dataclass
 from functools import partial
 
@@ -19,6 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from icl_lr.components import NoKeys
+from icl_lr.fields import check
 from icl_lr.records.schema import BAYES
 from icl_lr.task import baselines
 from icl_lr.task.sampling import Prompts
@@ -29,6 +32,8 @@ NN_LEARNING_RATE = 5e-3  # as Garg et al.'s GDModel
 
 @dataclass(frozen=True)
 class Quadratic(Prompts):
+    Config = NoKeys
+
     def draw(self, key, batch_size: int) -> jax.Array:
         return self.cfg.prior_scale * jax.random.normal(key, (batch_size, self.cfg.n_dims))
 
@@ -78,7 +83,16 @@ def trained_network(key, xs_NxD, ys_N, width: int):
 
 
 @dataclass(frozen=True)
+class Relu2NNConfig:
+    hidden_width: int = 100
+
+    def check(self) -> None:
+        check(1 <= self.hidden_width <= 4096, f"data.hidden_width must be in [1, 4096], got {self.hidden_width}")
+
+
+@dataclass(frozen=True)
 class Relu2NN(Prompts):
+    Config = Relu2NNConfig
     reference = "trained_network"
 
     def draw(self, key, batch_size: int) -> tuple:
@@ -101,7 +115,19 @@ def _relu_baselines(xs, ys, width: int) -> dict:
 
 
 @dataclass(frozen=True)
+class DecisionTreeConfig:
+    tree_depth: int = 4
+
+    def check(self) -> None:
+        check(1 <= self.tree_depth <= 10, f"data.tree_depth must be in [1, 10], got {self.tree_depth}")
+        missing = [m for m in ("sklearn", "xgboost") if importlib.util.find_spec(m) is None]
+        check(not missing, f"data.task=decision_tree's baselines need {' and '.join(missing)}: "
+                           "pip install 'icl-lr[trees]'")  # fmt: skip
+
+
+@dataclass(frozen=True)
 class DecisionTree(Prompts):
+    Config = DecisionTreeConfig
     reference = "xgboost"
 
     def draw(self, key, batch_size: int) -> tuple:

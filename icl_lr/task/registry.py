@@ -1,26 +1,45 @@
-"""The tasks, by the name `data.task` gives them."""
+"""The tasks, by the name `data.task` gives them (icl_lr/components.py: a built-in's line here, an installed
+package's entry point in the group `icl_lr.tasks`, or an import path)."""
 
-from icl_lr.task.base import Task
-from icl_lr.task.classification import LinearClassification
+import dataclasses
+
+from icl_lr.components import Registry
+from icl_lr.task.base import LinearTask, Task
 from icl_lr.task.config import DataConfig
-from icl_lr.task.linear import LinearRegression
-from icl_lr.task.mixture import TaskMixture, component_config
-from icl_lr.task.nonlinear import DecisionTree, Quadratic, Relu2NN
-from icl_lr.task.sparse import SparseLinear
 
-TASKS = {  # data.task -> its class (icl_lr/task/base.py's interface)
-    "linear_regression": LinearRegression,
-    "sparse_linear": SparseLinear,
-    "linear_classification": LinearClassification,
-    "quadratic": Quadratic,
-    "relu_2nn": Relu2NN,
-    "decision_tree": DecisionTree,
-    "mixture": TaskMixture,  # of the classes data.task_mixture names
-}
-LINEAR = ("linear_regression", "sparse_linear", "linear_classification")  # tasks with one w: probes, algorithms
+TASK_INTERFACE = tuple(n for n in vars(Task) if not n.startswith("_")) + tuple(Task.__annotations__)
+LINEAR_INTERFACE = tuple(n for n in vars(LinearTask) if not n.startswith("_"))  # what probes and algorithms read
+
+TASKS = Registry(
+    "data.task",
+    "icl_lr.tasks",
+    {
+        "linear_regression": "icl_lr.task.linear:LinearRegression",
+        "sparse_linear": "icl_lr.task.sparse:SparseLinear",
+        "linear_classification": "icl_lr.task.classification:LinearClassification",
+        "quadratic": "icl_lr.task.nonlinear:Quadratic",
+        "relu_2nn": "icl_lr.task.nonlinear:Relu2NN",
+        "decision_tree": "icl_lr.task.nonlinear:DecisionTree",
+        "mixture": "icl_lr.task.mixture:TaskMixture",  # of the classes data.task_mixture names
+    },
+    TASK_INTERFACE,
+)
+
+
+def is_linear(task) -> bool:
+    """Whether a task (or its class) has one w per prompt: what probes and algorithms read."""
+    return all(hasattr(task, name) for name in LINEAR_INTERFACE)
 
 
 def task_of(cfg: DataConfig) -> Task:
-    if cfg.task == "mixture":
-        return TaskMixture(cfg, tuple(task_of(component_config(cfg, name)) for name in cfg.task_mixture))
-    return TASKS[cfg.task](cfg)
+    """The task of a data section (its mixture's classes built from the same section)."""
+    cls = TASKS.resolve(cfg.task)
+    names = cls.component_names(vars(cfg)) if hasattr(cls, "component_names") else ()
+    if not names:
+        return cls(cfg)
+    return cls(cfg, tuple(task_of(component_config(cfg, name)) for name in names))
+
+
+def component_config(cfg: DataConfig, name: str) -> DataConfig:
+    """A mixture's section as one of its classes' own."""
+    return dataclasses.replace(cfg, task=name)

@@ -19,9 +19,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from icl_lr.fields import check
 from icl_lr.records.schema import BAYES
 from icl_lr.task import baselines
-from icl_lr.task.linear import TUNING_SEED, LinearRegression
+from icl_lr.task.linear import TUNING_SEED, LinearRegression, LinearRegressionConfig, check_gaussian_prior
 
 log = logging.getLogger("icl_lr")
 LASSO_ALPHAS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0)  # the penalties tuned over, Garg et al.'s among them
@@ -91,8 +92,21 @@ def support_bayes(xs_NxD, ys_N, supports_CxS, prior_scale: float, noise_std: flo
 
 
 @dataclass(frozen=True)
+class SparseLinearConfig(LinearRegressionConfig):
+    sparsity: int = 2
+
+    def check(self) -> None:
+        check_gaussian_prior(self)
+        n, s = self.n_dims, self.sparsity
+        check(1 <= s <= n, f"data.sparsity must be in [1, data.n_dims={n}], got {s}")
+
+
+@dataclass(frozen=True)
 class SparseLinear(LinearRegression):
     """The task interface of sparse linear regression; linear regression's but for its prior and baselines."""
+
+    Config = SparseLinearConfig
+    hierarchical_noise = False
 
     @property
     def reference(self) -> str:

@@ -11,20 +11,29 @@ eval.seed. Baselines do not change during training and are computed once per set
 
 import dataclasses
 import logging
+import time
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
-from icl_lr.model.encoding import encoding_of
-from icl_lr.records.schema import BAYES, MODEL, SIMILARITIES, is_error_curve
-from icl_lr.task.base import Batch, pool_key
-from icl_lr.task.config import DataConfig
-from icl_lr.task.mixture import component_config
-from icl_lr.task.registry import task_of
+from icl_lr.model.encoding import Encoding
+from icl_lr.records.schema import (
+    BAYES,
+    EXCESS,
+    HELD_OUT,
+    MODEL,
+    SIMILARITIES,
+    is_error_curve,
+    metric_prefix,
+)
+from icl_lr.records.tracking import Tracker
+from icl_lr.task.base import Batch, Task, pool_key
 from icl_lr.train import parallel, probes
-from icl_lr.train.config import EvalConfig
+from icl_lr.train.config import EvalConfig, RunConfig
+from icl_lr.train.setup import Setup
 
 log = logging.getLogger("icl_lr")
 
@@ -49,31 +58,30 @@ def squared_error_curve(preds_PxN, ys_PxN, n_dims: int) -> jax.Array:
     return jnp.mean((preds_PxN - ys_PxN) ** 2, axis=0) / n_dims
 
 
-def _baseline_curves(xs, ys, ys_scored, noise_stds: tuple, data_cfg: DataConfig, pool, suffix: str = "") -> dict:
+def _baseline_curves(task: Task, xs, ys, ys_scored, noise_stds: tuple, pool, suffix: str = "") -> dict:
     """Each baseline's squared error / d by k, and its curves of the task's other metrics (`<metric>/<name>`)."""
-    task = task_of(data_cfg)
     curves = {}
     for name, p in task.baselines(xs, ys, noise_stds, pool).items():
-        curves[name + suffix] = np.asarray(squared_error_curve(p, ys_scored, data_cfg.n_dims))
+        curves[name + suffix] = np.asarray(squared_error_curve(p, ys_scored, task.cfg.n_dims))
         curves |= {
             f"{metric}/{name}{suffix}": np.asarray(v.mean(0)) for metric, v in task.metrics(p, ys_scored).items()
         }
     return curves
 
 
-def eval_set_of(data_cfg: DataConfig, batch: Batch, pool=None) -> EvalSet:
+def eval_set_of(task: Task, encoding: Encoding, batch: Batch, pool=None) -> EvalSet:
     """The prompts of `batch`, encoded, with the baselines' error curves on them (dMMSE given the run's
     task pool [M, d]). An encoding that quantises its inputs adds each baseline on the decoded values the
     model sees (`<name>_on_bins`, scored against the exact ys; Bayes's noise there includes the
-    quantisation's), and a binned output adds its cross-entropy yardsticks."""
-    encoding = encoding_of(data_cfg)
-    curves = _baseline_curves(batch.xs, batch.ys, batch.ys, data_cfg.noise_stds, data_cfg, pool)
+    quantisation's), and a binned output adds its cross-entropy baselines."""
+    noise_stds = task.cfg.noise_stds
+    curves = _baseline_curves(task, batch.xs, batch.ys, batch.ys, noise_stds, pool)
     seen = encoding.seen_values(batch.xs, batch.ys)
     if seen is not None:
         xs_seen, ys_seen, added_var = seen
-        noise_stds = tuple(float((sigma**2 + added_var) ** 0.5) for sigma in data_cfg.noise_stds)
-        curves |= _baseline_curves(xs_seen, ys_seen, batch.ys, noise_stds, data_cfg, pool, suffix="_on_bins")
-    curves |= {name: np.asarray(v.mean(axis=0)) for name, v in encoding.yardsticks(batch.xs, batch.ys).items()}
+        seen_stds = tuple(float((sigma**2 + added_var) ** 0.5) for sigma in noise_stds)
+        curves |= _baseline_curves(task, xs_seen, ys_seen, batch.ys, seen_stds, pool, suffix="_on_bins")
+    curves |= {name: np.asarray(v.mean(axis=0)) for name, v in encoding.baseline_metrics(batch.xs, batch.ys).items()}
     return EvalSet(encoding.encode(batch.xs, batch.ys), batch.ys, curves)
 
 
@@ -87,11 +95,10 @@ def _set_key(eval_cfg: EvalConfig, stream: int):
     return key if stream == 0 else jax.random.fold_in(key, stream)
 
 
-def make_eval_set(data_cfg: DataConfig, eval_cfg: EvalConfig, pool=None) -> EvalSet:
+def held_out_set(task: Task, encoding: Encoding, eval_cfg: EvalConfig, pool=None) -> EvalSet:
     """The held-out set; with eval.algorithms, the iterative algorithms' curves beside the baselines'."""
-    task = task_of(data_cfg)
     batch = task.sample_batch(_set_key(eval_cfg, 0), eval_cfg.n_prompts)
-    held_out = eval_set_of(data_cfg, batch, pool)
+    held_out = eval_set_of(task, encoding, batch, pool)
     if not eval_cfg.algorithms:
         return held_out
     predictors, rates = task.algorithms(eval_cfg.algorithm_steps)
@@ -99,7 +106,7 @@ def make_eval_set(data_cfg: DataConfig, eval_cfg: EvalConfig, pool=None) -> Eval
              ", ".join(f"{name} {rate:.3g}" for name, rate in rates.items()))  # fmt: skip
     batched = {name: jax.vmap(predict) for name, predict in predictors.items()}
     references = {name: predictions_and_query_gradients(p, batch.xs, batch.ys) for name, p in batched.items()}
-    curves = {n: np.asarray(squared_error_curve(p, batch.ys, data_cfg.n_dims)) for n, (p, _) in references.items()}
+    curves = {n: np.asarray(squared_error_curve(p, batch.ys, task.cfg.n_dims)) for n, (p, _) in references.items()}
     return held_out._replace(baseline_curves=held_out.baseline_curves | curves, xs=batch.xs, references=references)
 
 
@@ -143,47 +150,45 @@ def make_model_gradients_fn(model):
     return predictions_and_gradients
 
 
-def make_probe_sets(data_cfg: DataConfig, eval_cfg: EvalConfig) -> tuple[probes.ProbeSet, probes.ProbeSet]:
+def probe_sets(task: Task, encoding: Encoding, eval_cfg: EvalConfig) -> tuple[probes.ProbeSet, probes.ProbeSet]:
     """(probe-training set, the held-out prompts) with their probe targets, for eval.probes."""
-    task, encoding = task_of(data_cfg), encoding_of(data_cfg)
     of = lambda stream: probes.probe_set_of(task, encoding, _set_key(eval_cfg, stream), eval_cfg.n_prompts)
     return of(4), of(0)
 
 
-def make_train_set_eval(data_cfg: DataConfig, eval_cfg: EvalConfig, run_key, pool=None) -> EvalSet:
+def train_set(task: Task, encoding: Encoding, eval_cfg: EvalConfig, run_key, pool=None) -> EvalSet:
     """The first min(train_size, eval.n_prompts) prompts of the run's finite training set, full task."""
-    ids = jnp.arange(min(data_cfg.train_size, eval_cfg.n_prompts))
-    return eval_set_of(data_cfg, task_of(data_cfg).training_set_prompts(run_key, ids), pool)
+    ids = jnp.arange(min(task.cfg.train_size, eval_cfg.n_prompts))
+    return eval_set_of(task, encoding, task.training_set_prompts(run_key, ids), pool)
 
 
-def make_pretrain_set(data_cfg: DataConfig, eval_cfg: EvalConfig, run_key, pool) -> EvalSet:
+def pretrain_set(task: Task, encoding: Encoding, eval_cfg: EvalConfig, run_key, pool) -> EvalSet:
     """Held-out prompts whose tasks come from the run's own pool (Raventos et al.'s "Pretrain" eval)."""
-    batch = task_of(data_cfg).sample_batch(_set_key(eval_cfg, 1), eval_cfg.n_prompts, pool_key=pool_key(run_key))
-    return eval_set_of(data_cfg, batch, pool)
+    batch = task.sample_batch(_set_key(eval_cfg, 1), eval_cfg.n_prompts, pool_key=pool_key(run_key))
+    return eval_set_of(task, encoding, batch, pool)
 
 
-def make_sigma_sets(data_cfg: DataConfig, eval_cfg: EvalConfig) -> dict:
+def sigma_sets(task: Task, encoding: Encoding, eval_cfg: EvalConfig) -> dict:
     """Under a hierarchical noise prior, {sigma: set} with every prompt's noise at that sigma (the same x's
     and w's for all), scored beside the mixture's Bayes and ridge at each sigma (Bai et al. 2023)."""
-    fixed = lambda sigma: dataclasses.replace(data_cfg, noise_std=sigma, noise_std_choices=None)
-    sample = lambda sigma: task_of(fixed(sigma)).sample_batch(_set_key(eval_cfg, 2), eval_cfg.n_prompts)
-    return {sigma: eval_set_of(data_cfg, sample(sigma)) for sigma in data_cfg.noise_stds}
+    fixed = lambda sigma: dataclasses.replace(task, cfg=dataclasses.replace(task.cfg, noise_std=sigma,
+                                                                             noise_std_choices=None))  # fmt: skip
+    sample = lambda sigma: fixed(sigma).sample_batch(_set_key(eval_cfg, 2), eval_cfg.n_prompts)
+    return {sigma: eval_set_of(task, encoding, sample(sigma)) for sigma in task.cfg.noise_stds}
 
 
-def make_class_sets(data_cfg: DataConfig, eval_cfg: EvalConfig) -> dict:
+def class_sets(task: Task, encoding: Encoding, eval_cfg: EvalConfig) -> dict:
     """Under a mixture of task classes, {class: set} of prompts of that class alone, scored by the mixture's
     baselines (Bai et al. 2023's per-class evaluation)."""
-    sample = lambda name: task_of(component_config(data_cfg, name)).sample_batch(
-        _set_key(eval_cfg, 5), eval_cfg.n_prompts
-    )
-    return {name: eval_set_of(data_cfg, sample(name)) for name in data_cfg.task_mixture}
+    sample = lambda component: component.sample_batch(_set_key(eval_cfg, 5), eval_cfg.n_prompts)
+    return {c.cfg.task: eval_set_of(task, encoding, sample(c)) for c in task.components}
 
 
-def make_ood_sets(data_cfg: DataConfig, eval_cfg: EvalConfig) -> dict:
+def ood_sets(task: Task, encoding: Encoding, eval_cfg: EvalConfig) -> dict:
     """{condition: EvalSets} of the task's OOD prompts (Garg et al.'s suite), baselines under the training prior."""
-    suite = task_of(data_cfg).ood_conditions(_set_key(eval_cfg, 3), eval_cfg.n_prompts)
+    suite = task.ood_conditions(_set_key(eval_cfg, 3), eval_cfg.n_prompts)
     return {
-        name: EvalSets([eval_set_of(data_cfg, _prompts(xs, ys)) for xs, ys in sets], per_k)
+        name: EvalSets([eval_set_of(task, encoding, _prompts(xs, ys)) for xs, ys in sets], per_k)
         for name, (sets, per_k) in suite.items()
     }
 
@@ -242,3 +247,93 @@ def summarize(curves: dict, n_dims: int, reference: str = BAYES) -> dict:
     summary["excess/mean"] = float(np.nanmean(excess))
     summary["model/error_mean"] = float(np.nanmean(curves[MODEL]))
     return {name: value for name, value in summary.items() if np.isfinite(value)}
+
+
+def headline(curves: dict, n_dims: int, reference: str = BAYES) -> str:
+    """Errors at k = 2d (or the last k the curves score): the model beside the task's reference (the
+    Bayes-optimal where it is exact), least squares and, where the run has a task pool, dMMSE."""
+    scored = [k for k in range(min(2 * n_dims + 1, len(curves[MODEL]))) if np.isfinite(curves[MODEL][k])]
+    if not scored:
+        return "error: not finite at any k"
+    k = max(scored)
+    names = dict.fromkeys((MODEL, reference, "least_squares", "dmmse"))
+    parts = [f"{name} {curves[name][k]:.4f}" for name in names if name in curves]
+    return f"error@k={k}: " + ", ".join(parts) + f" (k=0: {curves[MODEL][0]:.4f})"
+
+
+def fixed_sets(setup: Setup, cfg: RunConfig, run_key, pool) -> dict:
+    """{set name: EvalSets} scored at every eval: the held-out prompts (schema.HELD_OUT); the training set's
+    (`train_set`) and the pool's (`pretrain`), when finite; one per sigma of a hierarchical noise prior
+    (`sigma_<s>`); one per class of a mixture of tasks (`task_<class>`)."""
+    task, encoding, d, e = setup.task, setup.encoding, cfg.data, cfg.eval
+    one = lambda eval_set: EvalSets([eval_set])
+    sets = {HELD_OUT: one(held_out_set(task, encoding, e, pool))}
+    if d.train_size:
+        sets["train_set"] = one(train_set(task, encoding, e, run_key, pool))
+    if d.task_pool_size:
+        sets["pretrain"] = one(pretrain_set(task, encoding, e, run_key, pool))
+    if d.noise_std_choices:
+        sets |= {f"sigma_{s:g}": one(v) for s, v in sigma_sets(task, encoding, e).items()}
+    if getattr(task, "components", ()):
+        sets |= {f"task_{name}": one(v) for name, v in class_sets(task, encoding, e).items()}
+    return sets
+
+
+class Evaluator:
+    """The eval phase: the model's curves on every fixed prompt set (`fixed_sets`) and on Garg et al.'s OOD
+    suite (`ood/<condition>`, at the final eval or every eval), logged as scalars (schema.metric_prefix) and
+    per-set curve tables; each set beside the task's reference baseline."""
+
+    def __init__(self, setup: Setup, cfg: RunConfig, run_key, mesh: Mesh):
+        started = time.perf_counter()
+        self.setup, self.cfg = setup, cfg
+        self.model_curves = make_model_curves_fn(setup.model, cfg.eval, mesh)
+        pool = setup.task.eval_pool(run_key)  # the whole pool, for the baselines that need it; sampling needs none
+        self.sets = fixed_sets(setup, cfg, run_key, pool)
+        log.info("eval sets and their baselines ready in %.1fs", time.perf_counter() - started)
+        self.ood_sets, self.ood_seconds = None, 0.0
+        self.model_gradients = make_model_gradients_fn(setup.model) if cfg.eval.algorithms else None
+        self.reference = setup.task.reference  # the baseline the excess is measured against
+        self.probe_sets = probe_sets(setup.task, setup.encoding, cfg.eval) if cfg.eval.probes else None
+        self.hidden_states = probes.make_hidden_states_fn(setup.model) if cfg.eval.probes else None
+
+    def _ood(self) -> dict:
+        """The OOD suite's sets, built on first use."""
+        if self.ood_sets is None:
+            started = time.perf_counter()
+            conditions = ood_sets(self.setup.task, self.setup.encoding, self.cfg.eval)
+            self.ood_sets = {f"ood/{name}": sets for name, sets in conditions.items()}
+            self.ood_seconds += time.perf_counter() - started
+            log.info("OOD suite: %d conditions and their baselines ready in %.1fs", len(conditions), self.ood_seconds)
+        return self.ood_sets
+
+    def __call__(self, params, tracker: Tracker, step: int, final: bool) -> dict:
+        """Logs every set's scalars and curves; returns the scalars."""
+        e, n_dims, scalars = self.cfg.eval, self.cfg.data.n_dims, {}
+        with_ood = e.ood and (final or e.ood_every_eval)
+        all_curves = {}
+        for name, eval_sets in (self.sets | (self._ood() if with_ood else {})).items():
+            started = time.perf_counter()
+            all_curves[name] = curves = score(self.model_curves, params, eval_sets)
+            if eval_sets.sets[0].references and self.model_gradients:  # the model beside each algorithm
+                held_out = eval_sets.sets[0]
+                preds, grads = self.model_gradients(params, held_out.xs, held_out.ys)
+                curves |= similarity_curves(preds, grads, held_out, n_dims)
+            if name == HELD_OUT and self.probe_sets:  # what each layer's state holds (eval.probes)
+                curves |= probes.r2_curves(self.hidden_states, params, *self.probe_sets, e.batch_size)
+            if name.startswith("ood/"):
+                self.ood_seconds += time.perf_counter() - started
+            summary = summarize(curves, n_dims, self.reference)
+            scalars |= {metric_prefix(name) + k: v for k, v in summary.items()}
+            tracker.log_curves(curves, step, name)
+        tracker.log(scalars, step)
+        line = headline(all_curves[HELD_OUT], n_dims, self.reference)
+        log.info(
+            "eval at step %d | %s | excess over %s (mean over k) %.4f", step, line, self.reference, scalars[EXCESS]
+        )
+        for name, curves in all_curves.items():
+            if name != HELD_OUT:
+                log.info("  %s %s", name, headline(curves, n_dims, self.reference))
+        if with_ood:
+            log.info("OOD suite: %.1fs so far (building its sets and scoring them)", self.ood_seconds)
+        return scalars

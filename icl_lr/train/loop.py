@@ -18,30 +18,24 @@ from flax import struct
 from jax.sharding import Mesh
 
 from icl_lr.fields import ConfigError
-from icl_lr.model.encoding import encoding_of
 from icl_lr.model.icl_model import ICLModel
 from icl_lr.records.checkpoint import Checkpoints, restore_params
 from icl_lr.records.schema import (
-    BAYES,
     CURVES_FILE,
-    EXCESS,
     HELD_OUT,
     METRICS_FILE,
-    MODEL,
     MODEL_ERROR,
     REFERENCE,
-    metric_prefix,
     set_of,
 )
 from icl_lr.records.tracking import LocalFiles, Tracker, Trackers, read_jsonl
 from icl_lr.task.base import PER_PROMPT, Batch
-from icl_lr.task.config import DataConfig
-from icl_lr.task.registry import task_of
-from icl_lr.train import evaluate, parallel, probes
+from icl_lr.train import evaluate, parallel
 from icl_lr.train.config import RunConfig, steps_per_epoch
 from icl_lr.train.optimizer import learning_rate_schedule, make_optimizer
 from icl_lr.train.preemption import StopRequest
 from icl_lr.train.progress import LiveBar, duration
+from icl_lr.train.setup import Setup, build
 
 log = logging.getLogger("icl_lr")
 
@@ -59,17 +53,10 @@ class TrainState(struct.PyTreeNode):
     rng: jax.Array
 
 
-COMPUTE_DTYPES = {"fp32": jnp.float32, "bf16": jnp.bfloat16}  # training.precision -> the blocks' compute type
-
-
-def build_model(cfg: RunConfig) -> ICLModel:
-    return ICLModel(cfg.model, encoding_of(cfg.data), COMPUTE_DTYPES[cfg.training.precision])
-
-
-def init_state(model: ICLModel, tx: optax.GradientTransformation, data_cfg: DataConfig, seed: int) -> TrainState:
+def init_state(setup: Setup, tx: optax.GradientTransformation, seed: int) -> TrainState:
     init_key, run_key = jax.random.split(jax.random.PRNGKey(seed))
-    example = task_of(data_cfg).sample_batch(jax.random.PRNGKey(0), 1)
-    params = jax.jit(model.init)(init_key, model.encoding.encode(example.xs, example.ys))["params"]
+    example = setup.task.sample_batch(jax.random.PRNGKey(0), 1)
+    params = jax.jit(setup.model.init)(init_key, setup.encoding.encode(example.xs, example.ys))["params"]
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), rng=run_key)
 
 
@@ -89,12 +76,12 @@ def loss_fn(params, model: ICLModel, batch: Batch, dropout_key, last_only: bool 
     return jnp.sum(per_point_BxN * batch.example_mask[:, None]) / (jnp.sum(batch.example_mask) * jnp.sum(scored_N))
 
 
-def make_dispatch(model: ICLModel, tx, cfg: RunConfig, mesh: Mesh):
+def make_dispatch(setup: Setup, tx, cfg: RunConfig, mesh: Mesh):
     """jitted (state, n_steps) -> (state, metrics of each step): n_steps steps in one lax.scan, state donated
     and replicated over `mesh`, each batch split across its devices."""
     schedule = learning_rate_schedule(cfg.training)
     epoch_steps = steps_per_epoch(cfg) if cfg.data.train_size else 0
-    task = task_of(cfg.data)
+    task, model = setup.task, setup.model
 
     def one_step(state: TrainState, _):
         step_key, dropout_key = jax.random.split(jax.random.fold_in(state.rng, state.step))
@@ -139,18 +126,6 @@ class Throughput:
         self.steps, self.seconds = 0, 0.0
 
 
-def _headline(curves: dict, n_dims: int, reference: str = BAYES) -> str:
-    """Errors at k = 2d (or the last k the curves score): the model beside the task's reference (the
-    Bayes-optimal where it is exact), least squares and, where the run has a task pool, dMMSE."""
-    scored = [k for k in range(min(2 * n_dims + 1, len(curves["model"]))) if np.isfinite(curves["model"][k])]
-    if not scored:
-        return "error: not finite at any k"
-    k = max(scored)
-    names = dict.fromkeys((MODEL, reference, "least_squares", "dmmse"))
-    parts = [f"{name} {curves[name][k]:.4f}" for name in names if name in curves]
-    return f"error@k={k}: " + ", ".join(parts) + f" (k=0: {curves['model'][0]:.4f})"
-
-
 def _initial_params(init_from: str, template, tracker: Tracker):
     """Params from a local step directory, or from a W&B model artifact (downloaded through the run)."""
     try:
@@ -182,82 +157,9 @@ def _log_phase(tracker: Tracker, window: list, step: int, cfg: RunConfig, throug
     throughput.reset()
 
 
-class Evaluator:
-    """The eval phase: the model's curves on every fixed prompt set, logged as scalars (schema.metric_prefix)
-    and per-set curve tables. Sets: the held-out prompts (schema.HELD_OUT); the training set's (`train_set`)
-    and the pool's (`pretrain`), when finite; one per sigma of a hierarchical noise prior (`sigma_<s>`);
-    one per class of a mixture of tasks (`task_<class>`); and Garg et al.'s OOD suite (`ood/<condition>`),
-    at the final eval or every eval."""
-
-    def __init__(self, cfg: RunConfig, model: ICLModel, run_key, mesh: Mesh):
-        started = time.perf_counter()
-        self.cfg = cfg
-        self.model_curves = evaluate.make_model_curves_fn(model, cfg.eval, mesh)
-        d, e = cfg.data, cfg.eval
-        pool = task_of(d).eval_pool(run_key)  # the whole pool, for the baselines that need it; sampling needs none
-        one = lambda eval_set: evaluate.EvalSets([eval_set])
-        self.sets = {HELD_OUT: one(evaluate.make_eval_set(d, e, pool))}
-        if d.train_size:
-            self.sets["train_set"] = one(evaluate.make_train_set_eval(d, e, run_key, pool))
-        if d.task_pool_size:
-            self.sets["pretrain"] = one(evaluate.make_pretrain_set(d, e, run_key, pool))
-        if d.noise_std_choices:
-            self.sets |= {f"sigma_{s:g}": one(v) for s, v in evaluate.make_sigma_sets(d, e).items()}
-        if d.task_mixture:
-            self.sets |= {f"task_{name}": one(v) for name, v in evaluate.make_class_sets(d, e).items()}
-        log.info("eval sets and their baselines ready in %.1fs", time.perf_counter() - started)
-        self.ood_sets, self.ood_seconds = None, 0.0
-        self.model_gradients = evaluate.make_model_gradients_fn(model) if e.algorithms else None
-        self.reference = task_of(d).reference  # what the excess is measured against
-        self.probe_sets = evaluate.make_probe_sets(d, e) if e.probes else None
-        self.hidden_states = probes.make_hidden_states_fn(model) if e.probes else None
-
-    def _ood(self) -> dict:
-        """The OOD suite's sets, built on first use."""
-        if self.ood_sets is None:
-            started = time.perf_counter()
-            conditions = evaluate.make_ood_sets(self.cfg.data, self.cfg.eval)
-            self.ood_sets = {f"ood/{name}": sets for name, sets in conditions.items()}
-            self.ood_seconds += time.perf_counter() - started
-            log.info("OOD suite: %d conditions and their baselines ready in %.1fs", len(conditions), self.ood_seconds)
-        return self.ood_sets
-
-    def __call__(self, params, tracker: Tracker, step: int, final: bool) -> tuple[dict, dict]:
-        """Logs every set's scalars and curves; returns the scalars and the held-out curves."""
-        e, scalars = self.cfg.eval, {}
-        with_ood = e.ood and (final or e.ood_every_eval)
-        all_curves = {}
-        for name, eval_sets in (self.sets | (self._ood() if with_ood else {})).items():
-            started = time.perf_counter()
-            all_curves[name] = curves = evaluate.score(self.model_curves, params, eval_sets)
-            if name == HELD_OUT and self.model_gradients:  # the model beside each algorithm (eval.algorithms)
-                held_out = eval_sets.sets[0]
-                preds, grads = self.model_gradients(params, held_out.xs, held_out.ys)
-                curves |= evaluate.similarity_curves(preds, grads, held_out, self.cfg.data.n_dims)
-            if name == HELD_OUT and self.probe_sets:  # what each layer's state holds (eval.probes)
-                curves |= probes.r2_curves(self.hidden_states, params, *self.probe_sets, e.batch_size)
-            if name.startswith("ood/"):
-                self.ood_seconds += time.perf_counter() - started
-            prefix = metric_prefix(name)
-            summary = evaluate.summarize(curves, self.cfg.data.n_dims, self.reference)
-            scalars |= {prefix + k: v for k, v in summary.items()}
-            tracker.log_curves(curves, step, name)
-        tracker.log(scalars, step)
-        line = _headline(all_curves[HELD_OUT], self.cfg.data.n_dims, self.reference)
-        log.info(
-            "eval at step %d | %s | excess over %s (mean over k) %.4f", step, line, self.reference, scalars[EXCESS]
-        )
-        for name, curves in all_curves.items():
-            if name != HELD_OUT:
-                log.info("  %s %s", name, _headline(curves, self.cfg.data.n_dims, self.reference))
-        if with_ood:
-            log.info("OOD suite: %.1fs so far (building its sets and scoring them)", self.ood_seconds)
-        return scalars, all_curves[HELD_OUT]
-
-
-def _start_state(cfg: RunConfig, model: ICLModel, tx, checkpoints: Checkpoints, tracker) -> tuple[TrainState, bool]:
+def _start_state(cfg: RunConfig, setup: Setup, tx, checkpoints: Checkpoints, tracker) -> tuple[TrainState, bool]:
     """The run dir's last checkpoint, else fresh params (or init_from's); and whether it resumed."""
-    state = init_state(model, tx, cfg.data, cfg.seed)
+    state = init_state(setup, tx, cfg.seed)
     restored = checkpoints.restore_latest(state)
     if restored is not None:
         return restored, True
@@ -305,9 +207,9 @@ def train(cfg: RunConfig, run_dir: Path, trackers=(), stop: StopRequest | None =
     stop = stop or StopRequest()
     parallel.check_split(cfg)
     mesh = parallel.data_mesh()
-    model, tx = build_model(cfg), make_optimizer(t)
+    setup, tx = build(cfg), make_optimizer(t)  # the run's components, built once
     checkpoints = Checkpoints(run_dir / "checkpoints", t.max_to_keep)
-    state, resumed = _start_state(cfg, model, tx, checkpoints, Trackers(trackers))
+    state, resumed = _start_state(cfg, setup, tx, checkpoints, Trackers(trackers))
     state = parallel.replicate(state, mesh)  # a checkpoint from any device count fits
     step, n_params = int(state.step), sum(p.size for p in jax.tree.leaves(state.params))
     epochs = f" ({t.num_epochs} epochs over {cfg.data.train_size} prompts)" if t.num_epochs else ""
@@ -327,8 +229,8 @@ def train(cfg: RunConfig, run_dir: Path, trackers=(), stop: StopRequest | None =
     writers = [LocalFiles(run_dir, resume_step=step), *trackers] if parallel.is_primary() else []
     tracker: Tracker = Trackers(writers)
     started = time.perf_counter()
-    evaluator = Evaluator(cfg, model, state.rng, mesh)
-    dispatch = make_dispatch(model, tx, cfg, mesh)
+    evaluator = evaluate.Evaluator(setup, cfg, state.rng, mesh)
+    dispatch = make_dispatch(setup, tx, cfg, mesh)
     facts = {"n_params": n_params, "n_devices": mesh.size, REFERENCE: evaluator.reference}  # what excess means
     window, throughput = [], Throughput()
     stop.watched = True  # from here on, a stop signal is answered at the end of a dispatch
@@ -359,7 +261,7 @@ def train(cfg: RunConfig, run_dir: Path, trackers=(), stop: StopRequest | None =
             # eval: error curves, and the best checkpoint by held-out error
             best_dir = None
             if step % t.eval_every == 0 or is_last:
-                scalars, _ = evaluator(state.params, tracker, step, final=is_last)
+                scalars = evaluator(state.params, tracker, step, final=is_last)
                 best_dir = checkpoints.save_best(state, scalars[MODEL_ERROR])
 
             # checkpoint: the latest state (one artifact version when it is also the best)

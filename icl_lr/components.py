@@ -1,0 +1,121 @@
+"""Registries of the run's components (tasks, model families, encodings), open to a researcher's own.
+
+A config names a component (`data.task`, `model.family`, `data.encoding`) in one of three ways, resolved
+in this order: a built-in name (the registry's own lines: a name and its import path, loaded on first
+use), a name an installed package registers under the registry's entry-point group (`icl_lr.tasks`,
+`icl_lr.families`, `icl_lr.encodings` in its pyproject's [project.entry-points]), or an import path
+`module:Attribute` (a module on sys.path or in the working directory) or `path/to/file.py:Attribute`.
+The built-ins go through the same import as a plugin does.
+
+Every component carries `Config`, the frozen dataclass of the keys it owns in its config section, with
+its checks in `check` beside its fields. What it must have besides is the registry's `interface`; a
+component that fails to import or lacks part of it is refused in one line (ConfigError) before
+anything compiles.
+"""
+
+import dataclasses
+import importlib
+import importlib.metadata
+import importlib.util
+import sys
+from pathlib import Path
+
+from icl_lr.fields import ConfigError, check
+
+
+@dataclasses.dataclass(frozen=True)
+class NoKeys:
+    """The Config of a component that owns no keys."""
+
+    def check(self) -> None:
+        pass
+
+
+def _load(path: str, key: str):
+    """The object at `module:Attribute` or `file.py:Attribute`; ConfigError naming `key` otherwise."""
+    module_name, _, attribute = path.partition(":")
+    check(module_name and attribute, f"{key}={path!r}: not a known name, nor an import path module:Attribute")
+    try:
+        if module_name.endswith(".py"):
+            file = Path(module_name).resolve()
+            check(file.is_file(), f"{key}={path!r}: no file {file}")
+            spec = importlib.util.spec_from_file_location(f"icl_lr_plugin_{file.stem}", file)
+            module = sys.modules.get(spec.name) or importlib.util.module_from_spec(spec)
+            if spec.name not in sys.modules:
+                sys.modules[spec.name] = module
+                spec.loader.exec_module(module)
+        else:
+            if "" not in sys.path and str(Path.cwd()) not in sys.path:  # a module beside the command
+                sys.path.append(str(Path.cwd()))
+            module = importlib.import_module(module_name)
+    except ConfigError:
+        raise
+    except Exception as error:
+        reason = " ".join(str(error).split())[:200]
+        raise ConfigError(f"{key}={path!r}: cannot import {module_name} ({type(error).__name__}: {reason})") from None
+    check(hasattr(module, attribute), f"{key}={path!r}: module {module_name} has no {attribute}")
+    return getattr(module, attribute)
+
+
+class Registry:
+    """One kind of component: `key` the config key that names it, `group` its entry-point group,
+    `builtins` {name: 'module:Attribute'}, `interface` the attributes every one must have."""
+
+    def __init__(self, key: str, group: str, builtins: dict, interface: tuple):
+        self.key, self.group, self.builtins, self.interface = key, group, dict(builtins), interface
+        self._resolved = {}
+
+    def entry_points(self) -> dict:
+        """{name: entry point} of the installed packages' components."""
+        return {ep.name: ep for ep in importlib.metadata.entry_points(group=self.group)}
+
+    def names(self) -> tuple:
+        """Every component known by name: the built-ins, then the installed packages'."""
+        return tuple(dict.fromkeys([*self.builtins, *self.entry_points()]))
+
+    def resolve(self, name: str, key: str | None = None):
+        """The component `name` stands for, its interface checked; ConfigError (one line naming `key`, by
+        default the registry's) otherwise."""
+        if name not in self._resolved:
+            self._resolve(name, key or self.key)
+        return self._resolved[name]
+
+    def _resolve(self, name: str, key: str):
+        if name in self.builtins:
+            component = _load(self.builtins[name], key)
+        elif name in (installed := self.entry_points()):
+            try:
+                component = installed[name].load()
+            except Exception as error:
+                raise ConfigError(
+                    f"{key}={name}: the entry point {installed[name].value} ({self.group}) fails to import "
+                    f"({type(error).__name__}: {' '.join(str(error).split())[:200]})"
+                ) from None
+        elif ":" in name:
+            component = _load(name, key)
+        else:
+            raise ConfigError(
+                f"{key} must be one of {self.names()}, an entry point of {self.group} or an import path "
+                f"module:Attribute, got {name!r}"
+            )
+        missing = [attribute for attribute in ("Config", *self.interface) if not hasattr(component, attribute)]
+        check(not missing, f"{key}={name}: {component!r} lacks {', '.join(missing)} of the interface")
+        config = component.Config
+        check(
+            dataclasses.is_dataclass(config) and config.__dataclass_params__.frozen,
+            f"{key}={name}: its Config must be a frozen dataclass of the keys it owns",
+        )
+        self._resolved[name] = component
+        return component
+
+    def owners_of(self, field: str) -> tuple:
+        """The names of the known components whose Config owns `field`."""
+        owners = []
+        for name in self.names():
+            try:
+                config = self.resolve(name).Config
+            except ConfigError:
+                continue
+            if field in {f.name for f in dataclasses.fields(config)}:
+                owners.append(name)
+        return tuple(owners)
