@@ -94,6 +94,11 @@ def test_imports_flow_down_the_layers_with_no_circle():
     assert all(layer_of(module, LAYERS) >= 0 for module in graph if module != "icl_lr")  # each in one layer
     assert not upward_imports(graph, LAYERS)
     assert not cycles(graph)
+    # the run is built once (train/setup.py) and passed down: below it, nothing looks a task up by name
+    lookups = {m for m, imported in graph.items() if "icl_lr.task.registry" in imported}
+    assert lookups <= {"icl_lr.train.setup", "icl_lr.run.config", "icl_lr.task.registry"} | {
+        m for m in graph if m.startswith(("icl_lr.analysis", "icl_lr.cli"))
+    }, lookups
 
 
 def test_the_walk_finds_an_import_inside_a_function_going_up_and_a_circle(tmp_path):

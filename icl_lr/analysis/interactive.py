@@ -128,11 +128,11 @@ def sets_vs_k(curve_stats: pd.DataFrame, keys: list[str], sets: list[str], title
     return _finish(fig, len(sets), columns, ERROR, K, title)
 
 
-def learning_curves(history_stats: pd.DataFrame, keys: list[str]) -> str:
+def learning_curves(history_stats: pd.DataFrame, keys: list[str], reference: str = "the reference") -> str:
     """Each learning-curve metric against the step, a panel per metric and a line per group (band: seeds)."""
     metrics = list(history_stats.metric.unique())
     groups = list(history_stats.groupby(keys, dropna=False, sort=True))
-    fig, columns = _grid([metric_label(m) for m in metrics], 2)
+    fig, columns = _grid([metric_label(m, reference) for m in metrics], 2)
     for p, metric in enumerate(metrics):
         row, col = p // columns + 1, p % columns + 1
         axis = _panel_axis(fig, history_stats[history_stats.metric == metric]["mean"], row, col)

@@ -10,7 +10,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from icl_lr.analysis.tables import POOL_PREDICTORS, POOL_SETS, TASK_POOL, config_text  # noqa: E402
-from icl_lr.records.schema import DISTANCE, HELD_OUT, is_error_curve  # noqa: E402
+from icl_lr.records.schema import DISTANCE, EXCESS, HELD_OUT, is_error_curve  # noqa: E402
 
 
 def group_label(keys: list[str], values, separator: str = ", ") -> str:
@@ -22,14 +22,14 @@ def group_label(keys: list[str], values, separator: str = ", ") -> str:
 DECADES = 2  # a log y axis where the values span more than this many decades
 METRIC_LABELS = {
     "eval/model/error_mean": "held-out error, mean over k",
-    "eval/excess/mean": "excess over the reference, mean over k",
+    EXCESS: "excess over {reference}, mean over k",
     "train/loss": "training loss",
 }
 
 
-def metric_label(metric: str) -> str:
-    """A metric's axis label: its words where known, else its key."""
-    return METRIC_LABELS.get(metric, metric)
+def metric_label(metric: str, reference: str = "the reference") -> str:
+    """A metric's axis label: its words where known (an excess's over `reference`), else its key."""
+    return METRIC_LABELS.get(metric, metric).format(reference=reference)
 
 
 def y_axis(values) -> tuple[str, float | None]:
@@ -135,7 +135,15 @@ def plot_error_curves(curve_stats: pd.DataFrame, keys: list[str], path: Path, me
     _save(fig, path)
 
 
-def plot_metric(aggregate: pd.DataFrame, metric: str, x_key: str, keys: list[str], path: Path, x_order=None) -> None:
+def plot_metric(
+    aggregate: pd.DataFrame,
+    metric: str,
+    x_key: str,
+    keys: list[str],
+    path: Path,
+    x_order=None,
+    reference: str = "the reference",
+) -> None:
     """One metric's mean (bars: 95% interval over seeds) against x_key, a line per other group.
     `x_order` puts categorical x values (model sizes) in order; numeric x values plot as numbers."""
     rows = aggregate[aggregate.metric == metric]
@@ -150,7 +158,8 @@ def plot_metric(aggregate: pd.DataFrame, metric: str, x_key: str, keys: list[str
         )
     if x_order:
         ax.set_xticks(range(len(x_order)), x_order)
-    ax.set(xlabel=x_key, ylabel=metric_label(metric), title=f"{metric_label(metric)} vs {x_key}")
+    label = metric_label(metric, reference)
+    ax.set(xlabel=x_key, ylabel=label, title=f"{label} vs {x_key}")
     ax.grid(alpha=0.3)
     if others:
         ax.legend(fontsize=8)
@@ -200,7 +209,7 @@ def plot_error_vs_task_pool(stats: pd.DataFrame, keys: list[str], path: Path) ->
     _save(fig, path)
 
 
-def plot_history(history_stats: pd.DataFrame, keys: list[str], path: Path) -> None:
+def plot_history(history_stats: pd.DataFrame, keys: list[str], path: Path, reference: str = "the reference") -> None:
     """Learning curves from `aggregate_history`: each metric against step, a panel per metric and a line
     per group (mean, band: 95% interval over seeds)."""
     metrics = list(history_stats.metric.unique())
@@ -211,7 +220,8 @@ def plot_history(history_stats: pd.DataFrame, keys: list[str], path: Path) -> No
         for i, (values, line) in enumerate(rows.groupby(keys, dropna=False)):
             line = line.sort_values("step")
             _draw(ax, line.step, line, axis, i, True, group_label(keys, values), f"C{i}")
-        _axes(ax, axis, "training step", metric_label(metric), f"{metric_label(metric)} during training")
+        label = metric_label(metric, reference)
+        _axes(ax, axis, "training step", label, f"{label} during training")
     _save(fig, path)
 
 

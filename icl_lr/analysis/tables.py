@@ -101,6 +101,12 @@ def summary_scalars(summary: dict) -> dict:
     return {k: v for k, v in _flatten(kept).items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
 
 
+def references(runs: pd.DataFrame) -> str:
+    """The predictors the runs' excesses are over (their `excess_over`), for a label: 'bayes', 'bayes / xgboost'."""
+    named = runs[REFERENCE].dropna().unique() if REFERENCE in runs else []
+    return " / ".join(sorted(named)) or "the reference"
+
+
 def _defaults(columns: dict) -> RunConfig:
     """The defaults of the sections a run's components own (only the shared keys' where a component is
     not installed here)."""

@@ -149,12 +149,10 @@ def write_plots(named: dict, keys, args) -> dict:
         figures[out / "probe_r2_by_layer.png"] = (
             "held-out R² of each layer's linear probe for each target, mean over k (probe_r2.csv)"
         )
-    history_stats = named["history_aggregate"]
+    history_stats, reference = named["history_aggregate"], tables.references(named["runs"])
     if not history_stats.empty:
-        plots.plot_history(history_stats, keys, out / "eval_vs_step.png")
-        figures[out / "eval_vs_step.png"] = (
-            "held-out error (mean over k) and excess over the reference vs training step"
-        )
+        plots.plot_history(history_stats, keys, out / "eval_vs_step.png", reference)
+        figures[out / "eval_vs_step.png"] = f"held-out error (mean over k) and excess over {reference} vs training step"
     for prefix, name in SET_FIGURES.items():
         title = sections.SET_SECTIONS[prefix]
         if sets := _sets(curves, prefix):
@@ -169,12 +167,12 @@ def write_plots(named: dict, keys, args) -> dict:
     if "model_size" in keys and runs.model_size.nunique() > 1:
         order = list(runs.groupby("model_size").n_params.first().sort_values().index)
         path = out / "excess_vs_model_size.png"
-        plots.plot_metric(aggregate, "eval/excess/mean", "model_size", keys, path, order)
-        figures[path] = "final excess over the reference (mean over k) vs model size"
+        plots.plot_metric(aggregate, "eval/excess/mean", "model_size", keys, path, order, reference)
+        figures[path] = f"final excess over {reference} (mean over k) vs model size"
     if "data.noise_std" in keys and runs["data.noise_std"].nunique() > 1:
         path = out / "excess_vs_noise_std.png"
-        plots.plot_metric(aggregate, "eval/excess/mean", "data.noise_std", keys, path)
-        figures[path] = "final excess over the reference (mean over k) vs label noise std"
+        plots.plot_metric(aggregate, "eval/excess/mean", "data.noise_std", keys, path, reference=reference)
+        figures[path] = f"final excess over {reference} (mean over k) vs label noise std"
     return figures
 
 
@@ -189,7 +187,9 @@ def interactive_figures(named: dict, keys) -> dict:
     curve_stats, curves, history_stats = named["curve_aggregate"], named["curves"], named["history_aggregate"]
     shown = {sections.ERROR_VS_K: interactive.error_vs_k(curve_stats, keys, title=sections.ERROR_VS_K)}
     if not history_stats.empty:
-        shown[sections.LEARNING_CURVES] = interactive.learning_curves(history_stats, keys)
+        shown[sections.LEARNING_CURVES] = interactive.learning_curves(
+            history_stats, keys, tables.references(named["runs"])
+        )
     if "algorithm_similarity" in named:
         shown[sections.SIMILARITY] = interactive.error_vs_k(curve_stats, keys, schema.DISTANCE, sections.SIMILARITY)
     if "probe_r2" in named:

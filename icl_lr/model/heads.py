@@ -1,5 +1,5 @@
 """The output side of an encoding: the read-out's width per token, and what its outputs at each point
-mean: the prediction of y, the training loss, the eval metrics and the reference metrics beside them.
+mean: the prediction of y, the training loss, the eval metrics and the baselines' metrics beside them.
 Every function here takes the outputs that predict each y_i, [B, N, O] (the encoding selects them).
 
 scalar: one number out, the prediction itself, squared error (Garg et al.).
