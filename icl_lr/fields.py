@@ -124,6 +124,18 @@ def free_keys(cfg, prefix: str = "") -> set:
 FREE = {"free": True}  # field metadata: a resume may change this key
 
 
+def unflatten(flat: dict) -> dict:
+    """Dotted keys as a nested config, flatten's inverse ({'model.n_layer': 3} -> {'model': {'n_layer': 3}})."""
+    tree = {}
+    for key, value in flat.items():
+        *parents, name = key.split(".")
+        node = tree
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[name] = value
+    return tree
+
+
 def flatten(tree: dict, prefix: str = "") -> dict:
     """A nested config as dotted keys ({'model': {'n_layer': 3}} -> {'model.n_layer': 3}), as Hydra
     overrides, sweeps and W&B's run table name its values."""

@@ -71,7 +71,7 @@ def test_plugins_by_file_path_and_by_entry_point(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     task = f"data.task={PLUGIN / 'icl_lr_fourier' / 'fourier.py'}:FourierSeries"
     cfg = run_config(task, "data.n_dims=1", "data.max_frequency=5", "model.family=my_deepset", "model.mlp_ratio=2")
-    # n_layer: the default preset's (gpt2_small: 6), a key the family owns too; n_head, n_positions dropped
+    # n_layer: the default preset's (gpt2_narrow: 6), a key the family owns too; n_head, n_positions dropped
     assert (cfg.data.max_frequency, cfg.model.mlp_ratio, cfg.model.n_layer) == (5, 2, 6)
     assert not hasattr(cfg.model, "n_head")
     with pytest.raises(ConfigError, match="data.n_dims must be 1, got 5"):

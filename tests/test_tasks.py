@@ -340,3 +340,37 @@ def test_a_mixture_labels_each_prompt_by_its_class_and_its_bayes_weighs_the_clas
 def test_a_mixture_that_cannot_be_fails_in_one_line(overrides, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         run_config(*overrides)
+
+
+@pytest.mark.parametrize("kind", ["scaled", "flipped"])
+def test_outliers_corrupt_the_labels_the_model_sees_and_are_scored_on_the_clean_ones(kind):
+    """data.outlier_fraction: the same prompts as without it, a fraction of their labels replaced (x10 or
+    -y), the clean ones kept as targets; Huber beside least squares, the reference of the excess."""
+    clean_cfg = data_config(n_dims=3, n_points=12, noise_std=0.1)
+    cfg = data_config(n_dims=3, n_points=12, noise_std=0.1, outlier_fraction=0.2, outlier_kind=kind)
+    key = jax.random.PRNGKey(4)
+    clean, batch = (task_of(c).sample_batch(key, 512) for c in (clean_cfg, cfg))
+    np.testing.assert_array_equal(batch.targets, clean.ys)
+    hit = np.asarray(batch.ys != batch.targets)
+    assert abs(hit.mean() - 0.2) < 0.02
+    factor = -1.0 if kind == "flipped" else 10.0
+    np.testing.assert_allclose(np.asarray(batch.ys)[hit], factor * np.asarray(clean.ys)[hit], rtol=1e-6)
+    task = task_of(cfg)
+    assert task.reference == "huber" and task_of(clean_cfg).reference == "bayes"
+    curves = evaluate.eval_set_of(*parts(cfg), batch).baseline_curves
+    assert "bayes" not in curves and {"huber", "gaussian_ridge", "least_squares"} <= set(curves)
+    assert curves["huber"][11] < 0.8 * curves["least_squares"][11]  # measured: 0.22 (scaled), 0.68 (flipped) of it
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["data.task=sparse_linear", "data.outlier_fraction=0.1"], "data.outlier_fraction is linear_regression's"),
+        (["data.outlier_fraction=0.1", "data.encoding=tokens"], "scores the model against the clean labels"),
+        (["data.outlier_fraction=0.5"], "data.outlier_fraction must be in [0, 0.5), got 0.5"),
+        (["data.outlier_kind=huge"], "data.outlier_kind must be one of ('scaled', 'flipped')"),
+    ],
+)
+def test_outliers_that_cannot_be_are_refused_in_one_line(overrides, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
+        run_config(*overrides)

@@ -242,3 +242,24 @@ def plot_probe_r2(stats: pd.DataFrame, keys: list[str], path: Path) -> None:
         ax.set_ylim(min(-0.05, rows.ci_low.min(), rows["mean"].min()) - 0.02, 1.05)  # R² on its own scale
         _axes(ax, ("linear", None), "layer", R2, target)
     _save(fig, path)
+
+
+def plot_evaluation(curves_by_set: dict, trained_n_points: int | None, path: Path, title: str) -> None:
+    """An evaluation's error vs k, a panel per set: the model solid, the baselines dashed, and a line where
+    its training context stopped (a longer context than trained lies to its right)."""
+    fig, axes = _panels(len(curves_by_set), columns=3)
+    for ax, (name, curves) in zip(axes, curves_by_set.items(), strict=False):
+        errors = {n: np.asarray(v, dtype=float) for n, v in curves.items() if is_error_curve(n)}
+        axis = y_axis(np.concatenate(list(errors.values())))
+        floored = False
+        for i, predictor in enumerate(dict.fromkeys(["model", *errors])):
+            values = errors[predictor]
+            stats = pd.DataFrame({"mean": values, "ci_low": values, "ci_high": values})
+            colour = "black" if predictor == "model" else f"C{i - 1}"
+            floored |= _draw(ax, np.arange(len(values)), stats, axis, i, predictor == "model", predictor, colour)
+        if trained_n_points is not None and trained_n_points < len(errors["model"]):
+            ax.axvline(
+                trained_n_points - 0.5, color="grey", ls=":", lw=1.2, label=f"trained on {trained_n_points} points"
+            )
+        _axes(ax, axis, "in-context examples k", YLABELS["error"], f"{title}: {name}", floored)
+    _save(fig, path)

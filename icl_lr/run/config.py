@@ -18,7 +18,7 @@ import re
 
 from omegaconf import DictConfig, OmegaConf
 
-from icl_lr.fields import build, check, check_sections, section_class
+from icl_lr.fields import ConfigError, build, check, check_sections, section_class
 from icl_lr.model.config import ModelConfig
 from icl_lr.task.config import DataConfig
 from icl_lr.train.config import RunConfig, steps_per_epoch
@@ -118,10 +118,31 @@ def check_across(cfg: RunConfig) -> None:
             f"model.{length_key} ({limit}) is too small: data.n_dims={d.n_dims} and data.n_points={d.n_points} "
             f"with the {d.encoding} encoding need {length} positions",
         )
+    if cfg.eval.prompts:
+        check_prompts_file(cfg)
     check(
         t.num_epochs is None or d.train_size is not None or t.num_epochs <= t.steps,
         f"training.num_epochs ({t.num_epochs}) without data.train_size splits training.steps ({t.steps}) "
         "into epochs: it must not exceed it",
+    )
+
+
+def check_prompts_file(cfg: RunConfig) -> None:
+    """eval.prompts holds xs [B, N, D] and ys [B, N] of the run's D = data.n_dims and N = data.n_points."""
+    import numpy as np
+
+    d = cfg.data
+    try:
+        with np.load(cfg.eval.prompts) as prompts:
+            shapes = {name: prompts[name].shape for name in ("xs", "ys")}
+    except Exception as error:
+        reason = f"{type(error).__name__}: {' '.join(str(error).split())[:200]}"
+        raise ConfigError(f"eval.prompts={cfg.eval.prompts}: cannot read xs and ys ({reason})") from None
+    (b, n, dims), ys = shapes["xs"] if len(shapes["xs"]) == 3 else (0, 0, 0), shapes["ys"]
+    check(
+        dims == d.n_dims and n == d.n_points and ys == (b, n) and b >= 1,
+        f"eval.prompts={cfg.eval.prompts}: xs {shapes['xs']} and ys {ys} must be [B, N, D] and [B, N] with "
+        f"D = data.n_dims ({d.n_dims}) and N = data.n_points ({d.n_points})",
     )
 
 

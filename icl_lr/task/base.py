@@ -13,14 +13,21 @@ import jax
 POOL_STREAM = 2**31 - 1  # the finite task pool
 TRAIN_SET_STREAM = 2**31 - 2  # the finite training set
 
-PER_PROMPT = ("xs", "ys", "example_mask")  # the Batch fields with a prompt axis first (split across devices)
+PER_PROMPT = ("xs", "ys", "example_mask", "targets")  # the Batch fields with a prompt axis first (split across devices)
 
 
 class Batch(NamedTuple):
     xs: jax.Array  # [B, N, D]
-    ys: jax.Array  # [B, N]
+    ys: jax.Array  # [B, N], the labels the model sees
     point_mask: jax.Array  # [N] 1 for points inside the current curriculum length
     example_mask: jax.Array  # [B] 1 for prompts that count (0 pads the last, partial batch of an epoch)
+    targets: jax.Array | None = None  # [B, N] what each y's prediction is scored against, where the model sees
+    # other labels (data.outlier_fraction: the clean ones); None: ys
+
+    @property
+    def scored(self) -> jax.Array:
+        """The labels predictions are scored against."""
+        return self.ys if self.targets is None else self.targets
 
 
 def pool_key(run_key) -> jax.Array:

@@ -53,6 +53,7 @@ def accuracy(preds_BxN, ys_BxN) -> jax.Array:
 @dataclass(frozen=True)
 class LinearClassificationConfig(LinearRegressionConfig):
     def check(self) -> None:
+        LinearRegressionConfig.check(self)  # its inherited keys' checks (outliers: linear_regression's)
         check_gaussian_prior(self)
         check(
             self.noise_stds == (0.0,),

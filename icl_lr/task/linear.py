@@ -21,6 +21,9 @@ from icl_lr.task.sampling import Prompts
 
 log = logging.getLogger("icl_lr")
 W_PRIORS = ("gaussian", "gaussian_mixture")
+OUTLIER_KINDS = ("scaled", "flipped")  # an outlier label: y times data.outlier_scale, or -y
+OUTLIER_STREAM = 2**31 - 4  # fold_in index of which labels are outliers: apart from the prompt's own keys
+HUBER = "huber"  # the reference under outliers: Gaussian noise's Bayes is not Bayes there
 TUNING_SEED = 2**31 - 1  # the algorithms' tuning prompts: a key no run's data or eval set uses
 
 
@@ -54,11 +57,27 @@ class LinearRegressionConfig:
     w_prior: str = "gaussian"
     w_components: int = 2
     w_centre: float = 2.0
+    outlier_fraction: float = 0.0
+    outlier_kind: str = "scaled"
+    outlier_scale: float = 10.0
 
     def check(self) -> None:
         check(self.w_prior in W_PRIORS, f"data.w_prior must be one of {W_PRIORS}, got {self.w_prior!r}")
         check(1 <= self.w_components <= 64, f"data.w_components must be in [1, 64], got {self.w_components}")
         check(self.w_centre >= 0, f"data.w_centre must be >= 0, got {self.w_centre}")
+        check(
+            0 <= self.outlier_fraction < 0.5, f"data.outlier_fraction must be in [0, 0.5), got {self.outlier_fraction}"
+        )
+        check(
+            self.outlier_kind in OUTLIER_KINDS,
+            f"data.outlier_kind must be one of {OUTLIER_KINDS}, got {self.outlier_kind!r}",
+        )
+        check(self.outlier_scale > 0, f"data.outlier_scale must be > 0, got {self.outlier_scale}")
+        check(
+            not self.outlier_fraction or (self.task == "linear_regression" and self.w_prior == "gaussian"),
+            f"data.outlier_fraction is linear_regression's under w_prior=gaussian (its Huber baseline), not "
+            f"data.task={self.task} with data.w_prior={self.w_prior}",
+        )
 
 
 def check_gaussian_prior(section) -> None:
@@ -86,8 +105,31 @@ class LinearRegression(Prompts):
         picked = jax.random.randint(pick_key, (batch_size,), 0, cfg.w_components)
         return means[picked] + cfg.prior_scale * jax.random.normal(w_key, (batch_size, cfg.n_dims))
 
+    @property
+    def reference(self) -> str:
+        return HUBER if self.cfg.outlier_fraction else BAYES
+
+    @staticmethod
+    def check_run(cfg) -> None:
+        check(
+            not cfg.data.outlier_fraction or cfg.data.encoding == "continuous",
+            f"data.outlier_fraction scores the model against the clean labels: data.encoding=continuous, not "
+            f"{cfg.data.encoding}",
+        )
+
     def label(self, ws_BxD, xs_BxNxD) -> jax.Array:
         return jnp.einsum("bnd,bd->bn", xs_BxNxD, ws_BxD)
+
+    def sample_prompts(self, key, batch_size: int, step=None, pool_key=None) -> tuple:
+        """Prompts as every task's; with data.outlier_fraction, each label replaced by an outlier (scaled by
+        data.outlier_scale, or flipped) with that probability, the clean labels kept as the batch's targets."""
+        batch, ws = super().sample_prompts(key, batch_size, step, pool_key)
+        cfg = self.cfg
+        if not cfg.outlier_fraction:
+            return batch, ws
+        hit = jax.random.bernoulli(jax.random.fold_in(key, OUTLIER_STREAM), cfg.outlier_fraction, batch.ys.shape)
+        outliers = -batch.ys if cfg.outlier_kind == "flipped" else cfg.outlier_scale * batch.ys
+        return batch._replace(ys=jnp.where(hit, outliers, batch.ys), targets=batch.ys), ws
 
     def probe_set(self, key, n_prompts: int) -> tuple[Batch, dict]:
         batch, ws = self.sample_prompts(key, n_prompts)
@@ -130,6 +172,11 @@ class LinearRegression(Prompts):
 def _baselines(cfg, xs, ys, noise_stds: tuple, pool) -> dict:
     """all_predictions's baselines; under the Gaussian-mixture prior, Bayes is the mixture's posterior mean."""
     predictions = baselines.all_predictions(xs, ys, cfg.prior_scale, noise_stds, pool)
+    if cfg.outlier_fraction:  # Gaussian noise's posterior mean is ridge here, not Bayes; Huber beside it
+        predictions["gaussian_ridge"] = predictions.pop(BAYES)
+        sigma = max(max(noise_stds), baselines.HUBER_MIN_STD * cfg.prior_scale)
+        huber = lambda x, y: baselines.huber(x, y, baselines.HUBER_DELTA * sigma, (sigma / cfg.prior_scale) ** 2)
+        predictions[HUBER] = jax.vmap(huber)(xs, ys)
     if cfg.w_prior == "gaussian_mixture":
         means = component_means(cfg.n_dims, cfg.w_components, cfg.w_centre)
         bayes = lambda x, y: baselines.mixture_bayes(x, y, means, cfg.prior_scale, noise_stds[0])[0]

@@ -114,7 +114,8 @@ class Prompts:
         prompts_key = jax.random.fold_in(jax.random.fold_in(run_key, TRAIN_SET_STREAM), 0)
         one = lambda i: self.sample_batch(jax.random.fold_in(prompts_key, i), 1, step, pool_key(run_key))
         batch = jax.vmap(one)(ids)  # leaves [B, 1, ...]
-        return Batch(batch.xs[:, 0], batch.ys[:, 0], batch.point_mask[0], jnp.ones(len(ids), jnp.float32))
+        targets = None if batch.targets is None else batch.targets[:, 0]
+        return Batch(batch.xs[:, 0], batch.ys[:, 0], batch.point_mask[0], jnp.ones(len(ids), jnp.float32), targets)
 
     def training_batch(self, run_key, step_key, batch_size: int, step, steps_per_epoch: int = 0) -> Batch:
         """The batch of `step`, a pure function of (run key, step). Without data.train_size: fresh prompts from

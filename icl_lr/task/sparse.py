@@ -96,6 +96,7 @@ class SparseLinearConfig(LinearRegressionConfig):
     sparsity: int = 2
 
     def check(self) -> None:
+        LinearRegressionConfig.check(self)  # its inherited keys' checks (outliers: linear_regression's)
         check_gaussian_prior(self)
         n, s = self.n_dims, self.sparsity
         check(1 <= s <= n, f"data.sparsity must be in [1, data.n_dims={n}], got {s}")

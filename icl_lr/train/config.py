@@ -7,6 +7,7 @@ updated (training.steps may only grow: it extends the run).
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from icl_lr.fields import FREE, check
 from icl_lr.model.config import ModelConfig
@@ -89,6 +90,7 @@ class EvalConfig:
     algorithms: bool = field(default=False, metadata=FREE)
     algorithm_steps: tuple[int, ...] = field(default=(1, 3, 10), metadata=FREE)
     probes: bool = field(default=False, metadata=FREE)
+    prompts: str | None = field(default=None, metadata=FREE)
 
     def check(self) -> None:
         check(self.n_prompts >= 1, f"eval.n_prompts must be >= 1, got {self.n_prompts}")
@@ -97,6 +99,10 @@ class EvalConfig:
         check(
             len(self.algorithm_steps) >= 1 and 1 <= min(self.algorithm_steps) <= max(self.algorithm_steps) <= 1000,
             f"eval.algorithm_steps must be a non-empty list of steps in [1, 1000], got {list(self.algorithm_steps)}",
+        )
+        check(
+            self.prompts is None or (self.prompts.endswith(".npz") and Path(self.prompts).is_file()),
+            f"eval.prompts must be an .npz file of xs [B, N, D] and ys [B, N], got {self.prompts!r}",
         )
 
 

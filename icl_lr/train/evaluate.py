@@ -75,14 +75,14 @@ def eval_set_of(task: Task, encoding: Encoding, batch: Batch, pool=None) -> Eval
     model sees (`<name>_on_bins`, scored against the exact ys; Bayes's noise there includes the
     quantisation's), and a binned output adds its cross-entropy baselines."""
     noise_stds = task.cfg.noise_stds
-    curves = _baseline_curves(task, batch.xs, batch.ys, batch.ys, noise_stds, pool)
+    curves = _baseline_curves(task, batch.xs, batch.ys, batch.scored, noise_stds, pool)
     seen = encoding.seen_values(batch.xs, batch.ys)
     if seen is not None:
         xs_seen, ys_seen, added_var = seen
         seen_stds = tuple(float((sigma**2 + added_var) ** 0.5) for sigma in noise_stds)
-        curves |= _baseline_curves(task, xs_seen, ys_seen, batch.ys, seen_stds, pool, suffix="_on_bins")
+        curves |= _baseline_curves(task, xs_seen, ys_seen, batch.scored, seen_stds, pool, suffix="_on_bins")
     curves |= {name: np.asarray(v.mean(axis=0)) for name, v in encoding.baseline_metrics(batch.xs, batch.ys).items()}
-    return EvalSet(encoding.encode(batch.xs, batch.ys), batch.ys, curves)
+    return EvalSet(encoding.encode(batch.xs, batch.ys), batch.scored, curves)
 
 
 def _prompts(xs, ys) -> Batch:
@@ -106,7 +106,7 @@ def held_out_set(task: Task, encoding: Encoding, eval_cfg: EvalConfig, pool=None
              ", ".join(f"{name} {rate:.3g}" for name, rate in rates.items()))  # fmt: skip
     batched = {name: jax.vmap(predict) for name, predict in predictors.items()}
     references = {name: predictions_and_query_gradients(p, batch.xs, batch.ys) for name, p in batched.items()}
-    curves = {n: np.asarray(squared_error_curve(p, batch.ys, task.cfg.n_dims)) for n, (p, _) in references.items()}
+    curves = {n: np.asarray(squared_error_curve(p, batch.scored, task.cfg.n_dims)) for n, (p, _) in references.items()}
     return held_out._replace(baseline_curves=held_out.baseline_curves | curves, xs=batch.xs, references=references)
 
 
@@ -261,10 +261,17 @@ def headline(curves: dict, n_dims: int, reference: str = BAYES) -> str:
     return f"error@k={k}: " + ", ".join(parts) + f" (k=0: {curves[MODEL][0]:.4f})"
 
 
+def file_set(task: Task, encoding: Encoding, eval_cfg: EvalConfig, pool=None) -> EvalSet:
+    """eval.prompts' prompts (an .npz of xs [B, N, D], ys [B, N]) with the task's baselines on them."""
+    with np.load(eval_cfg.prompts) as prompts:
+        xs, ys = (jnp.asarray(prompts[name], jnp.float32) for name in ("xs", "ys"))
+    return eval_set_of(task, encoding, _prompts(xs, ys), pool)
+
+
 def fixed_sets(setup: Setup, cfg: RunConfig, run_key, pool) -> dict:
     """{set name: EvalSets} scored at every eval: the held-out prompts (schema.HELD_OUT); the training set's
     (`train_set`) and the pool's (`pretrain`), when finite; one per sigma of a hierarchical noise prior
-    (`sigma_<s>`); one per class of a mixture of tasks (`task_<class>`)."""
+    (`sigma_<s>`); eval.prompts' (`prompts`); one per class of a mixture of tasks (`task_<class>`)."""
     task, encoding, d, e = setup.task, setup.encoding, cfg.data, cfg.eval
     one = lambda eval_set: EvalSets([eval_set])
     sets = {HELD_OUT: one(held_out_set(task, encoding, e, pool))}
@@ -274,6 +281,8 @@ def fixed_sets(setup: Setup, cfg: RunConfig, run_key, pool) -> dict:
         sets["pretrain"] = one(pretrain_set(task, encoding, e, run_key, pool))
     if d.noise_std_choices:
         sets |= {f"sigma_{s:g}": one(v) for s, v in sigma_sets(task, encoding, e).items()}
+    if e.prompts:
+        sets["prompts"] = one(file_set(task, encoding, e, pool))
     if getattr(task, "components", ()):
         sets |= {f"task_{name}": one(v) for name, v in class_sets(task, encoding, e).items()}
     return sets

@@ -72,7 +72,7 @@ def loss_fn(params, model: ICLModel, batch: Batch, dropout_key, last_only: bool 
     scored_N = batch.point_mask
     if last_only:  # the final query of the prompt (the curriculum's current length)
         scored_N = (jnp.arange(len(scored_N)) == jnp.sum(scored_N) - 1).astype(scored_N.dtype)
-    per_point_BxN = model.encoding.point_losses(outputs, batch.ys) * scored_N
+    per_point_BxN = model.encoding.point_losses(outputs, batch.scored) * scored_N
     return jnp.sum(per_point_BxN * batch.example_mask[:, None]) / (jnp.sum(batch.example_mask) * jnp.sum(scored_N))
 
 

@@ -1,0 +1,142 @@
+"""What an evaluation scores and on what: a trained model found from where it lives (a run dir, one of its
+checkpoint step dirs, a W&B model artifact, Garg et al.'s released run folder) with the config it was
+trained under, and the eval config: that config with the command line's changes to the prompts it is scored
+on (task, prior, noise, x's, points, eval sets). What would change the model itself is refused in one line.
+"""
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from icl_lr.fields import ConfigError, check, flatten, unflatten
+from icl_lr.records.run_dir import config_record, read_config_record
+from icl_lr.run.config import check_across, from_values, sections, typed_keys
+from icl_lr.train.config import RunConfig
+
+FIXED = ("model.", "data.n_dims", "data.encoding", "training.precision")  # the model: an evaluation keeps them
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    """A model to score: `record` its training config (run_config.json's dotted keys), `step_dir` its orbax
+    step dir (or `params`, already icl-lr's, for an imported model), `step` its training step, `sha256` the
+    content hash of the files its parameters came from."""
+
+    source: str
+    record: dict
+    step: int
+    sha256: str
+    step_dir: Path | None = None
+    params: dict | None = None
+
+    def describe(self) -> dict:
+        return {"source": self.source, "step_dir": str(self.step_dir or ""), "step": self.step, "sha256": self.sha256}
+
+
+def content_hash(path: Path) -> str:
+    """sha256 over a file, or over a directory's files (their relative paths and bytes, in sorted order)."""
+    digest = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for file in files:
+        digest.update(str(file.relative_to(path if path.is_dir() else path.parent)).encode())
+        digest.update(file.read_bytes())
+    return digest.hexdigest()
+
+
+def _step_dirs(run_dir: Path, kind: str) -> list:
+    return sorted(
+        (p for p in (run_dir / "checkpoints" / kind).glob("*") if p.name.isdigit()), key=lambda p: int(p.name)
+    )
+
+
+def local_model(source: str) -> TrainedModel:
+    """A run dir (its best checkpoint, else its latest) or one of its step dirs (checkpoints/<kind>/<step>)."""
+    path = Path(source)
+    check(
+        path.exists(),
+        f"{source}: no such run dir or checkpoint step dir (nor a W&B artifact entity/project/name:alias)",
+    )
+    if path.name.isdigit() and path.parent.parent.name == "checkpoints":
+        step_dir, run_dir = path, path.parents[2]
+    else:
+        run_dir = path
+        found = _step_dirs(run_dir, "best") or _step_dirs(run_dir, "latest")
+        check(found, f"{source}: no checkpoint under {run_dir / 'checkpoints'}")
+        step_dir = found[-1]
+    record = read_config_record(run_dir)
+    check(record is not None, f"{source}: {run_dir} has no config record (run_config.json) to rebuild its model from")
+    return TrainedModel(source, record, int(step_dir.name), content_hash(step_dir), step_dir=step_dir)
+
+
+def artifact_model(reference: str) -> TrainedModel:
+    """A W&B model artifact (entity/project/model-<id>:alias), downloaded, with the config of the run that
+    logged it (needs the network and a key)."""
+    import wandb
+
+    try:
+        artifact = wandb.Api().artifact(reference, type="model")
+        step_dir = Path(artifact.download())
+        producer = artifact.logged_by()
+    except Exception as error:
+        reason = " ".join(str(error).split())[:300]
+        raise ConfigError(f"{reference}: cannot read the W&B artifact ({type(error).__name__}: {reason})") from None
+    record = {k: v for k, v in producer.config.items() if "." in k or k in ("seed", "init_from")}
+    return TrainedModel(reference, record, int(artifact.metadata.get("step", 0)), content_hash(step_dir), step_dir)
+
+
+def garg_model(folder: str) -> TrainedModel:
+    """Garg et al.'s run folder: its state.pt (`model_state_dict`) and the config.yaml beside it."""
+    from icl_lr.model import garg
+
+    state_file, config_file = Path(folder) / "state.pt", Path(folder) / "config.yaml"
+    check(state_file.is_file() and config_file.is_file(), f"--from-garg {folder}: needs state.pt and config.yaml there")
+    try:
+        import torch
+    except ImportError:
+        raise ConfigError("--from-garg reads PyTorch's state.pt: pip install torch") from None
+    model_keys, n_dims = garg.model_keys(yaml.safe_load(config_file.read_text()))
+    saved = torch.load(state_file, map_location="cpu", weights_only=True)
+    state = {k: v.numpy() for k, v in saved.get("model_state_dict", saved).items()}
+    params = garg.params_from_state_dict(state, model_keys["n_layer"], n_dims)
+    points = model_keys["n_positions"] // 2
+    record = {f"model.{k}": v for k, v in model_keys.items()} | {"data.n_dims": n_dims, "data.n_points": points}
+    return TrainedModel(folder, record, int(saved.get("train_step", 0)), content_hash(state_file), params=params)
+
+
+def find_model(source: str, from_garg: bool = False) -> TrainedModel:
+    if from_garg:
+        return garg_model(source)
+    if not Path(source).exists() and source.count("/") == 2 and ":" in source:
+        return artifact_model(source)
+    return local_model(source)
+
+
+def eval_config(record: dict, overrides=()) -> RunConfig:
+    """The model's training config (its record) with `overrides` (key=value) to what it is scored on;
+    ConfigError (one line) for a key that would change the model, or a value that does not fit it."""
+    # where the records go is the evaluation's own (wandb.*: its defaults and the command line's)
+    nested = unflatten({k: v for k, v in record.items() if not k.startswith("wandb.")})
+    typed = typed_keys(overrides)
+    for override in overrides:
+        check("=" in override, f"{override!r}: an override is key=value")
+        key, text = override.lstrip("+").split("=", 1)
+        value = yaml.safe_load(text)
+        if key.startswith(FIXED) and value != record.get(key):
+            raise ConfigError(
+                f"{key}={value} does not fit the model: it was trained with {key}={record.get(key)} (an evaluation "
+                "scores the trained model, it cannot change it)"
+            )
+        nested = unflatten(flatten(nested) | {key: value})
+    classes = sections(nested, typed)  # drops the keys of components not chosen (refuses a typed one)
+    known = config_record(RunConfig(**{section: cls() for section, cls in classes.items()}))
+    flat = {k: v for k, v in flatten(nested).items() if k in known or k in typed}  # an older record's keys go
+    cfg = from_values(unflatten(flat), typed)
+    check_across(cfg)
+    return cfg
+
+
+def write_json(path: Path, value) -> None:
+    path.write_text(json.dumps(value, indent=2) + "\n")
