@@ -9,6 +9,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
@@ -129,6 +130,16 @@ def test_a_run_is_scored_on_other_prompts_into_a_dir_of_its_own(trained, tmp_pat
     run = RunFile.load(offline)
     assert run.job_type == "eval" and run.config_value("evaluated_sha256") == used["sha256"]
     assert run.summary["eval/excess/mean"] == pytest.approx(summary["eval/excess/mean"])
+
+    from icl_lr.cli import analyze  # the eval dir beside its training run: grouped by model, then condition
+
+    assert analyze.main([str(trained), str(out), "--out", str(tmp_path / "analysis"), "--html"]) == 0
+    runs = pd.read_csv(tmp_path / "analysis" / "runs.csv")
+    scored = runs[runs.evaluated.notna()]
+    assert list(scored.evaluated) == [f"{trained} (step 20)"] and list(scored["data.task"]) == ["sparse_linear"]
+    assert runs.evaluated.isna().sum() == 1  # the training run itself
+    page = (tmp_path / "analysis" / "report.html").read_text()
+    assert "<h2>Evaluations of trained models</h2>" in page and page.count("data:image/png;base64,") >= 2
 
 
 @pytest.mark.parametrize(

@@ -105,10 +105,13 @@ def write_report(
     figures: dict,
     tables: dict,
     links: dict,
+    evaluations: pd.DataFrame | None = None,
+    eval_figures: dict | None = None,
 ) -> None:
     """`varied`: {group key: its values}; `counts`: runs by status; `summary`: tables.summary_table, best
     first; `note`: what its order and cells mean; `interactive`: {title: Plotly fragment}; `figures`: {png
-    path: caption}; `tables`: {title: frame}; `links`: {run id: W&B URL}."""
+    path: caption}; `tables`: {title: frame}; `links`: {run id: W&B URL}; `evaluations`: the eval dirs' rows
+    (python eval.py: the model each scored, the conditions, the headline) and `eval_figures` {png: caption}."""
     runs = ", ".join(f"{n} {status}" for status, n in counts.items())
     keys = list(varied)
     metric = [c for c in summary if c not in ("rank", "verdict", *keys)][0]
@@ -126,6 +129,14 @@ def write_report(
         "</details>"
         for i, (title, frame) in enumerate(tables.items())
     )
+    evaluated = ""
+    if evaluations is not None and len(evaluations):
+        pngs = "".join(_png(p, caption) for p, caption in (eval_figures or {}).items())
+        evaluated = (
+            f"<h2>{sections.EVALUATIONS}</h2>\n<p>Trained models scored by <code>python eval.py</code> on other "
+            f"prompts, each in an eval dir of its own, grouped by the model they read.</p>\n"
+            f"{_table(evaluations, 'evaluations')}\n<details><summary>Their error vs k</summary>{pngs}</details>\n"
+        )
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>icl-lr analysis</title><style>{STYLE}</style>
 <script>{get_plotlyjs()}</script></head>
@@ -149,7 +160,7 @@ Bands: the 95% interval of the mean over seeds.</p>
 <details><summary>Static figures (PNG, for papers; beside this file too)</summary>
 {"".join(_png(p, caption) for p, caption in figures.items())}
 </details>
-<h2>Tables</h2>
+{evaluated}<h2>Tables</h2>
 <p>The same tables are beside this file as CSV.</p>
 {folded}
 <script>{SCRIPT}</script>

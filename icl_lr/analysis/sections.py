@@ -12,6 +12,7 @@ OOD = "Garg et al.'s out-of-distribution prompts"
 SIGMA = "One noise level per panel (Bai et al.)"
 TASK_CLASS = "One task class per panel (a mixture of tasks)"
 TASK_POOL = "Error vs task pool size"
+EVALUATIONS = "Evaluations of trained models"
 SET_SECTIONS = {"ood/": OOD, "sigma_": SIGMA, "task_": TASK_CLASS}  # prompt sets shown a panel each, by set-name prefix
 
 

@@ -26,6 +26,9 @@ from icl_lr.records.schema import (
     BAYES,
     CURVES_FILE,
     DISTANCE,
+    EVAL_CONFIG_FILE,
+    EVAL_MODEL_FILE,
+    EVALUATED,
     HELD_OUT,
     HYDRA_CONFIG,
     LEARNING_CURVES,
@@ -211,6 +214,22 @@ def _local_run(run_dir: Path) -> tuple[dict, list, list] | None:
     return _run_row(run_id, config, {}, run_dir=str(run_dir), status=status), [], history_rows
 
 
+def _eval_dir(eval_dir: Path) -> tuple[dict, list, list] | None:
+    """(row, curve rows, history rows) of one eval dir (python eval.py): the config it scored on, the model
+    it read (`evaluated`: its source, with its step), its summary and curves; None when damaged."""
+    try:
+        config, model = (_read_json(eval_dir / name) for name in (EVAL_CONFIG_FILE, EVAL_MODEL_FILE))
+        summary = _read_json(eval_dir / SUMMARY_FILE)
+        evals = read_jsonl(eval_dir / CURVES_FILE)
+    except (OSError, ValueError, KeyError) as error:
+        log.warning("skipping %s: a damaged or unfinished eval dir (%s: %s)", eval_dir, type(error).__name__, error)
+        return None
+    run_id = str(eval_dir.resolve())
+    evaluated = {EVALUATED: f"{model['source']} (step {model['step']})"}
+    row = _run_row(run_id, config, summary, run_dir=str(eval_dir), status="finished", **evaluated)
+    return row, _last_curves(run_id, evals), []
+
+
 def _reading(items, what: str, every: float = 2.0):
     """`items`, with a progress line every `every` seconds while they are read (and one at the end when
     there were such lines): W&B's API takes about a second a run, offline folders a fraction of one."""
@@ -245,16 +264,22 @@ def _once_per_run(readable: list) -> list:
 
 
 def load_local(paths) -> RunTables:
-    """Every run dir (one holding .hydra/config.yaml) at or below `paths`, each run once.
+    """Every run dir (one holding .hydra/config.yaml) at or below `paths`, each run once, and every eval
+    dir (python eval.py's: its row names the model it scored, `evaluated`).
 
     `runs` has a `status` column: finished, running or crashed; only finished runs have a summary and
     curves; every run has its history so far.
     """
     run_dirs = sorted({p.parents[1] for path in map(Path, paths) for p in path.rglob(HYDRA_CONFIG)})
-    if not run_dirs:
-        raise FileNotFoundError(f"no run dirs (with .hydra/config.yaml) under {', '.join(map(str, paths))}")
+    eval_dirs = sorted({p.parent for path in map(Path, paths) for p in path.rglob(EVAL_MODEL_FILE)
+                        if (p.parent / EVAL_CONFIG_FILE).exists()})  # fmt: skip
+    if not run_dirs and not eval_dirs:
+        raise FileNotFoundError(
+            f"no run dirs (with .hydra/config.yaml) nor eval dirs (with {EVAL_MODEL_FILE}) under "
+            f"{', '.join(map(str, paths))}"
+        )
     readable = [(d, run) for d in _reading(run_dirs, "run dirs") if (run := _local_run(d)) is not None]
-    loaded = _once_per_run(readable)
+    loaded = _once_per_run(readable) + [run for d in eval_dirs if (run := _eval_dir(d)) is not None]
     if not any(row["status"] == "finished" for row, _, _ in loaded):
         raise FileNotFoundError(
             f"no finished runs among the {len(run_dirs)} run dirs under {', '.join(map(str, paths))}"
@@ -353,11 +378,13 @@ def apply_filters(tables: RunTables, where: list[str]) -> RunTables:
 
 def group_keys(runs: pd.DataFrame) -> list[str]:
     """What a sweep varied: config columns (seed aside) whose values differ between runs, with the
-    model's shape as one `model_size` column; just `model_size` when nothing varies."""
+    model's shape as one `model_size` column; just `model_size` when nothing varies. Eval dirs group by
+    the model they scored (`evaluated`) and then by what they scored it on (the conditions that vary)."""
     columns = [c for c in runs if c.startswith(CONFIG_PREFIXES) and c != "seed"]
     varied = [c for c in columns if runs[c].nunique(dropna=False) > 1]
     shape = [c for c in varied if c in MODEL_SHAPE]
-    return ["model_size"] * bool(shape or not varied) + [c for c in varied if c not in MODEL_SHAPE]
+    evaluated = [EVALUATED] if EVALUATED in runs and runs[EVALUATED].notna().any() else []  # evals: by model
+    return evaluated + ["model_size"] * bool(shape or not varied) + [c for c in varied if c not in MODEL_SHAPE]
 
 
 def bootstrap_interval(values: np.ndarray, n_resamples: int = 2000, seed: int = 0) -> tuple[float, float]:

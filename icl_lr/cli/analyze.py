@@ -265,6 +265,14 @@ def main(argv=None) -> int:
         if "algorithm_similarity" in named:
             tables_shown = {"which algorithm best matches the model": named["algorithm_similarity"], **tables_shown}
         links = dict(zip(runs.run_id, runs.url, strict=True)) if "url" in runs else {}
+        evals = finished[finished[schema.EVALUATED].notna()] if schema.EVALUATED in finished else finished.iloc[:0]
+        shown = [schema.EVALUATED, *[k for k in keys if k != schema.EVALUATED], schema.REFERENCE, *schema.HEADLINE]
+        eval_figures = {
+            Path(row.run_dir) / "error_vs_context.png": f"{row[schema.EVALUATED]}: "
+            + ", ".join(f"{k}={tables.config_text(row[k])}" for k in keys if k != schema.EVALUATED)
+            for _, row in evals.iterrows()
+            if (Path(row.run_dir) / "error_vs_context.png").exists()
+        }
         html_report.write_report(
             args.out / "report.html",
             "python analyze.py " + shlex.join(argv),
@@ -277,6 +285,8 @@ def main(argv=None) -> int:
             figures,
             tables_shown,
             links,
+            evals[[c for c in shown if c in evals]],
+            eval_figures,
         )
         written.append(args.out / "report.html")
     print(note + "\n" + markdown)

@@ -79,8 +79,8 @@ def evaluate(model, cfg, out: Path) -> dict:
     mesh = parallel.data_mesh()
     params = parallel.replicate(params, mesh)
     trained_points = model.record.get("data.n_points")
-    write_json(out / "eval_config.json", config_record(cfg))
-    write_json(out / "model.json", model.describe() | {"trained_n_points": trained_points})
+    write_json(out / schema.EVAL_CONFIG_FILE, config_record(cfg))
+    write_json(out / schema.EVAL_MODEL_FILE, model.describe() | {"trained_n_points": trained_points})
     local = LocalFiles(out)
     trackers, wandb_run = [local], None
     if mode != "disabled":
