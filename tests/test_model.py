@@ -190,3 +190,47 @@ def test_the_gd_construction_of_lsa_is_gradient_descent(n_layer):
         k = 6
         one_step = 0.3 * (ys[0, :k] @ xs[0, :k]) @ xs[0, k] / k
         assert preds[0, k] == pytest.approx(one_step, rel=1e-4)
+
+
+LLAMA = {"norm": "rmsnorm", "positions": "rope", "mlp": "swiglu"}
+
+
+@pytest.mark.parametrize("option", [{}, LLAMA, {"positions": "none"}, {"norm": "rmsnorm"}, {"mlp": "swiglu"}])
+def test_the_transformer_options_are_causal_and_count_their_parameters(option):
+    """model.norm, model.positions, model.mlp: each variant causal, its parameters as the formula says
+    (rmsnorm: no biases; rope and none: no position table; swiglu: 3 E (8E/3) weights, no biases)."""
+    cfg = model_config(n_layer=2, n_embd=48, n_head=4, n_positions=32, **option)
+    embeddings = jax.random.normal(jax.random.PRNGKey(0), (2, 20, 48))
+    changed = embeddings.at[:, 12:].set(jax.random.normal(jax.random.PRNGKey(9), (2, 8, 48)))
+    params = Transformer(cfg).init(jax.random.PRNGKey(1), embeddings)["params"]
+    out, out_changed = (Transformer(cfg).apply({"params": params}, e) for e in (embeddings, changed))
+    np.testing.assert_allclose(out[:, :12], out_changed[:, :12], atol=1e-5)
+    assert not np.allclose(out[:, 12:], out_changed[:, 12:])
+    e, hidden = 48, 8 * 48 // 3
+    norms = (1 if cfg.norm == "rmsnorm" else 2) * e
+    mlp = 3 * e * hidden if cfg.mlp == "swiglu" else 2 * 4 * e * e + 4 * e + e
+    block = 2 * norms + (3 * e * e + 3 * e) + (e * e + e) + mlp
+    expected = 2 * block + norms + (32 * e if cfg.positions == "learned" else 0)
+    assert sum(p.size for p in jax.tree.leaves(params)) == expected
+
+
+def test_rotary_scores_depend_only_on_the_offset():
+    """RoPE: q_m . k_n is a function of m - n: shifting every position by s leaves the scores as they were."""
+    from icl_lr.model.gpt2 import rotary
+
+    q, k = (jax.random.normal(jax.random.PRNGKey(i), (1, 1, 1, 8)) for i in (0, 1))
+    at = lambda x, t: rotary(jnp.broadcast_to(x, (1, t + 1, 1, 8)))[0, t, 0]  # x rotated at position t
+    for m, n, s in ((5, 2, 7), (3, 3, 11), (0, 4, 20)):
+        np.testing.assert_allclose(at(q, m) @ at(k, n), at(q, m + s) @ at(k, n + s), rtol=1e-5, atol=1e-5)
+    assert not np.isclose(at(q, 5) @ at(k, 2), at(q, 6) @ at(k, 2))
+
+
+def test_rotary_and_no_positions_take_a_longer_context_than_the_table():
+    """Learned positions bound the prompt (model.n_positions); rope and none do not."""
+    from helpers import run_config
+    from icl_lr.fields import ConfigError
+
+    with pytest.raises(ConfigError, match=r"model.n_positions \(256\) is too small"):
+        run_config("data.n_points=200")
+    for positions in ("rope", "none"):
+        assert run_config("data.n_points=200", f"model.positions={positions}").data.n_points == 200

@@ -38,6 +38,28 @@ def residual_init(n_layer: int) -> nn.initializers.Initializer:
     return nn.initializers.normal(0.02 / (2 * n_layer) ** 0.5)
 
 
+NORMS = ("layernorm", "rmsnorm")
+POSITIONS = ("learned", "rope", "none")
+MLPS = ("gelu", "swiglu")
+ROPE_BASE = 10000.0  # RoFormer's and Llama's
+
+
+def rotary(x_BxTxHxA: jax.Array) -> jax.Array:
+    """Rotary position embedding (Su et al. 2021, RoFormer; GPT-NeoX's halves layout): each pair (x_i,
+    x_{i + A/2}) of a head's coordinates rotated by t * ROPE_BASE^(-2i/A) at position t, so a query-key
+    product depends on their positions only through their offset."""
+    length, half = x_BxTxHxA.shape[1], x_BxTxHxA.shape[-1] // 2
+    angles_TxI = jnp.arange(length)[:, None] * ROPE_BASE ** (-jnp.arange(half) / half)
+    cos, sin = (f(angles_TxI)[None, :, None, :].astype(x_BxTxHxA.dtype) for f in (jnp.cos, jnp.sin))
+    first, second = x_BxTxHxA[..., :half], x_BxTxHxA[..., half:]
+    return jnp.concatenate([first * cos - second * sin, second * cos + first * sin], axis=-1)
+
+
+def norm(cfg, dtype, name: str) -> nn.Module:
+    """GPT-2's LayerNorm, or Llama's RMSNorm (model.norm); statistics in float32 either way."""
+    return (nn.RMSNorm if cfg.norm == "rmsnorm" else nn.LayerNorm)(1e-5, dtype=dtype, name=name)
+
+
 class Attention(nn.Module):
     config: ModelConfig
     dtype: Any
@@ -49,6 +71,8 @@ class Attention(nn.Module):
         qkv = nn.Dense(3 * width, kernel_init=GPT2_INIT, dtype=self.dtype, name="c_attn")(h_BxTxE)
         qkv_BxTx3xHxA = qkv.reshape(batch, length, 3, cfg.n_head, width // cfg.n_head)
         q_BxTxHxA, k_BxTxHxA, v_BxTxHxA = (qkv_BxTx3xHxA[:, :, i] for i in range(3))
+        if cfg.positions == "rope":
+            q_BxTxHxA, k_BxTxHxA = rotary(q_BxTxHxA), rotary(k_BxTxHxA)
         if train and cfg.dropout > 0:  # dropout on the attention weights: spelled out
             scores_BxHxTxT = jnp.einsum("bqhk,bshk->bhqs", q_BxTxHxA, k_BxTxHxA, preferred_element_type=jnp.float32)
             causal_TxT = jnp.tril(jnp.ones((length, length), bool))
@@ -68,6 +92,12 @@ class MLP(nn.Module):
     @nn.compact
     def __call__(self, h_BxTxE):
         cfg = self.config
+        if cfg.mlp == "swiglu":  # Llama's: silu(x W_gate) * (x W_up) W_down, hidden 8E/3 (GELU's 8E^2 weights)
+            hidden = 8 * cfg.n_embd // 3
+            gate, up = jnp.split(nn.Dense(2 * hidden, use_bias=False, kernel_init=GPT2_INIT, dtype=self.dtype,
+                                          name="c_fc")(h_BxTxE), 2, axis=-1)  # fmt: skip
+            return nn.Dense(cfg.n_embd, use_bias=False, kernel_init=residual_init(cfg.n_layer), dtype=self.dtype,
+                            name="c_proj")(nn.silu(gate) * up)  # fmt: skip
         h_BxTx4E = nn.gelu(
             nn.Dense(4 * cfg.n_embd, kernel_init=GPT2_INIT, dtype=self.dtype, name="c_fc")(h_BxTxE), approximate=True
         )  # gelu_new
@@ -80,10 +110,10 @@ class Block(nn.Module):
 
     @nn.compact
     def __call__(self, h_BxTxE, train: bool):
-        drop = nn.Dropout(self.config.dropout, deterministic=not train)
-        norm = lambda name: nn.LayerNorm(1e-5, dtype=self.dtype, name=name)  # statistics in float32 either way
-        h_BxTxE = h_BxTxE + drop(Attention(self.config, self.dtype, name="attn")(norm("ln_1")(h_BxTxE), train))
-        return h_BxTxE + drop(MLP(self.config, self.dtype, name="mlp")(norm("ln_2")(h_BxTxE)))
+        cfg = self.config
+        drop = nn.Dropout(cfg.dropout, deterministic=not train)
+        h_BxTxE = h_BxTxE + drop(Attention(cfg, self.dtype, name="attn")(norm(cfg, self.dtype, "ln_1")(h_BxTxE), train))
+        return h_BxTxE + drop(MLP(cfg, self.dtype, name="mlp")(norm(cfg, self.dtype, "ln_2")(h_BxTxE)))
 
 
 @dataclass(frozen=True)
@@ -94,6 +124,9 @@ class GPT2Config:
     n_head: int = 2
     n_positions: int = 256
     dropout: float = 0.0
+    norm: str = "layernorm"
+    positions: str = "learned"
+    mlp: str = "gelu"
 
     def check(self) -> None:
         for key in ("n_layer", "n_head", "n_positions"):
@@ -103,15 +136,28 @@ class GPT2Config:
             f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head})",
         )
         check(0 <= self.dropout < 1, f"model.dropout must be in [0, 1), got {self.dropout}")
+        for key, choices in (("norm", NORMS), ("positions", POSITIONS), ("mlp", MLPS)):
+            check(getattr(self, key) in choices, f"model.{key} must be one of {choices}, got {getattr(self, key)!r}")
+        check(
+            self.positions != "rope" or (self.n_embd // self.n_head) % 2 == 0,
+            f"model.positions=rope rotates pairs: a head's width, n_embd / n_head = {self.n_embd // self.n_head}, "
+            "must be even",
+        )
+
+
+def length_key(config) -> str | None:
+    """The key bounding the sequence: learned positions' table; rotary or no positions take any length."""
+    return "n_positions" if config.positions == "learned" else None
 
 
 class Transformer(nn.Module):
-    """GPT2Model on input embeddings: learned positions, pre-LN blocks, final LayerNorm. `dtype` is the
+    """GPT2Model on input embeddings: learned positions, pre-LN blocks, final LayerNorm; or, as options, a
+    Llama-style block (model.norm=rmsnorm, model.positions=rope or none, model.mlp=swiglu). `dtype` is the
     blocks' compute type (bfloat16 under training.precision=bf16); parameters stay float32. The residual
     stream is sown (HIDDEN) with the positions added and after each block."""
 
     Config = GPT2Config
-    length_key = "n_positions"  # the key that bounds the sequence it takes
+    length_key = staticmethod(length_key)
 
     config: ModelConfig
     dtype: Any = jnp.float32
@@ -119,13 +165,15 @@ class Transformer(nn.Module):
     @nn.compact
     def __call__(self, embeddings_BxTxE, train: bool = False):
         cfg = self.config
-        wpe = nn.Embed(
-            cfg.n_positions, cfg.n_embd, embedding_init=nn.initializers.normal(cfg.embedding_std), name="wpe"
-        )
-        h_BxTxE = (embeddings_BxTxE + wpe(jnp.arange(embeddings_BxTxE.shape[1]))).astype(self.dtype)
+        h_BxTxE = embeddings_BxTxE
+        if cfg.positions == "learned":
+            init = nn.initializers.normal(cfg.embedding_std)
+            wpe = nn.Embed(cfg.n_positions, cfg.n_embd, embedding_init=init, name="wpe")
+            h_BxTxE = h_BxTxE + wpe(jnp.arange(embeddings_BxTxE.shape[1]))
+        h_BxTxE = h_BxTxE.astype(self.dtype)
         self.sow(HIDDEN, "hidden", h_BxTxE)
         h_BxTxE = nn.Dropout(cfg.dropout, deterministic=not train)(h_BxTxE)
         for i in range(cfg.n_layer):
             h_BxTxE = Block(cfg, self.dtype, name=f"h_{i}")(h_BxTxE, train)
             self.sow(HIDDEN, "hidden", h_BxTxE)
-        return nn.LayerNorm(1e-5, name="ln_f")(h_BxTxE.astype(jnp.float32))
+        return norm(cfg, jnp.float32, "ln_f")(h_BxTxE.astype(jnp.float32))

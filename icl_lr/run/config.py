@@ -111,6 +111,7 @@ def check_across(cfg: RunConfig) -> None:
             f"eval.{key} scores predictions from a context: data.n_points must be >= 2, got {d.n_points}",
         )
     length_key = getattr(family, "length_key", None)
+    length_key = length_key(m) if callable(length_key) else length_key
     if length_key:
         length, limit = encoding.sequence_length_of(d), getattr(m, length_key)
         check(
