@@ -16,6 +16,7 @@ import pytest
 
 from helpers import FAST, ROOT, RunFile, held_out_curves, no_key_env, run_config
 from icl_lr.fields import ConfigError
+from icl_lr.model.icl_model import FAMILIES
 
 PLUGIN = ROOT / "examples" / "plugin"
 
@@ -31,7 +32,7 @@ def test_a_component_is_refused_in_one_line_naming_what_it_lacks(tmp_path, monke
         "data.task=broken:Task": "data.task='broken:Task': cannot import broken (RuntimeError: boom)",
         "data.task=partial:Nothing": "data.task='partial:Nothing': module partial has no Nothing",
         "data.task=partial:Half": "data.task=partial:Half: <class 'partial.Half'> lacks training_batch,",
-        "model.family=nowhere": "model.family must be one of ('gpt2', 'lstm', 'lsa')",
+        "model.family=nowhere": f"model.family must be one of {FAMILIES.names()}, an entry point of icl_lr.families",
         "data.encoding=missing.py:X": "data.encoding='missing.py:X': no file",
     }
     for override, message in cases.items():

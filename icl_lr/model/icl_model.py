@@ -23,7 +23,12 @@ from icl_lr.model.gpt2 import GPT2_INIT
 FAMILIES = Registry(
     "model.family",
     "icl_lr.families",
-    {"gpt2": "icl_lr.model.gpt2:Transformer", "lstm": "icl_lr.model.lstm:LSTM", "lsa": "icl_lr.model.lsa:LSA"},
+    {
+        "gpt2": "icl_lr.model.gpt2:Transformer",
+        "lstm": "icl_lr.model.lstm:LSTM",
+        "lsa": "icl_lr.model.lsa:LSA",
+        "mamba": "icl_lr.model.mamba:Mamba",
+    },
     ("__call__",),
 )
 

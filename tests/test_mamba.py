@@ -1,0 +1,86 @@
+"""icl_lr/model/mamba.py: the selective scan against a step-by-step recurrence (numpy float64), the block's
+parameters against the formula; causality is every family's test (tests/test_model.py)."""
+
+import jax
+import numpy as np
+import pytest
+
+from helpers import FAST, final_state, model_config, no_key_env, output, run_config, train_cli
+from icl_lr.model.mamba import Mamba, MambaMixer, selective_scan
+
+
+@pytest.mark.unit
+def test_the_associative_scan_is_the_recurrence():
+    a = jax.random.uniform(jax.random.PRNGKey(0), (2, 30, 3, 4))
+    b = jax.random.normal(jax.random.PRNGKey(1), (2, 30, 3, 4))
+    h, want = np.zeros((2, 3, 4)), []
+    for t in range(30):
+        h = np.asarray(a[:, t], np.float64) * h + np.asarray(b[:, t], np.float64)
+        want.append(h)
+    np.testing.assert_allclose(selective_scan(a, b), np.stack(want, axis=1), rtol=1e-5, atol=1e-5)
+
+
+def softplus(x):
+    return np.log1p(np.exp(-np.abs(x))) + np.maximum(x, 0)
+
+
+def silu(x):
+    return x / (1 + np.exp(-x))
+
+
+def recurrent_mixer(p: dict, h_TxE: np.ndarray, d_conv: int, d_state: int, dt_rank: int) -> np.ndarray:
+    """One prompt through the mixer token by token in float64: the convolution over the last d_conv
+    inputs, the state carried from each step to the next (Gu and Dao 2023, Algorithm 2)."""
+    p = jax.tree.map(lambda v: np.asarray(v, np.float64), p)
+    xz = h_TxE @ p["in_proj"]["kernel"]
+    channels = xz.shape[-1] // 2
+    x_TxC, z_TxC = xz[:, :channels], xz[:, channels:]
+    kernel_KxC = p["conv1d"]["kernel"][:, 0, :]
+    a_CxS = -np.exp(p["A_log"])
+    state, out = np.zeros((channels, d_state)), []
+    for t in range(len(h_TxE)):
+        window = x_TxC[max(0, t - d_conv + 1) : t + 1]
+        x_C = silu((kernel_KxC[d_conv - len(window) :] * window).sum(0) + p["conv1d"]["bias"])
+        proj = x_C @ p["x_proj"]["kernel"]
+        dt_C = softplus(proj[:dt_rank] @ p["dt_proj"]["kernel"] + p["dt_proj"]["bias"])
+        b_S, c_S = proj[dt_rank : dt_rank + d_state], proj[dt_rank + d_state :]
+        state = np.exp(dt_C[:, None] * a_CxS) * state + (dt_C * x_C)[:, None] * b_S[None]
+        y_C = (state @ c_S + p["D"] * x_C) * silu(z_TxC[t])
+        out.append(y_C @ p["out_proj"]["kernel"])
+    return np.stack(out)
+
+
+@pytest.mark.unit
+def test_the_mixer_equals_its_step_by_step_recurrence():
+    cfg = model_config(family="mamba", n_embd=16, n_layer=1, d_state=4, d_conv=3, expand=2)
+    h = jax.random.normal(jax.random.PRNGKey(2), (2, 12, 16))
+    params = MambaMixer(cfg, jax.numpy.float32).init(jax.random.PRNGKey(3), h)["params"]
+    params = jax.tree.map(lambda v: v + 0.1 * jax.random.normal(jax.random.PRNGKey(4), v.shape), params)
+    got = MambaMixer(cfg, jax.numpy.float32).apply({"params": params}, h)
+    for i in range(2):
+        want = recurrent_mixer(params, np.asarray(h[i], np.float64), 3, 4, cfg.dt_rank)
+        np.testing.assert_allclose(got[i], want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.unit
+def test_the_parameters_are_the_formulas():
+    e, layers, s, k, expand = 32, 3, 8, 4, 2
+    cfg = model_config(family="mamba", n_embd=e, n_layer=layers, d_state=s, d_conv=k, expand=expand)
+    params = Mamba(cfg).init(jax.random.PRNGKey(0), jax.numpy.ones((1, 5, e)))["params"]
+    c, r = expand * e, cfg.dt_rank
+    block = e + e * 2 * c + (k * c + c) + c * (r + 2 * s) + (r * c + c) + c * s + c + c * e
+    assert sum(v.size for v in jax.tree.leaves(params)) == layers * block + e
+
+
+def test_a_run_cut_and_resumed_on_two_devices_ends_as_a_one_device_run(tmp_path):
+    """model=mamba trains like every family: cut at step 20, resumed on 2 CPU devices, it ends within float32
+    summation order of the same 40 steps on one device."""
+    one, cut = tmp_path / "one", tmp_path / "cut"
+    common = ["model=mamba", "model.n_layer=2", "model.n_embd=32", "training.schedule=constant", "wandb.mode=disabled"]
+    train_cli(one, *common)
+    train_cli(cut, *common, "training.steps=20")
+    resumed = train_cli(cut, *common, env=no_key_env(JAX_NUM_CPU_DEVICES="2"))
+    assert "resumed at step 20 of 40" in output(resumed) and "on 2 CPU devices" in output(resumed)
+    cfg = run_config(*FAST, *common)
+    for a, b in zip(*(jax.tree.leaves(final_state(cfg, d)) for d in (one, cut)), strict=True):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-5)
