@@ -99,9 +99,9 @@ def test_every_family_sows_its_input_and_each_layer(family):
     out = trunk(model.bind({"params": params}).embed(inputs))
     if family == "lsa":
         np.testing.assert_allclose(states[-1], out, atol=1e-6)
-    else:  # the final LayerNorm of the last state
-        last = model.encoding.prediction_outputs(out)
-        normed = (states[-1] - states[-1].mean(-1, keepdims=True)) / jnp.sqrt(states[-1].var(-1, keepdims=True) + 1e-5)
-        scale, bias = params["transformer"]["ln_f"]["scale"], params["transformer"]["ln_f"]["bias"]
-        np.testing.assert_allclose(normed * scale + bias, last, atol=1e-5)
+    else:  # the final norm of the last state: a LayerNorm (GPT-2, the LSTM) or an RMSNorm (Mamba: no centring)
+        last, final = model.encoding.prediction_outputs(out), params["transformer"]["ln_f"]
+        centred = states[-1] - states[-1].mean(-1, keepdims=True) if "bias" in final else states[-1]
+        normed = centred / jnp.sqrt((centred**2).mean(-1, keepdims=True) + 1e-5)
+        np.testing.assert_allclose(normed * final["scale"] + final.get("bias", 0.0), last, atol=1e-5)
     assert not np.allclose(states[0], states[1])

@@ -100,4 +100,4 @@ class Mamba(nn.Module):
             normed = nn.RMSNorm(1e-5, dtype=self.dtype, name=f"norm_{i}")(h_BxTxE)
             h_BxTxE = h_BxTxE + MambaMixer(self.config, self.dtype, name=f"mixer_{i}")(normed)
             self.sow(HIDDEN, "hidden", h_BxTxE)
-        return nn.RMSNorm(1e-5, name="norm_f")(h_BxTxE.astype(jnp.float32))
+        return nn.RMSNorm(1e-5, name="ln_f")(h_BxTxE.astype(jnp.float32))  # the final norm, by every trunk's name
