@@ -16,6 +16,7 @@ job_type eval (offline without a key, as training's), which uses the model artif
 
 import argparse
 import dataclasses
+import json
 import logging
 import sys
 import time
@@ -23,8 +24,8 @@ from pathlib import Path
 
 from icl_lr.fields import ConfigError, check
 from icl_lr.records import schema
-from icl_lr.records.run_dir import config_record, new_run_id
-from icl_lr.run.evaluation import eval_config, find_model, write_json
+from icl_lr.records.run_dir import config_record, new_run_id, write_atomic
+from icl_lr.run.evaluation import eval_config, find_model
 
 log = logging.getLogger("icl_lr")
 
@@ -79,8 +80,9 @@ def evaluate(model, cfg, out: Path) -> dict:
     mesh = parallel.data_mesh()
     params = parallel.replicate(params, mesh)
     trained_points = model.record.get("data.n_points")
-    write_json(out / schema.EVAL_CONFIG_FILE, config_record(cfg))
-    write_json(out / schema.EVAL_MODEL_FILE, model.describe() | {"trained_n_points": trained_points})
+    used = model.describe() | {"trained_n_points": trained_points}
+    for name, record in ((schema.EVAL_CONFIG_FILE, config_record(cfg)), (schema.EVAL_MODEL_FILE, used)):
+        write_atomic(out / name, json.dumps(record, indent=2) + "\n")
     local = LocalFiles(out)
     trackers, wandb_run = [local], None
     if mode != "disabled":

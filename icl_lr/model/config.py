@@ -17,5 +17,11 @@ class ModelConfig:
     embedding_std: float = field(default=0.2, metadata=FREE)  # acts at init only, which a resume replaces
 
     def check(self) -> None:
-        check(self.n_embd >= 1, f"model.n_embd must be >= 1, got {self.n_embd}")
+        check_counts(self, "n_embd")
         check(self.embedding_std > 0, f"model.embedding_std must be > 0, got {self.embedding_std}")
+
+
+def check_counts(section, *keys: str) -> None:
+    """Each of the model section's `keys` is a count (layers, heads, widths): >= 1."""
+    for key in keys:
+        check(getattr(section, key) >= 1, f"model.{key} must be >= 1, got {getattr(section, key)}")

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from icl_lr.fields import check
-from icl_lr.model.config import HIDDEN, ModelConfig
+from icl_lr.model.config import HIDDEN, ModelConfig, check_counts
 
 GPT2_INIT = nn.initializers.normal(0.02)  # GPT-2's init of every weight matrix
 
@@ -129,8 +129,7 @@ class GPT2Config:
     mlp: str = "gelu"
 
     def check(self) -> None:
-        for key in ("n_layer", "n_head", "n_positions"):
-            check(getattr(self, key) >= 1, f"model.{key} must be >= 1, got {getattr(self, key)}")
+        check_counts(self, "n_layer", "n_head", "n_positions")
         check(
             self.n_embd % self.n_head == 0,
             f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head})",

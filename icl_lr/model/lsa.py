@@ -21,7 +21,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from icl_lr.fields import FREE, check
-from icl_lr.model.config import HIDDEN, ModelConfig
+from icl_lr.model.config import HIDDEN, ModelConfig, check_counts
 from icl_lr.model.gpt2 import GPT2_INIT
 
 LSA_INIT = nn.initializers.normal(0.02)  # W_KQ and W_PV of a trained LSA start small (Ahn et al. init near 0)
@@ -54,7 +54,7 @@ class LSAConfig:
     gd_learning_rate: float = field(default=1.0, metadata=FREE)  # acts at init only
 
     def check(self) -> None:
-        check(self.n_layer >= 1, f"model.n_layer must be >= 1, got {self.n_layer}")
+        check_counts(self, "n_layer")
         check(self.init in ("random", "gd"), f"model.init must be random or gd, got {self.init!r}")
 
 

@@ -12,8 +12,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from icl_lr.fields import check
-from icl_lr.model.config import HIDDEN, ModelConfig
+from icl_lr.model.config import HIDDEN, ModelConfig, check_counts
 
 
 @dataclass(frozen=True)
@@ -23,7 +22,7 @@ class LSTMConfig:
     n_layer: int = 2
 
     def check(self) -> None:
-        check(self.n_layer >= 1, f"model.n_layer must be >= 1, got {self.n_layer}")
+        check_counts(self, "n_layer")
 
 
 class LSTM(nn.Module):

@@ -18,8 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from icl_lr.fields import check
-from icl_lr.model.config import HIDDEN, ModelConfig
+from icl_lr.model.config import HIDDEN, ModelConfig, check_counts
 
 DT_MIN, DT_MAX = 1e-3, 1e-1  # the step's initial range (log-uniform), as mamba_simple.py's
 
@@ -34,8 +33,7 @@ class MambaConfig:
     expand: int = 2
 
     def check(self) -> None:
-        for key in ("n_layer", "d_state", "d_conv", "expand"):
-            check(getattr(self, key) >= 1, f"model.{key} must be >= 1, got {getattr(self, key)}")
+        check_counts(self, "n_layer", "d_state", "d_conv", "expand")
 
     @property
     def dt_rank(self) -> int:

@@ -19,6 +19,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from icl_lr.fields import ConfigError
+from icl_lr.records.run_dir import step_dirs
 
 BEST_METRIC = "eval_error"
 log = logging.getLogger("icl_lr")
@@ -70,9 +71,7 @@ class Checkpoints:
         Each step is restored on its own (not through the manager, whose state one damaged step
         can spoil for the rest); an unreadable one is moved to damaged/ and the one before it tried.
         """
-        steps = sorted((int(p.name) for p in self.latest.directory.iterdir() if p.name.isdigit()), reverse=True)
-        for step in steps:
-            step_dir = self.latest.directory / str(step)
+        for step_dir in reversed(step_dirs(self.latest.directory)):
             try:
                 return _restore(step_dir, template)
             except CheckpointMismatch:

@@ -137,9 +137,15 @@ def read_config_record(run_dir: Path) -> dict | None:
     return None
 
 
+def step_dirs(directory: Path) -> list:
+    """A checkpoint folder's step dirs (checkpoints/latest/<step>, ...), by step; none when it is missing."""
+    directory = Path(directory)
+    steps = [p for p in directory.iterdir() if p.name.isdigit()] if directory.is_dir() else []
+    return sorted(steps, key=lambda p: int(p.name))
+
+
 def has_checkpoints(run_dir: Path) -> bool:
-    latest = Path(run_dir) / "checkpoints" / "latest"
-    return latest.is_dir() and any(p.name.isdigit() for p in latest.iterdir())
+    return bool(step_dirs(Path(run_dir) / "checkpoints" / "latest"))
 
 
 def read_summary(run_dir: Path) -> dict | None:

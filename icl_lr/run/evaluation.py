@@ -5,14 +5,13 @@ on (task, prior, noise, x's, points, eval sets). What would change the model its
 """
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 from icl_lr.fields import ConfigError, check, flatten, unflatten
-from icl_lr.records.run_dir import config_record, read_config_record
+from icl_lr.records.run_dir import config_record, read_config_record, step_dirs
 from icl_lr.run.config import check_across, from_values, sections, typed_keys
 from icl_lr.train.config import RunConfig
 
@@ -46,12 +45,6 @@ def content_hash(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _step_dirs(run_dir: Path, kind: str) -> list:
-    return sorted(
-        (p for p in (run_dir / "checkpoints" / kind).glob("*") if p.name.isdigit()), key=lambda p: int(p.name)
-    )
-
-
 def local_model(source: str) -> TrainedModel:
     """A run dir (its best checkpoint, else its latest) or one of its step dirs (checkpoints/<kind>/<step>)."""
     path = Path(source)
@@ -63,7 +56,7 @@ def local_model(source: str) -> TrainedModel:
         step_dir, run_dir = path, path.parents[2]
     else:
         run_dir = path
-        found = _step_dirs(run_dir, "best") or _step_dirs(run_dir, "latest")
+        found = step_dirs(run_dir / "checkpoints" / "best") or step_dirs(run_dir / "checkpoints" / "latest")
         check(found, f"{source}: no checkpoint under {run_dir / 'checkpoints'}")
         step_dir = found[-1]
     record = read_config_record(run_dir)
@@ -136,7 +129,3 @@ def eval_config(record: dict, overrides=()) -> RunConfig:
     cfg = from_values(unflatten(flat), typed)
     check_across(cfg)
     return cfg
-
-
-def write_json(path: Path, value) -> None:
-    path.write_text(json.dumps(value, indent=2) + "\n")

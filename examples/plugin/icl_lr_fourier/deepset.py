@@ -9,8 +9,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from icl_lr.fields import check
-from icl_lr.model.config import HIDDEN, ModelConfig
+from icl_lr.model.config import HIDDEN, ModelConfig, check_counts
 
 
 @dataclass(frozen=True)
@@ -21,8 +20,7 @@ class DeepSetConfig:
     mlp_ratio: int = 4
 
     def check(self) -> None:
-        check(self.n_layer >= 1, f"model.n_layer must be >= 1, got {self.n_layer}")
-        check(self.mlp_ratio >= 1, f"model.mlp_ratio must be >= 1, got {self.mlp_ratio}")
+        check_counts(self, "n_layer", "mlp_ratio")
 
 
 class DeepSet(nn.Module):
