@@ -76,6 +76,13 @@ def train_flops_per_step(n_layer: int, width: int, n_dims: int, batch: int, leng
     return 3 * per_token * batch * length
 
 
+def is_gpt2(model_cfg: ModelConfig) -> bool:
+    """Whether a preset is GPT-2 itself (the family with its default block): what the FLOP count and Garg et
+    al.'s PyTorch model measure; other families and blocks get steps/s alone."""
+    defaults = {"norm": "layernorm", "positions": "learned", "mlp": "gelu"}
+    return model_cfg.family == "gpt2" and all(getattr(model_cfg, k) == v for k, v in defaults.items())
+
+
 def time_jax(cfg: RunConfig, steps: int) -> dict:
     run = setup.build(cfg)
     tx = make_optimizer(cfg.training)
@@ -208,7 +215,7 @@ def main() -> None:
     print(f"measured peak float32 matmul: {peak / 1e9:.1f} GFLOP/s")
     print(f"task: d={args.n_dims}, {args.n_points} points ({length} tokens), batch {args.batch_size}, ", end="")
     print(f"{args.steps} timed steps; Garg et al.'s optimiser (experiment=garg2022)\n")
-    header = f"{'preset':<9}{'params':>10} | {'JAX steps/s':>11}{'tokens/s':>10}{'MFU':>7}{'compile s':>10} | "
+    header = f"{'preset':<13}{'params':>10} | {'JAX steps/s':>11}{'tokens/s':>10}{'MFU':>7}{'compile s':>10} | "
     header += f"{'torch steps/s':>13}{'tokens/s':>10}{'MFU':>7} | {'JAX/torch time':>14}"
     print(header)
     print("-" * len(header))
@@ -217,18 +224,18 @@ def main() -> None:
     by_size = sorted(configs.items(), key=lambda item: item[1].model.n_layer * item[1].model.n_embd ** 2)
     for preset, cfg in by_size:  # small to large
         model_cfg = cfg.model
+        gpt2 = is_gpt2(model_cfg)  # the FLOP count and the PyTorch reference are GPT-2's
         flops = train_flops_per_step(model_cfg.n_layer, model_cfg.n_embd, args.n_dims, args.batch_size, length)
         jax_run = time_jax(cfg, args.steps)
-        torch_seconds = time_torch(model_cfg, args.n_dims, args.n_points, args.batch_size, args.steps)
+        torch_seconds = time_torch(model_cfg, args.n_dims, args.n_points, args.batch_size, args.steps) if gpt2 else None
         n_params = sum(p.size for p in jax.tree.leaves(jax_run["state"].params))
         seconds = jax_run["step_seconds"]
         tokens = args.batch_size * length
-        row = (
-            f"{preset:<9}{n_params:>10,} | {1 / seconds:>11.2f}{tokens / seconds:>10,.0f}{flops / seconds / peak:>7.1%}"
-        )
+        mfu = f"{flops / seconds / peak:>7.1%}" if gpt2 else f"{'-':>7}"
+        row = f"{preset:<13}{n_params:>10,} | {1 / seconds:>11.2f}{tokens / seconds:>10,.0f}{mfu}"
         row += f"{jax_run['compile_seconds']:>10.1f} | "
         if torch_seconds is None:
-            row += f"{'(no torch)':>30} | {'':>14}"
+            row += f"{'(no torch reference)' if not gpt2 else '(no torch)':>30} | {'':>14}"
         else:
             row += f"{1 / torch_seconds:>13.2f}{tokens / torch_seconds:>10,.0f}{flops / torch_seconds / peak:>7.1%} | "
             row += f"{seconds / torch_seconds:>14.2f}"
@@ -237,7 +244,7 @@ def main() -> None:
     print(f"\neval on {args.eval_prompts} held-out prompts: the set and its 4 baselines, once per run ", end="")
     print(f"(compile included): {build_seconds:.2f} s")
     for preset, seconds in evals:
-        print(f"  {preset:<9} model error curve, every eval: {seconds:.2f} s")
+        print(f"  {preset:<13} model error curve, every eval: {seconds:.2f} s")
     print_scaling(args)
 
 
