@@ -360,6 +360,10 @@ def test_outliers_corrupt_the_labels_the_model_sees_and_are_scored_on_the_clean_
     curves = evaluate.eval_set_of(*parts(cfg), batch).baseline_curves
     assert "bayes" not in curves and {"huber", "gaussian_ridge", "least_squares"} <= set(curves)
     assert curves["huber"][11] < 0.8 * curves["least_squares"][11]  # measured: 0.22 (scaled), 0.68 (flipped) of it
+    # with the algorithms, the model is compared with them on the prompts it sees, scored on the clean labels
+    held = evaluate.held_out_set(*parts(cfg), EvalConfig(n_prompts=64, algorithms=True, algorithm_steps=(1,)))
+    assert np.any(np.asarray(held.prompts.ys) != np.asarray(held.ys))
+    np.testing.assert_array_equal(held.prompts.targets, held.ys)
 
 
 @pytest.mark.parametrize(

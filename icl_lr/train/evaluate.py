@@ -42,7 +42,7 @@ class EvalSet(NamedTuple):
     inputs: jax.Array  # encoded prompts, [P, L, ...]
     ys: jax.Array  # [P, N]
     baseline_curves: dict  # name -> np.ndarray [N]
-    xs: jax.Array | None = None  # [P, N, D], kept where the model is compared with `references`
+    prompts: Batch | None = None  # as the model sees them, kept where the model is compared with `references`
     references: dict = {}  # algorithm name -> (predictions [P, N], gradients at each query [P, N, D])
 
 
@@ -107,7 +107,7 @@ def held_out_set(task: Task, encoding: Encoding, eval_cfg: EvalConfig, pool=None
     batched = {name: jax.vmap(predict) for name, predict in predictors.items()}
     references = {name: predictions_and_query_gradients(p, batch.xs, batch.ys) for name, p in batched.items()}
     curves = {n: np.asarray(squared_error_curve(p, batch.scored, task.cfg.n_dims)) for n, (p, _) in references.items()}
-    return held_out._replace(baseline_curves=held_out.baseline_curves | curves, xs=batch.xs, references=references)
+    return held_out._replace(baseline_curves=held_out.baseline_curves | curves, prompts=batch, references=references)
 
 
 def predictions_and_query_gradients(predict, xs_PxNxD, ys_PxN) -> tuple[jax.Array, jax.Array]:
@@ -326,7 +326,7 @@ class Evaluator:
             all_curves[name] = curves = score(self.model_curves, params, eval_sets)
             if eval_sets.sets[0].references and self.model_gradients:  # the model beside each algorithm
                 held_out = eval_sets.sets[0]
-                preds, grads = self.model_gradients(params, held_out.xs, held_out.ys)
+                preds, grads = self.model_gradients(params, held_out.prompts.xs, held_out.prompts.ys)
                 curves |= similarity_curves(preds, grads, held_out, n_dims)
             if name == HELD_OUT and self.probe_sets:  # what each layer's state holds (eval.probes)
                 curves |= probes.r2_curves(self.hidden_states, params, *self.probe_sets, e.batch_size)
