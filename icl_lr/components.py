@@ -20,7 +20,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
-from icl_lr.fields import ConfigError, check
+from icl_lr.fields import ConfigError, check, one_line
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,7 +51,7 @@ def _load(path: str, key: str):
     except ConfigError:
         raise
     except Exception as error:
-        reason = " ".join(str(error).split())[:200]
+        reason = one_line(error)
         raise ConfigError(f"{key}={path!r}: cannot import {module_name} ({type(error).__name__}: {reason})") from None
     check(hasattr(module, attribute), f"{key}={path!r}: module {module_name} has no {attribute}")
     return getattr(module, attribute)
@@ -89,7 +89,7 @@ class Registry:
             except Exception as error:
                 raise ConfigError(
                     f"{key}={name}: the entry point {installed[name].value} ({self.group}) fails to import "
-                    f"({type(error).__name__}: {' '.join(str(error).split())[:200]})"
+                    f"({type(error).__name__}: {one_line(error)})"
                 ) from None
         elif ":" in name:
             component = _load(name, key)

@@ -23,6 +23,11 @@ def check(condition: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def one_line(error: BaseException, limit: int | None = 200) -> str:
+    """An error's message on one line (whitespace runs as single spaces), cut at `limit` characters (None: whole)."""
+    return " ".join(str(error).split())[:limit]
+
+
 def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 

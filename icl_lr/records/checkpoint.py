@@ -18,7 +18,7 @@ from pathlib import Path
 import jax
 import orbax.checkpoint as ocp
 
-from icl_lr.fields import ConfigError
+from icl_lr.fields import ConfigError, one_line
 from icl_lr.records.run_dir import step_dirs
 
 BEST_METRIC = "eval_error"
@@ -77,7 +77,7 @@ class Checkpoints:
             except CheckpointMismatch:
                 raise  # whole, but of another model: not damage
             except Exception as error:  # orbax raises many kinds for a damaged step
-                reason = " ".join(str(error).split())[:200]
+                reason = one_line(error)
                 self._set_aside(
                     step_dir, "latest", f"is unreadable ({type(error).__name__}: {reason}), the one before is tried"
                 )

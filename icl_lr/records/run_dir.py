@@ -14,7 +14,7 @@ import socket
 import string
 from pathlib import Path
 
-from icl_lr.fields import flatten
+from icl_lr.fields import flatten, one_line
 from icl_lr.records.schema import (
     CONFIG_FILE,
     IDENTITY_FILE,
@@ -131,7 +131,7 @@ def read_config_record(run_dir: Path) -> dict | None:
             if not isinstance(record, dict) or "training.steps" not in record:
                 raise ValueError("not a config record")
         except (OSError, ValueError) as error:
-            raise UnreadableRecord(f"{path} cannot be read ({' '.join(str(error).split())[:80]})") from None
+            raise UnreadableRecord(f"{path} cannot be read ({one_line(error, 80)})") from None
         record.setdefault("training.decay_steps", record.get("training.steps"))
         return record
     return None

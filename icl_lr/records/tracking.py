@@ -16,7 +16,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from icl_lr.fields import ConfigError, flatten
+from icl_lr.fields import ConfigError, flatten, one_line
 from icl_lr.records.config import WANDB_MODES, WandbConfig
 from icl_lr.records.run_dir import started_by_agent, write_atomic
 from icl_lr.records.schema import (
@@ -205,7 +205,7 @@ class WandbRun(Tracker):
         except Exception as error:  # bad key, unreachable server: keep training, log offline
             if mode != "online":
                 raise
-            reason = " ".join(str(error).split())  # one line
+            reason = one_line(error, None)
             log.warning("W&B could not start online (%s: %s); logging offline instead", type(error).__name__, reason)
             mode = "offline"
             wandb.teardown()  # the failed attempt still holds the run id in wandb's service process

@@ -18,7 +18,7 @@ import re
 
 from omegaconf import DictConfig, OmegaConf
 
-from icl_lr.fields import ConfigError, build, check, check_sections, section_class
+from icl_lr.fields import ConfigError, build, check, check_sections, one_line, section_class
 from icl_lr.model.config import ModelConfig
 from icl_lr.task.config import DataConfig
 from icl_lr.train.config import RunConfig, steps_per_epoch
@@ -137,7 +137,7 @@ def check_prompts_file(cfg: RunConfig) -> None:
         with np.load(cfg.eval.prompts) as prompts:
             shapes = {name: prompts[name].shape for name in ("xs", "ys")}
     except Exception as error:
-        reason = f"{type(error).__name__}: {' '.join(str(error).split())[:200]}"
+        reason = f"{type(error).__name__}: {one_line(error)}"
         raise ConfigError(f"eval.prompts={cfg.eval.prompts}: cannot read xs and ys ({reason})") from None
     (b, n, dims), ys = shapes["xs"] if len(shapes["xs"]) == 3 else (0, 0, 0), shapes["ys"]
     check(

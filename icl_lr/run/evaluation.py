@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from icl_lr.fields import ConfigError, check, flatten, unflatten
+from icl_lr.fields import ConfigError, check, flatten, one_line, unflatten
 from icl_lr.records.run_dir import config_record, read_config_record, step_dirs
 from icl_lr.run.config import check_across, from_values, sections, typed_keys
 from icl_lr.train.config import RunConfig
@@ -74,7 +74,7 @@ def artifact_model(reference: str) -> TrainedModel:
         step_dir = Path(artifact.download())
         producer = artifact.logged_by()
     except Exception as error:
-        reason = " ".join(str(error).split())[:300]
+        reason = one_line(error, 300)
         raise ConfigError(f"{reference}: cannot read the W&B artifact ({type(error).__name__}: {reason})") from None
     record = {k: v for k, v in producer.config.items() if "." in k or k in ("seed", "init_from")}
     return TrainedModel(reference, record, int(artifact.metadata.get("step", 0)), content_hash(step_dir), step_dir)

@@ -31,6 +31,7 @@ from typing import NamedTuple
 
 import yaml
 
+from icl_lr.fields import one_line
 from icl_lr.records import wandb_adapter
 from icl_lr.records.config import WandbConfig
 from icl_lr.records.run_dir import RunDirError, RunDirLock, new_run_id
@@ -55,7 +56,7 @@ def load_sweep(path: Path) -> dict:
     try:
         config = yaml.safe_load(Path(path).read_text())
     except yaml.YAMLError as error:
-        raise ValueError(f"{path}: not valid YAML ({' '.join(str(error).split())})") from None
+        raise ValueError(f"{path}: not valid YAML ({one_line(error, None)})") from None
     if not isinstance(config, dict):
         raise ValueError(f"{path}: a sweep config is a mapping (program, method, parameters, ...), got {config!r:.80}")
     # run_cap is the W&B server's (the open-source engine's schema predates it): checked here, honoured by run_sweep

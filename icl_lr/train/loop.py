@@ -17,7 +17,7 @@ import optax
 from flax import struct
 from jax.sharding import Mesh
 
-from icl_lr.fields import ConfigError
+from icl_lr.fields import ConfigError, one_line
 from icl_lr.model.icl_model import ICLModel
 from icl_lr.records.checkpoint import Checkpoints, restore_params
 from icl_lr.records.schema import (
@@ -132,7 +132,7 @@ def _initial_params(init_from: str, template, tracker: Tracker):
         path = Path(init_from) if Path(init_from).exists() else tracker.download_checkpoint(init_from)
         return restore_params(path, template)
     except Exception as error:  # a bad reference, no network, or shapes that do not fit the config
-        reason = " ".join(str(error).split())[:300]
+        reason = one_line(error, 300)
         raise ConfigError(f"init_from: cannot start from {init_from} ({type(error).__name__}: {reason})") from error
 
 

@@ -16,7 +16,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from icl_lr.fields import ConfigError
+from icl_lr.fields import ConfigError, one_line
 from icl_lr.train.config import RunConfig
 
 AXIS = "data"
@@ -66,7 +66,7 @@ def initialize_distributed() -> None:
     try:
         jax.distributed.initialize()
     except (ValueError, RuntimeError) as error:  # no cluster's variables, or a coordinator that never answered
-        reason = " ".join(str(error).split())[:200]
+        reason = one_line(error)
         raise ConfigError(
             f"training.distributed: no job to join ({reason}); start one process per host under srun or mpirun, "
             "or set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID"
