@@ -1,11 +1,12 @@
 """icl_lr/model/mamba.py: the selective scan against a step-by-step recurrence (numpy float64), the block's
-parameters against the formula; causality is every family's test (tests/test_model.py)."""
+parameters against the formula; causality is every family's test (tests/test_model.py), kill and resume and
+two devices the new families' (tests/test_families.py)."""
 
 import jax
 import numpy as np
 import pytest
 
-from helpers import FAST, final_state, model_config, no_key_env, output, run_config, train_cli
+from helpers import model_config
 from icl_lr.model.mamba import Mamba, MambaMixer, selective_scan
 
 
@@ -70,17 +71,3 @@ def test_the_parameters_are_the_formulas():
     c, r = expand * e, cfg.dt_rank
     block = e + e * 2 * c + (k * c + c) + c * (r + 2 * s) + (r * c + c) + c * s + c + c * e
     assert sum(v.size for v in jax.tree.leaves(params)) == layers * block + e
-
-
-def test_a_run_cut_and_resumed_on_two_devices_ends_as_a_one_device_run(tmp_path):
-    """model=mamba trains like every family: cut at step 20, resumed on 2 CPU devices, it ends within float32
-    summation order of the same 40 steps on one device."""
-    one, cut = tmp_path / "one", tmp_path / "cut"
-    common = ["model=mamba", "model.n_layer=2", "model.n_embd=32", "training.schedule=constant", "wandb.mode=disabled"]
-    train_cli(one, *common)
-    train_cli(cut, *common, "training.steps=20")
-    resumed = train_cli(cut, *common, env=no_key_env(JAX_NUM_CPU_DEVICES="2"))
-    assert "resumed at step 20 of 40" in output(resumed) and "on 2 CPU devices" in output(resumed)
-    cfg = run_config(*FAST, *common)
-    for a, b in zip(*(jax.tree.leaves(final_state(cfg, d)) for d in (one, cut)), strict=True):
-        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-5)

@@ -173,3 +173,22 @@ def probe_r2(stats: pd.DataFrame, keys: list[str], title: str) -> str:
                   x_name="layer")  # fmt: skip
     fig.update_yaxes(range=[min(-0.05, stats.ci_low.min(), stats["mean"].min()) - 0.02, 1.05])  # R² on its scale
     return _finish(fig, len(targets), columns, R2, "layer", title)
+
+
+def attention_maps(weights_LxHxTxT: np.ndarray, title: str) -> str:
+    """Attention maps, a heat map per layer (row) and head (column): query down, key across; hover gives the
+    weight (mean over the held-out prompts, eval.attention)."""
+    layers, heads = weights_LxHxTxT.shape[:2]
+    titles = [f"layer {layer}, head {head}" for layer in range(layers) for head in range(heads)]
+    fig = make_subplots(rows=layers, cols=heads, subplot_titles=titles, horizontal_spacing=0.05,
+                        vertical_spacing=min(0.08, 0.5 / layers))  # fmt: skip
+    for layer in range(layers):
+        for head in range(heads):
+            fig.add_trace(
+                go.Heatmap(z=np.round(weights_LxHxTxT[layer, head], 4), zmin=0, zmax=1, colorscale="Viridis",
+                           showscale=layer == head == 0, hovertemplate="query %{y}, key %{x}: %{z}<extra></extra>"),
+                row=layer + 1, col=head + 1,
+            )  # fmt: skip
+    fig.update_yaxes(autorange="reversed")
+    fig.update_layout(title=title, height=260 * layers + 90, width=300 * heads + 120, template="plotly_white")
+    return fig.to_html(full_html=False, include_plotlyjs=False, config={"displaylogo": False})

@@ -263,3 +263,20 @@ def plot_evaluation(curves_by_set: dict, trained_n_points: int | None, path: Pat
             )
         _axes(ax, axis, "in-context examples k", YLABELS["error"], f"{title}: {name}", floored)
     _save(fig, path)
+
+
+def plot_attention(weights_LxHxTxT: np.ndarray, path: Path) -> None:
+    """Attention maps, a panel per layer (row) and head (column): query down, key across, colour the weight on a
+    square-root scale (mean over the held-out prompts, eval.attention); the caption names the run."""
+    layers, heads = weights_LxHxTxT.shape[:2]
+    fig, axes = plt.subplots(layers, heads, figsize=(2.6 * heads + 0.6, 2.4 * layers + 0.6), squeeze=False)
+    for layer in range(layers):
+        for head in range(heads):
+            ax = axes[layer, head]
+            ax.imshow(np.sqrt(np.clip(weights_LxHxTxT[layer, head], 0, 1)), cmap="viridis", vmin=0, vmax=1)
+            ax.set_title(f"layer {layer}, head {head}", fontsize=9)
+            ax.set_xticks([])
+            ax.set_yticks([])
+    axes[-1, 0].set_xlabel("key")
+    axes[-1, 0].set_ylabel("query")
+    _save(fig, path)

@@ -23,6 +23,7 @@ from icl_lr.fields import ConfigError, flatten
 from icl_lr.records import wandb_adapter
 from icl_lr.records.run_dir import RunDirLock, config_record, read_config_record, read_identity
 from icl_lr.records.schema import (
+    ATTENTION_DIR,
     BAYES,
     CURVES_FILE,
     DISTANCE,
@@ -50,7 +51,13 @@ CURVE_COLUMNS = ["run_id", "set", "step", "predictor", "k", "value"]  # predicto
 HISTORY_COLUMNS = ["run_id", "step", "metric", "value"]  # every scalar logged: train/..., eval/...
 STATS = ["n", "mean", "std", "ci_low", "ci_high", "ci_method"]
 BOOTSTRAP_FROM = 30  # seeds: below, a resampling interval is too narrow (at n = 3 it is the min-max); Student-t
-MODEL_SHAPE = {"model.n_layer": "L", "model.n_embd": "d", "model.n_head": "H"}  # model_size: those its family has
+MODEL_SHAPE = {
+    "model.n_layer": "L",
+    "model.n_embd": "d",
+    "model.n_head": "H",
+    "model.n_loops": "x",
+}  # model_size: those
+# its family has (a looped model: 1L/64d/2H/12x)
 log = logging.getLogger("analyze")
 
 
@@ -286,6 +293,17 @@ def load_local(paths) -> RunTables:
         )
     rows, curve_rows, history_rows = zip(*loaded, strict=True)
     return RunTables.of(list(rows), [r for rs in curve_rows for r in rs], [r for rs in history_rows for r in rs])
+
+
+def attention_maps(runs: pd.DataFrame) -> dict:
+    """{run id: (step, weights [layers, heads, T, T])}: each local run's last eval.attention maps."""
+    maps, step = {}, lambda path: int(path.stem.removeprefix("step_"))
+    for run_id, run_dir in zip(runs.run_id, runs.run_dir, strict=True):
+        files = sorted(Path(run_dir).glob(f"{ATTENTION_DIR}/step_*.npz"), key=step) if isinstance(run_dir, str) else []
+        if files:
+            with np.load(files[-1]) as last:
+                maps[run_id] = (step(files[-1]), last["weights"])
+    return maps
 
 
 def _table_curves(table: dict) -> dict:

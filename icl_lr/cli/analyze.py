@@ -125,8 +125,9 @@ def load(args) -> tables.RunTables:
     return tables.load_local(args.paths)
 
 
-def write_plots(named: dict, keys, args) -> dict:
-    """The PNG figures that the runs' metrics allow, from the written tables `named`: {path: caption}."""
+def write_plots(named: dict, keys, args, attention: dict) -> dict:
+    """The PNG figures that the runs' metrics allow, from the written tables `named` and the runs' attention
+    maps (tables.attention_maps): {path: caption}."""
     aggregate, curve_stats = named["aggregate"], named["curve_aggregate"]
     out, curves, figures = args.out, named["curves"], {}
     plots.plot_error_curves(curve_stats, keys, out / "error_vs_context.png")
@@ -148,6 +149,13 @@ def write_plots(named: dict, keys, args) -> dict:
         plots.plot_probe_r2(named["probe_r2"], keys, out / "probe_r2_by_layer.png")
         figures[out / "probe_r2_by_layer.png"] = (
             "held-out R² of each layer's linear probe for each target, mean over k (probe_r2.csv)"
+        )
+    for run_id, (step, weights) in attention.items():
+        path = out / f"attention_{run_id}.png"
+        plots.plot_attention(weights, path)
+        figures[path] = (
+            f"run {run_id}'s attention at step {step}, mean over the held-out prompts: a row per layer, a column "
+            "per head, query down, key across (square-root colour scale)"
         )
     history_stats, reference = named["history_aggregate"], tables.references(named["runs"])
     if not history_stats.empty:
@@ -180,7 +188,7 @@ def _sets(curves, prefix: str) -> list[str]:
     return [s for s in curves.set.unique() if s.startswith(prefix)]  # in the order the runs logged them
 
 
-def interactive_figures(named: dict, keys) -> dict:
+def interactive_figures(named: dict, keys, attention: dict) -> dict:
     """report.html's Plotly figures, as write_plots's PNGs: {section title: HTML fragment}."""
     from icl_lr.analysis import interactive
 
@@ -194,6 +202,9 @@ def interactive_figures(named: dict, keys) -> dict:
         shown[sections.SIMILARITY] = interactive.error_vs_k(curve_stats, keys, schema.DISTANCE, sections.SIMILARITY)
     if "probe_r2" in named:
         shown[sections.PROBES] = interactive.probe_r2(named["probe_r2"], keys, sections.PROBES)
+    for run_id, (step, weights) in attention.items():
+        title = f"{sections.ATTENTION}: run {run_id}, step {step}"
+        shown[title] = interactive.attention_maps(weights, title)
     for prefix, title in sections.SET_SECTIONS.items():
         if sets := _sets(curves, prefix):
             shown[title] = interactive.sets_vs_k(curve_stats, keys, sets, title)
@@ -255,7 +266,8 @@ def main(argv=None) -> int:
     note = tables.summary_note(headline_metrics, within)
     (args.out / "summary.md").write_text(note + "\n\n" + markdown + "\n")
     written.append(args.out / "summary.md")
-    figures = {} if args.no_plots else write_plots(named, keys, args)
+    attention = tables.attention_maps(finished) if "run_dir" in finished else {}
+    figures = {} if args.no_plots else write_plots(named, keys, args, attention)
     written += figures
     if args.html:
         from icl_lr.analysis import html_report
@@ -281,7 +293,7 @@ def main(argv=None) -> int:
             runs.status.value_counts().to_dict(),
             summary,
             note,
-            interactive_figures(named, keys),
+            interactive_figures(named, keys, attention),
             figures,
             tables_shown,
             links,

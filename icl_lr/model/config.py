@@ -1,6 +1,6 @@
 """The model's config section (`model:` in configs/model/*.yaml, where each key is documented): the keys
 every family shares; a family's own keys are its trunk's `Config`, beside it in its module. Also the
-collection every family's trunk sows its hidden states into."""
+collections trunks sow into: hidden states, attention weights."""
 
 from dataclasses import dataclass, field
 
@@ -8,6 +8,8 @@ from icl_lr.fields import FREE, check
 
 HIDDEN = "intermediates"  # the collection every family's trunk sows its states into ("hidden": before its first
 # layer and after each, [B, T, E]; read by the probes, icl_lr/train/probes.py)
+ATTENTION = "attention"  # the collection a trunk with softmax attention sows its weights into ("weights": [B, H,
+# T, T], query by key, once per call of each attention layer; read by eval.attention, icl_lr/train/attention.py)
 
 
 @dataclass(frozen=True)

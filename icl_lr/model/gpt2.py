@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from icl_lr.fields import check
-from icl_lr.model.config import HIDDEN, ModelConfig, check_counts
+from icl_lr.model.config import ATTENTION, HIDDEN, ModelConfig, check_counts
 
 GPT2_INIT = nn.initializers.normal(0.02)  # GPT-2's init of every weight matrix
 
@@ -73,11 +73,13 @@ class Attention(nn.Module):
         q_BxTxHxA, k_BxTxHxA, v_BxTxHxA = (qkv_BxTx3xHxA[:, :, i] for i in range(3))
         if cfg.positions == "rope":
             q_BxTxHxA, k_BxTxHxA = rotary(q_BxTxHxA), rotary(k_BxTxHxA)
-        if train and cfg.dropout > 0:  # dropout on the attention weights: spelled out
+        if (train and cfg.dropout > 0) or self.is_mutable_collection(ATTENTION):  # the weights spelled out
             scores_BxHxTxT = jnp.einsum("bqhk,bshk->bhqs", q_BxTxHxA, k_BxTxHxA, preferred_element_type=jnp.float32)
             causal_TxT = jnp.tril(jnp.ones((length, length), bool))
             masked = jnp.where(causal_TxT, scores_BxHxTxT / jnp.sqrt(q_BxTxHxA.shape[-1]), jnp.finfo(jnp.float32).min)
-            probs_BxHxTxT = nn.Dropout(cfg.dropout)(jax.nn.softmax(masked, axis=-1), deterministic=False)
+            probs_BxHxTxT = jax.nn.softmax(masked, axis=-1)
+            self.sow(ATTENTION, "weights", probs_BxHxTxT)  # eval.attention's
+            probs_BxHxTxT = nn.Dropout(cfg.dropout)(probs_BxHxTxT, deterministic=not train)
             out_BxTxHxA = jnp.einsum("bhqs,bshk->bqhk", probs_BxHxTxT.astype(self.dtype), v_BxTxHxA)
         else:  # JAX's fused attention: cuDNN's flash attention on a GPU where it applies, XLA's elsewhere
             out_BxTxHxA = jax.nn.dot_product_attention(q_BxTxHxA, k_BxTxHxA, v_BxTxHxA, is_causal=True)
@@ -157,6 +159,7 @@ class Transformer(nn.Module):
 
     Config = GPT2Config
     length_key = staticmethod(length_key)
+    sows_attention = True
 
     config: ModelConfig
     dtype: Any = jnp.float32

@@ -6,7 +6,9 @@ every checkpoint written so far).
 A family is a trunk (embeddings [B, T, E] -> hidden [B, T, E], a Flax module built from (its section,
 dtype) and called on (embeddings, train)) with its `Config`, the keys it owns under `model:`; optional:
 `encodings` (the only ones it takes), `length_key` (its key bounding the sequence), `check_run(cfg)`
-(what its keys need of other sections), `read_out_init(config)`. FAMILIES names the built-ins
+(what its keys need of other sections), `read_out_init(config)`, `trains_on_stack` (called with train=True
+it returns [S, B, T, E]: S outputs the loss averages over, as a looped transformer's last loops), `sows_attention`
+(it sows its softmax attention weights, ATTENTION, for eval.attention). FAMILIES names the built-ins
 (icl_lr/components.py: a plugin registers under `icl_lr.families`, or is named by import path).
 """
 
@@ -28,6 +30,7 @@ FAMILIES = Registry(
         "lstm": "icl_lr.model.lstm:LSTM",
         "lsa": "icl_lr.model.lsa:LSA",
         "mamba": "icl_lr.model.mamba:Mamba",
+        "looped": "icl_lr.model.looped:Looped",
     },
     ("__call__",),
 )
@@ -45,6 +48,11 @@ class ICLModel(nn.Module):
         self.transformer = trunk(self.config, self.dtype)  # the trunk, by its saved name
         read_out_init = trunk.read_out_init(self.config) if hasattr(trunk, "read_out_init") else GPT2_INIT
         self.read_out = nn.Dense(self.encoding.n_outputs, kernel_init=read_out_init)
+
+    @property
+    def trains_on_stack(self) -> bool:
+        """Whether the outputs of a call with train=True are [S, B, T, O], S outputs trained on."""
+        return getattr(FAMILIES.resolve(self.config.family), "trains_on_stack", False)
 
     def __call__(self, inputs, train: bool = False):
         return self.read_out(self.transformer(self.embed(inputs), train))

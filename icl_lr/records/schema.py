@@ -82,6 +82,24 @@ def probe_r2_by_layer(curves: dict) -> dict:
     return {target: [layers[i] for i in sorted(layers)] for target, layers in by_target.items()}
 
 
+# eval.n_loops' curves: the model's squared error / d with its loop unit applied b times (a looped family)
+def loops_curve(n_loops: int) -> str:
+    return f"{MODEL}_{n_loops}_loops"
+
+
+# eval.attention: each attention layer's and head's weights, mean over the held-out prompts, [layers, heads, T, T]
+# query by key, with their shares (below), in ATTENTION_DIR/step_<n>.npz; the curves
+# `attention_share/<kind>/layer_<l>/head_<h>`: the share of the weights of the token that predicts y_k on the
+# x-tokens (kind x) and on the y-tokens (kind y) of the points before k (the rest: point k's own tokens)
+ATTENTION_DIR = "attention"
+ATTENTION_SHARE = "attention_share"
+SHARE_KINDS = ("x", "y")
+
+
+def attention_file(step: int) -> str:
+    return f"{ATTENTION_DIR}/step_{step}.npz"
+
+
 def is_error_curve(name: str) -> bool:
     """The one naming rule charts and summaries read: an error curve's name has no '/'."""
     return "/" not in name

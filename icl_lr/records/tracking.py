@@ -16,15 +16,20 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
+
 from icl_lr.fields import ConfigError, flatten, one_line
 from icl_lr.records.config import WANDB_MODES, WandbConfig
 from icl_lr.records.run_dir import started_by_agent, write_atomic
 from icl_lr.records.schema import (
+    ATTENTION_DIR,
     CURVES_FILE,
     DISTANCE,
     HELD_OUT,
     METRICS_FILE,
+    SHARE_KINDS,
     SUMMARY_FILE,
+    attention_file,
     curves_key,
     is_error_curve,
     probe_r2_by_layer,
@@ -46,6 +51,9 @@ class Tracker:
         (schema.HELD_OUT, train_set, pretrain, sigma_0.5, ood/skewed)."""
 
     def log_checkpoint(self, directory: Path, step: int, aliases: Sequence[str]) -> None: ...
+
+    def log_attention(self, weights_LxHxTxT, shares_KxLxHxN, step: int) -> None:
+        """eval.attention's weights, mean over the held-out prompts, and their shares (schema.SHARE_KINDS)."""
 
     def preempting(self) -> None:
         """The run is about to stop on SIGTERM, at a checkpoint, to be resumed."""
@@ -84,6 +92,9 @@ class LocalFiles(Tracker):
             path = self.run_dir / name
             kept = [r for r in read_jsonl(path) if r["step"] <= resume_step]
             path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        for path in (self.run_dir / ATTENTION_DIR).glob("step_*.npz"):
+            if int(path.stem.removeprefix("step_")) > resume_step:
+                path.unlink()
 
     def _append(self, name: str, record: dict) -> None:
         with open(self.run_dir / name, "a") as f:
@@ -97,6 +108,14 @@ class LocalFiles(Tracker):
         self._append(
             CURVES_FILE, {"step": step, "set": eval_set, **{k: [float(x) for x in v] for k, v in curves.items()}}
         )
+
+    def log_attention(self, weights_LxHxTxT, shares_KxLxHxN, step: int) -> None:
+        """attention/step_<step>.npz: `weights` [layers, heads, T, T] and `shares` [kind, layers, heads, N]."""
+        path = self.run_dir / attention_file(step)
+        path.parent.mkdir(exist_ok=True)
+        with open(path.with_suffix(".part"), "wb") as f:
+            np.savez(f, weights=np.asarray(weights_LxHxTxT, np.float32), shares=np.asarray(shares_KxLxHxN, np.float32))
+        os.replace(path.with_suffix(".part"), path)
 
     def finish(self, summary: dict) -> None:
         write_atomic(self.run_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
@@ -119,6 +138,10 @@ class Trackers(Tracker):
     def log_checkpoint(self, directory, step, aliases):
         for t in self.trackers:
             t.log_checkpoint(directory, step, aliases)
+
+    def log_attention(self, weights, shares, step):
+        for t in self.trackers:
+            t.log_attention(weights, shares, step)
 
     def preempting(self):
         for t in self.trackers:
@@ -159,6 +182,20 @@ def flat_config(config: dict, choices: dict) -> dict:
     nested `model` section would be replaced by the sweep's `model: gpt2_small` (wandb issue #5477).
     """
     return flatten(config) | choices
+
+
+def attention_image(weights_LxHxTxT: np.ndarray, cell: int = 3, gap: int = 4) -> np.ndarray:
+    """The maps tiled as one grey image [rows, columns] uint8: a map per layer (row) and head (column), each
+    weight a `cell`-pixel square, 255 * (1 - sqrt(weight)), maps `gap` white pixels apart."""
+    layers, heads, tokens, _ = weights_LxHxTxT.shape
+    side = tokens * cell
+    image = np.full((layers * (side + gap) - gap, heads * (side + gap) - gap), 255, np.uint8)
+    for layer in range(layers):
+        for head in range(heads):
+            shade = 255 * (1 - np.sqrt(np.clip(weights_LxHxTxT[layer, head], 0, 1)))
+            top, left = layer * (side + gap), head * (side + gap)
+            image[top : top + side, left : left + side] = np.kron(shade, np.ones((cell, cell))).round()
+    return image
 
 
 class WandbRun(Tracker):
@@ -269,6 +306,21 @@ class WandbRun(Tracker):
                 xname="layer",
             )
         self.run.log(logged)
+
+    def log_attention(self, weights_LxHxTxT, shares_KxLxHxN, step: int) -> None:
+        """An image eval/attention (a row per layer, a column per head, query down, key across; darker is more
+        weight, on a square-root scale) and a table eval/attention_shares (layer, head, k, each kind's share)."""
+        _, layers, heads, n = np.shape(shares_KxLxHxN)
+        rows = [
+            [layer, head, k, *(float(shares_KxLxHxN[i, layer, head, k]) for i in range(len(SHARE_KINDS)))]
+            for layer in range(layers)
+            for head in range(heads)
+            for k in range(n)
+        ]
+        table = self.wandb.Table(columns=["layer", "head", "k", *(f"{kind}_share" for kind in SHARE_KINDS)], data=rows)
+        caption = f"attention, mean over the held-out prompts (step {step}): a row per layer, a column per head"
+        image = self.wandb.Image(attention_image(np.asarray(weights_LxHxTxT)), caption=caption)
+        self.run.log({"step": step, "eval/attention": image, "eval/attention_shares": table})
 
     def log_checkpoint(self, directory: Path, step: int, aliases: Sequence[str]) -> None:
         if not self.log_checkpoints:

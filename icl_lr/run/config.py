@@ -110,6 +110,14 @@ def check_across(cfg: RunConfig) -> None:
             not getattr(cfg.eval, key) or d.n_points >= 2,
             f"eval.{key} scores predictions from a context: data.n_points must be >= 2, got {d.n_points}",
         )
+    check(
+        not cfg.eval.attention or getattr(family, "sows_attention", False),
+        f"eval.attention reads softmax attention weights: model.family={m.family} has none",
+    )
+    check(
+        not cfg.eval.n_loops or hasattr(m, "n_loops"),
+        f"eval.n_loops scores other loop counts of a looped model: model.family={m.family} has no model.n_loops",
+    )
     length_key = getattr(family, "length_key", None)
     length_key = length_key(m) if callable(length_key) else length_key
     if length_key:

@@ -91,6 +91,8 @@ class EvalConfig:
     algorithm_steps: tuple[int, ...] = field(default=(1, 3, 10), metadata=FREE)
     probes: bool = field(default=False, metadata=FREE)
     prompts: str | None = field(default=None, metadata=FREE)
+    attention: bool = field(default=False, metadata=FREE)
+    n_loops: tuple[int, ...] = field(default=(), metadata=FREE)
 
     def check(self) -> None:
         check(self.n_prompts >= 1, f"eval.n_prompts must be >= 1, got {self.n_prompts}")
@@ -104,6 +106,7 @@ class EvalConfig:
             self.prompts is None or (self.prompts.endswith(".npz") and Path(self.prompts).is_file()),
             f"eval.prompts must be an .npz file of xs [B, N, D] and ys [B, N], got {self.prompts!r}",
         )
+        check(all(n >= 1 for n in self.n_loops), f"eval.n_loops must be loop counts >= 1, got {list(self.n_loops)}")
 
 
 @dataclass(frozen=True)

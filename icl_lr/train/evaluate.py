@@ -27,11 +27,12 @@ from icl_lr.records.schema import (
     MODEL,
     SIMILARITIES,
     is_error_curve,
+    loops_curve,
     metric_prefix,
 )
 from icl_lr.records.tracking import Tracker
 from icl_lr.task.base import Batch, Task, pool_key
-from icl_lr.train import parallel, probes
+from icl_lr.train import attention, parallel, probes
 from icl_lr.train.config import EvalConfig, RunConfig
 from icl_lr.train.setup import Setup
 
@@ -291,7 +292,8 @@ def fixed_sets(setup: Setup, cfg: RunConfig, run_key, pool) -> dict:
 class Evaluator:
     """The eval phase: the model's curves on every fixed prompt set (`fixed_sets`) and on Garg et al.'s OOD
     suite (`ood/<condition>`, at the final eval or every eval), logged as scalars (schema.metric_prefix) and
-    per-set curve tables; each set beside the task's reference baseline."""
+    per-set curve tables; each set beside the task's reference baseline; on the held-out set, what eval.probes,
+    eval.attention and eval.n_loops add."""
 
     def __init__(self, setup: Setup, cfg: RunConfig, run_key, mesh: Mesh):
         started = time.perf_counter()
@@ -305,6 +307,9 @@ class Evaluator:
         self.reference = setup.task.reference  # the baseline the excess is measured against
         self.probe_sets = probe_sets(setup.task, setup.encoding, cfg.eval) if cfg.eval.probes else None
         self.hidden_states = probes.make_hidden_states_fn(setup.model) if cfg.eval.probes else None
+        self.attention = attention.make_attention_fn(setup.model) if cfg.eval.attention else None
+        looped = lambda n: setup.model.clone(config=dataclasses.replace(setup.model.config, n_loops=n))
+        self.loop_curves = {n: make_model_curves_fn(looped(n), cfg.eval, mesh) for n in cfg.eval.n_loops}
 
     def _ood(self) -> dict:
         """The OOD suite's sets, built on first use."""
@@ -315,6 +320,21 @@ class Evaluator:
             self.ood_seconds += time.perf_counter() - started
             log.info("OOD suite: %d conditions and their baselines ready in %.1fs", len(conditions), self.ood_seconds)
         return self.ood_sets
+
+    def _held_out_extras(self, params, held_out: EvalSet, tracker: Tracker, step: int) -> dict:
+        """What the held-out set alone adds: each layer's probes (eval.probes), the attention (eval.attention,
+        its maps to the tracker) and the model at other loop counts (eval.n_loops)."""
+        curves, chunk = {}, self.cfg.eval.batch_size
+        if self.probe_sets:
+            curves |= probes.r2_curves(self.hidden_states, params, *self.probe_sets, chunk)
+        if self.attention:
+            weights = attention.mean_weights(self.attention, params, held_out.inputs, chunk)
+            shares = attention.shares(weights, self.setup.encoding.inputs.tokens_per_point)
+            tracker.log_attention(weights, shares, step)
+            curves |= attention.share_curves(shares)
+        for n_loops, model_curves in self.loop_curves.items():
+            curves[loops_curve(n_loops)] = np.asarray(model_curves(params, held_out.inputs, held_out.ys)[MODEL])
+        return curves
 
     def __call__(self, params, tracker: Tracker, step: int, final: bool) -> dict:
         """Logs every set's scalars and curves; returns the scalars."""
@@ -328,8 +348,8 @@ class Evaluator:
                 held_out = eval_sets.sets[0]
                 preds, grads = self.model_gradients(params, held_out.prompts.xs, held_out.prompts.ys)
                 curves |= similarity_curves(preds, grads, held_out, n_dims)
-            if name == HELD_OUT and self.probe_sets:  # what each layer's state holds (eval.probes)
-                curves |= probes.r2_curves(self.hidden_states, params, *self.probe_sets, e.batch_size)
+            if name == HELD_OUT:
+                curves |= self._held_out_extras(params, eval_sets.sets[0], tracker, step)
             if name.startswith("ood/"):
                 self.ood_seconds += time.perf_counter() - started
             summary = summarize(curves, n_dims, self.reference)

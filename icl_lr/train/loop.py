@@ -64,7 +64,8 @@ def loss_fn(params, model: ICLModel, batch: Batch, dropout_key, last_only: bool 
     """Mean loss over the y predictions of the prompts that count (`last_only`: the final query's alone,
     training.loss_points=last).
 
-    Only the y positions are scored: the x's are i.i.d. noise whose prediction teaches nothing
+    A family that trains on several outputs (ICLModel.trains_on_stack) is scored on their mean. Only the y
+    positions are scored: the x's are i.i.d. noise whose prediction teaches nothing
     about in-context regression. Points beyond the curriculum's current length are masked out.
     """
     inputs = model.encoding.encode(batch.xs, batch.ys)
@@ -72,7 +73,10 @@ def loss_fn(params, model: ICLModel, batch: Batch, dropout_key, last_only: bool 
     scored_N = batch.point_mask
     if last_only:  # the final query of the prompt (the curriculum's current length)
         scored_N = (jnp.arange(len(scored_N)) == jnp.sum(scored_N) - 1).astype(scored_N.dtype)
-    per_point_BxN = model.encoding.point_losses(outputs, batch.scored) * scored_N
+    if model.trains_on_stack:  # outputs [S, B, T, O]
+        per_point_BxN = jax.vmap(model.encoding.point_losses, (0, None))(outputs, batch.scored).mean(0) * scored_N
+    else:
+        per_point_BxN = model.encoding.point_losses(outputs, batch.scored) * scored_N
     return jnp.sum(per_point_BxN * batch.example_mask[:, None]) / (jnp.sum(batch.example_mask) * jnp.sum(scored_N))
 
 
