@@ -3,8 +3,9 @@
     python bench/benchmark.py                      # tiny, small, standard at Garg et al.'s d=20, 41 points, batch 64
     python bench/benchmark.py --presets standard --steps 20
 
-For each preset: steps/s, tokens/s and model FLOP utilisation (MFU: the model's matmul FLOPs per
-second over this machine's measured peak float32 matmul rate) of the whole jitted JAX train step
+For each preset: steps/s, tokens/s, model FLOP utilisation (MFU: the model's matmul FLOPs per
+second over this machine's measured peak float32 matmul rate) and peak memory (XLA's buffer assignment of
+one dispatch of the train step: parameters, optimizer state, batch and activations) of the whole jitted JAX train step
 (sampling, forward, backward, AdamW update) on the devices train.py uses (a CPU split as
 training.cpu_devices=auto splits it), its compile time, and the same for Garg et al.'s
 PyTorch model (transformers.GPT2Model with a linear read-in and read-out, Adam) trained on the
@@ -91,6 +92,10 @@ def time_jax(cfg: RunConfig, steps: int) -> dict:
     started = time.perf_counter()
     compiled = dispatch.lower(state, DISPATCH).compile()
     compile_seconds = time.perf_counter() - started
+    stats = compiled.memory_analysis()  # XLA's buffer assignment of one dispatch (its steps reuse the buffers)
+    peak_bytes = getattr(stats, "peak_memory_in_bytes", 0) or (
+        stats.argument_size_in_bytes + stats.output_size_in_bytes + stats.temp_size_in_bytes - stats.alias_size_in_bytes
+    )
     state, _ = compiled(state)  # warm-up
     jax.block_until_ready(state)
     dispatches = -(-steps // DISPATCH)
@@ -99,7 +104,8 @@ def time_jax(cfg: RunConfig, steps: int) -> dict:
         state, metrics = compiled(state)
     jax.block_until_ready((state, metrics))
     seconds = (time.perf_counter() - started) / (dispatches * DISPATCH)
-    return {"step_seconds": seconds, "compile_seconds": compile_seconds, "model": run.model, "state": state}
+    return {"step_seconds": seconds, "compile_seconds": compile_seconds, "peak_bytes": peak_bytes, "model": run.model,
+            "state": state}  # fmt: skip
 
 
 def time_torch(model_cfg: ModelConfig, n_dims: int, n_points: int, batch: int, steps: int) -> float | None:
@@ -215,7 +221,8 @@ def main() -> None:
     print(f"measured peak float32 matmul: {peak / 1e9:.1f} GFLOP/s")
     print(f"task: d={args.n_dims}, {args.n_points} points ({length} tokens), batch {args.batch_size}, ", end="")
     print(f"{args.steps} timed steps; Garg et al.'s optimiser (experiment=garg2022)\n")
-    header = f"{'preset':<13}{'params':>10} | {'JAX steps/s':>11}{'tokens/s':>10}{'MFU':>7}{'compile s':>10} | "
+    header = f"{'preset':<13}{'params':>10} | {'JAX steps/s':>11}{'tokens/s':>10}{'MFU':>7}{'compile s':>10}"
+    header += f"{'peak MB':>9} | "
     header += f"{'torch steps/s':>13}{'tokens/s':>10}{'MFU':>7} | {'JAX/torch time':>14}"
     print(header)
     print("-" * len(header))
@@ -233,7 +240,7 @@ def main() -> None:
         tokens = args.batch_size * length
         mfu = f"{flops / seconds / peak:>7.1%}" if gpt2 else f"{'-':>7}"
         row = f"{preset:<13}{n_params:>10,} | {1 / seconds:>11.2f}{tokens / seconds:>10,.0f}{mfu}"
-        row += f"{jax_run['compile_seconds']:>10.1f} | "
+        row += f"{jax_run['compile_seconds']:>10.1f}{jax_run['peak_bytes'] / 1e6:>9.1f} | "
         if torch_seconds is None:
             row += f"{'(no torch reference)' if not gpt2 else '(no torch)':>30} | {'':>14}"
         else:
