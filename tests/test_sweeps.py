@@ -271,3 +271,32 @@ def test_a_failing_multirun_job_neither_stops_nor_spoils_the_next(tmp_path):
     assert good.config_value("training.learning_rate") == 1e-3 and good.config_value("model.n_head") == 2
     assert [row["step"] for row in good.history if "train/loss" in row] == [10, 20]  # its own history only
     assert json.loads((tmp_path / "3" / "summary.json").read_text())["step"] == 20
+
+
+def test_agents_sharing_a_sweep_run_each_point_once_and_take_over_an_orphaned_run(tmp_path):
+    """--agent, as a job array's tasks start it: two agents at once on a 3-point grid each run one point; a
+    claim whose agent died on this host is resumed by the next agent under its run id; then nothing is left."""
+    sweep = tmp_path / "seeds.yaml"
+    command = ["${env}", "${interpreter}", "${program}", "${args_no_hyphens}"]
+    command += ["hydra.run.dir=outputs/sweep-${envvar:WANDB_SWEEP_ID}/${envvar:WANDB_RUN_ID}"]
+    grid = {"program": "train.py", "method": "grid", "project": "icl-lr", "command": command}
+    sweep.write_text(yaml.safe_dump(grid | {"parameters": {"seed": {"values": [0, 1, 2]}}}))
+    folder = tmp_path / "outputs" / "sweep-shared"
+    folder.mkdir(parents=True)
+    gone = f"{os.uname().nodename}-{2**22 + 1}"  # a pid above Linux's largest: no process has it
+    orphan = {"run_id": "orphan01", "params": {"seed": 2}, "agent": gone}
+    (folder / "claims.jsonl").write_text(json.dumps(orphan) + "\n")
+    agent = [sys.executable, "-m", "icl_lr.run.sweep", str(sweep), "--agent", "--sweep-id", "shared", "--count", "3"]
+    agent += ["--", *FAST, "training.steps=20"]
+    started = [subprocess.Popen(agent, cwd=tmp_path, env=no_key_env(), stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True) for _ in range(3)]  # fmt: skip
+    outputs = [p.communicate(timeout=300)[0] for p in started]
+    assert [p.returncode for p in started] == [0, 0, 0], outputs
+    results = read_jsonl(folder / "results.jsonl")
+    assert sorted(r["seed"] for r in results) == [0, 1, 2]  # each point once; seed 2 is the orphan's
+    assert {r["run_id"] for r in results if r["seed"] == 2} == {"orphan01"}
+    assert all(json.loads((tmp_path / r["run_dir"] / "summary.json").read_text())["step"] == 20 for r in results)
+    last = subprocess.run(agent, cwd=tmp_path, env=no_key_env(), capture_output=True, text=True, timeout=120)
+    assert last.returncode == 0 and "nothing left for this agent" in last.stdout + last.stderr
+    refused = subprocess.run(agent[:5] + ["--agent", "--count", "3"], cwd=tmp_path, capture_output=True, text=True)
+    assert refused.returncode == 2 and "--agent takes --sweep-id" in refused.stderr

@@ -67,12 +67,12 @@ class RunDirLock:
     def is_held(self) -> bool:
         """Whether a live process holds the lock (as far as this host can tell): the run dir is being written."""
         pid, host, _ = self.holder()
-        return pid is not None and (host != socket.gethostname() or _is_alive(pid))
+        return pid is not None and (host != socket.gethostname() or is_alive(pid))
 
     def _take_over_if_stale(self) -> None:
         pid, host, job = self.holder()
         here = socket.gethostname()
-        if pid is not None and host == here and _is_alive(pid):
+        if pid is not None and host == here and is_alive(pid):
             raise RunDirError(
                 f"{self.what} {self.path.parent} is in use by process {pid} on {host}; "
                 f"wait for it, or delete {self.path} if that process is gone"
@@ -99,7 +99,8 @@ class RunDirLock:
             pass
 
 
-def _is_alive(pid: int) -> bool:
+def is_alive(pid: int) -> bool:
+    """Whether a process of this host runs under `pid`."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

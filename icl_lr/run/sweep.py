@@ -13,15 +13,18 @@ set when several share one; on a CPU, a share of its cores each), offline, under
 outputs/sweep-<id>/<run id>/ (its output in console.log there), grouped by the sweep id. The console gets a
 line per run start and end (k/N, elapsed, ETA, best so far) and, at the end, the runs best first; each
 run's result is appended to outputs/sweep-<id>/results.jsonl as soon as it ends.
-Early termination needs concurrent runs and a server, so it is ignored here.
+Early termination needs concurrent runs and a server, so it is ignored here. `--agent` runs one run and
+exits, as `wandb agent --count 1` does: many agents (a SLURM job array's tasks) share one sweep.
 """
 
 import argparse
 import contextlib
+import fcntl
 import json
 import logging
 import os
 import shlex
+import socket
 import subprocess
 import sys
 import time
@@ -34,7 +37,7 @@ import yaml
 from icl_lr.fields import one_line
 from icl_lr.records import wandb_adapter
 from icl_lr.records.config import WandbConfig
-from icl_lr.records.run_dir import RunDirError, RunDirLock, new_run_id
+from icl_lr.records.run_dir import RunDirError, RunDirLock, is_alive, new_run_id
 from icl_lr.records.tracking import read_jsonl
 from icl_lr.train.preemption import Preempted, StopRequest
 from icl_lr.train.progress import duration
@@ -48,6 +51,8 @@ except ImportError:  # the [sweep] extra is not installed: main says so in one l
 
 log = logging.getLogger("icl_lr.run.sweep")
 CONSOLE = "console.log"  # a sweep run's output (stdout and stderr), in its run dir
+AGENTS_LOCK = "agents.lock"  # --agent: the sweep folder's lock between agents
+CLAIMS_FILE = "claims.jsonl"  # --agent: {"run_id", "params", "agent"} of each run an agent took (latest line wins)
 
 
 def load_sweep(path: Path) -> dict:
@@ -380,11 +385,12 @@ def _run_all(sweep, sweep_id, count, overrides, workers, done, results_file, con
     return results
 
 
-def _start(sweep, proposal, sweep_id, overrides, slot, workers, gpus, number, progress: Progress) -> _Running:
+def _start(sweep, proposal, sweep_id, overrides, slot, workers, gpus, number, progress: Progress,
+           run_id: str | None = None) -> _Running:  # fmt: skip
     """One run's process, started as `wandb agent` starts it, on worker `slot`'s devices; its output goes to
-    its run dir's console.log, not to the runner's terminal."""
+    its run dir's console.log, not to the runner's terminal. `run_id`: a claimed run's, resumed in its run dir."""
     params = {key: _plain(spec["value"]) for key, spec in proposal.config.items()}
-    run_id = new_run_id()
+    run_id = run_id or new_run_id()
     environ = agent_environment(sweep, sweep_id, run_id, params)
     argv = expand_command(sweep, params, environ) + [f"wandb.group={sweep_id}", *overrides]
     run_dir = _run_dir(argv)  # before the run: a command without it is refused untried
@@ -399,6 +405,96 @@ def _start(sweep, proposal, sweep_id, overrides, slot, workers, gpus, number, pr
     run = _Running(process, run_id, proposal, params, run_dir, slot, number, time.monotonic())
     progress.started_run(run, on)
     return run
+
+
+@contextlib.contextmanager
+def _agents_lock(folder: Path):
+    """Held by one agent at a time while it takes a proposal or records a result (an flock: others wait)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / AGENTS_LOCK, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def agent_name() -> str:
+    """Who claims a run: the SLURM array task or job (which a requeued job keeps), else host and pid."""
+    job = os.environ.get("SLURM_ARRAY_JOB_ID") or os.environ.get("SLURM_JOB_ID")
+    task = os.environ.get("SLURM_ARRAY_TASK_ID")
+    if job:
+        return f"slurm-{job}" + (f"_{task}" if task else "")
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def _orphaned(claim: dict) -> bool:
+    """A claim whose agent was a process of this host that has ended (not a SLURM task's: a requeue resumes it)."""
+    host, _, pid = claim["agent"].rpartition("-")
+    return host == socket.gethostname() and pid.isdigit() and not is_alive(int(pid))
+
+
+def _claim(sweep: dict, folder: Path, count: int) -> tuple | None:
+    """(run id, proposal config, k) of this agent's run: its own open claim (a requeued SLURM task), an orphaned
+    one, or the engine's next proposal, claimed in claims.jsonl; None when the sweep has `count` runs or is done."""
+    results_file, claims_file, me = folder / "results.jsonl", folder / CLAIMS_FILE, agent_name()
+    done = _previous_runs(results_file)
+    ended = {run.name for run in done}
+    latest = {claim["run_id"]: claim for claim in read_jsonl(claims_file)}
+    open_claims = [claim for run_id, claim in latest.items() if run_id not in ended]
+    config = lambda claim: {key: {"value": value} for key, value in claim["params"].items()}
+    for claim in open_claims:
+        if claim["agent"] == me or _orphaned(claim):
+            if claim["agent"] != me:
+                _append_result(claims_file, claim | {"agent": me})  # the latest line of a run id is its claim
+            return claim["run_id"], config(claim), len(done) + 1
+    if len(done) + len(open_claims) >= count:
+        log.info("the sweep has its %d runs (%d ended, %d running): nothing left for this agent", count, len(done),
+                 len(open_claims))  # fmt: skip
+        return None
+    pending = [sweeps.SweepRun(name=c["run_id"], state=sweeps.RunState.running, config=config(c)) for c in open_claims]
+    with warnings.catch_warnings():  # the engine's scipy/sklearn deprecation noise
+        warnings.simplefilter("ignore")
+        proposal = sweeps.next_run(sweep, done + pending)
+    if proposal is None:
+        log.info("the sweep's search space is exhausted after %d runs", len(done) + len(open_claims))
+        return None
+    run_id = new_run_id()
+    params = {key: _plain(spec["value"]) for key, spec in proposal.config.items()}
+    _append_result(claims_file, {"run_id": run_id, "params": params, "agent": me})
+    return run_id, proposal.config, len(done) + len(open_claims) + 1
+
+
+def run_agent(sweep_path: Path, count: int, overrides: list, sweep_id: str) -> list:
+    """One run of the sweep, as `wandb agent --count 1` runs one: agents started anywhere that share the sweep's
+    folder (a SLURM job array's tasks) each take the next proposal under the folder's lock, claimed in
+    claims.jsonl, so no proposal runs twice; an agent requeued as the same SLURM task resumes its own run."""
+    sweep = resolve_program(load_sweep(sweep_path), sweep_path)
+    folder = Path("outputs") / f"sweep-{sweep_id}"
+    with _agents_lock(folder):
+        claimed = _claim(sweep, folder, count)
+    if claimed is None:
+        return []
+    run_id, config, number = claimed
+    metric = sweep.get("metric", {}).get("name")
+    progress = Progress(count, 1, metric, sweep.get("metric", {}).get("goal", "minimize"))
+    proposal = sweeps.SweepRun(name=run_id, state=sweeps.RunState.running, config=config)
+    run = _start(sweep, proposal, sweep_id, overrides, 0, 1, gpu_indices(), number, progress, run_id)
+    try:
+        run.process.wait()
+    except (KeyboardInterrupt, Preempted) as stop:  # the run checkpoints; this task's requeue resumes it
+        if run.process.poll() is None and isinstance(stop, Preempted):
+            run.process.terminate()
+        run.process.wait()
+        log.error("%s during run %s; the same agent, requeued, resumes it", type(stop).__name__, run_id)
+        raise
+    returncode = run.process.returncode
+    record = _record(run.run_dir, run_id, config, returncode)
+    result = {"run_id": run_id, **run.params, metric: record.summary_metrics.get(metric), "exit_code": returncode}
+    with _agents_lock(folder):
+        _append_result(folder / "results.jsonl", result | {"params": run.params, "run_dir": str(run.run_dir)})
+    progress.ended_run(run, result[metric], returncode, number)
+    return [result]
 
 
 def _wait_for_one(running: list) -> _Running:
@@ -428,6 +524,12 @@ def main(argv=None) -> int:
         default=1,
         help="runs at once, each in its own process (one GPU each when there are GPUs)",
     )
+    parser.add_argument(
+        "--agent",
+        action="store_true",
+        help="one run, then exit, as `wandb agent --count 1`: agents sharing --sweep-id (a SLURM job array's "
+        "tasks, scripts/slurm_agent.sbatch) never run a proposal twice; --count is the whole sweep's",
+    )
     parser.epilog = "Hydra overrides after `--` are added to every run, e.g. `-- training.steps=2000`."
     argv = sys.argv[1:] if argv is None else list(argv)
     overrides = argv[argv.index("--") + 1 :] if "--" in argv else []
@@ -441,7 +543,12 @@ def main(argv=None) -> int:
         if args.workers < 1:
             raise ValueError(f"--workers must be >= 1, got {args.workers}")
         sweep_id = args.resume or args.sweep_id
-        results = run_sweep(args.sweep, args.count, overrides, sweep_id, bool(args.resume), args.workers)
+        if args.agent:
+            if not args.sweep_id or args.resume or args.workers != 1:
+                raise ValueError("--agent takes --sweep-id (the id its agents share), neither --resume nor --workers")
+            results = run_agent(args.sweep, args.count, overrides, args.sweep_id)
+        else:
+            results = run_sweep(args.sweep, args.count, overrides, sweep_id, bool(args.resume), args.workers)
     except (ValueError, FileNotFoundError, RunDirError) as error:
         log.error("%s", error)
         return 2

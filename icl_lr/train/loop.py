@@ -281,6 +281,8 @@ def train(cfg: RunConfig, run_dir: Path, trackers=(), stop: StopRequest | None =
                 if not saved:
                     tracker.log_checkpoint(checkpoints.save_latest(state), step, ["latest", f"step-{step}"])
                 checkpoints.close()
+                log.warning("%s at step %d: checkpoint saved; the same command resumes here",
+                            "SIGTERM" if stop.preempted else "Ctrl-C", step)  # fmt: skip
                 if stop.preempted:
                     tracker.preempting()
                 stop.stop(f"at step {step}: checkpoint saved")
