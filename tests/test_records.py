@@ -269,6 +269,31 @@ def test_a_stop_signal_checkpoints_tells_wandb_and_releases_the_lock(
     assert steps == sorted(set(steps)) and steps[-1] == 1000  # nothing counted twice
 
 
+def test_a_sigterm_to_every_process_of_the_run_as_slurm_sends_it_stops_cleanly(fast_config, straight, tmp_path):
+    """SLURM signals W&B's service with the run, and it shuts down at once: the run checkpoints, says what W&B
+    lost in one line, exits 143 without a traceback, and resumes to the unstopped run's parameters."""
+    import psutil
+
+    run_dir = tmp_path / "stopped"
+    command = [sys.executable, str(ROOT / "train.py"), *FAST, *CONSTANT, f"hydra.run.dir={run_dir}"]
+    process = subprocess.Popen(command, cwd=ROOT, env=no_key_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True)  # fmt: skip
+    deadline = time.time() + 120
+    while not read_jsonl(run_dir / "metrics.jsonl") and time.time() < deadline:
+        time.sleep(0.05)
+    everyone = [process.pid, *(child.pid for child in psutil.Process(process.pid).children(recursive=True))]
+    assert len(everyone) > 1  # W&B's service among them
+    for pid in everyone:
+        psutil.Process(pid).send_signal(signal.SIGTERM)
+    printed, _ = process.communicate(timeout=120)
+    assert process.returncode == 143 and "Traceback" not in printed, printed[-3000:]
+    assert "W&B's service is gone" in printed and "preempted: SIGTERM at step" in printed
+    step = int(printed.split("preempted: SIGTERM at step ")[1].split(":")[0])
+    assert f"resumed at step {step} of 1000" in output(train_cli(run_dir, *CONSTANT))
+    cfg = fast_config(*CONSTANT)
+    assert_trees_equal(final_state(cfg, run_dir), final_state(cfg, straight))
+
+
 def test_a_lock_from_another_host_is_taken_over_only_when_said(finished, tmp_path):
     run_dir = copy_of(finished, tmp_path / "run")
     (run_dir / "run.lock").write_text("4242 node-elsewhere 777\n")
