@@ -54,7 +54,10 @@ def test_defaults_and_presets_compose():
         ("training.loss_points=first", "training.loss_points"),
         ("eval.algorithm_steps=[]", "eval.algorithm_steps"),
         ("eval.algorithm_steps=[0,3]", "eval.algorithm_steps"),
-        ("model=lstm model.dropout=0.1", "model.dropout is a key of model.family=gpt2, not of model.family=lstm"),
+        (
+            "model=lstm model.dropout=0.1",
+            "model.dropout is a key of model.family=gpt2|looped, not of model.family=lstm",
+        ),
         ("model=lsa data.encoding=paired model.init=fancy", "model.init must be"),
         ("model.init=gd", "model.init is a key of model.family=lsa"),
         ("data.encoding=paired", "model.family=gpt2 and data.encoding=paired do not go together"),

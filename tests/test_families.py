@@ -202,3 +202,35 @@ def test_attention_and_loops_are_refused_in_one_line_where_they_do_not_apply(ove
     result = start(tmp_path, *overrides)
     assert result.returncode != 0 and message in output(result) and "Traceback" not in output(result)
     assert not Path(tmp_path / "checkpoints").exists()
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("family", ["mamba", "looped"])
+@pytest.mark.parametrize("encoding", ["continuous", "tokens", "binned_y", "paired"])
+def test_a_family_takes_every_encoding_it_can_or_refuses_in_one_line(family, encoding):
+    """Every sequential encoding gives a causal model with a finite loss; the paired one (linear self-attention's
+    one token per point) is refused in one line naming both."""
+    from icl_lr.fields import ConfigError
+    from icl_lr.run.config import check_across, from_values
+    from icl_lr.task.base import Batch
+    from icl_lr.train import setup
+    from icl_lr.train.loop import init_state, loss_fn
+    from icl_lr.train.optimizer import make_optimizer
+
+    values = {"data": {"n_dims": 3, "n_points": 5, "encoding": encoding}, "model": {"family": family, "n_embd": 16}}
+    values["training"] = {"steps": 1, "batch_size": 4, "steps_per_dispatch": 1, "warmup_steps": 0}
+    cfg = from_values(values)
+    if encoding == "paired":
+        with pytest.raises(ConfigError, match=f"model.family={family} and data.encoding=paired do not go together"):
+            check_across(cfg)
+        return
+    check_across(cfg)
+    run = setup.build(cfg)
+    xs, ys = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 3)), jax.random.normal(jax.random.PRNGKey(1), (2, 5))
+    later = run.encoding.encode(xs.at[:, 3:].set(1.0), ys.at[:, 2:].set(1.0))  # y_2 on, x_3 on
+    state = init_state(run, make_optimizer(cfg.training), 0)
+    out, changed = (run.encoding.predict(run.model.apply({"params": state.params}, i))
+                    for i in (run.encoding.encode(xs, ys), later))  # fmt: skip
+    np.testing.assert_allclose(out[:, :3], changed[:, :3], atol=1e-5)  # y_k's prediction: points before k, x_k
+    batch = Batch(xs, ys, jnp.ones(5), jnp.ones(2))
+    assert np.isfinite(loss_fn(state.params, run.model, batch, jax.random.PRNGKey(2)))

@@ -24,9 +24,11 @@ from icl_lr.records import wandb_adapter
 from icl_lr.records.schema import DISTANCE, EXCESS, HEADLINE, HELD_OUT, LEARNING_CURVES, PROBE_R2, curves_key
 
 
-def _config_keys(keys: list[str]) -> list[str]:
-    """The W&B config keys behind analyze's group keys (model_size is the model's shape)."""
-    return [k for key in keys for k in (MODEL_SHAPE if key == "model_size" else (key,))]
+def _config_keys(keys: list[str], runs) -> list[str]:
+    """The W&B config keys behind analyze's group keys (model_size is the model's shape: the keys of it the
+    runs have)."""
+    shape = [k for k in MODEL_SHAPE if k in runs and runs[k].notna().any()]
+    return [k for key in keys for k in (shape if key == "model_size" else (key,))]
 
 
 def _runset(entity: str, project: str, sweep: str | None, name: str, run_ids=None, **kwargs) -> wr.Runset:
@@ -64,7 +66,7 @@ def build_report(
     conditions, the noise levels, the task-pool panels, the algorithms' similarity and the probes' R² by
     layer when the runs logged them.
     """
-    config_keys = _config_keys(keys)
+    config_keys = _config_keys(keys, runs)
     grouped = dict(groupby=[f"config.{wandb_adapter.config_path(k)}" for k in config_keys])
     columns = [f"config:{wandb_adapter.config_path(k)}" for k in config_keys]
     columns += [f"summary:{m}" for m in (*HEADLINE, *LEARNING_CURVES)]
