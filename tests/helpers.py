@@ -3,13 +3,16 @@ restoring a run's final state, and reading W&B's offline run files with W&B's ow
 
 import dataclasses
 import os
+import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import jax
 import numpy as np
+import yaml
 from hydra import compose, initialize_config_dir
 
 from icl_lr.analysis import tables
@@ -196,3 +199,25 @@ class RunFile:
 def held_out_curves(run_dir) -> dict:
     """The last eval's held-out curves of a run dir ({"step": ..., "set": "held_out", predictor: [N]})."""
     return [r for r in read_jsonl(Path(run_dir) / "curves.jsonl") if set_of(r) == HELD_OUT][-1]
+
+
+def kill_at_first_checkpoint(command: list, run_dir: Path, env=None) -> list:
+    """Starts `command` (a train.py run on `run_dir`) and SIGKILLs it once its first checkpoint is written: the
+    steps saved by then."""
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    steps = lambda: sorted(int(p.name) for p in (run_dir / "checkpoints" / "latest").glob("*") if p.name.isdigit())
+    deadline = time.time() + 120
+    while not steps() and time.time() < deadline:
+        time.sleep(0.02)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    return steps()
+
+
+def seed_sweep(path: Path, seeds=(0, 1, 2)) -> Path:
+    """A grid sweep YAML over `seed`, with the sweeps' own command (a run dir per W&B run id)."""
+    command = ["${env}", "${interpreter}", "${program}", "${args_no_hyphens}"]
+    command += ["hydra.run.dir=outputs/sweep-${envvar:WANDB_SWEEP_ID}/${envvar:WANDB_RUN_ID}"]
+    grid = {"program": "train.py", "method": "grid", "project": "icl-lr", "command": command}
+    path.write_text(yaml.safe_dump(grid | {"parameters": {"seed": {"values": list(seeds)}}}))
+    return path

@@ -3,11 +3,8 @@ family is held: killed and resumed bit for bit, data parallel equal to one devic
 against its own definition; eval.attention (icl_lr/train/attention.py) on a model whose attention is known."""
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import jax
@@ -24,6 +21,7 @@ from helpers import (
     encoding_of,
     final_state,
     held_out_curves,
+    kill_at_first_checkpoint,
     model_config,
     no_key_env,
     output,
@@ -55,14 +53,7 @@ def test_a_family_killed_and_resumed_ends_bit_for_bit_and_two_devices_train_like
     train_cli(tmp_path / "straight", *long, env=two)
     run_dir = tmp_path / "killed"
     command = [sys.executable, "train.py", *FAST, *long, f"hydra.run.dir={run_dir}"]
-    process = subprocess.Popen([*command, "training.checkpoint_every=10"], cwd=ROOT, env=two,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    deadline = time.time() + 120
-    while not any(p.name.isdigit() for p in (run_dir / "checkpoints" / "latest").glob("*")) and time.time() < deadline:
-        time.sleep(0.02)
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
-    saved = sorted(int(p.name) for p in (run_dir / "checkpoints" / "latest").glob("*") if p.name.isdigit())
+    saved = kill_at_first_checkpoint([*command, "training.checkpoint_every=10"], run_dir, env=two)
     assert saved and saved[-1] < 200, f"the run was not killed mid-way: {saved}"
     resumed = subprocess.run(command, cwd=ROOT, env=two, capture_output=True, text=True, timeout=300)
     assert f"resumed at step {saved[-1]} of 200" in output(resumed) and "on 2 CPU devices" in output(resumed)

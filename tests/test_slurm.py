@@ -14,9 +14,8 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-import yaml
 
-from helpers import FAST, ROOT, RunFile, assert_trees_equal, final_state, no_key_env, output, run_config
+from helpers import FAST, ROOT, RunFile, assert_trees_equal, final_state, no_key_env, output, run_config, seed_sweep
 from icl_lr.analysis import tables
 from icl_lr.records.schema import HELD_OUT, set_of
 from icl_lr.records.tracking import read_jsonl
@@ -90,11 +89,7 @@ def test_a_hydra_multirun_through_the_slurm_launcher_runs_each_job_on_slurm(clus
 def test_a_job_array_of_sweep_agents_runs_each_grid_point_once(cluster, tmp_path):
     """scripts/slurm_agent.sbatch with a sweep YAML: 3 array tasks, 2 at once, on a grid of 3 points: one run
     each, every point once, all in one sweep folder; a fourth agent finds nothing left."""
-    sweep = tmp_path / "seeds.yaml"
-    command = ["${env}", "${interpreter}", "${program}", "${args_no_hyphens}"]
-    command += ["hydra.run.dir=outputs/sweep-${envvar:WANDB_SWEEP_ID}/${envvar:WANDB_RUN_ID}"]
-    grid = {"program": "train.py", "method": "grid", "project": "icl-lr", "command": command}
-    sweep.write_text(yaml.safe_dump(grid | {"parameters": {"seed": {"values": [0, 1, 2]}}}))
+    sweep = seed_sweep(tmp_path / "seeds.yaml")
     script = ROOT / "scripts" / "slurm_agent.sbatch"
     job = sbatch(script, "--array=0-2%2", "--gpus-per-node=0", "--wait", args=[str(sweep), "--", *FAST,
                  "training.steps=20"], cwd=tmp_path, env=job_env())  # fmt: skip

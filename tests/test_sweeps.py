@@ -16,7 +16,7 @@ import yaml
 from wandb.sdk.lib import config_util
 
 import sweeps
-from helpers import FAST, ROOT, RunFile, no_key_env, run_config
+from helpers import FAST, ROOT, RunFile, no_key_env, run_config, seed_sweep
 from icl_lr.analysis import tables
 from icl_lr.records.run_dir import RunDirError
 from icl_lr.records.tracking import read_jsonl
@@ -276,11 +276,7 @@ def test_a_failing_multirun_job_neither_stops_nor_spoils_the_next(tmp_path):
 def test_agents_sharing_a_sweep_run_each_point_once_and_take_over_an_orphaned_run(tmp_path):
     """--agent, as a job array's tasks start it: two agents at once on a 3-point grid each run one point; a
     claim whose agent died on this host is resumed by the next agent under its run id; then nothing is left."""
-    sweep = tmp_path / "seeds.yaml"
-    command = ["${env}", "${interpreter}", "${program}", "${args_no_hyphens}"]
-    command += ["hydra.run.dir=outputs/sweep-${envvar:WANDB_SWEEP_ID}/${envvar:WANDB_RUN_ID}"]
-    grid = {"program": "train.py", "method": "grid", "project": "icl-lr", "command": command}
-    sweep.write_text(yaml.safe_dump(grid | {"parameters": {"seed": {"values": [0, 1, 2]}}}))
+    sweep = seed_sweep(tmp_path / "seeds.yaml")
     folder = tmp_path / "outputs" / "sweep-shared"
     folder.mkdir(parents=True)
     gone = f"{os.uname().nodename}-{2**22 + 1}"  # a pid above Linux's largest: no process has it

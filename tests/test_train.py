@@ -1,16 +1,14 @@
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import jax
 import numpy as np
 import optax
 import pytest
 
-from helpers import FAST, ROOT, assert_trees_equal, final_state
+from helpers import FAST, ROOT, assert_trees_equal, final_state, kill_at_first_checkpoint
 from icl_lr.records.checkpoint import Checkpoints
 from icl_lr.records.tracking import Tracker, read_jsonl
 from icl_lr.train import setup
@@ -169,14 +167,7 @@ def test_sigkilled_run_resumes_to_the_same_params(fast_config, tmp_path):
     train(fast_config(*long), tmp_path / "straight")
     run_dir = tmp_path / "killed"
     command = [sys.executable, "train.py", *FAST, *long, f"hydra.run.dir={run_dir}"]
-    early = [*command, "training.checkpoint_every=20"]  # killed at its first checkpoint; cadences may change
-    process = subprocess.Popen(early, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while not any(p.name.isdigit() for p in (run_dir / "checkpoints" / "latest").glob("*")) and time.time() < deadline:
-        time.sleep(0.02)
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
-    saved = sorted(int(p.name) for p in (run_dir / "checkpoints" / "latest").glob("*") if p.name.isdigit())
+    saved = kill_at_first_checkpoint([*command, "training.checkpoint_every=20"], run_dir)  # cadences may change
     assert saved and saved[-1] < 600, f"the run was not killed mid-way: {saved}"
     restart = subprocess.run(command, cwd=ROOT, check=True, capture_output=True, text=True, timeout=300)
     assert f"resumed at step {saved[-1]} of 600" in restart.stdout + restart.stderr

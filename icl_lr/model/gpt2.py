@@ -55,6 +55,15 @@ def rotary(x_BxTxHxA: jax.Array) -> jax.Array:
     return jnp.concatenate([first * cos - second * sin, second * cos + first * sin], axis=-1)
 
 
+def positions(cfg, length: int):
+    """GPT-2's learned positions [T, E] (the table `wpe`, std model.embedding_std), or 0 for rotary or no
+    positions; made inside a trunk's compact call, as its submodule."""
+    if cfg.positions != "learned":
+        return 0.0
+    init = nn.initializers.normal(cfg.embedding_std)
+    return nn.Embed(cfg.n_positions, cfg.n_embd, embedding_init=init, name="wpe")(jnp.arange(length))
+
+
 def norm(cfg, dtype, name: str) -> nn.Module:
     """GPT-2's LayerNorm, or Llama's RMSNorm (model.norm); statistics in float32 either way."""
     return (nn.RMSNorm if cfg.norm == "rmsnorm" else nn.LayerNorm)(1e-5, dtype=dtype, name=name)
@@ -167,12 +176,7 @@ class Transformer(nn.Module):
     @nn.compact
     def __call__(self, embeddings_BxTxE, train: bool = False):
         cfg = self.config
-        h_BxTxE = embeddings_BxTxE
-        if cfg.positions == "learned":
-            init = nn.initializers.normal(cfg.embedding_std)
-            wpe = nn.Embed(cfg.n_positions, cfg.n_embd, embedding_init=init, name="wpe")
-            h_BxTxE = h_BxTxE + wpe(jnp.arange(embeddings_BxTxE.shape[1]))
-        h_BxTxE = h_BxTxE.astype(self.dtype)
+        h_BxTxE = (embeddings_BxTxE + positions(cfg, embeddings_BxTxE.shape[1])).astype(self.dtype)
         self.sow(HIDDEN, "hidden", h_BxTxE)
         h_BxTxE = nn.Dropout(cfg.dropout, deterministic=not train)(h_BxTxE)
         for i in range(cfg.n_layer):

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 
 from icl_lr.fields import check
 from icl_lr.model.config import HIDDEN, ModelConfig, check_counts
-from icl_lr.model.gpt2 import Block, GPT2Config, length_key, norm
+from icl_lr.model.gpt2 import Block, GPT2Config, length_key, norm, positions
 
 
 @dataclass(frozen=True)
@@ -54,11 +54,7 @@ class Looped(nn.Module):
         cfg = self.config
         blocks = [Block(cfg, self.dtype, name=f"h_{i}") for i in range(cfg.n_layer)]
         final_norm = norm(cfg, jnp.float32, "ln_f")
-        positions_TxE = 0.0
-        if cfg.positions == "learned":
-            wpe = nn.Embed(cfg.n_positions, cfg.n_embd, embedding_init=nn.initializers.normal(cfg.embedding_std),
-                           name="wpe")  # fmt: skip
-            positions_TxE = wpe(jnp.arange(embeddings_BxTxE.shape[1]))
+        positions_TxE = positions(cfg, embeddings_BxTxE.shape[1])
         self.sow(HIDDEN, "hidden", (embeddings_BxTxE + positions_TxE).astype(self.dtype))
 
         def loop(z_BxTxE):
