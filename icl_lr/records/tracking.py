@@ -328,7 +328,7 @@ class WandbRun(Tracker):
                 title=f"{eval_set}: probe R² by layer, mean over k (step {step})",
                 xname="layer",
             )
-        self.log_media(logged)
+        self._log_media(logged)
 
     def log_attention(self, weights_LxHxTxT, shares_KxLxHxN, step: int) -> None:
         """An image eval/attention (a row per layer, a column per head, query down, key across; darker is more
@@ -343,9 +343,9 @@ class WandbRun(Tracker):
         table = self.wandb.Table(columns=["layer", "head", "k", *(f"{kind}_share" for kind in SHARE_KINDS)], data=rows)
         caption = f"attention, mean over the held-out prompts (step {step}): a row per layer, a column per head"
         image = self.wandb.Image(attention_image(np.asarray(weights_LxHxTxT)), caption=caption)
-        self.log_media({"step": step, "eval/attention": image, "eval/attention_shares": table})
+        self._log_media({"step": step, "eval/attention": image, "eval/attention_shares": table})
 
-    def log_media(self, logged: dict) -> None:
+    def _log_media(self, logged: dict) -> None:
         """Tables, charts and images, logged as one history row."""
         if not self.service_gone:
             with self._service_gone():

@@ -349,17 +349,9 @@ def _run_all(sweep, sweep_id, count, overrides, workers, done, results_file, con
             finished = _wait_for_one(running)
             running.remove(finished)
             returncode = finished.process.returncode
-            record = _record(finished.run_dir, finished.run_id, finished.proposal.config, returncode)
+            record, result = _recorded(finished, metric, results_file)
             done.append(record)
-            params = finished.params
-            result = {
-                "run_id": finished.run_id,
-                **params,
-                metric: record.summary_metrics.get(metric),
-                "exit_code": returncode,
-            }
             results.append(result)
-            _append_result(results_file, result | {"params": params, "run_dir": str(finished.run_dir)})
             progress.ended_run(finished, result[metric], returncode, len(done))
             if returncode:
                 log.error(
@@ -488,13 +480,19 @@ def run_agent(sweep_path: Path, count: int, overrides: list, sweep_id: str) -> l
         run.process.wait()
         log.error("%s during run %s; the same agent, requeued, resumes it", type(stop).__name__, run_id)
         raise
-    returncode = run.process.returncode
-    record = _record(run.run_dir, run_id, config, returncode)
-    result = {"run_id": run_id, **run.params, metric: record.summary_metrics.get(metric), "exit_code": returncode}
     with _agents_lock(folder):
-        _append_result(folder / "results.jsonl", result | {"params": run.params, "run_dir": str(run.run_dir)})
-    progress.ended_run(run, result[metric], returncode, number)
+        _, result = _recorded(run, metric, folder / "results.jsonl")
+    progress.ended_run(run, result[metric], run.process.returncode, number)
     return [result]
+
+
+def _recorded(run: _Running, metric: str | None, results_file: Path) -> tuple:
+    """(the engine's record, the result) of an ended run, its result appended to results_file."""
+    returncode = run.process.returncode
+    record = _record(run.run_dir, run.run_id, run.proposal.config, returncode)
+    result = {"run_id": run.run_id, **run.params, metric: record.summary_metrics.get(metric), "exit_code": returncode}
+    _append_result(results_file, result | {"params": run.params, "run_dir": str(run.run_dir)})
+    return record, result
 
 
 def _wait_for_one(running: list) -> _Running:
