@@ -87,7 +87,7 @@ start() {
 
 stop() {
   scontrol shutdown >/dev/null 2>&1 || true
-  for _ in $(seq 40); do pgrep -x 'slurmctld|slurmd' >/dev/null || break; sleep 0.25; done
+  for _ in $(seq 40); do pgrep -x slurmctld >/dev/null || pgrep -x slurmd >/dev/null || break; sleep 0.25; done
   pkill -x slurmstepd 2>/dev/null || true
   pkill -x slurmctld 2>/dev/null || true
   pkill -x slurmd 2>/dev/null || true
