@@ -261,37 +261,31 @@ class WandbRun(Tracker):
 
     def __exit__(self, kind, error, traceback):
         if error is not None and self.run is not None:  # KeyboardInterrupt and SIGTERM included
-            if not self.service_gone:
-                with self._service_gone():
-                    self.run.finish(exit_code=getattr(error, "exit_code", 1))
+            self._send(self.run.finish, exit_code=getattr(error, "exit_code", 1))
             if self.service_gone:  # W&B's own exit hook would fail on the lost connection, with a traceback
                 with contextlib.suppress(ConnectionError, OSError):
                     self.wandb.teardown()
             self.run = None
 
-    @contextlib.contextmanager
-    def _service_gone(self):
-        """W&B's service may go away mid-run: a scheduler (SLURM) sends its SIGTERM to every process of the job,
-        and the service shuts down at once, with its unwritten records. Said once; training and the stop go on
-        on the run dir's records."""
+    def _send(self, call, *args, **kwargs) -> None:
+        """`call(*args, **kwargs)`, a call to W&B's service, while the service is there. It may go away mid-run: a
+        scheduler (SLURM) sends its SIGTERM to every process of the job, and the service shuts down at once, with
+        its unwritten records. Said once; training and the stop go on on the run dir's records."""
+        if self.service_gone:
+            return
         try:
-            yield
+            call(*args, **kwargs)
         except (ConnectionError, OSError) as error:
-            if not self.service_gone:
-                log.warning("W&B's service is gone (%s; under SLURM it gets the job's SIGTERM too): its records "
-                            "from here on are lost; the run dir's are complete", type(error).__name__)  # fmt: skip
+            log.warning("W&B's service is gone (%s; under SLURM it gets the job's SIGTERM too): its records from "
+                        "here on are lost; the run dir's are complete", type(error).__name__)  # fmt: skip
             self.service_gone = True
 
     def preempting(self) -> None:
         """W&B marks the run preempting: a sweep's controller requeues it, and it resumes under its id."""
-        if not self.service_gone:
-            with self._service_gone():
-                self.run.mark_preempting()
+        self._send(self.run.mark_preempting)
 
     def log(self, metrics: dict, step: int) -> None:
-        if not self.service_gone:
-            with self._service_gone():
-                self.run.log({"step": step, **metrics})
+        self._send(self.run.log, {"step": step, **metrics})
 
     def log_curves(self, curves: dict, step: int, eval_set: str = HELD_OUT) -> None:
         """A table eval/<set>/curves (eval/curves for the held-out set) and its chart of the error curves; with
@@ -320,7 +314,7 @@ class WandbRun(Tracker):
                     xname="k",
                 )
         by_layer = probe_r2_by_layer(curves)
-        if by_layer and not self.service_gone:
+        if by_layer:
             logged[f"{key}_probe_chart"] = self.wandb.plot.line_series(
                 xs=list(range(max(len(r2) for r2 in by_layer.values()))),
                 ys=list(by_layer.values()),
@@ -328,7 +322,7 @@ class WandbRun(Tracker):
                 title=f"{eval_set}: probe R² by layer, mean over k (step {step})",
                 xname="layer",
             )
-        self._log_media(logged)
+        self._send(self.run.log, logged)
 
     def log_attention(self, weights_LxHxTxT, shares_KxLxHxN, step: int) -> None:
         """An image eval/attention (a row per layer, a column per head, query down, key across; darker is more
@@ -343,21 +337,14 @@ class WandbRun(Tracker):
         table = self.wandb.Table(columns=["layer", "head", "k", *(f"{kind}_share" for kind in SHARE_KINDS)], data=rows)
         caption = f"attention, mean over the held-out prompts (step {step}): a row per layer, a column per head"
         image = self.wandb.Image(attention_image(np.asarray(weights_LxHxTxT)), caption=caption)
-        self._log_media({"step": step, "eval/attention": image, "eval/attention_shares": table})
-
-    def _log_media(self, logged: dict) -> None:
-        """Tables, charts and images, logged as one history row."""
-        if not self.service_gone:
-            with self._service_gone():
-                self.run.log(logged)
+        self._send(self.run.log, {"step": step, "eval/attention": image, "eval/attention_shares": table})
 
     def log_checkpoint(self, directory: Path, step: int, aliases: Sequence[str]) -> None:
         if not self.log_checkpoints or self.service_gone:
             return
         artifact = self.wandb.Artifact(f"model-{self.run.id}", type="model", metadata={"step": step})
         artifact.add_dir(str(directory))
-        with self._service_gone():
-            self.run.log_artifact(artifact, aliases=list(aliases))
+        self._send(self.run.log_artifact, artifact, aliases=list(aliases))
 
     def download_checkpoint(self, reference: str) -> Path:
         """A `model` artifact's files, used by this run (lineage on the dashboard) when online."""
@@ -367,8 +354,6 @@ class WandbRun(Tracker):
 
     def finish(self, summary: dict) -> None:
         """The summary holds exactly the local summary.json's numbers (and W&B's own media and _keys)."""
-        if not self.service_gone:
-            with self._service_gone():
-                self.run.summary.update(summary)
-                self.run.finish()
+        self._send(self.run.summary.update, summary)
+        self._send(self.run.finish)
         self.run = None
