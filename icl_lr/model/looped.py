@@ -8,15 +8,14 @@ earlier loops run without gradient: scripts/train.py's n_loop_window); scored at
 """
 
 from dataclasses import dataclass
-from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from icl_lr.fields import check
-from icl_lr.model.config import HIDDEN, ModelConfig, check_counts
-from icl_lr.model.gpt2 import Block, GPT2Config, length_key, norm, positions
+from icl_lr.model.config import HIDDEN, check_counts
+from icl_lr.model.gpt2 import Block, GPT2Config, Transformer, norm, positions
 
 
 @dataclass(frozen=True)
@@ -36,18 +35,14 @@ class LoopedConfig(GPT2Config):
         )
 
 
-class Looped(nn.Module):
+class Looped(Transformer):
     """Embeddings [B, T, E] -> the last loop's output [B, T, E]; with train=True, the outputs of the last
     `loss_loops` loops [S, B, T, E] (`trains_on_stack`), the loss their mean. The stream is sown (HIDDEN)
-    as the blocks first see it (embeddings and positions) and after each loop."""
+    as the blocks first see it (embeddings and positions) and after each loop. The transformer's fields, its
+    positions' bound and its attention's weights (sows_attention) are the gpt2 trunk's."""
 
     Config = LoopedConfig
-    length_key = staticmethod(length_key)
     trains_on_stack = True
-    sows_attention = True
-
-    config: ModelConfig
-    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, embeddings_BxTxE, train: bool = False):
