@@ -30,8 +30,8 @@ from icl_lr.model.encoding import ENCODINGS
 from icl_lr.run.config import from_dictconfig
 from icl_lr.train import evaluate, parallel, setup
 from icl_lr.train.config import EvalConfig, RunConfig
-from icl_lr.train.loop import init_state, make_dispatch
 from icl_lr.train.optimizer import make_optimizer
+from icl_lr.train.step import init_state, make_dispatch
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 PRESETS = sorted(p.stem for p in (CONFIGS / "model").glob("*.yaml"))
@@ -167,10 +167,14 @@ def time_torch(model_cfg: ModelConfig, n_dims: int, n_points: int, batch: int, s
 
 
 def time_eval_set(run: setup.Setup, eval_cfg: EvalConfig):
-    """The held-out set with its baselines, built as a run builds it once (compile included)."""
+    """The held-out set with its baselines, built as a run builds it once: on the host's CPU, then placed on
+    the devices (compile included)."""
     started = time.perf_counter()
-    eval_set = evaluate.held_out_set(run.task, run.encoding, eval_cfg)
-    return eval_set, time.perf_counter() - started
+    with evaluate.on_host():
+        eval_set = evaluate.held_out_set(run.task, run.encoding, eval_cfg)
+    sets = evaluate.placed({"held_out": evaluate.EvalSets([eval_set])}, parallel.data_mesh())
+    jax.block_until_ready(sets["held_out"].sets[0].inputs)
+    return sets["held_out"].sets[0], time.perf_counter() - started
 
 
 def time_model_eval(model, params, eval_cfg: EvalConfig, eval_set) -> float:
@@ -248,8 +252,8 @@ def main() -> None:
             row += f"{seconds / torch_seconds:>14.2f}"
         print(row, flush=True)
         evals.append((preset, time_model_eval(jax_run["model"], jax_run["state"].params, eval_cfg, eval_set)))
-    print(f"\neval on {args.eval_prompts} held-out prompts: the set and its 4 baselines, once per run ", end="")
-    print(f"(compile included): {build_seconds:.2f} s")
+    print(f"\neval on {args.eval_prompts} held-out prompts: the set and its 4 baselines, once per run on the ", end="")
+    print(f"host's CPU (compile included): {build_seconds:.2f} s")
     for preset, seconds in evals:
         print(f"  {preset:<13} model error curve, every eval: {seconds:.2f} s")
     print_scaling(args)

@@ -7,7 +7,9 @@
 # 2. the tests that make sense on a GPU (model vs Hugging Face GPT-2, baselines vs closed forms, data, config),
 #    at full float32 matmul precision so the CPU tolerances hold;
 # 3. the benchmark against the PyTorch reference on the same GPU, float32 and bf16 (training.precision);
-# 4. the default run (`python train.py`, W&B disabled), timed, with its final eval.
+# 4. packed runs against runs one at a time (bench/pack.py: K = 1, 4, 16 on gpt2_tiny and gpt2_narrow, an 8-run
+#    sweep --pack 8 against one run at a time);
+# 5. the default run (`python train.py`, W&B disabled), timed, with its final eval.
 # QUICK=1 shrinks steps 3 and 4 to a smoke test (for a CPU dry run).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -41,6 +43,13 @@ for precision in fp32 bf16; do
         python3 bench/benchmark.py --steps 50 --precision $precision
     fi
 done
+
+echo "== packed runs"
+if [[ "${QUICK:-0}" == 1 ]]; then
+    python3 bench/pack.py --presets gpt2_tiny --packs 1 4 --calls 2 --sweep-steps 200
+else
+    python3 bench/pack.py
+fi
 
 echo "== default run"
 steps=$([[ "${QUICK:-0}" == 1 ]] && echo "training.steps=200 training.eval_every=100 training.checkpoint_every=100 training.log_every=100" || echo "")

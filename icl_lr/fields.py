@@ -151,3 +151,11 @@ def flatten(tree: dict, prefix: str = "") -> dict:
         else:
             flat[f"{prefix}{key}"] = value
     return flat
+
+
+def replace_keys(cfg, values: dict):
+    """`cfg` (nested frozen dataclasses) with the dotted keys of `values` set, unchecked: flatten's keys, a
+    packed run's values given as traced arrays (icl_lr/train/pack.py)."""
+    nested = unflatten(values)
+    changes = {k: replace_keys(getattr(cfg, k), v) if isinstance(v, dict) else v for k, v in nested.items()}
+    return dataclasses.replace(cfg, **changes)

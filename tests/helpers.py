@@ -24,8 +24,8 @@ from icl_lr.records.tracking import read_jsonl
 from icl_lr.run.config import from_dictconfig, from_values, section_overrides
 from icl_lr.task.registry import task_of
 from icl_lr.train import setup
-from icl_lr.train.loop import init_state
 from icl_lr.train.optimizer import make_optimizer
+from icl_lr.train.step import init_state
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -205,8 +205,8 @@ def test_a_family_takes_every_encoding_it_can_or_refuses_in_one_line(family, enc
     from icl_lr.run.config import check_across, from_values
     from icl_lr.task.base import Batch
     from icl_lr.train import setup
-    from icl_lr.train.loop import init_state, loss_fn
     from icl_lr.train.optimizer import make_optimizer
+    from icl_lr.train.step import init_state, loss_fn
 
     values = {"data": {"n_dims": 3, "n_points": 5, "encoding": encoding}, "model": {"family": family, "n_embd": 16}}
     values["training"] = {"steps": 1, "batch_size": 4, "steps_per_dispatch": 1, "warmup_steps": 0}

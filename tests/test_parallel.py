@@ -16,8 +16,9 @@ from icl_lr.records.schema import HELD_OUT, set_of
 from icl_lr.records.tracking import read_jsonl
 from icl_lr.run.start import plan_start
 from icl_lr.train import setup
-from icl_lr.train.loop import init_state, train
+from icl_lr.train.loop import train
 from icl_lr.train.optimizer import make_optimizer
+from icl_lr.train.step import init_state
 
 TWO_DEVICES = no_key_env(JAX_NUM_CPU_DEVICES="2")
 CONSTANT_LR = ["training.schedule=constant", "wandb.mode=disabled"]  # a run cut at step 20 resumes the same
@@ -149,7 +150,7 @@ from helpers import FAST, held_out, run_config
 from icl_lr.train import evaluate, parallel
 from icl_lr.train.optimizer import make_optimizer
 from icl_lr.train import setup
-from icl_lr.train.loop import init_state, make_dispatch
+from icl_lr.train.step import init_state, make_dispatch
 cfg = run_config(*FAST)
 mesh = parallel.data_mesh()
 run, tx = setup.build(cfg), make_optimizer(cfg.training)

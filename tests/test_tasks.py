@@ -275,9 +275,9 @@ def test_every_task_trains_with_every_family_on_its_encoding():
     from icl_lr.model.icl_model import FAMILIES
     from icl_lr.train import setup
     from icl_lr.train.config import RunConfig, TrainingConfig
-    from icl_lr.train.loop import init_state, make_dispatch
     from icl_lr.train.optimizer import make_optimizer
     from icl_lr.train.parallel import data_mesh
+    from icl_lr.train.step import init_state, make_dispatch
 
     for task, family in itertools.product(TASKS.names(), FAMILIES.names()):
         mixture = ("sparse_linear", "relu_2nn") if task == "mixture" else None

@@ -12,8 +12,9 @@ from helpers import FAST, ROOT, assert_trees_equal, final_state, kill_at_first_c
 from icl_lr.records.checkpoint import Checkpoints
 from icl_lr.records.tracking import Tracker, read_jsonl
 from icl_lr.train import setup
-from icl_lr.train.loop import init_state, train
+from icl_lr.train.loop import train
 from icl_lr.train.optimizer import learning_rate_schedule, make_optimizer
+from icl_lr.train.step import init_state
 
 
 def test_learning_rate_warmup_then_cosine(fast_config):

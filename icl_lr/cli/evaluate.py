@@ -63,9 +63,9 @@ def evaluate(model, cfg, out: Path) -> dict:
     from icl_lr.records.tracking import LocalFiles, Trackers, WandbRun, flat_config, resolve_mode
     from icl_lr.train import parallel
     from icl_lr.train.evaluate import Evaluator
-    from icl_lr.train.loop import init_state
     from icl_lr.train.optimizer import make_optimizer
     from icl_lr.train.setup import build
+    from icl_lr.train.step import init_state
 
     started = time.perf_counter()
     mode = resolve_mode(cfg.wandb.mode)

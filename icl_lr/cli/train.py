@@ -7,6 +7,7 @@ Examples:
   python train.py hydra.run.dir=outputs/<dir>       # resume a stopped run from its last checkpoint
 """
 
+import contextlib
 import errno
 import logging
 import os
@@ -21,7 +22,7 @@ from omegaconf import DictConfig
 from icl_lr.fields import ConfigError
 from icl_lr.records import schema
 from icl_lr.records.run_dir import RunDirError, RunDirLock, config_record, read_config_record
-from icl_lr.run.config import from_dictconfig, section_overrides
+from icl_lr.run.config import from_dictconfig, overrides_from_agent, section_overrides
 from icl_lr.run.start import plan_start, with_horizon
 from icl_lr.train.preemption import Preempted, StopRequest
 
@@ -61,33 +62,72 @@ def run(cfg: DictConfig, run_dir: Path, attempt_dir: Path, choices: dict, stop: 
 
                 train(with_horizon(run_cfg, read_config_record(run_dir)), run_dir, stop=stop)
             return
-    with RunDirLock(run_dir):
-        try:
-            start = plan_start(run_dir, run_cfg)
-            if not start.finished:
-                parallel.check_split(start.cfg)  # before W&B starts a run for it
-                run_id = start.commit(attempt_dir)
-        except Exception:
-            parallel.agree(0)  # the other processes stop too
-            raise
-        parallel.agree(not start.finished)
-        if start.finished:
-            excess, over = (
-                start.finished.get("eval/excess/mean", float("nan")),
-                start.finished.get(schema.REFERENCE, schema.BAYES),
-            )
-            done = f"{run_dir} already finished at step {start.finished['step']} (excess over {over} {excess:.4f})"
-            log.info("%s; nothing to do. Raise training.steps to extend it.", done)
-            return
-        from icl_lr.records.tracking import WandbRun, flat_config
-        from icl_lr.train.loop import train
+    with contextlib.ExitStack() as stack:
+        started = start_run(stack, run_cfg, run_dir, attempt_dir, choices, mode)
+        if started:
+            from icl_lr.train.loop import train
 
-        if mode == "disabled":  # no W&B at all: it need not even be installed
-            train(start.cfg, run_dir, stop=stop)
-            return
-        config = flat_config(config_record(start.cfg), choices)
-        with WandbRun(run_cfg.wandb, mode, config, run_dir, run_id) as wandb_run:
-            train(start.cfg, run_dir, trackers=[wandb_run], stop=stop)
+            train(*started, stop=stop)
+
+
+def start_run(stack: contextlib.ExitStack, run_cfg, run_dir: Path, attempt_dir: Path, choices: dict, mode: str):
+    """Locks run_dir and starts its W&B run for the life of `stack`, after every check of the start and its
+    record: (the config to train, run_dir, trackers), or None for a run with nothing left to do (said)."""
+    from icl_lr.train import parallel
+
+    stack.enter_context(RunDirLock(run_dir))
+    try:
+        start = plan_start(run_dir, run_cfg)
+        if not start.finished:
+            parallel.check_split(start.cfg)  # before W&B starts a run for it
+            run_id = start.commit(attempt_dir)
+    except Exception:
+        parallel.agree(0)  # the other processes stop too
+        raise
+    parallel.agree(not start.finished)
+    if start.finished:
+        excess = start.finished.get("eval/excess/mean", float("nan"))
+        over = start.finished.get(schema.REFERENCE, schema.BAYES)
+        done = f"{run_dir} already finished at step {start.finished['step']} (excess over {over} {excess:.4f})"
+        log.info("%s; nothing to do. Raise training.steps to extend it.", done)
+        return None
+    if mode == "disabled":  # no W&B at all: it need not even be installed
+        return start.cfg, run_dir, ()
+    from icl_lr.records.tracking import WandbRun, flat_config
+
+    config = flat_config(config_record(start.cfg), choices)
+    return start.cfg, run_dir, [stack.enter_context(WandbRun(run_cfg.wandb, mode, config, run_dir, run_id))]
+
+
+def run_pack(jobs: list, stop: StopRequest) -> list:
+    """The runs of `jobs` ((cfg, run_dir, attempt_dir, choices, overrides) each, as `run` takes them) as one
+    pack (icl_lr/train/pack.py), each with its own run dir and W&B run; a run that had finished is left out.
+    Returns each trained run's (run dir, result, or the error that stopped it alone)."""
+    from icl_lr.records.tracking import resolve_mode
+    from icl_lr.train import pack, parallel
+
+    run_cfgs = [from_dictconfig(cfg, overrides) for cfg, _, _, _, overrides in jobs]
+    run_dirs = [Path(run_dir).resolve() for _, run_dir, _, _, _ in jobs]
+    shared = sorted({str(d) for d in run_dirs if run_dirs.count(d) > 1})
+    if shared:
+        raise ConfigError(f"training.pack: runs of the pack share the run dir {', '.join(shared)}; give each its own")
+    mode = resolve_mode(run_cfgs[0].wandb.mode)
+    if run_cfgs[0].training.distributed:
+        raise ConfigError("training.distributed: a pack trains in one process; pack runs without it")
+    parallel.use_cpu_devices(run_cfgs[0])
+    pack.check(run_cfgs, parallel.data_mesh())  # refused before any run dir is touched
+    with contextlib.ExitStack() as stack:
+        started = []
+        for run_cfg, (_, run_dir, attempt_dir, choices, _) in zip(run_cfgs, jobs, strict=True):
+            with pack.as_member(len(started)):
+                run = start_run(stack, run_cfg, run_dir, attempt_dir, choices, mode)
+            started += [run] if run else []
+        if not started:
+            return []
+        from icl_lr.train.loop import train_pack
+
+        results = train_pack(started, stop)
+    return [(run_dir, result) for (_, run_dir, _), result in zip(started, results, strict=True)]
 
 
 def no_space_left(error: BaseException) -> bool:
@@ -137,17 +177,6 @@ def main(cfg: DictConfig) -> None:
         if multirun:  # the next jobs still run; Hydra reports the failure at the end
             raise JobFailed(f"{run_dir}: {kind}: {error}") from None
         sys.exit(2 if kind in ("config error", "run dir error") else 1)
-
-
-HYDRA_FLAGS = ("--cfg", "--info", "--config", "--multirun", "--hydra-help", "--help", "--run", "--shell", "--package")
-HYDRA_FLAGS += ("--resolve", "--experimental")
-
-
-def overrides_from_agent(argv: list) -> list:
-    """`wandb agent` resuming a preempted sweep run passes `--key=value` even where the sweep's command
-    says ${args_no_hyphens} (wandb issue #9143); Hydra takes `key=value`. Hydra's own flags stay."""
-    strip = lambda arg: arg[2:] if arg.startswith("--") and "=" in arg and not arg.startswith(HYDRA_FLAGS) else arg
-    return [argv[0], *map(strip, argv[1:])]
 
 
 def run_cli() -> None:

@@ -65,12 +65,20 @@ class Checkpoints:
         self.best.wait_until_finished()
         return self.best.metrics(self.best.best_step())[BEST_METRIC]
 
-    def restore_latest(self, template) -> object | None:
-        """The last readable checkpoint shaped like `template`, or None when there is none.
+    def restore_latest(self, template, at_most: int | None = None) -> object | None:
+        """The last readable checkpoint shaped like `template`, or None when there is none; `at_most`: the
+        last at or before that step, those after it removed (a pack resumes its runs from one step, and
+        writes those steps again as they were).
 
         Each step is restored on its own (not through the manager, whose state one damaged step
         can spoil for the rest); an unreadable one is moved to damaged/ and the one before it tried.
         """
+        for step_dir in step_dirs(self.latest.directory):
+            if at_most is not None and int(step_dir.name) > at_most:
+                log.info("removing checkpoint step %s of %s: the run resumes from step %d", step_dir.name,
+                         self.latest.directory, at_most)  # fmt: skip
+                shutil.rmtree(step_dir)
+                self.latest.reload()
         for step_dir in reversed(step_dirs(self.latest.directory)):
             try:
                 return _restore(step_dir, template)

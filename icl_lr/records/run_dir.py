@@ -235,6 +235,13 @@ def claim_identity(run_dir: Path, fresh: bool) -> str:
     return record["wandb_run_id"]
 
 
+def name_run(run_dir: Path, run_id: str) -> None:
+    """Gives a new run dir (no identity.json yet) its W&B run id before its first start, as an agent's
+    WANDB_RUN_ID gives it to a run alone: the local sweep runner's packed runs keep the ids it names them by."""
+    if not (Path(run_dir) / IDENTITY_FILE).exists():
+        write_atomic(Path(run_dir) / IDENTITY_FILE, json.dumps({"wandb_run_id": run_id}) + "\n")
+
+
 AGENT_CLAIM_SUFFIX = ".claimed"  # beside the agent's parameter file: the run dir that took its run id
 
 

@@ -67,6 +67,9 @@ class Tracker:
 
     def finish(self, summary: dict) -> None: ...
 
+    def stopped(self, error: Exception) -> None:
+        """The run stopped on `error` (its loss no longer finite) while the other runs of its pack go on."""
+
 
 def read_jsonl(path: Path) -> list:
     """The records of a JSON-lines file (metrics.jsonl, curves.jsonl); none if it does not exist. A last
@@ -155,6 +158,10 @@ class Trackers(Tracker):
         for t in self.trackers:
             t.finish(summary)
 
+    def stopped(self, error):
+        for t in self.trackers:
+            t.stopped(error)
+
 
 WANDB_MODE_ALIASES = {"dryrun": "offline", "run": "online"}  # W&B's older names, which it still accepts
 
@@ -233,6 +240,7 @@ class WandbRun(Tracker):
             dir=files_dir,
             id=None if in_sweep else run_id,
             resume="allow",
+            reinit="create_new",  # the runs of a pack are W&B runs of one process, side by side
         )
         wandb.setup()  # W&B's console settings are set once per process, at its setup: quieten them after it
         wandb.termsetup(wandb.Settings(**QUIET), None)
@@ -279,6 +287,10 @@ class WandbRun(Tracker):
             log.warning("W&B's service is gone (%s; under SLURM it gets the job's SIGTERM too): its records from "
                         "here on are lost; the run dir's are complete", type(error).__name__)  # fmt: skip
             self.service_gone = True
+
+    def stopped(self, error: Exception) -> None:
+        """The W&B run is finished as failed (exit code 1), as a run alone is when it raises `error`."""
+        self.__exit__(type(error), error, None)
 
     def preempting(self) -> None:
         """W&B marks the run preempting: a sweep's controller requeues it, and it resumes under its id."""

@@ -15,7 +15,9 @@ and they cannot check what spans keys.
 import dataclasses
 import logging
 import re
+from pathlib import Path
 
+from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
 from icl_lr.fields import ConfigError, build, check, check_sections, one_line, section_class
@@ -24,6 +26,7 @@ from icl_lr.task.config import DataConfig
 from icl_lr.train.config import RunConfig, steps_per_epoch
 
 log = logging.getLogger("icl_lr")
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"  # icl_lr/configs: the repo's configs/
 
 
 def section_overrides(overrides) -> list:
@@ -195,3 +198,26 @@ def from_dictconfig(cfg: DictConfig, overrides=()) -> RunConfig:
             run_cfg.training.steps,
         )
     return run_cfg
+
+
+HYDRA_FLAGS = ("--cfg", "--info", "--config", "--multirun", "--hydra-help", "--help", "--run", "--shell", "--package")
+HYDRA_FLAGS += ("--resolve", "--experimental")
+
+
+def overrides_from_agent(argv: list) -> list:
+    """`wandb agent` resuming a preempted sweep run passes `--key=value` even where the sweep's command
+    says ${args_no_hyphens} (wandb issue #9143); Hydra takes `key=value`. Hydra's own flags stay."""
+    strip = lambda arg: arg[2:] if arg.startswith("--") and "=" in arg and not arg.startswith(HYDRA_FLAGS) else arg
+    return [argv[0], *map(strip, argv[1:])]
+
+
+def composed(overrides: list):
+    """The config, Hydra's node included, that `python train.py <overrides>` composes."""
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        return compose("config", overrides=section_overrides(overrides), return_hydra_config=True)
+
+
+def run_config_of(overrides: list):
+    """The RunConfig of `python train.py <overrides>`."""
+    full = composed(overrides)
+    return from_dictconfig(OmegaConf.masked_copy(full, [k for k in full if k != "hydra"]), overrides)

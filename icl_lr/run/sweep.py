@@ -37,8 +37,9 @@ import yaml
 from icl_lr.fields import one_line
 from icl_lr.records import wandb_adapter
 from icl_lr.records.config import WandbConfig
-from icl_lr.records.run_dir import RunDirError, RunDirLock, is_alive, new_run_id
+from icl_lr.records.run_dir import RunDirError, RunDirLock, is_alive, name_run, new_run_id
 from icl_lr.records.tracking import read_jsonl
+from icl_lr.run.config import overrides_from_agent
 from icl_lr.train.preemption import Preempted, StopRequest
 from icl_lr.train.progress import duration
 
@@ -200,6 +201,16 @@ class _Running(NamedTuple):
     slot: int
     number: int  # k of k/N
     started: float  # time.monotonic() at its start
+    packed: bool = False  # one of the runs of a pack (one process for several runs)
+
+    @property
+    def returncode(self) -> int:
+        """The run's exit code: its process's; a run of a pack whose process ran to its end (0, or 1 when one
+        of its runs stopped alone) has 0 when it finished (its summary.json), else 1."""
+        code = self.process.returncode
+        if self.packed and code in (0, 1):
+            return 0 if (self.run_dir / "summary.json").exists() else 1
+        return code
 
 
 class Progress:
@@ -266,11 +277,14 @@ def run_sweep(
     sweep_id: str | None = None,
     resume: bool = False,
     workers: int = 1,
+    pack: int = 1,
 ) -> list:
     """Proposes and runs runs until the sweep has `count` (a resumed sweep's earlier runs count), up to
-    `workers` at once, each in its own process and W&B run; returns one dict per run of this call: id,
-    params, metric, exit code, run dir. One runner per sweep id: a second is refused while one runs (the
-    sweep folder's lock), and a sweep id that has results goes on only with `resume`."""
+    `workers` at once, each in its own process and W&B run, or, with `pack` > 1, up to `pack` proposals of
+    one shape in one process (a pack, icl_lr/train/pack.py), each still its own run dir and W&B run;
+    returns one dict per run of this call: id, params, metric, exit code, run dir. One runner per sweep id:
+    a second is refused while one runs (the sweep folder's lock), and a sweep id that has results goes on
+    only with `resume`."""
     sweep = resolve_program(load_sweep(sweep_path), sweep_path)
     if sweep.get("run_cap") and sweep["run_cap"] < count:
         log.info("the sweep's run_cap is %d: %d runs instead of %d", sweep["run_cap"], sweep["run_cap"], count)
@@ -288,7 +302,7 @@ def run_sweep(
             )
         done = _previous_runs(results_file) if resume else []
         log.info(
-            "sweep %s (%s, %s, W&B project %s): %d runs, %d done before, %d at a time",
+            "sweep %s (%s, %s, W&B project %s): %d runs, %d done before, %d at a time%s",
             sweep_id,
             sweep_path,
             sweep["method"],
@@ -296,10 +310,13 @@ def run_sweep(
             count,
             len(done),
             workers,
+            f", packs of up to {pack} runs" if pack > 1 else "",
         )
         continued = ["python", "-m", "icl_lr.run.sweep", str(sweep_path), "--count", str(count), "--resume", sweep_id]
-        continued += ["--workers", str(workers)] * (workers > 1) + (["--", *overrides] if overrides else [])
-        return _run_all(sweep, sweep_id, count, overrides, workers, done, results_file, shlex.join(continued))
+        continued += ["--workers", str(workers)] * (workers > 1) + ["--pack", str(pack)] * (pack > 1)
+        continued += ["--", *overrides] if overrides else []
+        runner = _Runner(sweep, sweep_id, overrides, workers, pack)
+        return _run_all(runner, count, done, results_file, shlex.join(continued))
 
 
 def agent_project(sweep: dict) -> str:
@@ -307,56 +324,47 @@ def agent_project(sweep: dict) -> str:
     return sweep.get("project") or os.environ.get("WANDB_PROJECT") or WandbConfig().project
 
 
-def _run_all(sweep, sweep_id, count, overrides, workers, done, results_file, continued: str) -> list:
-    """The runs of the sweep, `workers` at a time, each recorded in results_file as it ends. On Ctrl-C the
-    runs got the same signal and stop (their W&B runs marked failed); on SIGTERM they are sent one. Either
+class _Runner(NamedTuple):
+    """What every run of a local sweep is started with."""
+
+    sweep: dict
+    sweep_id: str
+    overrides: list
+    workers: int
+    pack: int
+
+
+def _run_all(runner: _Runner, count, done, results_file, continued: str) -> list:
+    """The runs of the sweep, `workers` processes at a time, each recorded in results_file as it ends. On Ctrl-C
+    the runs got the same signal and stop (their W&B runs marked failed); on SIGTERM they are sent one. Either
     way one line says what stopped and the command that goes on (`continued`)."""
+    sweep, workers = runner.sweep, runner.workers
     metric = sweep.get("metric", {}).get("name")
-    progress = Progress(count, workers, metric, sweep.get("metric", {}).get("goal", "minimize"))
-    results, running, exhausted, gpus = [], [], False, gpu_indices()
+    progress = Progress(count, workers * runner.pack, metric, sweep.get("metric", {}).get("goal", "minimize"))
+    results, running, queued, exhausted, gpus = [], [], [], False, gpu_indices()
     try:
-        while running or (not exhausted and len(done) < count):
+        while running or queued or (not exhausted and len(done) < count):
             # start: proposals while a worker is free (running runs count, as the W&B controller counts them)
-            while not exhausted and len(running) < workers and len(done) + len(running) < count:
-                pending = [
-                    sweeps.SweepRun(name=r.run_id, state=sweeps.RunState.running, config=r.proposal.config)
-                    for r in running
-                ]
-                with warnings.catch_warnings():  # the engine's scipy/sklearn deprecation noise
-                    warnings.simplefilter("ignore")
-                    proposal = sweeps.next_run(sweep, done + pending)
-                if proposal is None:
-                    log.info("the sweep's search space is exhausted after %d runs", len(done) + len(running))
-                    exhausted = True
+            while len({r.slot for r in running}) < workers:
+                if not queued:
+                    queued = _propose(runner, count, done, running)
+                    exhausted = exhausted or not queued
+                if not queued:
                     break
                 slot = min(set(range(workers)) - {r.slot for r in running})
-                running.append(
-                    _start(
-                        sweep,
-                        proposal,
-                        sweep_id,
-                        overrides,
-                        slot,
-                        workers,
-                        gpus,
-                        len(done) + len(running) + 1,
-                        progress,
-                    )
-                )
+                running += _start_group(runner, queued.pop(0), slot, gpus, len(done) + len(running) + 1, progress)
             if not running:
                 break
             # wait: for the first run to end, then record it
             finished = _wait_for_one(running)
             running.remove(finished)
-            returncode = finished.process.returncode
             record, result = _recorded(finished, metric, results_file)
             done.append(record)
             results.append(result)
-            progress.ended_run(finished, result[metric], returncode, len(done))
-            if returncode:
-                log.error(
-                    "run %s failed (exit code %d); see %s/%s", finished.run_id, returncode, finished.run_dir, CONSOLE
-                )
+            progress.ended_run(finished, result[metric], finished.returncode, len(done))
+            if finished.returncode:
+                log.error("run %s failed (exit code %d); see %s/%s", finished.run_id, finished.returncode,
+                          finished.run_dir, CONSOLE)  # fmt: skip
     except (KeyboardInterrupt, Preempted) as stop:
         for run in running:
             if run.process.poll() is None and isinstance(stop, Preempted):
@@ -375,6 +383,83 @@ def _run_all(sweep, sweep_id, count, overrides, workers, done, results_file, con
     if results:
         log.info(progress.table(results))
     return results
+
+
+def _propose(runner: _Runner, count: int, done: list, running: list) -> list:
+    """The next groups of proposals to start: one proposal, or up to `pack` grouped into packs of one shape."""
+    proposals = []
+    while len(proposals) < runner.pack and len(done) + len(running) + len(proposals) < count:
+        configs = [r.proposal.config for r in running] + proposals
+        pending = [sweeps.SweepRun(name=str(i), state=sweeps.RunState.running, config=c) for i, c in enumerate(configs)]
+        with warnings.catch_warnings():  # the engine's scipy/sklearn deprecation noise
+            warnings.simplefilter("ignore")
+            proposal = sweeps.next_run(runner.sweep, done + pending)
+        if proposal is None:
+            log.info("the sweep's search space is exhausted after %d runs", len(done) + len(configs))
+            break
+        proposals.append(proposal.config)
+    if runner.pack == 1:
+        return [[config] for config in proposals]
+    return _packs(runner, proposals)
+
+
+def _packs(runner: _Runner, configs: list) -> list:
+    """`configs` in groups that can each train as one pack (icl_lr/train/pack.py's `groups`)."""
+    from icl_lr.run.config import run_config_of
+    from icl_lr.train import pack, parallel
+
+    environ = {"WANDB_SWEEP_ID": runner.sweep_id, "WANDB_RUN_ID": "grouping"}  # no run's: nothing is written
+    cfgs = [run_config_of(_member_argv(runner, config, environ)[1]) for config in configs]
+    groups = [[configs[i] for i in members] for members in pack.groups(cfgs, runner.pack, parallel.data_mesh())]
+    log.info("%d proposals in %d pack%s: %s", len(configs), len(groups), "s" * (len(groups) > 1),
+             " + ".join(str(len(g)) for g in groups))  # fmt: skip
+    return groups
+
+
+def _member_argv(runner: _Runner, config: dict, environ: dict) -> tuple:
+    """(params, train.py's overrides) of one run of a pack: the sweep's command for its parameters, as `wandb
+    agent` expands it in `environ`, after its program; the sweep's project and group in its W&B section."""
+    params = {key: _plain(spec["value"]) for key, spec in config.items()}
+    argv = expand_command(runner.sweep, params, environ)
+    program = runner.sweep["program"]
+    if Path(program).name != "train.py" or program not in argv:
+        raise ValueError(f"--pack trains the runs of train.py; the sweep's program is {program}")
+    overrides = overrides_from_agent(argv[argv.index(program) :])[1:]
+    overrides += [f"wandb.group={runner.sweep_id}", f"wandb.project={agent_project(runner.sweep)}"]
+    overrides += [f"wandb.entity={runner.sweep['entity']}"] if runner.sweep.get("entity") else []
+    return params, overrides + runner.overrides
+
+
+def _start_group(runner: _Runner, configs: list, slot: int, gpus: list, number: int, progress: Progress) -> list:
+    """The runs of one group started: one run as `wandb agent` starts it, several as one pack's process (its
+    output in the sweep folder's pack-<first run id>.log, each run's console.log a link to it)."""
+    proposal = lambda config: sweeps.SweepRun(name="", state=sweeps.RunState.running, config=config)
+    if len(configs) == 1:
+        return [_start(runner.sweep, proposal(configs[0]), runner.sweep_id, runner.overrides, slot, runner.workers,
+                       gpus, number, progress)]  # fmt: skip
+    folder, run_ids = Path("outputs") / f"sweep-{runner.sweep_id}", [new_run_id() for _ in configs]
+    members = []
+    for config, run_id in zip(configs, run_ids, strict=True):
+        params = {key: _plain(spec["value"]) for key, spec in config.items()}
+        members.append(_member_argv(runner, config, agent_environment(runner.sweep, runner.sweep_id, run_id, params)))
+    spec, console = folder / f"pack-{run_ids[0]}.json", folder / f"pack-{run_ids[0]}.log"
+    spec.write_text(json.dumps({"runs": [overrides for _, overrides in members]}, indent=1) + "\n")
+    run_dirs = [_run_dir(overrides) for _, overrides in members]
+    for run_dir, run_id in zip(run_dirs, run_ids, strict=True):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        name_run(run_dir, run_id)
+        if not (run_dir / CONSOLE).exists():
+            (run_dir / CONSOLE).symlink_to(os.path.relpath(console, run_dir))
+    environ = {"WANDB_PROJECT": agent_project(runner.sweep)} | worker_environment(slot, runner.workers, gpus)
+    with open(console, "ab") as output:
+        process = subprocess.Popen([sys.executable, "-m", "icl_lr.cli.pack", str(spec)], env=os.environ | environ,
+                                   stdout=output, stderr=subprocess.STDOUT)  # fmt: skip
+    runs = []
+    for i, ((params, _), config, run_id, run_dir) in enumerate(zip(members, configs, run_ids, run_dirs, strict=True)):
+        run = _Running(process, run_id, proposal(config), params, run_dir, slot, number + i, time.monotonic(), True)
+        progress.started_run(run, f" in pack {spec.name} ({len(configs)} runs)")
+        runs.append(run)
+    return runs
 
 
 def _start(sweep, proposal, sweep_id, overrides, slot, workers, gpus, number, progress: Progress,
@@ -482,13 +567,13 @@ def run_agent(sweep_path: Path, count: int, overrides: list, sweep_id: str) -> l
         raise
     with _agents_lock(folder):
         _, result = _recorded(run, metric, folder / "results.jsonl")
-    progress.ended_run(run, result[metric], run.process.returncode, number)
+    progress.ended_run(run, result[metric], run.returncode, number)
     return [result]
 
 
 def _recorded(run: _Running, metric: str | None, results_file: Path) -> tuple:
     """(the engine's record, the result) of an ended run, its result appended to results_file."""
-    returncode = run.process.returncode
+    returncode = run.returncode
     record = _record(run.run_dir, run.run_id, run.proposal.config, returncode)
     result = {"run_id": run.run_id, **run.params, metric: record.summary_metrics.get(metric), "exit_code": returncode}
     _append_result(results_file, result | {"params": run.params, "run_dir": str(run.run_dir)})
@@ -510,6 +595,18 @@ def _append_result(path: Path, result: dict) -> None:
         f.write(json.dumps(result) + "\n")
 
 
+PACK_ON_GPU = 16  # --pack auto on a GPU: gpt2_tiny's runs at 16 to a pack (docs/benchmark.md)
+
+
+def pack_size(value: str) -> int:
+    """--pack's runs per pack: a number >= 1, or auto (PACK_ON_GPU with a GPU, else 1)."""
+    if value == "auto":
+        return PACK_ON_GPU if gpu_indices() else 1
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"--pack must be auto or an integer >= 1, got {value}")
+    return int(value)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sweep", type=Path, help="a sweep YAML, e.g. sweeps/noise_prior.yaml")
@@ -523,6 +620,12 @@ def main(argv=None) -> int:
         help="runs at once, each in its own process (one GPU each when there are GPUs)",
     )
     parser.add_argument(
+        "--pack",
+        default="1",
+        help="up to this many runs of one shape trained as one program (a pack: each still its own run dir and W&B "
+        "run), or auto: 16 on a GPU, 1 on a CPU (where packing does not pay; docs/benchmark.md)",
+    )
+    parser.add_argument(
         "--agent",
         action="store_true",
         help="one run, then exit, as `wandb agent --count 1`: agents sharing --sweep-id (a SLURM job array's "
@@ -533,6 +636,7 @@ def main(argv=None) -> int:
     overrides = argv[argv.index("--") + 1 :] if "--" in argv else []
     args = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][sweep] %(message)s")
+    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # --pack's grouping starts JAX
     if sweeps is None:
         log.error("the local sweep runner needs the W&B sweeps engine: pip install 'icl-lr[sweep]'")
         return 2
@@ -540,13 +644,14 @@ def main(argv=None) -> int:
     try:
         if args.workers < 1:
             raise ValueError(f"--workers must be >= 1, got {args.workers}")
+        pack = pack_size(args.pack)
         sweep_id = args.resume or args.sweep_id
         if args.agent:
-            if not args.sweep_id or args.resume or args.workers != 1:
-                raise ValueError("--agent takes --sweep-id (the id its agents share), neither --resume nor --workers")
+            if not args.sweep_id or args.resume or args.workers != 1 or pack != 1:
+                raise ValueError("--agent takes --sweep-id (the id its agents share), not --resume, --workers, --pack")
             results = run_agent(args.sweep, args.count, overrides, args.sweep_id)
         else:
-            results = run_sweep(args.sweep, args.count, overrides, sweep_id, bool(args.resume), args.workers)
+            results = run_sweep(args.sweep, args.count, overrides, sweep_id, bool(args.resume), args.workers, pack)
     except (ValueError, FileNotFoundError, RunDirError) as error:
         log.error("%s", error)
         return 2

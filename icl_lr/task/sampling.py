@@ -87,7 +87,7 @@ class Prompts:
 
     def functions(self, key, batch_size: int, pool_key=None):
         """Fresh functions from the prior or, given `pool_key`, from the run's pool of data.task_pool_size."""
-        if pool_key is not None and self.cfg.task_pool_size:
+        if pool_key is not None and self.cfg.task_pool_size is not None:
             return self.pool_functions(pool_key, jax.random.randint(key, (batch_size,), 0, self.cfg.task_pool_size))
         return self.draw(key, batch_size)
 

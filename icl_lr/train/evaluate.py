@@ -1,7 +1,9 @@
 """Error curves on fixed prompt sets: squared error / d at every context length k = 0..n-1.
 
 The held-out prompts come from a fixed seed and always from the task's prior (no task pool, no
-curriculum), so every run and every eval of a run is scored on the same prompts. A run with a
+curriculum), so every run and every eval of a run is scored on the same prompts. The sets and their
+baselines are built on the host's CPU (its LAPACK: a GPU takes far longer over their many small
+solves) and then placed beside the model; the runs of a pack share the sets their configs share. A run with a
 finite training set is also scored on (the first prompts of) that set, so memorisation shows; one
 with a task pool on prompts from its pool (Raventos et al.'s "Pretrain"); one with a hierarchical
 noise prior on one set per noise level (Bai et al.); one with a mixture of task classes on one set
@@ -10,6 +12,7 @@ eval.seed. Baselines do not change during training and are computed once per set
 """
 
 import dataclasses
+import json
 import logging
 import time
 from typing import NamedTuple
@@ -20,6 +23,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from icl_lr.model.encoding import Encoding
+from icl_lr.records.run_dir import config_record
 from icl_lr.records.schema import (
     BAYES,
     EXCESS,
@@ -289,19 +293,41 @@ def fixed_sets(setup: Setup, cfg: RunConfig, run_key, pool) -> dict:
     return sets
 
 
+def on_host():
+    """Where the fixed sets and their baselines are computed: the host's CPU, whatever the default device."""
+    return jax.default_device(jax.devices("cpu")[0])
+
+
+def placed(sets: dict, mesh: Mesh) -> dict:
+    """{name: EvalSets} with the arrays the model reads replicated over `mesh` (the baselines' curves stay)."""
+    place = lambda s: s._replace(**{k: parallel.replicate(getattr(s, k), mesh) for k in ("inputs", "ys", "prompts",
+                                                                                          "references")})  # fmt: skip
+    return {name: eval_sets._replace(sets=[place(s) for s in eval_sets.sets]) for name, eval_sets in sets.items()}
+
+
 class Evaluator:
     """The eval phase: the model's curves on every fixed prompt set (`fixed_sets`) and on Garg et al.'s OOD
     suite (`ood/<condition>`, at the final eval or every eval), logged as scalars (schema.metric_prefix) and
     per-set curve tables; each set beside the task's reference baseline; on the held-out set, what eval.probes,
     eval.attention and eval.n_loops add."""
 
-    def __init__(self, setup: Setup, cfg: RunConfig, run_key, mesh: Mesh):
+    def __init__(self, setup: Setup, cfg: RunConfig, run_key, mesh: Mesh, shared: dict | None = None):
+        """`shared`: {key: sets} of the other runs of a pack, which this one reuses where its config makes the
+        same sets (and adds its own to)."""
         started = time.perf_counter()
-        self.setup, self.cfg = setup, cfg
+        self.setup, self.cfg, self.mesh, self.shared = setup, cfg, mesh, {} if shared is None else shared
         self.model_curves = make_model_curves_fn(setup.model, cfg.eval, mesh)
-        pool = setup.task.eval_pool(run_key)  # the whole pool, for the baselines that need it; sampling needs none
-        self.sets = fixed_sets(setup, cfg, run_key, pool)
-        log.info("eval sets and their baselines ready in %.1fs", time.perf_counter() - started)
+        d = cfg.data
+        own = cfg.seed if d.train_size or d.task_pool_size else None  # sets of the run's own pool or prompts
+        self.key = json.dumps([config_record(d), config_record(cfg.eval), own])
+        if self.key in self.shared:
+            log.info("eval sets and their baselines shared with an earlier run of the pack")
+        else:
+            with on_host():
+                pool = setup.task.eval_pool(run_key)  # the whole pool, for baselines that need it; sampling needs none
+                self.shared[self.key] = placed(fixed_sets(setup, cfg, run_key, pool), mesh)
+            log.info("eval sets and their baselines ready in %.1fs", time.perf_counter() - started)
+        self.sets = self.shared[self.key]
         self.ood_sets, self.ood_seconds = None, 0.0
         self.model_gradients = make_model_gradients_fn(setup.model) if cfg.eval.algorithms else None
         self.reference = setup.task.reference  # the baseline the excess is measured against
@@ -312,13 +338,17 @@ class Evaluator:
         self.loop_curves = {n: make_model_curves_fn(looped(n), cfg.eval, mesh) for n in cfg.eval.n_loops}
 
     def _ood(self) -> dict:
-        """The OOD suite's sets, built on first use."""
+        """The OOD suite's sets, built on first use (or shared with a run of the pack with the same data)."""
         if self.ood_sets is None:
-            started = time.perf_counter()
-            conditions = ood_sets(self.setup.task, self.setup.encoding, self.cfg.eval)
-            self.ood_sets = {f"ood/{name}": sets for name, sets in conditions.items()}
+            started, key = time.perf_counter(), ("ood", self.key)
+            if key not in self.shared:
+                with on_host():
+                    conditions = ood_sets(self.setup.task, self.setup.encoding, self.cfg.eval)
+                self.shared[key] = placed({f"ood/{name}": sets for name, sets in conditions.items()}, self.mesh)
+            self.ood_sets = self.shared[key]
             self.ood_seconds += time.perf_counter() - started
-            log.info("OOD suite: %d conditions and their baselines ready in %.1fs", len(conditions), self.ood_seconds)
+            log.info("OOD suite: %d conditions and their baselines ready in %.1fs", len(self.ood_sets),
+                     self.ood_seconds)  # fmt: skip
         return self.ood_sets
 
     def _held_out_extras(self, params, held_out: EvalSet, tracker: Tracker, step: int) -> dict:

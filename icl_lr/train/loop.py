@@ -1,25 +1,18 @@
-"""One training run: the TrainState, the jitted train step, and the loop in named phases.
-
-The step is a pure function of the state: its batch comes from fold_in(state.rng, state.step), so
-a run resumed from a checkpoint sees exactly the data it would have seen. `steps_per_dispatch`
-steps run in one `lax.scan` per call (a dispatch), to keep Python out of the hot loop.
+"""The training loop in named phases (train, log, eval, checkpoint, stop), for one run or for a pack of
+runs of one shape trained as one program (icl_lr/train/pack.py), each run of a pack with its own run
+dir, records, checkpoints and W&B run, as it would have alone.
 """
 
 import logging
 import time
-from functools import partial
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
-from flax import struct
-from jax.sharding import Mesh
 
 from icl_lr.fields import ConfigError, one_line
-from icl_lr.model.icl_model import ICLModel
 from icl_lr.records.checkpoint import Checkpoints, restore_params
+from icl_lr.records.run_dir import RunDirError
 from icl_lr.records.schema import (
     CURVES_FILE,
     HELD_OUT,
@@ -29,80 +22,19 @@ from icl_lr.records.schema import (
     set_of,
 )
 from icl_lr.records.tracking import LocalFiles, Tracker, Trackers, read_jsonl
-from icl_lr.task.base import PER_PROMPT, Batch
-from icl_lr.train import evaluate, parallel
-from icl_lr.train.config import RunConfig, steps_per_epoch
-from icl_lr.train.optimizer import learning_rate_schedule, make_optimizer
+from icl_lr.train import evaluate, pack, parallel
+from icl_lr.train.config import RunConfig
+from icl_lr.train.optimizer import make_optimizer
 from icl_lr.train.preemption import StopRequest
 from icl_lr.train.progress import LiveBar, duration
-from icl_lr.train.setup import Setup, build
+from icl_lr.train.setup import build
+from icl_lr.train.step import init_state, make_dispatch
 
 log = logging.getLogger("icl_lr")
 
 
 class NonFiniteLoss(RuntimeError):
     """Training diverged: the message names the step and the learning rate."""
-
-
-class TrainState(struct.PyTreeNode):
-    """Everything a resumed run needs. Step keys are fold_in(rng, step), so rng never changes."""
-
-    step: jax.Array
-    params: dict
-    opt_state: optax.OptState
-    rng: jax.Array
-
-
-def init_state(setup: Setup, tx: optax.GradientTransformation, seed: int) -> TrainState:
-    init_key, run_key = jax.random.split(jax.random.PRNGKey(seed))
-    example = setup.task.sample_batch(jax.random.PRNGKey(0), 1)
-    params = jax.jit(setup.model.init)(init_key, setup.encoding.encode(example.xs, example.ys))["params"]
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), rng=run_key)
-
-
-def loss_fn(params, model: ICLModel, batch: Batch, dropout_key, last_only: bool = False) -> jax.Array:
-    """Mean loss over the y predictions of the prompts that count (`last_only`: the final query's alone,
-    training.loss_points=last).
-
-    A family that trains on several outputs (ICLModel.trains_on_stack) is scored on their mean. Only the y
-    positions are scored: the x's are i.i.d. noise whose prediction teaches nothing
-    about in-context regression. Points beyond the curriculum's current length are masked out.
-    """
-    inputs = model.encoding.encode(batch.xs, batch.ys)
-    outputs = model.apply({"params": params}, inputs, train=True, rngs={"dropout": dropout_key})
-    scored_N = batch.point_mask
-    if last_only:  # the final query of the prompt (the curriculum's current length)
-        scored_N = (jnp.arange(len(scored_N)) == jnp.sum(scored_N) - 1).astype(scored_N.dtype)
-    if model.trains_on_stack:  # outputs [S, B, T, O]
-        per_point_BxN = jax.vmap(model.encoding.point_losses, (0, None))(outputs, batch.scored).mean(0) * scored_N
-    else:
-        per_point_BxN = model.encoding.point_losses(outputs, batch.scored) * scored_N
-    return jnp.sum(per_point_BxN * batch.example_mask[:, None]) / (jnp.sum(batch.example_mask) * jnp.sum(scored_N))
-
-
-def make_dispatch(setup: Setup, tx, cfg: RunConfig, mesh: Mesh):
-    """jitted (state, n_steps) -> (state, metrics of each step): n_steps steps in one lax.scan, state donated
-    and replicated over `mesh`, each batch split across its devices."""
-    schedule = learning_rate_schedule(cfg.training)
-    epoch_steps = steps_per_epoch(cfg) if cfg.data.train_size else 0
-    task, model = setup.task, setup.model
-
-    def one_step(state: TrainState, _):
-        step_key, dropout_key = jax.random.split(jax.random.fold_in(state.rng, state.step))
-        batch = task.training_batch(state.rng, step_key, cfg.training.batch_size, state.step, epoch_steps)
-        batch = batch._replace(**parallel.constrain_rows(mesh, {k: getattr(batch, k) for k in PER_PROMPT}))
-        last_only = cfg.training.loss_points == "last"
-        loss, grads = jax.value_and_grad(loss_fn)(state.params, model, batch, dropout_key, last_only)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": schedule(state.step)}
-        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
-
-    @partial(jax.jit, static_argnums=1, donate_argnums=0, out_shardings=parallel.replicated(mesh))
-    def dispatch(state: TrainState, n_steps: int):
-        return jax.lax.scan(one_step, state, length=n_steps)
-
-    return dispatch
 
 
 class Throughput:
@@ -140,7 +72,7 @@ def _initial_params(init_from: str, template, tracker: Tracker):
         raise ConfigError(f"init_from: cannot start from {init_from} ({type(error).__name__}: {reason})") from error
 
 
-def _log_phase(tracker: Tracker, window: list, step: int, cfg: RunConfig, throughput: Throughput) -> None:
+def _log_phase(tracker: Tracker, window: list, step: int, cfg: RunConfig, rate: float | None) -> None:
     """Mean train metrics over the dispatches since the last log line, and one progress line."""
     metrics = {k: np.concatenate([w[k] for w in window]) for k in window[0]}
     record = {
@@ -151,26 +83,12 @@ def _log_phase(tracker: Tracker, window: list, step: int, cfg: RunConfig, throug
     total = cfg.training.steps
     line = f"step {step}/{total} | loss {record['train/loss']:.4f} | grad norm {record['train/grad_norm']:.3f}"
     line += f" | lr {record['train/lr']:.2e}"
-    rate = throughput.steps_per_second()
     if rate:
         record["train/steps_per_second"] = rate
         record["train/examples_per_second"] = rate * cfg.training.batch_size
         line += f" | {rate:.0f} steps/s | ETA {duration((total - step) / rate)}"
     tracker.log(record, step)
     log.info(line)
-    throughput.reset()
-
-
-def _start_state(cfg: RunConfig, setup: Setup, tx, checkpoints: Checkpoints, tracker) -> tuple[TrainState, bool]:
-    """The run dir's last checkpoint, else fresh params (or init_from's); and whether it resumed."""
-    state = init_state(setup, tx, cfg.seed)
-    restored = checkpoints.restore_latest(state)
-    if restored is not None:
-        return restored, True
-    if cfg.init_from:
-        log.info("initial params from %s", cfg.init_from)
-        return state.replace(params=_initial_params(cfg.init_from, state, tracker)), False
-    return state, False
 
 
 BEST_OF = ("train/loss", MODEL_ERROR)  # the summary keeps each one's minimum as best/<key>
@@ -199,6 +117,50 @@ def _check_finite(metrics: dict, first_step: int) -> None:
         )
 
 
+class Member:
+    """One run of the loop: its config, components, checkpoints and trackers; `stopped`, the error that
+    stopped it alone (a run of a pack whose loss is no longer finite)."""
+
+    def __init__(self, index: int | None, cfg: RunConfig, run_dir: Path, trackers):
+        self.index, self.cfg, self.run_dir, self.trackers = index, cfg, Path(run_dir), list(trackers)
+        self.setup, self.tx = build(cfg), make_optimizer(cfg.training)  # the run's components, built once
+        self.checkpoints = Checkpoints(self.run_dir / "checkpoints", cfg.training.max_to_keep)
+        self.window, self.stopped, self.writers = [], None, []
+
+    @property
+    def tracker(self) -> Tracker:
+        return Trackers(self.writers)
+
+    def start_state(self, at_most: int | None = None):
+        """The run dir's last checkpoint (at or before `at_most`), else fresh params (or init_from's); and
+        whether it resumed."""
+        cfg = self.cfg
+        state = init_state(self.setup, self.tx, cfg.seed)
+        restored = self.checkpoints.restore_latest(state, at_most)
+        if restored is not None:
+            return restored, True
+        if cfg.init_from:
+            log.info("initial params from %s", cfg.init_from)
+            return state.replace(params=_initial_params(cfg.init_from, state, Trackers(self.trackers))), False
+        return state, False
+
+
+def _start_states(members: list) -> tuple[list, bool]:
+    """Each run's start state, all at one step: a pack whose runs were checkpointed at different steps (a kill
+    between their saves) resumes every run from the last step they all have."""
+    started = [member.start_state() for member in members]
+    steps = [int(state.step) for state, _ in started]
+    if len(set(steps)) > 1:
+        common = min(steps)
+        log.info("the pack's runs were checkpointed at steps %s: all resume from step %d", steps, common)
+        started = [member.start_state(common) for member in members]
+        behind = [f"{m.run_dir}" for m, (s, _) in zip(members, started, strict=True) if s.step != common]
+        if behind:
+            raise RunDirError(f"training.pack: no checkpoint at step {common} in {', '.join(behind)}: a pack resumes "
+                              "its runs from one step; resume them alone, or start new run dirs")  # fmt: skip
+    return [state for state, _ in started], any(resumed for _, resumed in started)
+
+
 def train(cfg: RunConfig, run_dir: Path, trackers=(), stop: StopRequest | None = None) -> dict:
     """Trains to cfg.training.steps, resuming from run_dir's checkpoints; returns the final summary and
     the last held-out curves ("curves").
@@ -207,18 +169,28 @@ def train(cfg: RunConfig, run_dir: Path, trackers=(), stop: StopRequest | None =
     of a new run; a run dir with checkpoints of its own always resumes from those instead. `stop`: a
     SIGTERM or Ctrl-C, answered between dispatches by a checkpoint and `Preempted` or KeyboardInterrupt.
     """
-    run_dir, t = Path(run_dir), cfg.training
+    return train_pack([(cfg, run_dir, trackers)], stop)[0]
+
+
+def train_pack(runs: list, stop: StopRequest | None = None) -> list:
+    """Trains each (cfg, run_dir, trackers) of `runs` as `train` does, several as one program (a pack,
+    icl_lr/train/pack.py); returns each run's result, or the NonFiniteLoss that stopped it alone (a run
+    alone raises it)."""
     stop = stop or StopRequest()
-    parallel.check_split(cfg)
+    cfgs = [cfg for cfg, _, _ in runs]
+    t, packed = cfgs[0].training, len(runs) > 1
+    parallel.check_split(cfgs[0])
     mesh = parallel.data_mesh()
-    setup, tx = build(cfg), make_optimizer(t)  # the run's components, built once
-    checkpoints = Checkpoints(run_dir / "checkpoints", t.max_to_keep)
-    state, resumed = _start_state(cfg, setup, tx, checkpoints, Trackers(trackers))
-    state = parallel.replicate(state, mesh)  # a checkpoint from any device count fits
-    step, n_params = int(state.step), sum(p.size for p in jax.tree.leaves(state.params))
-    epochs = f" ({t.num_epochs} epochs over {cfg.data.train_size} prompts)" if t.num_epochs else ""
+    keys = pack.check(cfgs, mesh) if packed else ()
+    members = [Member(i if packed else None, *run) for i, run in enumerate(runs)]
+    states, resumed = _start_states(members)
+    # a checkpoint from any device count fits
+    state = parallel.replicate(pack.stack(states) if packed else states[0], mesh)
+    step, n_params = int(states[0].step), sum(p.size for p in jax.tree.leaves(states[0].params))
+    del states
+    epochs = f" ({t.num_epochs} epochs over {cfgs[0].data.train_size} prompts)" if t.num_epochs else ""
     log.info(
-        "%s at step %d of %d%s; model %d parameters; on %d %s device%s%s; run dir %s",
+        "%s at step %d of %d%s; model %d parameters; on %d %s device%s%s; %s",
         "resumed" if resumed else "starting",
         step,
         t.steps,
@@ -228,70 +200,124 @@ def train(cfg: RunConfig, run_dir: Path, trackers=(), stop: StopRequest | None =
         jax.devices()[0].platform.upper(),
         "s" * (mesh.size > 1),
         f" in {jax.process_count()} processes" if jax.process_count() > 1 else "",
-        run_dir,
-    )
-    writers = [LocalFiles(run_dir, resume_step=step), *trackers] if parallel.is_primary() else []
-    tracker: Tracker = Trackers(writers)
+        f"{len(members)} runs in one program, differing in {', '.join(pack.differing(cfgs)) or 'nothing'}" if packed
+        else f"run dir {members[0].run_dir}",
+    )  # fmt: skip
     started = time.perf_counter()
-    evaluator = evaluate.Evaluator(setup, cfg, state.rng, mesh)
-    dispatch = make_dispatch(setup, tx, cfg, mesh)
-    facts = {"n_params": n_params, "n_devices": mesh.size, REFERENCE: evaluator.reference}  # what excess means
-    window, throughput = [], Throughput()
+    eval_sets = {}  # the runs of a pack share the sets their configs share
+    for member, run_state in zip(members, pack.unstack(state, len(members)) if packed else [state], strict=True):
+        with pack.as_member(member.index):
+            if packed:
+                log.info("run dir %s", member.run_dir)
+            if parallel.is_primary():  # the other processes of a multi-host run write nothing
+                member.writers = [LocalFiles(member.run_dir, resume_step=step), *member.trackers]
+            member.evaluator = evaluate.Evaluator(member.setup, member.cfg, run_state.rng, mesh, eval_sets)
+    del eval_sets
+    dispatch = pack.make_dispatch(cfgs, keys, mesh) if packed else make_dispatch(members[0].setup, members[0].tx,
+                                                                                 cfgs[0], mesh)  # fmt: skip
+    facts = {"n_params": n_params, "n_devices": mesh.size, "pack_size": len(members)}
+    throughput = Throughput()
     stop.watched = True  # from here on, a stop signal is answered at the end of a dispatch
 
     with LiveBar(log, enabled=parallel.is_primary()) as bar:  # on a terminal only
         rate = None
-        while step < t.steps:
+        while step < t.steps and any(m.stopped is None for m in members):
             # train: one dispatch, up to the next multiple of steps_per_dispatch (a preempted run realigns)
             n_steps = min(t.steps_per_dispatch - step % t.steps_per_dispatch, t.steps - step)
             dispatch_started = time.perf_counter()
             state, metrics = dispatch(state, n_steps)
-            window.append(jax.device_get(metrics))
-            _check_finite(window[-1], step)
-            step += n_steps
+            metrics = jax.device_get(metrics)
+            for i, member in enumerate(members):
+                if member.stopped is None:
+                    member.window.append({k: v[:, i] for k, v in metrics.items()} if packed else metrics)
             if throughput.record(n_steps, time.perf_counter() - dispatch_started) and "compile_seconds" not in facts:
                 facts["compile_seconds"] = time.perf_counter() - dispatch_started
                 log.info("train step compiled and first %d steps run in %.1fs", n_steps, facts["compile_seconds"])
+            first_step, step = step, step + n_steps
             is_last = step == t.steps
-
             rate = throughput.steps_per_second() or rate
             bar.draw(step, t.steps, rate, duration((t.steps - step) / rate) if rate else None)
-
-            # log: train metrics and a progress line
+            stopping = stop.requested and not is_last  # one answer for every run of the pack
+            saves = step % t.eval_every == 0 or step % t.checkpoint_every == 0 or is_last or stopping
+            run_states = (
+                [state] if not packed else pack.unstack(state, len(members)) if saves else [None] * len(members)
+            )
+            for member, run_state in zip(members, run_states, strict=True):
+                if member.stopped is None:
+                    with pack.as_member(member.index):
+                        _run_phases(member, run_state, first_step, step, rate, stop if stopping else None, packed)
             if step % t.log_every == 0 or is_last:
-                _log_phase(tracker, window, step, cfg, throughput)
-                window = []
+                throughput.reset()
 
-            # eval: error curves, and the best checkpoint by held-out error
-            best_dir = None
-            if step % t.eval_every == 0 or is_last:
-                scalars = evaluator(state.params, tracker, step, final=is_last)
-                best_dir = checkpoints.save_best(state, scalars[MODEL_ERROR])
-
-            # checkpoint: the latest state (one artifact version when it is also the best)
-            saved = step % t.checkpoint_every == 0 or is_last
-            if saved:
-                aliases = ["latest", f"step-{step}"] + (["best"] if best_dir else [])
-                tracker.log_checkpoint(checkpoints.save_latest(state), step, aliases)
-            elif best_dir:
-                tracker.log_checkpoint(best_dir, step, ["best"])
-
-            # stop (SIGTERM, Ctrl-C): a checkpoint at this step, W&B told, then stop (the same command resumes here)
-            if stop.requested and not is_last:
-                if not saved:
-                    tracker.log_checkpoint(checkpoints.save_latest(state), step, ["latest", f"step-{step}"])
-                checkpoints.close()
-                log.warning("%s at step %d: checkpoint saved; the same command resumes here",
-                            "SIGTERM" if stop.preempted else "Ctrl-C", step)  # fmt: skip
-                if stop.preempted:
-                    tracker.preempting()
+            # stop (SIGTERM, Ctrl-C): every run checkpointed at this step, W&B told, then stop (the same command
+            # resumes here)
+            if stopping:
+                for member in members:
+                    member.checkpoints.close()
                 stop.stop(f"at step {step}: checkpoint saved")
 
-    checkpoints.close()
-    facts |= {"step": step, "wall_seconds": time.perf_counter() - started, "ood_seconds": evaluator.ood_seconds}
-    records = read_jsonl(run_dir / METRICS_FILE) if writers else []
+    results = []
+    for member in members:
+        with pack.as_member(member.index):
+            member.checkpoints.close()
+            results.append(member.stopped or _finish(member, step, facts | {REFERENCE: member.evaluator.reference},
+                                                     started))  # fmt: skip
+    return results
+
+
+def _run_phases(member: Member, state, first_step: int, step: int, rate, stop: StopRequest | None, packed: bool):
+    """One run's phases after a dispatch: its loss checked, log, eval, checkpoint and, when the loop `stop`s, its
+    checkpoint at this step. A run of a pack whose loss is no longer finite stops alone (`member.stopped`)."""
+    t, tracker = member.cfg.training, member.tracker
+    try:
+        _check_finite(member.window[-1], first_step)
+    except NonFiniteLoss as error:
+        if not packed:
+            raise
+        log.error("training stopped: %s; the pack's other runs go on", error)
+        member.stopped = error
+        tracker.stopped(error)
+        return
+    is_last = step == t.steps
+
+    # log: train metrics and a progress line
+    if step % t.log_every == 0 or is_last:
+        _log_phase(tracker, member.window, step, member.cfg, rate)
+        member.window = []
+
+    # eval: error curves, and the best checkpoint by held-out error
+    best_dir = None
+    if step % t.eval_every == 0 or is_last:
+        scalars = member.evaluator(state.params, tracker, step, final=is_last)
+        best_dir = member.checkpoints.save_best(state, scalars[MODEL_ERROR])
+
+    # checkpoint: the latest state (one artifact version when it is also the best)
+    saved = step % t.checkpoint_every == 0 or is_last
+    if saved:
+        aliases = ["latest", f"step-{step}"] + (["best"] if best_dir else [])
+        tracker.log_checkpoint(member.checkpoints.save_latest(state), step, aliases)
+    elif best_dir:
+        tracker.log_checkpoint(best_dir, step, ["best"])
+
+    # stop (SIGTERM, Ctrl-C): a checkpoint at this step and W&B told
+    if stop:
+        if not saved:
+            tracker.log_checkpoint(member.checkpoints.save_latest(state), step, ["latest", f"step-{step}"])
+        log.warning("%s at step %d: checkpoint saved; the same command resumes here",
+                    "SIGTERM" if stop.preempted else "Ctrl-C", step)  # fmt: skip
+        if stop.preempted:
+            tracker.preempting()
+
+
+def _finish(member: Member, step: int, facts: dict, started: float) -> dict:
+    """The run's summary (its records' and the loop's facts) to its trackers; returns it with the last held-out
+    curves ("curves")."""
+    run_dir = member.run_dir
+    facts = facts | {"step": step, "wall_seconds": time.perf_counter() - started}
+    facts["ood_seconds"] = member.evaluator.ood_seconds
+    records = read_jsonl(run_dir / METRICS_FILE) if member.writers else []
     summary = summary_of(records) | facts
-    tracker.finish(summary)
+    member.tracker.finish(summary)
     log.info("done: %d steps in %s", step, duration(facts["wall_seconds"]))
-    held_out = [r for r in read_jsonl(run_dir / CURVES_FILE) if set_of(r) == HELD_OUT] if writers else []
+    held_out = [r for r in read_jsonl(run_dir / CURVES_FILE) if set_of(r) == HELD_OUT] if member.writers else []
     return summary | {"curves": {k: v for k, v in held_out[-1].items() if k not in ("step", "set")} if held_out else {}}
