@@ -41,6 +41,7 @@ class PackLauncher(Launcher):
     def launch(self, job_overrides, initial_job_idx: int) -> list:
         from icl_lr.cli.pack import console_logging, train_jobs
         from icl_lr.fields import ConfigError
+        from icl_lr.records.run_dir import packed_exit_code
         from icl_lr.run.config import from_dictconfig
         from icl_lr.train import pack, parallel
         from icl_lr.train.preemption import StopRequest
@@ -68,9 +69,7 @@ class PackLauncher(Launcher):
         stop = StopRequest().install()
         for members in packs:
             code = train_jobs([jobs[i] for i in members], stop)
-            for i in members:
-                finished = (Path(jobs[i][1]) / "summary.json").exists() and code in (0, 1)
-                codes[i] = 0 if finished else code or 1
+            codes |= {i: packed_exit_code(jobs[i][1], code) for i in members}
             if code in (130, 143):  # interrupted or preempted: the same command resumes every run
                 raise SystemExit(code)
         return [self._result(configs[i], jobs[i], codes.get(i, 1)) for i in range(len(jobs))]

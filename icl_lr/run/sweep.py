@@ -37,7 +37,7 @@ import yaml
 from icl_lr.fields import one_line
 from icl_lr.records import wandb_adapter
 from icl_lr.records.config import WandbConfig
-from icl_lr.records.run_dir import RunDirError, RunDirLock, is_alive, name_run, new_run_id
+from icl_lr.records.run_dir import RunDirError, RunDirLock, is_alive, name_run, new_run_id, packed_exit_code
 from icl_lr.records.tracking import read_jsonl
 from icl_lr.run.config import overrides_from_agent
 from icl_lr.train.preemption import Preempted, StopRequest
@@ -208,9 +208,7 @@ class _Running(NamedTuple):
         """The run's exit code: its process's; a run of a pack whose process ran to its end (0, or 1 when one
         of its runs stopped alone) has 0 when it finished (its summary.json), else 1."""
         code = self.process.returncode
-        if self.packed and code in (0, 1):
-            return 0 if (self.run_dir / "summary.json").exists() else 1
-        return code
+        return packed_exit_code(self.run_dir, code) if self.packed else code
 
 
 class Progress:

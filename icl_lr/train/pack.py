@@ -34,7 +34,7 @@ MEMBER = contextvars.ContextVar("pack_member", default=None)  # the run of the p
 
 @contextlib.contextmanager
 def as_member(index: int | None):
-    """Log lines inside are about run `index` of the pack (icl_lr/run/pack.py routes them to its train.log)."""
+    """Log lines inside are about run `index` of the pack (icl_lr/cli/pack.py routes them to its train.log)."""
     token = MEMBER.set(index)
     try:
         yield
@@ -79,7 +79,7 @@ def values_of(cfgs: list, keys: tuple) -> dict:
 
 
 def member_step(cfg: RunConfig, mesh: Mesh):
-    """(state, values, _) -> (state, metrics): one run's step, its components built from `cfg` with the
+    """(state, values) -> (state, metrics): one run's step, its components built from `cfg` with the
     traced keys set to `values`."""
 
     def step(state, values):
@@ -91,8 +91,7 @@ def member_step(cfg: RunConfig, mesh: Mesh):
 
 def make_dispatch(cfgs: list, keys: tuple, mesh: Mesh):
     """jitted (state [K, ...], n_steps) -> (state, metrics [n_steps, K]): the pack's n_steps steps in one
-    lax.scan, each step vmapped over its runs. Refuses (ConfigError naming them) traced keys the step cannot
-    take as inputs: those that set a shape or a branch."""
+    lax.scan, each step vmapped over its runs (`check` has refused keys the step cannot take as inputs)."""
     values, step = values_of(cfgs, keys), member_step(cfgs[0], mesh)
     packed_step = lambda state, _: jax.vmap(step)(state, values)
 
