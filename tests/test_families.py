@@ -43,7 +43,8 @@ FAMILIES = {
 }
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+# looped in the suite (the family whose loss reads several outputs), the others in the slow tier
+@pytest.mark.parametrize("family", [pytest.param(f, marks=() if f == "looped" else pytest.mark.slow) for f in FAMILIES])
 def test_a_family_killed_and_resumed_ends_bit_for_bit_and_two_devices_train_like_one(family, tmp_path):
     """SIGKILL at the first checkpoint, resumed on 2 CPU devices: equal to an unkilled 2-device run; that run
     within float32 summation order of a one-device run."""

@@ -232,7 +232,9 @@ def straight(tmp_path_factory):
 
 
 @pytest.mark.parametrize(
-    "signum, exit_code, preempting", [(signal.SIGTERM, 143, True), (signal.SIGINT, 130, False)], ids=["TERM", "INT"]
+    "signum, exit_code, preempting",
+    [(signal.SIGTERM, 143, True), pytest.param(signal.SIGINT, 130, False, marks=pytest.mark.slow)],
+    ids=["TERM", "INT"],
 )
 def test_a_stop_signal_checkpoints_tells_wandb_and_releases_the_lock(
     fast_config, straight, tmp_path, signum, exit_code, preempting

@@ -62,7 +62,7 @@ def test_training_learns_in_context(fast_config, tmp_path):
     assert json.loads((tmp_path / "summary.json").read_text())["step"] == 1000
 
 
-@pytest.mark.parametrize("encoding", ["tokens", "binned_y"])
+@pytest.mark.parametrize("encoding", ["tokens", pytest.param("binned_y", marks=pytest.mark.slow)])
 def test_binned_encodings_train_and_decode(fast_config, tmp_path, encoding):
     """The encodings with a y over bins, end to end: the y's cross-entropy falls and predictions decode."""
     cfg = fast_config(
@@ -99,6 +99,7 @@ TOKENS_THAT_LEARN = [  # experiment=tokens's recipe
 ]
 
 
+@pytest.mark.slow
 def test_tokens_learn_in_context_at_one_dimension(fast_config, tmp_path):
     """The seed's one-token-per-value format with experiment=tokens's embeddings and loss, at d = 1 (a
     point is [x, y]), learns in context within a minute; d = 3 takes experiment=tokens (slow test)."""

@@ -295,7 +295,7 @@ def fixed_sets(setup: Setup, cfg: RunConfig, run_key, pool) -> dict:
 
 def on_host():
     """Where the fixed sets and their baselines are computed: the host's CPU, whatever the default device."""
-    return jax.default_device(jax.devices("cpu")[0])
+    return jax.default_device(jax.local_devices(backend="cpu")[0])
 
 
 def placed(sets: dict, mesh: Mesh) -> dict:

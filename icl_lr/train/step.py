@@ -31,10 +31,17 @@ class TrainState(struct.PyTreeNode):
 
 
 def init_state(setup: Setup, tx: optax.GradientTransformation, seed: int) -> TrainState:
+    """Step 0 of a run; the parameters and optimiser state from one jitted program (run eagerly, each of
+    its ops compiles on its own)."""
     init_key, run_key = jax.random.split(jax.random.PRNGKey(seed))
-    example = setup.task.sample_batch(jax.random.PRNGKey(0), 1)
-    params = jax.jit(setup.model.init)(init_key, setup.encoding.encode(example.xs, example.ys))["params"]
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), rng=run_key)
+
+    def init(init_key):
+        example = setup.task.sample_batch(jax.random.PRNGKey(0), 1)
+        params = setup.model.init(init_key, setup.encoding.encode(example.xs, example.ys))["params"]
+        return params, tx.init(params)
+
+    params, opt_state = jax.jit(init)(init_key)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state, rng=run_key)
 
 
 def loss_fn(params, model: ICLModel, batch: Batch, dropout_key, last_only: bool = False) -> jax.Array:
