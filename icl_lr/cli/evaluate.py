@@ -7,7 +7,8 @@ train.py's do: data.task=sparse_linear, data.x_cov=skewed, data.noise_std=0.5, d
 longer context than trained), eval.prompts=my_prompts.npz, eval.ood=true, eval.algorithms=true, ... A key
 of the model (model.*, data.n_dims, data.encoding) that differs from the trained one is refused.
 
-Writes an eval dir of its own (--out; default outputs/eval/<date>/<time>), never the run's files:
+Writes an eval dir of its own, never the run's files: --out, new or empty and outside every run and eval
+dir (refused in one line otherwise), or by default outputs/eval/<date>/<time>, new for each process:
 eval_config.json (the config it scored on), model.json (the model by path, step and content hash, and
 the context it was trained on), metrics.jsonl, curves.jsonl, summary.json, eval.log and
 error_vs_context.png (every set's error vs k, a line where the trained context ends); and a W&B run of
@@ -24,8 +25,9 @@ from pathlib import Path
 
 from icl_lr.fields import ConfigError, check
 from icl_lr.records import schema
-from icl_lr.records.run_dir import config_record, new_run_id, write_atomic
-from icl_lr.run.evaluation import eval_config, find_model
+from icl_lr.records.eval_dir import EvalDir
+from icl_lr.records.run_dir import RunDirError, config_record, new_run_id, write_atomic
+from icl_lr.run.evaluation import eval_config, find_model, load_params
 
 log = logging.getLogger("icl_lr")
 
@@ -39,7 +41,11 @@ def parse_args(argv):
         "source", help="a run dir, a checkpoint step dir, a W&B model artifact, or Garg et al.'s run folder"
     )
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="what to score the model on")
-    parser.add_argument("--out", type=Path, help="the eval dir (default: outputs/eval/<date>/<time>)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="the eval dir: new or empty, outside every run and eval dir (default: outputs/eval/<date>/<time>)",
+    )
     parser.add_argument("--from-garg", action="store_true", help="SOURCE is Garg et al.'s run folder")
     return parser.parse_args(argv)
 
@@ -57,9 +63,6 @@ def _check_shapes(params, template) -> None:
 
 def evaluate(model, cfg, out: Path) -> dict:
     """Scores `model` under `cfg` into the eval dir `out`; returns its summary."""
-    import jax.numpy as jnp
-
-    from icl_lr.records.checkpoint import restore_params
     from icl_lr.records.tracking import LocalFiles, Trackers, WandbRun, flat_config, resolve_mode
     from icl_lr.train import parallel
     from icl_lr.train.evaluate import Evaluator
@@ -72,11 +75,9 @@ def evaluate(model, cfg, out: Path) -> dict:
     parallel.use_cpu_devices(cfg)
     setup = build(cfg)
     state = init_state(setup, make_optimizer(cfg.training), cfg.seed)  # its run key: the training run's
-    if model.params is None:
-        params = restore_params(model.step_dir, state)
-    else:
+    if model.params is not None:
         _check_shapes(model.params, state.params)
-        params = {k: jnp.asarray(v) for k, v in model.params.items()}
+    model, params = load_params(model, state)
     mesh = parallel.data_mesh()
     params = parallel.replicate(params, mesh)
     trained_points = model.record.get("data.n_points")
@@ -117,23 +118,22 @@ def evaluate(model, cfg, out: Path) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    out = args.out or Path("outputs") / "eval" / time.strftime("%Y-%m-%d") / time.strftime("%H-%M-%S")
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
     try:
+        eval_dir = EvalDir(args.out)
         model = find_model(args.source, args.from_garg)
         cfg = eval_config(model.record, args.overrides)
+        cfg = dataclasses.replace(cfg, wandb=dataclasses.replace(cfg.wandb, job_type="eval"))
+        with eval_dir as out:
+            handler = logging.FileHandler(out / "eval.log")
+            handler.setFormatter(logging.getLogger().handlers[0].formatter)
+            logging.getLogger().addHandler(handler)
+            summary = evaluate(model, cfg, out)
     except ConfigError as error:
         log.error("config error: %s", error)
         return 2
-    cfg = dataclasses.replace(cfg, wandb=dataclasses.replace(cfg.wandb, job_type="eval"))
-    out.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(out / "eval.log")
-    handler.setFormatter(logging.getLogger().handlers[0].formatter)
-    logging.getLogger().addHandler(handler)
-    try:
-        summary = evaluate(model, cfg, out)
-    except ConfigError as error:
-        log.error("config error: %s", error)
+    except RunDirError as error:
+        log.error("eval dir error: %s", error)
         return 2
     log.info("eval dir %s: excess over %s (mean over k) %.4f", out, summary[schema.REFERENCE], summary[schema.EXCESS])
     return 0

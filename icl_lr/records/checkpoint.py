@@ -9,9 +9,11 @@ Saves wait for completion: a checkpoint is uploaded as a W&B artifact right afte
 
 import contextlib
 import errno
+import gc
 import json
 import logging
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -184,8 +186,28 @@ def _restore(step_dir: Path, template, prefix: str = ""):
     """The TrainState saved in one step directory, shaped like `template`."""
     step_dir = Path(step_dir).absolute()
     _check_shapes(step_dir, template, prefix)
-    with ocp.StandardCheckpointer() as checkpointer:
-        return checkpointer.restore(step_dir / "default", _abstract(template))
+    try:
+        with ocp.StandardCheckpointer() as checkpointer, _orbax_quiet(logging.CRITICAL):  # its failure: one error
+            return checkpointer.restore(step_dir / "default", _abstract(template))
+    except Exception as error:
+        reason = f"{type(error).__name__}: {one_line(error, 160)}"
+    _collect_quietly()
+    raise UnreadableCheckpoint(f"{step_dir} cannot be read ({reason})")
+
+
+class UnreadableCheckpoint(ValueError):
+    """A checkpoint whose arrays cannot be read (damaged, half deleted); the message is one line."""
+
+
+def _collect_quietly() -> None:
+    """Collects orbax's read coroutines that failed beside a failed restore: Python would print each one's
+    traceback when it collects them ("Exception ignored in"), and the restore's one error already says it."""
+    hook = sys.unraisablehook
+    sys.unraisablehook = lambda _: None
+    try:
+        gc.collect()
+    finally:
+        sys.unraisablehook = hook
 
 
 def restore_params(step_dir: Path, template):

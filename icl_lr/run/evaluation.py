@@ -4,17 +4,21 @@ trained under, and the eval config: that config with the command line's changes 
 on (task, prior, noise, x's, points, eval sets). What would change the model itself is refused in one line.
 """
 
+import dataclasses
 import hashlib
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 from icl_lr.fields import ConfigError, check, flatten, one_line, unflatten
-from icl_lr.records.run_dir import config_record, read_config_record, step_dirs
+from icl_lr.records.run_dir import RunDirLock, UnreadableRecord, config_record, read_config_record, step_dirs
 from icl_lr.run.config import check_across, from_values, sections, typed_keys
 from icl_lr.train.config import RunConfig
 
+log = logging.getLogger("icl_lr")
+RELISTS = 5  # a live run's checkpoints listed again at most this often while one is read
 FIXED = ("model.", "data.n_dims", "data.encoding", "training.precision")  # the model: an evaluation keeps them
 
 
@@ -30,6 +34,7 @@ class TrainedModel:
     sha256: str
     step_dir: Path | None = None
     params: dict | None = None
+    run_dir: Path | None = None  # the run dir whose newest checkpoint this is (None: a step dir named, or imported)
 
     def describe(self) -> dict:
         return {"source": self.source, "step_dir": str(self.step_dir or ""), "step": self.step, "sha256": self.sha256}
@@ -45,6 +50,16 @@ def content_hash(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _newest_checkpoint(run_dir: Path, source: str) -> Path:
+    """A run dir's best checkpoint, else its latest; one line where it has none (and whether it is being written)."""
+    found = step_dirs(run_dir / "checkpoints" / "best") or step_dirs(run_dir / "checkpoints" / "latest")
+    if not found:
+        lock = RunDirLock(run_dir)
+        writing = f" (it is being written by process {lock.holder()[0]}: try again after its first checkpoint)"
+        raise ConfigError(f"{source}: no checkpoint under {run_dir / 'checkpoints'}{writing if lock.is_held() else ''}")
+    return found[-1]
+
+
 def local_model(source: str) -> TrainedModel:
     """A run dir (its best checkpoint, else its latest) or one of its step dirs (checkpoints/<kind>/<step>)."""
     path = Path(source)
@@ -52,16 +67,43 @@ def local_model(source: str) -> TrainedModel:
         path.exists(),
         f"{source}: no such run dir or checkpoint step dir (nor a W&B artifact entity/project/name:alias)",
     )
-    if path.name.isdigit() and path.parent.parent.name == "checkpoints":
-        step_dir, run_dir = path, path.parents[2]
-    else:
-        run_dir = path
-        found = step_dirs(run_dir / "checkpoints" / "best") or step_dirs(run_dir / "checkpoints" / "latest")
-        check(found, f"{source}: no checkpoint under {run_dir / 'checkpoints'}")
-        step_dir = found[-1]
-    record = read_config_record(run_dir)
+    pinned = path.name.isdigit() and path.parent.parent.name == "checkpoints"
+    run_dir = path.parents[2] if pinned else path
+    try:
+        record = read_config_record(run_dir)
+    except UnreadableRecord as error:
+        raise ConfigError(str(error)) from None
     check(record is not None, f"{source}: {run_dir} has no config record (run_config.json) to rebuild its model from")
-    return TrainedModel(source, record, int(step_dir.name), content_hash(step_dir), step_dir=step_dir)
+    step_dir = path if pinned else _newest_checkpoint(run_dir, source)
+    return TrainedModel(source, record, int(step_dir.name), "", step_dir=step_dir, run_dir=None if pinned else run_dir)
+
+
+def load_params(model: TrainedModel, template) -> tuple:
+    """(the model as read, its params shaped like `template`'s): an imported model's arrays, or its checkpoint's,
+    hashed as read. A run dir's checkpoint that a live run removes while it is read (a rotation, a new best) gives
+    way to the run's newest one then; an unreadable checkpoint is one line (ConfigError)."""
+    import jax
+    import jax.numpy as jnp
+
+    from icl_lr.records.checkpoint import CheckpointMismatch, UnreadableCheckpoint, restore_params
+
+    if model.params is not None:
+        return model, jax.tree.map(jnp.asarray, model.params)
+    for _ in range(RELISTS):
+        step_dir = model.step_dir
+        try:
+            sha256 = content_hash(step_dir)
+            params = restore_params(step_dir, template)
+            return dataclasses.replace(model, step=int(step_dir.name), sha256=sha256), params
+        except CheckpointMismatch:
+            raise
+        except Exception as error:
+            if step_dir.exists() or model.run_dir is None:
+                reason = str(error) if isinstance(error, UnreadableCheckpoint) else one_line(error)
+                raise ConfigError(f"checkpoint {reason}") from None
+        model = dataclasses.replace(model, step_dir=_newest_checkpoint(model.run_dir, model.source))
+        log.info("%s was removed while it was read (the run is being written): reading %s", step_dir, model.step_dir)
+    raise ConfigError(f"{model.source}: its checkpoints kept changing while they were read; try again")
 
 
 def artifact_model(reference: str) -> TrainedModel:

@@ -1,0 +1,63 @@
+"""An eval dir, the records of one evaluation (python eval.py): a dir of its own that no other process writes.
+
+The default dir is new for each process (created exclusively, a suffix where the second is taken); a dir the
+user names must be new or empty, and outside every run and eval dir. It is locked as a run dir is, and its
+emptiness is checked under the lock, so two evaluations never share one, at once or one after the other.
+"""
+
+import os
+import time
+from pathlib import Path
+
+from icl_lr.records.run_dir import RunDirError, RunDirLock
+from icl_lr.records.schema import CONFIG_FILE, EVAL_CONFIG_FILE, IDENTITY_FILE, LOCK_FILE, METRICS_FILE
+
+MARKS = (CONFIG_FILE, IDENTITY_FILE, METRICS_FILE, EVAL_CONFIG_FILE, LOCK_FILE)  # a run's or an eval's records
+
+
+def records_holder(path: Path) -> Path | None:
+    """The run or eval dir that is `path` or holds it (a folder with a run's or an eval's records), or None."""
+    path = Path(path).absolute()
+    for folder in (path, *path.parents):
+        if any((folder / name).exists() for name in MARKS):
+            return folder
+    return None
+
+
+def default_eval_dir(root: Path = Path("outputs") / "eval") -> Path:
+    """outputs/eval/<date>/<H-M-S>, created by this process alone (<H-M-S>_<n> where it is taken)."""
+    base = root / time.strftime("%Y-%m-%d") / time.strftime("%H-%M-%S")
+    base.parent.mkdir(parents=True, exist_ok=True)
+    for n in range(10_000):
+        out = base if n == 0 else base.with_name(f"{base.name}_{n}")
+        try:
+            os.mkdir(out)
+            return out
+        except FileExistsError:
+            continue
+    raise RunDirError(f"no free eval dir under {base.parent}; name one with --out")
+
+
+class EvalDir(RunDirLock):
+    """The eval dir `out` (None: a new default one, made on entering), locked for the evaluation; a dir inside a
+    run or eval dir, or one that holds anything already, is refused (RunDirError, one line) before anything runs."""
+
+    def __init__(self, out: Path | None):
+        if out is not None and (holder := records_holder(out)) is not None:
+            raise RunDirError(
+                f"--out {out} is inside {holder}, a run's or an eval's records: an eval writes a dir of its own; "
+                "name a new one"
+            )
+        self.out = out
+
+    def __enter__(self) -> Path:
+        self.out = Path(self.out) if self.out is not None else default_eval_dir()
+        super().__init__(self.out, "eval dir")
+        super().__enter__()
+        held = sorted(p.name for p in self.out.iterdir() if p.name != LOCK_FILE)
+        if held:
+            super().__exit__(None, None, None)
+            raise RunDirError(
+                f"--out {self.out} already holds {', '.join(held[:3])}: an eval writes a new or empty dir"
+            )
+        return self.out
