@@ -40,7 +40,12 @@ def parse_args(argv):
     )
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="what to score the model on")
     parser.add_argument("--out", type=Path, help="the eval dir (default: outputs/eval/<date>/<time>)")
-    parser.add_argument("--from-garg", action="store_true", help="SOURCE is Garg et al.'s run folder")
+    parser.add_argument(
+        "--from-garg",
+        action="store_true",
+        help="SOURCE is Garg et al.'s run folder (its state.pt) or one of its model_<step>.pt (that step); the "
+        "task, its kwargs, n_dims and the trained context (curriculum points end) come from its config.yaml",
+    )
     return parser.parse_args(argv)
 
 
@@ -57,6 +62,7 @@ def _check_shapes(params, template) -> None:
 
 def evaluate(model, cfg, out: Path) -> dict:
     """Scores `model` under `cfg` into the eval dir `out`; returns its summary."""
+    import jax
     import jax.numpy as jnp
 
     from icl_lr.records.checkpoint import restore_params
@@ -76,7 +82,7 @@ def evaluate(model, cfg, out: Path) -> dict:
         params = restore_params(model.step_dir, state)
     else:
         _check_shapes(model.params, state.params)
-        params = {k: jnp.asarray(v) for k, v in model.params.items()}
+        params = jax.tree.map(jnp.asarray, model.params)
     mesh = parallel.data_mesh()
     params = parallel.replicate(params, mesh)
     trained_points = model.record.get("data.n_points")
