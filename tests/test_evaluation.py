@@ -15,6 +15,7 @@ import yaml
 
 from helpers import ROOT, RunFile, no_key_env, train_cli
 from icl_lr.fields import ConfigError
+from icl_lr.model import garg
 from icl_lr.run.evaluation import eval_config, find_model
 from icl_lr.train.setup import build
 
@@ -50,10 +51,22 @@ def garg_model(torch, transformers, sizes: dict):
     return model
 
 
-def save_garg_run(folder: Path, model, torch, sizes: dict) -> Path:
+def garg_config(sizes: dict, task: str = "linear_regression", task_kwargs=None, points: int = 7) -> dict:
+    """Their run's config.yaml (src/train.py dumps its parsed src/conf/*.yaml): a context of `points` below
+    the model's n_positions, as their curriculum's points end (41) is below their n_positions (101)."""
+    curriculum = {"start": 3, "end": points, "inc": 2, "interval": 2000}
+    training = {"task": task, "task_kwargs": task_kwargs or {}, "data": "gaussian", "num_tasks": None}
+    dims = {"start": 2, "end": sizes["n_dims"], "inc": 1, "interval": 2000}
+    return {"model": sizes, "training": training | {"curriculum": {"dims": dims, "points": curriculum}}}
+
+
+def save_garg_run(folder: Path, model, torch, sizes: dict, **config) -> Path:
+    """Their run folder: state.pt (model_state_dict, train_step, optimizer_state_dict) and config.yaml."""
     folder.mkdir(parents=True, exist_ok=True)
-    torch.save({"model_state_dict": model.state_dict(), "train_step": 500}, folder / "state.pt")
-    (folder / "config.yaml").write_text(yaml.safe_dump({"model": sizes, "training": {"task": "linear_regression"}}))
+    optimizer = torch.optim.Adam(model.parameters())
+    saved = {"model_state_dict": model.state_dict(), "optimizer_state_dict": optimizer.state_dict(), "train_step": 500}
+    torch.save(saved, folder / "state.pt")
+    (folder / "config.yaml").write_text(yaml.safe_dump(garg_config(sizes, **config)))
     return folder
 
 
@@ -65,16 +78,19 @@ def test_garg_et_al_checkpoints_predict_as_in_pytorch(tmp_path):
     folder = save_garg_run(tmp_path / "garg", reference, torch, GARG)
     model = find_model(str(folder), from_garg=True)
     cfg = eval_config(model.record, ["wandb.mode=disabled"])
-    assert (cfg.model.n_positions, cfg.data.n_points, model.step) == (18, 9, 500)
+    assert (cfg.model.n_positions, cfg.data.n_points, model.step) == (18, 7, 500)  # 7: the curriculum's end
     setup = build(cfg)
-    xs = jax.random.normal(jax.random.PRNGKey(0), (4, 9, 3))
-    ys = jax.random.normal(jax.random.PRNGKey(1), (4, 9))
+    xs = jax.random.normal(jax.random.PRNGKey(0), (4, 7, 3))
+    ys = jax.random.normal(jax.random.PRNGKey(1), (4, 7))
     ours = setup.encoding.predict(setup.model.apply({"params": model.params}, setup.encoding.encode(xs, ys)))
     with torch.no_grad():
         theirs = reference(torch.tensor(np.asarray(xs)), torch.tensor(np.asarray(ys))).numpy()
     np.testing.assert_allclose(np.asarray(ours), theirs, atol=1e-5, rtol=1e-5)
 
     state = reference.state_dict()
+    torch.save(state | {"_read_out.bias": torch.tensor([7.0])}, folder / "model_200.pt")  # a kept step
+    kept = find_model(str(folder / "model_200.pt"), from_garg=True)
+    assert kept.step == 200 and kept.params["read_out"]["bias"].tolist() == [7.0] and kept.record == model.record
     broken = {
         "lacks": {k: v for k, v in state.items() if k != "_backbone.h.1.ln_2.bias"},
         "shape": state | {"_read_out.weight": torch.zeros(2, GARG["n_embd"])},
@@ -86,10 +102,124 @@ def test_garg_et_al_checkpoints_predict_as_in_pytorch(tmp_path):
         "extra": "Garg et al.'s state dict has keys icl-lr's gpt2 has no place for: _backbone.h.2.ln_1.weight",
     }
     for name, bad in broken.items():
-        torch.save({"model_state_dict": bad}, folder / "state.pt")
+        torch.save({"model_state_dict": bad, "train_step": 500}, folder / "state.pt")
         with pytest.raises(ConfigError) as error:
             find_model(str(folder), from_garg=True)
-        assert str(error.value) == messages[name]
+        assert str(error.value) == f"{folder / 'state.pt'}: {messages[name]}"
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("task", "kwargs", "expected"),
+    [
+        ("linear_regression", {}, {"data.task": "linear_regression", "data.prior_scale": 1.0}),
+        ("sparse_linear_regression", {}, {"data.task": "sparse_linear", "data.sparsity": 3}),  # their default
+        ("sparse_linear_regression", {"sparsity": 2, "scale": 2}, {"data.sparsity": 2, "data.prior_scale": 2}),
+        ("noisy_linear_regression", {"noise_std": 0.5}, {"data.task": "linear_regression", "data.noise_std": 0.5}),
+        ("linear_classification", {}, {"data.task": "linear_classification"}),
+        ("quadratic_regression", {}, {"data.task": "quadratic"}),
+        ("relu_2nn_regression", {"hidden_layer_size": 100}, {"data.task": "relu_2nn", "data.hidden_width": 100}),
+        ("decision_tree", {"depth": 4}, {"data.task": "decision_tree", "data.tree_depth": 4}),
+    ],
+)
+def test_garg_configs_task_and_context_map_onto_icl_lr(task, kwargs, expected):
+    """Their training.task and task_kwargs (src/tasks.py's defaults where absent) as icl-lr's data keys;
+    the trained context is the curriculum's points end, not model.n_positions; the config builds."""
+    record = garg.run_record(garg_config(GARG, task, kwargs, points=5))
+    assert record.items() >= (expected | {"data.n_points": 5, "data.n_dims": 3, "model.n_positions": 18}).items()
+    eval_config(record, ["wandb.mode=disabled"])
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"task": "lstm_task"}, "training.task=lstm_task has no icl-lr task (known: linear_regression, "),
+        ({"task_kwargs": {"valid_coords": 2}}, "training.task_kwargs valid_coords of linear_regression: icl-lr's "),
+        (
+            {"task": "noisy_linear_regression", "task_kwargs": {"renormalize_ys": True}},
+            "training.task_kwargs renormalize_ys=True of noisy_linear_regression: icl-lr's linear_regression has no",
+        ),
+        ({"task": "relu_2nn_regression", "task_kwargs": {"scale": 2}}, "training.task_kwargs scale=2 of relu_2nn"),
+        ({"data": "skewed"}, "training.data=skewed: icl-lr's x's are gaussian"),
+        (
+            {"curriculum": {"dims": {"end": 2}, "points": {"end": 7}}},
+            "training.curriculum.dims.end=2 but model.n_dims=3: icl-lr's prompts fill",
+        ),
+        ({"curriculum": {"dims": {"end": 3}, "points": {"end": 10}}}, "training.curriculum.points.end=10 is outside"),
+        ({"curriculum": {"dims": {"end": 3}}}, "lacks training.curriculum.points.end"),
+    ],
+)
+def test_what_a_garg_config_cannot_give_is_refused_in_one_line(change, message):
+    config = garg_config(GARG)
+    config["training"] |= change
+    with pytest.raises(ConfigError) as error:
+        garg.run_record(config)
+    assert str(error.value).startswith(message) and "\n" not in str(error.value)
+
+
+def test_a_garg_folder_is_scored_through_the_command(tmp_path):
+    """`python eval.py --from-garg FOLDER` on their sparse_linear_regression run (sparsity 3, trained to 7
+    points of n_positions 9): the eval's model curve on a prompts file is their PyTorch model's squared error
+    / d on it; the eval's task, sparsity and trained context are their config's."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    sizes = GARG | {"n_dims": 5}
+    reference = garg_model(torch, transformers, sizes)
+    folder = save_garg_run(tmp_path / "garg", reference, torch, sizes, task="sparse_linear_regression",
+                           task_kwargs={"sparsity": 3})  # fmt: skip
+    rng = np.random.default_rng(0)
+    xs, ys = rng.normal(size=(16, 7, 5)).astype(np.float32), rng.normal(size=(16, 7)).astype(np.float32)
+    np.savez(tmp_path / "mine.npz", xs=xs, ys=ys)
+    out = tmp_path / "eval"
+    result = eval_cli("--from-garg", str(folder), f"eval.prompts={tmp_path / 'mine.npz'}", "eval.n_prompts=32",
+                      "eval.ood=false", "wandb.mode=disabled", "--out", str(out))  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    with torch.no_grad():
+        preds = reference(torch.tensor(xs), torch.tensor(ys)).numpy().astype(np.float64)
+    (scored,) = [json.loads(line) for line in (out / "curves.jsonl").read_text().splitlines() if '"prompts"' in line]
+    np.testing.assert_allclose(scored["model"], ((preds - ys) ** 2).mean(axis=0) / 5, rtol=1e-5, atol=1e-6)
+    used = json.loads((out / "eval_config.json").read_text())
+    assert (used["data.task"], used["data.sparsity"], used["data.n_points"]) == ("sparse_linear", 3, 7)
+    assert json.loads((out / "model.json").read_text())["trained_n_points"] == 7
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["trained_n_points"] == 7 and summary["step"] == 500
+
+
+def test_a_malformed_garg_folder_is_refused_in_one_line_naming_the_file(tmp_path):
+    """Through the command: exit code 2, one `config error:` line naming the file, no traceback."""
+    torch = pytest.importorskip("torch")
+    good = garg_config(GARG)
+    cases = {
+        "no_state": ({"config.yaml": yaml.safe_dump(good)}, "{folder}/state.pt: no such file"),
+        "no_config": ({"state.pt": {"model_state_dict": {}, "train_step": 1}}, "{folder}/config.yaml: no such file"),
+        "not_yaml": ({"config.yaml": "model: [1, 2\n", "state.pt": {}}, "{folder}/config.yaml: not YAML ("),
+        "no_curriculum": (
+            {
+                "config.yaml": yaml.safe_dump(good | {"training": {"task": "linear_regression", "task_kwargs": {}}}),
+                "state.pt": {},
+            },
+            "{folder}/config.yaml: lacks training.curriculum.dims.end",
+        ),
+        "not_torch": ({"config.yaml": yaml.safe_dump(good), "state.pt": "not a zip"}, "{folder}/state.pt: not a Py"),
+        "no_step": (
+            {"config.yaml": yaml.safe_dump(good), "state.pt": {"model_state_dict": {}}},
+            "{folder}/state.pt: lacks train_step",
+        ),
+    }
+    for name, (files, message) in cases.items():
+        folder = tmp_path / name
+        folder.mkdir()
+        for file, content in files.items():
+            if isinstance(content, str):
+                (folder / file).write_text(content)
+            else:
+                torch.save(content, folder / file)
+        result = eval_cli("--from-garg", str(folder), "--out", str(tmp_path / "eval"))
+        output = (result.stdout + result.stderr).splitlines()
+        errors = [line for line in output if "config error:" in line]
+        assert result.returncode == 2 and len(errors) == 1 and "Traceback" not in result.stderr, (name, output)
+        assert errors[0].split("config error: ", 1)[1].startswith(message.format(folder=folder)), (name, errors)
 
 
 @pytest.fixture(scope="module")

@@ -46,7 +46,12 @@ def parse_args(argv):
         type=Path,
         help="the eval dir: new or empty, outside every run and eval dir (default: outputs/eval/<date>/<time>)",
     )
-    parser.add_argument("--from-garg", action="store_true", help="SOURCE is Garg et al.'s run folder")
+    parser.add_argument(
+        "--from-garg",
+        action="store_true",
+        help="SOURCE is Garg et al.'s run folder (its state.pt) or one of its model_<step>.pt (that step); the "
+        "task, its kwargs, n_dims and the trained context (curriculum points end) come from its config.yaml",
+    )
     return parser.parse_args(argv)
 
 

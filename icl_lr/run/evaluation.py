@@ -7,6 +7,7 @@ on (task, prior, noise, x's, points, eval sets). What would change the model its
 import dataclasses
 import hashlib
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,23 +123,52 @@ def artifact_model(reference: str) -> TrainedModel:
     return TrainedModel(reference, record, int(artifact.metadata.get("step", 0)), content_hash(step_dir), step_dir)
 
 
-def garg_model(folder: str) -> TrainedModel:
-    """Garg et al.'s run folder: its state.pt (`model_state_dict`) and the config.yaml beside it."""
+def garg_model(source: str) -> TrainedModel:
+    """Garg et al.'s run folder (its state.pt: `model_state_dict`, `train_step`) or one of its model_<step>.pt
+    (a plain state dict kept every keep_every_steps), with the config.yaml beside it; what cannot be read is a
+    ConfigError naming the file."""
     from icl_lr.model import garg
 
-    state_file, config_file = Path(folder) / "state.pt", Path(folder) / "config.yaml"
-    check(state_file.is_file() and config_file.is_file(), f"--from-garg {folder}: needs state.pt and config.yaml there")
+    path = Path(source)
+    kept = re.fullmatch(r"model_(\d+)\.pt", path.name) if path.is_file() else None
+    check(kept is not None or not path.is_file(), f"--from-garg {source}: a file must be one of their model_<step>.pt")
+    state_file, folder = (path, path.parent) if kept else (path / "state.pt", path)
+    config_file = folder / "config.yaml"
+    for file in (state_file, config_file):
+        check(file.is_file(), f"{file}: no such file (--from-garg reads a state.pt or model_<step>.pt and config.yaml)")
     try:
         import torch
     except ImportError:
         raise ConfigError("--from-garg reads PyTorch's state.pt: pip install torch") from None
-    model_keys, n_dims = garg.model_keys(yaml.safe_load(config_file.read_text()))
-    saved = torch.load(state_file, map_location="cpu", weights_only=True)
-    state = {k: v.numpy() for k, v in saved.get("model_state_dict", saved).items()}
-    params = garg.params_from_state_dict(state, model_keys["n_layer"], n_dims)
-    points = model_keys["n_positions"] // 2
-    record = {f"model.{k}": v for k, v in model_keys.items()} | {"data.n_dims": n_dims, "data.n_points": points}
-    return TrainedModel(folder, record, int(saved.get("train_step", 0)), content_hash(state_file), params=params)
+    try:
+        config = yaml.safe_load(config_file.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{config_file}: not YAML ({one_line(error)})") from None
+    try:
+        check(isinstance(config, dict), "not a mapping")
+        record = garg.run_record(config)
+    except ConfigError as error:
+        raise ConfigError(f"{config_file}: {error}") from None
+    try:
+        saved = torch.load(state_file, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises several kinds for a file it cannot read
+        raise ConfigError(f"{state_file}: not a PyTorch file ({type(error).__name__}: {one_line(error)})") from None
+    try:
+        if kept:
+            state, step = saved, int(kept.group(1))
+        else:
+            check(isinstance(saved, dict), "not a dict")
+            missing = [k for k in ("model_state_dict", "train_step") if k not in saved]
+            check(not missing, f"lacks {' and '.join(missing)}")
+            state, step = saved["model_state_dict"], int(saved["train_step"])
+        check(isinstance(state, dict), "its state dict is not a dict")
+        check(all(isinstance(v, torch.Tensor) for v in state.values()), "its state dict holds non-tensors")
+        params = garg.params_from_state_dict(
+            {k: v.numpy() for k, v in state.items()}, record["model.n_layer"], record["data.n_dims"]
+        )
+    except ConfigError as error:
+        raise ConfigError(f"{state_file}: {error}") from None
+    return TrainedModel(source, record, step, content_hash(state_file), params=params)
 
 
 def find_model(source: str, from_garg: bool = False) -> TrainedModel:
