@@ -8,13 +8,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from helpers import data_config, train_cli
+from helpers import data_config, encoding_of, train_cli
 from icl_lr.analysis import sections, tables
 from icl_lr.cli import analyze
-from icl_lr.records.schema import HELD_OUT
+from icl_lr.records.schema import BAYES, HELD_OUT, MODEL
 from icl_lr.records.tracking import read_jsonl
 from icl_lr.task import baselines, ood, sampling
 from icl_lr.task.linear import LinearRegression
+from icl_lr.train import evaluate
 
 D, N, P = 4, 9, 512
 
@@ -25,7 +26,7 @@ def suite():
 
 
 def only_set(suite, name):
-    (sets, per_k) = suite[name]
+    sets, per_k = suite[name].sets, suite[name].per_k
     assert not per_k and len(sets) == 1
     return [np.asarray(a) for a in sets[0]]
 
@@ -65,8 +66,65 @@ def test_noisy_labels_are_rescaled_to_std_sqrt_d(suite):
     assert np.std(ys) == pytest.approx(np.sqrt(D), rel=1e-4)
 
 
+def numpy_ridge(xs, ys, ridge_lambda):
+    """Each prefix's ridge prediction of y_k in float64, closed form (lambda 0: the min-norm solution)."""
+    xs, ys = np.asarray(xs, np.float64), np.asarray(ys, np.float64)
+    solve = lambda x, y: np.linalg.pinv(x.T @ x + ridge_lambda * np.eye(x.shape[1])) @ x.T @ y
+    return np.asarray([xs[k] @ solve(xs[:k], ys[:k]) for k in range(len(ys))])
+
+
+def reference_predictions(condition, prompts=4):
+    """The condition's reference predictions on its first prompts, as the evaluator computes them."""
+    xs, ys = condition.sets[0]
+    task = condition.task
+    return xs[:prompts], ys[:prompts], task.baselines(xs[:prompts], ys[:prompts], task.cfg.noise_stds)[task.reference]
+
+
+@pytest.mark.parametrize("noise_std", [0.0, 0.5])
+def test_scaled_and_noisy_labels_are_scored_against_their_own_ridge(noise_std):
+    """scale_y_s: w's prior of std s prior_scale, so Bayes is ridge at sigma^2 / (s prior_scale)^2;
+    noisy_labels: unit noise and w both rescaled by one constant, so ridge at 1 / prior_scale^2."""
+    prior_scale = 1.5
+    task = LinearRegression(data_config(n_dims=D, n_points=N, prior_scale=prior_scale, noise_std=noise_std))
+    suite = ood.conditions(jax.random.PRNGKey(0), task, 64)
+    lambdas = {f"scale_y_{s:g}": noise_std**2 / (s * prior_scale) ** 2 for s in ood.SCALES}
+    for name, ridge_lambda in (lambdas | {"noisy_labels": 1 / prior_scale**2}).items():
+        assert suite[name].task.reference == BAYES
+        xs, ys, preds = reference_predictions(suite[name])
+        for p in range(len(xs)):
+            np.testing.assert_allclose(preds[p], numpy_ridge(xs[p], ys[p], ridge_lambda), rtol=1e-5, atol=1e-5)
+
+
+def test_noisy_labels_excess_is_over_a_reference_finite_at_k_equal_d():
+    """A model that predicts ridge at lambda = 1 / prior_scale^2 has no excess on noisy_labels at any k, k = d
+    included, where least squares (the noiseless training prior's Bayes) is singular."""
+    task = LinearRegression(data_config(n_dims=D, n_points=N))
+    condition = ood.conditions(jax.random.PRNGKey(0), task, P)["noisy_labels"]
+    (xs, ys), reference = condition.sets[0], condition.task.reference
+    eval_set = evaluate.eval_set_of(condition.task, encoding_of(task.cfg), evaluate._prompts(xs, ys))  # as ood_sets
+    ridge = np.stack([numpy_ridge(x, y, 1.0) for x, y in zip(np.asarray(xs), np.asarray(ys), strict=True)])
+    curves = eval_set.baseline_curves | {MODEL: np.asarray(evaluate.squared_error_curve(ridge, ys, D))}
+    summary = evaluate.summarize(curves, D, reference)
+    excess = curves[MODEL] - curves[reference]
+    assert np.isfinite(excess).all()
+    np.testing.assert_allclose(excess, 0, atol=1e-4)
+    assert summary["excess/mean"] == pytest.approx(0, abs=1e-4) and f"excess/error_k{D}" in summary
+    assert curves["least_squares"][D] > 100 * curves[BAYES][D]  # the old reference's singular prefix
+
+
+def test_x_moving_conditions_keep_the_training_bayes_and_drop_outliers():
+    """x's drawn apart from w leave its posterior as it was; the suite's labels are clean, so an outlier run's
+    conditions are scored against Gaussian noise's Bayes, not its Huber baseline."""
+    task = LinearRegression(data_config(n_dims=D, n_points=N, noise_std=0.5, outlier_fraction=0.1))
+    suite = ood.conditions(jax.random.PRNGKey(0), task, 4)
+    clean = LinearRegression(data_config(n_dims=D, n_points=N, noise_std=0.5))
+    assert task.reference == "huber"
+    for name in ("scale_x_2", "skewed", "half_subspace", "random_quadrants", "orthogonal_query", "repeated_query"):
+        assert suite[name].task == clean and suite[name].task.reference == BAYES
+
+
 def per_k_sets(suite, name):
-    sets, per_k = suite[name]
+    sets, per_k = suite[name].sets, suite[name].per_k
     assert per_k
     return [tuple(np.asarray(a) for a in s) for s in sets]
 
@@ -151,6 +209,8 @@ def test_a_run_logs_every_set(pool_runs):
     (orthogonal,) = [r for r in records if r.get("set") == "ood/orthogonal_query"]
     assert np.isfinite(orthogonal["model"][:3]).all() and np.isnan(orthogonal["model"][3:]).all()
     assert summary["ood_seconds"] > 0
+    assert {summary[f"eval/ood/{c}/excess_over"] for c in conditions} == {BAYES}  # each condition's own Bayes
+    assert all(np.isfinite(summary[f"eval/ood/{c}/excess/mean"]) for c in conditions)
     files = next((run_dir / "wandb").glob("offline-run-*")) / "files"
     table = json.loads(next(files.rglob("eval/ood/skewed/curves_[0-9]*.table.json")).read_text())
     (skewed,) = [r for r in records if r.get("set") == "ood/skewed"]

@@ -106,7 +106,7 @@ def evaluate(model, cfg, out: Path) -> dict:
     scalars = evaluator(params, tracker, model.step, final=True)
     summary = scalars | {
         "step": model.step,
-        schema.REFERENCE: evaluator.reference,
+        **evaluator.references,
         "trained_n_points": trained_points,
         "wall_seconds": time.perf_counter() - started,
     }

@@ -41,6 +41,12 @@ def metric_prefix(eval_set: str) -> str:
     return "eval/" if eval_set == HELD_OUT else f"eval/{eval_set}/"
 
 
+def set_reference(eval_set: str) -> str:
+    """The summary's name of the predictor a set's excess is over where it is the set's own, not the run's
+    (an OOD condition's): eval/<set>/excess_over."""
+    return f"{metric_prefix(eval_set)}{REFERENCE}"
+
+
 def curves_key(eval_set: str) -> str:
     """The W&B key of a set's curve table: eval/curves for the held-out prompts, else eval/<set>/curves;
     its line-series chart is <key>_chart (whose data W&B keeps as the table <key>_chart_table)."""

@@ -5,14 +5,42 @@ Followed: dtsip/in-context-learning `src/eval.py` (`build_evals` and the `gen_*`
 `renormalize_ys`). Tasks come from the training prior; what moves is the x's, the scale of w or of
 the noise. A condition is a list of prompt sets: one, scored at every k; or one per k, where set k
 puts its own query at position k and is scored there only (their `xs_p`), NaN past the last set.
+
+Each condition carries the task whose prior over w and noise labels its prompts, and so its reference
+(`task.reference`: its Bayes predictor where that is exact). Moving the x's leaves the posterior over w
+as it was (x's are drawn apart from w), so those conditions keep the training task. `scale_y_<s>` draws
+s w: the prior scaled by s. `noisy_labels` draws x.w + unit noise times c = sqrt(d) / std(y): w's prior
+scaled by c and noise std c, a Gaussian prior's Bayes being ridge at lambda = 1 / prior_scale^2 for any
+c. The suite's labels have no outliers (data.outlier_fraction): its tasks have none either.
 """
+
+import dataclasses
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
+from icl_lr.task.base import Task
 from icl_lr.task.sampling import sample_xs, skew, transformation
 
 SCALES = (0.333, 0.5, 2, 3)  # Garg et al.'s x and y scale factors
+
+
+class Condition(NamedTuple):
+    """A condition's prompt sets and the task that labels them, whose baselines and reference score it."""
+
+    sets: list  # [(xs [P, N, D], ys [P, N])]
+    per_k: bool  # set k scored at its k only (module docstring)
+    task: Task  # the training task with w's prior and the noise the condition's labels have
+
+
+def labels_task(task, w_scale: float, noise_stds: tuple):
+    """`task` with w's prior scaled by `w_scale` (its scale and, under a Gaussian mixture, its means), noise
+    `noise_stds` and no outliers: the prior of a condition's labels."""
+    cfg = task.cfg
+    return dataclasses.replace(task, cfg=dataclasses.replace(
+        cfg, prior_scale=w_scale * cfg.prior_scale, w_centre=w_scale * cfg.w_centre, noise_std=noise_stds[0],
+        noise_std_choices=noise_stds if len(noise_stds) > 1 else None, outlier_fraction=0.0))  # fmt: skip
 
 
 def _orthogonal_queries(xs_PxNxD) -> list:
@@ -38,8 +66,8 @@ def _repeated_queries(key, xs_PxNxD) -> list:
 
 
 def conditions(key, task, n_prompts: int) -> dict:
-    """{condition: ([(xs [P, N, D], ys [P, N]), ...], per_k)}: the suite's prompt sets of `task` (a linear
-    one: its `draw` gives w), `per_k` when set k is scored at its k only (module docstring)."""
+    """{condition: Condition}: the suite's prompt sets of `task` (a linear one: its `draw` gives w) with the
+    task that labels each (module docstring)."""
     w_key, x_key, sigma_key, noise_key, rotation_key, sign_key, pick_key = jax.random.split(key, 7)
     cfg = task.cfg
     d = cfg.n_dims
@@ -48,21 +76,24 @@ def conditions(key, task, n_prompts: int) -> dict:
     sigma = jax.random.choice(sigma_key, jnp.asarray(cfg.noise_stds, jnp.float32), (n_prompts, 1))
     unit_noise = jax.random.normal(noise_key, (n_prompts, cfg.n_points))
     labels = lambda xs_, ws_=ws, noise=sigma * unit_noise: jnp.einsum("pnd,pd->pn", xs_, ws_) + noise
-    one_set = lambda xs_, ys_=None: ([(xs_, labels(xs_) if ys_ is None else ys_)], False)
+    same = labels_task(task, 1.0, cfg.noise_stds)  # the training task, as the suite labels (no outliers)
+    one_set = lambda xs_, ys_=None, task_=same: Condition([(xs_, labels(xs_) if ys_ is None else ys_)], False, task_)
 
     def per_query(context, queries):  # set k: the context with its own query at position k
-        return [(context.at[:, k].set(q), labels(context.at[:, k].set(q))) for k, q in enumerate(queries)], True
+        sets = [(context.at[:, k].set(q), labels(context.at[:, k].set(q))) for k, q in enumerate(queries)]
+        return Condition(sets, True, same)
 
     suite = {}
     for s in SCALES:
         suite[f"scale_x_{s:g}"] = one_set(xs @ transformation(rotation_key, s * jnp.ones(d)))
-        suite[f"scale_y_{s:g}"] = one_set(xs, labels(xs, s * ws))
+        suite[f"scale_y_{s:g}"] = one_set(xs, labels(xs, s * ws), labels_task(task, s, cfg.noise_stds))
     suite["skewed"] = one_set(xs @ transformation(rotation_key, skew(d), normalize=True))
     if d >= 2:  # half of one dimension is none: at d = 1 the condition does not exist
         half = (jnp.arange(d) < d // 2).astype(jnp.float32)
         suite["half_subspace"] = one_set(xs @ transformation(rotation_key, half, normalize=True))
     noisy = labels(xs, ws, unit_noise)  # noise std 1, then y rescaled to std sqrt(d), as their noisyLR
-    suite["noisy_labels"] = one_set(xs, noisy * jnp.sqrt(d) / jnp.std(noisy))
+    c = float(jnp.sqrt(d) / jnp.std(noisy))
+    suite["noisy_labels"] = one_set(xs, c * noisy, labels_task(task, c, (c,)))
     signs = jnp.sign(jax.random.normal(sign_key, (n_prompts, 1, d)))
     suite["random_quadrants"] = per_query(jnp.abs(xs) * signs, list(xs.transpose(1, 0, 2)))
     suite["orthogonal_query"] = per_query(xs, _orthogonal_queries(xs))

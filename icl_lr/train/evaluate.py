@@ -7,8 +7,9 @@ solves) and then placed beside the model; the runs of a pack share the sets thei
 finite training set is also scored on (the first prompts of) that set, so memorisation shows; one
 with a task pool on prompts from its pool (Raventos et al.'s "Pretrain"); one with a hierarchical
 noise prior on one set per noise level (Bai et al.); one with a mixture of task classes on one set
-per class; and every run on Garg et al.'s OOD suite (icl_lr/task/ood.py). Every set comes from
-eval.seed. Baselines do not change during training and are computed once per set.
+per class; and every run on Garg et al.'s OOD suite (icl_lr/task/ood.py), each condition beside the baselines of
+the task that labels it. Every set comes from eval.seed. Baselines do not change during training and are
+computed once per set.
 """
 
 import dataclasses
@@ -29,10 +30,12 @@ from icl_lr.records.schema import (
     EXCESS,
     HELD_OUT,
     MODEL,
+    REFERENCE,
     SIMILARITIES,
     is_error_curve,
     loops_curve,
     metric_prefix,
+    set_reference,
 )
 from icl_lr.records.tracking import Tracker
 from icl_lr.task.base import Batch, Task, pool_key
@@ -57,6 +60,7 @@ class EvalSets(NamedTuple):
 
     sets: list  # [EvalSet]
     per_k: bool = False
+    reference: str | None = None  # the predictor their excess is over; None: the run's task's
 
 
 def squared_error_curve(preds_PxN, ys_PxN, n_dims: int) -> jax.Array:
@@ -190,11 +194,14 @@ def class_sets(task: Task, encoding: Encoding, eval_cfg: EvalConfig) -> dict:
 
 
 def ood_sets(task: Task, encoding: Encoding, eval_cfg: EvalConfig) -> dict:
-    """{condition: EvalSets} of the task's OOD prompts (Garg et al.'s suite), baselines under the training prior."""
+    """{condition: EvalSets} of the task's OOD prompts (Garg et al.'s suite), each beside the baselines of the
+    task that labels it and with its reference (icl_lr/task/ood.py)."""
     suite = task.ood_conditions(_set_key(eval_cfg, 3), eval_cfg.n_prompts)
     return {
-        name: EvalSets([eval_set_of(task, encoding, _prompts(xs, ys)) for xs, ys in sets], per_k)
-        for name, (sets, per_k) in suite.items()
+        name: EvalSets(
+            [eval_set_of(c.task, encoding, _prompts(xs, ys)) for xs, ys in c.sets], c.per_k, c.task.reference
+        )
+        for name, c in suite.items()
     }
 
 
@@ -308,8 +315,8 @@ def placed(sets: dict, mesh: Mesh) -> dict:
 class Evaluator:
     """The eval phase: the model's curves on every fixed prompt set (`fixed_sets`) and on Garg et al.'s OOD
     suite (`ood/<condition>`, at the final eval or every eval), logged as scalars (schema.metric_prefix) and
-    per-set curve tables; each set beside the task's reference baseline; on the held-out set, what eval.probes,
-    eval.attention and eval.n_loops add."""
+    per-set curve tables; each set beside its reference (the task's, or an OOD condition's own); on the held-out
+    set, what eval.probes, eval.attention and eval.n_loops add."""
 
     def __init__(self, setup: Setup, cfg: RunConfig, run_key, mesh: Mesh, shared: dict | None = None):
         """`shared`: {key: sets} of the other runs of a pack, which this one reuses where its config makes the
@@ -331,11 +338,21 @@ class Evaluator:
         self.ood_sets, self.ood_seconds = None, 0.0
         self.model_gradients = make_model_gradients_fn(setup.model) if cfg.eval.algorithms else None
         self.reference = setup.task.reference  # the baseline the excess is measured against
+        self.set_references = {}  # {set: its own reference}, of the sets scored that have one
         self.probe_sets = probe_sets(setup.task, setup.encoding, cfg.eval) if cfg.eval.probes else None
         self.hidden_states = probes.make_hidden_states_fn(setup.model) if cfg.eval.probes else None
         self.attention = attention.make_attention_fn(setup.model) if cfg.eval.attention else None
         looped = lambda n: setup.model.clone(config=dataclasses.replace(setup.model.config, n_loops=n))
         self.loop_curves = {n: make_model_curves_fn(looped(n), cfg.eval, mesh) for n in cfg.eval.n_loops}
+
+    def reference_of(self, eval_set: str) -> str:
+        """The predictor `eval_set`'s excess is over."""
+        return self.set_references.get(eval_set, self.reference)
+
+    @property
+    def references(self) -> dict:
+        """The summary's names of the references: the run's (schema.REFERENCE) and each scored set's own."""
+        return {REFERENCE: self.reference} | {set_reference(name): r for name, r in self.set_references.items()}
 
     def _ood(self) -> dict:
         """The OOD suite's sets, built on first use (or shared with a run of the pack with the same data)."""
@@ -382,7 +399,9 @@ class Evaluator:
                 curves |= self._held_out_extras(params, eval_sets.sets[0], tracker, step)
             if name.startswith("ood/"):
                 self.ood_seconds += time.perf_counter() - started
-            summary = summarize(curves, n_dims, self.reference)
+            if eval_sets.reference:
+                self.set_references[name] = eval_sets.reference
+            summary = summarize(curves, n_dims, self.reference_of(name))
             scalars |= {metric_prefix(name) + k: v for k, v in summary.items()}
             tracker.log_curves(curves, step, name)
         tracker.log(scalars, step)
@@ -392,7 +411,7 @@ class Evaluator:
         )
         for name, curves in all_curves.items():
             if name != HELD_OUT:
-                log.info("  %s %s", name, headline(curves, n_dims, self.reference))
+                log.info("  %s %s", name, headline(curves, n_dims, self.reference_of(name)))
         if with_ood:
             log.info("OOD suite: %.1fs so far (building its sets and scoring them)", self.ood_seconds)
         return scalars

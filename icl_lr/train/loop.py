@@ -18,7 +18,6 @@ from icl_lr.records.schema import (
     HELD_OUT,
     METRICS_FILE,
     MODEL_ERROR,
-    REFERENCE,
     set_of,
 )
 from icl_lr.records.tracking import LocalFiles, Tracker, Trackers, read_jsonl
@@ -260,8 +259,7 @@ def train_pack(runs: list, stop: StopRequest | None = None) -> list:
     for member in members:
         with pack.as_member(member.index):
             member.checkpoints.close()
-            results.append(member.stopped or _finish(member, step, facts | {REFERENCE: member.evaluator.reference},
-                                                     started))  # fmt: skip
+            results.append(member.stopped or _finish(member, step, facts | member.evaluator.references, started))
     return results
 
 
