@@ -25,18 +25,121 @@ pytestmark = pytest.mark.slurm
 CONSTANT_LR = ["training.schedule=constant"]  # a run cut mid-way resumes with the same rates
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    """The local cluster, started if it is not up (and left up: starting it is idempotent)."""
+SCRIPT = ROOT / "scripts" / "local_slurm.sh"
+
+
+def local_slurm(*args, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    """scripts/local_slurm.sh with `args`, in this environment less SLURM_CONF (the script refuses another
+    cluster's) plus `env`."""
+    base = {k: v for k, v in os.environ.items() if k != "SLURM_CONF"}
+    return subprocess.run([str(SCRIPT), *args], env=base | (env or {}), capture_output=True, text=True,
+                          timeout=timeout)  # fmt: skip
+
+
+def needs_slurm() -> None:
     if os.geteuid() != 0 or not shutil.which("slurmctld"):
         pytest.skip("the local SLURM needs root and Debian's slurm-wlm and munge (scripts/local_slurm.sh)")
-    started = subprocess.run([str(ROOT / "scripts" / "local_slurm.sh"), "start"], capture_output=True, text=True,
-                             env=os.environ | {"LOCAL_SLURM_KILL_WAIT": "5"}, timeout=120)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """The local cluster, started if it is not up (and left up: starting it is idempotent); every test of the
+    module talks to it through its SLURM_CONF, set in this process's environment (so in the jobs' too)."""
+    needs_slurm()
+    started = local_slurm("start", env={"LOCAL_SLURM_KILL_WAIT": "5"})
     if started.returncode != 0:
         pytest.skip(f"the local SLURM did not start: {(started.stderr or started.stdout).strip()[-300:]}")
-    config = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, check=True).stdout
-    return {"kill_wait": int(next(line.split("=")[1].split()[0] for line in config.splitlines()
-                                   if line.startswith("KillWait")))}  # fmt: skip
+    conf = local_slurm("env").stdout.strip().removeprefix("export SLURM_CONF=")
+    assert f"export SLURM_CONF={conf}" in started.stdout and Path(conf).is_file()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SLURM_CONF", conf)
+        shown = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, check=True).stdout
+        config = dict(line.split(" = ", 1) for line in shown.splitlines() if " = " in line)
+        config = {key.strip(): value.strip() for key, value in config.items()}
+        assert config["SLURM_CONF"] == conf  # this cluster's, not a system one
+        yield {"conf": conf, "dir": Path(conf).parent, "kill_wait": int(config["KillWait"].split()[0])}
+
+
+@pytest.fixture
+def fake_daemon(tmp_path):
+    """fake_daemon(name): a process called `name` (a copy of sleep) that no SLURM started; killed at the end."""
+    started = []
+
+    def start(name: str) -> subprocess.Popen:
+        binary = tmp_path / "fake" / name
+        binary.parent.mkdir(exist_ok=True)
+        shutil.copy(shutil.which("sleep"), binary)
+        started.append(subprocess.Popen([str(binary), "600"]))
+        wait_for(lambda: Path(f"/proc/{started[-1].pid}/comm").read_text().strip() == name, 10, f"fake {name}")
+        return started[-1]
+
+    yield start
+    for process in started:
+        process.kill()
+        process.wait()
+
+
+def alive(pid: int) -> bool:
+    """The process runs (a zombie, exited but not yet reaped, does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_start_refuses_where_a_system_config_it_did_not_write_exists(tmp_path):
+    """A system slurm.conf of another cluster: `start` refuses in one line, exit code 1, and writes nothing
+    there; --force (or LOCAL_SLURM_FORCE=1) is named as the way past."""
+    needs_slurm()
+    system = tmp_path / "etc" / "slurm.conf"
+    system.parent.mkdir()
+    system.write_text("ClusterName=theirs\nSlurmctldHost=elsewhere\n")
+    env = {"LOCAL_SLURM_DIR": str(tmp_path / "state"), "LOCAL_SLURM_SYSTEM_CONF": str(system)}
+    refused = local_slurm("start", env=env)
+    assert refused.returncode == 1 and refused.stdout == "", output(refused)
+    assert (
+        len(refused.stderr.splitlines()) == 1 and f"{system} exists" in refused.stderr and "--force" in refused.stderr
+    )
+    assert system.read_text() == "ClusterName=theirs\nSlurmctldHost=elsewhere\n"
+    assert not (tmp_path / "state" / "slurmctld.pid").exists()
+
+
+def test_start_refuses_where_a_slurmctld_it_did_not_start_runs(tmp_path, fake_daemon):
+    """A process named slurmctld not in the pid files: `start` refuses, naming its pid, and the process lives."""
+    needs_slurm()
+    fake = fake_daemon("slurmctld")
+    env = {"LOCAL_SLURM_DIR": str(tmp_path / "state"), "LOCAL_SLURM_SYSTEM_CONF": str(tmp_path / "none")}
+    refused = local_slurm("start", env=env)
+    assert refused.returncode == 1 and len(refused.stderr.splitlines()) == 1, output(refused)
+    assert "slurmctld processes this script did not start" in refused.stderr and str(fake.pid) in refused.stderr
+    assert not (tmp_path / "state" / "slurmctld.pid").exists() and fake.poll() is None
+
+
+def test_stop_stops_its_own_daemons_and_leaves_another_slurmd_and_cluster_alive(cluster, tmp_path, fake_daemon):
+    """A second cluster in its own state dir, beside the module's and a foreign slurmd (so started with --force,
+    on its own ports): `stop` ends its slurmctld and slurmd, by their pid files, and nothing else; a second
+    `stop` finds no pid files and says so."""
+    fake = fake_daemon("slurmd")
+    state = tmp_path / "state"
+    env = {"LOCAL_SLURM_DIR": str(state), "LOCAL_SLURM_SYSTEM_CONF": str(tmp_path / "none"),
+           "LOCAL_SLURM_PORT": "6957"}  # fmt: skip
+    refused = local_slurm("start", env=env)
+    assert refused.returncode == 1 and "did not start" in refused.stderr, output(refused)
+    started = local_slurm("start", "--force", env=env)
+    assert started.returncode == 0, output(started)
+    assert f"export SLURM_CONF={state / 'slurm.conf'}" in started.stdout
+    ours = {name: int((state / f"{name}.pid").read_text()) for name in ("slurmctld", "slurmd")}
+    theirs = {name: int((cluster["dir"] / f"{name}.pid").read_text()) for name in ("slurmctld", "slurmd")}
+    ran = subprocess.run(["srun", "-n", "1", "hostname"], env=os.environ | {"SLURM_CONF": str(state / "slurm.conf")},
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert ran.returncode == 0, output(ran)
+    stopped = local_slurm("stop", env=env)
+    assert stopped.returncode == 0 and "stopped slurmctld slurmd" in stopped.stdout, output(stopped)
+    assert not any(alive(pid) for pid in ours.values())
+    assert fake.poll() is None and all(alive(pid) for pid in theirs.values())
+    assert subprocess.run(["scontrol", "ping"], capture_output=True, text=True).stdout.count("is UP") == 1
+    again = local_slurm("stop", env=env)
+    assert again.returncode == 0 and "no pid files" in again.stdout, output(again)
 
 
 def job_env(**extra) -> dict:
