@@ -296,3 +296,41 @@ def test_agents_sharing_a_sweep_run_each_point_once_and_take_over_an_orphaned_ru
     assert last.returncode == 0 and "nothing left for this agent" in last.stdout + last.stderr
     refused = subprocess.run(agent[:5] + ["--agent", "--count", "3"], cwd=tmp_path, capture_output=True, text=True)
     assert refused.returncode == 2 and "--agent takes --sweep-id" in refused.stderr
+
+
+def test_an_agent_killed_mid_run_stops_its_run_and_the_next_agent_records_it_once(tmp_path):
+    """SIGKILL of an agent: its run's process gets SIGTERM (it checkpoints and ends, never training on unrecorded);
+    the next agent takes the orphaned claim, resumes the run to its end and records it once, with its metric. An
+    agent killed after its run ended but before recording it: the next agent records that run as finished."""
+    sweep = seed_sweep(tmp_path / "seeds.yaml", seeds=(0, 1))
+    sweep.write_text(sweep.read_text() + "metric: {name: eval/excess/mean, goal: minimize}\n")
+    folder = tmp_path / "outputs" / "sweep-kill"
+    agent = [sys.executable, "-m", "icl_lr.run.sweep", str(sweep), "--agent", "--sweep-id", "kill", "--count", "2"]
+    agent += ["--", *FAST, "training.steps=200", "training.eval_every=100"]
+    first = subprocess.Popen(agent, cwd=tmp_path, env=no_key_env(), stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    deadline = time.time() + 240
+    while not list(folder.glob("*/checkpoints/latest/[0-9]*")) and time.time() < deadline:
+        time.sleep(0.05)
+    first.kill()
+    first.wait()
+    (run_dir,) = [p.parent.parent.parent for p in folder.glob("*/checkpoints/latest/[0-9]*")][:1]
+    lock = run_dir / "run.lock"
+    while lock.exists() and time.time() < deadline:  # the run's process saves and ends on its parent's death
+        time.sleep(0.1)
+    assert not lock.exists() and "preempted" in (run_dir / "console.log").read_text()
+    assert not (run_dir / "summary.json").exists()
+    second = subprocess.run(agent, cwd=tmp_path, env=no_key_env(), capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stdout + second.stderr
+    (result,) = read_jsonl(folder / "results.jsonl")
+    assert result["run_id"] == run_dir.name and result["exit_code"] == 0
+    assert result["eval/excess/mean"] == json.loads((run_dir / "summary.json").read_text())["eval/excess/mean"]
+    assert json.loads((run_dir / "summary.json").read_text())["step"] == 200
+    # killed after its run ended, before recording it: the result line is lost and the claim is orphaned
+    (folder / "results.jsonl").write_text("")
+    claims = read_jsonl(folder / "claims.jsonl")
+    gone = f"{os.uname().nodename}-{2**22 + 1}"  # a pid above Linux's largest: no process has it
+    (folder / "claims.jsonl").write_text("".join(json.dumps(c | {"agent": gone}) + "\n" for c in claims))
+    third = subprocess.run(agent, cwd=tmp_path, env=no_key_env(), capture_output=True, text=True, timeout=300)
+    assert third.returncode == 0, third.stdout + third.stderr
+    (again,) = read_jsonl(folder / "results.jsonl")
+    assert again == result  # recorded as the finished run it is: same metric, exit code 0

@@ -19,11 +19,13 @@ exits, as `wandb agent --count 1` does: many agents (a SLURM job array's tasks) 
 
 import argparse
 import contextlib
+import ctypes
 import fcntl
 import json
 import logging
 import os
 import shlex
+import signal
 import socket
 import subprocess
 import sys
@@ -451,7 +453,7 @@ def _start_group(runner: _Runner, configs: list, slot: int, gpus: list, number: 
     environ = {"WANDB_PROJECT": agent_project(runner.sweep)} | worker_environment(slot, runner.workers, gpus)
     with open(console, "ab") as output:
         process = subprocess.Popen([sys.executable, "-m", "icl_lr.cli.pack", str(spec)], env=os.environ | environ,
-                                   stdout=output, stderr=subprocess.STDOUT)  # fmt: skip
+                                   stdout=output, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)  # fmt: skip
     runs = []
     for i, ((params, _), config, run_id, run_dir) in enumerate(zip(members, configs, run_ids, run_dirs, strict=True)):
         run = _Running(process, run_id, proposal(config), params, run_dir, slot, number + i, time.monotonic(), True)
@@ -475,11 +477,43 @@ def _start(sweep, proposal, sweep_id, overrides, slot, workers, gpus, number, pr
         cores = worker_cores(slot, workers, sorted(os.sched_getaffinity(0)))
         on = f" on CPU cores {','.join(map(str, cores))}"
     run_dir.mkdir(parents=True, exist_ok=True)
+    _wait_for_writer(run_dir)
     with _on_cores(cores), open(run_dir / CONSOLE, "ab") as console:
-        process = subprocess.Popen(argv, env=os.environ | environ | devices, stdout=console, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(argv, env=os.environ | environ | devices, stdout=console, stderr=subprocess.STDOUT,
+                                   preexec_fn=_die_with_parent)  # fmt: skip
     run = _Running(process, run_id, proposal, params, run_dir, slot, number, time.monotonic())
     progress.started_run(run, on)
     return run
+
+
+_PR_SET_PDEATHSIG = 1  # prctl(2)
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None  # loaded before any fork
+
+
+def _die_with_parent() -> None:
+    """In a run's process before it execs: SIGTERM when the runner or agent that started it dies, however it dies
+    (SIGKILL too), so the run checkpoints and stops (exit 143) instead of training on unrecorded; the next
+    agent resumes it. Only a prctl call here: nothing that could take a lock another thread held at the fork."""
+    if _LIBC is not None:
+        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+WRITER_WAIT = 600  # seconds an agent waits for a run's earlier process to save and end before it resumes the run
+
+
+def _wait_for_writer(run_dir: Path) -> None:
+    """Waits while a process of this host still writes `run_dir` (the process of an agent that died, saving its
+    checkpoint as it stops), so the run resumes from that checkpoint, or is recorded as the finished run it is,
+    rather than being refused as in use."""
+    lock = RunDirLock(run_dir)
+    if not lock.is_held():
+        return
+    pid = lock.holder()[0]
+    log.info("run dir %s is still written by process %s, the run's earlier process: waiting for it to end", run_dir,
+             pid)  # fmt: skip
+    deadline = time.monotonic() + WRITER_WAIT
+    while lock.is_held() and time.monotonic() < deadline:
+        time.sleep(0.5)
 
 
 @contextlib.contextmanager
