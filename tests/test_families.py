@@ -187,7 +187,12 @@ def test_eval_attention_and_loop_counts_reach_the_records_and_w_and_b(tmp_path):
         (["model=lstm", "eval.attention=true"], "eval.attention reads softmax attention weights: model.family=lstm"),
         (["eval.n_loops=[2]"], "eval.n_loops scores other loop counts of a looped model: model.family=gpt2 has"),
         (["model=looped", "model.loss_loops=20"], "model.loss_loops (20) must not exceed model.n_loops (12)"),
-        (["model=looped", "eval.n_loops=[0]"], "eval.n_loops must be loop counts >= 1, got [0]"),
+        (["model=looped", "eval.n_loops=[0]"], "eval.n_loops must be loop counts in [1, 1,000], got [0]"),
+        (
+            ["model=looped", "eval.n_loops=[100000000]"],
+            "eval.n_loops must be loop counts in [1, 1,000], got [100000000]",
+        ),
+        (["model=looped", "model.n_loops=5000"], "model.n_loops must be at most 1,000, got 5,000"),
     ],
 )
 def test_attention_and_loops_are_refused_in_one_line_where_they_do_not_apply(overrides, message, tmp_path):

@@ -69,6 +69,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -77,6 +78,7 @@ import pytest
 
 from helpers import (
     FAST,
+    ROOT,
     RunFile,
     assert_trees_equal,
     final_state,
@@ -89,8 +91,13 @@ from helpers import (
 )
 from icl_lr.cli import analyze
 from icl_lr.fields import ConfigError
-from icl_lr.records.run_dir import RunDirLock, read_identity
+from icl_lr.records.eval_dir import default_eval_dir
+from icl_lr.records.run_dir import RunDirLock, read_identity, step_dirs
 from icl_lr.records.tracking import read_jsonl
+from icl_lr.run.evaluation import content_hash, load_params, local_model
+from icl_lr.train import setup
+from icl_lr.train.optimizer import make_optimizer
+from icl_lr.train.step import init_state
 
 
 def one_error_line(result) -> str:
@@ -422,3 +429,66 @@ def test_analyze_from_wandb_without_a_key_says_so_in_one_line(tmp_path, monkeypa
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     assert analyze.main(["--wandb", "team/icl-lr", "--out", str(tmp_path / "a")]) == 2
     assert "--wandb needs a W&B API key: run `wandb login`" in caplog.text
+
+
+# The eval command (python eval.py) on a run dir: what its --out, the checkpoints it reads and a live run get.
+
+
+def eval_cli(*argv):
+    command = [sys.executable, str(ROOT / "eval.py"), *argv, NO_WANDB]
+    return subprocess.run(command, cwd=ROOT, env=no_key_env(), capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("inside", ["", "sub/dir"])
+def test_an_eval_into_a_run_dir_is_refused_and_the_run_untouched(finished_run, inside):
+    before = snapshot(finished_run)
+    line = one_error_line(eval_cli(str(finished_run), "--out", str(finished_run / inside)))
+    assert str(finished_run) in line and ("is inside" if inside else "already holds a run's") in line
+    assert snapshot(finished_run) == before and not (finished_run / "sub").exists()
+
+
+def test_two_evals_never_share_a_dir_and_a_second_never_replaces_the_first(finished_run, tmp_path):
+    """Two evals at once on one --out: one scores, the other is refused (the dir in use, or already holding
+    the first's records); a third later, refused; the first's records stay whole. Default dirs: one each."""
+    out = tmp_path / "shared"
+    command = [sys.executable, str(ROOT / "eval.py"), str(finished_run), "--out", str(out), NO_WANDB]
+    both = [subprocess.Popen(command, cwd=ROOT, env=no_key_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True) for n in (4, 6)]  # fmt: skip
+    outputs = [p.communicate(timeout=300)[0] for p in both]
+    assert sorted(p.returncode for p in both) == [0, 2], outputs
+    assert any("is in use by process" in o or "already holds" in o for o in outputs)
+    records = {name: (out / name).read_bytes() for name in ("metrics.jsonl", "curves.jsonl", "summary.json")}
+    assert len(read_jsonl(out / "metrics.jsonl")) == 1
+    assert "already holds" in one_error_line(eval_cli(str(finished_run), "--out", str(out)))
+    assert {name: (out / name).read_bytes() for name in records} == records
+    first, second = default_eval_dir(tmp_path / "eval"), default_eval_dir(tmp_path / "eval")
+    assert first != second and first.parent == second.parent  # the same second: a suffix, made exclusively
+
+
+@pytest.mark.parametrize("damage", ["arrays deleted", "metadata garbage"])
+def test_an_unreadable_checkpoint_is_one_line_in_the_eval_command(finished_run, damage):
+    step_dir = sorted((finished_run / "checkpoints" / "latest").iterdir())[-1]
+    shutil.rmtree(finished_run / "checkpoints" / "best")
+    if damage == "arrays deleted":
+        for data in step_dir.glob("default/ocdbt.process_0/d/*"):
+            data.unlink()
+    else:
+        (step_dir / "default" / "_METADATA").write_text("garbage")
+    line = one_error_line(eval_cli(str(step_dir), "--out", str(finished_run.parent / "eval")))
+    assert f"checkpoint {step_dir}" in line and ("cannot be read" in line or "no readable array metadata" in line)
+
+
+def test_a_checkpoint_a_live_run_removes_while_it_is_read_gives_way_to_its_newest(trained, tmp_path):
+    """A run being written rotates its checkpoints: the one an eval listed can be gone when it reads it."""
+    run_dir = Path(shutil.copytree(trained, tmp_path / "run", symlinks=True))
+    model = local_model(str(run_dir))
+    assert model.step_dir.parent.name == "best"
+    shutil.rmtree(model.step_dir)  # removed between listing and reading
+    (newest,) = [p for p in step_dirs(run_dir / "checkpoints" / "latest")][-1:]
+    template = init_state(setup.build(run_config(*FAST, *CONSTANT)), make_optimizer(run_config(*FAST).training), 0)
+    read, params = load_params(model, template)
+    assert read.step_dir == newest and read.step == 40 and read.sha256 == content_hash(newest)
+    assert_trees_equal(params, final_state(run_config(*FAST, *CONSTANT), run_dir).params)
+    shutil.rmtree(run_dir / "checkpoints")
+    with RunDirLock(run_dir), pytest.raises(ConfigError, match=f"being written by process {os.getpid()}"):
+        local_model(str(run_dir))  # a run being written (by this process), before its first checkpoint

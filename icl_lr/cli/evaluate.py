@@ -52,7 +52,7 @@ def parse_args(argv):
         help="SOURCE is Garg et al.'s run folder (its state.pt) or one of its model_<step>.pt (that step); the "
         "task, its kwargs, n_dims and the trained context (curriculum points end) come from its config.yaml",
     )
-    return parser.parse_args(argv)
+    return parser.parse_intermixed_args(argv)  # overrides before and after the flags
 
 
 def _check_shapes(params, template) -> None:

@@ -23,7 +23,14 @@ class ModelConfig:
         check(self.embedding_std > 0, f"model.embedding_std must be > 0, got {self.embedding_std}")
 
 
+COUNT_LIMIT = 65_536  # a model's counts (layers, heads, widths, positions, state sizes): its memory grows with each
+LOOP_LIMIT = 1_000  # loops of a looped model: one XLA call runs them all, and a running call does not see SIGTERM
+COUNT_LIMITS = {"n_loops": LOOP_LIMIT, "loss_loops": LOOP_LIMIT}
+
+
 def check_counts(section, *keys: str) -> None:
-    """Each of the model section's `keys` is a count (layers, heads, widths): >= 1."""
+    """Each of the model section's `keys` is a count (layers, heads, widths): >= 1, and at most its limit."""
     for key in keys:
-        check(getattr(section, key) >= 1, f"model.{key} must be >= 1, got {getattr(section, key)}")
+        value, limit = getattr(section, key), COUNT_LIMITS.get(key, COUNT_LIMIT)
+        check(value >= 1, f"model.{key} must be >= 1, got {value}")
+        check(value <= limit, f"model.{key} must be at most {limit:,}, got {value:,}")

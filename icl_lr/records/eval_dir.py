@@ -43,7 +43,12 @@ class EvalDir(RunDirLock):
     run or eval dir, or one that holds anything already, is refused (RunDirError, one line) before anything runs."""
 
     def __init__(self, out: Path | None):
-        if out is not None and (holder := records_holder(out)) is not None:
+        holder = None if out is None else records_holder(out)
+        if holder == Path(out or "").absolute():
+            raise RunDirError(
+                f"--out {out} already holds a run's or an eval's records: an eval writes a new or empty dir"
+            )
+        if holder is not None:
             raise RunDirError(
                 f"--out {out} is inside {holder}, a run's or an eval's records: an eval writes a dir of its own; "
                 "name a new one"

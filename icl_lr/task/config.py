@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from icl_lr.fields import check
 
 INDEX_LIMIT = 2**31  # pool tasks and training prompts are drawn by int32 index
+DIMS_LIMIT, POINTS_LIMIT = 4_096, 65_536  # d and points per prompt
 
 
 @dataclass(frozen=True)
@@ -54,8 +55,10 @@ class DataConfig:
         return float((self.prior_scale**2 * self.n_dims + max(self.noise_stds) ** 2) ** 0.5)
 
     def check(self) -> None:
-        check(self.n_dims >= 1, f"data.n_dims must be >= 1, got {self.n_dims}")
-        check(self.n_points >= 1, f"data.n_points must be >= 1, got {self.n_points}")
+        for key, limit in (("n_dims", DIMS_LIMIT), ("n_points", POINTS_LIMIT)):  # a prompt's memory grows with both
+            value = getattr(self, key)
+            check(value >= 1, f"data.{key} must be >= 1, got {value}")
+            check(value <= limit, f"data.{key} must be at most {limit:,}, got {value:,}")
         check(self.x_cov in X_COVARIANCES, f"data.x_cov must be one of {X_COVARIANCES}, got {self.x_cov!r}")
         check(self.prior_scale > 0, f"data.prior_scale must be > 0, got {self.prior_scale}")
         check(self.noise_std >= 0, f"data.noise_std must be >= 0, got {self.noise_std}")

@@ -10,13 +10,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from icl_lr.fields import FREE, check
-from icl_lr.model.config import ModelConfig
+from icl_lr.model.config import LOOP_LIMIT, ModelConfig
 from icl_lr.records.config import WandbConfig
 from icl_lr.task.config import DataConfig
 
 SCHEDULES = ("constant", "cosine", "linear")
 PRECISIONS = ("fp32", "bf16")
 SEED_LIMIT = 2**32  # PRNGKey keeps a seed's low 32 bits: larger seeds repeat smaller ones
+EVAL_LIMIT = 2**20  # eval prompts and eval batch: the sets and their baselines are held in memory
+TRAINING_LIMITS = {  # what grows with each: a run's time (steps), a step's memory (batch), one XLA call's time
+    "steps": 2**31 - 1,  # (steps_per_dispatch: a running call does not see SIGTERM), the checkpoints' disk
+    "batch_size": 2**20,
+    "steps_per_dispatch": 10_000,
+    "max_to_keep": 1_000,
+}
 
 
 @dataclass(frozen=True)
@@ -57,7 +64,8 @@ class TrainingConfig:
             f"training.cpu_devices must be auto or an integer >= 1, got {self.cpu_devices!r}",
         )
         for key in ("steps", "batch_size", "steps_per_dispatch", "max_to_keep"):
-            check(getattr(self, key) >= 1, f"training.{key} must be >= 1, got {getattr(self, key)}")
+            value, limit = getattr(self, key), TRAINING_LIMITS[key]
+            check(1 <= value <= limit, f"training.{key} must be in [1, {limit:,}], got {value:,}")
         check(
             self.num_epochs is None or self.num_epochs >= 1,
             f"training.num_epochs must be null or >= 1, got {self.num_epochs}",
@@ -95,8 +103,9 @@ class EvalConfig:
     n_loops: tuple[int, ...] = field(default=(), metadata=FREE)
 
     def check(self) -> None:
-        check(self.n_prompts >= 1, f"eval.n_prompts must be >= 1, got {self.n_prompts}")
-        check(self.batch_size >= 1, f"eval.batch_size must be >= 1, got {self.batch_size}")
+        for key in ("n_prompts", "batch_size"):  # the eval sets are held in memory, a batch in one XLA call
+            value = getattr(self, key)
+            check(1 <= value <= EVAL_LIMIT, f"eval.{key} must be in [1, {EVAL_LIMIT:,}], got {value:,}")
         check(0 <= self.seed < SEED_LIMIT, f"eval.seed must be in [0, 2**32), got {self.seed}")
         check(
             len(self.algorithm_steps) >= 1 and 1 <= min(self.algorithm_steps) <= max(self.algorithm_steps) <= 1000,
@@ -106,7 +115,10 @@ class EvalConfig:
             self.prompts is None or (self.prompts.endswith(".npz") and Path(self.prompts).is_file()),
             f"eval.prompts must be an .npz file of xs [B, N, D] and ys [B, N], got {self.prompts!r}",
         )
-        check(all(n >= 1 for n in self.n_loops), f"eval.n_loops must be loop counts >= 1, got {list(self.n_loops)}")
+        check(
+            all(1 <= n <= LOOP_LIMIT for n in self.n_loops),
+            f"eval.n_loops must be loop counts in [1, {LOOP_LIMIT:,}], got {list(self.n_loops)}",
+        )
 
 
 @dataclass(frozen=True)
