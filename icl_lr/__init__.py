@@ -17,3 +17,5 @@ Shape letters, one meaning each across the package, written as suffixes (`xs_BxN
   V the vocabulary (bins), O a token's outputs; M tasks of a pool, S noise levels; R an SVD's rank;
   W the short convolution's window (a point's tokens).
 """
+
+__version__ = "0.1.0"  # pyproject.toml reads it

@@ -7,6 +7,11 @@ use), a name an installed package registers under the registry's entry-point gro
 `module:Attribute` (a module on sys.path or in the working directory) or `path/to/file.py:Attribute`.
 The built-ins go through the same import as a plugin does.
 
+Each resolved component keeps its `origin`, what code it came from: a built-in (icl-lr's own version covers
+it), an entry point's distribution and version, a module's or a file's path and the sha256 of its content
+when it was imported. A run records its components' origins (icl_lr/run/start.py), so a resume on other code
+is told from one on the same.
+
 Every component carries `Config`, the frozen dataclass of the keys it owns in its config section, with
 its checks in `check` beside its fields. What it must have besides is the registry's `interface`; a
 component that fails to import or lacks part of it is refused in one line (ConfigError) before
@@ -14,6 +19,7 @@ anything compiles.
 """
 
 import dataclasses
+import hashlib
 import importlib
 import importlib.metadata
 import importlib.util
@@ -32,7 +38,7 @@ class NoKeys:
 
 
 def _load(path: str, key: str):
-    """The object at `module:Attribute` or `file.py:Attribute`; ConfigError naming `key` otherwise."""
+    """(the object at `module:Attribute` or `file.py:Attribute`, its module); ConfigError naming `key` otherwise."""
     module_name, _, attribute = path.partition(":")
     check(module_name and attribute, f"{key}={path!r}: not a known name, nor an import path module:Attribute")
     try:
@@ -54,7 +60,20 @@ def _load(path: str, key: str):
         reason = one_line(error)
         raise ConfigError(f"{key}={path!r}: cannot import {module_name} ({type(error).__name__}: {reason})") from None
     check(hasattr(module, attribute), f"{key}={path!r}: module {module_name} has no {attribute}")
-    return getattr(module, attribute)
+    return getattr(module, attribute), module
+
+
+def sha256_of(file: str | None) -> str | None:
+    """The sha256 of a file's content (None for a module without a file)."""
+    return hashlib.sha256(Path(file).read_bytes()).hexdigest() if file else None
+
+
+def origin_of_path(path: str, module) -> dict:
+    """Where a component named by import path came from: its file (absolute) and that file's sha256."""
+    module_name = path.partition(":")[0]
+    file = getattr(module, "__file__", None)
+    source = "file" if module_name.endswith(".py") else "import_path"
+    return {"source": source, "file": file and str(Path(file).resolve()), "sha256": sha256_of(file)}
 
 
 class Registry:
@@ -63,7 +82,7 @@ class Registry:
 
     def __init__(self, key: str, group: str, builtins: dict, interface: tuple):
         self.key, self.group, self.builtins, self.interface = key, group, dict(builtins), interface
-        self._resolved = {}
+        self._resolved, self._origins = {}, {}
 
     def entry_points(self) -> dict:
         """{name: entry point} of the installed packages' components."""
@@ -80,10 +99,18 @@ class Registry:
             self._resolve(name, key or self.key)
         return self._resolved[name]
 
+    def origin(self, name: str) -> dict:
+        """What code the component `name` came from: {"source": builtin | entry_point | import_path | file, and
+        for an entry point its distribution and version, for a module or file its path and sha256 as imported}."""
+        self.resolve(name)
+        return self._origins[name]
+
     def _resolve(self, name: str, key: str):
         if name in self.builtins:
-            component = _load(self.builtins[name], key)
+            component, origin = _load(self.builtins[name], key)[0], {"source": "builtin"}
         elif name in (installed := self.entry_points()):
+            dist = installed[name].dist
+            origin = {"source": "entry_point", "distribution": dist and dist.name, "version": dist and dist.version}
             try:
                 component = installed[name].load()
             except Exception as error:
@@ -92,7 +119,8 @@ class Registry:
                     f"({type(error).__name__}: {one_line(error)})"
                 ) from None
         elif ":" in name:
-            component = _load(name, key)
+            component, module = _load(name, key)
+            origin = origin_of_path(name, module)
         else:
             raise ConfigError(
                 f"{key} must be one of {self.names()}, an entry point of {self.group} or an import path "
@@ -105,7 +133,7 @@ class Registry:
             dataclasses.is_dataclass(config) and config.__dataclass_params__.frozen,
             f"{key}={name}: its Config must be a frozen dataclass of the keys it owns",
         )
-        self._resolved[name] = component
+        self._resolved[name], self._origins[name] = component, origin
         return component
 
     def owners_of(self, field: str) -> tuple:

@@ -2,6 +2,7 @@
 import path, refused in one line before anything compiles; and examples/plugin/, a researcher's own task
 and family installed from their own package, run end to end (slow)."""
 
+import hashlib
 import json
 import os
 import shutil
@@ -14,9 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from helpers import FAST, ROOT, RunFile, held_out_curves, no_key_env, run_config
+from helpers import FAST, ROOT, RunFile, held_out_curves, no_key_env, output, run_config, train_cli
 from icl_lr.fields import ConfigError
 from icl_lr.model.icl_model import FAMILIES
+from icl_lr.records.code import changed, code_record, describe, icl_lr_version
+from icl_lr.records.run_dir import RunDirError
+from icl_lr.run.config import origins
+from icl_lr.run.start import code_of
 
 PLUGIN = ROOT / "examples" / "plugin"
 
@@ -79,6 +84,71 @@ def test_plugins_by_file_path_and_by_entry_point(tmp_path, monkeypatch):
         run_config(task)
     with pytest.raises(ConfigError, match="model.mlp_ratio must be >= 1, got 0"):
         run_config("model.family=my_deepset", "model.mlp_ratio=0")
+
+
+@pytest.mark.unit
+def test_a_resume_on_another_icl_lr_goes_on_and_a_plugin_upgrade_is_refused(tmp_path):
+    """Built-ins are icl-lr's code: another version of it is said and recorded, not refused (old run dirs
+    resume after an upgrade); a record cut short is refused in one line; an entry point's distribution at
+    another version is named with both versions."""
+    cfg = run_config()
+    (tmp_path / "checkpoints" / "latest" / "20").mkdir(parents=True)
+    older = code_record(origins(cfg)) | {"icl_lr": "0.0.1"}
+    (tmp_path / "components.json").write_text(json.dumps(older))
+    record, lines = code_of(tmp_path, cfg, resumed=True)
+    assert record["changes"] == [{"step": 20, "key": "icl_lr", "from": "0.0.1", "to": icl_lr_version()}]
+    assert lines == (f"icl-lr 0.0.1 -> {icl_lr_version()} since the run last trained",)
+    (tmp_path / "components.json").write_text('{"icl_lr": ')  # cut short
+    with pytest.raises(RunDirError, match="components.json cannot be read .*: the code the run trained with"):
+        code_of(tmp_path, cfg, resumed=True)
+
+    family = {"name": "my_deepset", "source": "entry_point", "distribution": "my-families"}
+    stored = {"icl_lr": "1", "components": {"model.family": family | {"version": "0.1"}}}
+    current = {"icl_lr": "1", "components": {"model.family": family | {"version": "0.2"}}}
+    ((key, (old, new)),) = changed(stored, current).items()
+    assert describe(key, old, new) == (
+        "model.family: my_deepset (distribution my-families) changed since the run started (version 0.1 -> 0.2)"
+    )
+
+
+def test_a_resume_on_a_changed_plugin_file_is_refused_unless_allowed(tmp_path):
+    """A file plugin's sha256 is recorded (components.json, W&B's config); a resume on the same file goes on,
+    one on the file edited is refused in one line naming it, and with training.allow_code_change trains on,
+    the change recorded with the step it began at."""
+    plugin = tmp_path / "plug" / "four.py"
+    plugin.parent.mkdir()
+    plugin.write_text("from icl_lr.task.linear import LinearRegression\n\n\nclass Mine(LinearRegression):\n    pass\n")
+    sha = lambda: hashlib.sha256(plugin.read_bytes()).hexdigest()
+    first, run_dir = sha(), tmp_path / "run"
+    start = lambda *o: subprocess.run([sys.executable, str(ROOT / "train.py"), *FAST, "data.task=plug/four.py:Mine",
+                                       *o, f"hydra.run.dir={run_dir}"], cwd=tmp_path, env=no_key_env(),
+                                      capture_output=True, text=True, timeout=300)  # fmt: skip
+    record = lambda: json.loads((run_dir / "components.json").read_text())
+
+    train_cli(run_dir, "data.task=plug/four.py:Mine", "training.steps=20", cwd=tmp_path)  # W&B offline
+    task = {"name": "plug/four.py:Mine", "source": "file", "file": str(plugin.resolve()), "sha256": first}
+    assert record()["components"]["data.task"] == task and record()["changes"] == []
+    assert record()["components"]["model.family"] == {"name": "gpt2", "source": "builtin"}
+    (offline,) = (run_dir / "wandb").glob("offline-run-*")
+    assert RunFile.load(offline).config_value("components.data.task") == f"file sha256:{first}"
+
+    assert start("training.steps=40", "wandb.mode=disabled").returncode == 0  # the same file: resumed
+    plugin.write_text(plugin.read_text() + "# edited\n")
+    refused = start("training.steps=60", "wandb.mode=disabled")
+    errors = [line for line in output(refused).splitlines() if "][ERROR] - " in line]
+    assert refused.returncode == 2 and "Traceback" not in output(refused), output(refused)[-3000:]
+    assert errors == [
+        f"{errors[0].split('] - ')[0]}] - config error: data.task: plug/four.py changed since the run started "
+        f"(sha256 {first[:8]}.. -> {sha()[:8]}..); resume with training.allow_code_change=true to train on with the "
+        "new code (recorded)"
+    ], errors
+    assert record()["components"]["data.task"]["sha256"] == first  # a refused start records nothing
+
+    allowed = start("training.steps=60", "wandb.mode=disabled", "training.allow_code_change=true")
+    assert allowed.returncode == 0 and "data.task: plug/four.py changed" in output(allowed), output(allowed)[-3000:]
+    assert record()["components"]["data.task"]["sha256"] == sha()
+    assert record()["changes"] == [{"step": 40, "key": "data.task", "from": task, "to": task | {"sha256": sha()}}]
+    assert json.loads((run_dir / "summary.json").read_text())["step"] == 60
 
 
 def _fresh_venv(tmp_path) -> Path:

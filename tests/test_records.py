@@ -338,3 +338,4 @@ def test_a_run_dir_written_by_an_earlier_version_resumes(fixture, fast_config, t
         np.testing.assert_allclose(np.asarray(resumed), fresh, rtol=1e-4, atol=1e-4 * np.abs(fresh).max())
     assert json.loads((run_dir / "summary.json").read_text())["step"] == 40
     assert json.loads((run_dir / "run_config.json").read_text())["model.n_embd"] == 16
+    assert json.loads((run_dir / "components.json").read_text())["changes"] == []  # recorded from then on

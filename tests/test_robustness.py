@@ -26,12 +26,15 @@ Config keys, every one: a wrong type or an unknown key is one line naming it, be
     finite and > 0; init_from: a missing checkpoint or an unreadable artifact, one line.
   experiment=<no such file>: Hydra's error with the options; nothing runs, not even --cfg job.
   On a resume: cadences, eval.*, wandb.*, a larger training.steps, cpu_devices, distributed, init_from,
-    model.embedding_std may change; any other key is refused naming it, old value and new.
+    model.embedding_std, allow_code_change may change; any other key is refused naming it, old value and new.
 Files of a run dir:
   .hydra/: the latest start's Hydra config; .hydra/attempts/<time>/ every start's, refused ones too.
   run_config.json: the latest start's resolved config; missing, truncated or not a record beside checkpoints
     or results: refused in one line (nothing else in the dir is trusted to say how it trained); older dirs'
-    checkpoints/run_config.json is read. identity.json: damaged, its id recovered from W&B's
+    checkpoints/run_config.json is read. components.json: a plugin's code changed since the run started (a
+    file's sha256, a package's version), refused in one line unless training.allow_code_change (recorded);
+    another icl-lr version, a warning; unreadable, refused in one line; missing (older dirs), recorded anew.
+    identity.json: damaged, its id recovered from W&B's
     folder names; in a copied dir, a new W&B id; in a moved dir, the same; older dirs' wandb_run_id read.
   summary.json: lost or damaged, rebuilt whole from metrics.jsonl by starting the run again; written
     whole or not at all. metrics.jsonl, curves.jsonl: a cut-short last line is left out (a warning); a damaged

@@ -93,9 +93,10 @@ def start_run(stack: contextlib.ExitStack, run_cfg, run_dir: Path, attempt_dir: 
         return None
     if mode == "disabled":  # no W&B at all: it need not even be installed
         return start.cfg, run_dir, ()
+    from icl_lr.records.code import code_config
     from icl_lr.records.tracking import WandbRun, flat_config
 
-    config = flat_config(config_record(start.cfg), choices)
+    config = flat_config(config_record(start.cfg), choices) | code_config(start.code)
     return start.cfg, run_dir, [stack.enter_context(WandbRun(run_cfg.wandb, mode, config, run_dir, run_id))]
 
 

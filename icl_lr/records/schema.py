@@ -9,6 +9,7 @@ IDENTITY_FILE = "identity.json"  # {"wandb_run_id", "path", "inode", "device"[, 
 LEGACY_ID_FILE = "wandb_run_id"  # the id alone, as run dirs held it before identity.json
 CONFIG_FILE = "run_config.json"  # the resolved config of the latest start, beside the records it produced
 LEGACY_CONFIG_FILE = "checkpoints/run_config.json"
+CODE_FILE = "components.json"  # the code the run's components came from, and its changes (icl_lr/records/code.py)
 SUMMARY_FILE = "summary.json"
 METRICS_FILE = "metrics.jsonl"  # one record per log or eval step: {"step", <metric key>: value, ...}
 CURVES_FILE = "curves.jsonl"  # one record per set and eval: {"step", "set", <curve name>: [value per k]}

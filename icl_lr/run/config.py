@@ -42,7 +42,8 @@ def typed_keys(overrides) -> frozenset:
 
 
 def components(values: dict) -> dict:
-    """{section: (its shared base, the chosen components' registries and names)} of a run's values."""
+    """{section: (its shared base, {key: (registry, name)} of the components chosen)} of a run's values; a
+    mixture's classes under data.task_mixture[i]."""
     from icl_lr.model.encoding import ENCODINGS
     from icl_lr.model.icl_model import FAMILIES
     from icl_lr.task.registry import TASKS
@@ -53,19 +54,27 @@ def components(values: dict) -> dict:
     classes = task.component_names(data) if hasattr(task, "component_names") else ()
     for name in classes:
         TASKS.resolve(str(name), "data.task_mixture")
-    chosen_data = [(TASKS, task_name)] + [(TASKS, str(name)) for name in classes]
-    chosen_data.append((ENCODINGS, str(data.get("encoding", DataConfig.encoding))))
+    chosen_data = {"data.task": (TASKS, task_name)}
+    chosen_data |= {f"data.task_mixture[{i}]": (TASKS, str(name)) for i, name in enumerate(classes)}
+    chosen_data["data.encoding"] = (ENCODINGS, str(data.get("encoding", DataConfig.encoding)))
     return {
         "data": (DataConfig, chosen_data),
-        "model": (ModelConfig, [(FAMILIES, str(model.get("family", ModelConfig.family)))]),
+        "model": (ModelConfig, {"model.family": (FAMILIES, str(model.get("family", ModelConfig.family)))}),
     }
+
+
+def origins(cfg: RunConfig) -> dict:
+    """{key: {"name", and its origin (icl_lr/components.py)}} of every component `cfg` runs."""
+    chosen = [component for _, keyed in components(dataclasses.asdict(cfg)).values() for component in keyed.items()]
+    return {key: {"name": name, **registry.origin(name)} for key, (registry, name) in chosen}
 
 
 def sections(values: dict, typed: frozenset = frozenset()) -> dict:
     """{section: its class for the components `values` names}; drops from `values` (in place) the keys of
     components not chosen, or refuses one the command line set, naming the component that owns it."""
     classes = {}
-    for section, (base, chosen) in components(values).items():
+    for section, (base, keyed) in components(values).items():
+        chosen = list(keyed.values())
         cls = classes[section] = section_class(base, tuple(registry.resolve(name).Config for registry, name in chosen))
         own = {f.name for f in dataclasses.fields(cls)}
         section_values = values.get(section) or {}

@@ -1,7 +1,7 @@
 """What a start of `train.py` may do with a run dir, decided before anything compiles or W&B starts:
 `plan_start` reads only and refuses (one line) a start that would relabel or corrupt the records;
-`RunStart.commit` writes the start's record (identity, run_config.json, .hydra/). A refused start so
-changes nothing in the dir but its own entry under `.hydra/attempts/`.
+`RunStart.commit` writes the start's record (identity, run_config.json, components.json, .hydra/). A
+refused start so changes nothing in the dir but its own entry under `.hydra/attempts/`.
 """
 
 import dataclasses
@@ -11,7 +11,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from icl_lr.fields import ConfigError, free_keys
+from icl_lr.fields import ConfigError, check, free_keys
+from icl_lr.records.code import changed, code_record, describe, read_code_record, with_changes
 from icl_lr.records.run_dir import (
     CONFIG_FILE,
     SUMMARY_FILE,
@@ -22,10 +23,12 @@ from icl_lr.records.run_dir import (
     has_checkpoints,
     read_config_record,
     read_summary,
+    step_dirs,
     write_atomic,
 )
-from icl_lr.records.schema import CURVES_FILE, METRICS_FILE
+from icl_lr.records.schema import CODE_FILE, CURVES_FILE, METRICS_FILE
 from icl_lr.records.tracking import read_jsonl
+from icl_lr.run.config import origins
 from icl_lr.train.config import RunConfig
 
 log = logging.getLogger("icl_lr")
@@ -61,11 +64,17 @@ class RunStart:
     finished: dict | None
     resumed: bool
     stored: dict | None  # the config record of the run's previous start
+    code: dict  # the record of the code it trains with (icl_lr/records/code.py), this start's changes in it
+    code_changes: tuple = ()  # what changed in it since the run started, a line each
 
     def commit(self, attempt_dir: Path | None) -> str:
-        """Writes the start's record (identity, run_config.json, .hydra/) and returns its W&B run id."""
+        """Writes the start's record (identity, run_config.json, components.json, .hydra/) and returns its W&B
+        run id; says which code changed since the run started."""
         t, run_id = self.cfg.training, claim_identity(self.run_dir, fresh=not self.resumed)
         write_atomic(self.run_dir / CONFIG_FILE, json.dumps(config_record(self.cfg), indent=2) + "\n")
+        write_atomic(self.run_dir / CODE_FILE, json.dumps(self.code, indent=2) + "\n")
+        for change in self.code_changes:
+            log.warning("%s; training on with this code (recorded in %s)", change, CODE_FILE)
         if attempt_dir is not None:  # .hydra/ holds the latest start's Hydra config; each start's own stays
             for name in ("config.yaml", "overrides.yaml", "hydra.yaml"):
                 if (attempt_dir / name).exists():
@@ -133,7 +142,28 @@ def plan_start(run_dir: Path, cfg: RunConfig) -> RunStart:
             raise RunDirError(f"{error}: move the file aside to start this run dir again, or start a new one") from None
     summary = read_summary(run_dir)
     finished = summary if summary and summary.get("step") == cfg.training.steps else None
-    return RunStart(run_dir, cfg, finished, resumed, stored)
+    code, code_changes = code_of(run_dir, cfg, resumed and not finished)
+    return RunStart(run_dir, cfg, finished, resumed, stored, code, code_changes)
+
+
+def code_of(run_dir: Path, cfg: RunConfig, resumed: bool) -> tuple[dict, tuple]:
+    """(the record of the code this start trains with, its changes since the run started, a line each). A
+    resume on a component's other code (a file's or module's content, a plugin's version) is refused in one
+    line unless training.allow_code_change; one on another icl-lr version goes on, said. A run dir from before
+    the record has nothing to compare."""
+    current = code_record(origins(cfg))
+    stored = read_code_record(run_dir) if resumed else None
+    if stored is None:
+        return current, ()
+    differing = changed(stored, current)
+    check(
+        not differing or cfg.training.allow_code_change,
+        f"{', '.join(describe(key, *pair) for key, pair in differing.items())}; resume with "
+        "training.allow_code_change=true to train on with the new code (recorded)",
+    )
+    record = with_changes(stored, current, step=int(step_dirs(run_dir / "checkpoints" / "latest")[-1].name))
+    new = record["changes"][len(stored.get("changes", [])) :]
+    return record, tuple(describe(change["key"], change["from"], change["to"]) for change in new)
 
 
 def check_init_from(init_from: str) -> None:

@@ -47,6 +47,7 @@ class TrainingConfig:
     eval_every: int = field(default=2000, metadata=FREE)
     checkpoint_every: int = field(default=2000, metadata=FREE)
     max_to_keep: int = field(default=3, metadata=FREE)
+    allow_code_change: bool = field(default=False, metadata=FREE)  # a resume's leave to train on other code
 
     @property
     def horizon(self) -> int:
