@@ -36,7 +36,9 @@ from icl_lr.train.step import init_state, make_dispatch
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 PRESETS = sorted(p.stem for p in (CONFIGS / "model").glob("*.yaml"))
-VARIANTS = {"mamba_associative": ("mamba", ["model.scan=associative"])}  # a preset with overrides: on request only
+VARIANTS = {  # a preset with overrides, on request only: Mamba's two scans whatever model.scan=auto picks here
+    f"mamba_{scan}": ("mamba", [f"model.scan={scan}"]) for scan in ("sequential", "associative")
+}
 DISPATCH = 10  # steps per timed call
 
 
@@ -197,7 +199,7 @@ def main() -> None:
         nargs="+",
         choices=PRESETS + list(VARIANTS),
         default=PRESETS,
-        help=f"configs/model/ presets (default: all), or {', '.join(VARIANTS)} (a preset with overrides)",
+        help=f"configs/model/ presets (default: all), or {' and '.join(VARIANTS)} (a preset with overrides)",
     )
     parser.add_argument("--n-dims", type=int, default=20)
     parser.add_argument("--n-points", type=int, default=41)
