@@ -2,6 +2,7 @@
 
     python bench/benchmark.py                      # tiny, small, standard at Garg et al.'s d=20, 41 points, batch 64
     python bench/benchmark.py --presets standard --steps 20
+    python bench/benchmark.py --presets gpt2_narrow mamba mamba_associative --scaling-devices 0
 
 For each preset: steps/s, tokens/s, model FLOP utilisation (MFU: the model's matmul FLOPs per
 second over this machine's measured peak float32 matmul rate) and peak memory (XLA's buffer assignment of
@@ -35,15 +36,20 @@ from icl_lr.train.step import init_state, make_dispatch
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 PRESETS = sorted(p.stem for p in (CONFIGS / "model").glob("*.yaml"))
+VARIANTS = {  # a preset with overrides, on request only: Mamba's two scans whatever model.scan=auto picks here
+    f"mamba_{scan}": ("mamba", [f"model.scan={scan}"]) for scan in ("sequential", "associative")
+}
 DISPATCH = 10  # steps per timed call
 
 
 def garg_config(preset: str, args) -> RunConfig:
-    """Garg et al.'s recipe as `python train.py experiment=garg2022 model=<preset>` builds it, at the
-    benchmark's task size and batch."""
+    """Garg et al.'s recipe as `python train.py experiment=garg2022 model=<preset>` builds it (a variant's
+    preset with its overrides), at the benchmark's task size and batch."""
+    preset, variant = VARIANTS.get(preset, (preset, []))
     overrides = [
         "experiment=garg2022",
         f"model={preset}",
+        *variant,
         f"data.n_dims={args.n_dims}",
         f"data.n_points={args.n_points}",
         f"training.batch_size={args.batch_size}",
@@ -189,7 +195,11 @@ def time_model_eval(model, params, eval_cfg: EvalConfig, eval_set) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
-        "--presets", nargs="+", choices=PRESETS, default=PRESETS, help="configs/model/ presets (default: all)"
+        "--presets",
+        nargs="+",
+        choices=PRESETS + list(VARIANTS),
+        default=PRESETS,
+        help=f"configs/model/ presets (default: all), or {' and '.join(VARIANTS)} (a preset with overrides)",
     )
     parser.add_argument("--n-dims", type=int, default=20)
     parser.add_argument("--n-points", type=int, default=41)
@@ -204,7 +214,7 @@ def main() -> None:
         type=int,
         default=2,
         metavar="N",
-        help="data-parallel scaling: JAX's steps/s on N devices against 1 (a CPU split into N; default 2)",
+        help="data-parallel scaling: JAX's steps/s on N devices against 1 (a CPU split into N; default 2; 0: skip)",
     )
     parser.add_argument("--jax-only", action="store_true", help=argparse.SUPPRESS)  # a scaling subprocess's run
     args = parser.parse_args()
@@ -225,7 +235,7 @@ def main() -> None:
     print(f"measured peak float32 matmul: {peak / 1e9:.1f} GFLOP/s")
     print(f"task: d={args.n_dims}, {args.n_points} points ({length} tokens), batch {args.batch_size}, ", end="")
     print(f"{args.steps} timed steps; Garg et al.'s optimiser (experiment=garg2022)\n")
-    header = f"{'preset':<13}{'params':>10} | {'JAX steps/s':>11}{'tokens/s':>10}{'MFU':>7}{'compile s':>10}"
+    header = f"{'preset':<17}{'params':>10} | {'JAX steps/s':>11}{'tokens/s':>10}{'MFU':>7}{'compile s':>10}"
     header += f"{'peak MB':>9} | "
     header += f"{'torch steps/s':>13}{'tokens/s':>10}{'MFU':>7} | {'JAX/torch time':>14}"
     print(header)
@@ -243,7 +253,7 @@ def main() -> None:
         seconds = jax_run["step_seconds"]
         tokens = args.batch_size * length
         mfu = f"{flops / seconds / peak:>7.1%}" if gpt2 else f"{'-':>7}"
-        row = f"{preset:<13}{n_params:>10,} | {1 / seconds:>11.2f}{tokens / seconds:>10,.0f}{mfu}"
+        row = f"{preset:<17}{n_params:>10,} | {1 / seconds:>11.2f}{tokens / seconds:>10,.0f}{mfu}"
         row += f"{jax_run['compile_seconds']:>10.1f}{jax_run['peak_bytes'] / 1e6:>9.1f} | "
         if torch_seconds is None:
             row += f"{'(no torch reference)' if not gpt2 else '(no torch)':>30} | {'':>14}"
@@ -255,7 +265,7 @@ def main() -> None:
     print(f"\neval on {args.eval_prompts} held-out prompts: the set and its 4 baselines, once per run on the ", end="")
     print(f"host's CPU (compile included): {build_seconds:.2f} s")
     for preset, seconds in evals:
-        print(f"  {preset:<13} model error curve, every eval: {seconds:.2f} s")
+        print(f"  {preset:<17} model error curve, every eval: {seconds:.2f} s")
     print_scaling(args)
 
 
@@ -276,6 +286,8 @@ def steps_per_second_on(n_devices: int, args) -> dict:
 def print_scaling(args) -> None:
     """Data parallel: steps/s of the same global batch on N devices against 1 (goal: >= 0.8 N)."""
     n = args.scaling_devices
+    if n == 0:
+        return
     if jax.devices()[0].platform != "cpu" and jax.device_count() < n:
         print(f"\ndata-parallel scaling: needs {n} devices, this machine has {jax.device_count()}")
         return
@@ -284,7 +296,7 @@ def print_scaling(args) -> None:
     print(f"\ndata-parallel scaling, global batch {args.batch_size} split over {n} {kind}:")
     for preset in args.presets:
         ratio = many[preset] / one[preset]
-        print(f"  {preset:<13} 1 device {one[preset]:8.2f} steps/s | {n} devices {many[preset]:8.2f} steps/s", end="")
+        print(f"  {preset:<17} 1 device {one[preset]:8.2f} steps/s | {n} devices {many[preset]:8.2f} steps/s", end="")
         print(f" | {ratio:.2f}x (goal >= {0.8 * n:.1f}x)")
 
 

@@ -6,7 +6,8 @@
 #    and the [cuda] extra;
 # 2. the tests that make sense on a GPU (model vs Hugging Face GPT-2, baselines vs closed forms, data, config),
 #    at full float32 matmul precision so the CPU tolerances hold;
-# 3. the benchmark against the PyTorch reference on the same GPU, float32 and bf16 (training.precision);
+# 3. the benchmark against the PyTorch reference on the same GPU, float32 and bf16 (training.precision); Mamba's
+#    two scans side by side (model.scan=auto takes the associative one on a GPU: this says whether it should);
 # 4. packed runs against runs one at a time (bench/pack.py: K = 1, 4, 16 on gpt2_tiny and gpt2_narrow, an 8-run
 #    sweep --pack 8 against one run at a time);
 # 5. the default run (`python train.py`, W&B disabled), timed, with its final eval.
@@ -43,6 +44,10 @@ for precision in fp32 bf16; do
         python3 bench/benchmark.py --steps 50 --precision $precision
     fi
 done
+
+echo "== mamba's scans"
+scan_steps=$([[ "${QUICK:-0}" == 1 ]] && echo "--steps 5 --eval-prompts 256" || echo "--steps 50")
+python3 bench/benchmark.py --presets mamba_sequential mamba_associative $scan_steps --scaling-devices 0
 
 echo "== packed runs"
 if [[ "${QUICK:-0}" == 1 ]]; then

@@ -144,7 +144,7 @@ def _composed_yaml(*overrides) -> str:
 
 
 def test_the_keys_a_resume_may_change_are_declared_on_their_fields():
-    every_family = [run_config(), run_config("model=lstm"), run_config("experiment=lsa")]
+    every_family = [run_config(), run_config("model=lstm"), run_config("model=mamba"), run_config("experiment=lsa")]
     free = set().union(*(free_keys(cfg) for cfg in every_family))
     assert {k for k in free if not k.startswith(("eval.", "wandb."))} == {
         "training.steps",
@@ -158,6 +158,7 @@ def test_the_keys_a_resume_may_change_are_declared_on_their_fields():
         "training.allow_code_change",
         "model.embedding_std",
         "model.gd_learning_rate",
+        "model.scan",
         "init_from",
     }
     every = set(flatten(dataclasses.asdict(RunConfig())))

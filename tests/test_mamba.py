@@ -1,13 +1,16 @@
-"""icl_lr/model/mamba.py: the selective scan against a step-by-step recurrence (numpy float64), the block's
-parameters against the formula; causality is every family's test (tests/test_model.py), kill and resume and
-two devices the new families' (tests/test_families.py)."""
+"""icl_lr/model/mamba.py: each selective scan against a step-by-step recurrence (numpy float64), the sequential
+scan against the associative one (outputs and gradients), the block's parameters against the formula; causality
+is every family's test (tests/test_model.py), kill and resume and two devices the new families'
+(tests/test_families.py)."""
 
 import jax
 import numpy as np
 import pytest
 
 from helpers import model_config
-from icl_lr.model.mamba import Mamba, MambaMixer, selective_scan
+from icl_lr.model.mamba import Mamba, MambaMixer, associative_scan, scan_kind
+
+SCANS = ["sequential", "associative"]
 
 
 @pytest.mark.unit
@@ -18,7 +21,7 @@ def test_the_associative_scan_is_the_recurrence():
     for t in range(30):
         h = np.asarray(a[:, t], np.float64) * h + np.asarray(b[:, t], np.float64)
         want.append(h)
-    np.testing.assert_allclose(selective_scan(a, b), np.stack(want, axis=1), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(associative_scan(a, b), np.stack(want, axis=1), rtol=1e-5, atol=1e-5)
 
 
 def softplus(x):
@@ -52,8 +55,9 @@ def recurrent_mixer(p: dict, h_TxE: np.ndarray, d_conv: int, d_state: int, dt_ra
 
 
 @pytest.mark.unit
-def test_the_mixer_equals_its_step_by_step_recurrence():
-    cfg = model_config(family="mamba", n_embd=16, n_layer=1, d_state=4, d_conv=3, expand=2)
+@pytest.mark.parametrize("scan", SCANS)
+def test_the_mixer_equals_its_step_by_step_recurrence(scan):
+    cfg = model_config(family="mamba", n_embd=16, n_layer=1, d_state=4, d_conv=3, expand=2, scan=scan)
     h = jax.random.normal(jax.random.PRNGKey(2), (2, 12, 16))
     params = MambaMixer(cfg, jax.numpy.float32).init(jax.random.PRNGKey(3), h)["params"]
     params = jax.tree.map(lambda v: v + 0.1 * jax.random.normal(jax.random.PRNGKey(4), v.shape), params)
@@ -61,6 +65,29 @@ def test_the_mixer_equals_its_step_by_step_recurrence():
     for i in range(2):
         want = recurrent_mixer(params, np.asarray(h[i], np.float64), 3, 4, cfg.dt_rank)
         np.testing.assert_allclose(got[i], want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.unit
+def test_the_sequential_scan_is_the_associative_one():
+    """The same outputs and gradients of a loss, to float32 rounding, on a small random model."""
+    inputs = jax.random.normal(jax.random.PRNGKey(5), (3, 20, 16))
+    configs = {scan: model_config(family="mamba", n_embd=16, n_layer=2, d_state=4, scan=scan) for scan in SCANS}
+    params = Mamba(configs["associative"]).init(jax.random.PRNGKey(6), inputs)["params"]
+    params = jax.tree.map(lambda v: v + 0.1 * jax.random.normal(jax.random.PRNGKey(7), v.shape), params)
+    loss = lambda p, cfg: (Mamba(cfg).apply({"params": p}, inputs) ** 2).mean()
+    (out_s, grads_s), (out_a, grads_a) = (
+        (Mamba(cfg).apply({"params": params}, inputs), jax.grad(loss)(params, cfg)) for cfg in configs.values()
+    )
+    np.testing.assert_allclose(out_s, out_a, rtol=1e-5, atol=1e-5)
+    close = lambda path, g_s, g_a: np.testing.assert_allclose(g_s, g_a, 1e-5, 1e-5, err_msg=jax.tree_util.keystr(path))
+    jax.tree_util.tree_map_with_path(close, grads_s, grads_a)
+
+
+@pytest.mark.unit
+def test_auto_is_sequential_on_a_cpu_and_associative_on_an_accelerator(monkeypatch):
+    assert scan_kind("auto") == "sequential"  # the tests run on a CPU
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert (scan_kind("auto"), scan_kind("sequential")) == ("associative", "sequential")
 
 
 @pytest.mark.unit

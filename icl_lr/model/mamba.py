@@ -5,22 +5,27 @@ Each of n_layer residual blocks (Gu and Dao 2023, state-spaces/mamba mamba_simpl
 gate z from one projection (width expand E); x through a short causal depthwise convolution (d_conv) and SiLU;
 an input-dependent step Delta, B and C from x; the selective scan h_t = exp(Delta_t A) h_{t-1} + Delta_t B_t x_t,
 y_t = C_t h_t + D x_t (A diagonal, negative, per channel and state); y gated by SiLU(z) and projected back. A
-final RMSNorm. The scan is jax.lax.associative_scan over time, in training and eval alike: no custom kernels,
-so it runs on CPU, GPU and TPU, at the cost of [B, T, expand E, d_state] per layer (docs/model_families.md).
-Causal by construction: the convolution and the scan see tokens up to t only.
+final RMSNorm. No custom kernels, so it runs on CPU, GPU and TPU; the scan (model.scan) is a jax.lax.scan over
+time that builds each step's terms from [B, C] and [B, S] slices and recomputes them in the backward pass
+(sequential: no [B, T, C, S] tensor but the states it keeps for the backward pass), or a
+jax.lax.associative_scan over [B, T, C, S] terms (associative: log T steps deep, which suits a GPU); `auto`
+picks by backend (docs/model_families.md). Causal by construction: the convolution and the scan see tokens up
+to t only.
 """
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from icl_lr.fields import FREE, check
 from icl_lr.model.config import HIDDEN, ModelConfig, check_counts
 
 DT_MIN, DT_MAX = 1e-3, 1e-1  # the step's initial range (log-uniform), as mamba_simple.py's
+SCANS = ("auto", "sequential", "associative")
 
 
 @dataclass(frozen=True)
@@ -31,19 +36,49 @@ class MambaConfig:
     d_state: int = 16
     d_conv: int = 4
     expand: int = 2
+    scan: str = field(default="auto", metadata=FREE)  # the same states to float32 rounding: a resume may change it
 
     def check(self) -> None:
         check_counts(self, "n_layer", "d_state", "d_conv", "expand")
+        check(self.scan in SCANS, f"model.scan must be one of {SCANS}, got {self.scan!r}")
 
     @property
     def dt_rank(self) -> int:
         return math.ceil(self.n_embd / 16)
 
 
-def selective_scan(a_BxTxCxS, b_BxTxCxS) -> jax.Array:
+def scan_kind(scan: str) -> str:
+    """model.scan with `auto` resolved by backend: sequential on a CPU (5x faster there at the mamba preset's
+    shapes), associative on a GPU or TPU (log T steps deep instead of T)."""
+    if scan != "auto":
+        return scan
+    return "sequential" if jax.default_backend() == "cpu" else "associative"
+
+
+def associative_scan(a_BxTxCxS, b_BxTxCxS) -> jax.Array:
     """h_t = a_t * h_{t-1} + b_t from h_{-1} = 0, every t at once: the associative scan of (a, b) pairs."""
     combine = lambda first, second: (first[0] * second[0], second[0] * first[1] + second[1])
     return jax.lax.associative_scan(combine, (a_BxTxCxS, b_BxTxCxS), axis=1)[1]
+
+
+def selective_scan(dt_BxTxC, x_BxTxC, a_CxS, b_BxTxS, c_BxTxS, scan: str) -> jax.Array:
+    """y_t = C_t h_t with h_t = exp(Delta_t A) h_{t-1} + Delta_t B_t x_t from h_{-1} = 0, [B, T, C]; `scan`:
+    model.scan resolved (scan_kind)."""
+    if scan == "associative":
+        a_BxTxCxS = jnp.exp(dt_BxTxC[..., None] * a_CxS)
+        b_BxTxCxS = (dt_BxTxC * x_BxTxC)[..., None] * b_BxTxS[:, :, None, :]
+        return jnp.einsum("btcs,bts->btc", associative_scan(a_BxTxCxS, b_BxTxCxS), c_BxTxS)
+
+    @jax.checkpoint  # the backward pass recomputes a step's [B, C, S] terms from its slices
+    def step(h_BxCxS, inputs):
+        dt_BxC, x_BxC, b_BxS, c_BxS = inputs
+        h_BxCxS = jnp.exp(dt_BxC[..., None] * a_CxS) * h_BxCxS + (dt_BxC * x_BxC)[..., None] * b_BxS[:, None, :]
+        return h_BxCxS, jnp.einsum("bcs,bs->bc", h_BxCxS, c_BxS)
+
+    batch, _, channels = dt_BxTxC.shape
+    h_BxCxS = jnp.zeros((batch, channels, a_CxS.shape[1]), dt_BxTxC.dtype)
+    _, y_TxBxC = jax.lax.scan(step, h_BxCxS, [jnp.swapaxes(v, 0, 1) for v in (dt_BxTxC, x_BxTxC, b_BxTxS, c_BxTxS)])
+    return jnp.swapaxes(y_TxBxC, 0, 1)
 
 
 def dt_bias_init(key, shape, dtype=jnp.float32):
@@ -74,10 +109,8 @@ class MambaMixer(nn.Module):
         )
         d_C = self.param("D", nn.initializers.ones, (channels,))
         dt, x = dt_BxTxC.astype(jnp.float32), x_BxTxC.astype(jnp.float32)  # the scan in float32 under bf16 too
-        a_BxTxCxS = jnp.exp(dt[..., None] * -jnp.exp(a_log))
-        b_BxTxCxS = (dt * x)[..., None] * b_BxTxS.astype(jnp.float32)[:, :, None, :]
-        h_BxTxCxS = selective_scan(a_BxTxCxS, b_BxTxCxS)
-        y_BxTxC = jnp.einsum("btcs,bts->btc", h_BxTxCxS, c_BxTxS.astype(jnp.float32)) + d_C * x
+        b_BxTxS, c_BxTxS = b_BxTxS.astype(jnp.float32), c_BxTxS.astype(jnp.float32)
+        y_BxTxC = selective_scan(dt, x, -jnp.exp(a_log), b_BxTxS, c_BxTxS, scan_kind(cfg.scan)) + d_C * x
         y_BxTxC = (y_BxTxC * nn.silu(z_BxTxC.astype(jnp.float32))).astype(self.dtype)
         return nn.Dense(cfg.n_embd, use_bias=False, dtype=self.dtype, name="out_proj")(y_BxTxC)
 
