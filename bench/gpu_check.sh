@@ -3,7 +3,7 @@
 #   bench/gpu_check.sh [OUT_DIR]
 # 1. install what the machine lacks: from wheels in .whl/ when it has no network (hydra-core, omegaconf,
 #    antlr4; a device image already holding JAX, flax, optax, orbax, torch), else `pip install -e .[test]`
-#    and the [cuda] extra;
+#    and the [cuda] extra at constraints.txt's versions;
 # 2. the tests that make sense on a GPU (model vs Hugging Face GPT-2, baselines vs closed forms, data, config),
 #    at full float32 matmul precision so the CPU tolerances hold;
 # 3. the benchmark against the PyTorch reference on the same GPU, float32 and bf16 (training.precision); Mamba's
@@ -24,7 +24,7 @@ if [[ -d .whl ]] && ls .whl/*.whl > /dev/null 2>&1; then
     python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
     export PYTHONPATH="/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 else
-    python3 -m pip install -q -e ".[test,cuda]" || exit 1
+    python3 -m pip install -q -c constraints.txt -e ".[test,cuda]" || exit 1
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 python3 -c "import jax, flax, optax, orbax.checkpoint as o; print('jax', jax.__version__, jax.devices(), '| flax', flax.__version__, '| optax', optax.__version__)"

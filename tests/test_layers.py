@@ -150,6 +150,7 @@ def test_the_keys_a_resume_may_change_are_declared_on_their_fields():
         "training.steps",
         "training.distributed",
         "training.cpu_devices",
+        "training.compile_cache",
         "training.steps_per_dispatch",
         "training.log_every",
         "training.eval_every",

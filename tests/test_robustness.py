@@ -25,8 +25,9 @@ Config keys, every one: a wrong type or an unknown key is one line naming it, be
   wandb.mode one of its names, WANDB_MODE wins (dryrun = offline, a bogus one: one line); init_timeout
     finite and > 0; init_from: a missing checkpoint or an unreadable artifact, one line.
   experiment=<no such file>: Hydra's error with the options; nothing runs, not even --cfg job.
-  On a resume: cadences, eval.*, wandb.*, a larger training.steps, cpu_devices, distributed, init_from,
-    model.embedding_std, allow_code_change may change; any other key is refused naming it, old value and new.
+  On a resume: cadences, eval.*, wandb.*, a larger training.steps, cpu_devices, compile_cache, distributed,
+    init_from, model.embedding_std, model.scan, allow_code_change may change; any other key is refused naming it,
+    old value and new.
 Files of a run dir:
   .hydra/: the latest start's Hydra config; .hydra/attempts/<time>/ every start's, refused ones too.
   run_config.json: the latest start's resolved config; missing, truncated or not a record beside checkpoints

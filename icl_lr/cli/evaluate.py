@@ -78,6 +78,7 @@ def evaluate(model, cfg, out: Path) -> dict:
     started = time.perf_counter()
     mode = resolve_mode(cfg.wandb.mode)
     parallel.use_cpu_devices(cfg)
+    parallel.use_compile_cache(cfg)
     setup = build(cfg)
     state = init_state(setup, make_optimizer(cfg.training), cfg.seed)  # its run key: the training run's
     if model.params is not None:

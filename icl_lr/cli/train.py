@@ -48,6 +48,7 @@ def run(cfg: DictConfig, run_dir: Path, attempt_dir: Path, choices: dict, stop: 
 
     mode = resolve_mode(run_cfg.wandb.mode)  # a bad WANDB_MODE is a config error, before anything starts
     parallel.use_cpu_devices(run_cfg)
+    parallel.use_compile_cache(run_cfg)
     if run_cfg.training.distributed:
         parallel.initialize_distributed()
         if not parallel.same_on_every_process(str(run_dir.absolute())):
@@ -116,6 +117,7 @@ def run_pack(jobs: list, stop: StopRequest) -> list:
     if run_cfgs[0].training.distributed:
         raise ConfigError("training.distributed: a pack trains in one process; pack runs without it")
     parallel.use_cpu_devices(run_cfgs[0])
+    parallel.use_compile_cache(run_cfgs[0])
     pack.check(run_cfgs, parallel.data_mesh())  # refused before any run dir is touched
     with contextlib.ExitStack() as stack:
         started = []

@@ -42,6 +42,7 @@ class TrainingConfig:
     loss_points: str = "all"
     distributed: bool = field(default=False, metadata=FREE)  # where the steps run, not what they compute
     cpu_devices: str = field(default="auto", metadata=FREE)
+    compile_cache: bool = field(default=True, metadata=FREE)  # how fast a run starts, not what it computes
     steps_per_dispatch: int = field(default=50, metadata=FREE)
     log_every: int = field(default=500, metadata=FREE)
     eval_every: int = field(default=2000, metadata=FREE)

@@ -58,6 +58,25 @@ def use_cpu_devices(cfg: RunConfig) -> None:
             ) from None
 
 
+def compile_cache_dir() -> str:
+    """Where runs keep compiled programs by default: $XDG_CACHE_HOME/icl-lr/jax, else ~/.cache/icl-lr/jax."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "icl-lr", "jax")
+
+
+def use_compile_cache(cfg: RunConfig) -> None:
+    """JAX's persistent compilation cache (`training.compile_cache`), set before the first compile: a run of
+    shapes an earlier run compiled reads its programs from disk instead of compiling them again (the train
+    step's compile is most of a short run's start). A cache dir set already (JAX_COMPILATION_CACHE_DIR,
+    jax.config) is kept, and so are JAX's own settings (JAX_ENABLE_COMPILATION_CACHE=false, the minimum
+    compile time of a cached program, 1 s by default: the many tiny programs are not worth a file each)."""
+    if not cfg.training.compile_cache:
+        jax.config.update("jax_enable_compilation_cache", False)  # a dir set in the environment too
+        return
+    if jax.config.jax_enable_compilation_cache and jax.config.jax_compilation_cache_dir is None:
+        jax.config.update("jax_compilation_cache_dir", compile_cache_dir())
+
+
 def initialize_distributed() -> None:
     """Joins the job's other processes before anything touches a device: jax.distributed.initialize()
     finds the coordinator, process count and rank in the cluster's variables (SLURM's SLURM_NTASKS,
