@@ -30,7 +30,8 @@ from helpers import (
 from icl_lr.fields import ConfigError
 from icl_lr.records.tracking import read_jsonl
 from icl_lr.train import pack, parallel
-from icl_lr.train.loop import NonFiniteLoss, train, train_pack
+from icl_lr.train.loop import train, train_pack
+from icl_lr.train.preemption import NonFiniteLoss
 
 METRICS = "metrics.jsonl"
 LONGER = ["training.steps=60"]  # checkpoints at 20, 40, 60
@@ -233,3 +234,17 @@ def test_a_hydra_multirun_packs_its_jobs_of_one_shape(tmp_path):
         assert summary["pack_size"] == 2 and len(overrides) == 2
         alone = train(run_config(*FAST, "training.steps=20", *overrides), tmp_path / f"alone{job}")
         assert alone["eval/excess/mean"] == pytest.approx(summary["eval/excess/mean"], rel=1e-5)
+
+
+def test_a_diverging_job_alone_in_its_pack_stops_alone_and_the_multirun_goes_on(tmp_path):
+    """`-m hydra/launcher=pack` over two jobs of two shapes (a list of noise levels is no number: each job a pack of
+    one): the first diverges and is recorded as failed, in one line of its train.log; the second trains to its end."""
+    command = [sys.executable, str(ROOT / "train.py"), "-m", "hydra/launcher=pack", f"hydra.sweep.dir={tmp_path}"]
+    command += [*FAST, "training.steps=20", "wandb.mode=disabled", "data.noise_std_choices=[1e30],[0.5,1.0]"]
+    result = subprocess.run(command, cwd=tmp_path, env=no_key_env(), capture_output=True, text=True, timeout=300)
+    assert "2 jobs in 2 packs of up to 16: 1 + 1" in output(result), output(result)[-3000:]
+    assert f"JobFailed: {tmp_path / '0'}: exit code 1" in output(result)  # Hydra's report of the failed job, at the end
+    log = (tmp_path / "0" / "train.log").read_text()
+    assert len(re.findall("training stopped: the training loss is (inf|nan) at step 1 ", log)) == 1
+    assert not (tmp_path / "0" / "summary.json").exists()
+    assert json.loads((tmp_path / "1" / "summary.json").read_text())["step"] == 20

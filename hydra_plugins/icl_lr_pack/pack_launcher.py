@@ -24,9 +24,9 @@ class PackLauncher(Launcher):
         self.config, self.hydra_context = config, hydra_context
 
     def _job(self, overrides: list, idx: int) -> tuple:
-        """(job tuple as icl_lr.cli.pack trains it, the job's config with Hydra's node) of one job."""
+        """(the Job as icl_lr.cli.pack trains it, the job's config with Hydra's node) of one job."""
         from icl_lr.cli.pack import write_attempt
-        from icl_lr.cli.train import GROUPS
+        from icl_lr.cli.train import GROUPS, Job
 
         sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
         with open_dict(sweep_config):
@@ -36,9 +36,10 @@ class PackLauncher(Launcher):
         HydraConfig.instance().set_config(sweep_config)  # what ${hydra:...} in the job's config reads
         cfg, attempt_dir = write_attempt(sweep_config, run_dir, list(overrides))
         choices = {group: sweep_config.hydra.runtime.choices.get(group) for group in GROUPS}
-        return (cfg, run_dir, attempt_dir, choices, list(overrides)), sweep_config
+        return Job(cfg, run_dir, attempt_dir, choices, list(overrides)), sweep_config
 
     def launch(self, job_overrides, initial_job_idx: int) -> list:
+        from icl_lr.cli.errors import INTERRUPTED, PREEMPTED, exit_code
         from icl_lr.cli.pack import console_logging, train_jobs
         from icl_lr.fields import ConfigError
         from icl_lr.records.run_dir import packed_exit_code
@@ -56,33 +57,33 @@ class PackLauncher(Launcher):
             jobs.append(job)
             configs.append(sweep_config)
         try:
-            cfgs = [from_dictconfig(cfg, overrides) for cfg, _, _, _, overrides in jobs]
+            cfgs = [from_dictconfig(job.cfg, job.overrides) for job in jobs]
             parallel.use_cpu_devices(cfgs[0])
             packs = pack.groups(cfgs, self.size, parallel.data_mesh())
         except ConfigError as error:
-            log.error("config error: %s", error)
-            packs, codes = [], {i: 2 for i in range(len(jobs))}
+            code = exit_code(error)
+            packs, codes = [], dict.fromkeys(range(len(jobs)), code)
         else:
             log.info("%d jobs in %d pack%s of up to %d: %s", len(jobs), len(packs), "s" * (len(packs) > 1),
-                     self.size, " + ".join(str(len(p)) for p in packs))  # fmt: skip
+                     self.size, " + ".join(str(len(members)) for members, _ in packs))  # fmt: skip
             codes = {}
         stop = StopRequest().install()
-        for members in packs:
-            code = train_jobs([jobs[i] for i in members], stop)
-            codes |= {i: packed_exit_code(jobs[i][1], code) for i in members}
-            if code in (130, 143):  # interrupted or preempted: the same command resumes every run
+        for members, keys in packs:  # a pack that fails, or whose run diverges, does not stop the next
+            code = train_jobs([jobs[i] for i in members], stop, keys)
+            codes |= {i: packed_exit_code(jobs[i].run_dir, code) for i in members}
+            if code in (INTERRUPTED, PREEMPTED):  # the same command resumes every run
                 raise SystemExit(code)
         return [self._result(configs[i], jobs[i], codes.get(i, 1)) for i in range(len(jobs))]
 
     @staticmethod
-    def _result(sweep_config, job: tuple, code: int) -> JobReturn:
+    def _result(sweep_config, job, code: int) -> JobReturn:
         from icl_lr.cli.train import JobFailed
 
-        result = JobReturn(overrides=job[4], cfg=job[0], hydra_cfg=sweep_config, working_dir=str(Path.cwd()),
+        result = JobReturn(overrides=job.overrides, cfg=job.cfg, hydra_cfg=sweep_config, working_dir=str(Path.cwd()),
                            task_name="train")  # fmt: skip
         if code == 0:
             result.status, result.return_value = JobStatus.COMPLETED, None
         else:
             result.status = JobStatus.FAILED
-            result.return_value = JobFailed(f"{job[1]}: exit code {code} (its train.log says why)")
+            result.return_value = JobFailed(f"{job.run_dir}: exit code {code} (its train.log says why)")
         return result

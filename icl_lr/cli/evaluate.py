@@ -23,10 +23,11 @@ import sys
 import time
 from pathlib import Path
 
-from icl_lr.fields import ConfigError, check
+from icl_lr.cli.errors import exit_code
+from icl_lr.fields import check
 from icl_lr.records import schema
 from icl_lr.records.eval_dir import EvalDir
-from icl_lr.records.run_dir import RunDirError, config_record, new_run_id, write_atomic
+from icl_lr.records.run_dir import config_record, new_run_id, write_atomic
 from icl_lr.run.evaluation import eval_config, find_model, load_params
 
 log = logging.getLogger("icl_lr")
@@ -135,12 +136,8 @@ def main(argv=None) -> int:
             handler.setFormatter(logging.getLogger().handlers[0].formatter)
             logging.getLogger().addHandler(handler)
             summary = evaluate(model, cfg, out)
-    except ConfigError as error:
-        log.error("config error: %s", error)
-        return 2
-    except RunDirError as error:
-        log.error("eval dir error: %s", error)
-        return 2
+    except (Exception, KeyboardInterrupt) as error:
+        return exit_code(error)
     log.info("eval dir %s: excess over %s (mean over k) %.4f", out, summary[schema.REFERENCE], summary[schema.EXCESS])
     return 0
 

@@ -18,12 +18,12 @@ from pathlib import Path
 from hydra.errors import HydraException
 from omegaconf import OmegaConf
 
-from icl_lr.cli.train import GROUPS, run_pack
+from icl_lr.cli.errors import exit_code
+from icl_lr.cli.train import GROUPS, Job, run_pack
 from icl_lr.fields import ConfigError, one_line
-from icl_lr.records.run_dir import RunDirError
 from icl_lr.run.config import composed
 from icl_lr.train.pack import MEMBER
-from icl_lr.train.preemption import Preempted, StopRequest
+from icl_lr.train.preemption import StopRequest
 
 log = logging.getLogger("icl_lr")
 FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"  # Hydra's, as a run alone logs
@@ -100,38 +100,25 @@ def write_attempt(full, run_dir: Path, overrides: list) -> tuple:
     return cfg, attempt_dir
 
 
-def compose_job(overrides: list) -> tuple:
-    """(cfg, run dir, attempt dir, choices, overrides) of one run, as `python train.py <overrides>` has them."""
+def compose_job(overrides: list) -> Job:
+    """One run, as `python train.py <overrides>` has it."""
     if not any(o.startswith("hydra.run.dir=") for o in overrides):
         raise ConfigError(f"a packed run needs hydra.run.dir=<its run dir>: {' '.join(overrides)}")
     full = composed(overrides)
     run_dir = Path(full.hydra.run.dir)
     cfg, attempt_dir = write_attempt(full, run_dir, overrides)
     choices = {group: full.hydra.runtime.choices.get(group) for group in GROUPS}
-    return cfg, run_dir, attempt_dir, choices, overrides
+    return Job(cfg, run_dir, attempt_dir, choices, overrides)
 
 
-def train_jobs(jobs: list, stop: StopRequest) -> int:
-    """Trains `jobs` as one pack with each run dir's train.log; the pack's exit code (module docstring)."""
-    from icl_lr.cli.train import no_space_left
-
-    with member_logs([job[1] for job in jobs]):
+def train_jobs(jobs: list, stop: StopRequest, keys: tuple | None = None) -> int:
+    """Trains `jobs` as one pack (`keys`: its traced keys, where a launcher checked it) with each run dir's
+    train.log; the pack's exit code (module docstring)."""
+    with member_logs([job.run_dir for job in jobs]):
         try:
-            results = run_pack(jobs, stop)
-        except KeyboardInterrupt:
-            log.error("interrupted; start the same command again to resume from the last checkpoint")
-            return 130
-        except Preempted as error:
-            log.error("preempted: %s", error)
-            return Preempted.exit_code
-        except (ConfigError, RunDirError) as error:
-            log.error("%s: %s", "config error" if isinstance(error, ConfigError) else "run dir error", error)
-            return 2
-        except OSError as error:
-            if not no_space_left(error):
-                raise
-            log.error("disk full: %s; free some and start the same command again to resume", error)
-            return 1
+            results = run_pack(jobs, stop, keys)
+        except (Exception, KeyboardInterrupt) as error:
+            return exit_code(error)
     stopped = [str(run_dir) for run_dir, result in results if isinstance(result, Exception)]
     if stopped:
         log.error("training stopped in %d of %d runs: %s (their train.log says why)", len(stopped), len(results),
@@ -155,9 +142,10 @@ def main(argv=None) -> int:
         return 2
     try:
         jobs = [compose_job([str(o) for o in overrides]) for overrides in runs]
-    except (ConfigError, HydraException) as error:
-        log.error("config error: %s", one_line(error, None))
-        return 2
+    except HydraException as error:
+        return exit_code(ConfigError(one_line(error, None)))
+    except ConfigError as error:
+        return exit_code(error)
     return train_jobs(jobs, stop)
 
 

@@ -8,23 +8,24 @@ Examples:
 """
 
 import contextlib
-import errno
 import logging
 import os
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from icl_lr.cli.errors import INTERRUPTED, PREEMPTED, exit_code
 from icl_lr.fields import ConfigError
 from icl_lr.records import schema
-from icl_lr.records.run_dir import RunDirError, RunDirLock, config_record, read_config_record
+from icl_lr.records.run_dir import RunDirLock, config_record, read_config_record
 from icl_lr.run.config import from_dictconfig, overrides_from_agent, section_overrides
 from icl_lr.run.start import plan_start, with_horizon
-from icl_lr.train.preemption import Preempted, StopRequest
+from icl_lr.train.preemption import StopRequest
 
 log = logging.getLogger("icl_lr")
 GROUPS = ("data", "model", "training", "experiment")  # config groups whose choice W&B records
@@ -32,6 +33,17 @@ GROUPS = ("data", "model", "training", "experiment")  # config groups whose choi
 
 class JobFailed(RuntimeError):
     """A multirun job that failed; Hydra records it and goes on with the next job."""
+
+
+class Job(NamedTuple):
+    """One run as a launcher hands it over: its composed config, run dir, this start's attempt dir (its Hydra
+    files), the config groups chosen and the command line's overrides."""
+
+    cfg: DictConfig
+    run_dir: Path
+    attempt_dir: Path
+    choices: dict
+    overrides: list
 
 
 def run(cfg: DictConfig, run_dir: Path, attempt_dir: Path, choices: dict, stop: StopRequest, overrides=()) -> None:
@@ -101,15 +113,16 @@ def start_run(stack: contextlib.ExitStack, run_cfg, run_dir: Path, attempt_dir: 
     return start.cfg, run_dir, [stack.enter_context(WandbRun(run_cfg.wandb, mode, config, run_dir, run_id))]
 
 
-def run_pack(jobs: list, stop: StopRequest) -> list:
-    """The runs of `jobs` ((cfg, run_dir, attempt_dir, choices, overrides) each, as `run` takes them) as one
-    pack (icl_lr/train/pack.py), each with its own run dir and W&B run; a run that had finished is left out.
-    Returns each trained run's (run dir, result, or the error that stopped it alone)."""
+def run_pack(jobs: list, stop: StopRequest, keys: tuple | None = None) -> list:
+    """The runs of `jobs` (Job each) as one program (icl_lr/train/pack.py), each with its own run dir and W&B run;
+    a run that had finished is left out. `keys`: the traced keys where a launcher has checked the pack already
+    (else checked here, before any run dir is touched). Returns each trained run's (run dir, result, or the error
+    that stopped it alone)."""
     from icl_lr.records.tracking import resolve_mode
     from icl_lr.train import pack, parallel
 
-    run_cfgs = [from_dictconfig(cfg, overrides) for cfg, _, _, _, overrides in jobs]
-    run_dirs = [Path(run_dir).resolve() for _, run_dir, _, _, _ in jobs]
+    run_cfgs = [from_dictconfig(job.cfg, job.overrides) for job in jobs]
+    run_dirs = [Path(job.run_dir).resolve() for job in jobs]
     shared = sorted({str(d) for d in run_dirs if run_dirs.count(d) > 1})
     if shared:
         raise ConfigError(f"training.pack: runs of the pack share the run dir {', '.join(shared)}; give each its own")
@@ -118,30 +131,20 @@ def run_pack(jobs: list, stop: StopRequest) -> list:
         raise ConfigError("training.distributed: a pack trains in one process; pack runs without it")
     parallel.use_cpu_devices(run_cfgs[0])
     parallel.use_compile_cache(run_cfgs[0])
-    pack.check(run_cfgs, parallel.data_mesh())  # refused before any run dir is touched
+    if keys is None:
+        keys = pack.check(run_cfgs, parallel.data_mesh())
     with contextlib.ExitStack() as stack:
         started = []
-        for run_cfg, (_, run_dir, attempt_dir, choices, _) in zip(run_cfgs, jobs, strict=True):
-            with pack.as_member(len(started)):
-                run = start_run(stack, run_cfg, run_dir, attempt_dir, choices, mode)
+        for i, (run_cfg, job) in enumerate(zip(run_cfgs, jobs, strict=True)):
+            with pack.as_member(i if len(jobs) > 1 else None):
+                run = start_run(stack, run_cfg, job.run_dir, job.attempt_dir, job.choices, mode)
             started += [run] if run else []
         if not started:
             return []
         from icl_lr.train.loop import train_pack
 
-        results = train_pack(started, stop)
+        results = train_pack(started, stop, keys)
     return [(run_dir, result) for (_, run_dir, _), result in zip(started, results, strict=True)]
-
-
-def no_space_left(error: BaseException) -> bool:
-    """Whether a full disk is behind `error`: an OSError ENOSPC anywhere in its chain (orbax wraps its own)."""
-    seen = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        if isinstance(error, OSError) and error.errno == errno.ENOSPC or "No space left on device" in str(error):
-            return True
-        error = error.__cause__ or error.__context__
-    return False
 
 
 @hydra.main(config_path="../configs", config_name="config", version_base="1.3")  # icl_lr/configs: the repo's configs/
@@ -154,32 +157,11 @@ def main(cfg: DictConfig) -> None:
     logging.raiseExceptions = False  # a full disk fails train.log's handler too: no traceback per log line
     try:
         run(cfg, run_dir, run_dir / hydra_cfg.output_subdir, choices, stop, hydra_cfg.overrides.task)
-    except KeyboardInterrupt as error:
-        where = f" {error}" if str(error) else ""
-        log.error("interrupted%s; start the same command again to resume from the last checkpoint", where)
-        raise SystemExit(130) from None
-    except Preempted as error:  # the whole multirun stops: its job is being taken away
-        log.error("preempted: %s", error)
-        raise SystemExit(Preempted.exit_code) from None
-    except Exception as error:
-        from icl_lr.train.loop import NonFiniteLoss
-
-        if no_space_left(error):
-            kind = "disk full"
-            reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
-            error = f"{reason}; free some and start the same command again to resume from the last checkpoint"
-        elif isinstance(error, ConfigError):
-            kind = "config error"
-        elif isinstance(error, RunDirError):
-            kind = "run dir error"
-        elif isinstance(error, NonFiniteLoss):
-            kind = "training stopped"
-        else:
-            raise  # a bug: Hydra shows where
-        log.error("%s: %s", kind, error)
-        if multirun:  # the next jobs still run; Hydra reports the failure at the end
-            raise JobFailed(f"{run_dir}: {kind}: {error}") from None
-        sys.exit(2 if kind in ("config error", "run dir error") else 1)
+    except (Exception, KeyboardInterrupt) as error:
+        code = exit_code(error)  # a bug raises here: Hydra shows where
+        if multirun and code not in (INTERRUPTED, PREEMPTED):  # the next jobs run; Hydra reports it at the end
+            raise JobFailed(f"{run_dir}: exit code {code} (its train.log says why)") from None
+        raise SystemExit(code) from None  # interrupted or preempted: the whole multirun stops, to be resumed
 
 
 def run_cli() -> None:

@@ -12,6 +12,13 @@ from pathlib import Path
 from icl_lr.records.run_dir import RunDirError, RunDirLock
 from icl_lr.records.schema import CONFIG_FILE, EVAL_CONFIG_FILE, IDENTITY_FILE, LOCK_FILE, METRICS_FILE
 
+
+class EvalDirError(RunDirError):
+    """An eval dir that would mix or replace records; the message is one line."""
+
+    kind = "eval dir error"
+
+
 MARKS = (CONFIG_FILE, IDENTITY_FILE, METRICS_FILE, EVAL_CONFIG_FILE, LOCK_FILE)  # a run's or an eval's records
 
 
@@ -35,7 +42,7 @@ def default_eval_dir(root: Path = Path("outputs") / "eval") -> Path:
             return out
         except FileExistsError:
             continue
-    raise RunDirError(f"no free eval dir under {base.parent}; name one with --out")
+    raise EvalDirError(f"no free eval dir under {base.parent}; name one with --out")
 
 
 class EvalDir(RunDirLock):
@@ -45,11 +52,11 @@ class EvalDir(RunDirLock):
     def __init__(self, out: Path | None):
         holder = None if out is None else records_holder(out)
         if holder == Path(out or "").absolute():
-            raise RunDirError(
+            raise EvalDirError(
                 f"--out {out} already holds a run's or an eval's records: an eval writes a new or empty dir"
             )
         if holder is not None:
-            raise RunDirError(
+            raise EvalDirError(
                 f"--out {out} is inside {holder}, a run's or an eval's records: an eval writes a dir of its own; "
                 "name a new one"
             )
@@ -62,7 +69,7 @@ class EvalDir(RunDirLock):
         held = sorted(p.name for p in self.out.iterdir() if p.name != LOCK_FILE)
         if held:
             super().__exit__(None, None, None)
-            raise RunDirError(
+            raise EvalDirError(
                 f"--out {self.out} already holds {', '.join(held[:3])}: an eval writes a new or empty dir"
             )
         return self.out

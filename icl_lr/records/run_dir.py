@@ -34,6 +34,8 @@ RUN_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 class RunDirError(RuntimeError):
     """A start that would corrupt the run dir; the message is one line."""
 
+    kind = "run dir error"
+
 
 class RunDirLock:
     """`run.lock` holds the writer's pid, host and SLURM job; a second writer is refused, a dead one's lock

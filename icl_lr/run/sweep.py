@@ -410,7 +410,7 @@ def _packs(runner: _Runner, configs: list) -> list:
 
     environ = {"WANDB_SWEEP_ID": runner.sweep_id, "WANDB_RUN_ID": "grouping"}  # no run's: nothing is written
     cfgs = [run_config_of(_member_argv(runner, config, environ)[1]) for config in configs]
-    groups = [[configs[i] for i in members] for members in pack.groups(cfgs, runner.pack, parallel.data_mesh())]
+    groups = [[configs[i] for i in members] for members, _ in pack.groups(cfgs, runner.pack, parallel.data_mesh())]
     log.info("%d proposals in %d pack%s: %s", len(configs), len(groups), "s" * (len(groups) > 1),
              " + ".join(str(len(g)) for g in groups))  # fmt: skip
     return groups

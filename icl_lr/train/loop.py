@@ -24,16 +24,12 @@ from icl_lr.records.tracking import LocalFiles, Tracker, Trackers, read_jsonl
 from icl_lr.train import evaluate, pack, parallel
 from icl_lr.train.config import RunConfig
 from icl_lr.train.optimizer import make_optimizer
-from icl_lr.train.preemption import StopRequest
+from icl_lr.train.preemption import NonFiniteLoss, StopRequest
 from icl_lr.train.progress import LiveBar, duration
 from icl_lr.train.setup import build
-from icl_lr.train.step import init_state, make_dispatch
+from icl_lr.train.step import init_state
 
 log = logging.getLogger("icl_lr")
-
-
-class NonFiniteLoss(RuntimeError):
-    """Training diverged: the message names the step and the learning rate."""
 
 
 class Throughput:
@@ -168,23 +164,25 @@ def train(cfg: RunConfig, run_dir: Path, trackers=(), stop: StopRequest | None =
     of a new run; a run dir with checkpoints of its own always resumes from those instead. `stop`: a
     SIGTERM or Ctrl-C, answered between dispatches by a checkpoint and `Preempted` or KeyboardInterrupt.
     """
-    return train_pack([(cfg, run_dir, trackers)], stop)[0]
+    (result,) = train_pack([(cfg, run_dir, trackers)], stop)
+    if isinstance(result, NonFiniteLoss):
+        raise result
+    return result
 
 
-def train_pack(runs: list, stop: StopRequest | None = None) -> list:
+def train_pack(runs: list, stop: StopRequest | None = None, keys: tuple | None = None) -> list:
     """Trains each (cfg, run_dir, trackers) of `runs` as `train` does, several as one program (a pack,
-    icl_lr/train/pack.py); returns each run's result, or the NonFiniteLoss that stopped it alone (a run
-    alone raises it)."""
+    icl_lr/train/pack.py; `keys`: its traced keys where it was checked before); returns each run's result, or
+    the NonFiniteLoss that stopped it alone."""
     stop = stop or StopRequest()
     cfgs = [cfg for cfg, _, _ in runs]
-    t, packed = cfgs[0].training, len(runs) > 1
+    t = cfgs[0].training
     parallel.check_split(cfgs[0])
     mesh = parallel.data_mesh()
-    keys = pack.check(cfgs, mesh) if packed else ()
-    members = [Member(i if packed else None, *run) for i, run in enumerate(runs)]
+    program = pack.Runs(cfgs, mesh, keys)
+    members = [Member(program.index(i), *run) for i, run in enumerate(runs)]
     states, resumed = _start_states(members)
-    # a checkpoint from any device count fits
-    state = parallel.replicate(pack.stack(states) if packed else states[0], mesh)
+    state = parallel.replicate(program.stack(states), mesh)  # a checkpoint from any device count fits
     step, n_params = int(states[0].step), sum(p.size for p in jax.tree.leaves(states[0].params))
     del states
     epochs = f" ({t.num_epochs} epochs over {cfgs[0].data.train_size} prompts)" if t.num_epochs else ""
@@ -199,22 +197,20 @@ def train_pack(runs: list, stop: StopRequest | None = None) -> list:
         jax.devices()[0].platform.upper(),
         "s" * (mesh.size > 1),
         f" in {jax.process_count()} processes" if jax.process_count() > 1 else "",
-        f"{len(members)} runs in one program, differing in {', '.join(pack.differing(cfgs)) or 'nothing'}" if packed
-        else f"run dir {members[0].run_dir}",
+        program.describe() if program.k > 1 else f"run dir {members[0].run_dir}",
     )  # fmt: skip
     started = time.perf_counter()
     eval_sets = {}  # the runs of a pack share the sets their configs share
-    for member, run_state in zip(members, pack.unstack(state, len(members)) if packed else [state], strict=True):
+    for member, run_state in zip(members, program.unstack(state), strict=True):
         with pack.as_member(member.index):
-            if packed:
+            if program.k > 1:
                 log.info("run dir %s", member.run_dir)
             if parallel.is_primary():  # the other processes of a multi-host run write nothing
                 member.writers = [LocalFiles(member.run_dir, resume_step=step), *member.trackers]
             member.evaluator = evaluate.Evaluator(member.setup, member.cfg, run_state.rng, mesh, eval_sets)
     del eval_sets
-    dispatch = pack.make_dispatch(cfgs, keys, mesh) if packed else make_dispatch(members[0].setup, members[0].tx,
-                                                                                 cfgs[0], mesh)  # fmt: skip
-    facts = {"n_params": n_params, "n_devices": mesh.size, "pack_size": len(members)}
+    dispatch = program.dispatch(members[0].setup, members[0].tx)
+    facts = {"n_params": n_params, "n_devices": mesh.size, "pack_size": program.k}
     throughput = Throughput()
     stop.watched = True  # from here on, a stop signal is answered at the end of a dispatch
 
@@ -228,7 +224,7 @@ def train_pack(runs: list, stop: StopRequest | None = None) -> list:
             metrics = jax.device_get(metrics)
             for i, member in enumerate(members):
                 if member.stopped is None:
-                    member.window.append({k: v[:, i] for k, v in metrics.items()} if packed else metrics)
+                    member.window.append(program.metrics_of(metrics, i))
             if throughput.record(n_steps, time.perf_counter() - dispatch_started) and "compile_seconds" not in facts:
                 facts["compile_seconds"] = time.perf_counter() - dispatch_started
                 log.info("train step compiled and first %d steps run in %.1fs", n_steps, facts["compile_seconds"])
@@ -238,13 +234,11 @@ def train_pack(runs: list, stop: StopRequest | None = None) -> list:
             bar.draw(step, t.steps, rate, duration((t.steps - step) / rate) if rate else None)
             stopping = stop.requested and not is_last  # one answer for every run of the pack
             saves = step % t.eval_every == 0 or step % t.checkpoint_every == 0 or is_last or stopping
-            run_states = (
-                [state] if not packed else pack.unstack(state, len(members)) if saves else [None] * len(members)
-            )
+            run_states = program.unstack(state) if saves else [None] * program.k
             for member, run_state in zip(members, run_states, strict=True):
                 if member.stopped is None:
                     with pack.as_member(member.index):
-                        _run_phases(member, run_state, first_step, step, rate, stop if stopping else None, packed)
+                        _run_phases(member, run_state, first_step, step, rate, stop if stopping else None)
             if step % t.log_every == 0 or is_last:
                 throughput.reset()
 
@@ -263,16 +257,15 @@ def train_pack(runs: list, stop: StopRequest | None = None) -> list:
     return results
 
 
-def _run_phases(member: Member, state, first_step: int, step: int, rate, stop: StopRequest | None, packed: bool):
+def _run_phases(member: Member, state, first_step: int, step: int, rate, stop: StopRequest | None):
     """One run's phases after a dispatch: its loss checked, log, eval, checkpoint and, when the loop `stop`s, its
-    checkpoint at this step. A run of a pack whose loss is no longer finite stops alone (`member.stopped`)."""
+    checkpoint at this step. A run whose loss is no longer finite stops alone (`member.stopped`), W&B told it
+    failed: the other runs of its program go on."""
     t, tracker = member.cfg.training, member.tracker
     try:
         _check_finite(member.window[-1], first_step)
     except NonFiniteLoss as error:
-        if not packed:
-            raise
-        log.error("training stopped: %s; the pack's other runs go on", error)
+        log.error("training stopped: %s%s", error, "; the pack's other runs go on" if member.index is not None else "")
         member.stopped = error
         tracker.stopped(error)
         return

@@ -22,6 +22,7 @@ from icl_lr.train.config import RunConfig
 from icl_lr.train.optimizer import make_optimizer
 from icl_lr.train.setup import build
 from icl_lr.train.step import init_state, make_step
+from icl_lr.train.step import make_dispatch as make_dispatch_one
 
 # The loop's cadence and where it runs: one for the whole pack
 LOOP_KEYS = ("training.steps", "training.num_epochs", "training.steps_per_dispatch", "training.log_every",
@@ -107,6 +108,8 @@ def check(cfgs: list, mesh: Mesh) -> tuple:
     cannot share one program: those that differ in the loop's cadence, in what is not a number, or in a number
     that sets a shape (of the state or inside the step) or a branch. Abstract: nothing is computed."""
     keys, records = traced_keys(cfgs), [config_record(cfg) for cfg in cfgs]
+    if not keys:
+        return keys
     state_of = lambda cfg: jax.eval_shape(lambda: init_state(build(cfg), make_optimizer(cfg.training), cfg.seed))
     state = state_of(cfgs[0])
     packed = jax.eval_shape(stack, [state] * len(cfgs))
@@ -124,6 +127,51 @@ def check(cfgs: list, mesh: Mesh) -> tuple:
     return keys
 
 
+class Runs:
+    """The runs of one program: one run, or K >= 2 stacked on a leading run axis (a pack). The loop is written
+    once over them: their states stacked and unstacked, each one's metrics, its log lines' run index, and the
+    program that trains them. One run is the program a run alone compiles (a vmap over one run would move its
+    numbers in their last digits); what a run whose loss is no longer finite does is the loop's, for any K."""
+
+    def __init__(self, cfgs: list, mesh: Mesh, keys: tuple | None = None):
+        """`keys`: the traced keys where the runs were checked before (`check`, once: it is the costly part);
+        then only what a start can still change (a resumed run's horizon) is checked against them."""
+        self.cfgs, self.k, self.mesh = list(cfgs), len(cfgs), mesh
+        if self.k == 1:
+            self.keys = ()
+        elif keys is None:
+            self.keys = check(self.cfgs, mesh)
+        else:
+            unchecked = sorted(set(traced_keys(self.cfgs)) - set(keys))
+            if unchecked:
+                raise ConfigError(f"training.pack: the runs differ in {', '.join(unchecked)} since the pack was "
+                                  "checked (a resumed run's record); resume them alone")  # fmt: skip
+            self.keys = tuple(keys)
+
+    def index(self, i: int) -> int | None:
+        """Run i's index for its log lines (`as_member`): None for a run alone, whose lines carry no name."""
+        return i if self.k > 1 else None
+
+    def stack(self, states: list):
+        return states[0] if self.k == 1 else stack(states)
+
+    def unstack(self, state) -> list:
+        return [state] if self.k == 1 else unstack(state, self.k)
+
+    def metrics_of(self, metrics: dict, i: int) -> dict:
+        """Run i's metrics [n_steps] of a dispatch's."""
+        return metrics if self.k == 1 else {key: value[:, i] for key, value in metrics.items()}
+
+    def dispatch(self, setup, tx):
+        """jitted (state, n_steps) -> (state, metrics) of the runs' n_steps steps."""
+        if self.k == 1:
+            return make_dispatch_one(setup, tx, self.cfgs[0], self.mesh)
+        return make_dispatch(self.cfgs, self.keys, self.mesh)
+
+    def describe(self) -> str:
+        return f"{self.k} runs in one program, differing in {', '.join(differing(self.cfgs)) or 'nothing'}"
+
+
 def stack(trees: list):
     """One pytree of K runs' trees, stacked along a new leading axis."""
     return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
@@ -135,18 +183,19 @@ def unstack(tree, k: int) -> list:
 
 
 def groups(cfgs: list, size: int, mesh: Mesh) -> list:
-    """The indices of `cfgs` in packs of up to `size` runs that can each share one program: a run joins the
-    first pack whose first run differs from it only in numbers the step computes with (`check`)."""
+    """(indices of `cfgs`, their traced keys) of packs of up to `size` runs that can each share one program: a run
+    joins the first pack whose first run differs from it only in numbers the step computes with (`check`); a
+    pack's keys are those its runs differ in from its first, each so checked."""
     packs = []
     for i, cfg in enumerate(cfgs):
-        for members in packs:
+        for members, keys in packs:
             if len(members) < size:
                 try:
-                    check([cfgs[members[0]], cfg], mesh)
+                    keys |= set(check([cfgs[members[0]], cfg], mesh))
                 except ConfigError:
                     continue
                 members.append(i)
                 break
         else:
-            packs.append([i])
-    return packs
+            packs.append(([i], set()))
+    return [(members, tuple(sorted(keys))) for members, keys in packs]

@@ -11,6 +11,11 @@ import signal
 import threading
 
 
+class NonFiniteLoss(RuntimeError):
+    """Training diverged: the message names the step and the learning rate. The run stops alone, recorded as
+    failed; the other runs of its program go on."""
+
+
 class Preempted(RuntimeError):
     """The run stopped on SIGTERM; the message is one line and says how to go on."""
 
