@@ -6,21 +6,22 @@ against, through `python train.py` as a user starts it. tests/test_records.py ho
 What each input gets (the red-team list):
 
 Config keys, every one: a wrong type or an unknown key is one line naming it, before anything compiles.
-  data.n_dims, n_points >= 1 (n_dims = 1 with the OOD suite runs, without half_subspace; eval.algorithms and
+  data.n_dims in [1, 4,096], n_points in [1, 65,536] (n_dims = 1 with the OOD suite runs, without half_subspace; eval.algorithms and
     eval.probes need n_points >= 2); w_components in [1, 64]; hidden_width in [1, 4096]; sparse_linear past
     5,000 supports (and a mixture holding it) scores without Bayes, its excess over the Lasso; prior_scale > 0;
     noise_std >= 0; noise_std_choices non-empty, > 0 when several; task_pool_size, train_size in
     [1, 2**31), dMMSE left out past 2**20 tasks; vocab_size >= 2; bin_range > 0; bin_scheme one of its
     names; ce_weight, mean_loss_weight >= 0, not both 0; token_* with the tokens encoding only;
     curriculum starts within the task, increments >= 0, interval >= 1.
-  model.* >= 1; n_embd divisible by n_head; n_positions enough for the sequence; dropout in [0, 1);
+  model.* counts in [1, 65,536], n_loops and loss_loops in [1, 1,000]; n_embd divisible by n_head; n_positions enough for the sequence; dropout in [0, 1);
     embedding_std > 0.
-  training.steps, batch_size, steps_per_dispatch, max_to_keep >= 1; log/eval/checkpoint_every
+  training.steps in [1, 2**31), batch_size in [1, 2**20], steps_per_dispatch in [1, 10,000] (one XLA call),
+    max_to_keep in [1, 1,000]; log/eval/checkpoint_every
     multiples of steps_per_dispatch; learning_rate, grad_clip > 0; warmup_steps >= 0 (past the run: a
     warning); decay_steps null or >= 1, kept by an extension; min_lr_ratio in [0, 1]; weight_decay >= 0;
     schedule, precision one of their names; num_epochs >= 1 (<= steps without train_size); cpu_devices
     auto or >= 1 (a later multirun job asking another count: refused); distributed without a job to join.
-  eval.n_prompts, batch_size >= 1; eval.seed and seed in [0, 2**32) (PRNGKey repeats larger ones);
+  eval.n_prompts, batch_size in [1, 2**20]; eval.n_loops each in [1, 1,000]; eval.seed and seed in [0, 2**32) (PRNGKey repeats larger ones);
     eval.algorithm_steps each in [1, 1000] (time grows with it, and a running XLA call does not see SIGTERM).
   wandb.mode one of its names, WANDB_MODE wins (dryrun = offline, a bogus one: one line); init_timeout
     finite and > 0; init_from: a missing checkpoint or an unreadable artifact, one line.
@@ -59,6 +60,21 @@ CLI flags:
     without --wandb, a usage error; --where / --group-by an unknown column, one line; --report-spec FILE,
     the report as W&B would receive it; a run found in several dirs (copies), counted once and named; runs
     whose excesses are over different references (excess_over) ranked apart, a headline sentence each.
+The eval command (python eval.py SOURCE [overrides] [--out DIR], --from-garg FOLDER):
+  --out: inside a run or eval dir (the run dir itself included), or a dir already holding anything, refused in
+    one line before anything loads, the run's files untouched; locked while it is written and checked for
+    emptiness under the lock, so two evals on one --out never share it (one refused), at once or later. No
+    --out: outputs/eval/<date>/<time>, made exclusively (<time>_<n> when two start in one second).
+  SOURCE: a missing path, a run dir without a config record or a readable one, one line; a run being written
+    before its first checkpoint, one line saying so; its checkpoint removed while read (a rotation, a new
+    best), the run's newest read instead; a checkpoint with arrays overwritten or deleted, or metadata garbage,
+    one line naming it (orbax's read errors held back). --from-garg: a folder without state.pt or config.yaml,
+    a config not YAML or lacking keys, a task icl-lr has no faithful match for, a state.pt that is not a torch
+    file or lacks keys, one line naming the file.
+  Overrides: before and after the flags; a key of the model (model.*, data.n_dims, data.encoding), refused.
+The local sweep runner's agents (--agent): a run's process gets SIGTERM when its agent or runner dies (SIGKILL
+  too): it checkpoints and stops; the next agent takes the orphaned claim, waits for that process to end, and
+  resumes the run or records it as finished, one result per run with its metric.
 Signals:
   SIGINT: the run's W&B run finished failed, the lock released, exit 130; the sweep runner stops its
     runs and says how to go on. SIGTERM: a checkpoint at the current step, W&B marked preempting and
