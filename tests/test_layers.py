@@ -156,6 +156,7 @@ def test_the_keys_a_resume_may_change_are_declared_on_their_fields():
         "training.eval_every",
         "training.checkpoint_every",
         "training.max_to_keep",
+        "training.trajectory",
         "training.allow_code_change",
         "model.embedding_std",
         "model.gd_learning_rate",

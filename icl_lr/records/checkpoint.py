@@ -24,6 +24,7 @@ from icl_lr.fields import ConfigError, one_line
 from icl_lr.records.run_dir import step_dirs
 
 BEST_METRIC = "eval_error"
+TRAJECTORY = "trajectory"  # checkpoints/trajectory/<step>: training.trajectory's, kept for dynamics
 log = logging.getLogger("icl_lr")
 
 
@@ -44,6 +45,7 @@ class Checkpoints:
             directory / "best",
             options=ocp.CheckpointManagerOptions(max_to_keep=1, best_fn=lambda m: m[BEST_METRIC], best_mode="min"),
         )
+        self.trajectory_dir = directory / TRAJECTORY
 
     def save_latest(self, state) -> Path:
         """Saves and returns the step's directory once complete (ready to upload)."""
@@ -52,6 +54,17 @@ class Checkpoints:
             self.latest.save(step, args=ocp.args.StandardSave(state))
             self.latest.wait_until_finished()
         return self.latest.directory / str(step)
+
+    def save_trajectory(self, state) -> Path:
+        """Saves the state as a trajectory checkpoint (checkpoints/trajectory/<step>, never rotated) and returns
+        its directory; one left past a resumed run's step by an earlier attempt is written again."""
+        step_dir = self.trajectory_dir / str(int(state.step))
+        shutil.rmtree(step_dir, ignore_errors=True)
+        step_dir.mkdir(parents=True)
+        with _one_error(step_dir / "default", state), ocp.StandardCheckpointer() as checkpointer:
+            checkpointer.save(step_dir / "default", state)
+            checkpointer.wait_until_finished()
+        return step_dir
 
     def save_best(self, state, eval_error: float) -> Path | None:
         """Saves if `eval_error` beats the best so far and returns its directory, else None."""

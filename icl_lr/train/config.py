@@ -23,6 +23,7 @@ TRAINING_LIMITS = {  # what grows with each: a run's time (steps), a step's memo
     "batch_size": 2**20,
     "steps_per_dispatch": 10_000,
     "max_to_keep": 1_000,
+    "trajectory": 1_000,  # checkpoints kept, each evaluated: disk and time
 }
 
 
@@ -48,6 +49,7 @@ class TrainingConfig:
     eval_every: int = field(default=2000, metadata=FREE)
     checkpoint_every: int = field(default=2000, metadata=FREE)
     max_to_keep: int = field(default=3, metadata=FREE)
+    trajectory: int = field(default=0, metadata=FREE)
     allow_code_change: bool = field(default=False, metadata=FREE)  # a resume's leave to train on other code
 
     @property
@@ -81,6 +83,16 @@ class TrainingConfig:
         check(0 <= self.min_lr_ratio <= 1, f"training.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         check(self.grad_clip > 0, f"training.grad_clip must be > 0, got {self.grad_clip}")
         check(self.weight_decay >= 0, f"training.weight_decay must be >= 0, got {self.weight_decay}")
+        check(
+            0 <= self.trajectory <= TRAINING_LIMITS["trajectory"],
+            f"training.trajectory must be 0 (off) or in [1, {TRAINING_LIMITS['trajectory']:,}], got {self.trajectory}",
+        )
+        dispatches = math.ceil(self.steps / self.steps_per_dispatch)
+        check(
+            self.trajectory <= dispatches,
+            f"training.trajectory ({self.trajectory}) must be at most the run's dispatches ({dispatches}: "
+            f"training.steps / training.steps_per_dispatch), the steps a checkpoint can be taken at",
+        )
         for key in ("log_every", "eval_every", "checkpoint_every"):
             value = getattr(self, key)
             check(

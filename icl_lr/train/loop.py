@@ -28,6 +28,7 @@ from icl_lr.train.preemption import NonFiniteLoss, StopRequest
 from icl_lr.train.progress import LiveBar, duration
 from icl_lr.train.setup import build
 from icl_lr.train.step import init_state
+from icl_lr.train.trajectory import trajectory_steps
 
 log = logging.getLogger("icl_lr")
 
@@ -120,6 +121,8 @@ class Member:
         self.index, self.cfg, self.run_dir, self.trackers = index, cfg, Path(run_dir), list(trackers)
         self.setup, self.tx = build(cfg), make_optimizer(cfg.training)  # the run's components, built once
         self.checkpoints = Checkpoints(self.run_dir / "checkpoints", cfg.training.max_to_keep)
+        t = cfg.training
+        self.trajectory = set(trajectory_steps(t.steps, t.steps_per_dispatch, t.trajectory))
         self.window, self.stopped, self.writers = [], None, []
 
     @property
@@ -234,6 +237,7 @@ def train_pack(runs: list, stop: StopRequest | None = None, keys: tuple | None =
             bar.draw(step, t.steps, rate, duration((t.steps - step) / rate) if rate else None)
             stopping = stop.requested and not is_last  # one answer for every run of the pack
             saves = step % t.eval_every == 0 or step % t.checkpoint_every == 0 or is_last or stopping
+            saves = saves or step in members[0].trajectory
             run_states = program.unstack(state) if saves else [None] * program.k
             for member, run_state in zip(members, run_states, strict=True):
                 if member.stopped is None:
@@ -278,9 +282,13 @@ def _run_phases(member: Member, state, first_step: int, step: int, rate, stop: S
 
     # eval: error curves, and the best checkpoint by held-out error
     best_dir = None
-    if step % t.eval_every == 0 or is_last:
+    if step % t.eval_every == 0 or is_last or step in member.trajectory:
         scalars = member.evaluator(state.params, tracker, step, final=is_last)
         best_dir = member.checkpoints.save_best(state, scalars[MODEL_ERROR])
+
+    # trajectory: a checkpoint kept for the study of the run's dynamics, one artifact version each
+    if step in member.trajectory:
+        tracker.log_checkpoint(member.checkpoints.save_trajectory(state), step, [f"step-{step}", f"trajectory-{step}"])
 
     # checkpoint: the latest state (one artifact version when it is also the best)
     saved = step % t.checkpoint_every == 0 or is_last

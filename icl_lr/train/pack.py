@@ -26,8 +26,9 @@ from icl_lr.train.step import make_dispatch as make_dispatch_one
 
 # The loop's cadence and where it runs: one for the whole pack
 LOOP_KEYS = ("training.steps", "training.num_epochs", "training.steps_per_dispatch", "training.log_every",
-             "training.eval_every", "training.checkpoint_every", "training.max_to_keep", "training.distributed",
-             "training.cpu_devices", "training.compile_cache", "training.decay_steps")  # fmt: skip
+             "training.eval_every", "training.checkpoint_every", "training.max_to_keep", "training.trajectory",
+             "training.distributed", "training.cpu_devices", "training.compile_cache",
+             "training.decay_steps")  # fmt: skip
 OWN_SECTIONS = ("seed", "init_from", "eval.", "wandb.")  # read by each run outside the step: free to differ
 
 MEMBER = contextvars.ContextVar("pack_member", default=None)  # the run of the pack a log line is about
