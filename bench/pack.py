@@ -26,7 +26,7 @@ import yaml
 from hydra import compose, initialize_config_dir
 
 from icl_lr.run.config import from_dictconfig
-from icl_lr.run.sweep import gpu_indices
+from icl_lr.run.sweep.devices import gpu_indices
 from icl_lr.train import pack, parallel
 from icl_lr.train.optimizer import make_optimizer
 from icl_lr.train.setup import build

@@ -28,7 +28,8 @@ def one_line(error: BaseException, limit: int | None = 200) -> str:
     return " ".join(str(error).split())[:limit]
 
 
-def _is_number(value) -> bool:
+def is_number(value) -> bool:
+    """An int or a float, not a bool (NaN and infinities are numbers)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
@@ -45,7 +46,7 @@ def _coerce(hint, value, key: str):
         item = typing.get_args(hint)[0]
         return tuple(_coerce(item, v, f"{key}[{i}]") for i, v in enumerate(value))
     if hint is float:
-        check(_is_number(value), f"{key} must be a number, got {value!r}")
+        check(is_number(value), f"{key} must be a number, got {value!r}")
         return float(value)
     if hint is int:
         check(isinstance(value, int) and not isinstance(value, bool), f"{key} must be an integer, got {value!r}")
@@ -54,7 +55,7 @@ def _coerce(hint, value, key: str):
         check(isinstance(value, bool), f"{key} must be true or false, got {value!r}")
         return value
     if hint is str:  # Hydra reads an all-digit group or name as a number: keep its text
-        check(isinstance(value, str) or _is_number(value), f"{key} must be a string, got {value!r}")
+        check(isinstance(value, str) or is_number(value), f"{key} must be a string, got {value!r}")
         return str(value)
     raise TypeError(f"no coercion for {hint} ({key})")
 

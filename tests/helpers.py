@@ -15,7 +15,7 @@ import numpy as np
 import yaml
 from hydra import compose, initialize_config_dir
 
-from icl_lr.analysis import tables
+from icl_lr.analysis import sources
 from icl_lr.model.encoding import ENCODINGS
 from icl_lr.records.checkpoint import Checkpoints
 from icl_lr.records.run_dir import read_identity
@@ -162,7 +162,7 @@ class RunFile:
     def load(cls, path: Path) -> "RunFile":
         """`path`: an offline-run-* directory or its .wandb file."""
         run = cls(Path(path))
-        for record in tables.read_wandb_records(path):
+        for record in sources.read_wandb_records(path):
             kind, body = record["type"], record.get(record["type"], {})
             if kind == "run":
                 run.run_id, run.project, run.group = body["run_id"], body.get("project", ""), body.get("run_group", "")

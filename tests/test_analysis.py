@@ -18,7 +18,7 @@ import scipy.stats
 from plotly.offline import get_plotlyjs
 
 from helpers import FAST, ROOT, held_out_curves, no_key_env, run_id_of
-from icl_lr.analysis import html_report, sections, tables
+from icl_lr.analysis import html_report, sections, sources, tables
 from icl_lr.cli import analyze
 from icl_lr.records import schema
 from icl_lr.records.tracking import read_jsonl
@@ -66,7 +66,7 @@ def test_multirun_makes_one_run_dir_and_wandb_run_per_job(sweep_dir):
 
 
 def test_runs_table_has_the_config_and_summary_of_every_run(sweep_dir):
-    runs, curves, _ = tables.load_local([sweep_dir])
+    runs, curves, _ = sources.load_local([sweep_dir])
     assert len(runs) == 8 and tables.group_keys(runs) == ["model_size", "data.noise_std"]
     assert set(runs.model_size) == {"1L/16d/2H", "1L/32d/2H"}
     by_dir = runs.set_index("run_dir")
@@ -78,7 +78,7 @@ def test_runs_table_has_the_config_and_summary_of_every_run(sweep_dir):
 
 
 def test_aggregates_over_seeds_equal_the_per_run_numbers(sweep_dir):
-    runs, curves, _ = tables.load_local([sweep_dir])
+    runs, curves, _ = sources.load_local([sweep_dir])
     keys = tables.group_keys(runs)
     aggregate = tables.aggregate_runs(runs, keys, ["eval/excess/mean"]).set_index(["model_size", "data.noise_std"])
     curve_stats = tables.aggregate_curves(runs, curves, keys).set_index(
@@ -174,12 +174,12 @@ def test_excesses_over_different_references_are_never_ranked_as_one_and_unmeasur
 
 def test_reading_many_runs_says_how_far_it_got(caplog):
     caplog.set_level(logging.INFO, logger="analyze")
-    assert list(tables._reading(range(3), "runs", every=0)) == [0, 1, 2]
+    assert list(sources._reading(range(3), "runs", every=0)) == [0, 1, 2]
     lines = [r.getMessage() for r in caplog.records]
     assert [line.split(" (")[0] for line in lines[:3]] == ["read 0 of 3 runs", "read 1 of 3 runs", "read 2 of 3 runs"]
     assert lines[3].startswith("read 3 runs in ")
     caplog.clear()
-    assert list(tables._reading(range(3), "runs")) == [0, 1, 2] and not caplog.records  # quick: no lines
+    assert list(sources._reading(range(3), "runs")) == [0, 1, 2] and not caplog.records  # quick: no lines
 
 
 def test_bootstrap_interval_is_the_spread_of_the_mean():
@@ -229,7 +229,7 @@ def test_runs_group_by_the_noise_prior_they_really_had():
     fixed = {"data": {"noise_std": 0.5, "noise_std_choices": None}, "model": model}
     from_sweep = {"data.noise_std": 0.25, "data.noise_std_choices": "[0.1,1.0]", "model": "gpt2_tiny"}
     from_sweep |= {f"model.{k}": v for k, v in model.items()}  # W&B's flat config, a sweep's text values
-    runs = pd.DataFrame([tables._run_row(str(i), c, {}) for i, c in enumerate([hierarchical, fixed, from_sweep])])
+    runs = pd.DataFrame([sources._run_row(str(i), c, {}) for i, c in enumerate([hierarchical, fixed, from_sweep])])
     assert (
         np.isnan(runs["data.noise_std"][0]) and runs["data.noise_std"][1] == 0.5 and np.isnan(runs["data.noise_std"][2])
     )
@@ -247,20 +247,20 @@ def test_a_key_older_runs_lack_counts_as_its_default(sweep_dir, tmp_path):
     config = (older / ".hydra" / "config.yaml").read_text()
     (older / ".hydra" / "config.yaml").write_text(config.replace("  precision: fp32\n", ""))
     assert "precision" not in (older / ".hydra" / "config.yaml").read_text()
-    runs, _, _ = tables.load_local([sweep_dir, older])
+    runs, _, _ = sources.load_local([sweep_dir, older])
     assert list(runs["training.precision"].unique()) == ["fp32"]
     assert "training.precision" not in tables.group_keys(runs)
 
 
 def test_history_is_every_scalar_of_the_metrics_files(sweep_dir):
-    _, _, history = tables.load_local([sweep_dir])
+    _, _, history = sources.load_local([sweep_dir])
     expected = []
     for run_dir in sorted(p for p in sweep_dir.iterdir() if p.name.isdigit()):
         run_id = run_id_of(run_dir)
         for record in read_jsonl(run_dir / "metrics.jsonl"):
             expected += [(run_id, record["step"], k, v) for k, v in record.items() if k != "step"]
     assert len(expected) > 8 * 4 * 3  # 4 train rows and 2 evals per run, several metrics each
-    table = pd.DataFrame(expected, columns=tables.HISTORY_COLUMNS)
+    table = pd.DataFrame(expected, columns=sources.HISTORY_COLUMNS)
     key = ["run_id", "step", "metric"]
     pd.testing.assert_frame_equal(
         history.sort_values(key).reset_index(drop=True), table.sort_values(key).reset_index(drop=True)
@@ -270,12 +270,12 @@ def test_history_is_every_scalar_of_the_metrics_files(sweep_dir):
 def test_a_step_logged_twice_keeps_its_last_value():
     """A resumed run logs the steps after its checkpoint again (W&B keeps both rows): the last one counts."""
     history = [("a", 10, "train/loss", 2.0), ("a", 20, "train/loss", 1.5), ("a", 20, "train/loss", 1.4)]
-    loaded = tables.RunTables.of([], [], history)
+    loaded = sources.RunTables.of([], [], history)
     assert list(loaded.history.itertuples(index=False, name=None)) == [history[0], history[2]]
 
 
 def test_learning_curves_aggregate_each_step_over_seeds(sweep_dir):
-    runs, _, history = tables.load_local([sweep_dir])
+    runs, _, history = sources.load_local([sweep_dir])
     keys = tables.group_keys(runs)
     stats = tables.aggregate_history(runs, history, keys).set_index([*keys, "metric", "step"])
     assert sorted(stats.index.get_level_values("step").unique()) == [20, 40]
@@ -391,7 +391,7 @@ def test_wandb_report_has_a_panel_per_group_and_metric(sweep_dir):
 
     from icl_lr.analysis import wandb_report
 
-    runs, _, history = tables.load_local([sweep_dir])
+    runs, _, history = sources.load_local([sweep_dir])
     keys = tables.group_keys(runs)
     told = {"headline": "Best: ...", "note": "Sorted by ...", "markdown": "| table |"}
     report = wandb_report.build_report("team", "icl-lr", "swp123", runs, keys, told)
@@ -425,7 +425,7 @@ def test_wandb_report_has_a_panel_per_group_and_metric(sweep_dir):
         groups.discard(tuple(sorted(values["ID"])))
     assert not groups  # one grid for each group
     (folder,) = (sweep_dir / "0" / "wandb").glob("offline-run-*")
-    logged = tables.read_wandb_file(folder)["summary"]
+    logged = sources.read_wandb_file(folder)["summary"]
     assert logged["eval/curves_chart_table"]["_type"] == "table-file"  # the table the charts read, as W&B holds it
     assert all(f"summary:{m}" in everything.pinned_columns for m in ("eval/excess/mean", "eval/model/error_mean"))
     assert not any(isinstance(b, wr.H1) and "distribution" in b.text for b in report.blocks)  # no OOD metrics here
@@ -449,7 +449,7 @@ def test_the_wandb_report_keeps_parity_with_report_html(sweep_dir, tmp_path):
 
 def logged_config_paths(run_folder) -> set:
     """Where W&B keeps each config value a run logged: a key `k` as {"k": {"value": ...}}, the path `k.value`."""
-    return {f"{key}.value" for key in tables.read_wandb_file(run_folder)["config"]}
+    return {f"{key}.value" for key in sources.read_wandb_file(run_folder)["config"]}
 
 
 def spec_config_paths(spec: dict) -> set:
@@ -524,7 +524,7 @@ def test_analyze_says_which_algorithm_best_matches_the_model_and_what_each_layer
     ]  # fmt: skip
     assert wandb_sections == ["Which config is best", *html_sections]  # the W&B report's, in the same order
     (folder,) = (tmp_path / "run" / "wandb").glob("offline-run-*")
-    logged = tables.read_wandb_file(folder)["summary"]
+    logged = sources.read_wandb_file(folder)["summary"]
     for chart in ("similarity_chart", "probe_chart"):  # what those sections chart
         assert logged[f"eval/curves_{chart}_table"]["_type"] == "table-file"
         assert f'"value":"eval/curves_{chart}_table"' in json.loads(spec_file.read_text())["spec"]
@@ -565,7 +565,7 @@ def test_a_classification_run_and_a_task_mixture_record_their_metric_reference_a
     assert {"accuracy/model", "accuracy/logistic_regression", "accuracy/3nn"} <= set(last)
     assert all(0 <= a <= 1 for a in last["accuracy/model"]) and "eval/accuracy/model_k3" in summary
     (folder,) = (tmp_path / "classification" / "wandb").glob("offline-run-*")
-    logged = tables.read_wandb_file(folder)["summary"]
+    logged = sources.read_wandb_file(folder)["summary"]
     assert (
         logged["excess_over"] == "logistic_regression"
         and logged["eval/accuracy/model_k3"] == summary["eval/accuracy/model_k3"]

@@ -57,6 +57,8 @@ def import_graph(root: Path, package: str = "icl_lr") -> dict:
 
 
 def layer_of(module: str, layers: list) -> int:
+    if module.rpartition(".")[2] == "__main__":  # `python -m <package>`: a command, whatever package it is in
+        return len(layers) - 1
     (index,) = [i for i, layer in enumerate(layers) if module == layer or module.startswith(layer + ".")]
     return index
 
@@ -185,8 +187,7 @@ def test_a_missing_extra_is_named_in_one_line(monkeypatch, capsys):
     one says which extra installs it."""
     import importlib.util
 
-    from icl_lr.cli import analyze
-    from icl_lr.run import sweep
+    from icl_lr.cli import analyze, sweep
 
     monkeypatch.setattr(sweep, "sweeps", None)
     assert sweep.main(["sweeps/model_size.yaml"]) == 2

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from helpers import data_config, encoding_of, train_cli
-from icl_lr.analysis import sections, tables
+from icl_lr.analysis import sections, sources, tables
 from icl_lr.cli import analyze
 from icl_lr.records.schema import BAYES, HELD_OUT, MODEL
 from icl_lr.records.tracking import read_jsonl
@@ -220,7 +220,7 @@ def test_a_run_logs_every_set(pool_runs):
 
 
 def test_analysis_reads_every_set_and_plots_the_pool_sizes(pool_runs, tmp_path):
-    runs, curves, _ = tables.load_local([pool_runs])
+    runs, curves, _ = sources.load_local([pool_runs])
     records = read_jsonl(pool_runs / "pool8" / "curves.jsonl")
     (pretrain,) = [r for r in records if r.get("set") == "pretrain"]
     run8 = runs.set_index("data.task_pool_size").loc[8, "run_id"]
@@ -257,7 +257,7 @@ def test_the_wandb_report_has_the_ood_and_task_pool_panels(pool_runs):
 
     from icl_lr.analysis import wandb_report
 
-    runs, _, _ = tables.load_local([pool_runs])
+    runs, _, _ = sources.load_local([pool_runs])
     keys = tables.group_keys(runs)
     assert tables.TASK_POOL in keys
     report = wandb_report.build_report("team", "icl-lr", None, runs, keys, {"headline": "", "note": "", "markdown": ""})
@@ -268,7 +268,7 @@ def test_the_wandb_report_has_the_ood_and_task_pool_panels(pool_runs):
     bars, *charts = ood_grid.panels
     assert bars.metrics == [f"eval/ood/{c}/model/error_mean" for c in conditions]
     (folder,) = (pool_runs / "pool8" / "wandb").glob("offline-run-*")
-    logged = tables.read_wandb_file(folder)["summary"]
+    logged = sources.read_wandb_file(folder)["summary"]
     for condition, chart in zip(conditions, charts, strict=True):
         table = chart.query["summaryTable"]["tableKey"]
         assert table == f"eval/ood/{condition}/curves_chart_table" and logged[table]["_type"] == "table-file"

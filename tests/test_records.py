@@ -27,7 +27,7 @@ from helpers import (
     start,
     train_cli,
 )
-from icl_lr.analysis import tables
+from icl_lr.analysis import sources
 from icl_lr.cli import analyze
 from icl_lr.records.run_dir import RunDirLock
 from icl_lr.records.tracking import read_jsonl
@@ -261,7 +261,7 @@ def test_a_stop_signal_checkpoints_tells_wandb_and_releases_the_lock(
     assert not (run_dir / "run.lock").exists()
     (stopped,) = wandb_runs(run_dir / "wandb")
     assert stopped.exit_code == (143 if preempting else 1)  # finished, never left running
-    marked = any(r["type"] == "preempting" for r in tables.read_wandb_records(stopped.path))  # mark_preempting
+    marked = any(r["type"] == "preempting" for r in sources.read_wandb_records(stopped.path))  # mark_preempting
     assert marked == preempting
     assert f"resumed at step {step} of 1000" in output(train_cli(run_dir, *CONSTANT))  # the same W&B run
     cfg = fast_config(*CONSTANT)

@@ -6,14 +6,15 @@ against, through `python train.py` as a user starts it. tests/test_records.py ho
 What each input gets (the red-team list):
 
 Config keys, every one: a wrong type or an unknown key is one line naming it, before anything compiles.
-  data.n_dims in [1, 4,096], n_points in [1, 65,536] (n_dims = 1 with the OOD suite runs, without half_subspace; eval.algorithms and
-    eval.probes need n_points >= 2); w_components in [1, 64]; hidden_width in [1, 4096]; sparse_linear past
-    5,000 supports (and a mixture holding it) scores without Bayes, its excess over the Lasso; prior_scale > 0;
-    noise_std >= 0; noise_std_choices non-empty, > 0 when several; task_pool_size, train_size in
-    [1, 2**31), dMMSE left out past 2**20 tasks; vocab_size >= 2; bin_range > 0; bin_scheme one of its
-    names; ce_weight, mean_loss_weight >= 0, not both 0; token_* with the tokens encoding only;
-    curriculum starts within the task, increments >= 0, interval >= 1.
-  model.* counts in [1, 65,536], n_loops and loss_loops in [1, 1,000]; n_embd divisible by n_head; n_positions enough for the sequence; dropout in [0, 1);
+  data.n_dims in [1, 4,096], n_points in [1, 65,536] (n_dims = 1 with the OOD suite runs, without half_subspace;
+    eval.algorithms and eval.probes need n_points >= 2); w_components in [1, 64]; hidden_width in [1, 4096];
+    sparse_linear past 5,000 supports (and a mixture holding it) scores without Bayes, its excess over the Lasso;
+    prior_scale > 0; noise_std >= 0; noise_std_choices non-empty, > 0 when several; task_pool_size, train_size in
+    [1, 2**31), dMMSE left out past 2**20 tasks; vocab_size >= 2; bin_range > 0; bin_scheme one of its names;
+    ce_weight, mean_loss_weight >= 0, not both 0; token_* with the tokens encoding only; curriculum starts within
+    the task, increments >= 0, interval >= 1.
+  model.* counts in [1, 65,536], n_loops and loss_loops in [1, 1,000]; n_embd divisible by n_head;
+    n_positions enough for the sequence; dropout in [0, 1);
     embedding_std > 0.
   training.steps in [1, 2**31), batch_size in [1, 2**20], steps_per_dispatch in [1, 10,000] (one XLA call),
     max_to_keep in [1, 1,000]; log/eval/checkpoint_every
@@ -21,7 +22,8 @@ Config keys, every one: a wrong type or an unknown key is one line naming it, be
     warning); decay_steps null or >= 1, kept by an extension; min_lr_ratio in [0, 1]; weight_decay >= 0;
     schedule, precision one of their names; num_epochs >= 1 (<= steps without train_size); cpu_devices
     auto or >= 1 (a later multirun job asking another count: refused); distributed without a job to join.
-  eval.n_prompts, batch_size in [1, 2**20]; eval.n_loops each in [1, 1,000]; eval.seed and seed in [0, 2**32) (PRNGKey repeats larger ones);
+  eval.n_prompts, batch_size in [1, 2**20]; eval.n_loops each in [1, 1,000]; eval.seed and seed in
+    [0, 2**32) (PRNGKey repeats larger ones);
     eval.algorithm_steps each in [1, 1000] (time grows with it, and a running XLA call does not see SIGTERM).
   wandb.mode one of its names, WANDB_MODE wins (dryrun = offline, a bogus one: one line); init_timeout
     finite and > 0; init_from: a missing checkpoint or an unreadable artifact, one line.

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from helpers import FAST, ROOT, RunFile, assert_trees_equal, final_state, no_key_env, output, run_config, seed_sweep
-from icl_lr.analysis import tables
+from icl_lr.analysis import sources
 from icl_lr.records.schema import HELD_OUT, set_of
 from icl_lr.records.tracking import read_jsonl
 from icl_lr.train.loop import train
@@ -270,7 +270,7 @@ def test_a_requeued_job_checkpoints_on_sigterm_and_resumes_in_the_same_run(clust
     runs = [RunFile.load(p) for p in attempts]  # the first may hold nothing: its unwritten records died (below)
     assert len(runs) == 2 and {p.name.rsplit("-", 1)[1] for p in attempts} == {runs[1].run_id}  # one W&B run
     # SLURM signals W&B's service too, which shuts down at once: the mark is lost, and said so
-    preempting = any(r["type"] == "preempting" for r in tables.read_wandb_records(attempts[0]))
+    preempting = any(r["type"] == "preempting" for r in sources.read_wandb_records(attempts[0]))
     assert preempting or "W&B's service is gone (ConnectionResetError" in log
     assert min(h["step"] for h in runs[1].history if "train/loss" in h) > stopped_at
     cfg = run_config(*FAST, *CONSTANT_LR, *steps)

@@ -17,10 +17,12 @@ from wandb.sdk.lib import config_util
 
 import sweeps
 from helpers import FAST, ROOT, RunFile, no_key_env, run_config, seed_sweep
-from icl_lr.analysis import tables
+from icl_lr.analysis import sources
 from icl_lr.records.run_dir import RunDirError
 from icl_lr.records.tracking import read_jsonl
-from icl_lr.run.sweep import expand_command, load_sweep, run_sweep, worker_cores, worker_environment
+from icl_lr.run.sweep.devices import worker_cores, worker_environment
+from icl_lr.run.sweep.runner import run_sweep
+from icl_lr.run.sweep.spec import expand_command, load_sweep
 
 SWEEP_FILES = sorted((ROOT / "sweeps").glob("*.yaml"))
 
@@ -84,7 +86,7 @@ def test_a_run_started_as_the_agent_starts_it_keeps_its_nested_config(tmp_path):
     record = RunFile.load(next((run_dir / "wandb").glob("offline-run-*")))
     assert record.run_id == "run1" and record.config_value("model") == "gpt2_small" and record.config_value("seed") == 1
     assert [record.config_value(f"model.{k}") for k in ("n_layer", "n_embd", "n_head")] == [6, 32, 4]
-    runs, _, _ = tables.load_wandb_files([run_dir])  # what `analyze.py --wandb` reads: no TypeError
+    runs, _, _ = sources.load_wandb_files([run_dir])  # what `analyze.py --wandb` reads: no TypeError
     assert list(runs.model_size) == ["6L/32d/4H"]
 
 

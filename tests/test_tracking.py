@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from helpers import FAST, ROOT, RunFile, assert_trees_equal, final_state, no_key_env, run_id_of, train_cli
-from icl_lr.analysis import tables
+from icl_lr.analysis import sources
 from icl_lr.records.tracking import read_jsonl
 from icl_lr.train.loop import train
 
@@ -93,11 +93,11 @@ def test_one_summary_schema_in_run_dirs_and_wandb_files(tracked_run, tmp_path):
     shutil.copytree(run_dir / "wandb", only_wandb)
     (folder,) = (run_dir / "wandb").glob("offline-run-*")
     local = json.loads((run_dir / "summary.json").read_text())
-    from_wandb = tables.summary_scalars(tables.read_wandb_file(folder)["summary"])
+    from_wandb = sources.summary_scalars(sources.read_wandb_file(folder)["summary"])
     assert from_wandb.pop("excess_over") == local.pop("excess_over") == "bayes"  # what the excess is over
     assert from_wandb == pytest.approx(local, rel=1e-9)
-    runs, curves, history = tables.load_local([run_dir])
-    wandb_runs, wandb_curves, wandb_history = tables.load_wandb_files([only_wandb])
+    runs, curves, history = sources.load_local([run_dir])
+    wandb_runs, wandb_curves, wandb_history = sources.load_wandb_files([only_wandb])
     pd.testing.assert_frame_equal(
         runs.drop(columns="run_dir"), wandb_runs.drop(columns="run_dir"), check_like=True, check_dtype=False
     )
@@ -156,7 +156,7 @@ def test_resumed_run_continues_the_same_wandb_run(tmp_path):
     assert sorted(rows_with(first.history, "train/loss")) == [10, 20]
     assert sorted(rows_with(second.history, "train/loss")) == [30, 40]  # nothing logged twice
     # analyze reads the two W&B run folders as one run: the same history as the run dir's metrics.jsonl
-    assert_same_history(tables.load_local([tmp_path]).history, tables.load_wandb_files([tmp_path]).history)
+    assert_same_history(sources.load_local([tmp_path]).history, sources.load_wandb_files([tmp_path]).history)
 
 
 def test_init_from_a_checkpoint_starts_from_its_params(fast_config, tmp_path):

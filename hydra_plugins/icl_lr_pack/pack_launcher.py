@@ -42,8 +42,8 @@ class PackLauncher(Launcher):
         from icl_lr.cli.errors import INTERRUPTED, PREEMPTED, exit_code
         from icl_lr.cli.pack import console_logging, train_jobs
         from icl_lr.fields import ConfigError
-        from icl_lr.records.run_dir import packed_exit_code
         from icl_lr.run.config import from_dictconfig
+        from icl_lr.run.sweep.process import packed_exit_code
         from icl_lr.train import pack, parallel
         from icl_lr.train.preemption import StopRequest
 

@@ -19,7 +19,8 @@ from wandb_workspaces import expr
 
 from icl_lr.analysis import sections
 from icl_lr.analysis.plots import group_label
-from icl_lr.analysis.tables import MODEL_SHAPE, TASK_POOL
+from icl_lr.analysis.sources import MODEL_SHAPE
+from icl_lr.analysis.tables import TASK_POOL
 from icl_lr.records import wandb_adapter
 from icl_lr.records.schema import DISTANCE, EXCESS, HEADLINE, HELD_OUT, LEARNING_CURVES, PROBE_R2, curves_key
 

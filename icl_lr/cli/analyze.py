@@ -29,7 +29,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from icl_lr.analysis import plots, sections, tables
+from icl_lr.analysis import plots, sections, sources, tables
 from icl_lr.records import schema
 
 SET_FIGURES = {"ood/": "ood_vs_context.png", "sigma_": "error_per_sigma.png", "task_": "error_per_task_class.png"}
@@ -117,17 +117,17 @@ def parse_args(argv):
     return args
 
 
-def load(args) -> tables.RunTables:
+def load(args) -> sources.RunTables:
     if args.wandb:
-        return tables.load_wandb(args.wandb, args.sweep, None if args.state == "any" else args.state)
+        return sources.load_wandb(args.wandb, args.sweep, None if args.state == "any" else args.state)
     if args.wandb_files:
-        return tables.load_wandb_files(args.paths)
-    return tables.load_local(args.paths)
+        return sources.load_wandb_files(args.paths)
+    return sources.load_local(args.paths)
 
 
 def write_plots(named: dict, keys, args, attention: dict) -> dict:
     """The PNG figures that the runs' metrics allow, from the written tables `named` and the runs' attention
-    maps (tables.attention_maps): {path: caption}."""
+    maps (sources.attention_maps): {path: caption}."""
     aggregate, curve_stats = named["aggregate"], named["curve_aggregate"]
     out, curves, figures = args.out, named["curves"], {}
     plots.plot_error_curves(curve_stats, keys, out / "error_vs_context.png")
@@ -266,7 +266,7 @@ def main(argv=None) -> int:
     note = tables.summary_note(headline_metrics, within)
     (args.out / "summary.md").write_text(note + "\n\n" + markdown + "\n")
     written.append(args.out / "summary.md")
-    attention = tables.attention_maps(finished) if "run_dir" in finished else {}
+    attention = sources.attention_maps(finished) if "run_dir" in finished else {}
     figures = {} if args.no_plots else write_plots(named, keys, args, attention)
     written += figures
     if args.html:

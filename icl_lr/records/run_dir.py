@@ -244,14 +244,6 @@ def name_run(run_dir: Path, run_id: str) -> None:
         write_atomic(Path(run_dir) / IDENTITY_FILE, json.dumps({"wandb_run_id": run_id}) + "\n")
 
 
-def packed_exit_code(run_dir: Path, pack_code: int) -> int:
-    """A packed run's own exit code from its pack process's: where the pack ran to its end (0, or 1 when one of
-    its runs stopped alone), 0 for a run that finished (its summary.json), else 1; otherwise the pack's."""
-    if pack_code in (0, 1):
-        return 0 if (Path(run_dir) / SUMMARY_FILE).exists() else 1
-    return pack_code
-
-
 AGENT_CLAIM_SUFFIX = ".claimed"  # beside the agent's parameter file: the run dir that took its run id
 
 

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
-from icl_lr.fields import ConfigError, replace_keys
+from icl_lr.fields import ConfigError, is_number, replace_keys
 from icl_lr.records.run_dir import config_record
 from icl_lr.train import parallel
 from icl_lr.train.config import RunConfig
@@ -44,10 +44,6 @@ def as_member(index: int | None):
         MEMBER.reset(token)
 
 
-def _is_number(value) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
 def differing(cfgs: list) -> list:
     """The keys in which the runs' configs differ."""
     records = [config_record(cfg) for cfg in cfgs]
@@ -64,7 +60,7 @@ def traced_keys(cfgs: list) -> tuple:
         raise ConfigError(f"training.pack: the runs differ in {', '.join(loop)}, the loop's cadence, which a pack's "
                           "runs share; pack runs that agree on it")  # fmt: skip
     traced = [k for k in differ if not k.startswith(OWN_SECTIONS)]
-    fixed = [k for k in traced if not all(_is_number(r.get(k)) for r in records)]
+    fixed = [k for k in traced if not all(is_number(r.get(k)) for r in records)]
     if fixed:
         raise ConfigError(
             f"training.pack: the runs differ in {', '.join(fixed)}, which choose the program (not numbers in every "
