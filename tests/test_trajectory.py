@@ -1,13 +1,30 @@
 """training.trajectory: checkpoints at log-spaced steps, kept and evaluated, through train.py as a user runs it."""
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
-from helpers import FAST, RunFile, assert_trees_equal, final_state, held_out_curves, run_config, train_cli
+from helpers import (
+    FAST,
+    ROOT,
+    RunFile,
+    assert_trees_equal,
+    final_state,
+    held_out_curves,
+    no_key_env,
+    run_config,
+    train_cli,
+)
+from icl_lr.analysis import sources
 from icl_lr.fields import ConfigError
 from icl_lr.records.checkpoint import restore_params
 from icl_lr.records.schema import HELD_OUT, set_of
 from icl_lr.records.tracking import read_jsonl
+from icl_lr.run.evaluation import content_hash
 from icl_lr.train.trajectory import trajectory_steps
 
 
@@ -41,3 +58,31 @@ def test_a_trajectory_keeps_a_checkpoint_at_each_of_its_steps_and_evaluates_it(t
     aliases = [a["aliases"] for a in RunFile.load(offline).artifacts if a["type"] == "model"]
     for step in (10, 20, 40):
         assert any({f"step-{step}", f"trajectory-{step}"} <= set(names) for names in aliases), aliases
+
+
+def test_the_eval_command_scores_every_kept_checkpoint_by_step_and_goes_on_where_it_stopped(tmp_path):
+    run_dir, out = tmp_path / "run", tmp_path / "eval"
+    train_cli(run_dir, "training.trajectory=3", "training.checkpoint_every=40", "training.eval_every=40")
+    command = [sys.executable, str(ROOT / "eval.py"), str(run_dir), "--trajectory", "data.n_points=6", "--out"]
+    first = subprocess.run([*command, str(out)], cwd=ROOT, env=no_key_env(), capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr[-2000:]
+    scored = [(r["step"], len(r["model"])) for r in read_jsonl(out / "curves.jsonl") if set_of(r) == HELD_OUT]
+    assert scored == [(10, 6), (20, 6), (40, 6)]
+    used = json.loads((out / "model.json").read_text())
+    assert [e["step"] for e in used["trajectory"]] == [10, 20, 40]
+    assert all(e["sha256"] == content_hash(Path(e["step_dir"])) for e in used["trajectory"])
+    assert "checkpoints/trajectory/10" in used["trajectory"][0]["step_dir"]
+    records = {name: read_jsonl(out / name) for name in ("metrics.jsonl", "curves.jsonl")}
+    for name, kept in records.items():  # stopped after step 20 was scored, cut short inside step 40's records
+        (out / name).write_text("".join(json.dumps(r) + "\n" for r in kept if r["step"] <= 20) + '{"step": 40')
+    again = subprocess.run([*command, str(out)], cwd=ROOT, env=no_key_env(), capture_output=True, text=True)
+    assert again.returncode == 0 and "going on with the trajectory eval" in again.stdout + again.stderr
+    assert "scoring" in again.stderr and "step 10," not in again.stderr  # only step 40 scored again
+    assert {name: read_jsonl(out / name) for name in records} == records
+    other = subprocess.run([*command[:-2], "data.n_points=5", "--out", str(out)], cwd=ROOT, env=no_key_env(),
+                           capture_output=True, text=True)  # fmt: skip
+    assert other.returncode == 2 and "holds a trajectory eval on another config (differs in data.n_points" in (
+        other.stdout + other.stderr
+    )
+    table = sources.load_local([out]).history  # analyze reads it as a run: its history by step
+    assert sorted(table["step"].unique().tolist())[-3:] == [10, 20, 40]

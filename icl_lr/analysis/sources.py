@@ -218,9 +218,10 @@ def _eval_dir(eval_dir: Path) -> tuple[dict, list, list] | None:
         log.warning("skipping %s: a damaged or unfinished eval dir (%s: %s)", eval_dir, type(error).__name__, error)
         return None
     run_id = str(eval_dir.resolve())
-    evaluated = {EVALUATED: f"{model['source']} (step {model['step']})"}
+    scored = f"trajectory of {len(model['trajectory'])} steps" if "trajectory" in model else f"step {model['step']}"
+    evaluated = {EVALUATED: f"{model['source']} ({scored})"}
     row = _run_row(run_id, config, summary, run_dir=str(eval_dir), status="finished", **evaluated)
-    return row, _last_curves(run_id, evals), []
+    return row, _last_curves(run_id, evals), _history_rows(run_id, read_jsonl(eval_dir / METRICS_FILE))
 
 
 def _reading(items, what: str, every: float = 2.0):

@@ -28,7 +28,7 @@ from icl_lr.fields import check
 from icl_lr.records import schema
 from icl_lr.records.eval_dir import EvalDir
 from icl_lr.records.run_dir import config_record, new_run_id, write_atomic
-from icl_lr.run.evaluation import eval_config, find_model, load_params
+from icl_lr.run.evaluation import eval_config, find_model, load_params, trajectory_models
 
 log = logging.getLogger("icl_lr")
 
@@ -46,6 +46,12 @@ def parse_args(argv):
         "--out",
         type=Path,
         help="the eval dir: new or empty, outside every run and eval dir (default: outputs/eval/<date>/<time>)",
+    )
+    parser.add_argument(
+        "--trajectory",
+        action="store_true",
+        help="SOURCE is a run dir: score every checkpoint it keeps (training.trajectory's, its latest and its best) "
+        "by step into one eval dir; --out an earlier trajectory eval's dir goes on where it stopped",
     )
     parser.add_argument(
         "--from-garg",
@@ -67,11 +73,13 @@ def _check_shapes(params, template) -> None:
     check(not wrong, f"the imported params do not fit the model: {'; '.join(wrong[:3])}")
 
 
-def evaluate(model, cfg, out: Path) -> dict:
-    """Scores `model` under `cfg` into the eval dir `out`; returns its summary."""
-    from icl_lr.records.tracking import LocalFiles, Trackers, WandbRun, flat_config, resolve_mode
+def evaluate(models: list, cfg, out: Path) -> dict:
+    """Scores `models` (one, or a run's checkpoints by step: --trajectory) under `cfg` into the eval dir `out`,
+    after the steps its records hold already (a trajectory eval stopped midway goes on); returns its summary."""
+    from icl_lr.records.tracking import LocalFiles, read_jsonl, resolve_mode
     from icl_lr.train import parallel
     from icl_lr.train.evaluate import Evaluator
+    from icl_lr.train.loop import summary_of
     from icl_lr.train.optimizer import make_optimizer
     from icl_lr.train.setup import build
     from icl_lr.train.step import init_state
@@ -82,60 +90,113 @@ def evaluate(model, cfg, out: Path) -> dict:
     parallel.use_compile_cache(cfg)
     setup = build(cfg)
     state = init_state(setup, make_optimizer(cfg.training), cfg.seed)  # its run key: the training run's
-    if model.params is not None:
-        _check_shapes(model.params, state.params)
-    model, params = load_params(model, state)
+    if models[0].params is not None:
+        _check_shapes(models[0].params, state.params)
     mesh = parallel.data_mesh()
-    params = parallel.replicate(params, mesh)
-    trained_points = model.record.get("data.n_points")
-    used = model.describe() | {"trained_n_points": trained_points}
-    for name, record in ((schema.EVAL_CONFIG_FILE, config_record(cfg)), (schema.EVAL_MODEL_FILE, used)):
-        write_atomic(out / name, json.dumps(record, indent=2) + "\n")
-    local = LocalFiles(out)
-    trackers, wandb_run = [local], None
-    if mode != "disabled":
-        facts = {f"evaluated_{k}": v for k, v in model.describe().items()}
-        config = flat_config(config_record(cfg), {}) | facts | {"trained_n_points": trained_points}
-        wandb_run = WandbRun(cfg.wandb, mode, config, out, new_run_id())
-        if model.step_dir is not None and ":" in model.source and not Path(model.source).exists():
-            if wandb_run.mode == "online":
-                wandb_run.run.use_artifact(model.source, type="model")  # lineage: this eval used that model
-        trackers.append(wandb_run)
-    tracker = Trackers(trackers)
-    log.info("scoring %s (step %d) on %d prompts of %d points (trained on %s)", model.source, model.step,
-             cfg.eval.n_prompts, cfg.data.n_points, trained_points)  # fmt: skip
-    evaluator = Evaluator(setup, cfg, state.rng, mesh)
-    scalars = evaluator(params, tracker, model.step, final=True)
-    summary = scalars | {
-        "step": model.step,
+    trained_points = models[0].record.get("data.n_points")
+    done = [r["step"] for r in read_jsonl(out / schema.METRICS_FILE) if schema.EXCESS in r]
+    _record_start(out, cfg, models, trained_points, done)
+    local = LocalFiles(out, resume_step=done[-1] if done else -1)  # a step cut short is scored again
+    evaluator, tracker = Evaluator(setup, cfg, state.rng, mesh), None
+    todo = [m for m in models if not done or m.step > done[-1]]
+    read = {}
+    for n, model in enumerate(todo, len(models) - len(todo) + 1):
+        model, params = load_params(model, state)
+        tracker = tracker or _trackers(local, out, cfg, mode, model, trained_points)
+        log.info("scoring %s (step %d%s) on %d prompts of %d points (trained on %s)", model.source, model.step,
+                 f", {n} of {len(models)}" if len(models) > 1 else "", cfg.eval.n_prompts, cfg.data.n_points,
+                 trained_points)  # fmt: skip
+        evaluator(parallel.replicate(params, mesh), tracker, model.step, final=n == len(models))
+        read[model.step] = model.describe()
+    tracker = tracker or _trackers(local, out, cfg, mode, models[-1], trained_points)
+    _record_read(out, models, read)
+    summary = summary_of(read_jsonl(out / schema.METRICS_FILE)) | {
+        "step": models[-1].step,
         **evaluator.references,
         "trained_n_points": trained_points,
         "wall_seconds": time.perf_counter() - started,
     }
     tracker.finish(summary)
     from icl_lr.analysis.plots import plot_evaluation
-    from icl_lr.records.tracking import read_jsonl
 
     last = {
         r["set"]: {k: v for k, v in r.items() if k not in ("step", "set")} for r in read_jsonl(out / "curves.jsonl")
     }
-    plot_evaluation(last, trained_points, out / "error_vs_context.png", f"step {model.step}")
+    plot_evaluation(last, trained_points, out / "error_vs_context.png", f"step {models[-1].step}")
     return summary
+
+
+def _trackers(local, out: Path, cfg, mode: str, model, trained_points):
+    """The eval's trackers: its dir's files and, unless disabled, its W&B run (job_type eval), whose config names
+    the model read (`model`, as read: its content hash included)."""
+    from icl_lr.records.tracking import Trackers, WandbRun, flat_config
+
+    if mode == "disabled":
+        return Trackers([local])
+    facts = {f"evaluated_{k}": v for k, v in model.describe().items()}
+    config = flat_config(config_record(cfg), {}) | facts | {"trained_n_points": trained_points}
+    wandb_run = WandbRun(cfg.wandb, mode, config, out, _run_id(out))
+    if model.step_dir is not None and ":" in model.source and not Path(model.source).exists():
+        if wandb_run.mode == "online":
+            wandb_run.run.use_artifact(model.source, type="model")  # lineage: this eval used that model
+    return Trackers([local, wandb_run])
+
+
+def _record_start(out: Path, cfg, models: list, trained_points, done: list) -> None:
+    """eval_config.json and model.json: what is scored on and what was read (a trajectory: each step's checkpoint);
+    a trajectory eval that goes on must score the same run on the same config (ConfigError, one line)."""
+    record = config_record(cfg)
+    if len(models) > 1 or done:
+        used = {"source": models[0].source, "trajectory": [m.describe() for m in models]}
+    else:
+        used = models[0].describe()
+    used |= {"trained_n_points": trained_points}
+    if done:
+        before = json.loads((out / schema.EVAL_CONFIG_FILE).read_text())
+        differ = sorted(k for k in set(before) | set(record) if before.get(k) != record.get(k) and "wandb" not in k)
+        was = json.loads((out / schema.EVAL_MODEL_FILE).read_text())["source"]
+        check(not differ, f"--out {out} holds a trajectory eval on another config (differs in {', '.join(differ[:4])})")
+        check(was == models[0].source, f"--out {out} holds a trajectory eval of {was}, not of {models[0].source}")
+        log.info("going on with the trajectory eval in %s after step %d", out, done[-1])
+    for name, value in ((schema.EVAL_CONFIG_FILE, record), (schema.EVAL_MODEL_FILE, used)):
+        write_atomic(out / name, json.dumps(value, indent=2) + "\n")
+
+
+def _record_read(out: Path, models: list, read: dict) -> None:
+    """model.json with what each scored step read, its content hash included (earlier attempts' steps kept)."""
+    used = json.loads((out / schema.EVAL_MODEL_FILE).read_text())
+    if "trajectory" in used:
+        before = {entry["step"]: entry for entry in used["trajectory"]}
+        used["trajectory"] = [read.get(m.step) or before.get(m.step) or m.describe() for m in models]
+    else:
+        used |= read[models[0].step]
+    write_atomic(out / schema.EVAL_MODEL_FILE, json.dumps(used, indent=2) + "\n")
+
+
+def _run_id(out: Path) -> str:
+    """The eval's W&B run id, kept in its dir so a trajectory eval that goes on continues its W&B run."""
+    path = out / schema.IDENTITY_FILE
+    if path.exists():
+        return json.loads(path.read_text())["wandb_run_id"]
+    run_id = new_run_id()
+    write_atomic(path, json.dumps({"wandb_run_id": run_id}) + "\n")
+    return run_id
 
 
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
     try:
-        eval_dir = EvalDir(args.out)
+        eval_dir = EvalDir(args.out, resume=args.trajectory)
         model = find_model(args.source, args.from_garg)
+        models = trajectory_models(model) if args.trajectory else [model]
         cfg = eval_config(model.record, args.overrides)
         cfg = dataclasses.replace(cfg, wandb=dataclasses.replace(cfg.wandb, job_type="eval"))
         with eval_dir as out:
             handler = logging.FileHandler(out / "eval.log")
             handler.setFormatter(logging.getLogger().handlers[0].formatter)
             logging.getLogger().addHandler(handler)
-            summary = evaluate(model, cfg, out)
+            summary = evaluate(models, cfg, out)
     except (Exception, KeyboardInterrupt) as error:
         return exit_code(error)
     log.info("eval dir %s: excess over %s (mean over k) %.4f", out, summary[schema.REFERENCE], summary[schema.EXCESS])

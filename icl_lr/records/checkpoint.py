@@ -22,9 +22,9 @@ import orbax.checkpoint as ocp
 
 from icl_lr.fields import ConfigError, one_line
 from icl_lr.records.run_dir import step_dirs
+from icl_lr.records.schema import TRAJECTORY
 
 BEST_METRIC = "eval_error"
-TRAJECTORY = "trajectory"  # checkpoints/trajectory/<step>: training.trajectory's, kept for dynamics
 log = logging.getLogger("icl_lr")
 
 

@@ -5,12 +5,20 @@ user names must be new or empty, and outside every run and eval dir. It is locke
 emptiness is checked under the lock, so two evaluations never share one, at once or one after the other.
 """
 
+import json
 import os
 import time
 from pathlib import Path
 
 from icl_lr.records.run_dir import RunDirError, RunDirLock
-from icl_lr.records.schema import CONFIG_FILE, EVAL_CONFIG_FILE, IDENTITY_FILE, LOCK_FILE, METRICS_FILE
+from icl_lr.records.schema import (
+    CONFIG_FILE,
+    EVAL_CONFIG_FILE,
+    EVAL_MODEL_FILE,
+    IDENTITY_FILE,
+    LOCK_FILE,
+    METRICS_FILE,
+)
 
 
 class EvalDirError(RunDirError):
@@ -45,17 +53,27 @@ def default_eval_dir(root: Path = Path("outputs") / "eval") -> Path:
     raise EvalDirError(f"no free eval dir under {base.parent}; name one with --out")
 
 
+def is_trajectory_eval(out: Path) -> bool:
+    """Whether `out` holds the records of a trajectory eval (eval.py --trajectory), which goes on where it stopped."""
+    try:
+        return "trajectory" in json.loads((Path(out) / EVAL_MODEL_FILE).read_text())
+    except (OSError, ValueError, TypeError):
+        return False
+
+
 class EvalDir(RunDirLock):
     """The eval dir `out` (None: a new default one, made on entering), locked for the evaluation; a dir inside a
-    run or eval dir, or one that holds anything already, is refused (RunDirError, one line) before anything runs."""
+    run or eval dir, or one that holds anything already, is refused (RunDirError, one line) before anything runs,
+    except, with `resume`, an earlier trajectory eval's own dir (its records go on)."""
 
-    def __init__(self, out: Path | None):
+    def __init__(self, out: Path | None, resume: bool = False):
         holder = None if out is None else records_holder(out)
-        if holder == Path(out or "").absolute():
+        self.resume = resume and holder == Path(out or "").absolute() and is_trajectory_eval(out)
+        if holder == Path(out or "").absolute() and not self.resume:
             raise EvalDirError(
                 f"--out {out} already holds a run's or an eval's records: an eval writes a new or empty dir"
             )
-        if holder is not None:
+        if holder is not None and not self.resume:
             raise EvalDirError(
                 f"--out {out} is inside {holder}, a run's or an eval's records: an eval writes a dir of its own; "
                 "name a new one"
@@ -67,7 +85,7 @@ class EvalDir(RunDirLock):
         super().__init__(self.out, "eval dir")
         super().__enter__()
         held = sorted(p.name for p in self.out.iterdir() if p.name != LOCK_FILE)
-        if held:
+        if held and not self.resume:
             super().__exit__(None, None, None)
             raise EvalDirError(
                 f"--out {self.out} already holds {', '.join(held[:3])}: an eval writes a new or empty dir"

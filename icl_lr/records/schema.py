@@ -14,6 +14,7 @@ SUMMARY_FILE = "summary.json"
 METRICS_FILE = "metrics.jsonl"  # one record per log or eval step: {"step", <metric key>: value, ...}
 CURVES_FILE = "curves.jsonl"  # one record per set and eval: {"step", "set", <curve name>: [value per k]}
 HYDRA_CONFIG = ".hydra/config.yaml"
+TRAJECTORY = "trajectory"  # checkpoints/trajectory/<step>: training.trajectory's checkpoints, never rotated
 # An eval dir's own files (python eval.py), beside its metrics, curves and summary
 EVAL_CONFIG_FILE = "eval_config.json"  # the config it scored on, run_config.json's dotted keys
 EVAL_MODEL_FILE = "model.json"  # the model it read: source, step_dir, step, sha256, trained_n_points

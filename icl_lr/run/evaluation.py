@@ -15,6 +15,7 @@ import yaml
 
 from icl_lr.fields import ConfigError, check, flatten, one_line, unflatten
 from icl_lr.records.run_dir import RunDirLock, UnreadableRecord, config_record, read_config_record, step_dirs
+from icl_lr.records.schema import TRAJECTORY
 from icl_lr.run.config import check_across, from_values, sections, typed_keys
 from icl_lr.train.config import RunConfig
 
@@ -77,6 +78,17 @@ def local_model(source: str) -> TrainedModel:
     check(record is not None, f"{source}: {run_dir} has no config record (run_config.json) to rebuild its model from")
     step_dir = path if pinned else _newest_checkpoint(run_dir, source)
     return TrainedModel(source, record, int(step_dir.name), "", step_dir=step_dir, run_dir=None if pinned else run_dir)
+
+
+def trajectory_models(model: TrainedModel) -> list:
+    """A run dir's every kept checkpoint by step, as models to score: its trajectory's (training.trajectory), its
+    latest and its best (a step kept twice is read from the trajectory's)."""
+    check(model.run_dir is not None, f"--trajectory scores a run dir's checkpoints: {model.source} is not a run dir")
+    folders = [model.run_dir / "checkpoints" / kind for kind in (TRAJECTORY, "latest", "best")]
+    by_step = {}
+    for step_dir in (d for folder in folders for d in step_dirs(folder)):
+        by_step.setdefault(int(step_dir.name), step_dir)
+    return [dataclasses.replace(model, step=step, step_dir=by_step[step], run_dir=None) for step in sorted(by_step)]
 
 
 def load_params(model: TrainedModel, template) -> tuple:
