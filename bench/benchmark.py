@@ -29,7 +29,7 @@ from hydra import compose, initialize_config_dir
 from icl_lr.model.config import ModelConfig
 from icl_lr.model.encoding import ENCODINGS
 from icl_lr.run.config import from_dictconfig
-from icl_lr.train import evaluate, parallel, setup
+from icl_lr.train import eval_sets, evaluate, parallel, setup
 from icl_lr.train.config import EvalConfig, RunConfig
 from icl_lr.train.optimizer import make_optimizer
 from icl_lr.train.step import init_state, make_dispatch
@@ -176,9 +176,9 @@ def time_eval_set(run: setup.Setup, eval_cfg: EvalConfig):
     """The held-out set with its baselines, built as a run builds it once: on the host's CPU, then placed on
     the devices (compile included)."""
     started = time.perf_counter()
-    with evaluate.on_host():
-        eval_set = evaluate.held_out_set(run.task, run.encoding, eval_cfg)
-    sets = evaluate.placed({"held_out": evaluate.EvalSets([eval_set])}, parallel.data_mesh())
+    with eval_sets.on_host():
+        eval_set = eval_sets.held_out_set(run.task, run.encoding, eval_cfg)
+    sets = eval_sets.placed({"held_out": eval_sets.EvalSets([eval_set])}, parallel.data_mesh())
     jax.block_until_ready(sets["held_out"].sets[0].inputs)
     return sets["held_out"].sets[0], time.perf_counter() - started
 

@@ -83,9 +83,9 @@ def parts(data) -> tuple:
 
 def held_out(data, eval_cfg, pool=None):
     """The held-out eval set of a data section."""
-    from icl_lr.train import evaluate
+    from icl_lr.train import eval_sets
 
-    return evaluate.held_out_set(*parts(data), eval_cfg, pool)
+    return eval_sets.held_out_set(*parts(data), eval_cfg, pool)
 
 
 def no_key_env(**extra) -> dict:

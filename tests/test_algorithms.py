@@ -10,7 +10,8 @@ import pytest
 from helpers import data_config, encoding_of, held_out, model_config
 from icl_lr.task import algorithms, baselines
 from icl_lr.task.linear import TUNING_SEED, LinearRegression
-from icl_lr.train import evaluate
+from icl_lr.train import eval_sets
+from icl_lr.train.analyses import algorithms as similarity
 from icl_lr.train.config import EvalConfig
 
 pytestmark = pytest.mark.unit
@@ -102,16 +103,16 @@ def test_a_model_that_is_an_algorithm_is_found_identical_to_it():
                      encoding_of(data))  # fmt: skip
     batch = LinearRegression(data).sample_batch(jax.random.PRNGKey(7), 128)
     params = model.init(jax.random.PRNGKey(0), model.encoding.encode(batch.xs, batch.ys))["params"]
-    model_preds, model_grads = evaluate.make_model_gradients_fn(model)(params, batch.xs, batch.ys)
+    model_preds, model_grads = similarity.make_model_gradients_fn(model)(params, batch.xs, batch.ys)
 
     def reference(steps):
         predict = lambda xs, ys: jax.vmap(algorithms.gradient_descent, (0, 0, None, None))(xs, ys, steps, 0.3)
-        preds, grads = evaluate.predictions_and_query_gradients(predict, batch.xs, batch.ys)
+        preds, grads = eval_sets.predictions_and_query_gradients(predict, batch.xs, batch.ys)
         np.testing.assert_allclose(preds, predict(batch.xs, batch.ys), rtol=1e-6, atol=1e-6)  # the pass's values
         return preds, grads
 
-    held_out = evaluate.EvalSet(None, batch.ys, {}, batch.xs, {"gd_1": reference(1), "gd_3": reference(3)})
-    curves = evaluate.similarity_curves(model_preds, model_grads, held_out, 4)
+    held_out = eval_sets.EvalSet(None, batch.ys, {}, batch.xs, {"gd_1": reference(1), "gd_3": reference(3)})
+    curves = similarity.similarity_curves(model_preds, model_grads, held_out, 4)
     np.testing.assert_allclose(curves["similarity_mse/gd_1"], 0, atol=1e-9)
     np.testing.assert_allclose(curves["similarity_residual_cos/gd_1"][1:], 1, atol=1e-5)
     np.testing.assert_allclose(curves["similarity_grad_cos/gd_1"][1:], 1, atol=1e-5)

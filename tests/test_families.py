@@ -1,6 +1,6 @@
 """The families added beside GPT-2 (icl_lr/model/looped.py, mamba.py, the gpt2 family's Llama options) as every
 family is held: killed and resumed bit for bit, data parallel equal to one device; the looped transformer
-against its own definition; eval.attention (icl_lr/train/attention.py) on a model whose attention is known."""
+against its own definition; eval.attention (icl_lr/train/analyses/attention.py) on a model whose attention is known."""
 
 import json
 import subprocess
@@ -33,7 +33,7 @@ from icl_lr.model.gpt2 import Transformer
 from icl_lr.model.icl_model import ICLModel
 from icl_lr.model.looped import Looped
 from icl_lr.records.schema import SHARE_KINDS, loops_curve
-from icl_lr.train import attention
+from icl_lr.train.analyses import attention
 from icl_lr.train.loop import train
 
 FAMILIES = {

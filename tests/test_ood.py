@@ -15,7 +15,7 @@ from icl_lr.records.schema import BAYES, HELD_OUT, MODEL
 from icl_lr.records.tracking import read_jsonl
 from icl_lr.task import baselines, ood, sampling
 from icl_lr.task.linear import LinearRegression
-from icl_lr.train import evaluate
+from icl_lr.train import eval_sets, evaluate
 
 D, N, P = 4, 9, 512
 
@@ -101,9 +101,9 @@ def test_noisy_labels_excess_is_over_a_reference_finite_at_k_equal_d():
     task = LinearRegression(data_config(n_dims=D, n_points=N))
     condition = ood.conditions(jax.random.PRNGKey(0), task, P)["noisy_labels"]
     (xs, ys), reference = condition.sets[0], condition.task.reference
-    eval_set = evaluate.eval_set_of(condition.task, encoding_of(task.cfg), evaluate._prompts(xs, ys))  # as ood_sets
+    eval_set = eval_sets.eval_set_of(condition.task, encoding_of(task.cfg), eval_sets._prompts(xs, ys))  # as ood_sets
     ridge = np.stack([numpy_ridge(x, y, 1.0) for x, y in zip(np.asarray(xs), np.asarray(ys), strict=True)])
-    curves = eval_set.baseline_curves | {MODEL: np.asarray(evaluate.squared_error_curve(ridge, ys, D))}
+    curves = eval_set.baseline_curves | {MODEL: np.asarray(eval_sets.squared_error_curve(ridge, ys, D))}
     summary = evaluate.summarize(curves, D, reference)
     excess = curves[MODEL] - curves[reference]
     assert np.isfinite(excess).all()

@@ -10,7 +10,7 @@ import pytest
 from helpers import data_config, encoding_of, model_config
 from icl_lr.model.icl_model import FAMILIES, ICLModel
 from icl_lr.task.linear import LinearRegression
-from icl_lr.train import probes
+from icl_lr.train.analyses import probes
 
 pytestmark = pytest.mark.unit
 

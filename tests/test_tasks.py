@@ -19,7 +19,7 @@ from icl_lr.run.config import from_dictconfig
 from icl_lr.task import baselines, classification, nonlinear, sampling, sparse
 from icl_lr.task.linear import component_means
 from icl_lr.task.registry import TASKS, task_of
-from icl_lr.train import evaluate
+from icl_lr.train import eval_sets
 from icl_lr.train.config import EvalConfig
 
 pytestmark = pytest.mark.unit
@@ -333,7 +333,7 @@ def test_a_mixture_labels_each_prompt_by_its_class_and_its_bayes_weighs_the_clas
     with_classification = dataclasses.replace(MIXTURE, task_mixture=("linear_regression", "linear_classification"),
                                               noise_std=0.0)  # fmt: skip
     assert task_of(with_classification).reference == "least_squares"  # a class without an exact Bayes
-    sets = evaluate.class_sets(*parts(MIXTURE), EvalConfig(n_prompts=16))
+    sets = eval_sets.class_sets(*parts(MIXTURE), EvalConfig(n_prompts=16))
     assert list(sets) == ["linear_regression", "quadratic"] and "bayes" in sets["quadratic"].baseline_curves
 
 
@@ -368,11 +368,11 @@ def test_outliers_corrupt_the_labels_the_model_sees_and_are_scored_on_the_clean_
     np.testing.assert_allclose(np.asarray(batch.ys)[hit], factor * np.asarray(clean.ys)[hit], rtol=1e-6)
     task = task_of(cfg)
     assert task.reference == "huber" and task_of(clean_cfg).reference == "bayes"
-    curves = evaluate.eval_set_of(*parts(cfg), batch).baseline_curves
+    curves = eval_sets.eval_set_of(*parts(cfg), batch).baseline_curves
     assert "bayes" not in curves and {"huber", "gaussian_ridge", "least_squares"} <= set(curves)
     assert curves["huber"][11] < 0.8 * curves["least_squares"][11]  # measured: 0.22 (scaled), 0.68 (flipped) of it
     # with the algorithms, the model is compared with them on the prompts it sees, scored on the clean labels
-    held = evaluate.held_out_set(*parts(cfg), EvalConfig(n_prompts=64, algorithms=True, algorithm_steps=(1,)))
+    held = eval_sets.held_out_set(*parts(cfg), EvalConfig(n_prompts=64, algorithms=True, algorithm_steps=(1,)))
     assert np.any(np.asarray(held.prompts.ys) != np.asarray(held.ys))
     np.testing.assert_array_equal(held.prompts.targets, held.ys)
 

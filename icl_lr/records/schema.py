@@ -96,7 +96,7 @@ def loops_curve(n_loops: int) -> str:
 
 
 # eval.attention: each attention layer's and head's weights, mean over the held-out prompts, [layers, heads, T, T]
-# query by key, with their shares (below), in ATTENTION_DIR/step_<n>.npz; the curves
+# query by key, with their shares (below), in arrays_file(ATTENTION_DIR, n); the curves
 # `attention_share/<kind>/layer_<l>/head_<h>`: the share of the weights of the token that predicts y_k on the
 # x-tokens (kind x) and on the y-tokens (kind y) of the points before k (the rest: point k's own tokens)
 ATTENTION_DIR = "attention"
@@ -104,8 +104,9 @@ ATTENTION_SHARE = "attention_share"
 SHARE_KINDS = ("x", "y")
 
 
-def attention_file(step: int) -> str:
-    return f"{ATTENTION_DIR}/step_{step}.npz"
+def arrays_file(analysis: str, step: int) -> str:
+    """Where an analysis's arrays at `step` go in the run dir (icl_lr/train/analyses/)."""
+    return f"{analysis}/step_{step}.npz"
 
 
 def is_error_curve(name: str) -> bool:

@@ -16,6 +16,7 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -23,14 +24,12 @@ from icl_lr.fields import ConfigError, flatten, one_line
 from icl_lr.records.config import WANDB_MODES, WandbConfig
 from icl_lr.records.run_dir import started_by_agent, write_atomic
 from icl_lr.records.schema import (
-    ATTENTION_DIR,
     CURVES_FILE,
     DISTANCE,
     HELD_OUT,
     METRICS_FILE,
-    SHARE_KINDS,
     SUMMARY_FILE,
-    attention_file,
+    arrays_file,
     curves_key,
     is_error_curve,
     probe_r2_by_layer,
@@ -40,6 +39,20 @@ log = logging.getLogger("icl_lr")
 # W&B's own console lines stay off (its end-of-run summary, "Adding directory to artifact" per checkpoint, the
 # offline notice): the run logs its own one line for each of these; warnings and errors still show.
 QUIET = {"quiet": True, "show_info": False}
+
+
+class Image(NamedTuple):
+    """A grey image for the dashboards: pixels [rows, columns] uint8, and its caption."""
+
+    pixels: np.ndarray
+    caption: str
+
+
+class Table(NamedTuple):
+    """A table for the dashboards: its column names and rows (a value per column)."""
+
+    columns: list
+    rows: list
 
 
 class Tracker:
@@ -53,8 +66,11 @@ class Tracker:
 
     def log_checkpoint(self, directory: Path, step: int, aliases: Sequence[str]) -> None: ...
 
-    def log_attention(self, weights_LxHxTxT, shares_KxLxHxN, step: int) -> None:
-        """eval.attention's weights, mean over the held-out prompts, and their shares (schema.SHARE_KINDS)."""
+    def log_arrays(self, analysis: str, arrays: dict, step: int) -> None:
+        """An analysis's arrays at `step`: {name: array} (icl_lr/train/analyses/)."""
+
+    def log_figures(self, figures: dict, step: int) -> None:
+        """Figures for the dashboards at `step`: {key: Image or Table}."""
 
     def preempting(self) -> None:
         """The run is about to stop on SIGTERM, at a checkpoint, to be resumed."""
@@ -96,7 +112,7 @@ class LocalFiles(Tracker):
             path = self.run_dir / name
             kept = [r for r in read_jsonl(path) if r["step"] <= resume_step]
             path.write_text("".join(json.dumps(r) + "\n" for r in kept))
-        for path in (self.run_dir / ATTENTION_DIR).glob("step_*.npz"):
+        for path in self.run_dir.glob("*/step_*.npz"):  # the analyses' arrays
             if int(path.stem.removeprefix("step_")) > resume_step:
                 path.unlink()
 
@@ -113,12 +129,14 @@ class LocalFiles(Tracker):
             CURVES_FILE, {"step": step, "set": eval_set, **{k: [float(x) for x in v] for k, v in curves.items()}}
         )
 
-    def log_attention(self, weights_LxHxTxT, shares_KxLxHxN, step: int) -> None:
-        """attention/step_<step>.npz: `weights` [layers, heads, T, T] and `shares` [kind, layers, heads, N]."""
-        path = self.run_dir / attention_file(step)
+    def log_arrays(self, analysis: str, arrays: dict, step: int) -> None:
+        """<analysis>/step_<step>.npz (schema.arrays_file), written whole or not at all."""
+        if not arrays:
+            return
+        path = self.run_dir / arrays_file(analysis, step)
         path.parent.mkdir(exist_ok=True)
         with open(path.with_suffix(".part"), "wb") as f:
-            np.savez(f, weights=np.asarray(weights_LxHxTxT, np.float32), shares=np.asarray(shares_KxLxHxN, np.float32))
+            np.savez(f, **arrays)
         os.replace(path.with_suffix(".part"), path)
 
     def finish(self, summary: dict) -> None:
@@ -143,9 +161,13 @@ class Trackers(Tracker):
         for t in self.trackers:
             t.log_checkpoint(directory, step, aliases)
 
-    def log_attention(self, weights, shares, step):
+    def log_arrays(self, analysis, arrays, step):
         for t in self.trackers:
-            t.log_attention(weights, shares, step)
+            t.log_arrays(analysis, arrays, step)
+
+    def log_figures(self, figures, step):
+        for t in self.trackers:
+            t.log_figures(figures, step)
 
     def preempting(self):
         for t in self.trackers:
@@ -190,20 +212,6 @@ def flat_config(config: dict, choices: dict) -> dict:
     nested `model` section would be replaced by the sweep's `model: gpt2_small` (wandb issue #5477).
     """
     return flatten(config) | choices
-
-
-def attention_image(weights_LxHxTxT: np.ndarray, cell: int = 3, gap: int = 4) -> np.ndarray:
-    """The maps tiled as one grey image [rows, columns] uint8: a map per layer (row) and head (column), each
-    weight a `cell`-pixel square, 255 * (1 - sqrt(weight)), maps `gap` white pixels apart."""
-    layers, heads, tokens, _ = weights_LxHxTxT.shape
-    side = tokens * cell
-    image = np.full((layers * (side + gap) - gap, heads * (side + gap) - gap), 255, np.uint8)
-    for layer in range(layers):
-        for head in range(heads):
-            shade = 255 * (1 - np.sqrt(np.clip(weights_LxHxTxT[layer, head], 0, 1)))
-            top, left = layer * (side + gap), head * (side + gap)
-            image[top : top + side, left : left + side] = np.kron(shade, np.ones((cell, cell))).round()
-    return image
 
 
 class WandbRun(Tracker):
@@ -336,20 +344,16 @@ class WandbRun(Tracker):
             )
         self._send(self.run.log, logged)
 
-    def log_attention(self, weights_LxHxTxT, shares_KxLxHxN, step: int) -> None:
-        """An image eval/attention (a row per layer, a column per head, query down, key across; darker is more
-        weight, on a square-root scale) and a table eval/attention_shares (layer, head, k, each kind's share)."""
-        _, layers, heads, n = np.shape(shares_KxLxHxN)
-        rows = [
-            [layer, head, k, *(float(shares_KxLxHxN[i, layer, head, k]) for i in range(len(SHARE_KINDS)))]
-            for layer in range(layers)
-            for head in range(heads)
-            for k in range(n)
-        ]
-        table = self.wandb.Table(columns=["layer", "head", "k", *(f"{kind}_share" for kind in SHARE_KINDS)], data=rows)
-        caption = f"attention, mean over the held-out prompts (step {step}): a row per layer, a column per head"
-        image = self.wandb.Image(attention_image(np.asarray(weights_LxHxTxT)), caption=caption)
-        self._send(self.run.log, {"step": step, "eval/attention": image, "eval/attention_shares": table})
+    def log_figures(self, figures: dict, step: int) -> None:
+        """Each figure under its key, as a W&B Image or Table, in one record."""
+        media = {
+            key: self.wandb.Image(f.pixels, caption=f.caption)
+            if isinstance(f, Image)
+            else self.wandb.Table(columns=list(f.columns), data=f.rows)
+            for key, f in figures.items()
+        }
+        if media:
+            self._send(self.run.log, {"step": step, **media})
 
     def log_checkpoint(self, directory: Path, step: int, aliases: Sequence[str]) -> None:
         if not self.log_checkpoints or self.service_gone:

@@ -91,10 +91,11 @@ def sections(values: dict, typed: frozenset = frozenset()) -> dict:
 
 def check_across(cfg: RunConfig) -> None:
     """The checks that span sections: each component's own (`check_run`), which encodings a family takes
-    and the sequence it can hold, what the probes and algorithms read, epochs against the finite set."""
+    and the sequence it can hold, what the analyses of the held-out prompts need, epochs against the finite set."""
     from icl_lr.model.encoding import ENCODINGS
     from icl_lr.model.icl_model import FAMILIES
-    from icl_lr.task.registry import LINEAR_INTERFACE, TASKS, is_linear
+    from icl_lr.task.registry import TASKS
+    from icl_lr.train import analyses
 
     d, m, t = cfg.data, cfg.model, cfg.training
     task, encoding, family = TASKS.resolve(d.task), ENCODINGS.resolve(d.encoding), FAMILIES.resolve(m.family)
@@ -112,24 +113,7 @@ def check_across(cfg: RunConfig) -> None:
         f"data.noise_std_choices (a hierarchical noise prior) is for a task whose baselines take one "
         f"(hierarchical_noise), not data.task={d.task}",
     )
-    for key in ("probes", "algorithms"):
-        check(
-            not getattr(cfg.eval, key) or is_linear(task),
-            f"eval.{key} reads a task's one weight vector: data.task={d.task} lacks "
-            f"{', '.join(n for n in LINEAR_INTERFACE if not hasattr(task, n))}",
-        )
-        check(
-            not getattr(cfg.eval, key) or d.n_points >= 2,
-            f"eval.{key} scores predictions from a context: data.n_points must be >= 2, got {d.n_points}",
-        )
-    check(
-        not cfg.eval.attention or getattr(family, "sows_attention", False),
-        f"eval.attention reads softmax attention weights: model.family={m.family} has none",
-    )
-    check(
-        not cfg.eval.n_loops or hasattr(m, "n_loops"),
-        f"eval.n_loops scores other loop counts of a looped model: model.family={m.family} has no model.n_loops",
-    )
+    analyses.check_run(cfg, task, family)
     length_key = getattr(family, "length_key", None)
     length_key = length_key(m) if callable(length_key) else length_key
     if length_key:

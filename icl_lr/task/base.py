@@ -67,7 +67,7 @@ class Task(Protocol):
 
 
 class LinearTask(Task, Protocol):
-    """A task whose prompts each have one weight vector w (icl_lr/task/registry.py, LINEAR): what the
+    """A task whose prompts each have one weight vector w (`is_linear`): what the
     iterative algorithms, the probes and the binned heads' Bayes predictive read."""
 
     def algorithms(self, steps: tuple) -> tuple[dict, dict]:
@@ -81,4 +81,12 @@ class LinearTask(Task, Protocol):
 
     def probe_set(self, key, n_prompts: int) -> tuple[Batch, dict]:
         """sample_batch(key, n_prompts)'s prompts and {target: [P, N, M]}: what a model may compute in context
-        before it predicts each y_k, for the per-layer probes (icl_lr/train/probes.py)."""
+        before it predicts each y_k, for the per-layer probes (icl_lr/train/analyses/probes.py)."""
+
+
+LINEAR_INTERFACE = tuple(n for n in vars(LinearTask) if not n.startswith("_"))  # what probes and algorithms read
+
+
+def is_linear(task) -> bool:
+    """Whether a task (or its class) has one w per prompt: what probes and algorithms read."""
+    return all(hasattr(task, name) for name in LINEAR_INTERFACE)

@@ -4,11 +4,10 @@ package's entry point in the group `icl_lr.tasks`, or an import path)."""
 import dataclasses
 
 from icl_lr.components import Registry
-from icl_lr.task.base import LinearTask, Task
+from icl_lr.task.base import Task
 from icl_lr.task.config import DataConfig
 
 TASK_INTERFACE = tuple(n for n in vars(Task) if not n.startswith("_")) + tuple(Task.__annotations__)
-LINEAR_INTERFACE = tuple(n for n in vars(LinearTask) if not n.startswith("_"))  # what probes and algorithms read
 
 TASKS = Registry(
     "data.task",
@@ -24,11 +23,6 @@ TASKS = Registry(
     },
     TASK_INTERFACE,
 )
-
-
-def is_linear(task) -> bool:
-    """Whether a task (or its class) has one w per prompt: what probes and algorithms read."""
-    return all(hasattr(task, name) for name in LINEAR_INTERFACE)
 
 
 def task_of(cfg: DataConfig) -> Task:

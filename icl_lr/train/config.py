@@ -115,6 +115,7 @@ class EvalConfig:
     prompts: str | None = field(default=None, metadata=FREE)
     attention: bool = field(default=False, metadata=FREE)
     n_loops: tuple[int, ...] = field(default=(), metadata=FREE)
+    analyses: tuple[str, ...] = field(default=(), metadata=FREE)
 
     def check(self) -> None:
         for key in ("n_prompts", "batch_size"):  # the eval sets are held in memory, a batch in one XLA call

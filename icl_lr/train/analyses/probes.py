@@ -6,7 +6,8 @@ Every trunk sows its states before its first layer and after each (model.config.
 predicts y_k is the encoding's prediction position. Per layer l and position k a ridge probe with an
 intercept is fitted, in closed form and float64, on a probe-training set of prompts and scored by R² on the
 held-out prompts, for each of the task's probe targets (Task.probe_set): R² = 1 - SSE / SST pooled over the
-target's coordinates, NaN where the target does not vary (X^T y at k = 0).
+target's coordinates, NaN where the target does not vary (X^T y at k = 0). The probe-training set has
+eval.n_prompts prompts of its own (eval.seed's stream 4).
 """
 
 from typing import NamedTuple
@@ -15,8 +16,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from icl_lr.components import NoKeys
 from icl_lr.model.config import HIDDEN
 from icl_lr.records.schema import PROBE_R2
+from icl_lr.train.analyses import Result, check_linear
+from icl_lr.train.eval_sets import EvalSet, set_key
 
 PROBE_RIDGE = 1e-6  # each probe's ridge, times the mean variance of its features: a guard against singular
 # covariances (constant features), too small to shrink what a probe reads
@@ -96,3 +100,26 @@ def r2_curves(hidden_states, params, train: ProbeSet, test: ProbeSet, chunk: int
         for layer, r2_N in enumerate(r2):
             curves[f"{PROBE_R2}/{name}/layer_{layer}"] = np.where(varies, r2_N, np.nan)
     return curves
+
+
+class Probes:
+    """The curves `probe_r2/<target>/layer_<l>` (schema.PROBE_R2) of probes fitted afresh at each eval."""
+
+    Config = NoKeys
+
+    @staticmethod
+    def wanted(eval_cfg) -> bool:
+        return eval_cfg.probes
+
+    @staticmethod
+    def check(cfg, task, family) -> None:
+        check_linear("probes", cfg, task)
+
+    def __init__(self, setup, cfg, mesh):
+        """The probe-training set and the held-out prompts, with their probe targets."""
+        of = lambda stream: probe_set_of(setup.task, setup.encoding, set_key(cfg.eval, stream), cfg.eval.n_prompts)
+        self.train, self.test = of(4), of(0)
+        self.hidden_states, self.chunk = make_hidden_states_fn(setup.model), cfg.eval.batch_size
+
+    def __call__(self, params, held_out: EvalSet, step: int) -> Result:
+        return Result(curves=r2_curves(self.hidden_states, params, self.train, self.test, self.chunk))
