@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from icl_lr.fields import ConfigError, flatten
-from icl_lr.records import wandb_adapter
+from icl_lr.records import code, wandb_adapter
 from icl_lr.records.run_dir import RunDirLock, config_record, read_config_record, read_identity
 from icl_lr.records.schema import (
     ATTENTION_DIR,
@@ -78,7 +78,8 @@ def _flatten(tree: dict) -> dict:
 def _config_columns(config: dict) -> dict:
     """Flat config columns, the same from a run dir's nested config and W&B's flat one.
 
-    W&B's group choices are dropped (model_size stands for the model), a sweep parameter's text
+    W&B's group choices and code provenance are dropped (model_size stands for the model; the run dir's
+    components.json is no config either), a sweep parameter's text
     ('null', '[0.1,0.5]') is read as YAML, and data.noise_std, ignored under a hierarchical noise
     prior, is NaN there: runs group by the noise prior they really had.
     """
@@ -86,6 +87,7 @@ def _config_columns(config: dict) -> dict:
 
     flat = {}
     choices = [k for k, v in config.items() if k in GROUP_CHOICES and not isinstance(v, dict)]
+    choices += [k for k in config if k.startswith(code.WANDB_PREFIX)]
     for key, value in _flatten({k: v for k, v in config.items() if k not in choices}).items():
         if isinstance(value, str) and key.startswith(CONFIG_PREFIXES):
             parsed = yaml.safe_load(value)

@@ -14,6 +14,7 @@ from icl_lr.fields import one_line
 from icl_lr.records.run_dir import RunDirError
 from icl_lr.records.schema import CODE_FILE
 
+WANDB_PREFIX = "components."  # the record's keys in W&B's config (provenance, not config: analysis drops them)
 IDENTITY = ("source", "sha256", "distribution", "version")  # what tells one component's code from another's
 
 
@@ -88,12 +89,12 @@ def with_changes(stored: dict, current: dict, step: int) -> dict:
 def code_config(record: dict) -> dict:
     """The record in W&B's config, light: `components.icl_lr` and per component its source and what tells its
     code (`components.data.task: file sha256:<hex>`)."""
-    config = {"components.icl_lr": record["icl_lr"]}
+    config = {f"{WANDB_PREFIX}icl_lr": record["icl_lr"]}
     for key, origin in record["components"].items():
         if origin["source"] == "entry_point":
-            config[f"components.{key}"] = f"entry_point {origin['distribution']}=={origin['version']}"
+            config[f"{WANDB_PREFIX}{key}"] = f"entry_point {origin['distribution']}=={origin['version']}"
         elif origin["source"] == "builtin":
-            config[f"components.{key}"] = "builtin"
+            config[f"{WANDB_PREFIX}{key}"] = "builtin"
         else:
-            config[f"components.{key}"] = f"{origin['source']} sha256:{origin['sha256']}"
+            config[f"{WANDB_PREFIX}{key}"] = f"{origin['source']} sha256:{origin['sha256']}"
     return config
