@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from helpers import ROOT, RunFile, no_key_env, train_cli
+from helpers import ROOT, RunFile, held_out_curves, no_key_env, train_cli
 from icl_lr.fields import ConfigError
 from icl_lr.model import garg
 from icl_lr.run.evaluation import eval_config, find_model
@@ -319,3 +319,16 @@ def test_prompts_from_a_file_are_scored_beside_the_baselines(trained, tmp_path):
 
     with pytest.raises(ConfigError, match=r"xs \(4, 8, 5\) and ys \(4, 8\) must be \[B, N, D\] and \[B, N\] with D ="):
         eval_config(read_config_record(trained), [f"eval.prompts={tmp_path / 'wide.npz'}"])
+
+
+def test_a_run_scored_with_no_overrides_reproduces_its_own_last_held_out_curves(trained, tmp_path):
+    """The eval command on the run's last checkpoint, on the run's own config: the same prompts (eval.seed), the
+    same model, so the same held-out curves of the model and every baseline as the run's last eval logged."""
+    out = tmp_path / "eval"
+    result = eval_cli(str(trained / "checkpoints" / "latest" / "20"), "--out", str(out))
+    assert result.returncode == 0, result.stderr[-2000:]
+    own = held_out_curves(trained)
+    scored = held_out_curves(out)
+    assert own["step"] == scored["step"] == 20 and set(own) == set(scored)
+    for name in set(own) - {"step", "set"}:
+        np.testing.assert_allclose(scored[name], own[name], rtol=1e-6, atol=1e-7, err_msg=name)
