@@ -112,6 +112,11 @@ def check_across(cfg: RunConfig) -> None:
         f"data.noise_std_choices (a hierarchical noise prior) is for a task whose baselines take one "
         f"(hierarchical_noise), not data.task={d.task}",
     )
+    check(
+        d.noise_dist == "gaussian" or getattr(task, "non_gaussian_noise", False),
+        f"data.noise_dist={d.noise_dist} is for a task whose reference is named for it (non_gaussian_noise), not "
+        f"data.task={d.task}",
+    )
     for key in ("probes", "algorithms"):
         check(
             not getattr(cfg.eval, key) or is_linear(task),
