@@ -9,10 +9,12 @@ Config keys, every one: a wrong type or an unknown key is one line naming it, be
   data.n_dims in [1, 4,096], n_points in [1, 65,536] (n_dims = 1 with the OOD suite runs, without half_subspace;
     eval.algorithms and eval.probes need n_points >= 2); w_components in [1, 64]; hidden_width in [1, 4096];
     sparse_linear past 5,000 supports (and a mixture holding it) scores without Bayes, its excess over the Lasso;
-    prior_scale > 0; noise_std >= 0; noise_std_choices non-empty, > 0 when several; task_pool_size, train_size in
-    [1, 2**31), dMMSE left out past 2**20 tasks; vocab_size >= 2; bin_range > 0; bin_scheme one of its names;
-    ce_weight, mean_loss_weight >= 0, not both 0; token_* with the tokens encoding only; curriculum starts within
-    the task, increments >= 0, interval >= 1.
+    prior_scale > 0; noise_std >= 0; noise_std_choices non-empty, > 0 when several; x_dist, noise_dist one of their
+    names, x_df, noise_df > 2 and finite, x_cov_df null or >= n_dims, x_ar in (-1, 1), a non-Gaussian noise_dist on
+    linear_regression with w_prior=gaussian only (tests/test_distributions.py); task_pool_size, train_size in [1,
+    2**31), dMMSE left out past 2**20 tasks; vocab_size >= 2; bin_range > 0; bin_scheme one of its names; ce_weight,
+    mean_loss_weight >= 0, not both 0; token_* with the tokens encoding only; curriculum starts within the task,
+    increments >= 0, interval >= 1.
   model.* counts in [1, 65,536], n_loops and loss_loops in [1, 1,000]; n_embd divisible by n_head;
     n_positions enough for the sequence; dropout in [0, 1);
     embedding_std > 0.

@@ -252,7 +252,7 @@ def test_sparse_past_its_support_bound_scores_without_bayes_its_excess_over_the_
         (["data.task=linear_classification", "data.noise_std=0.5"], "linear_classification has no label noise"),
         (["data.task=sparse_linear", "data.sparsity=9"], "data.sparsity must be in [1, data.n_dims=5], got 9"),
         (["data.task=quadratic", "data.w_prior=gaussian_mixture"], "data.w_prior is a key of data.task=linear_"),
-        (["data.x_cov=diagonal"], "data.x_cov must be one of ('identity', 'skewed', 'rotated_skewed')"),
+        (["data.x_cov=diagonal"], "data.x_cov must be one of ('identity', 'skewed', 'rotated_skewed', 'wishart')"),
         (["data.task=quadratic", "data.noise_std_choices=[0.1,1]"], "noise_std_choices (a hierarchical noise prior)"),
     ],
 )

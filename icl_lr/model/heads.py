@@ -97,10 +97,10 @@ class BinnedHead:
         model's excess over it is the gap), and the prior predictive N(0, prior^2 |x|^2 + s^2), the best
         without context (`ce/marginal`). s^2 is the noise's variance plus the bins' resolution
         (`rounding_variance`, width^2 / 12 for uniform bins) in y's units, so that with no noise a known y
-        is spread over its bin, not a point. One noise std only: none for a hierarchical prior, whose
-        predictive is not one Gaussian."""
+        is spread over its bin, not a point. One Gaussian noise std only: none for a hierarchical prior or
+        non-Gaussian noise (data.noise_dist), whose predictive is not one Gaussian."""
         cfg = self.cfg
-        if len(cfg.noise_stds) > 1:
+        if len(cfg.noise_stds) > 1 or not cfg.gaussian_noise:
             return {}
         noise_var = cfg.noise_std**2 + self.bins.rounding_variance * cfg.y_scale**2
         predictive = lambda x, y: self.task.bayes_predictive(x, y, noise_var)

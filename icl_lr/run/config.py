@@ -113,6 +113,11 @@ def check_across(cfg: RunConfig) -> None:
         f"data.noise_std_choices (a hierarchical noise prior) is for a task whose baselines take one "
         f"(hierarchical_noise), not data.task={d.task}",
     )
+    check(
+        d.noise_dist == "gaussian" or getattr(task, "non_gaussian_noise", False),
+        f"data.noise_dist={d.noise_dist} is for a task whose reference is named for it (non_gaussian_noise), not "
+        f"data.task={d.task}",
+    )
     analyses.check_run(cfg, task, family)
     length_key = getattr(family, "length_key", None)
     length_key = length_key(m) if callable(length_key) else length_key

@@ -41,6 +41,13 @@ class Task(Protocol):
 
     reference: str  # the predictor the model's excess is measured against: schema.BAYES where it is exact
 
+    def sample_xs(self, key, batch_size: int) -> jax.Array:
+        """The inputs [B, N, D] of fresh prompts, from the task's input distribution (data.x_dist, data.x_ar,
+        data.x_cov for Prompts'): the hook a plugin overrides for x's of its own."""
+
+    def sample_noise(self, key, shape: tuple) -> jax.Array:
+        """The labels' noise of mean 0 and variance 1 (data.noise_dist for Prompts'), before its std."""
+
     def sample_batch(self, key, batch_size: int, step=None, pool_key=None) -> Batch:
         """Fresh prompts; `step` selects the curriculum stage (None: the full task); `pool_key` draws the
         tasks from the run's finite pool (None: from the prior)."""

@@ -68,6 +68,7 @@ class LinearClassification(LinearRegression):
     Config = LinearClassificationConfig
     reference = "logistic_regression"
     hierarchical_noise = False
+    non_gaussian_noise = False
 
     def label(self, ws_BxD, xs_BxNxD) -> jax.Array:
         return jnp.sign(LinearRegression.label(self, ws_BxD, xs_BxNxD))

@@ -1,6 +1,7 @@
 """The task's config section (`data:` in configs/data/*.yaml, where each key is documented): the keys every
 task shares. A task's own keys are its `Config`, beside it in its module."""
 
+import math
 from dataclasses import dataclass, field
 
 from icl_lr.fields import check
@@ -24,7 +25,9 @@ class CurriculumConfig:
         check(self.interval >= 1, f"data.curriculum.interval must be >= 1, got {self.interval}")
 
 
-X_COVARIANCES = ("identity", "skewed", "rotated_skewed")
+X_COVARIANCES = ("identity", "skewed", "rotated_skewed", "wishart")
+X_DISTS = ("gaussian", "uniform", "rademacher", "sphere", "student_t")  # each with mean 0 and E x x^T = I
+NOISE_DISTS = ("gaussian", "laplace", "student_t")  # each with mean 0 and variance 1, times sigma
 
 
 @dataclass(frozen=True)
@@ -35,10 +38,16 @@ class DataConfig:
     task: str = "linear_regression"
     n_dims: int = 5
     n_points: int = 11
+    x_dist: str = "gaussian"
+    x_df: float = 5.0
     x_cov: str = "identity"
+    x_cov_df: int | None = None
+    x_ar: float = 0.0
     prior_scale: float = 1.0
     noise_std: float = 0.0
     noise_std_choices: tuple[float, ...] | None = None
+    noise_dist: str = "gaussian"
+    noise_df: float = 5.0
     task_pool_size: int | None = None
     train_size: int | None = None
     encoding: str = "continuous"
@@ -50,6 +59,12 @@ class DataConfig:
         return tuple(self.noise_std_choices) if self.noise_std_choices else (self.noise_std,)
 
     @property
+    def gaussian_noise(self) -> bool:
+        """Whether the labels' noise is Gaussian (or there is none): where ridge is Bayes, not only the best
+        linear predictor."""
+        return self.noise_dist == "gaussian" or max(self.noise_stds) == 0
+
+    @property
     def y_scale(self) -> float:
         """Marginal std of y (largest noise), used to standardise y before binning into tokens."""
         return float((self.prior_scale**2 * self.n_dims + max(self.noise_stds) ** 2) ** 0.5)
@@ -59,7 +74,17 @@ class DataConfig:
             value = getattr(self, key)
             check(value >= 1, f"data.{key} must be >= 1, got {value}")
             check(value <= limit, f"data.{key} must be at most {limit:,}, got {value:,}")
+        check(self.x_dist in X_DISTS, f"data.x_dist must be one of {X_DISTS}, got {self.x_dist!r}")
         check(self.x_cov in X_COVARIANCES, f"data.x_cov must be one of {X_COVARIANCES}, got {self.x_cov!r}")
+        check(self.noise_dist in NOISE_DISTS, f"data.noise_dist must be one of {NOISE_DISTS}, got {self.noise_dist!r}")
+        for key in ("x_df", "noise_df"):  # checked even where unused, as the curriculum's (a finite variance)
+            value = getattr(self, key)
+            check(2 < value < math.inf, f"data.{key} must be > 2 and finite (a finite variance), got {value}")
+        check(
+            self.x_cov_df is None or self.x_cov_df >= self.n_dims,
+            f"data.x_cov_df must be null or >= data.n_dims={self.n_dims}, got {self.x_cov_df}",
+        )
+        check(-1 < self.x_ar < 1, f"data.x_ar must be in (-1, 1), got {self.x_ar}")
         check(self.prior_scale > 0, f"data.prior_scale must be > 0, got {self.prior_scale}")
         check(self.noise_std >= 0, f"data.noise_std must be >= 0, got {self.noise_std}")
         if self.noise_std_choices is not None:

@@ -3,7 +3,9 @@
 Each sequence has its own w ~ N(0, prior_scale^2 I_d) (data.w_prior=gaussian) or from Panwar et al.
 2024's Gaussian mixture (gaussian_mixture: data.w_components components of covariance prior_scale^2 I
 about means +-w_centre e_1, +-w_centre e_2, ...), or one of the run's finite pool; x's and noise as
-every task's (icl_lr/task/sampling.py).
+every task's (icl_lr/task/sampling.py). Under Laplace or Student's t noise (data.noise_dist) ridge at the
+noise's variance is no longer Bayes but still the best linear predictor (the linear MMSE one, which needs
+only second moments): the reference of the excess is named for that, LMMSE.
 """
 
 import logging
@@ -24,6 +26,7 @@ W_PRIORS = ("gaussian", "gaussian_mixture")
 OUTLIER_KINDS = ("scaled", "flipped")  # an outlier label: y times data.outlier_scale, or -y
 OUTLIER_STREAM = 2**31 - 4  # fold_in index of which labels are outliers: apart from the prompt's own keys
 HUBER = "huber"  # the reference under outliers: Gaussian noise's Bayes is not Bayes there
+LMMSE = "lmmse_ridge"  # the reference under non-Gaussian noise: ridge as the best linear predictor, not Bayes
 TUNING_SEED = 2**31 - 1  # the algorithms' tuning prompts: a key no run's data or eval set uses
 
 
@@ -78,6 +81,11 @@ class LinearRegressionConfig:
             f"data.outlier_fraction is linear_regression's under w_prior=gaussian (its Huber baseline), not "
             f"data.task={self.task} with data.w_prior={self.w_prior}",
         )
+        check(
+            self.noise_dist == "gaussian" or self.w_prior == "gaussian",
+            f"data.noise_dist={self.noise_dist} takes data.w_prior=gaussian (where ridge is the best linear "
+            f"predictor, its reference), not {self.w_prior}",
+        )
 
 
 def check_gaussian_prior(section) -> None:
@@ -94,6 +102,7 @@ class LinearRegression(Prompts):
 
     Config = LinearRegressionConfig
     hierarchical_noise = True  # its baselines take data.noise_std_choices
+    non_gaussian_noise = True  # its reference is named for data.noise_dist (LMMSE)
 
     def draw(self, key, batch_size: int) -> jax.Array:
         """w [B, D] from data.w_prior."""
@@ -107,7 +116,9 @@ class LinearRegression(Prompts):
 
     @property
     def reference(self) -> str:
-        return HUBER if self.cfg.outlier_fraction else BAYES
+        if self.cfg.outlier_fraction:
+            return HUBER
+        return BAYES if self.cfg.gaussian_noise else LMMSE
 
     @staticmethod
     def check_run(cfg) -> None:
@@ -170,13 +181,19 @@ class LinearRegression(Prompts):
 
 @partial(jax.jit, static_argnums=(0, 3))
 def _baselines(cfg, xs, ys, noise_stds: tuple, pool) -> dict:
-    """all_predictions's baselines; under the Gaussian-mixture prior, Bayes is the mixture's posterior mean."""
+    """all_predictions's baselines; under the Gaussian-mixture prior, Bayes is the mixture's posterior mean;
+    under non-Gaussian noise, LMMSE: ridge at the noise prior's mean variance E sigma^2 (y's second moments
+    given X are those of Gaussian noise of that variance), in place of Gaussian noise's Bayes."""
     predictions = baselines.all_predictions(xs, ys, cfg.prior_scale, noise_stds, pool)
     if cfg.outlier_fraction:  # Gaussian noise's posterior mean is ridge here, not Bayes; Huber beside it
         predictions["gaussian_ridge"] = predictions.pop(BAYES)
         sigma = max(max(noise_stds), baselines.HUBER_MIN_STD * cfg.prior_scale)
         huber = lambda x, y: baselines.huber(x, y, baselines.HUBER_DELTA * sigma, (sigma / cfg.prior_scale) ** 2)
         predictions[HUBER] = jax.vmap(huber)(xs, ys)
+    elif not cfg.gaussian_noise:
+        del predictions[BAYES]
+        ridge_lambda = sum(s**2 for s in noise_stds) / len(noise_stds) / cfg.prior_scale**2
+        predictions[LMMSE] = jax.vmap(lambda x, y: baselines.ridge(x, y, ridge_lambda))(xs, ys)
     if cfg.w_prior == "gaussian_mixture":
         means = component_means(cfg.n_dims, cfg.w_components, cfg.w_centre)
         bayes = lambda x, y: baselines.mixture_bayes(x, y, means, cfg.prior_scale, noise_stds[0])[0]

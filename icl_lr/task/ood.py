@@ -11,7 +11,8 @@ Each condition carries the task whose prior over w and noise labels its prompts,
 as it was (x's are drawn apart from w), so those conditions keep the training task. `scale_y_<s>` draws
 s w: the prior scaled by s. `noisy_labels` draws x.w + unit noise times c = sqrt(d) / std(y): w's prior
 scaled by c and noise std c, a Gaussian prior's Bayes being ridge at lambda = 1 / prior_scale^2 for any
-c. The suite's labels have no outliers (data.outlier_fraction): its tasks have none either.
+c. The suite's labels have no outliers (data.outlier_fraction): its tasks have none either. The x's and the
+noise are the task's own (`sample_xs`, `sample_noise`: data.x_dist, data.noise_dist, ...).
 """
 
 import dataclasses
@@ -21,7 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from icl_lr.task.base import Task
-from icl_lr.task.sampling import sample_xs, skew, transformation
+from icl_lr.task.sampling import skew, transformation
 
 SCALES = (0.333, 0.5, 2, 3)  # Garg et al.'s x and y scale factors
 
@@ -72,9 +73,9 @@ def conditions(key, task, n_prompts: int) -> dict:
     cfg = task.cfg
     d = cfg.n_dims
     ws = task.draw(w_key, n_prompts)  # tasks from the prior
-    xs = sample_xs(x_key, cfg, n_prompts)  # the training x's, which the conditions then move
+    xs = task.sample_xs(x_key, n_prompts)  # the training x's, which the conditions then move
     sigma = jax.random.choice(sigma_key, jnp.asarray(cfg.noise_stds, jnp.float32), (n_prompts, 1))
-    unit_noise = jax.random.normal(noise_key, (n_prompts, cfg.n_points))
+    unit_noise = task.sample_noise(noise_key, (n_prompts, cfg.n_points))  # the training noise's law
     labels = lambda xs_, ws_=ws, noise=sigma * unit_noise: jnp.einsum("pnd,pd->pn", xs_, ws_) + noise
     same = labels_task(task, 1.0, cfg.noise_stds)  # the training task, as the suite labels (no outliers)
     one_set = lambda xs_, ys_=None, task_=same: Condition([(xs_, labels(xs_) if ys_ is None else ys_)], False, task_)

@@ -1,7 +1,12 @@
 """Prompts sampled on device, the half of a task that every task shares: x's from the task's input
-distribution (data.x_cov), one function per prompt from the task's prior (or the run's finite pool),
-y_i = f(x_i) + eps_i with eps_i ~ N(0, sigma^2), sigma from the noise prior. A task (icl_lr/task/*.py)
-subclasses Prompts with its prior (`draw`) and its functions (`label`).
+distribution, one function per prompt from the task's prior (or the run's finite pool), y_i = f(x_i) +
+sigma eps_i with sigma from the noise prior and eps_i of unit variance from data.noise_dist. A task
+(icl_lr/task/*.py) subclasses Prompts with its prior (`draw`) and its functions (`label`); the x's and the
+noise are hooks of its own too (`sample_xs`, `sample_noise`), which a plugin may override.
+
+x's: each point's coordinates from data.x_dist, all scaled to mean 0 and E x x^T = I as N(0, I)'s, so that
+ridge under the Gaussian prior stays comparable; then data.x_ar's AR(1) correlation along the prompt's
+points, then data.x_cov's covariance (fixed, or Wishart per prompt).
 
 Everything is a pure function of a PRNG key, so the train step samples inside `jit` and a resumed run sees
 exactly the data it would have seen.
@@ -36,19 +41,60 @@ def skew(n_dims: int) -> jax.Array:
 
 
 def x_transform(cfg: DataConfig) -> jax.Array | None:
-    """x = z @ t with z ~ N(0, I): t for data.x_cov (None: identity). skewed: scales 1/i along the axes,
-    rotated_skewed: the same along a fixed random basis, both with E|x|^2 = d."""
-    if cfg.x_cov == "identity":
+    """x = z @ t for data.x_cov's fixed covariance (None: identity, or wishart's, drawn per prompt). skewed:
+    scales 1/i along the axes, rotated_skewed: the same along a fixed random basis, both with E|x|^2 = d."""
+    if cfg.x_cov in ("identity", "wishart"):
         return None
     basis_key = jax.random.PRNGKey(X_BASIS_SEED) if cfg.x_cov == "rotated_skewed" else None
     return transformation(basis_key, skew(cfg.n_dims), normalize=True)
 
 
-def sample_xs(key, cfg: DataConfig, batch_size: int) -> jax.Array:
-    """Inputs [B, N, D] from the task's x distribution."""
-    xs = jax.random.normal(key, (batch_size, cfg.n_points, cfg.n_dims))
-    t = x_transform(cfg)
-    return xs if t is None else xs @ t
+def scaled_t(key, df: float, shape: tuple) -> jax.Array:
+    """Student's t with `df` > 2 degrees of freedom scaled by sqrt((df - 2) / df): variance 1."""
+    return jax.random.t(key, df, shape) * ((df - 2) / df) ** 0.5
+
+
+def unit_xs(key, cfg: DataConfig, shape: tuple) -> jax.Array:
+    """Points [..., D] from data.x_dist with mean 0 and E x x^T = I: N(0, I); uniform on [-sqrt(3), sqrt(3)]^d;
+    Rademacher +-1; uniform on the sphere of radius sqrt(d); Student's t of data.x_df, scaled."""
+    if cfg.x_dist == "uniform":
+        return jax.random.uniform(key, shape, minval=-(3**0.5), maxval=3**0.5)
+    if cfg.x_dist == "rademacher":
+        return jax.random.rademacher(key, shape, jnp.float32)
+    if cfg.x_dist == "sphere":
+        zs = jax.random.normal(key, shape)
+        return zs * (shape[-1] ** 0.5 / jnp.linalg.norm(zs, axis=-1, keepdims=True))
+    if cfg.x_dist == "student_t":
+        return scaled_t(key, cfg.x_df, shape)
+    return jax.random.normal(key, shape)
+
+
+def unit_noise(key, cfg: DataConfig, shape: tuple) -> jax.Array:
+    """Noise of mean 0 and variance 1 from data.noise_dist: N(0, 1); Laplace of scale 1/sqrt(2); Student's t
+    of data.noise_df, scaled."""
+    if cfg.noise_dist == "laplace":
+        return jax.random.laplace(key, shape) / 2**0.5
+    if cfg.noise_dist == "student_t":
+        return scaled_t(key, cfg.noise_df, shape)
+    return jax.random.normal(key, shape)
+
+
+def ar1(zs_BxNxD: jax.Array, rho: float) -> jax.Array:
+    """x_0 = z_0, x_i = rho x_{i-1} + sqrt(1 - rho^2) z_i along a prompt's points: each x as stationary and of
+    unit variance as the z's, lag-k correlation rho^k (the linear recurrence as a parallel scan)."""
+    innovations_BxNxD = zs_BxNxD.at[:, 1:].multiply((1 - rho**2) ** 0.5)
+    combine = lambda a, b: (a[0] * b[0], b[0] * a[1] + b[1])  # (gain, offset) of x_i = gain x_j + offset
+    return jax.lax.associative_scan(combine, (jnp.full_like(zs_BxNxD, rho), innovations_BxNxD), axis=1)[1]
+
+
+def wishart_factors(key, df: int, batch_size: int, n_dims: int) -> jax.Array:
+    """Per prompt the Cholesky factor L [B, D, D] of a Sigma ~ Wishart(df, I / df) (mean I), by Bartlett's
+    decomposition: L = A / sqrt(df), A lower triangular, A_ii^2 ~ chi^2(df - i) (i from 0), A_ij ~ N(0, 1)
+    below the diagonal. A covariance per context, as Bordelon et al. re-rotate per context."""
+    diag_key, below_key = jax.random.split(key)
+    chi2_BxD = 2 * jax.random.gamma(diag_key, (df - jnp.arange(n_dims)) / 2, (batch_size, n_dims))
+    below_BxDxD = jnp.tril(jax.random.normal(below_key, (batch_size, n_dims, n_dims)), -1)
+    return (below_BxDxD + jnp.sqrt(chi2_BxD)[..., None] * jnp.eye(n_dims)) / df**0.5
 
 
 def curriculum_stage(cfg: DataConfig, step) -> tuple:
@@ -78,6 +124,27 @@ class Prompts:
         """Each prompt's function at its points, without noise, [B, N]."""
         raise NotImplementedError
 
+    def sample_xs(self, key, batch_size: int) -> jax.Array:
+        """Inputs [B, N, D]: data.x_dist's points, data.x_ar's correlation along the prompt, data.x_cov's
+        covariance (module docstring). A task or plugin with an input law of its own overrides it: training,
+        every eval set and the OOD suite draw their x's here."""
+        cfg = self.cfg
+        if cfg.x_cov == "wishart":
+            key, cov_key = jax.random.split(key)
+        xs_BxNxD = unit_xs(key, cfg, (batch_size, cfg.n_points, cfg.n_dims))
+        if cfg.x_ar:
+            xs_BxNxD = ar1(xs_BxNxD, cfg.x_ar)
+        if cfg.x_cov == "wishart":
+            factors_BxDxD = wishart_factors(cov_key, cfg.x_cov_df or cfg.n_dims, batch_size, cfg.n_dims)
+            return jnp.einsum("bnd,bed->bne", xs_BxNxD, factors_BxDxD)
+        t = x_transform(cfg)
+        return xs_BxNxD if t is None else xs_BxNxD @ t
+
+    def sample_noise(self, key, shape: tuple) -> jax.Array:
+        """The labels' noise before its std sigma: mean 0, variance 1, from data.noise_dist (a hook, as
+        `sample_xs`)."""
+        return unit_noise(key, self.cfg, shape)
+
     def pool_functions(self, pool_key, ids):
         """Functions `ids` of the run's pool (leading axis len(ids)). Pool function j is always drawn from
         fold_in(pool_key, j), so the pool is fixed for the run without being stored: sampling costs O(batch)
@@ -97,11 +164,11 @@ class Prompts:
         cfg = self.cfg
         f_key, x_key, sigma_key, eps_key = jax.random.split(key, 4)
         functions = self.functions(f_key, batch_size, pool_key)
-        xs = sample_xs(x_key, cfg, batch_size)
+        xs = self.sample_xs(x_key, batch_size)
         dims, points = (cfg.n_dims, cfg.n_points) if step is None else curriculum_stage(cfg, step)
         xs = xs * (jnp.arange(cfg.n_dims) < dims)  # truncated dims are zeroed, as in Garg et al.
         sigma = jax.random.choice(sigma_key, jnp.asarray(cfg.noise_stds, jnp.float32), (batch_size, 1))
-        ys = self.label(functions, xs) + sigma * jax.random.normal(eps_key, (batch_size, cfg.n_points))
+        ys = self.label(functions, xs) + sigma * self.sample_noise(eps_key, (batch_size, cfg.n_points))
         point_mask = (jnp.arange(cfg.n_points) < points).astype(jnp.float32)
         return Batch(xs, ys, point_mask, jnp.ones(batch_size, jnp.float32)), functions
 

@@ -108,6 +108,7 @@ class SparseLinear(LinearRegression):
 
     Config = SparseLinearConfig
     hierarchical_noise = False
+    non_gaussian_noise = False
 
     @property
     def reference(self) -> str:
