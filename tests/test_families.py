@@ -43,8 +43,10 @@ FAMILIES = {
 }
 
 
-# looped in the suite (the family whose loss reads several outputs), the others in the slow tier
-@pytest.mark.parametrize("family", [pytest.param(f, marks=() if f == "looped" else pytest.mark.slow) for f in FAMILIES])
+# each family in the slow tier; the suite's cover: a gpt2 run killed and resumed bit for bit (test_train.py), a
+# pack's runs (test_pack.py), and every family trained and evaluated (test_tasks.py, test_model.py)
+@pytest.mark.slow
+@pytest.mark.parametrize("family", list(FAMILIES))
 def test_a_family_killed_and_resumed_ends_bit_for_bit_and_two_devices_train_like_one(family, tmp_path):
     """SIGKILL at the first checkpoint, resumed on 2 CPU devices: equal to an unkilled 2-device run; that run
     within float32 summation order of a one-device run."""

@@ -169,6 +169,7 @@ def test_a_diverging_run_of_a_pack_stops_alone(tmp_path, caplog):
     assert alone[-1]["step"] == 60
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     "a, b, named",
     [

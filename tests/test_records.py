@@ -271,6 +271,7 @@ def test_a_stop_signal_checkpoints_tells_wandb_and_releases_the_lock(
     assert steps == sorted(set(steps)) and steps[-1] == 1000  # nothing counted twice
 
 
+@pytest.mark.slow  # the suite's cover: SIGTERM to the run's process (above); SLURM's own: the slurm tier
 def test_a_sigterm_to_every_process_of_the_run_as_slurm_sends_it_stops_cleanly(fast_config, straight, tmp_path):
     """SLURM signals W&B's service with the run, and it shuts down at once: the run checkpoints, says what W&B
     lost in one line, exits 143 without a traceback, and resumes to the unstopped run's parameters."""

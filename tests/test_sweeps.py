@@ -207,6 +207,7 @@ def test_workers_get_a_gpu_or_cores_each_and_share_memory_when_they_share_a_gpu(
     assert {e["XLA_PYTHON_CLIENT_MEM_FRACTION"] for e in four_on_two} == {"0.45"}
 
 
+@pytest.mark.slow  # the suite's cover: the pack launcher's multirun; submitit on SLURM: the slurm tier
 def test_a_multirun_through_the_submitit_launcher(tmp_path):
     """hydra/launcher=slurm's launcher in its local mode: each job in a submitit process of its own."""
     command = [sys.executable, "train.py", "-m", "hydra/launcher=submitit_local", *FAST, "training.steps=20"]
@@ -275,6 +276,7 @@ def test_a_failing_multirun_job_neither_stops_nor_spoils_the_next(tmp_path):
     assert json.loads((tmp_path / "3" / "summary.json").read_text())["step"] == 20
 
 
+@pytest.mark.slow  # the suite's cover: an agent killed mid-run (below) and the SLURM array (slurm tier)
 def test_agents_sharing_a_sweep_run_each_point_once_and_take_over_an_orphaned_run(tmp_path):
     """--agent, as a job array's tasks start it: two agents at once on a 3-point grid each run one point; a
     claim whose agent died on this host is resumed by the next agent under its run id; then nothing is left."""

@@ -43,9 +43,15 @@ def test_trajectory_steps_are_log_spaced_dispatch_ends_from_the_first_to_the_las
         run_config(*FAST, "training.trajectory=-1")
 
 
-def test_a_trajectory_keeps_a_checkpoint_at_each_of_its_steps_and_evaluates_it(tmp_path):
-    run_dir = tmp_path / "run"
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A FAST run with a trajectory of 3 (steps 10, 20, 40), its periodic checkpoint and eval at 40 only."""
+    run_dir = tmp_path_factory.mktemp("trajectory") / "run"
     train_cli(run_dir, "training.trajectory=3", "training.checkpoint_every=40", "training.eval_every=40")
+    return run_dir
+
+
+def test_a_trajectory_keeps_a_checkpoint_at_each_of_its_steps_and_evaluates_it(run_dir):
     kept = sorted(int(p.name) for p in (run_dir / "checkpoints" / "trajectory").iterdir())
     assert kept == [10, 20, 40]
     evaluated = [r["step"] for r in read_jsonl(run_dir / "curves.jsonl") if set_of(r) == HELD_OUT]
@@ -60,9 +66,8 @@ def test_a_trajectory_keeps_a_checkpoint_at_each_of_its_steps_and_evaluates_it(t
         assert any({f"step-{step}", f"trajectory-{step}"} <= set(names) for names in aliases), aliases
 
 
-def test_the_eval_command_scores_every_kept_checkpoint_by_step_and_goes_on_where_it_stopped(tmp_path):
-    run_dir, out = tmp_path / "run", tmp_path / "eval"
-    train_cli(run_dir, "training.trajectory=3", "training.checkpoint_every=40", "training.eval_every=40")
+def test_the_eval_command_scores_every_kept_checkpoint_by_step_and_goes_on_where_it_stopped(run_dir, tmp_path):
+    out = tmp_path / "eval"
     command = [sys.executable, str(ROOT / "eval.py"), str(run_dir), "--trajectory", "data.n_points=6", "--out"]
     first = subprocess.run([*command, str(out)], cwd=ROOT, env=no_key_env(), capture_output=True, text=True)
     assert first.returncode == 0, first.stderr[-2000:]
