@@ -5,12 +5,12 @@ Each of n_layer residual blocks (Gu and Dao 2023, state-spaces/mamba mamba_simpl
 gate z from one projection (width expand E); x through a short causal depthwise convolution (d_conv) and SiLU;
 an input-dependent step Delta, B and C from x; the selective scan h_t = exp(Delta_t A) h_{t-1} + Delta_t B_t x_t,
 y_t = C_t h_t + D x_t (A diagonal, negative, per channel and state); y gated by SiLU(z) and projected back. A
-final RMSNorm. No custom kernels, so it runs on CPU, GPU and TPU; the scan (model.scan) is a jax.lax.scan over
-time that builds each step's terms from [B, C] and [B, S] slices and recomputes them in the backward pass
-(sequential: no [B, T, C, S] tensor but the states it keeps for the backward pass), or a
-jax.lax.associative_scan over [B, T, C, S] terms (associative: log T steps deep, which suits a GPU); `auto`
-picks by backend (docs/model_families.md). Causal by construction: the convolution and the scan see tokens up
-to t only.
+final RMSNorm. No custom kernels, so it runs on CPU, GPU and TPU; the scan (model.scan) is sequential (token by
+token, CHUNK tokens unrolled in each step of a jax.lax.scan over chunks, each step's terms built from [B, C] and
+[B, S] slices and recomputed in the backward pass: no [B, T, C, S] tensor, one [B, C, S] state kept per chunk)
+or a jax.lax.associative_scan over [B, T, C, S] terms (associative: log T steps deep, which suits a GPU); `auto`
+picks by backend (docs/model_families.md). The convolution is written as shifted products with nn.Conv's
+parameters (CausalConv). Causal by construction: the convolution and the scan see tokens up to t only.
 """
 
 import math
@@ -49,8 +49,8 @@ class MambaConfig:
 
 
 def scan_kind(scan: str) -> str:
-    """model.scan with `auto` resolved by backend: sequential on a CPU (5x faster there at the mamba preset's
-    shapes), associative on a GPU or TPU (log T steps deep instead of T)."""
+    """model.scan with `auto` resolved by backend: sequential on a CPU (the faster there at the mamba preset's
+    shapes, docs/benchmark.md), associative on a GPU or TPU (log T steps deep instead of T)."""
     if scan != "auto":
         return scan
     return "sequential" if jax.default_backend() == "cpu" else "associative"
