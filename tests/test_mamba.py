@@ -1,14 +1,14 @@
 """icl_lr/model/mamba.py: each selective scan against a step-by-step recurrence (numpy float64), the sequential
-scan against the associative one (outputs and gradients), the block's parameters against the formula; causality
-is every family's test (tests/test_model.py), kill and resume and two devices the new families'
-(tests/test_families.py)."""
+scan against the associative one (outputs and gradients, within a chunk, at its end and across chunks), the
+block's parameters against the formula; causality is every family's test (tests/test_model.py), kill and
+resume and two devices the new families' (tests/test_families.py)."""
 
 import jax
 import numpy as np
 import pytest
 
 from helpers import model_config
-from icl_lr.model.mamba import Mamba, MambaMixer, associative_scan, scan_kind
+from icl_lr.model.mamba import CHUNK, Mamba, MambaMixer, associative_scan, scan_kind, selective_scan
 
 SCANS = ["sequential", "associative"]
 
@@ -22,6 +22,25 @@ def test_the_associative_scan_is_the_recurrence():
         h = np.asarray(a[:, t], np.float64) * h + np.asarray(b[:, t], np.float64)
         want.append(h)
     np.testing.assert_allclose(associative_scan(a, b), np.stack(want, axis=1), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("length", [1, CHUNK, 2 * CHUNK + 3])
+def test_the_chunked_scan_is_the_associative_one(length):
+    """The sequential scan's chunks (the last one padded) against the associative scan: y and the gradients of a
+    loss with respect to every input."""
+    keys = jax.random.split(jax.random.PRNGKey(8), 4)
+    dt = jax.nn.softplus(jax.random.normal(keys[0], (2, length, 3)))
+    x, b, c = (jax.random.normal(k, (2, length, n)) for k, n in zip(keys[1:], (3, 5, 5), strict=True))
+    a = -jax.numpy.arange(1.0, 16.0).reshape(3, 5) / 4
+    loss = lambda scan, *args: jax.numpy.sin(selective_scan(*args, scan)).sum()
+    (y_s, y_a), (g_s, g_a) = zip(
+        *((selective_scan(dt, x, a, b, c, s), jax.grad(loss, range(1, 6))(s, dt, x, a, b, c)) for s in SCANS),
+        strict=True,
+    )
+    np.testing.assert_allclose(y_s, y_a, rtol=1e-5, atol=1e-5)
+    for got, want in zip(g_s, g_a, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
 def softplus(x):
