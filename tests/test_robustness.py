@@ -115,7 +115,7 @@ from helpers import (
 )
 from icl_lr.cli import analyze
 from icl_lr.fields import ConfigError
-from icl_lr.records.eval_dir import default_eval_dir
+from icl_lr.records.eval_dir import EvalDir, EvalDirError, default_eval_dir
 from icl_lr.records.run_dir import RunDirLock, read_identity, step_dirs
 from icl_lr.records.tracking import read_jsonl
 from icl_lr.run.evaluation import content_hash, load_params, local_model
@@ -516,3 +516,20 @@ def test_a_checkpoint_a_live_run_removes_while_it_is_read_gives_way_to_its_newes
     shutil.rmtree(run_dir / "checkpoints")
     with RunDirLock(run_dir), pytest.raises(ConfigError, match=f"being written by process {os.getpid()}"):
         local_model(str(run_dir))  # a run being written (by this process), before its first checkpoint
+
+
+@pytest.mark.unit
+def test_an_eval_dir_is_judged_by_where_it_really_is(tmp_path):
+    """--out through a link into a run dir is inside it; through `..` out of one, is not; a file is no dir."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "run_config.json").write_text("{}")
+    (tmp_path / "link").symlink_to(run_dir)
+    with pytest.raises(EvalDirError, match="is inside"):
+        EvalDir(tmp_path / "link" / "eval")
+    assert EvalDir(run_dir / ".." / "elsewhere").out == run_dir / ".." / "elsewhere"
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(EvalDirError, match="is a file"):
+        EvalDir(tmp_path / "file")
+    with EvalDir(tmp_path / "fresh") as out, pytest.raises(EvalDirError, match="already holds"):  # its lock
+        EvalDir(out).__enter__()

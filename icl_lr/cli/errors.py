@@ -25,16 +25,16 @@ def no_space_left(error: BaseException) -> bool:
     return False
 
 
-def ending(error: BaseException) -> tuple[int, str | None] | None:
-    """(exit code, its one line or None where the loop has said it) of an error that ends a command; None for
-    any other error (a bug)."""
+def ending(error: BaseException, again: str = RESUME) -> tuple[int, str | None] | None:
+    """(exit code, its one line or None where the loop has said it) of an error that ends a command (`again`: how
+    to go on after a stop); None for any other error (a bug)."""
     if isinstance(error, KeyboardInterrupt):
-        return INTERRUPTED, f"interrupted{f' {error}' if str(error) else ''}; {RESUME}"
+        return INTERRUPTED, f"interrupted{f' {error}' if str(error) else ''}; {again}"
     if isinstance(error, Preempted):
         return PREEMPTED, f"preempted: {error}"
     if no_space_left(error):
         reason = error.strerror if isinstance(error, OSError) and error.strerror else one_line(error, None)
-        return 1, f"disk full: {reason}; free some and {RESUME}"
+        return 1, f"disk full: {reason}; free some and {again}"
     if isinstance(error, ConfigError):
         return 2, f"config error: {one_line(error, None)}"
     if isinstance(error, RunDirError):
@@ -44,9 +44,9 @@ def ending(error: BaseException) -> tuple[int, str | None] | None:
     return None
 
 
-def exit_code(error: BaseException) -> int:
+def exit_code(error: BaseException, again: str = RESUME) -> int:
     """Says `error`'s one line and returns its exit code; raises it again when it is a bug."""
-    ended = ending(error)
+    ended = ending(error, again)
     if ended is None:
         raise error
     code, line = ended

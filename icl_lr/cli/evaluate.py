@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from icl_lr.cli.errors import exit_code
-from icl_lr.fields import check
+from icl_lr.fields import ConfigError, check
 from icl_lr.records import schema
 from icl_lr.records.eval_dir import EvalDir
 from icl_lr.records.run_dir import config_record, new_run_id, write_atomic
@@ -73,8 +73,8 @@ def _check_shapes(params, template) -> None:
     check(not wrong, f"the imported params do not fit the model: {'; '.join(wrong[:3])}")
 
 
-def evaluate(models: list, cfg, out: Path) -> dict:
-    """Scores `models` (one, or a run's checkpoints by step: --trajectory) under `cfg` into the eval dir `out`,
+def evaluate(models: list, cfg, out: Path, trajectory: bool = False) -> dict:
+    """Scores `models` (one, or with `trajectory` a run's checkpoints by step) under `cfg` into the eval dir `out`,
     after the steps its records hold already (a trajectory eval stopped midway goes on); returns its summary."""
     from icl_lr.records.tracking import LocalFiles, read_jsonl, resolve_mode
     from icl_lr.train import parallel
@@ -95,23 +95,31 @@ def evaluate(models: list, cfg, out: Path) -> dict:
     mesh = parallel.data_mesh()
     trained_points = models[0].record.get("data.n_points")
     done = [r["step"] for r in read_jsonl(out / schema.METRICS_FILE) if schema.EXCESS in r]
-    _record_start(out, cfg, models, trained_points, done)
+    _record_start(out, cfg, models, trained_points, done, trajectory)
     local = LocalFiles(out, resume_step=done[-1] if done else -1)  # a step cut short is scored again
     evaluator, tracker = Evaluator(setup, cfg, state.rng, mesh), None
     todo = [m for m in models if not done or m.step > done[-1]]
-    read = {}
+    read = []
     for n, model in enumerate(todo, len(models) - len(todo) + 1):
-        model, params = load_params(model, state)
+        try:
+            model, params = load_params(model, state)
+        except ConfigError:
+            if not trajectory or model.step_dir.exists():
+                raise
+            log.warning("%s was removed before it was read (the run is being written): step %d left out",
+                        model.step_dir, model.step)  # fmt: skip
+            continue
         tracker = tracker or _trackers(local, out, cfg, mode, model, trained_points)
         log.info("scoring %s (step %d%s) on %d prompts of %d points (trained on %s)", model.source, model.step,
                  f", {n} of {len(models)}" if len(models) > 1 else "", cfg.eval.n_prompts, cfg.data.n_points,
                  trained_points)  # fmt: skip
         evaluator(parallel.replicate(params, mesh), tracker, model.step, final=n == len(models))
-        read[model.step] = model.describe()
-    tracker = tracker or _trackers(local, out, cfg, mode, models[-1], trained_points)
-    _record_read(out, models, read)
+        read.append(model)
+    last = read[-1] if read else models[-1]
+    tracker = tracker or _trackers(local, out, cfg, mode, last, trained_points)
+    _record_read(out, read)
     summary = summary_of(read_jsonl(out / schema.METRICS_FILE)) | {
-        "step": models[-1].step,
+        "step": last.step,
         **evaluator.references,
         "trained_n_points": trained_points,
         "wall_seconds": time.perf_counter() - started,
@@ -119,10 +127,10 @@ def evaluate(models: list, cfg, out: Path) -> dict:
     tracker.finish(summary)
     from icl_lr.analysis.plots import plot_evaluation
 
-    last = {
+    curves = {
         r["set"]: {k: v for k, v in r.items() if k not in ("step", "set")} for r in read_jsonl(out / "curves.jsonl")
     }
-    plot_evaluation(last, trained_points, out / "error_vs_context.png", f"step {models[-1].step}")
+    plot_evaluation(curves, trained_points, out / "error_vs_context.png", f"step {last.step}")
     return summary
 
 
@@ -142,34 +150,34 @@ def _trackers(local, out: Path, cfg, mode: str, model, trained_points):
     return Trackers([local, wandb_run])
 
 
-def _record_start(out: Path, cfg, models: list, trained_points, done: list) -> None:
-    """eval_config.json and model.json: what is scored on and what was read (a trajectory: each step's checkpoint);
-    a trajectory eval that goes on must score the same run on the same config (ConfigError, one line)."""
+def _record_start(out: Path, cfg, models: list, trained_points, done: list, trajectory: bool) -> None:
+    """eval_config.json and model.json: what is scored on and what is read (`trajectory`: each step's checkpoint,
+    their hashes filled in as they are read). A trajectory eval that goes on must score the same run on the same
+    config (ConfigError, one line) and keeps its records of what it read."""
     record = config_record(cfg)
-    if len(models) > 1 or done:
-        used = {"source": models[0].source, "trajectory": [m.describe() for m in models]}
-    else:
-        used = models[0].describe()
-    used |= {"trained_n_points": trained_points}
     if done:
         before = json.loads((out / schema.EVAL_CONFIG_FILE).read_text())
         differ = sorted(k for k in set(before) | set(record) if before.get(k) != record.get(k) and "wandb" not in k)
         was = json.loads((out / schema.EVAL_MODEL_FILE).read_text())["source"]
         check(not differ, f"--out {out} holds a trajectory eval on another config (differs in {', '.join(differ[:4])})")
-        check(was == models[0].source, f"--out {out} holds a trajectory eval of {was}, not of {models[0].source}")
+        same = Path(was).resolve() == Path(models[0].source).resolve()
+        check(same, f"--out {out} holds a trajectory eval of {was}, not of {models[0].source}")
         log.info("going on with the trajectory eval in %s after step %d", out, done[-1])
+        return
+    used = {"source": models[0].source, "trajectory": [m.describe() for m in models]} if trajectory else {}
+    used = (used or models[0].describe()) | {"trained_n_points": trained_points}
     for name, value in ((schema.EVAL_CONFIG_FILE, record), (schema.EVAL_MODEL_FILE, used)):
         write_atomic(out / name, json.dumps(value, indent=2) + "\n")
 
 
-def _record_read(out: Path, models: list, read: dict) -> None:
+def _record_read(out: Path, read: list) -> None:
     """model.json with what each scored step read, its content hash included (earlier attempts' steps kept)."""
     used = json.loads((out / schema.EVAL_MODEL_FILE).read_text())
+    by_step = {model.step: model.describe() for model in read}
     if "trajectory" in used:
-        before = {entry["step"]: entry for entry in used["trajectory"]}
-        used["trajectory"] = [read.get(m.step) or before.get(m.step) or m.describe() for m in models]
-    else:
-        used |= read[models[0].step]
+        used["trajectory"] = [by_step.get(entry["step"], entry) for entry in used["trajectory"]]
+    elif read:
+        used |= by_step[read[-1].step]
     write_atomic(out / schema.EVAL_MODEL_FILE, json.dumps(used, indent=2) + "\n")
 
 
@@ -196,9 +204,9 @@ def main(argv=None) -> int:
             handler = logging.FileHandler(out / "eval.log")
             handler.setFormatter(logging.getLogger().handlers[0].formatter)
             logging.getLogger().addHandler(handler)
-            summary = evaluate(models, cfg, out)
+            summary = evaluate(models, cfg, out, args.trajectory)
     except (Exception, KeyboardInterrupt) as error:
-        return exit_code(error)
+        return exit_code(error, again="start it again (a --trajectory eval goes on in its --out)")
     log.info("eval dir %s: excess over %s (mean over k) %.4f", out, summary[schema.REFERENCE], summary[schema.EXCESS])
     return 0
 

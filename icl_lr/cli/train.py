@@ -133,17 +133,19 @@ def run_pack(jobs: list, stop: StopRequest, keys: tuple | None = None) -> list:
     parallel.use_compile_cache(run_cfgs[0])
     if keys is None:
         keys = pack.check(run_cfgs, parallel.data_mesh())
+    names = list(range(len(jobs))) if len(jobs) > 1 else [None]  # each job's index for its log lines
     with contextlib.ExitStack() as stack:
         started = []
-        for i, (run_cfg, job) in enumerate(zip(run_cfgs, jobs, strict=True)):
-            with pack.as_member(i if len(jobs) > 1 else None):
+        for name, run_cfg, job in zip(names, run_cfgs, jobs, strict=True):
+            with pack.as_member(name):
                 run = start_run(stack, run_cfg, job.run_dir, job.attempt_dir, job.choices, mode)
-            started += [run] if run else []
+            started += [(name, run)] if run else []
         if not started:
             return []
         from icl_lr.train.loop import train_pack
 
-        results = train_pack(started, stop, keys)
+        names, started = zip(*started, strict=True)
+        results = train_pack(list(started), stop, keys, list(names))
     return [(run_dir, result) for (_, run_dir, _), result in zip(started, results, strict=True)]
 
 

@@ -24,6 +24,7 @@ from icl_lr.fields import ConfigError, one_line
 from icl_lr.records.run_dir import step_dirs
 from icl_lr.records.schema import TRAJECTORY
 
+TRAJECTORY_TMP = ".writing"  # a trajectory checkpoint being saved, renamed to its step when whole
 BEST_METRIC = "eval_error"
 log = logging.getLogger("icl_lr")
 
@@ -32,7 +33,7 @@ class Checkpoints:
     def __init__(self, directory: Path, max_to_keep: int):
         directory = Path(directory).absolute()
         self.damaged = directory / "damaged"
-        for leftover in directory.glob("*/*.orbax-checkpoint-tmp*"):  # a save cut short by a kill
+        for leftover in [*directory.glob("*/*.orbax-checkpoint-tmp*"), *directory.glob(f"*/*{TRAJECTORY_TMP}")]:
             log.warning("removing %s, a checkpoint save that never completed", leftover)
             shutil.rmtree(leftover, ignore_errors=True)
         for step_dir in directory.glob("best/[0-9]*"):  # the best manager reads every step's metrics on start
@@ -57,13 +58,17 @@ class Checkpoints:
 
     def save_trajectory(self, state) -> Path:
         """Saves the state as a trajectory checkpoint (checkpoints/trajectory/<step>, never rotated) and returns
-        its directory; one left past a resumed run's step by an earlier attempt is written again."""
+        its directory once whole: written beside it and renamed, so a kill mid-save leaves no step dir; one left
+        past a resumed run's step by an earlier attempt is written again."""
         step_dir = self.trajectory_dir / str(int(state.step))
-        shutil.rmtree(step_dir, ignore_errors=True)
-        step_dir.mkdir(parents=True)
-        with _one_error(step_dir / "default", state), ocp.StandardCheckpointer() as checkpointer:
-            checkpointer.save(step_dir / "default", state)
+        writing = step_dir.with_name(step_dir.name + TRAJECTORY_TMP)
+        for leftover in (step_dir, writing):
+            shutil.rmtree(leftover, ignore_errors=True)
+        writing.mkdir(parents=True)
+        with _one_error(writing / "default", state), ocp.StandardCheckpointer() as checkpointer:
+            checkpointer.save(writing / "default", state)
             checkpointer.wait_until_finished()
+        writing.rename(step_dir)
         return step_dir
 
     def save_best(self, state, eval_error: float) -> Path | None:

@@ -32,7 +32,7 @@ MARKS = (CONFIG_FILE, IDENTITY_FILE, METRICS_FILE, EVAL_CONFIG_FILE, LOCK_FILE) 
 
 def records_holder(path: Path) -> Path | None:
     """The run or eval dir that is `path` or holds it (a folder with a run's or an eval's records), or None."""
-    path = Path(path).absolute()
+    path = Path(path).resolve()  # links followed, `..` taken as the file system takes it
     for folder in (path, *path.parents):
         if any((folder / name).exists() for name in MARKS):
             return folder
@@ -67,9 +67,12 @@ class EvalDir(RunDirLock):
     except, with `resume`, an earlier trajectory eval's own dir (its records go on)."""
 
     def __init__(self, out: Path | None, resume: bool = False):
+        if out is not None and Path(out).exists() and not Path(out).is_dir():
+            raise EvalDirError(f"--out {out} is a file: an eval writes a new or empty dir")
         holder = None if out is None else records_holder(out)
-        self.resume = resume and holder == Path(out or "").absolute() and is_trajectory_eval(out)
-        if holder == Path(out or "").absolute() and not self.resume:
+        itself = out is not None and holder == Path(out).resolve()
+        self.resume = resume and itself and is_trajectory_eval(out)
+        if itself and not self.resume:
             raise EvalDirError(
                 f"--out {out} already holds a run's or an eval's records: an eval writes a new or empty dir"
             )
@@ -83,7 +86,10 @@ class EvalDir(RunDirLock):
     def __enter__(self) -> Path:
         self.out = Path(self.out) if self.out is not None else default_eval_dir()
         super().__init__(self.out, "eval dir")
-        super().__enter__()
+        try:
+            super().__enter__()
+        except OSError as error:
+            raise EvalDirError(f"--out {self.out}: cannot write there ({error.strerror or error})") from None
         held = sorted(p.name for p in self.out.iterdir() if p.name != LOCK_FILE)
         if held and not self.resume:
             super().__exit__(None, None, None)

@@ -173,17 +173,18 @@ def train(cfg: RunConfig, run_dir: Path, trackers=(), stop: StopRequest | None =
     return result
 
 
-def train_pack(runs: list, stop: StopRequest | None = None, keys: tuple | None = None) -> list:
+def train_pack(runs: list, stop: StopRequest | None = None, keys: tuple | None = None, names=None) -> list:
     """Trains each (cfg, run_dir, trackers) of `runs` as `train` does, several as one program (a pack,
-    icl_lr/train/pack.py; `keys`: its traced keys where it was checked before); returns each run's result, or
-    the NonFiniteLoss that stopped it alone."""
+    icl_lr/train/pack.py; `keys`: its traced keys where it was checked before; `names`: each run's index for its
+    log lines, where a launcher's jobs are more than the runs); returns each run's result, or the NonFiniteLoss
+    that stopped it alone."""
     stop = stop or StopRequest()
     cfgs = [cfg for cfg, _, _ in runs]
     t = cfgs[0].training
     parallel.check_split(cfgs[0])
     mesh = parallel.data_mesh()
     program = pack.Runs(cfgs, mesh, keys)
-    members = [Member(program.index(i), *run) for i, run in enumerate(runs)]
+    members = [Member(program.index(i) if names is None else names[i], *run) for i, run in enumerate(runs)]
     states, resumed = _start_states(members)
     state = parallel.replicate(program.stack(states), mesh)  # a checkpoint from any device count fits
     step, n_params = int(states[0].step), sum(p.size for p in jax.tree.leaves(states[0].params))
@@ -286,17 +287,15 @@ def _run_phases(member: Member, state, first_step: int, step: int, rate, stop: S
         scalars = member.evaluator(state.params, tracker, step, final=is_last)
         best_dir = member.checkpoints.save_best(state, scalars[MODEL_ERROR])
 
-    # trajectory: a checkpoint kept for the study of the run's dynamics, one artifact version each
-    if step in member.trajectory:
-        tracker.log_checkpoint(member.checkpoints.save_trajectory(state), step, [f"step-{step}", f"trajectory-{step}"])
-
-    # checkpoint: the latest state (one artifact version when it is also the best)
+    # checkpoint: the latest state, and a trajectory step's kept for the study of the run's dynamics; one W&B
+    # artifact version a step, with every alias that step has
     saved = step % t.checkpoint_every == 0 or is_last
-    if saved:
-        aliases = ["latest", f"step-{step}"] + (["best"] if best_dir else [])
-        tracker.log_checkpoint(member.checkpoints.save_latest(state), step, aliases)
-    elif best_dir:
-        tracker.log_checkpoint(best_dir, step, ["best"])
+    kept = member.checkpoints.save_trajectory(state) if step in member.trajectory else None
+    aliases = ["latest"] * saved + [f"step-{step}"] * bool(saved or kept) + ["best"] * bool(best_dir)
+    aliases += [f"trajectory-{step}"] * bool(kept)
+    upload = member.checkpoints.save_latest(state) if saved else kept or best_dir
+    if upload:
+        tracker.log_checkpoint(upload, step, aliases)
 
     # stop (SIGTERM, Ctrl-C): a checkpoint at this step and W&B told
     if stop:

@@ -4,14 +4,16 @@ the wait for the first of several to end."""
 
 import ctypes
 import logging
+import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import NamedTuple
 
-from icl_lr.records.run_dir import RunDirLock
+from icl_lr.records.run_dir import RunDirError, RunDirLock, is_alive
 from icl_lr.records.schema import SUMMARY_FILE
 
 log = logging.getLogger("icl_lr.run.sweep")
@@ -51,29 +53,37 @@ _PR_SET_PDEATHSIG = 1  # prctl(2)
 _LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None  # loaded before any fork
 
 
-def die_with_parent() -> None:
-    """In a run's process before it execs: SIGTERM when the runner or agent that started it dies, however it dies
-    (SIGKILL too), so the run checkpoints and stops (exit 143) instead of training on unrecorded; the next
-    agent resumes it. Only a prctl call here: nothing that could take a lock another thread held at the fork."""
+def die_with_parent(parent: int) -> None:
+    """In a run's process before it execs: SIGTERM when the runner or agent `parent` that started it dies, however
+    it dies (SIGKILL too), so the run checkpoints and stops (exit 143) instead of training on unrecorded; the next
+    agent resumes it. A parent already gone before the call: the run does not start. Only a prctl call here:
+    nothing that could take a lock another thread held at the fork."""
     if _LIBC is not None:
         _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:
+            os._exit(128 + signal.SIGTERM)
 
 
 WRITER_WAIT = 600  # seconds an agent waits for a run's earlier process to save and end before it resumes the run
 
 
 def wait_for_writer(run_dir: Path) -> None:
-    """Waits while a process of this host still writes `run_dir` (the process of an agent that died, saving its
-    checkpoint as it stops), so the run resumes from that checkpoint, or is recorded as the finished run it is,
-    rather than being refused as in use."""
+    """Waits while a live process of this host still writes `run_dir` (the process of an agent that died, saving
+    its checkpoint as it stops), so the run resumes from that checkpoint, or is recorded as the finished run it
+    is, rather than being refused as in use. Another host's lock is the run's own start to judge (a requeued
+    SLURM job takes its own over). A writer still there after WRITER_WAIT: RunDirError, the claim left to the
+    next agent, never a failed result."""
     lock = RunDirLock(run_dir)
-    if not lock.is_held():
+    pid, host, _ = lock.holder()
+    if pid is None or host != socket.gethostname() or not is_alive(pid):
         return
-    pid = lock.holder()[0]
     log.info("run dir %s is still written by process %s, the run's earlier process: waiting for it to end", run_dir,
              pid)  # fmt: skip
     deadline = time.monotonic() + WRITER_WAIT
-    while lock.is_held() and time.monotonic() < deadline:
+    while is_alive(pid) and lock.holder()[0] == pid:
+        if time.monotonic() > deadline:
+            raise RunDirError(f"run dir {run_dir} is still written by process {pid} after {WRITER_WAIT} s; its run "
+                              "is left to the next agent")  # fmt: skip
         time.sleep(0.5)
 
 

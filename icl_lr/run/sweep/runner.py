@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import warnings
+from functools import partial
 from pathlib import Path
 from typing import NamedTuple
 
@@ -212,7 +213,8 @@ def _start_group(runner: _Runner, configs: list, slot: int, gpus: list, number: 
     environ = {"WANDB_PROJECT": agent_project(runner.sweep)} | worker_environment(slot, runner.workers, gpus)
     with open(console, "ab") as output:
         process = subprocess.Popen([sys.executable, "-m", "icl_lr.cli.pack", str(spec)], env=os.environ | environ,
-                                   stdout=output, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)  # fmt: skip
+                                   stdout=output, stderr=subprocess.STDOUT,
+                                   preexec_fn=partial(die_with_parent, os.getpid()))  # fmt: skip
     runs = []
     for i, ((params, _), config, run_id, run_dir) in enumerate(zip(members, configs, run_ids, run_dirs, strict=True)):
         run = Running(process, run_id, proposal(config), params, run_dir, slot, number + i, time.monotonic(), True)
@@ -239,7 +241,7 @@ def start_run(sweep, proposal, sweep_id, overrides, slot, workers, gpus, number,
     wait_for_writer(run_dir)
     with on_cores(cores), open(run_dir / CONSOLE, "ab") as console:
         process = subprocess.Popen(argv, env=os.environ | environ | devices, stdout=console, stderr=subprocess.STDOUT,
-                                   preexec_fn=die_with_parent)  # fmt: skip
+                                   preexec_fn=partial(die_with_parent, os.getpid()))  # fmt: skip
     run = Running(process, run_id, proposal, params, run_dir, slot, number, time.monotonic())
     progress.started_run(run, on)
     return run
