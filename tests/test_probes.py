@@ -96,7 +96,7 @@ def test_every_family_sows_its_input_and_each_layer(family):
     params = model.init(jax.random.PRNGKey(1), inputs)["params"]
     states = probes.make_hidden_states_fn(model)(params, inputs)
     assert states.shape == ((config.n_loops if family == "looped" else 3) + 1, 4, 5, 8)
-    trunk = model.bind({"params": params}).transformer
+    trunk = model.bind({"params": params}).trunk
     out = trunk(model.bind({"params": params}).embed(inputs))
     if family == "lsa":
         np.testing.assert_allclose(states[-1], out, atol=1e-6)

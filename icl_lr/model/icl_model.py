@@ -45,7 +45,7 @@ class ICLModel(nn.Module):
         trunk = FAMILIES.resolve(self.config.family)
         self.embed = self.encoding.read_in(self.config)
         nn.share_scope(self, self.embed)
-        self.transformer = trunk(self.config, self.dtype)  # the trunk, by its saved name
+        self.trunk = trunk(self.config, self.dtype, name="transformer")  # saved under its first family's name
         read_out_init = trunk.read_out_init(self.config) if hasattr(trunk, "read_out_init") else GPT2_INIT
         self.read_out = nn.Dense(self.encoding.n_outputs, kernel_init=read_out_init)
 
@@ -55,4 +55,4 @@ class ICLModel(nn.Module):
         return getattr(FAMILIES.resolve(self.config.family), "trains_on_stack", False)
 
     def __call__(self, inputs, train: bool = False):
-        return self.read_out(self.transformer(self.embed(inputs), train))
+        return self.read_out(self.trunk(self.embed(inputs), train))
