@@ -36,7 +36,9 @@ def test_a_component_is_refused_in_one_line_naming_what_it_lacks(tmp_path, monke
     cases = {
         "data.task=broken:Task": "data.task='broken:Task': cannot import broken (RuntimeError: boom)",
         "data.task=partial:Nothing": "data.task='partial:Nothing': module partial has no Nothing",
-        "data.task=partial:Half": "data.task=partial:Half: <class 'partial.Half'> lacks training_batch,",
+        "data.task=partial:Half": (
+            "data.task=partial:Half: <class 'partial.Half'> lacks sample_xs, sample_noise, training_batch,"
+        ),
         "model.family=nowhere": f"model.family must be one of {FAMILIES.names()}, an entry point of icl_lr.families",
         "data.encoding=missing.py:X": "data.encoding='missing.py:X': no file",
     }
