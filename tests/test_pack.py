@@ -28,6 +28,7 @@ from helpers import (
     seed_sweep,
 )
 from icl_lr.fields import ConfigError
+from icl_lr.records.run_dir import RunDirError
 from icl_lr.records.tracking import read_jsonl
 from icl_lr.train import pack, parallel
 from icl_lr.train.loop import train, train_pack
@@ -152,6 +153,21 @@ def test_a_pack_checkpointed_at_different_steps_resumes_every_run_from_one(strai
         assert_trees_equal(final_state(cfg, run_dir), final_state(cfg, reference))
         steps = [r["step"] for r in read_jsonl(run_dir / "metrics.jsonl") if "train/loss" in r]
         assert steps == sorted(set(steps)) and steps[-1] == 60
+
+
+def test_a_pack_whose_run_lacks_the_common_step_is_refused_before_any_checkpoint_is_removed(straight, tmp_path):
+    """Run 1 holds step 20 only (its later saves never happened), and run 0's step 20 has rotated out: the pack
+    cannot resume from one step; refused in one line, every run's checkpoints as they were."""
+    run_dirs = [tmp_path / d.name for d in straight]
+    for source, copy in zip(straight, run_dirs, strict=True):
+        shutil.copytree(source, copy)
+    for step in ("40", "60"):
+        shutil.rmtree(run_dirs[1] / "checkpoints" / "latest" / step)
+    shutil.rmtree(run_dirs[0] / "checkpoints" / "latest" / "20")
+    kept = {d: sorted(p.name for p in (d / "checkpoints" / "latest").iterdir()) for d in run_dirs}
+    with pytest.raises(RunDirError, match=f"no checkpoint at step 20 in {run_dirs[0]}:"):
+        train_pack([(cfg, d, ()) for cfg, d in zip(configs(), run_dirs, strict=True)])
+    assert {d: sorted(p.name for p in (d / "checkpoints" / "latest").iterdir()) for d in run_dirs} == kept
 
 
 def test_a_diverging_run_of_a_pack_stops_alone(tmp_path, caplog):

@@ -12,7 +12,7 @@ import numpy as np
 
 from icl_lr.fields import ConfigError, one_line
 from icl_lr.records.checkpoint import Checkpoints, restore_params
-from icl_lr.records.run_dir import RunDirError
+from icl_lr.records.run_dir import RunDirError, step_dirs
 from icl_lr.records.schema import (
     CURVES_FILE,
     HELD_OUT,
@@ -145,18 +145,25 @@ class Member:
 
 def _start_states(members: list) -> tuple[list, bool]:
     """Each run's start state, all at one step: a pack whose runs were checkpointed at different steps (a kill
-    between their saves) resumes every run from the last step they all have."""
+    between their saves) resumes every run from the last step they all have. A run without a checkpoint there
+    is refused before any later checkpoint is removed (and after, where the one there proved unreadable)."""
     started = [member.start_state() for member in members]
     steps = [int(state.step) for state, _ in started]
     if len(set(steps)) > 1:
         common = min(steps)
+        kept = lambda m: {int(d.name) for d in step_dirs(m.checkpoints.latest.directory)}
+        _refuse_behind(common, [m for m, step in zip(members, steps, strict=True) if common not in kept(m) | {step}])
         log.info("the pack's runs were checkpointed at steps %s: all resume from step %d", steps, common)
         started = [member.start_state(common) for member in members]
-        behind = [f"{m.run_dir}" for m, (s, _) in zip(members, started, strict=True) if s.step != common]
-        if behind:
-            raise RunDirError(f"training.pack: no checkpoint at step {common} in {', '.join(behind)}: a pack resumes "
-                              "its runs from one step; resume them alone, or start new run dirs")  # fmt: skip
+        _refuse_behind(common, [m for m, (state, _) in zip(members, started, strict=True) if state.step != common])
     return [state for state, _ in started], any(resumed for _, resumed in started)
+
+
+def _refuse_behind(common: int, behind: list) -> None:
+    if behind:
+        run_dirs = ", ".join(str(m.run_dir) for m in behind)
+        raise RunDirError(f"training.pack: no checkpoint at step {common} in {run_dirs}: a pack resumes its runs "
+                          "from one step; resume them alone, or start new run dirs")  # fmt: skip
 
 
 def train(cfg: RunConfig, run_dir: Path, trackers=(), stop: StopRequest | None = None) -> dict:
