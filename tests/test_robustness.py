@@ -531,5 +531,7 @@ def test_an_eval_dir_is_judged_by_where_it_really_is(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(EvalDirError, match="is a file"):
         EvalDir(tmp_path / "file")
+    with pytest.raises(EvalDirError, match="the default eval dir .* would be inside"):
+        default_eval_dir(run_dir / "outputs" / "eval")  # started from inside the run dir
     with EvalDir(tmp_path / "fresh") as out, pytest.raises(EvalDirError, match="already holds"):  # its lock
         EvalDir(out).__enter__()

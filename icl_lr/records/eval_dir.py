@@ -40,7 +40,11 @@ def records_holder(path: Path) -> Path | None:
 
 
 def default_eval_dir(root: Path = Path("outputs") / "eval") -> Path:
-    """outputs/eval/<date>/<H-M-S>, created by this process alone (<H-M-S>_<n> where it is taken)."""
+    """outputs/eval/<date>/<H-M-S>, created by this process alone (<H-M-S>_<n> where it is taken); refused where
+    it would land inside a run or eval dir (a command started from inside one)."""
+    if (holder := records_holder(root)) is not None:
+        raise EvalDirError(f"the default eval dir {root} would be inside {holder}, a run's or an eval's records: "
+                           "start from elsewhere or name --out")  # fmt: skip
     base = root / time.strftime("%Y-%m-%d") / time.strftime("%H-%M-%S")
     base.parent.mkdir(parents=True, exist_ok=True)
     for n in range(10_000):
