@@ -128,7 +128,7 @@ def evaluate(models: list, cfg, out: Path, trajectory: bool = False) -> dict:
     from icl_lr.analysis.plots import plot_evaluation
 
     curves = {
-        r["set"]: {k: v for k, v in r.items() if k not in ("step", "set")} for r in read_jsonl(out / "curves.jsonl")
+        r["set"]: {k: v for k, v in r.items() if k not in ("step", "set")} for r in read_jsonl(out / schema.CURVES_FILE)
     }
     plot_evaluation(curves, trained_points, out / "error_vs_context.png", f"step {last.step}")
     return summary

@@ -133,7 +133,7 @@ def run_pack(jobs: list, stop: StopRequest, keys: tuple | None = None) -> list:
     parallel.use_compile_cache(run_cfgs[0])
     if keys is None:
         keys = pack.check(run_cfgs, parallel.data_mesh())
-    names = list(range(len(jobs))) if len(jobs) > 1 else [None]  # each job's index for its log lines
+    names = pack.log_names(len(jobs))  # each job's index for its log lines
     with contextlib.ExitStack() as stack:
         started = []
         for name, run_cfg, job in zip(names, run_cfgs, jobs, strict=True):

@@ -52,7 +52,7 @@ def content_hash(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _newest_checkpoint(run_dir: Path, source: str) -> Path:
+def _checkpoint_to_score(run_dir: Path, source: str) -> Path:
     """A run dir's best checkpoint, else its latest; one line where it has none (and whether it is being written)."""
     found = step_dirs(run_dir / "checkpoints" / "best") or step_dirs(run_dir / "checkpoints" / "latest")
     if not found:
@@ -76,7 +76,7 @@ def local_model(source: str) -> TrainedModel:
     except UnreadableRecord as error:
         raise ConfigError(str(error)) from None
     check(record is not None, f"{source}: {run_dir} has no config record (run_config.json) to rebuild its model from")
-    step_dir = path if pinned else _newest_checkpoint(run_dir, source)
+    step_dir = path if pinned else _checkpoint_to_score(run_dir, source)
     return TrainedModel(source, record, int(step_dir.name), "", step_dir=step_dir, run_dir=None if pinned else run_dir)
 
 
@@ -114,7 +114,7 @@ def load_params(model: TrainedModel, template) -> tuple:
             if step_dir.exists() or model.run_dir is None:
                 reason = str(error) if isinstance(error, UnreadableCheckpoint) else one_line(error)
                 raise ConfigError(f"checkpoint {reason}") from None
-        model = dataclasses.replace(model, step_dir=_newest_checkpoint(model.run_dir, model.source))
+        model = dataclasses.replace(model, step_dir=_checkpoint_to_score(model.run_dir, model.source))
         log.info("%s was removed while it was read (the run is being written): reading %s", step_dir, model.step_dir)
     raise ConfigError(f"{model.source}: its checkpoints kept changing while they were read; try again")
 

@@ -191,7 +191,8 @@ def train_pack(runs: list, stop: StopRequest | None = None, keys: tuple | None =
     parallel.check_split(cfgs[0])
     mesh = parallel.data_mesh()
     program = pack.Runs(cfgs, mesh, keys)
-    members = [Member(program.index(i) if names is None else names[i], *run) for i, run in enumerate(runs)]
+    names = pack.log_names(program.k) if names is None else names
+    members = [Member(name, *run) for name, run in zip(names, runs, strict=True)]
     states, resumed = _start_states(members)
     state = parallel.replicate(program.stack(states), mesh)  # a checkpoint from any device count fits
     step, n_params = int(states[0].step), sum(p.size for p in jax.tree.leaves(states[0].params))

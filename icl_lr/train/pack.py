@@ -145,10 +145,6 @@ class Runs:
                                   "checked (a resumed run's record); resume them alone")  # fmt: skip
             self.keys = tuple(keys)
 
-    def index(self, i: int) -> int | None:
-        """Run i's index for its log lines (`as_member`): None for a run alone, whose lines carry no name."""
-        return i if self.k > 1 else None
-
     def stack(self, states: list):
         return states[0] if self.k == 1 else stack(states)
 
@@ -167,6 +163,11 @@ class Runs:
 
     def describe(self) -> str:
         return f"{self.k} runs in one program, differing in {', '.join(differing(self.cfgs)) or 'nothing'}"
+
+
+def log_names(k: int) -> list:
+    """Each of k runs' index for its log lines (`as_member`): None for a run alone, whose lines carry no name."""
+    return list(range(k)) if k > 1 else [None]
 
 
 def stack(trees: list):
