@@ -217,9 +217,18 @@ class UnreadableCheckpoint(ValueError):
     """A checkpoint whose arrays cannot be read (damaged, half deleted); the message is one line."""
 
 
+def _orbax_reads_unretrieved(record: logging.LogRecord) -> bool:
+    """False for asyncio's "exception was never retrieved" of orbax's own reads (logging.Filter's protocol)."""
+    return not ("never retrieved" in record.getMessage() and "orbax" in record.getMessage())
+
+
 def _collect_quietly() -> None:
     """Collects orbax's read coroutines that failed beside a failed restore: Python would print each one's
-    traceback when it collects them ("Exception ignored in"), and the restore's one error already says it."""
+    traceback when it collects them ("Exception ignored in"), asyncio each task's when it is collected, now or
+    later ("Task exception was never retrieved"), and the restore's one error already says it."""
+    asyncio_log = logging.getLogger("asyncio")
+    if _orbax_reads_unretrieved not in asyncio_log.filters:
+        asyncio_log.addFilter(_orbax_reads_unretrieved)
     hook = sys.unraisablehook
     sys.unraisablehook = lambda _: None
     try:
