@@ -34,10 +34,9 @@ def test_the_chunked_scan_is_the_associative_one(length):
     x, b, c = (jax.random.normal(k, (2, length, n)) for k, n in zip(keys[1:], (3, 5, 5), strict=True))
     a = -jax.numpy.arange(1.0, 16.0).reshape(3, 5) / 4
     loss = lambda scan, *args: jax.numpy.sin(selective_scan(*args, scan)).sum()
-    (y_s, y_a), (g_s, g_a) = zip(
-        *((selective_scan(dt, x, a, b, c, s), jax.grad(loss, range(1, 6))(s, dt, x, a, b, c)) for s in SCANS),
-        strict=True,
-    )
+    # one compiled program per scan (op by op, each primitive would be compiled on its own)
+    y_and_grads = lambda s: jax.jit(lambda *args: (selective_scan(*args, s), jax.grad(loss, range(1, 6))(s, *args)))
+    (y_s, y_a), (g_s, g_a) = zip(*(y_and_grads(s)(dt, x, a, b, c) for s in SCANS), strict=True)
     np.testing.assert_allclose(y_s, y_a, rtol=1e-5, atol=1e-5)
     for got, want in zip(g_s, g_a, strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
@@ -78,9 +77,9 @@ def recurrent_mixer(p: dict, h_TxE: np.ndarray, d_conv: int, d_state: int, dt_ra
 def test_the_mixer_equals_its_step_by_step_recurrence(scan):
     cfg = model_config(family="mamba", n_embd=16, n_layer=1, d_state=4, d_conv=3, expand=2, scan=scan)
     h = jax.random.normal(jax.random.PRNGKey(2), (2, 12, 16))
-    params = MambaMixer(cfg, jax.numpy.float32).init(jax.random.PRNGKey(3), h)["params"]
+    params = jax.jit(MambaMixer(cfg, jax.numpy.float32).init)(jax.random.PRNGKey(3), h)["params"]
     params = jax.tree.map(lambda v: v + 0.1 * jax.random.normal(jax.random.PRNGKey(4), v.shape), params)
-    got = MambaMixer(cfg, jax.numpy.float32).apply({"params": params}, h)
+    got = jax.jit(MambaMixer(cfg, jax.numpy.float32).apply)({"params": params}, h)
     for i in range(2):
         want = recurrent_mixer(params, np.asarray(h[i], np.float64), 3, 4, cfg.dt_rank)
         np.testing.assert_allclose(got[i], want, rtol=1e-5, atol=1e-5)
@@ -91,12 +90,11 @@ def test_the_sequential_scan_is_the_associative_one():
     """The same outputs and gradients of a loss, to float32 rounding, on a small random model."""
     inputs = jax.random.normal(jax.random.PRNGKey(5), (3, 20, 16))
     configs = {scan: model_config(family="mamba", n_embd=16, n_layer=2, d_state=4, scan=scan) for scan in SCANS}
-    params = Mamba(configs["associative"]).init(jax.random.PRNGKey(6), inputs)["params"]
+    params = jax.jit(Mamba(configs["associative"]).init)(jax.random.PRNGKey(6), inputs)["params"]
     params = jax.tree.map(lambda v: v + 0.1 * jax.random.normal(jax.random.PRNGKey(7), v.shape), params)
     loss = lambda p, cfg: (Mamba(cfg).apply({"params": p}, inputs) ** 2).mean()
-    (out_s, grads_s), (out_a, grads_a) = (
-        (Mamba(cfg).apply({"params": params}, inputs), jax.grad(loss)(params, cfg)) for cfg in configs.values()
-    )
+    out_and_grads = lambda cfg: jax.jit(lambda p: (Mamba(cfg).apply({"params": p}, inputs), jax.grad(loss)(p, cfg)))
+    (out_s, grads_s), (out_a, grads_a) = (out_and_grads(cfg)(params) for cfg in configs.values())
     np.testing.assert_allclose(out_s, out_a, rtol=1e-5, atol=1e-5)
     close = lambda path, g_s, g_a: np.testing.assert_allclose(g_s, g_a, 1e-5, 1e-5, err_msg=jax.tree_util.keystr(path))
     jax.tree_util.tree_map_with_path(close, grads_s, grads_a)
@@ -113,7 +111,7 @@ def test_auto_is_sequential_on_a_cpu_and_associative_on_an_accelerator(monkeypat
 def test_the_parameters_are_the_formulas():
     e, layers, s, k, expand = 32, 3, 8, 4, 2
     cfg = model_config(family="mamba", n_embd=e, n_layer=layers, d_state=s, d_conv=k, expand=expand)
-    params = Mamba(cfg).init(jax.random.PRNGKey(0), jax.numpy.ones((1, 5, e)))["params"]
+    params = jax.eval_shape(Mamba(cfg).init, jax.random.PRNGKey(0), jax.numpy.ones((1, 5, e)))["params"]
     c, r = expand * e, cfg.dt_rank
     block = e + e * 2 * c + (k * c + c) + c * (r + 2 * s) + (r * c + c) + c * s + c + c * e
     assert sum(v.size for v in jax.tree.leaves(params)) == layers * block + e

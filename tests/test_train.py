@@ -38,16 +38,16 @@ def test_training_learns_in_context(fast_config, tmp_path):
     cfg = fast_config(
         "data.n_dims=3",
         "data.n_points=7",
-        "model.n_layer=3",
+        "model.n_layer=2",
         "model.n_embd=64",
         "training.batch_size=128",
-        "training.steps=1000",
+        "training.steps=600",
         "training.steps_per_dispatch=50",
-        "training.log_every=250",
-        "training.eval_every=500",
-        "training.checkpoint_every=1000",
-        "training.learning_rate=1e-3",
-        "training.warmup_steps=100",
+        "training.log_every=200",
+        "training.eval_every=300",
+        "training.checkpoint_every=600",
+        "training.learning_rate=2e-3",
+        "training.warmup_steps=60",
         "eval.n_prompts=512",
     )
     summary = train(cfg, tmp_path)
@@ -59,7 +59,7 @@ def test_training_learns_in_context(fast_config, tmp_path):
     records = read_jsonl(tmp_path / "metrics.jsonl")
     losses = [r["train/loss"] for r in records if "train/loss" in r]
     assert losses[-1] < 0.6 * losses[0]
-    assert json.loads((tmp_path / "summary.json").read_text())["step"] == 1000
+    assert json.loads((tmp_path / "summary.json").read_text())["step"] == 600
 
 
 @pytest.mark.parametrize("encoding", ["tokens", pytest.param("binned_y", marks=pytest.mark.slow)])
