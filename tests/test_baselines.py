@@ -14,11 +14,14 @@ BATCH = LinearRegression(CFG).sample_batch(jax.random.PRNGKey(3), 3)
 
 
 def prompts():
-    return [(np.asarray(x, np.float64), np.asarray(y, np.float64)) for x, y in zip(BATCH.xs, BATCH.ys, strict=True)]
+    return [
+        (np.asarray(x, np.float64), np.asarray(y, np.float64))
+        for x, y in zip(np.asarray(BATCH.xs), np.asarray(BATCH.ys), strict=True)
+    ]
 
 
 def check(jax_fn, numpy_fn, rtol=1e-3, atol=1e-4):
-    got = np.asarray(jax.vmap(jax_fn)(BATCH.xs, BATCH.ys))
+    got = np.asarray(jax.jit(jax.vmap(jax_fn))(BATCH.xs, BATCH.ys))
     want = np.array([[numpy_fn(x[:k], y[:k], x[k]) for k in range(len(y))] for x, y in prompts()])
     np.testing.assert_allclose(got, want, rtol=rtol, atol=atol)
 

@@ -240,6 +240,8 @@ def test_each_epoch_visits_every_training_prompt_once_in_its_own_order():
 def test_training_set_prompts_follow_the_prior_and_the_task_pool():
     cfg = data_config(n_dims=2, n_points=6, train_size=2048, task_pool_size=3)
     batch = LinearRegression(cfg).training_set_prompts(KEY, jnp.arange(2048))
-    ws = np.stack([np.linalg.lstsq(x, y, rcond=None)[0] for x, y in zip(batch.xs, batch.ys, strict=True)])
+    ws = np.stack(
+        [np.linalg.lstsq(x, y, rcond=None)[0] for x, y in zip(np.asarray(batch.xs), np.asarray(batch.ys), strict=True)]
+    )
     assert np.unique(np.round(ws, 4), axis=0).shape == (3, 2)  # every prompt's w from the run's pool of 3
     np.testing.assert_allclose(np.asarray(batch.xs).std(), 1, rtol=0.03)

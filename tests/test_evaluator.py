@@ -39,7 +39,7 @@ def test_pretrain_prompts_come_from_the_runs_pool():
     )
     np.testing.assert_array_equal(eval_set.ys, batch.ys)
     solve = lambda x, y: np.linalg.lstsq(np.asarray(x), np.asarray(y), rcond=None)[0]  # noiseless: w itself
-    recovered = [solve(x, y) for x, y in zip(batch.xs, batch.ys, strict=True)]
+    recovered = [solve(x, y) for x, y in zip(np.asarray(batch.xs), np.asarray(batch.ys), strict=True)]
     distances = np.linalg.norm(np.asarray(recovered)[:, None] - np.asarray(pool)[None], axis=2).min(axis=1)
     assert distances.max() < 1e-3  # every prompt's task is in the pool
     curves = eval_set.baseline_curves
