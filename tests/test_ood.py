@@ -172,12 +172,17 @@ def numpy_dmmse(xs, ys, pool, sigmas):
     return np.asarray(preds)
 
 
+def all_predictions(*args):
+    """baselines.all_predictions as one compiled program (op by op, each primitive is compiled on its own)."""
+    return jax.jit(baselines.all_predictions, static_argnums=(2, 3))(*args)
+
+
 @pytest.mark.parametrize("sigmas", [(0.5,), (0.3, 1.0)])
 def test_dmmse_is_the_posterior_mean_over_the_pool(sigmas):
     cfg = data_config(n_dims=3, n_points=7, noise_std=sigmas[0], noise_std_choices=sigmas if len(sigmas) > 1 else None)
     pool = LinearRegression(cfg).pool_functions(jax.random.PRNGKey(1), jnp.arange(6))
     batch = LinearRegression(cfg).sample_batch(jax.random.PRNGKey(2), 8, pool_key=jax.random.PRNGKey(1))
-    preds = baselines.all_predictions(batch.xs, batch.ys, cfg.prior_scale, cfg.noise_stds, pool)["dmmse"]
+    preds = all_predictions(batch.xs, batch.ys, cfg.prior_scale, cfg.noise_stds, pool)["dmmse"]
     for p in range(8):
         np.testing.assert_allclose(preds[p], numpy_dmmse(batch.xs[p], batch.ys[p], pool, sigmas), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(preds[:, 0], batch.xs[:, 0] @ pool.mean(axis=0), rtol=1e-5)  # k = 0: the pool's mean
@@ -242,11 +247,11 @@ def test_dmmse_chunks_a_large_pool():
     cfg = data_config(n_dims=2, n_points=5, noise_std=0.5)
     pool = LinearRegression(cfg).pool_functions(jax.random.PRNGKey(1), jnp.arange(64))
     batch = LinearRegression(cfg).sample_batch(jax.random.PRNGKey(2), 16)
-    whole = baselines.all_predictions(batch.xs, batch.ys, 1.0, (0.5,), pool)["dmmse"]
+    whole = all_predictions(batch.xs, batch.ys, 1.0, (0.5,), pool)["dmmse"]
     original = baselines.DMMSE_CHUNK
     try:
         baselines.DMMSE_CHUNK = 5 * 64 * 3  # 3 prompts per chunk
-        chunked = baselines.all_predictions(batch.xs, batch.ys, 1.0, (0.5,), pool)["dmmse"]
+        chunked = all_predictions(batch.xs, batch.ys, 1.0, (0.5,), pool)["dmmse"]  # traced with the small chunk
     finally:
         baselines.DMMSE_CHUNK = original
     np.testing.assert_allclose(chunked, whole, rtol=1e-4, atol=1e-5)  # float32 sums in another order
