@@ -93,6 +93,22 @@ def _png(path: Path, caption: str) -> str:
     )
 
 
+def _trajectory(parts: dict) -> str:
+    """sections.TRAJECTORY: a part per title, each its lines, figures and tables (runs with a trajectory, read
+    from their run dirs: no W&B report has it)."""
+    shown = (
+        f"<h2>{sections.TRAJECTORY}</h2>\n<p>Runs with a trajectory (training.trajectory, eval.predictions, "
+        "eval.py --trajectory), each at every step it was evaluated.</p>\n"
+    )
+    for i, (title, part) in enumerate(parts.items()):
+        lines = "".join(f"<li>{html.escape(line)}</li>" for line in part.get("lines", ()))
+        shown += f"<h3>{html.escape(title)}</h3>\n<ul>{lines}</ul>\n"
+        shown += "".join(_png(p, caption) for p, caption in part.get("figures", {}).items())
+        for j, (name, frame) in enumerate(part.get("tables", {}).items()):
+            shown += f"<p><b>{html.escape(name)}</b></p>{_table(frame, f'trajectory{i}_{j}')}\n"
+    return shown
+
+
 def write_report(
     path: Path,
     command: str,
@@ -107,11 +123,14 @@ def write_report(
     links: dict,
     evaluations: pd.DataFrame | None = None,
     eval_figures: dict | None = None,
+    trajectory: dict | None = None,
 ) -> None:
     """`varied`: {group key: its values}; `counts`: runs by status; `summary`: tables.summary_table, best
     first; `note`: what its order and cells mean; `interactive`: {title: Plotly fragment}; `figures`: {png
     path: caption}; `tables`: {title: frame}; `links`: {run id: W&B URL}; `evaluations`: the eval dirs' rows
-    (python eval.py: the model each scored, the conditions, the headline) and `eval_figures` {png: caption}."""
+    (python eval.py: the model each scored, the conditions, the headline) and `eval_figures` {png: caption};
+    `trajectory`: {title: {"lines": [str], "figures": {png: caption}, "tables": {title: frame}}}, shown as
+    sections.TRAJECTORY's parts."""
     runs = ", ".join(f"{n} {status}" for status, n in counts.items())
     keys = list(varied)
     metric = [c for c in summary if c not in ("rank", "verdict", *keys)][0]
@@ -137,6 +156,7 @@ def write_report(
             f"prompts, each in an eval dir of its own, grouped by the model they read.</p>\n"
             f"{_table(evaluations, 'evaluations')}\n<details><summary>Their error vs k</summary>{pngs}</details>\n"
         )
+    over_steps = _trajectory(trajectory) if trajectory else ""
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>icl-lr analysis</title><style>{STYLE}</style>
 <script>{get_plotlyjs()}</script></head>
@@ -160,7 +180,7 @@ Bands: the 95% interval of the mean over seeds.</p>
 <details><summary>Static figures (PNG, for papers; beside this file too)</summary>
 {"".join(_png(p, caption) for p, caption in figures.items())}
 </details>
-{evaluated}<h2>Tables</h2>
+{evaluated}{over_steps}<h2>Tables</h2>
 <p>The same tables are beside this file as CSV.</p>
 {folded}
 <script>{SCRIPT}</script>

@@ -280,3 +280,34 @@ def plot_attention(weights_LxHxTxT: np.ndarray, path: Path) -> None:
     axes[-1, 0].set_xlabel("key")
     axes[-1, 0].set_ylabel("query")
     _save(fig, path)
+
+
+def plot_dynamics(found: list, labels: dict, path: Path) -> None:
+    """Essential dynamics (trajectories.dynamics_of), a panel per prompt set: each run's checkpoints in the
+    joint PCA's first two components, a line from its first step (open circle) to its last (filled), its steps
+    annotated at both ends; each baseline's predictions projected into the same plane, a cross and its name.
+    `labels`: {run id: its name in the legend}."""
+    plane = lambda points: np.pad(np.atleast_2d(points), ((0, 0), (0, max(0, 2 - np.shape(points)[-1]))))[:, :2]
+    fig, axes = _panels(len(found), columns=2, width=6.4, height=5.2)
+    for ax, (group, fitted) in zip(axes, found, strict=False):
+        for i, (run_id, coordinates) in enumerate(fitted.trajectories.items()):
+            xy, steps, colour = plane(coordinates), group[run_id].steps, f"C{i % 10}"
+            ax.plot(xy[:, 0], xy[:, 1], "-", color=colour, lw=1.6, marker=".", ms=5, label=labels.get(run_id, run_id))
+            ax.plot(*xy[0], "o", mfc="white", color=colour, ms=8)
+            ax.plot(*xy[-1], "o", color=colour, ms=8)
+            for at in (0, len(steps) - 1):
+                ax.annotate(f"step {steps[at]}", xy[at], fontsize=7, xytext=(4, 4), textcoords="offset points")
+        places = {}  # baselines at one place (least squares and Bayes without noise): one cross, their names joined
+        scale = 1e-6 * max([1.0, *(np.abs(p).max() for p in fitted.baselines.values())])
+        for name, point in fitted.baselines.items():
+            xy = plane(point)[0]
+            places.setdefault(tuple(np.round(xy / scale)), (xy, []))[1].append(name)
+        for (x, y), names in places.values():
+            ax.plot(x, y, "x", color="black", ms=8, mew=1.8)
+            ax.annotate(" = ".join(names), (x, y), fontsize=7, xytext=(4, -9), textcoords="offset points")
+        shares = [f" ({share:.1%} of the variance)" for share in fitted.explained] + ["", ""]
+        ax.set(xlabel=f"PC1{shares[0]}", ylabel=f"PC2{shares[1]}")
+        ax.set_title("predictions on the first K held-out prompts; crosses: the baselines'", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    _save(fig, path)

@@ -14,6 +14,9 @@ SIGMA = "One noise level per panel (Bai et al.)"
 TASK_CLASS = "One task class per panel (a mixture of tasks)"
 TASK_POOL = "Error vs task pool size"
 EVALUATIONS = "Evaluations of trained models"
+TRAJECTORY = "Over the trajectory of checkpoints"  # report.html only: from the run dirs' records by step
+PHASES = "Which predictor the model is closest to, step by step (algorithm phases)"
+DYNAMICS = "Essential dynamics: the predictions' path in their first principal components"
 SET_SECTIONS = {"ood/": OOD, "sigma_": SIGMA, "task_": TASK_CLASS}  # prompt sets shown a panel each, by set-name prefix
 
 

@@ -18,7 +18,9 @@ table), and PNG plots: error vs k per group with the baselines (and cross-entrop
 outputs); eval error vs step per group with seed bands; final excess error vs model size and vs noise
 std when those vary; the OOD conditions (ood_vs_context.png) and the noise levels (error_per_sigma.png)
 a panel each, when the runs scored them; error vs task pool size with dMMSE and ridge, on pool and on
-fresh tasks (error_vs_task_pool.png), when the pool size varies.
+fresh tasks (error_vs_task_pool.png), when the pool size varies. Of runs with a trajectory (training.trajectory
+or eval.predictions): the closest predictor at each evaluated step (phases.csv, phase_changes.csv) and the
+essential dynamics of their predictions (dynamics.csv, dynamics_variance.csv, essential_dynamics.png).
 """
 
 import argparse
@@ -29,7 +31,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from icl_lr.analysis import plots, sections, sources, tables
+from icl_lr.analysis import plots, sections, sources, tables, trajectories
 from icl_lr.records import schema
 
 SET_FIGURES = {"ood/": "ood_vs_context.png", "sigma_": "error_per_sigma.png", "task_": "error_per_task_class.png"}
@@ -213,6 +215,39 @@ def interactive_figures(named: dict, keys, attention: dict) -> dict:
     return shown
 
 
+def trajectory_parts(finished, named: dict, out: Path, with_plots: bool) -> dict:
+    """Of the runs with a trajectory (training.trajectory or eval.predictions): the algorithm phases and the
+    essential dynamics (icl_lr/analysis/trajectories.py), their tables added to `named`, the figure written;
+    returns {part title: {"lines", "figures", "tables"}} (report.html's sections.TRAJECTORY; none without such runs)."""
+    traced = trajectories.trajectory_runs(finished) if "run_dir" in finished else []
+    parts = {}
+    found_phases, changes = trajectories.phase_tables(traced)
+    if len(found_phases):
+        named["phases"], named["phase_changes"] = found_phases, changes
+        shown = {"where the closest predictor changes": changes, "the closest predictor at every step": found_phases}
+        parts[sections.PHASES] = {"lines": trajectories.phase_lines(found_phases, changes), "tables": shown}
+    found = trajectories.dynamics_of(traced)
+    if found:
+        named["dynamics"], variance = trajectories.dynamics_tables(found)
+        named["dynamics_variance"] = variance
+        lines = [
+            f"prompt set {i} ({rows.runs.iloc[0]}): "
+            + ", ".join(f"{r.component} {r.explained_variance_ratio:.1%}" for r in rows.itertuples())
+            + " of the variance of the predictions over the checkpoints"
+            for i, rows in variance.groupby("prompt_set")
+        ]
+        figures = {}
+        if with_plots:
+            path = out / "essential_dynamics.png"
+            plots.plot_dynamics(found, {run_id: trajectories.label(run_id) for run_id, _ in traced}, path)
+            figures[path] = (
+                "each run's predictions on the first eval.predictions held-out prompts at every checkpoint, in the "
+                "first two principal components of all checkpoints (dynamics.csv); crosses: the baselines' predictions"
+            )
+        parts[sections.DYNAMICS] = {"lines": lines, "figures": figures, "tables": {"explained variance": variance}}
+    return parts
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
@@ -255,7 +290,8 @@ def main(argv=None) -> int:
         named["probe_r2"] = tables.probe_r2(finished, loaded.curves, keys, args.bootstrap)
     if tables.TASK_POOL in keys and (loaded.curves.set == "pretrain").any():
         named["task_pool"] = tables.task_pool_stats(finished, loaded.curves, keys, args.bootstrap)
-    written = []
+    over_steps = trajectory_parts(finished, named, args.out, not args.no_plots)
+    written = [path for part in over_steps.values() for path in part.get("figures", {})]
     for name, table in named.items():
         for fmt in args.format:
             path = args.out / f"{name}.{fmt}"
@@ -299,9 +335,12 @@ def main(argv=None) -> int:
             links,
             evals[[c for c in shown if c in evals]],
             eval_figures,
+            over_steps,
         )
         written.append(args.out / "report.html")
     print(note + "\n" + markdown)
+    for part in over_steps.values():
+        print("\n".join(part["lines"]))
     print("wrote " + ", ".join(map(str, written)))
     if args.report or args.report_spec:
         from icl_lr.analysis import wandb_report

@@ -104,6 +104,15 @@ ATTENTION_SHARE = "attention_share"
 SHARE_KINDS = ("x", "y")
 
 
+# eval.predictions = K: in arrays_file(PREDICTIONS_DIR, n), the model's predictions [K, N] on the first K held-out
+# prompts (PREDICTIONS_MODEL); in the first file a process writes, the prompts' targets and each baseline's
+# predictions (PREDICTED_BY + its name), which do not change during training
+PREDICTIONS_DIR = "predictions"
+PREDICTIONS_MODEL = MODEL
+PREDICTED_TARGETS = "targets"
+PREDICTED_BY = "baseline/"
+
+
 def arrays_file(analysis: str, step: int) -> str:
     """Where an analysis's arrays at `step` go in the run dir (icl_lr/train/analyses/)."""
     return f"{analysis}/step_{step}.npz"

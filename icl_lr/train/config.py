@@ -115,6 +115,7 @@ class EvalConfig:
     prompts: str | None = field(default=None, metadata=FREE)
     attention: bool = field(default=False, metadata=FREE)
     n_loops: tuple[int, ...] = field(default=(), metadata=FREE)
+    predictions: int = field(default=0, metadata=FREE)
     analyses: tuple[str, ...] = field(default=(), metadata=FREE)
 
     def check(self) -> None:
@@ -133,6 +134,10 @@ class EvalConfig:
         check(
             all(1 <= n <= LOOP_LIMIT for n in self.n_loops),
             f"eval.n_loops must be loop counts in [1, {LOOP_LIMIT:,}], got {list(self.n_loops)}",
+        )
+        check(
+            0 <= self.predictions <= self.n_prompts,
+            f"eval.predictions must be 0 (off) or in [1, eval.n_prompts ({self.n_prompts:,})], got {self.predictions}",
         )
 
 

@@ -38,6 +38,7 @@ class EvalSet(NamedTuple):
     baseline_curves: dict  # name -> np.ndarray [N]
     prompts: Batch | None = None  # as the model sees them, kept where the model is compared with `references`
     references: dict = {}  # algorithm name -> (predictions [P, N], gradients at each query [P, N, D])
+    predictions: dict = {}  # eval.predictions: on the first K prompts, each baseline's predictions [K, N] (host)
 
 
 class EvalSets(NamedTuple):
@@ -91,9 +92,14 @@ def set_key(eval_cfg: EvalConfig, stream: int):
 
 
 def held_out_set(task: Task, encoding: Encoding, eval_cfg: EvalConfig, pool=None) -> EvalSet:
-    """The held-out set; with eval.algorithms, the iterative algorithms' curves beside the baselines'."""
+    """The held-out set; with eval.algorithms, the iterative algorithms' curves beside the baselines'; with
+    eval.predictions = K, the baselines' (and algorithms') predictions on its first K prompts."""
     batch = task.sample_batch(set_key(eval_cfg, 0), eval_cfg.n_prompts)
     held_out = eval_set_of(task, encoding, batch, pool)
+    first = slice(0, eval_cfg.predictions)
+    if eval_cfg.predictions:
+        baselines = task.baselines(batch.xs[first], batch.ys[first], task.cfg.noise_stds, pool)
+        held_out = held_out._replace(predictions={name: np.asarray(p) for name, p in baselines.items()})
     if not eval_cfg.algorithms:
         return held_out
     predictors, rates = task.algorithms(eval_cfg.algorithm_steps)
@@ -102,7 +108,9 @@ def held_out_set(task: Task, encoding: Encoding, eval_cfg: EvalConfig, pool=None
     batched = {name: jax.vmap(predict) for name, predict in predictors.items()}
     references = {name: predictions_and_query_gradients(p, batch.xs, batch.ys) for name, p in batched.items()}
     curves = {n: np.asarray(squared_error_curve(p, batch.scored, task.cfg.n_dims)) for n, (p, _) in references.items()}
-    return held_out._replace(baseline_curves=held_out.baseline_curves | curves, prompts=batch, references=references)
+    predictions = held_out.predictions | {n: np.asarray(p[first]) for n, (p, _) in references.items()}
+    return held_out._replace(baseline_curves=held_out.baseline_curves | curves, prompts=batch, references=references,
+                             predictions=predictions if eval_cfg.predictions else {})  # fmt: skip
 
 
 def predictions_and_query_gradients(predict, xs_PxNxD, ys_PxN) -> tuple[jax.Array, jax.Array]:
