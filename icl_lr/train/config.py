@@ -122,7 +122,7 @@ class EvalConfig:
     n_loops: tuple[int, ...] = field(default=(), metadata=FREE)
     llc: bool = field(default=False, metadata=FREE)
     llc_step_size: float = field(default=1e-4, metadata=FREE)
-    llc_localization: float = field(default=100.0, metadata=FREE)
+    llc_localization: float = field(default=1000.0, metadata=FREE)
     llc_beta: float = field(default=0.0, metadata=FREE)
     llc_chains: int = field(default=4, metadata=FREE)
     llc_draws: int = field(default=100, metadata=FREE)
