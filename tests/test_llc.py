@@ -2,8 +2,6 @@
 is d/2), against a float64 numpy SGLD fed the same batches and noise, end to end through the Evaluator on a tiny
 run, and its keys' bad values refused in one line."""
 
-import json
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -105,8 +103,8 @@ def test_the_estimator_matches_a_numpy_sgld_fed_the_same_batches_and_noise():
 LLC_RUN = ("eval.llc_chains=2", "eval.llc_draws=6", "eval.llc_burn_in=3", "eval.llc_batch_size=8")
 
 
-def evaluate_once(tmp_path, *overrides) -> tuple[dict, LocalFiles]:
-    """One eval of a tiny run at its init, its records in tmp_path: the metrics.jsonl record."""
+def evaluate_once(tmp_path, *overrides) -> dict:
+    """One eval of a tiny run at its init, its records in tmp_path: its metrics.jsonl record."""
     cfg = run_config(*FAST, *overrides)
     run = setup.build(cfg)
     state = init_state(run, make_optimizer(cfg.training), cfg.seed)
@@ -124,7 +122,6 @@ def test_the_analysis_logs_the_estimate_and_saves_the_trace_and_only_when_asked(
     nbeta = default_nbeta(8)
     np.testing.assert_allclose(saved["llc"], nbeta * (saved["trace"].mean(1) - saved["init_loss"]), rtol=1e-5)
     np.testing.assert_allclose(record["eval/llc/mean"], saved["llc"].mean(), rtol=1e-6)
-    assert "eval/llc/mean" in json.loads(json.dumps(record))  # plain JSON numbers
 
     record = evaluate_once(tmp_path / "off", *LLC_RUN)
     assert not any("llc" in key for key in record) and not (tmp_path / "off" / "llc").exists()
