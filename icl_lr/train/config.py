@@ -25,6 +25,11 @@ TRAINING_LIMITS = {  # what grows with each: a run's time (steps), a step's memo
     "max_to_keep": 1_000,
     "trajectory": 1_000,  # checkpoints kept, each evaluated: disk and time
 }
+LLC_LIMITS = {  # eval.llc's SGLD: chains side by side (memory: chains x llc_batch_size prompts), steps (time)
+    "chains": 1_000,
+    "draws": 1_000_000,
+    "burn_in": 1_000_000,
+}
 
 
 @dataclass(frozen=True)
@@ -116,6 +121,14 @@ class EvalConfig:
     attention: bool = field(default=False, metadata=FREE)
     n_loops: tuple[int, ...] = field(default=(), metadata=FREE)
     predictions: int = field(default=0, metadata=FREE)
+    llc: bool = field(default=False, metadata=FREE)
+    llc_step_size: float = field(default=1e-4, metadata=FREE)
+    llc_localization: float = field(default=1000.0, metadata=FREE)
+    llc_beta: float = field(default=0.0, metadata=FREE)
+    llc_chains: int = field(default=4, metadata=FREE)
+    llc_draws: int = field(default=100, metadata=FREE)
+    llc_burn_in: int = field(default=100, metadata=FREE)
+    llc_batch_size: int | None = field(default=None, metadata=FREE)
     analyses: tuple[str, ...] = field(default=(), metadata=FREE)
 
     def check(self) -> None:
@@ -138,6 +151,17 @@ class EvalConfig:
         check(
             0 <= self.predictions <= self.n_prompts,
             f"eval.predictions must be 0 (off) or in [1, eval.n_prompts ({self.n_prompts:,})], got {self.predictions}",
+        )
+        check(0 < self.llc_step_size <= 1, f"eval.llc_step_size must be in (0, 1], got {self.llc_step_size}")
+        for key in ("llc_localization", "llc_beta"):  # NaN fails each comparison
+            value = getattr(self, key)
+            check(0 <= value < math.inf, f"eval.{key} must be a finite number >= 0, got {value}")
+        for key, low in (("chains", 1), ("draws", 1), ("burn_in", 0)):
+            value, limit = getattr(self, f"llc_{key}"), LLC_LIMITS[key]
+            check(low <= value <= limit, f"eval.llc_{key} must be in [{low}, {limit:,}], got {value:,}")
+        check(
+            self.llc_batch_size is None or 1 <= self.llc_batch_size <= TRAINING_LIMITS["batch_size"],
+            f"eval.llc_batch_size must be null or in [1, {TRAINING_LIMITS['batch_size']:,}], got {self.llc_batch_size}",
         )
 
 

@@ -153,15 +153,17 @@ class Evaluator:
                      self.ood_seconds)  # fmt: skip
         return self.ood_sets
 
-    def _analysed(self, params, held_out: EvalSet, tracker: Tracker, step: int) -> dict:
-        """The curves the analyses add to the held-out set's; their arrays and figures go to the tracker."""
-        curves = {}
+    def _analysed(self, params, held_out: EvalSet, tracker: Tracker, step: int) -> tuple[dict, dict]:
+        """The curves and the scalars (eval/<name>) the analyses add to the held-out set's; their arrays and
+        figures go to the tracker."""
+        curves, scalars = {}, {}
         for name, analysis in self.analyses.items():
             result = analysis(params, held_out, step)
             tracker.log_arrays(name, result.arrays, step)
             tracker.log_figures(result.figures, step)
             curves |= result.curves
-        return curves
+            scalars |= {metric_prefix(HELD_OUT) + k: float(v) for k, v in result.scalars.items()}
+        return curves, scalars
 
     def __call__(self, params, tracker: Tracker, step: int, final: bool) -> dict:
         """Logs every set's scalars and curves; returns the scalars."""
@@ -172,7 +174,9 @@ class Evaluator:
             started = time.perf_counter()
             all_curves[name] = curves = score(self.model_curves, params, eval_sets)
             if name == HELD_OUT:
-                curves |= self._analysed(params, eval_sets.sets[0], tracker, step)
+                analysed, analysed_scalars = self._analysed(params, eval_sets.sets[0], tracker, step)
+                curves |= analysed
+                scalars |= analysed_scalars
             if name.startswith("ood/"):
                 self.ood_seconds += time.perf_counter() - started
             if eval_sets.reference:

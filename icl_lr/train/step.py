@@ -30,10 +30,16 @@ class TrainState(struct.PyTreeNode):
     rng: jax.Array
 
 
+def run_keys(seed: int) -> tuple[jax.Array, jax.Array]:
+    """(init key, run key) of a run's seed: the parameters' init, and state.rng, which every batch derives from."""
+    init_key, run_key = jax.random.split(jax.random.PRNGKey(seed))
+    return init_key, run_key
+
+
 def init_state(setup: Setup, tx: optax.GradientTransformation, seed: int) -> TrainState:
     """Step 0 of a run; the parameters and optimiser state from one jitted program (run eagerly, each of
     its ops compiles on its own)."""
-    init_key, run_key = jax.random.split(jax.random.PRNGKey(seed))
+    init_key, run_key = run_keys(seed)
 
     def init(init_key):
         example = setup.task.sample_batch(jax.random.PRNGKey(0), 1)

@@ -4,7 +4,7 @@ each (as big_vision's evaluators), built from the config and run by the Evaluato
 An analysis is a class with
 - `Config`: the keys it owns (`icl_lr.components.NoKeys` for the built-ins: their keys are the eval
   section's, eval.probes, eval.attention, eval.n_loops, eval.predictions, eval.algorithms and
-  eval.algorithm_steps);
+  eval.algorithm_steps, eval.llc and eval.llc_*);
 - `check(cfg, task, family)`: refuses a run it cannot analyse in one line (ConfigError) before anything
   compiles; `task` and `family` are the run's classes;
 - `__init__(setup, cfg, mesh)`: what it needs, built once (prompts of its own, jitted functions);
@@ -22,12 +22,15 @@ from icl_lr.task.base import LINEAR_INTERFACE, is_linear
 
 class Result(NamedTuple):
     """What an analysis adds at one eval: `curves` {name: [value per k]}, logged with the held-out set's
-    (curves.jsonl, W&B's eval/curves) and summarised as its scalars are; `arrays` {name: array}, saved in
-    the run dir as <analysis>/step_<n>.npz; `figures` {W&B key: tracking.Image or tracking.Table}."""
+    (curves.jsonl, W&B's eval/curves) and summarised as its scalars are; `scalars` {name: number}, one value
+    an eval, logged as eval/<name> beside the held-out set's scalars (metrics.jsonl, W&B's history, the
+    summary); `arrays` {name: array}, saved in the run dir as <analysis>/step_<n>.npz; `figures` {W&B key:
+    tracking.Image or tracking.Table}."""
 
     curves: dict = {}
     arrays: dict = {}
     figures: dict = {}
+    scalars: dict = {}
 
 
 ANALYSES = Registry(
@@ -39,6 +42,7 @@ ANALYSES = Registry(
         "attention": "icl_lr.train.analyses.attention:Attention",
         "loops": "icl_lr.train.analyses.loops:Loops",
         "predictions": "icl_lr.train.analyses.predictions:Predictions",
+        "llc": "icl_lr.train.analyses.llc:LLC",
     },
     ("check",),
 )
@@ -50,7 +54,7 @@ def wanted(eval_cfg) -> dict:
     check(
         not set(eval_cfg.analyses) & set(ANALYSES.builtins),
         f"eval.analyses names analyses besides the built-ins, which their own keys turn on (eval.algorithms, "
-        f"eval.probes, eval.attention, eval.n_loops, eval.predictions): got {list(eval_cfg.analyses)}",
+        f"eval.probes, eval.attention, eval.n_loops, eval.predictions, eval.llc): got {list(eval_cfg.analyses)}",
     )
     on = {name: ANALYSES.resolve(name) for name in ANALYSES.builtins}
     on = {name: analysis for name, analysis in on.items() if analysis.wanted(eval_cfg)}
