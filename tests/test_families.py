@@ -216,7 +216,10 @@ def test_a_family_takes_every_encoding_it_can_or_refuses_in_one_line(family, enc
     from icl_lr.train.optimizer import make_optimizer
     from icl_lr.train.step import init_state, loss_fn
 
-    values = {"data": {"n_dims": 3, "n_points": 5, "encoding": encoding}, "model": {"family": family, "n_embd": 16}}
+    values = {
+        "data": {"n_dims": 3, "n_points": 5, "encoding": encoding},
+        "model": {"family": family, "n_embd": 16, "n_layer": 1},
+    }
     values["training"] = {"steps": 1, "batch_size": 4, "steps_per_dispatch": 1, "warmup_steps": 0}
     cfg = from_values(values)
     if encoding == "paired":
@@ -228,8 +231,8 @@ def test_a_family_takes_every_encoding_it_can_or_refuses_in_one_line(family, enc
     xs, ys = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 3)), jax.random.normal(jax.random.PRNGKey(1), (2, 5))
     later = run.encoding.encode(xs.at[:, 3:].set(1.0), ys.at[:, 2:].set(1.0))  # y_2 on, x_3 on
     state = init_state(run, make_optimizer(cfg.training), 0)
-    out, changed = (run.encoding.predict(run.model.apply({"params": state.params}, i))
-                    for i in (run.encoding.encode(xs, ys), later))  # fmt: skip
+    predict = jax.jit(lambda inputs: run.encoding.predict(run.model.apply({"params": state.params}, inputs)))
+    out, changed = (predict(i) for i in (run.encoding.encode(xs, ys), later))  # one compiled program, not op by op
     np.testing.assert_allclose(out[:, :3], changed[:, :3], atol=1e-5)  # y_k's prediction: points before k, x_k
     batch = Batch(xs, ys, jnp.ones(5), jnp.ones(2))
-    assert np.isfinite(loss_fn(state.params, run.model, batch, jax.random.PRNGKey(2)))
+    assert np.isfinite(jax.jit(lambda p: loss_fn(p, run.model, batch, jax.random.PRNGKey(2)))(state.params))
