@@ -100,10 +100,19 @@ def auto_devices_env(**extra) -> dict:
     return {k: v for k, v in no_key_env(**extra).items() if k != "JAX_NUM_CPU_DEVICES"}
 
 
-def train_cli(run_dir, *overrides, fast=True, env=None, cwd=ROOT, timeout=300):
-    """`python train.py [FAST] overrides hydra.run.dir=run_dir`, as a user runs it; checks it succeeds."""
+def run_env(wandb: bool) -> dict:
+    """no_key_env, W&B off unless `wandb` (WANDB_MODE=disabled: two seconds less a start where W&B is not under
+    test; a test of W&B's records asks for it, and fails without it)."""
+    return no_key_env() if wandb else no_key_env(WANDB_MODE="disabled")
+
+
+def train_cli(run_dir, *overrides, fast=True, env=None, cwd=ROOT, timeout=300, wandb=False):
+    """`python train.py [FAST] overrides hydra.run.dir=run_dir`, as a user runs it; checks it succeeds. `env`:
+    its environment, else run_env(wandb)."""
     command = [sys.executable, str(ROOT / "train.py"), *(FAST if fast else []), *overrides, f"hydra.run.dir={run_dir}"]
-    result = subprocess.run(command, cwd=cwd, env=env or no_key_env(), capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run(
+        command, cwd=cwd, env=env or run_env(wandb), capture_output=True, text=True, timeout=timeout
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
@@ -113,10 +122,10 @@ def run_id_of(run_dir) -> str:
     return read_identity(Path(run_dir))["wandb_run_id"]
 
 
-def start(run_dir, *overrides, env=None):
-    """`python train.py FAST overrides` on run_dir, whatever its exit code."""
+def start(run_dir, *overrides, env=None, wandb=False):
+    """`python train.py FAST overrides` on run_dir, whatever its exit code (`env`: as train_cli's)."""
     command = [sys.executable, str(ROOT / "train.py"), *FAST, *overrides, f"hydra.run.dir={run_dir}"]
-    return subprocess.run(command, cwd=ROOT, env=env or no_key_env(), capture_output=True, text=True, timeout=300)
+    return subprocess.run(command, cwd=ROOT, env=env or run_env(wandb), capture_output=True, text=True, timeout=300)
 
 
 def output(result) -> str:

@@ -127,7 +127,7 @@ def test_a_resume_on_a_changed_plugin_file_is_refused_unless_allowed(tmp_path):
                                       capture_output=True, text=True, timeout=300)  # fmt: skip
     record = lambda: json.loads((run_dir / "components.json").read_text())
 
-    train_cli(run_dir, "data.task=plug/four.py:Mine", "training.steps=20", cwd=tmp_path)  # W&B offline
+    train_cli(run_dir, "data.task=plug/four.py:Mine", "training.steps=20", cwd=tmp_path, wandb=True)  # W&B offline
     task = {"name": "plug/four.py:Mine", "source": "file", "file": str(plugin.resolve()), "sha256": first}
     assert record()["components"]["data.task"] == task and record()["changes"] == []
     assert record()["components"]["model.family"] == {"name": "gpt2", "source": "builtin"}

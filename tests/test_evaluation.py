@@ -71,6 +71,7 @@ def save_garg_run(folder: Path, model, torch, sizes: dict, **config) -> Path:
 
 
 @pytest.mark.unit
+@pytest.mark.slow  # the suite's cover: their folder scored through the command below, against torch's forward
 def test_garg_et_al_checkpoints_predict_as_in_pytorch(tmp_path):
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")

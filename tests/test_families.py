@@ -153,7 +153,7 @@ def test_eval_attention_and_loop_counts_reach_the_records_and_w_and_b(tmp_path):
     1), its shares in curves.jsonl and in W&B's table, its image in W&B; the curve at the trained loop count is
     the model's; a resume drops the maps of steps past its checkpoint."""
     looped = ["model=looped", "model.n_loops=3", "model.loss_loops=2", "model.n_head=2"]
-    train_cli(tmp_path, *looped, "eval.attention=true", "eval.n_loops=[3,6]")
+    train_cli(tmp_path, *looped, "eval.attention=true", "eval.n_loops=[3,6]", wandb=True)
     maps = np.load(tmp_path / "attention" / "step_40.npz")
     weights, shares = maps["weights"], maps["shares"]
     assert weights.shape == (3, 2, 16, 16) and shares.shape == (2, 3, 2, 8)  # loops x 1 layer, heads, 2N tokens
@@ -178,7 +178,7 @@ def test_eval_attention_and_loop_counts_reach_the_records_and_w_and_b(tmp_path):
     assert "Where each layer and head attends (eval.attention)" in report and report.count("query %{y}, key %{x}") == 6
     assert (tmp_path / "an" / f"attention_{run.run_id}.png").stat().st_size > 0
     (tmp_path / "attention" / "step_50.npz").write_bytes(b"")  # as a run killed past its last checkpoint leaves it
-    train_cli(tmp_path, *looped, "eval.attention=true", "training.steps=60")
+    train_cli(tmp_path, *looped, "eval.attention=true", "training.steps=60", wandb=True)
     assert sorted(p.name for p in (tmp_path / "attention").iterdir()) == ["step_20.npz", "step_40.npz", "step_60.npz"]
     assert np.load(tmp_path / "attention" / "step_60.npz")["weights"].shape == (3, 2, 16, 16)
 

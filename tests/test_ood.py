@@ -193,8 +193,8 @@ def pool_runs(tmp_path_factory):
     """Two real tiny runs with a task pool (8 and 2 tasks) and two noise levels; the first with the OOD suite."""
     root = tmp_path_factory.mktemp("pools")
     common = ["data.noise_std_choices=[0.1,1.0]", "training.steps=20"]
-    train_cli(root / "pool8", "data.task_pool_size=8", "eval.ood=true", *common)
-    train_cli(root / "pool2", "data.task_pool_size=2", *common)
+    train_cli(root / "pool8", "data.task_pool_size=8", "eval.ood=true", *common, wandb=True)
+    train_cli(root / "pool2", "data.task_pool_size=2", *common, wandb=True)
     return root
 
 

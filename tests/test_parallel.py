@@ -117,6 +117,7 @@ def test_processes_with_different_run_dirs_all_stop(tmp_path):
     assert all("the processes have different run dirs" in log for log in logs)
 
 
+@pytest.mark.slow  # the suite's cover: two devices above, and the processes' start below
 def test_two_processes_train_like_one_and_resume_on_one(runs, tmp_path):
     """training.distributed under SLURM's variables: two processes of one CPU device each train one run
     (process 0 alone writes the run dir and W&B), as one process does; the run dir then resumes on one."""
@@ -130,7 +131,7 @@ def test_two_processes_train_like_one_and_resume_on_one(runs, tmp_path):
     np.testing.assert_allclose(losses(run_dir), losses(root / "one"), **TOLERANCE)
     assert [r["step"] for r in read_jsonl(run_dir / "metrics.jsonl") if "train/loss" in r] == [10, 20, 30, 40]
     assert_params_close(final_state(RUN, run_dir), final_state(RUN, root / "one"))
-    resumed = train_cli(run_dir, *CONSTANT_LR, "training.steps=60")
+    resumed = train_cli(run_dir, *CONSTANT_LR, "training.steps=60", wandb=True)
     assert "resumed at step 40 of 60" in resumed.stdout + resumed.stderr
 
 

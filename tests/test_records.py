@@ -50,7 +50,7 @@ def wandb_runs(folder: Path) -> list:
 def finished(tmp_path_factory):
     """A finished 40-step run, tracked offline."""
     run_dir = tmp_path_factory.mktemp("finished") / "run"
-    train_cli(run_dir)
+    train_cli(run_dir, wandb=True)
     return run_dir
 
 
@@ -114,7 +114,7 @@ def test_a_restart_without_checkpoint_starts_a_new_wandb_run(tmp_path):
     process.kill()
     process.wait()
     killed_id = run_id_of(run_dir)
-    result = train_cli(run_dir, "data.prior_scale=2.0")
+    result = train_cli(run_dir, "data.prior_scale=2.0", wandb=True)
     assert "left no checkpoint: training starts over as W&B run" in output(result)
     killed, restarted = wandb_runs(run_dir / "wandb")
     assert killed.run_id == killed_id != restarted.run_id == run_id_of(run_dir)
@@ -129,7 +129,7 @@ def copies(finished, tmp_path_factory):
     folder = tmp_path_factory.mktemp("copies")
     copy_of(finished, folder / "orig")
     longer = copy_of(finished, folder / "longer")
-    result = train_cli(longer, "training.steps=100")
+    result = train_cli(longer, "training.steps=100", wandb=True)
     return folder, output(result)
 
 
@@ -170,6 +170,7 @@ def test_a_copy_never_started_counts_once_and_is_named(finished, tmp_path, caplo
     assert f"run {run_id_of(finished)} is in 2 run dirs: counted once" in caplog.text
 
 
+@pytest.mark.slow  # the suite's cover: the copied run dir above
 def test_a_moved_run_dir_keeps_its_wandb_run(finished, tmp_path):
     run_dir = copy_of(finished, tmp_path / "here")
     train_cli(run_dir, "training.steps=60", NO_WANDB)  # its identity now names this place
@@ -192,6 +193,7 @@ def test_an_extension_keeps_the_schedule_horizon_and_records_its_latest_start(fi
     assert len(list((run_dir / ".hydra" / "attempts").iterdir())) == 2  # and each start's own stays
 
 
+@pytest.mark.slow  # the suite's cover: run_dir_v1 below
 def test_a_run_dir_of_the_older_layout_resumes(finished, tmp_path):
     """Before identity.json and run_config.json beside the records: wandb_run_id, checkpoints/run_config.json."""
     run_dir = copy_of(finished, tmp_path / "run")
@@ -202,7 +204,7 @@ def test_a_run_dir_of_the_older_layout_resumes(finished, tmp_path):
     del record["training.decay_steps"]
     (run_dir / "run_config.json").unlink()
     (run_dir / "checkpoints" / "run_config.json").write_text(json.dumps(record))
-    train_cli(run_dir, "training.steps=60")
+    train_cli(run_dir, "training.steps=60", wandb=True)
     assert run_id_of(run_dir) == run_id and not (run_dir / "wandb_run_id").exists()
     assert {r.run_id for r in wandb_runs(run_dir / "wandb")} == {run_id}
     assert json.loads((run_dir / "run_config.json").read_text())["training.decay_steps"] == 40
@@ -263,7 +265,7 @@ def test_a_stop_signal_checkpoints_tells_wandb_and_releases_the_lock(
     assert stopped.exit_code == (143 if preempting else 1)  # finished, never left running
     marked = any(r["type"] == "preempting" for r in sources.read_wandb_records(stopped.path))  # mark_preempting
     assert marked == preempting
-    assert f"resumed at step {step} of 1000" in output(train_cli(run_dir, *CONSTANT))  # the same W&B run
+    assert f"resumed at step {step} of 1000" in output(train_cli(run_dir, *CONSTANT, wandb=True))  # the same W&B run
     cfg = fast_config(*CONSTANT)
     assert_trees_equal(final_state(cfg, run_dir), final_state(cfg, straight))  # as if never stopped
     assert {r.run_id for r in wandb_runs(run_dir / "wandb")} == {run_id_of(run_dir)}
@@ -292,11 +294,12 @@ def test_a_sigterm_to_every_process_of_the_run_as_slurm_sends_it_stops_cleanly(f
     assert process.returncode == 143 and "Traceback" not in printed, printed[-3000:]
     assert "W&B's service is gone" in printed and "preempted: SIGTERM at step" in printed
     step = int(printed.split("preempted: SIGTERM at step ")[1].split(":")[0])
-    assert f"resumed at step {step} of 1000" in output(train_cli(run_dir, *CONSTANT))
+    assert f"resumed at step {step} of 1000" in output(train_cli(run_dir, *CONSTANT, wandb=True))
     cfg = fast_config(*CONSTANT)
     assert_trees_equal(final_state(cfg, run_dir), final_state(cfg, straight))
 
 
+@pytest.mark.slow  # the suite's cover: test_robustness.py's killed writer's lock
 def test_a_lock_from_another_host_is_taken_over_only_when_said(finished, tmp_path):
     run_dir = copy_of(finished, tmp_path / "run")
     (run_dir / "run.lock").write_text("4242 node-elsewhere 777\n")

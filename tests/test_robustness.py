@@ -147,7 +147,7 @@ NO_WANDB = "wandb.mode=disabled"  # where W&B is not under test: a faster start
 def trained(tmp_path_factory):
     """A finished 40-step run, tracked offline."""
     run_dir = tmp_path_factory.mktemp("trained") / "run"
-    train_cli(run_dir, *CONSTANT)
+    train_cli(run_dir, *CONSTANT, wandb=True)
     return run_dir
 
 
@@ -159,7 +159,7 @@ def finished_run(trained, tmp_path):
 
 def test_a_finished_run_started_again_changes_nothing(finished_run):
     before = snapshot(finished_run)
-    result = train_cli(finished_run, *CONSTANT)
+    result = train_cli(finished_run, *CONSTANT, wandb=True)
     assert "already finished at step 40" in result.stdout + result.stderr
     assert snapshot(finished_run) == before  # summary.json keeps its 24 keys, curves and checkpoints intact
     assert len(list((finished_run / "wandb").glob("offline-run-*"))) == 1  # no second W&B run
@@ -171,7 +171,9 @@ def test_a_finished_run_extends_when_training_steps_grows_and_cadences_may_chang
     assert summary["step"] == 60 and "eval/excess/mean" in summary
 
 
-@pytest.mark.parametrize("added", [["model.embedding_std"], ["data.w_prior", "data.w_centre"]])
+@pytest.mark.parametrize(
+    "added", [["model.embedding_std"], pytest.param(["data.w_prior", "data.w_centre"], marks=pytest.mark.slow)]
+)
 def test_a_run_dir_from_before_a_key_existed_resumes(finished_run, added):
     """A record without a key added since counts as its default (the old behaviour), or the key is free
     (model.embedding_std acts only at init, which the resume replaces)."""
@@ -188,8 +190,8 @@ def test_a_run_dir_from_before_a_key_existed_resumes(finished_run, added):
     "overrides, named",
     [
         (["data.noise_std=0.5", "training.learning_rate=3e-3"], "data.noise_std: 0.0 -> 0.5, training.learning_rate"),
-        (["model.n_embd=64"], "model.n_embd: 32 -> 64"),
-        (["training.steps=20"], "training.steps (20) is below the run's 40"),
+        pytest.param(["model.n_embd=64"], "model.n_embd: 32 -> 64", marks=pytest.mark.slow),
+        pytest.param(["training.steps=20"], "training.steps (20) is below the run's 40", marks=pytest.mark.slow),
     ],
 )
 def test_a_resume_with_another_trajectory_is_refused_and_the_original_config_kept(finished_run, overrides, named):
@@ -199,7 +201,9 @@ def test_a_resume_with_another_trajectory_is_refused_and_the_original_config_kep
     assert len(list((finished_run / ".hydra" / "attempts").iterdir())) == 2  # each start's own config is kept
 
 
-@pytest.mark.parametrize("damage", ["deleted", "truncated", "not a record"])
+@pytest.mark.parametrize(
+    "damage", ["deleted", *(pytest.param(d, marks=pytest.mark.slow) for d in ("truncated", "not a record"))]
+)
 def test_a_run_dir_without_a_readable_config_record_is_never_trained_under_another_config(finished_run, damage):
     record = finished_run / "run_config.json"
     if damage == "deleted":
@@ -215,6 +219,7 @@ def test_a_run_dir_without_a_readable_config_record_is_never_trained_under_anoth
         assert "holds results but" in one_error_line(start(finished_run, *CONSTANT))
 
 
+@pytest.mark.slow  # the suite's cover: test_records.py's WANDB_RUN_ID in the shell, test_sweeps.py's agent runs
 def test_wandb_agent_variables_exported_in_a_shell_give_no_run_a_shared_or_a_sweeps_id(tmp_path):
     """WANDB_SWEEP_ID and WANDB_RUN_ID without the agent's parameter file: each run its own id, in no sweep. With
     the agent's parameter file, the first run dir takes the agent's id and a second run dir a new one."""
@@ -263,7 +268,7 @@ def test_a_damaged_identity_file_is_recovered_from_the_wandb_folder(finished_run
 def test_a_resumed_run_with_a_damaged_identity_continues_its_wandb_run(finished_run):
     run_id = run_id_of(finished_run)
     (finished_run / "identity.json").write_text("/")
-    result = train_cli(finished_run, *CONSTANT, "training.steps=60")
+    result = train_cli(finished_run, *CONSTANT, "training.steps=60", wandb=True)
     assert "not a W&B run id: recovered " + run_id in result.stdout + result.stderr
     assert {RunFile.load(d).run_id for d in (finished_run / "wandb").glob("offline-run-*")} == {run_id}
     assert run_id_of(finished_run) == run_id
@@ -378,12 +383,14 @@ def test_a_bad_environment_is_refused_in_one_line(tmp_path, env, says):
     assert not (tmp_path / "checkpoints").exists()
 
 
+@pytest.mark.slow  # the suite's cover: test_tracking.py's mode aliases
 def test_wandb_mode_dryrun_is_wandbs_offline(tmp_path):
     train_cli(tmp_path, "training.steps=20", env=no_key_env(WANDB_MODE="dryrun"))
     (record,) = [RunFile.load(d) for d in (tmp_path / "wandb").glob("offline-run-*")]
     assert record.exit_code == 0
 
 
+@pytest.mark.slow  # the suite's cover of the OOD suite: test_ood.py
 def test_one_input_dimension_with_the_ood_suite_finishes(tmp_path):
     train_cli(tmp_path, "data.n_dims=1", "eval.ood=true", "training.steps=20", NO_WANDB)
     summary = json.loads((tmp_path / "summary.json").read_text())
@@ -411,7 +418,7 @@ def test_a_damaged_line_inside_the_metrics_is_refused_before_wandb_starts(finish
     lines = metrics.read_text().splitlines()
     metrics.write_text("\n".join([*lines[:2], '{"step": 2', *lines[2:]]) + "\n")
     before = snapshot(finished_run)
-    line = one_error_line(start(finished_run, *CONSTANT, "training.steps=60"))
+    line = one_error_line(start(finished_run, *CONSTANT, "training.steps=60", wandb=True))
     assert f"{metrics}: line 3 of {len(lines) + 1} is damaged" in line and "move the file aside" in line
     assert snapshot(finished_run) == before and len(list((finished_run / "wandb").glob("offline-run-*"))) == 1
 

@@ -50,7 +50,14 @@ def test_an_invalid_sweep_is_refused_with_the_engine_reasons(tmp_path):
             load_sweep(bad)
 
 
-@pytest.mark.parametrize("path", [p for p in SWEEP_FILES if load_sweep(p)["method"] == "grid"], ids=lambda p: p.stem)
+GRIDS = [p for p in SWEEP_FILES if load_sweep(p)["method"] == "grid"]
+
+
+@pytest.mark.parametrize(
+    "path",  # the GPU-sized task-diversity grid is its CPU one's larger copy: in the suite, the CPU one
+    [pytest.param(p, marks=pytest.mark.slow) if p.stem == "task_diversity" else p for p in GRIDS],
+    ids=lambda p: p.stem,
+)
 def test_every_point_of_a_grid_is_a_valid_run(path):
     """Each point of a grid sweep composes and passes every check (the families' and encodings' pairings too)."""
     parameters = load_sweep(path)["parameters"]
@@ -160,6 +167,7 @@ def run_interval(run_dir) -> tuple:
     return stamps[0], stamps[-1]
 
 
+@pytest.mark.slow  # the suite's cover: the local sweep above
 def test_workers_run_a_sweep_two_at_a_time_each_on_its_share_of_the_cores(tmp_path, monkeypatch, capfd, caplog):
     """... and the runner's console: a line per run start and end (k/N, elapsed, ETA, best so far), the runs'
     own output in their run dirs, a closing table best first."""
@@ -233,6 +241,7 @@ def test_the_slurm_agent_script_parses_and_asks_for_a_sweep():
     assert bare.returncode != 0 and "usage: sbatch --array" in bare.stderr
 
 
+@pytest.mark.slow  # the suite's cover of a stop: test_records.py's SIGTERM
 def test_ctrl_c_ends_a_local_sweep_cleanly(tmp_path):
     command = [sys.executable, "-m", "icl_lr.run.sweep", str(ROOT / "sweeps" / "model_size.yaml"), "--count", "2"]
     command += ["--sweep-id", "local-int", "--", *FAST, "training.steps=5000", "training.checkpoint_every=20"]
@@ -260,6 +269,7 @@ def test_ctrl_c_ends_a_local_sweep_cleanly(tmp_path):
     assert RunFile.load(folder).exit_code not in (None, 0)  # marked failed
 
 
+@pytest.mark.slow  # the suite's cover: test_pack.py's diverging job alone, whose multirun goes on
 def test_a_failing_multirun_job_neither_stops_nor_spoils_the_next(tmp_path):
     """One process runs every job: a config error, then a run that diverges after W&B started, then good runs."""
     command = [sys.executable, str(ROOT / "train.py"), "-m", *FAST, "training.steps=20", "training.grad_clip=1e30"]

@@ -353,7 +353,7 @@ def test_a_mixture_that_cannot_be_fails_in_one_line(overrides, message):
         run_config(*overrides)
 
 
-@pytest.mark.parametrize("kind", ["scaled", "flipped"])
+@pytest.mark.parametrize("kind", ["scaled", pytest.param("flipped", marks=pytest.mark.slow)])
 def test_outliers_corrupt_the_labels_the_model_sees_and_are_scored_on_the_clean_ones(kind):
     """data.outlier_fraction: the same prompts as without it, a fraction of their labels replaced (x10 or
     -y), the clean ones kept as targets; Huber beside least squares, the reference of the excess."""

@@ -33,7 +33,7 @@ def rows_with(history: list, key: str) -> dict:
 def tracked_run(tmp_path_factory):
     """One default-mode run on a machine without a key: W&B must go offline by itself."""
     run_dir = tmp_path_factory.mktemp("tracked")
-    result = train_cli(run_dir, "wandb.group=g1", "wandb.tags=[a,b]", "wandb.name=tiny-run")
+    result = train_cli(run_dir, "wandb.group=g1", "wandb.tags=[a,b]", "wandb.name=tiny-run", wandb=True)
     return run_dir, result.stdout + result.stderr
 
 
@@ -144,8 +144,8 @@ def test_checkpoints_are_model_artifacts_with_aliases(tracked_run):
 
 
 def test_resumed_run_continues_the_same_wandb_run(tmp_path):
-    first_start = train_cli(tmp_path, "training.steps=20")
-    resumed = train_cli(tmp_path)  # same dir, 40 steps: resumes from the step-20 checkpoint
+    first_start = train_cli(tmp_path, "training.steps=20", wandb=True)
+    resumed = train_cli(tmp_path, wandb=True)  # same dir, 40 steps: resumes from the step-20 checkpoint
     assert "Metadata file does not exist" not in resumed.stdout + resumed.stderr  # a quiet resume
     for console in (first_start, resumed):  # W&B's own lines stay off: the run's log says what they would
         lines = (console.stdout + console.stderr).splitlines()
@@ -188,6 +188,7 @@ def test_auto_mode_finds_a_key_only_wandb_settings_hold_and_an_unreachable_serve
     assert not leaks, f"the API key was written to {leaks}"
 
 
+@pytest.mark.slow  # the suite's cover: test_sweeps.py's agent runs under WANDB_DIR
 def test_wandb_dir_is_honoured(tmp_path):
     result = train_cli(tmp_path / "run", "training.steps=20", env=no_key_env(WANDB_DIR=str(tmp_path / "elsewhere")))
     assert list((tmp_path / "elsewhere" / "wandb").glob("offline-run-*")) and not (tmp_path / "run" / "wandb").exists()
@@ -235,3 +236,15 @@ def test_a_terminal_shows_a_live_bar_that_never_breaks_a_log_line(tmp_path):
         if "[icl_lr][INFO]" in line:
             assert re.match(r"\[\d{4}-\d\d-\d\d ", line.split("\r\x1b[K")[-1]), repr(line)
     assert "\x1b[K" not in train_cli(tmp_path / "piped", "training.steps=20").stderr
+
+
+@pytest.mark.unit
+def test_wandbs_older_mode_names_are_its_modes(monkeypatch):
+    """WANDB_MODE=dryrun is W&B's offline and run its online; the environment wins over wandb.mode."""
+    from icl_lr.records.tracking import resolve_mode
+
+    for older, mode in (("dryrun", "offline"), ("run", "online")):
+        monkeypatch.setenv("WANDB_MODE", older)
+        assert resolve_mode("disabled") == mode
+    monkeypatch.delenv("WANDB_MODE")
+    assert resolve_mode("dryrun") == "offline"

@@ -47,7 +47,7 @@ def test_trajectory_steps_are_log_spaced_dispatch_ends_from_the_first_to_the_las
 def run_dir(tmp_path_factory):
     """A FAST run with a trajectory of 3 (steps 10, 20, 40), its periodic checkpoint and eval at 40 only."""
     run_dir = tmp_path_factory.mktemp("trajectory") / "run"
-    train_cli(run_dir, "training.trajectory=3", "training.checkpoint_every=40", "training.eval_every=40")
+    train_cli(run_dir, "training.trajectory=3", "training.checkpoint_every=40", "training.eval_every=40", wandb=True)
     return run_dir
 
 
