@@ -45,6 +45,20 @@ def test_without_a_key_the_run_is_offline_with_a_sync_hint(tracked_run):
     assert len([line for line in output.splitlines() if "artifact" in line]) <= 2  # a line per checkpoint
 
 
+def test_the_run_file_is_read_as_wandbs_own_command_reads_it(tracked_run):
+    """wandb_adapter.read_run_folder (wandb-core's reader, called directly) prints what `wandb leet inspect`
+    prints, records and summary, on the folder and on its .wandb file."""
+    from icl_lr.records.wandb_adapter import read_run_folder
+
+    (folder,) = (tracked_run[0] / "wandb").glob("offline-run-*")
+    wandb_cli = [str(Path(sys.executable).with_name("wandb")), "leet", "inspect"]
+    inspect = lambda *args: subprocess.run([*wandb_cli, *args], check=True, capture_output=True, text=True).stdout
+    records = [json.loads(line) for line in inspect("--json", str(folder)).splitlines()]
+    assert read_run_folder(folder) == read_run_folder(next(folder.glob("*.wandb"))) == records
+    assert any(r["type"] == "history" for r in records)
+    assert read_run_folder(folder, summary=True) == json.loads(inspect("--summary", "--json", str(folder)))
+
+
 def test_run_file_records_identity_and_the_resolved_config(tracked_run):
     run_dir, _ = tracked_run
     (record,) = offline_run_files(run_dir)

@@ -6,7 +6,8 @@ breaks when they move, and where it shows first:
 - `agent_argv`: the agent's macro expansion (wandb.sdk.launch.sweeps.utils) -> the local sweep runner;
 - `write_param_file`: the agent's parameter file (wandb.sdk.lib.config_util) -> sweep runs' configs;
 - `summary_dict`: a public-API run's summary as a plain dict (Run.summary._json_dict) -> analyze --wandb;
-- `read_run_folder`: W&B's own reader of a run's .wandb log (the `wandb leet inspect` command) ->
+- `read_run_folder`: W&B's own reader of a run's .wandb log (wandb-core's `leet inspect`, called as the
+  `wandb leet inspect` command calls it: wandb.cli.leet.launch_inspect) ->
   analyze --wandb-files and the tests' reading of offline runs;
 - `report_without_server`, `flat_config_axis`, `flat_config_scatter`: building a report's spec with no
   server (its one project-id lookup), and panels on flat config keys (wandb-workspaces writes nested
@@ -18,7 +19,6 @@ import functools
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 WANDB_VERSION = "0.31.0"
@@ -63,11 +63,18 @@ def summary_dict(run) -> dict:
 def read_run_folder(run_folder: Path, summary: bool = False):
     """A local run folder (offline-run-*) read by W&B's own reader, which checks each record's CRC: every
     record in the order written ({"type": "history", "history": {...}}, ...), or with `summary` its
-    state, config and summary."""
-    wandb_cli = Path(sys.executable).with_name("wandb")
+    state, config and summary. `wandb leet inspect`'s reader, wandb-core, called as that command calls it
+    (wandb.cli.leet.launch_inspect) without the second's start of W&B's CLI in between."""
+    from wandb.util import get_core_path
+
+    run_folder = Path(run_folder).resolve()
+    run_file = run_folder if run_folder.suffix == ".wandb" else next(iter(sorted(run_folder.glob("*.wandb"))), None)
+    if run_file is None:
+        raise FileNotFoundError(f"no .wandb log in {run_folder}")
     args = ["--summary", "--json"] if summary else ["--json"]
+    command = [get_core_path(), "leet", "inspect", "--no-observability", *args]
     printed = subprocess.run(
-        [str(wandb_cli), "leet", "inspect", *args, str(run_folder)], check=True, capture_output=True, text=True
+        [*command, "--run-file", str(run_file), str(run_file.parent.parent)], check=True, capture_output=True, text=True
     ).stdout
     return json.loads(printed) if summary else [json.loads(line) for line in printed.splitlines()]
 
