@@ -19,6 +19,8 @@ TASKS = Registry(
         "quadratic": "icl_lr.task.nonlinear:Quadratic",
         "relu_2nn": "icl_lr.task.nonlinear:Relu2NN",
         "decision_tree": "icl_lr.task.nonlinear:DecisionTree",
+        "polynomial": "icl_lr.task.polynomial:Polynomial",
+        "gp_regression": "icl_lr.task.gp:GPRegression",
         "mixture": "icl_lr.task.mixture:TaskMixture",  # of the classes data.task_mixture names
     },
     TASK_INTERFACE,
