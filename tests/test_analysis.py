@@ -543,20 +543,20 @@ def test_analyze_says_which_algorithm_best_matches_the_model_and_what_each_layer
     assert sent == pytest.approx({(row.target, row.layer): row.mean for row in probes.itertuples()})
 
 
-def test_a_classification_run_and_a_task_mixture_record_their_metric_reference_and_classes(tmp_path):
-    """Classification: accuracy curves of the model and every baseline, the excess over logistic regression
-    (named in the summary, W&B's included), analyze's accuracy figure. A mixture of classes: one set per class
-    in the records and a panel each in analyze's figure."""
-    runs = {
-        "classification": ["data.task=linear_classification"],
-        "mixture": ["data.task=mixture", "data.task_mixture=[linear_regression,quadratic]"],
-    }
+def train_runs(tmp_path, runs: dict) -> None:
+    """`python train.py FAST overrides` into tmp_path/<name> for each {name: overrides}."""
     for name, overrides in runs.items():
         result = subprocess.run(
             [sys.executable, "train.py", *FAST, *overrides, f"hydra.run.dir={tmp_path / name}"],
             cwd=ROOT, env=no_key_env(), capture_output=True, text=True, timeout=600,
         )  # fmt: skip
         assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_a_classification_run_records_its_metric_and_reference(tmp_path):
+    """Accuracy curves of the model and every baseline, the excess over logistic regression (named in the
+    summary, W&B's included), analyze's accuracy figure."""
+    train_runs(tmp_path, {"classification": ["data.task=linear_classification"]})
     summary = json.loads((tmp_path / "classification" / "summary.json").read_text())
     (last,) = [r for r in read_jsonl(tmp_path / "classification" / "curves.jsonl") if r["step"] == 40]
     assert summary["excess_over"] == "logistic_regression"
@@ -571,10 +571,18 @@ def test_a_classification_run_and_a_task_mixture_record_their_metric_reference_a
         and logged["eval/accuracy/model_k3"] == summary["eval/accuracy/model_k3"]
     )
 
+    out = tmp_path / "analysis"
+    assert analyze.main([str(tmp_path / "classification"), "--out", str(out)]) == 0
+    assert (out / "accuracy_vs_context.png").exists()
+
+
+@pytest.mark.slow  # the suite's cover of a mixture: its sets and Bayes weights (test_tasks.py)
+def test_a_task_mixture_records_a_set_per_class_and_analyze_a_panel_each(tmp_path):
+    train_runs(tmp_path, {"mixture": ["data.task=mixture", "data.task_mixture=[linear_regression,quadratic]"]})
     sets = {r.get("set") for r in read_jsonl(tmp_path / "mixture" / "curves.jsonl")}
     assert sets == {"held_out", "task_linear_regression", "task_quadratic"}
     mixture = json.loads((tmp_path / "mixture" / "summary.json").read_text())
     assert mixture["excess_over"] == "bayes" and "eval/task_quadratic/bayes_quadratic/error_k3" in mixture
     out = tmp_path / "analysis"
-    assert analyze.main([str(tmp_path / "classification"), str(tmp_path / "mixture"), "--out", str(out)]) == 0
-    assert (out / "accuracy_vs_context.png").exists() and (out / "error_per_task_class.png").exists()
+    assert analyze.main([str(tmp_path / "mixture"), "--out", str(out)]) == 0
+    assert (out / "error_per_task_class.png").exists()
