@@ -62,7 +62,7 @@ def test_training_learns_in_context(fast_config, tmp_path):
     assert json.loads((tmp_path / "summary.json").read_text())["step"] == 600
 
 
-@pytest.mark.slow  # the suite's cover: the binned encodings' metrics (test_data.py), each family on each (test_families.py)
+@pytest.mark.slow  # the suite's cover: binned metrics (test_data.py), each family on each encoding (test_families.py)
 @pytest.mark.parametrize("encoding", ["tokens", "binned_y"])
 def test_binned_encodings_train_and_decode(fast_config, tmp_path, encoding):
     """The encodings with a y over bins, end to end: the y's cross-entropy falls and predictions decode."""
