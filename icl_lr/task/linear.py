@@ -179,6 +179,12 @@ class LinearRegression(Prompts):
         return ood.conditions(key, self, n_prompts)
 
 
+def lmmse_ridge(xs_NxD, ys_N, noise_stds: tuple, weight_scale: float):
+    """The best linear predictor under any noise law of the noise prior's mean variance E sigma^2: ridge with
+    lambda = E sigma^2 / weight_scale^2 (w's coordinates of std weight_scale)."""
+    return baselines.ridge(xs_NxD, ys_N, sum(s**2 for s in noise_stds) / len(noise_stds) / weight_scale**2)
+
+
 @partial(jax.jit, static_argnums=(0, 3))
 def _baselines(cfg, xs, ys, noise_stds: tuple, pool) -> dict:
     """all_predictions's baselines; under the Gaussian-mixture prior, Bayes is the mixture's posterior mean;
@@ -192,8 +198,7 @@ def _baselines(cfg, xs, ys, noise_stds: tuple, pool) -> dict:
         predictions[HUBER] = jax.vmap(huber)(xs, ys)
     elif not cfg.gaussian_noise:
         del predictions[BAYES]
-        ridge_lambda = sum(s**2 for s in noise_stds) / len(noise_stds) / cfg.prior_scale**2
-        predictions[LMMSE] = jax.vmap(lambda x, y: baselines.ridge(x, y, ridge_lambda))(xs, ys)
+        predictions[LMMSE] = jax.vmap(lambda x, y: lmmse_ridge(x, y, noise_stds, cfg.prior_scale))(xs, ys)
     if cfg.w_prior == "gaussian_mixture":
         means = component_means(cfg.n_dims, cfg.w_components, cfg.w_centre)
         bayes = lambda x, y: baselines.mixture_bayes(x, y, means, cfg.prior_scale, noise_stds[0])[0]

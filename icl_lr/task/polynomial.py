@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from icl_lr.fields import check
 from icl_lr.records.schema import BAYES
 from icl_lr.task import baselines
-from icl_lr.task.linear import LMMSE
+from icl_lr.task.linear import LMMSE, lmmse_ridge
 from icl_lr.task.sampling import Prompts
 
 POLY_BASES = ("monomial", "chebyshev")
@@ -118,6 +118,5 @@ def _baselines(xs, ys, degree: int, basis: str, weight_scale: float, noise_stds:
     if gaussian:
         own[BAYES] = on_phi(lambda phi, y: baselines.bayes_optimal(phi, y, weight_scale, noise_stds))
     else:
-        ridge_lambda = sum(s**2 for s in noise_stds) / len(noise_stds) / weight_scale**2
-        own[LMMSE] = on_phi(lambda phi, y: baselines.ridge(phi, y, ridge_lambda))
+        own[LMMSE] = on_phi(lambda phi, y: lmmse_ridge(phi, y, noise_stds, weight_scale))
     return baselines.on_prompts(baselines.PRIOR_FREE | own, xs, ys)
