@@ -204,12 +204,13 @@ def _restore(step_dir: Path, template, prefix: str = ""):
     """The TrainState saved in one step directory, shaped like `template`."""
     step_dir = Path(step_dir).absolute()
     _check_shapes(step_dir, template, prefix)
+    _quiet_failed_reads()
     try:
         with ocp.StandardCheckpointer() as checkpointer, _orbax_quiet(logging.CRITICAL):  # its failure: one error
             return checkpointer.restore(step_dir / "default", _abstract(template))
     except Exception as error:
         reason = f"{type(error).__name__}: {one_line(error, 160)}"
-    _collect_quietly()
+    gc.collect()  # the failed reads' coroutines, reported now rather than at exit
     raise UnreadableCheckpoint(f"{step_dir} cannot be read ({reason})")
 
 
@@ -217,24 +218,35 @@ class UnreadableCheckpoint(ValueError):
     """A checkpoint whose arrays cannot be read (damaged, half deleted); the message is one line."""
 
 
+def _is_a_failed_read(text: str) -> bool:
+    """Whether a report names one of a failed restore's reads: TensorStore's threads report each array they
+    could not read, each callback into orbax's event loop once that loop has closed, and asyncio each task."""
+    return any(s in text for s in ("Event loop is closed", "while reading array index", "orbax"))
+
+
 def _orbax_reads_unretrieved(record: logging.LogRecord) -> bool:
     """False for asyncio's "exception was never retrieved" of orbax's own reads (logging.Filter's protocol)."""
-    return not ("never retrieved" in record.getMessage() and "orbax" in record.getMessage())
+    message = record.getMessage()
+    return not ("never retrieved" in message and _is_a_failed_read(message))
 
 
-def _collect_quietly() -> None:
-    """Collects orbax's read coroutines that failed beside a failed restore: Python would print each one's
-    traceback when it collects them ("Exception ignored in"), asyncio each task's when it is collected, now or
-    later ("Task exception was never retrieved"), and the restore's one error already says it."""
+def _quiet_failed_reads() -> None:
+    """Holds back the reports of a failed restore's other reads (asyncio's log, Python's unraisable hook):
+    they come from TensorStore's threads, during the restore and after it, and its one error already says it.
+    Installed once, before the first restore; every other report passes through."""
     asyncio_log = logging.getLogger("asyncio")
     if _orbax_reads_unretrieved not in asyncio_log.filters:
         asyncio_log.addFilter(_orbax_reads_unretrieved)
     hook = sys.unraisablehook
-    sys.unraisablehook = lambda _: None
-    try:
-        gc.collect()
-    finally:
-        sys.unraisablehook = hook
+    if getattr(hook, "quiet_failed_reads", False):
+        return
+
+    def quiet(unraisable):
+        if not _is_a_failed_read(str(unraisable.exc_value)):
+            hook(unraisable)
+
+    quiet.quiet_failed_reads = True
+    sys.unraisablehook = quiet
 
 
 def restore_params(step_dir: Path, template):
