@@ -1,4 +1,4 @@
-"""A run's trajectory of checkpoints: its algorithm phases (icl_lr/analysis/phases.py, on hand-made curves whose
+"""A run's trajectory of checkpoints: its algorithm phases (icl_lr/train/phases.py, on hand-made curves whose
 answer is known) and its essential dynamics (icl_lr/analysis/dynamics.py, on trajectories of known structure,
 against scikit-learn's PCA), then both from one tiny run with training.trajectory and eval.predictions through
 analyze.py."""
@@ -13,12 +13,13 @@ import pandas as pd
 import pytest
 
 from helpers import FAST, parts, run_config, train_cli
-from icl_lr.analysis import dynamics, phases, plots, sections, trajectories
+from icl_lr.analysis import dynamics, plots, sections, trajectories
 from icl_lr.cli import analyze
 from icl_lr.fields import ConfigError
 from icl_lr.records.schema import HELD_OUT, set_of
 from icl_lr.records.tracking import read_jsonl
 from icl_lr.task import baselines
+from icl_lr.train import phases
 from icl_lr.train.eval_sets import set_key
 
 

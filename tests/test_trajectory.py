@@ -19,12 +19,13 @@ from helpers import (
     run_config,
     train_cli,
 )
-from icl_lr.analysis import sources
+from icl_lr.analysis import sources, trajectories
 from icl_lr.fields import ConfigError
 from icl_lr.records.checkpoint import restore_params
 from icl_lr.records.schema import HELD_OUT, set_of
 from icl_lr.records.tracking import read_jsonl
 from icl_lr.run.evaluation import content_hash
+from icl_lr.train import phases
 from icl_lr.train.trajectory import trajectory_steps
 
 
@@ -64,6 +65,23 @@ def test_a_trajectory_keeps_a_checkpoint_at_each_of_its_steps_and_evaluates_it(r
     aliases = [a["aliases"] for a in RunFile.load(offline).artifacts if a["type"] == "model"]
     for step in (10, 20, 40):
         assert any({f"step-{step}", f"trajectory-{step}"} <= set(names) for names in aliases), aliases
+
+
+def test_the_summary_and_w_and_b_carry_the_phases_analyze_reads_from_the_curves(run_dir):
+    found = phases.phases(trajectories.held_out_by_step(run_dir))
+    assert [p.step for p in found] == [10, 20, 40] and found[-1].measure == phases.ERROR_GAP
+    summary = json.loads((run_dir / "summary.json").read_text())
+    wanted = {
+        "phases/closest": found[-1].closest,
+        "phases/measure": "error_gap",
+        "phases/changes": [list(c) for c in phases.changes(found)],
+    }
+    assert {k: summary[k] for k in wanted} == wanted
+    (offline,) = (run_dir / "wandb").glob("offline-run-*")
+    w = RunFile.load(offline)
+    assert {k: w.summary[k] for k in wanted} == wanted
+    (row,) = [r for r in w.history if phases.PHASES_TABLE + ".path" in r]  # one table, at the last step
+    assert row["step"] == 40 and row[phases.PHASES_TABLE + ".nrows"] == 3
 
 
 def test_the_eval_command_scores_every_kept_checkpoint_by_step_and_goes_on_where_it_stopped(run_dir, tmp_path):

@@ -9,7 +9,7 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
-from icl_lr.analysis import dynamics, phases
+from icl_lr.analysis import dynamics
 from icl_lr.records.schema import (
     CURVES_FILE,
     EVAL_MODEL_FILE,
@@ -21,6 +21,7 @@ from icl_lr.records.schema import (
     set_of,
 )
 from icl_lr.records.tracking import read_jsonl
+from icl_lr.train import phases
 
 TRAJECTORY_KEYS = ("training.trajectory", "eval.predictions")  # a run with either set is shown by its steps
 PHASE_COLUMNS = ["run_id", "step", "closest", "distance", "measure", "runner_up", "margin"]

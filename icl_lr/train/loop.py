@@ -20,8 +20,8 @@ from icl_lr.records.schema import (
     MODEL_ERROR,
     set_of,
 )
-from icl_lr.records.tracking import LocalFiles, Tracker, Trackers, read_jsonl
-from icl_lr.train import evaluate, pack, parallel
+from icl_lr.records.tracking import LocalFiles, Table, Tracker, Trackers, read_jsonl
+from icl_lr.train import evaluate, pack, parallel, phases
 from icl_lr.train.config import RunConfig
 from icl_lr.train.optimizer import make_optimizer
 from icl_lr.train.preemption import NonFiniteLoss, StopRequest
@@ -322,8 +322,13 @@ def _finish(member: Member, step: int, facts: dict, started: float) -> dict:
     facts = facts | {"step": step, "wall_seconds": time.perf_counter() - started}
     facts["ood_seconds"] = member.evaluator.ood_seconds
     records = read_jsonl(run_dir / METRICS_FILE) if member.writers else []
+    held_out = [r for r in read_jsonl(run_dir / CURVES_FILE) if set_of(r) == HELD_OUT] if member.writers else []
+    curves_by_step = {r["step"]: {k: v for k, v in r.items() if k not in ("step", "set")} for r in held_out}
     summary = summary_of(records) | facts
+    if member.cfg.training.trajectory or member.cfg.eval.predictions:  # a run studied by its steps
+        found = phases.phases(curves_by_step)
+        summary |= phases.summary(found)
+        member.tracker.log_figures({phases.PHASES_TABLE: Table(phases.Phase._fields, [list(p) for p in found])}, step)
     member.tracker.finish(summary)
     log.info("done: %d steps in %s", step, duration(facts["wall_seconds"]))
-    held_out = [r for r in read_jsonl(run_dir / CURVES_FILE) if set_of(r) == HELD_OUT] if member.writers else []
-    return summary | {"curves": {k: v for k, v in held_out[-1].items() if k not in ("step", "set")} if held_out else {}}
+    return summary | {"curves": curves_by_step[max(curves_by_step)] if curves_by_step else {}}

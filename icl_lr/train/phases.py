@@ -71,3 +71,18 @@ def changes(found: list[Phase]) -> list[tuple[int, str, str]]:
         for before, now in zip(found, found[1:], strict=False)
         if now.closest != before.closest
     ]
+
+
+PHASES_TABLE = "eval/phases"  # W&B's table of a trajectory's phases (Phase's fields by step)
+
+
+def summary(found: list[Phase]) -> dict:
+    """The summary's phases of a run with a trajectory: the closest predictor at its last eval, the measure, and
+    each change as [step, from, to]."""
+    if not found:
+        return {}
+    return {
+        "phases/closest": found[-1].closest,
+        "phases/measure": found[-1].measure,
+        "phases/changes": [list(change) for change in changes(found)],
+    }
