@@ -333,3 +333,19 @@ def test_a_run_scored_with_no_overrides_reproduces_its_own_last_held_out_curves(
     assert own["step"] == scored["step"] == 20 and set(own) == set(scored)
     for name in set(own) - {"step", "set"}:
         np.testing.assert_allclose(scored[name], own[name], rtol=1e-6, atol=1e-7, err_msg=name)
+
+
+def test_a_linear_regression_model_is_scored_on_heavy_tailed_xs_and_laplace_noise_as_typed(trained, tmp_path):
+    """eval.py's main in the test's process, as the command parses it: the records say which x's and noise the
+    model was scored on and name the reference for what it is (ridge as the best linear predictor, not Bayes)."""
+    from icl_lr.cli import evaluate
+
+    out = tmp_path / "eval"
+    conditions = ["data.x_dist=student_t", "data.noise_dist=laplace", "data.noise_std=0.5", "eval.n_prompts=64"]
+    assert evaluate.main([str(trained), *conditions, "eval.ood=false", "wandb.mode=disabled", "--out", str(out)]) == 0
+    scored = json.loads((out / "eval_config.json").read_text())
+    assert (scored["data.x_dist"], scored["data.noise_dist"]) == ("student_t", "laplace")
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["excess_over"] == "lmmse_ridge" and np.isfinite(summary["eval/excess/mean"])
+    curves = held_out_curves(out)
+    assert "lmmse_ridge" in curves and "bayes" not in curves
