@@ -281,3 +281,28 @@ def test_the_wandb_report_has_the_ood_and_task_pool_panels(pool_runs):
     scatter = [(p.x, p.y, p.log_x) for p in pool_grid.panels]
     x = wr.Config(tables.TASK_POOL)
     assert scatter == [(x, "eval/model/error_mean", True), (x, "eval/pretrain/model/error_mean", True)]
+
+
+def test_function_classes_get_the_conditions_that_move_their_xs_labelled_by_their_own_functions():
+    """polynomial and gp_regression: the x-moving conditions only (their prior has no w to scale), each set's
+    labels the class's functions at the moved x's: noiseless cubics that ridge on the 7 features fits exactly
+    from k = 7, and GP values of the prior's variance at x's three times the training scale."""
+    from icl_lr.task.registry import task_of
+
+    moved = ["scale_x_0.333", "scale_x_0.5", "scale_x_2", "scale_x_3", "skewed", "half_subspace",
+             "random_quadrants", "orthogonal_query", "repeated_query"]  # fmt: skip
+    poly = task_of(data_config(task="polynomial", n_dims=2, poly_degree=3, n_points=10, noise_std=0.0))
+    suite = poly.ood_conditions(jax.random.PRNGKey(0), 64)
+    assert list(suite) == moved and all(c.task is poly for c in suite.values())
+    for name, condition in suite.items():
+        for k, (xs, ys) in enumerate(condition.sets):
+            if condition.per_k and k < 7:
+                continue  # set k is scored at its k alone
+            bayes = np.asarray(poly.baselines(xs, ys, (0.0,))[BAYES])
+            scored = [k] if condition.per_k else range(7, 10)
+            error = np.abs(bayes[:, scored] - np.asarray(ys)[:, scored]).max()
+            assert error < 1e-3 * np.abs(np.asarray(ys)).max(), (name, k, error)
+    gp = task_of(data_config(task="gp_regression", n_dims=2, n_points=6, noise_std=0.0, prior_scale=2.0))
+    ((xs, ys),) = gp.ood_conditions(jax.random.PRNGKey(1), 4000)["scale_x_3"].sets
+    assert np.std(np.asarray(xs)) == pytest.approx(3.0, rel=0.05)
+    assert np.var(np.asarray(ys)) == pytest.approx(4.0, rel=0.05)  # k(x, x) prior_scale^2 at any x

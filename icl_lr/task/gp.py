@@ -21,7 +21,7 @@ import jax.numpy as jnp
 
 from icl_lr.fields import check
 from icl_lr.records.schema import BAYES
-from icl_lr.task import baselines
+from icl_lr.task import baselines, ood
 from icl_lr.task.sampling import Prompts
 
 GP_KERNELS = ("rbf", "matern12", "matern32", "matern52")
@@ -87,6 +87,10 @@ class GPRegression(Prompts):
         c = self.cfg
         cov = lambda x: prior_covariance(x, c.gp_kernel, c.gp_length_scale, c.prior_scale)
         return jnp.einsum("bnm,bm->bn", jnp.linalg.cholesky(jax.vmap(cov)(xs_BxNxD)), zs_BxN)
+
+    def ood_conditions(self, key, n_prompts: int) -> dict:
+        """The OOD suite's conditions that move the x's: the class is defined at any x, and Bayes stays exact."""
+        return ood.conditions(key, self, n_prompts, moves_labels=False)
 
     def baselines(self, xs, ys, noise_stds: tuple, pool=None) -> dict:
         c = self.cfg

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 
 from icl_lr.fields import check
 from icl_lr.records.schema import BAYES
-from icl_lr.task import baselines
+from icl_lr.task import baselines, ood
 from icl_lr.task.linear import LMMSE, lmmse_ridge
 from icl_lr.task.sampling import Prompts
 
@@ -99,6 +99,10 @@ class Polynomial(Prompts):
     def label(self, ws_BxF, xs_BxNxD) -> jax.Array:
         phi_BxNxF = jax.vmap(lambda x: features(x, self.cfg.poly_degree, self.cfg.poly_basis))(xs_BxNxD)
         return jnp.einsum("bnf,bf->bn", phi_BxNxF, ws_BxF)
+
+    def ood_conditions(self, key, n_prompts: int) -> dict:
+        """The OOD suite's conditions that move the x's: the class is defined at any x, and Bayes stays exact."""
+        return ood.conditions(key, self, n_prompts, moves_labels=False)
 
     def baselines(self, xs, ys, noise_stds: tuple, pool=None) -> dict:
         c = self.cfg
