@@ -220,7 +220,7 @@ def test_the_network_baseline_fits_networks_of_its_class_better_than_averaging()
 def test_every_task_scores_its_baselines_and_reference(task):
     """The held-out set of each task (small): its reference among its curves, accuracy for classification."""
     mixture = ("linear_regression", "quadratic") if task == "mixture" else None
-    data = data_config(task=task, n_dims=3, n_points=6, hidden_width=4, tree_depth=2, sparsity=1, task_mixture=mixture)
+    data = data_config(task=task, n_dims=4, n_points=6, hidden_width=4, tree_depth=2, sparsity=1, task_mixture=mixture)
     eval_set = held_out(data, EvalConfig(n_prompts=8, ood=False))
     curves = eval_set.baseline_curves
     assert task_of(data).reference in curves and "least_squares" in curves
@@ -292,7 +292,7 @@ def test_every_task_trains_with_every_family_on_its_encoding(every):
 
     for task, family in _task_family_pairs(every):
         mixture = ("sparse_linear", "relu_2nn") if task == "mixture" else None
-        data = data_config(task=task, n_dims=3, n_points=5, hidden_width=4, tree_depth=2, sparsity=1,
+        data = data_config(task=task, n_dims=4, n_points=5, hidden_width=4, tree_depth=2, sparsity=1,
                           task_mixture=mixture, encoding="paired" if family == "lsa" else "continuous")  # fmt: skip
         training = TrainingConfig(steps=1, batch_size=4, steps_per_dispatch=1, warmup_steps=0)
         cfg = RunConfig(data=data, model=model_config(family=family, n_layer=1, n_embd=8, n_head=2), training=training)

@@ -21,6 +21,8 @@ TASKS = Registry(
         "decision_tree": "icl_lr.task.nonlinear:DecisionTree",
         "polynomial": "icl_lr.task.polynomial:Polynomial",
         "gp_regression": "icl_lr.task.gp:GPRegression",
+        "sparse_parity": "icl_lr.task.parity:SparseParity",
+        "low_rank": "icl_lr.task.low_rank:LowRank",
         "mixture": "icl_lr.task.mixture:TaskMixture",  # of the classes data.task_mixture names
     },
     TASK_INTERFACE,
