@@ -96,6 +96,16 @@ class Attention(nn.Module):
         return nn.Dense(width, kernel_init=residual_init(cfg.n_layer), dtype=self.dtype, name="c_proj")(out_BxTxE)
 
 
+def swiglu(cfg, dtype, h_BxTxE):
+    """Llama's MLP: silu(x W_gate) * (x W_up) W_down, hidden 8E/3 (GELU's 8E^2 weights), no biases; made inside a
+    module's compact call, as its submodules c_fc (W_gate and W_up side by side) and c_proj."""
+    hidden = 8 * cfg.n_embd // 3
+    gate, up = jnp.split(nn.Dense(2 * hidden, use_bias=False, kernel_init=GPT2_INIT, dtype=dtype,
+                                  name="c_fc")(h_BxTxE), 2, axis=-1)  # fmt: skip
+    return nn.Dense(cfg.n_embd, use_bias=False, kernel_init=residual_init(cfg.n_layer), dtype=dtype,
+                    name="c_proj")(nn.silu(gate) * up)  # fmt: skip
+
+
 class MLP(nn.Module):
     config: ModelConfig
     dtype: Any
@@ -103,12 +113,8 @@ class MLP(nn.Module):
     @nn.compact
     def __call__(self, h_BxTxE):
         cfg = self.config
-        if cfg.mlp == "swiglu":  # Llama's: silu(x W_gate) * (x W_up) W_down, hidden 8E/3 (GELU's 8E^2 weights)
-            hidden = 8 * cfg.n_embd // 3
-            gate, up = jnp.split(nn.Dense(2 * hidden, use_bias=False, kernel_init=GPT2_INIT, dtype=self.dtype,
-                                          name="c_fc")(h_BxTxE), 2, axis=-1)  # fmt: skip
-            return nn.Dense(cfg.n_embd, use_bias=False, kernel_init=residual_init(cfg.n_layer), dtype=self.dtype,
-                            name="c_proj")(nn.silu(gate) * up)  # fmt: skip
+        if cfg.mlp == "swiglu":
+            return swiglu(cfg, self.dtype, h_BxTxE)
         h_BxTx4E = nn.gelu(
             nn.Dense(4 * cfg.n_embd, kernel_init=GPT2_INIT, dtype=self.dtype, name="c_fc")(h_BxTxE), approximate=True
         )  # gelu_new

@@ -30,6 +30,7 @@ FAMILIES = Registry(
         "lstm": "icl_lr.model.lstm:LSTM",
         "lsa": "icl_lr.model.lsa:LSA",
         "mamba": "icl_lr.model.mamba:Mamba",
+        "gla": "icl_lr.model.gla:GLA",
         "looped": "icl_lr.model.looped:Looped",
     },
     ("__call__",),
