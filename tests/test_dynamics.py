@@ -166,6 +166,27 @@ def test_trajectories_read_each_runs_steps_and_fit_one_pca_per_prompt_set(tmp_pa
 
 
 @pytest.mark.unit
+def test_the_by_step_table_pairs_each_eval_with_the_loss_logged_before_it_and_its_llc(tmp_path):
+    records = [
+        {"step": 10, "train/loss": 2.0},
+        {
+            "step": 10,
+            "eval/model/error_mean": 1.5,
+            "eval/excess/mean": 0.5,
+            "eval/llc/mean": 3.0,
+            "eval/llc/std_err": 0.2,
+        },
+        {"step": 20, "train/loss": 1.0},
+        {"step": 30, "train/loss": 0.5},
+        {"step": 30, "eval/model/error_mean": 0.7, "eval/excess/mean": 0.1},
+    ]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    table = trajectories.by_step_table([("run", tmp_path)])
+    assert list(table.step) == [10, 30] and list(table.train_loss) == [2.0, 0.5]
+    assert list(table.model_error) == [1.5, 0.7] and list(table.excess) == [0.5, 0.1]
+    assert table.llc.iloc[0] == 3.0 and table.llc_std_err.iloc[0] == 0.2 and table.llc.iloc[1:].isna().all()
+
+
 def test_eval_predictions_is_refused_past_the_held_out_prompts_in_one_line():
     with pytest.raises(
         ConfigError, match=r"eval.predictions must be 0 \(off\) or in \[1, eval.n_prompts \(64\)\], got 65"
@@ -223,9 +244,10 @@ def test_analyze_shows_the_phases_and_the_essential_dynamics_of_a_trajectory(run
     _, singular, _ = np.linalg.svd(centred, full_matrices=False)
     assert ratios.to_numpy() == pytest.approx((singular**2 / np.sum(singular**2))[:3], rel=1e-6)
     assert (out / "essential_dynamics.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert list(pd.read_csv(out / "by_step.csv").step) == [10, 20, 30, 40] and (out / "loss_and_llc.png").exists()
 
     page = (out / "report.html").read_text()
     titles = [html.unescape(t) for t in re.findall(r"<h[23]>(.*?)</h[23]>", page)]
-    assert [sections.TRAJECTORY, sections.PHASES, sections.DYNAMICS] == [t for t in titles if t in (
-        sections.TRAJECTORY, sections.PHASES, sections.DYNAMICS)]  # fmt: skip
+    shown = (sections.TRAJECTORY, sections.BY_STEP, sections.PHASES, sections.DYNAMICS)
+    assert list(shown) == [t for t in titles if t in shown]
     assert 'id="essential_dynamics"' in page and "explained variance" in page

@@ -282,6 +282,26 @@ def plot_attention(weights_LxHxTxT: np.ndarray, path: Path) -> None:
     _save(fig, path)
 
 
+def plot_by_step(table: pd.DataFrame, labels: dict, path: Path) -> None:
+    """trajectories.by_step_table, by step on a log axis, a line per run: the training loss and the held-out
+    model error (left), and, where the runs have it, the LLC with its standard error over chains (right)."""
+    with_llc = table.llc.notna().any()
+    fig, axes = _panels(2 if with_llc else 1, columns=2, width=6.0, height=4.2)
+    for i, (run_id, run) in enumerate(table.groupby("run_id", sort=False)):
+        colour, name = f"C{i % 10}", labels.get(run_id, run_id)
+        axes[0].plot(run.step, run.train_loss, ":", color=colour, label=f"{name}: training loss")
+        axes[0].plot(run.step, run.model_error, "-", marker=".", color=colour, label=f"{name}: held-out error")
+        if with_llc:
+            axes[1].errorbar(run.step, run.llc, yerr=run.llc_std_err, marker=".", color=colour, label=name, capsize=2)
+    axes[0].set(xscale="log", xlabel="step", ylabel="squared error / d (mean over k)")
+    if with_llc:
+        axes[1].set(xscale="log", xlabel="step", ylabel="local learning coefficient (eval.llc)")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    _save(fig, path)
+
+
 def plot_dynamics(found: list, labels: dict, path: Path) -> None:
     """Essential dynamics (trajectories.dynamics_of), a panel per prompt set: each run's checkpoints in the
     joint PCA's first two components, a line from its first step (open circle) to its last (filled), its steps

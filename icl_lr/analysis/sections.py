@@ -15,6 +15,7 @@ TASK_CLASS = "One task class per panel (a mixture of tasks)"
 TASK_POOL = "Error vs task pool size"
 EVALUATIONS = "Evaluations of trained models"
 TRAJECTORY = "Over the trajectory of checkpoints"  # report.html only: from the run dirs' records by step
+BY_STEP = "The loss and the local learning coefficient, step by step"
 PHASES = "Which predictor the model is closest to, step by step (algorithm phases)"
 DYNAMICS = "Essential dynamics: the predictions' path in their first principal components"
 SET_SECTIONS = {"ood/": OOD, "sigma_": SIGMA, "task_": TASK_CLASS}  # prompt sets shown a panel each, by set-name prefix

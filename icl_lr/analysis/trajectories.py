@@ -13,7 +13,10 @@ from icl_lr.analysis import dynamics
 from icl_lr.records.schema import (
     CURVES_FILE,
     EVAL_MODEL_FILE,
+    EXCESS,
     HELD_OUT,
+    METRICS_FILE,
+    MODEL_ERROR,
     PREDICTED_BY,
     PREDICTED_TARGETS,
     PREDICTIONS_DIR,
@@ -51,6 +54,24 @@ def trajectory_runs(runs: pd.DataFrame) -> list[tuple[str, Path]]:
 def label(run_id: str) -> str:
     """A run's name in a figure: its id, or an eval dir's folder name (its id is its path)."""
     return Path(run_id).name if "/" in run_id else run_id
+
+
+LLC_MEAN, LLC_ERR, LOSS = "eval/llc/mean", "eval/llc/std_err", "train/loss"
+BY_STEP_COLUMNS = ["run_id", "step", "train_loss", "model_error", "excess", "llc", "llc_std_err"]
+
+
+def by_step_table(runs: list) -> pd.DataFrame:
+    """Each run's evaluated steps: the training loss last logged at or before the step, the held-out model
+    error and excess (mean over k), and the LLC (eval.llc: its mean and standard error over chains, else NaN)."""
+    rows = []
+    for run_id, run_dir in runs:
+        loss = np.nan
+        for record in read_jsonl(run_dir / METRICS_FILE):
+            loss = record.get(LOSS, loss)
+            if MODEL_ERROR in record:
+                values = (record[MODEL_ERROR], record.get(EXCESS, np.nan), record.get(LLC_MEAN, np.nan))
+                rows.append((run_id, record["step"], loss, *values, record.get(LLC_ERR, np.nan)))
+    return pd.DataFrame(rows, columns=BY_STEP_COLUMNS)
 
 
 def held_out_by_step(run_dir: Path) -> dict:

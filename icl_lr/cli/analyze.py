@@ -19,8 +19,9 @@ outputs); eval error vs step per group with seed bands; final excess error vs mo
 std when those vary; the OOD conditions (ood_vs_context.png) and the noise levels (error_per_sigma.png)
 a panel each, when the runs scored them; error vs task pool size with dMMSE and ridge, on pool and on
 fresh tasks (error_vs_task_pool.png), when the pool size varies. Of runs with a trajectory (training.trajectory
-or eval.predictions): the closest predictor at each evaluated step (phases.csv, phase_changes.csv) and the
-essential dynamics of their predictions (dynamics.csv, dynamics_variance.csv, essential_dynamics.png).
+or eval.predictions): the loss, error and LLC by step (by_step.csv, loss_and_llc.png), the closest predictor at
+each evaluated step (phases.csv, phase_changes.csv) and the essential dynamics of their predictions
+(dynamics.csv, dynamics_variance.csv, essential_dynamics.png).
 """
 
 import argparse
@@ -221,6 +222,15 @@ def trajectory_parts(finished, named: dict, out: Path, with_plots: bool) -> dict
     returns {part title: {"lines", "figures", "tables"}} (report.html's sections.TRAJECTORY; none without such runs)."""
     traced = trajectories.trajectory_runs(finished) if "run_dir" in finished else []
     parts = {}
+    by_step = trajectories.by_step_table(traced)
+    if len(by_step):
+        named["by_step"] = by_step
+        figures = {}
+        if with_plots:
+            path = out / "loss_and_llc.png"
+            plots.plot_by_step(by_step, {run_id: trajectories.label(run_id) for run_id, _ in traced}, path)
+            figures[path] = "training loss, held-out error and the LLC (eval.llc, ± its standard error) by step"
+        parts[sections.BY_STEP] = {"lines": [], "figures": figures, "tables": {}}
     found_phases, changes = trajectories.phase_tables(traced)
     if len(found_phases):
         named["phases"], named["phase_changes"] = found_phases, changes
