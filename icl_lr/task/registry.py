@@ -21,6 +21,7 @@ TASKS = Registry(
         "decision_tree": "icl_lr.task.nonlinear:DecisionTree",
         "polynomial": "icl_lr.task.polynomial:Polynomial",
         "gp_regression": "icl_lr.task.gp:GPRegression",
+        "tabular": "icl_lr.task.tabular:Tabular",
         "mixture": "icl_lr.task.mixture:TaskMixture",  # of the classes data.task_mixture names
     },
     TASK_INTERFACE,
