@@ -293,6 +293,8 @@ def test_a_linear_regression_run_is_scored_on_a_real_table(trained, tmp_path):
     task = task_of(data_config(task="tabular", table="breast_cancer", n_dims=3, n_points=8))  # its prompts, again
     batch = task.sample_batch(set_key(EvalConfig(n_prompts=16), 0), 16)
     xs, ys = np.asarray(batch.xs, np.float64), np.asarray(batch.ys, np.float64)
+    features = tabular.table("breast_cancer").features  # each point a row of the table, through some of its columns
+    assert all((features[:, :, None] == x[None, None]).any(axis=1).all(axis=1).any() for x in batch.xs.reshape(-1, 3))
     assert len(np.unique(ys)) == 2  # the label's two standardised values
     lam, eye = tabular.ridge_lambda(task), np.eye(3)
     preds = [[x[k] @ np.linalg.solve(x[:k].T @ x[:k] + lam * eye, x[:k].T @ y[:k]) for k in range(8)] for x, y in
