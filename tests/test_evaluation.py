@@ -13,10 +13,14 @@ import pandas as pd
 import pytest
 import yaml
 
-from helpers import ROOT, RunFile, held_out_curves, no_key_env, train_cli
+from helpers import ROOT, RunFile, data_config, held_out_curves, no_key_env, train_cli
 from icl_lr.fields import ConfigError
 from icl_lr.model import garg
 from icl_lr.run.evaluation import eval_config, find_model
+from icl_lr.task import tabular
+from icl_lr.task.registry import task_of
+from icl_lr.train.config import EvalConfig
+from icl_lr.train.eval_sets import set_key
 from icl_lr.train.setup import build
 
 GARG = {"family": "gpt2", "n_embd": 32, "n_layer": 2, "n_head": 4, "n_dims": 3, "n_positions": 9}
@@ -271,6 +275,32 @@ def test_a_run_is_scored_on_other_prompts_into_a_dir_of_its_own(trained, tmp_pat
     assert runs.evaluated.isna().sum() == 1  # the training run itself
     page = (tmp_path / "analysis" / "report.html").read_text()
     assert "<h2>Evaluations of trained models</h2>" in page and page.count("data:image/png;base64,") >= 2
+
+
+def test_a_linear_regression_run_is_scored_on_a_real_table(trained, tmp_path):
+    """`python eval.py RUN data.task=tabular data.table=breast_cancer`: the model trained on synthetic prompts scored
+    on the table's rows, beside ridge (the reference), XGBoost and the others, with accuracy of the label's sign."""
+    out = tmp_path / "eval"
+    result = eval_cli(str(trained), "data.task=tabular", "data.table=breast_cancer", "eval.n_prompts=16",
+                      "eval.ood=false", "wandb.mode=disabled", "--out", str(out))  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["excess_over"] == "ridge" and np.isfinite(summary["eval/excess/mean"])
+    (curves,) = [json.loads(line) for line in (out / "curves.jsonl").read_text().splitlines()]
+    assert {"model", "ridge", "xgboost", "3nn", "least_squares", "accuracy/model", "accuracy/ridge"} <= set(curves)
+    scored = json.loads((out / "eval_config.json").read_text())
+    assert (scored["data.task"], scored["data.table"], scored["data.n_dims"]) == ("tabular", "breast_cancer", 3)
+    task = task_of(data_config(task="tabular", table="breast_cancer", n_dims=3, n_points=8))  # its prompts, again
+    batch = task.sample_batch(set_key(EvalConfig(n_prompts=16), 0), 16)
+    xs, ys = np.asarray(batch.xs, np.float64), np.asarray(batch.ys, np.float64)
+    features = tabular.table("breast_cancer").features  # each point a row of the table, through some of its columns
+    assert all((features[:, :, None] == x[None, None]).any(axis=1).all(axis=1).any() for x in batch.xs.reshape(-1, 3))
+    assert len(np.unique(ys)) == 2  # the label's two standardised values
+    lam, eye = tabular.ridge_lambda(task), np.eye(3)
+    preds = [[x[k] @ np.linalg.solve(x[:k].T @ x[:k] + lam * eye, x[:k].T @ y[:k]) for k in range(8)] for x, y in
+             zip(xs, ys, strict=True)]  # fmt: skip
+    np.testing.assert_allclose(curves["ridge"], ((np.array(preds) - ys) ** 2).mean(axis=0) / 3, rtol=1e-4, atol=1e-6)
+    assert len(curves["model"]) == 8 and np.isfinite(curves["model"]).all()
 
 
 @pytest.mark.parametrize(

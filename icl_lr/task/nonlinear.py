@@ -120,9 +120,13 @@ class DecisionTreeConfig:
 
     def check(self) -> None:
         check(1 <= self.tree_depth <= 10, f"data.tree_depth must be in [1, 10], got {self.tree_depth}")
-        missing = [m for m in ("sklearn", "xgboost") if importlib.util.find_spec(m) is None]
-        check(not missing, f"data.task=decision_tree's baselines need {' and '.join(missing)}: "
-                           "pip install 'icl-lr[trees]'")  # fmt: skip
+        check_trees_extra("data.task=decision_tree's baselines")
+
+
+def check_trees_extra(what: str) -> None:
+    """Refuses in one line, naming `what` needs them, where the [trees] extra (scikit-learn, XGBoost) is missing."""
+    missing = [m for m in ("sklearn", "xgboost") if importlib.util.find_spec(m) is None]
+    check(not missing, f"{what} need {' and '.join(missing)}: pip install 'icl-lr[trees]'")
 
 
 @dataclass(frozen=True)
@@ -155,16 +159,16 @@ def _prior_free(xs, ys) -> dict:
     return baselines.on_prompts(baselines.PRIOR_FREE, xs, ys)
 
 
-def host_trees(xs_PxNxD: np.ndarray, ys_PxN: np.ndarray, depth: int) -> dict:
-    """Each prefix's prediction by a greedy regression tree of `depth` (scikit-learn's CART) and by XGBoost's
-    gradient-boosted trees (its defaults), fitted on the host, as Garg et al.'s baselines; 0 without context."""
-    from sklearn.tree import DecisionTreeRegressor
+def xgboost_regressor():
+    """XGBoost's gradient-boosted trees at its defaults, one thread per fit (Garg et al.'s baseline)."""
     from xgboost import XGBRegressor
 
-    makers = {
-        "greedy_tree": lambda: DecisionTreeRegressor(max_depth=depth, random_state=0),
-        "xgboost": lambda: XGBRegressor(n_jobs=1, verbosity=0),
-    }
+    return XGBRegressor(n_jobs=1, verbosity=0)
+
+
+def host_fits(xs_PxNxD: np.ndarray, ys_PxN: np.ndarray, makers: dict) -> dict:
+    """{name: each prefix's prediction [P, N]} by a fresh regressor of each of `makers` (scikit-learn's
+    fit/predict), fitted on the host per prompt and k; 0 without context."""
     n_prompts, n = ys_PxN.shape
     predictions = {name: np.zeros((n_prompts, n), np.float32) for name in makers}
     for p in range(n_prompts):
@@ -173,3 +177,15 @@ def host_trees(xs_PxNxD: np.ndarray, ys_PxN: np.ndarray, depth: int) -> dict:
                 model = make().fit(xs_PxNxD[p, :k], ys_PxN[p, :k])
                 predictions[name][p, k] = model.predict(xs_PxNxD[p, k : k + 1])[0]
     return {name: jnp.asarray(v) for name, v in predictions.items()}
+
+
+def host_trees(xs_PxNxD: np.ndarray, ys_PxN: np.ndarray, depth: int) -> dict:
+    """Each prefix's prediction by a greedy regression tree of `depth` (scikit-learn's CART) and by XGBoost's
+    gradient-boosted trees (its defaults), fitted on the host, as Garg et al.'s baselines; 0 without context."""
+    from sklearn.tree import DecisionTreeRegressor
+
+    makers = {
+        "greedy_tree": lambda: DecisionTreeRegressor(max_depth=depth, random_state=0),
+        "xgboost": xgboost_regressor,
+    }
+    return host_fits(xs_PxNxD, ys_PxN, makers)

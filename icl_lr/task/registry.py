@@ -23,6 +23,7 @@ TASKS = Registry(
         "gp_regression": "icl_lr.task.gp:GPRegression",
         "sparse_parity": "icl_lr.task.parity:SparseParity",
         "low_rank": "icl_lr.task.low_rank:LowRank",
+        "tabular": "icl_lr.task.tabular:Tabular",
         "mixture": "icl_lr.task.mixture:TaskMixture",  # of the classes data.task_mixture names
     },
     TASK_INTERFACE,

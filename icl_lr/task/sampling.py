@@ -140,6 +140,11 @@ class Prompts:
         t = x_transform(cfg)
         return xs_BxNxD if t is None else xs_BxNxD @ t
 
+    def inputs(self, functions, key, batch_size: int) -> jax.Array:
+        """The inputs [B, N, D] of prompts of `functions`: sample_xs's, drawn apart from the functions; a task
+        whose function picks its points (a table's rows) overrides it."""
+        return self.sample_xs(key, batch_size)
+
     def sample_noise(self, key, shape: tuple) -> jax.Array:
         """The labels' noise before its std sigma: mean 0, variance 1, from data.noise_dist (a hook, as
         `sample_xs`)."""
@@ -164,7 +169,7 @@ class Prompts:
         cfg = self.cfg
         f_key, x_key, sigma_key, eps_key = jax.random.split(key, 4)
         functions = self.functions(f_key, batch_size, pool_key)
-        xs = self.sample_xs(x_key, batch_size)
+        xs = self.inputs(functions, x_key, batch_size)
         dims, points = (cfg.n_dims, cfg.n_points) if step is None else curriculum_stage(cfg, step)
         xs = xs * (jnp.arange(cfg.n_dims) < dims)  # truncated dims are zeroed, as in Garg et al.
         sigma = jax.random.choice(sigma_key, jnp.asarray(cfg.noise_stds, jnp.float32), (batch_size, 1))
