@@ -7,7 +7,8 @@ import pytest
 
 from helpers import data_config, encoding_of, model_config
 from icl_lr.model.bins import Bins
-from icl_lr.model.gpt2 import Transformer
+from icl_lr.model.config import ATTENTION
+from icl_lr.model.gpt2 import Attention, Transformer, alibi_slopes
 from icl_lr.model.icl_model import FAMILIES, ICLModel
 from icl_lr.model.read_in import TokenReadIn
 
@@ -195,10 +196,15 @@ def test_the_gd_construction_of_lsa_is_gradient_descent(n_layer):
 LLAMA = {"norm": "rmsnorm", "positions": "rope", "mlp": "swiglu"}
 
 
-@pytest.mark.parametrize("option", [{}, LLAMA, {"positions": "none"}, {"norm": "rmsnorm"}, {"mlp": "swiglu"}])
+ALIBI_RELU = {"positions": "alibi", "attention": "relu"}
+OPTIONS = [{}, LLAMA, {"positions": "none"}, {"norm": "rmsnorm"}, {"mlp": "swiglu"}, {"positions": "alibi"}, ALIBI_RELU]
+
+
+@pytest.mark.parametrize("option", OPTIONS)
 def test_the_transformer_options_are_causal_and_count_their_parameters(option):
-    """model.norm, model.positions, model.mlp: each variant causal, its parameters as the formula says
-    (rmsnorm: no biases; rope and none: no position table; swiglu: 3 E (8E/3) weights, no biases)."""
+    """model.norm, model.positions, model.mlp, model.attention: each variant causal, its parameters as the formula
+    says (rmsnorm: no biases; rope, alibi and none: no position table; swiglu: 3 E (8E/3) weights, no biases;
+    relu attention: softmax's)."""
     cfg = model_config(n_layer=2, n_embd=48, n_head=4, n_positions=32, **option)
     embeddings = jax.random.normal(jax.random.PRNGKey(0), (2, 20, 48))
     changed = embeddings.at[:, 12:].set(jax.random.normal(jax.random.PRNGKey(9), (2, 8, 48)))
@@ -225,12 +231,95 @@ def test_rotary_scores_depend_only_on_the_offset():
     assert not np.isclose(at(q, 5) @ at(k, 2), at(q, 6) @ at(k, 2))
 
 
-def test_rotary_and_no_positions_take_a_longer_context_than_the_table():
-    """Learned positions bound the prompt (model.n_positions); rope and none do not."""
+def reference_slopes(n):
+    """ALiBi's slopes as ofirpress/attention_with_linear_biases (fairseq/models/transformer.py) computes them."""
+    if np.log2(n).is_integer():
+        start = 2 ** (-(2 ** -(np.log2(n) - 3)))
+        return [start * start**i for i in range(n)]
+    closest = 2 ** int(np.floor(np.log2(n)))
+    return reference_slopes(closest) + reference_slopes(2 * closest)[0::2][: n - closest]
+
+
+def numpy_attention(params, h_BxTxE, n_head, attention, slopes=None):
+    """GPT-2's attention layer in float64: (weights [B, H, T, T], output [B, T, E]); softmax(q.k / sqrt(A) + bias)
+    or relu(q.k + bias) / (i + 1), bias -m_h (i - j), causal."""
+    f64 = lambda a: np.asarray(a, np.float64)
+    h = f64(h_BxTxE)
+    batch, length, width = h.shape
+    qkv = h @ f64(params["c_attn"]["kernel"]) + f64(params["c_attn"]["bias"])
+    q, k, v = (qkv[..., i * width : (i + 1) * width].reshape(batch, length, n_head, -1) for i in range(3))
+    scores = np.einsum("bqhk,bshk->bhqs", q, k)
+    i, j = np.arange(length)[:, None], np.arange(length)[None, :]
+    bias = 0.0 if slopes is None else -np.asarray(slopes)[:, None, None] * (i - j)
+    if attention == "relu":
+        weights = np.where(j <= i, np.maximum(scores + bias, 0.0), 0.0) / (i + 1)
+    else:
+        logits = np.where(j <= i, scores / np.sqrt(q.shape[-1]) + bias, -np.inf)
+        weights = np.exp(logits - logits.max(-1, keepdims=True))
+        weights /= weights.sum(-1, keepdims=True)
+    out = np.einsum("bhqs,bshk->bqhk", weights, v).reshape(batch, length, width)
+    return weights, out @ f64(params["c_proj"]["kernel"]) + f64(params["c_proj"]["bias"])
+
+
+@pytest.mark.parametrize("n_head", [1, 2, 3, 4, 6, 8, 12])
+def test_alibi_slopes_are_the_reference_implementations(n_head):
+    """2^(-8h/H) for H a power of 2, the reference's interleaving otherwise (3 heads: 2^-4, 2^-8, 2^-2)."""
+    np.testing.assert_allclose(alibi_slopes(n_head), reference_slopes(n_head), rtol=1e-12)
+    if n_head == 3:
+        assert alibi_slopes(3) == [2.0**-4, 2.0**-8, 2.0**-2]
+
+
+@pytest.mark.parametrize(("attention", "positions"), [(a, p) for a in ("softmax", "relu") for p in ("none", "alibi")])
+def test_the_attention_layer_matches_numpy_in_float64(attention, positions):
+    """model.attention and model.positions=alibi on one attention layer of 3 heads (ALiBi's interleaved slopes):
+    the sown weights and the output equal numpy's, the fused path (no weights sown) the spelled-out one."""
+    cfg = model_config(n_layer=1, n_embd=12, n_head=3, positions=positions, attention=attention)
+    h_BxTxE = jax.random.normal(jax.random.PRNGKey(0), (2, 7, 12))
+    layer = Attention(cfg, jnp.float32)
+    params = layer.init(jax.random.PRNGKey(1), h_BxTxE, False)["params"]
+    leaves, tree = jax.tree.flatten(params)  # weights large enough that relu cuts and ALiBi's bias matters
+    keys = jax.random.split(jax.random.PRNGKey(2), len(leaves))
+    params = jax.tree.unflatten(tree, [0.5 * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys, strict=True)])
+    slopes = reference_slopes(3) if positions == "alibi" else None
+    want_weights, want = numpy_attention(params, h_BxTxE, 3, attention, slopes)
+    fused = jax.jit(lambda p, h: layer.apply({"params": p}, h, False))(params, h_BxTxE)
+    spelled, sown = jax.jit(lambda p, h: layer.apply({"params": p}, h, False, mutable=[ATTENTION]))(params, h_BxTxE)
+    np.testing.assert_allclose(sown[ATTENTION]["weights"][0], want_weights, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(spelled, want, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(fused, want, rtol=1e-4, atol=1e-4)
+    causal = np.tril(np.ones((7, 7), bool))
+    if attention == "relu":  # relu both cuts and passes some of the causal weights
+        assert (want_weights[..., causal] == 0).any() and (want_weights[..., causal] > 0).any()
+
+
+@pytest.mark.parametrize("option", [{"positions": "alibi"}, ALIBI_RELU])
+def test_alibi_runs_past_the_trained_length_and_a_prefix_predicts_as_alone(option):
+    """Parameters made on prompts of 8 points predict on prompts of 24: the first 8 predictions equal those of the
+    8-point prompt alone (no position table; relu's weights divided by the keys attended, not the length)."""
+    cfg = model_config(n_layer=2, n_embd=16, n_head=2, n_positions=16, **option)
+    models = [ICLModel(cfg, encoding_of(data_config(n_dims=3, n_points=n))) for n in (8, 24)]
+    xs, ys = jax.random.normal(jax.random.PRNGKey(0), (2, 24, 3)), jax.random.normal(jax.random.PRNGKey(1), (2, 24))
+    short, long = models[0].encoding.encode(xs[:, :8], ys[:, :8]), models[1].encoding.encode(xs, ys)
+    params = models[0].init(jax.random.PRNGKey(2), short)["params"]
+    predict = lambda m, i: m.encoding.predict(jax.jit(m.apply)({"params": params}, i))
+    out_short, out_long = predict(models[0], short), predict(models[1], long)
+    assert out_long.shape == (2, 24) and np.isfinite(out_long).all()
+    np.testing.assert_allclose(out_long[:, :8], out_short, rtol=1e-5, atol=1e-6)
+
+
+def test_rotary_alibi_and_no_positions_take_a_longer_context_than_the_table():
+    """Learned positions bound the prompt (model.n_positions), in training and at eval; rope, alibi and none do
+    not, and eval.py scores an alibi model at a context past its n_positions."""
     from helpers import run_config
     from icl_lr.fields import ConfigError
+    from icl_lr.records.run_dir import config_record
+    from icl_lr.run.evaluation import eval_config
 
     with pytest.raises(ConfigError, match=r"model.n_positions \(256\) is too small"):
         run_config("data.n_points=200")
-    for positions in ("rope", "none"):
+    with pytest.raises(ConfigError, match=r"^model.n_positions \(256\) is too small[^\n]*$"):
+        eval_config(config_record(run_config()), ["data.n_points=200"])
+    for positions in ("rope", "alibi", "none"):
         assert run_config("data.n_points=200", f"model.positions={positions}").data.n_points == 200
+    trained = config_record(run_config("model.positions=alibi", "model.attention=relu"))
+    assert eval_config(trained, ["data.n_points=200"]).data.n_points == 200

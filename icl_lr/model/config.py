@@ -8,7 +8,7 @@ from icl_lr.fields import FREE, check
 
 HIDDEN = "intermediates"  # the collection every family's trunk sows its states into ("hidden": before its first
 # layer and after each, [B, T, E]; read by the probes, icl_lr/train/analyses/probes.py)
-ATTENTION = "attention"  # the collection a trunk with softmax attention sows its weights into ("weights": [B, H,
+ATTENTION = "attention"  # the collection a trunk with attention sows its weights into ("weights": [B, H,
 # T, T], query by key, once per call of each attention layer; read by eval.attention,
 # icl_lr/train/analyses/attention.py)
 

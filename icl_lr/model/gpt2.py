@@ -19,12 +19,14 @@ Initialisation, and which reference each follows:
   than the positions hides them. The measurements behind it: docs/initialisation.md.
 """
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from icl_lr.fields import check
 from icl_lr.model.config import ATTENTION, HIDDEN, ModelConfig, check_counts
@@ -39,8 +41,9 @@ def residual_init(n_layer: int) -> nn.initializers.Initializer:
 
 
 NORMS = ("layernorm", "rmsnorm")
-POSITIONS = ("learned", "rope", "none")
+POSITIONS = ("learned", "rope", "alibi", "none")
 MLPS = ("gelu", "swiglu")
+ATTENTIONS = ("softmax", "relu")
 ROPE_BASE = 10000.0  # RoFormer's and Llama's
 
 
@@ -55,8 +58,24 @@ def rotary(x_BxTxHxA: jax.Array) -> jax.Array:
     return jnp.concatenate([first * cos - second * sin, second * cos + first * sin], axis=-1)
 
 
+def alibi_slopes(n_head: int) -> list[float]:
+    """ALiBi's slope per head (Press et al. 2022; ofirpress/attention_with_linear_biases,
+    fairseq/models/transformer.py, get_slopes): 2^(-8h/H) for h = 1..H when H is a power of 2; otherwise the
+    slopes of the power of 2 below H, then every other slope of twice that power, as many as H lacks."""
+    geometric = lambda n: [2.0 ** (-8.0 * h / n) for h in range(1, n + 1)]
+    below = 2 ** math.floor(math.log2(n_head))
+    return geometric(below) + geometric(2 * below)[0::2][: n_head - below]
+
+
+def alibi_bias(n_head: int, length: int) -> jax.Array:
+    """ALiBi's bias [H, T, T] on head h's attention logits: -m_h (i - j) for query i and key j (the keys after the
+    query are masked anyway). Its value at a pair depends on their offset alone, so it takes any length."""
+    offsets_TxT = np.arange(length)[None, :] - np.arange(length)[:, None]
+    return jnp.asarray(np.asarray(alibi_slopes(n_head))[:, None, None] * offsets_TxT, jnp.float32)
+
+
 def positions(cfg, length: int):
-    """GPT-2's learned positions [T, E] (the table `wpe`, std model.embedding_std), or 0 for rotary or no
+    """GPT-2's learned positions [T, E] (the table `wpe`, std model.embedding_std), or 0 for rotary, ALiBi or no
     positions; made inside a trunk's compact call, as its submodule."""
     if cfg.positions != "learned":
         return 0.0
@@ -67,6 +86,24 @@ def positions(cfg, length: int):
 def norm(cfg, dtype, name: str) -> nn.Module:
     """GPT-2's LayerNorm, or Llama's RMSNorm (model.norm); statistics in float32 either way."""
     return (nn.RMSNorm if cfg.norm == "rmsnorm" else nn.LayerNorm)(1e-5, dtype=dtype, name=name)
+
+
+def attention_weights(attention: str, q_BxTxHxA, k_BxTxHxA, bias_HxTxT=None) -> jax.Array:
+    """Causal attention's weights [B, H, T, T], query by key: softmax(q.k / sqrt(A) + bias) (GPT-2), or
+    relu(q.k + bias) / (i + 1) at query i (model.attention=relu: Bai et al. 2023, allenbai01/
+    transformers-as-statisticians, src/models.py, EncoderTransformer: relu(q.k) unscaled, over the number of keys
+    attended, which is their sequence's length; causal, query i attends i + 1 keys, so its output does not depend
+    on the tokens after it, their number included)."""
+    length = q_BxTxHxA.shape[1]
+    scores_BxHxTxT = jnp.einsum("bqhk,bshk->bhqs", q_BxTxHxA, k_BxTxHxA, preferred_element_type=jnp.float32)
+    if attention == "softmax":
+        scores_BxHxTxT = scores_BxHxTxT / jnp.sqrt(q_BxTxHxA.shape[-1])
+    if bias_HxTxT is not None:
+        scores_BxHxTxT = scores_BxHxTxT + bias_HxTxT
+    causal_TxT = jnp.tril(jnp.ones((length, length), bool))
+    if attention == "relu":
+        return jnp.where(causal_TxT, nn.relu(scores_BxHxTxT), 0.0) / jnp.arange(1, length + 1)[:, None]
+    return jax.nn.softmax(jnp.where(causal_TxT, scores_BxHxTxT, jnp.finfo(jnp.float32).min), axis=-1)
 
 
 class Attention(nn.Module):
@@ -82,16 +119,15 @@ class Attention(nn.Module):
         q_BxTxHxA, k_BxTxHxA, v_BxTxHxA = (qkv_BxTx3xHxA[:, :, i] for i in range(3))
         if cfg.positions == "rope":
             q_BxTxHxA, k_BxTxHxA = rotary(q_BxTxHxA), rotary(k_BxTxHxA)
-        if (train and cfg.dropout > 0) or self.is_mutable_collection(ATTENTION):  # the weights spelled out
-            scores_BxHxTxT = jnp.einsum("bqhk,bshk->bhqs", q_BxTxHxA, k_BxTxHxA, preferred_element_type=jnp.float32)
-            causal_TxT = jnp.tril(jnp.ones((length, length), bool))
-            masked = jnp.where(causal_TxT, scores_BxHxTxT / jnp.sqrt(q_BxTxHxA.shape[-1]), jnp.finfo(jnp.float32).min)
-            probs_BxHxTxT = jax.nn.softmax(masked, axis=-1)
+        bias_HxTxT = alibi_bias(cfg.n_head, length) if cfg.positions == "alibi" else None
+        if cfg.attention == "relu" or (train and cfg.dropout > 0) or self.is_mutable_collection(ATTENTION):
+            probs_BxHxTxT = attention_weights(cfg.attention, q_BxTxHxA, k_BxTxHxA, bias_HxTxT)  # spelled out
             self.sow(ATTENTION, "weights", probs_BxHxTxT)  # eval.attention's
             probs_BxHxTxT = nn.Dropout(cfg.dropout)(probs_BxHxTxT, deterministic=not train)
             out_BxTxHxA = jnp.einsum("bhqs,bshk->bqhk", probs_BxHxTxT.astype(self.dtype), v_BxTxHxA)
         else:  # JAX's fused attention: cuDNN's flash attention on a GPU where it applies, XLA's elsewhere
-            out_BxTxHxA = jax.nn.dot_product_attention(q_BxTxHxA, k_BxTxHxA, v_BxTxHxA, is_causal=True)
+            bias = None if bias_HxTxT is None else bias_HxTxT[None].astype(q_BxTxHxA.dtype)
+            out_BxTxHxA = jax.nn.dot_product_attention(q_BxTxHxA, k_BxTxHxA, v_BxTxHxA, bias, is_causal=True)
         out_BxTxE = out_BxTxHxA.reshape(batch, length, width)
         return nn.Dense(width, kernel_init=residual_init(cfg.n_layer), dtype=self.dtype, name="c_proj")(out_BxTxE)
 
@@ -144,6 +180,7 @@ class GPT2Config:
     norm: str = "layernorm"
     positions: str = "learned"
     mlp: str = "gelu"
+    attention: str = "softmax"
 
     def check(self) -> None:
         check_counts(self, "n_layer", "n_head", "n_positions")
@@ -152,7 +189,7 @@ class GPT2Config:
             f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head})",
         )
         check(0 <= self.dropout < 1, f"model.dropout must be in [0, 1), got {self.dropout}")
-        for key, choices in (("norm", NORMS), ("positions", POSITIONS), ("mlp", MLPS)):
+        for key, choices in (("norm", NORMS), ("positions", POSITIONS), ("mlp", MLPS), ("attention", ATTENTIONS)):
             check(getattr(self, key) in choices, f"model.{key} must be one of {choices}, got {getattr(self, key)!r}")
         check(
             self.positions != "rope" or (self.n_embd // self.n_head) % 2 == 0,
@@ -162,13 +199,14 @@ class GPT2Config:
 
 
 def length_key(config) -> str | None:
-    """The key bounding the sequence: learned positions' table; rotary or no positions take any length."""
+    """The key bounding the sequence: learned positions' table; rotary, ALiBi or no positions take any length."""
     return "n_positions" if config.positions == "learned" else None
 
 
 class Transformer(nn.Module):
     """GPT2Model on input embeddings: learned positions, pre-LN blocks, final LayerNorm; or, as options, a
-    Llama-style block (model.norm=rmsnorm, model.positions=rope or none, model.mlp=swiglu). `dtype` is the
+    Llama-style block (model.norm=rmsnorm, model.positions=rope or none, model.mlp=swiglu), ALiBi
+    (model.positions=alibi) and ReLU attention (model.attention=relu). `dtype` is the
     blocks' compute type (bfloat16 under training.precision=bf16); parameters stay float32. The residual
     stream is sown (HIDDEN) with the positions added and after each block."""
 
