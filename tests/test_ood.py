@@ -237,9 +237,10 @@ def test_analysis_reads_every_set_and_plots_the_pool_sizes(pool_runs, tmp_path):
     assert stats.loc[(8, "pretrain", "dmmse"), "mean"] == pytest.approx(np.mean(pretrain["dmmse"]))
     assert stats.loc[(2, "held_out", "model"), "n"] == 1
     out = tmp_path / "analysis"
-    assert analyze.main([str(pool_runs), "--out", str(out)]) == 0
+    assert analyze.main([str(pool_runs), "--out", str(out), "--html"]) == 0
     for name in ("error_vs_task_pool.png", "ood_vs_context.png", "error_per_sigma.png", "task_pool.csv"):
         assert (out / name).stat().st_size > 0
+    assert "Error vs task pool size" in (out / "report.html").read_text()  # the interactive figure
 
 
 def test_dmmse_chunks_a_large_pool():

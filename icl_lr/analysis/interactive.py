@@ -155,9 +155,7 @@ def task_pool(stats: pd.DataFrame, keys: list[str]) -> str:
                 _line(fig, line[TASK_POOL], line, name, i + j * len(POOL_PREDICTORS), predictor == "model", 1, p + 1,
                       p == 0, axis, x_name="M")  # fmt: skip
     fig.update_xaxes(type="log")
-    return _finish(
-        fig, 2, columns, axis, "squared error / d, mean over k", "task pool size M", "Error vs task pool size"
-    )
+    return _finish(fig, 2, columns, "squared error / d, mean over k", "task pool size M", "Error vs task pool size")
 
 
 def probe_r2(stats: pd.DataFrame, keys: list[str], title: str) -> str:

@@ -283,20 +283,20 @@ def plot_attention(weights_LxHxTxT: np.ndarray, path: Path) -> None:
 
 
 def plot_by_step(table: pd.DataFrame, labels: dict, path: Path) -> None:
-    """trajectories.by_step_table, by step on a log axis, a line per run: the training loss and the held-out
-    model error (left), and, where the runs have it, the LLC with its standard error over chains (right)."""
+    """trajectories.by_step_table, by step on a log axis, a line per run, a panel each: the training loss (in
+    the loss's own units), the held-out model error, and, where the runs have it, the LLC with its standard
+    error over chains."""
     with_llc = table.llc.notna().any()
-    fig, axes = _panels(2 if with_llc else 1, columns=2, width=6.0, height=4.2)
+    fig, axes = _panels(3 if with_llc else 2, columns=3, width=5.0, height=4.0)
     for i, (run_id, run) in enumerate(table.groupby("run_id", sort=False)):
         colour, name = f"C{i % 10}", labels.get(run_id, run_id)
-        axes[0].plot(run.step, run.train_loss, ":", color=colour, label=f"{name}: training loss")
-        axes[0].plot(run.step, run.model_error, "-", marker=".", color=colour, label=f"{name}: held-out error")
+        axes[0].plot(run.step, run.train_loss, "-", marker=".", color=colour, label=name)
+        axes[1].plot(run.step, run.model_error, "-", marker=".", color=colour, label=name)
         if with_llc:
-            axes[1].errorbar(run.step, run.llc, yerr=run.llc_std_err, marker=".", color=colour, label=name, capsize=2)
-    axes[0].set(xscale="log", xlabel="step", ylabel="squared error / d (mean over k)")
-    if with_llc:
-        axes[1].set(xscale="log", xlabel="step", ylabel="local learning coefficient (eval.llc)")
-    for ax in axes:
+            axes[2].errorbar(run.step, run.llc, yerr=run.llc_std_err, marker=".", color=colour, label=name, capsize=2)
+    ylabels = ["training loss (last logged)", "held-out squared error / d, mean over k", "LLC (eval.llc) ± std err"]
+    for ax, ylabel in zip(axes, ylabels, strict=False):
+        ax.set(xscale="log", xlabel="step", ylabel=ylabel)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     _save(fig, path)
