@@ -66,32 +66,10 @@ def _repeated_queries(key, xs_PxNxD) -> list:
     return [xs_PxNxD[jnp.arange(n_prompts), j] for j in picks]
 
 
-PER_K = ("random_quadrants", "orthogonal_query", "repeated_query")  # set k scored at its k only
-
-
 def conditions(key, task, n_prompts: int, moves_labels: bool = True) -> dict:
     """{condition: Condition}: the suite's prompt sets of `task` (its `draw` and `label`) with the task that labels
     each (module docstring). `moves_labels`: the conditions that scale w and the noise too (a linear task's,
-    whose prior they rescale); without it, those that move the x's alone, which any function class defines.
-    The sets are drawn in one compiled program (op by op, the per-k sets' SVDs took seconds a start)."""
-    names = []  # in the suite's order, which a jitted dict's keys (sorted) would lose
-
-    def drawn(k):
-        suite, c = _prompt_sets(k, task, n_prompts, moves_labels)
-        names[:] = list(suite)
-        return list(suite.values()), c
-
-    values, c = jax.jit(drawn)(key)
-    sets = dict(zip(names, values, strict=True))
-    noise_stds = task.cfg.noise_stds
-    same = labels_task(task, 1.0, noise_stds) if moves_labels else task  # as the suite labels (no outliers)
-    labelled_by = {f"scale_y_{s:g}": labels_task(task, s, noise_stds) for s in SCALES} if moves_labels else {}
-    labelled_by |= {"noisy_labels": labels_task(task, float(c), (float(c),))} if moves_labels else {}
-    return {name: Condition(pairs, name in PER_K, labelled_by.get(name, same)) for name, pairs in sets.items()}
-
-
-def _prompt_sets(key, task, n_prompts: int, moves_labels: bool) -> tuple[dict, jax.Array]:
-    """({condition: [(xs, ys), ...]}, the noisy_labels condition's scale c) of `conditions`."""
+    whose prior they rescale); without it, those that move the x's alone, which any function class defines."""
     w_key, x_key, sigma_key, noise_key, rotation_key, sign_key, pick_key = jax.random.split(key, 7)
     cfg = task.cfg
     d = cfg.n_dims
@@ -100,25 +78,28 @@ def _prompt_sets(key, task, n_prompts: int, moves_labels: bool) -> tuple[dict, j
     sigma = jax.random.choice(sigma_key, jnp.asarray(cfg.noise_stds, jnp.float32), (n_prompts, 1))
     unit_noise = task.sample_noise(noise_key, (n_prompts, cfg.n_points))  # the training noise's law
     labels = lambda xs_, ws_=ws, noise=sigma * unit_noise: task.label(ws_, xs_) + noise
-    one_set = lambda xs_, ys_=None: [(xs_, labels(xs_) if ys_ is None else ys_)]
-    per_query = lambda context, queries: [  # set k: the context with its own query at position k
-        (context.at[:, k].set(q), labels(context.at[:, k].set(q))) for k, q in enumerate(queries)
-    ]
-    suite, c = {}, jnp.ones(())
+    same = labels_task(task, 1.0, cfg.noise_stds) if moves_labels else task  # as the suite labels (no outliers)
+    one_set = lambda xs_, ys_=None, task_=same: Condition([(xs_, labels(xs_) if ys_ is None else ys_)], False, task_)
+
+    def per_query(context, queries):  # set k: the context with its own query at position k
+        sets = [(context.at[:, k].set(q), labels(context.at[:, k].set(q))) for k, q in enumerate(queries)]
+        return Condition(sets, True, same)
+
+    suite = {}
     for s in SCALES:
         suite[f"scale_x_{s:g}"] = one_set(xs @ transformation(rotation_key, s * jnp.ones(d)))
         if moves_labels:
-            suite[f"scale_y_{s:g}"] = one_set(xs, labels(xs, s * ws))
+            suite[f"scale_y_{s:g}"] = one_set(xs, labels(xs, s * ws), labels_task(task, s, cfg.noise_stds))
     suite["skewed"] = one_set(xs @ transformation(rotation_key, skew(d), normalize=True))
     if d >= 2:  # half of one dimension is none: at d = 1 the condition does not exist
         half = (jnp.arange(d) < d // 2).astype(jnp.float32)
         suite["half_subspace"] = one_set(xs @ transformation(rotation_key, half, normalize=True))
     if moves_labels:
         noisy = labels(xs, ws, unit_noise)  # noise std 1, then y rescaled to std sqrt(d), as their noisyLR
-        c = jnp.sqrt(d) / jnp.std(noisy)
-        suite["noisy_labels"] = one_set(xs, c * noisy)
+        c = float(jnp.sqrt(d) / jnp.std(noisy))
+        suite["noisy_labels"] = one_set(xs, c * noisy, labels_task(task, c, (c,)))
     signs = jnp.sign(jax.random.normal(sign_key, (n_prompts, 1, d)))
     suite["random_quadrants"] = per_query(jnp.abs(xs) * signs, list(xs.transpose(1, 0, 2)))
     suite["orthogonal_query"] = per_query(xs, _orthogonal_queries(xs))
     suite["repeated_query"] = per_query(xs, _repeated_queries(pick_key, xs))
-    return suite, c
+    return suite
