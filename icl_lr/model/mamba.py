@@ -7,10 +7,11 @@ an input-dependent step Delta, B and C from x; the selective scan h_t = exp(Delt
 y_t = C_t h_t + D x_t (A diagonal, negative, per channel and state); y gated by SiLU(z) and projected back. A
 final RMSNorm. No custom kernels, so it runs on CPU, GPU and TPU; the scan (model.scan) is sequential (token by
 token, CHUNK tokens unrolled in each step of a jax.lax.scan over chunks, each step's terms built from [B, C] and
-[B, S] slices and recomputed in the backward pass: no [B, T, C, S] tensor, one [B, C, S] state kept per chunk)
-or a jax.lax.associative_scan over [B, T, C, S] terms (associative: log T steps deep, which suits a GPU); `auto`
-picks by backend (docs/model_families.md). The convolution is written as shifted products with nn.Conv's
-parameters (CausalConv). Causal by construction: the convolution and the scan see tokens up to t only.
+[B, S] slices; its backward pass the reverse recurrence written by hand, each chunk's states recomputed: no
+[B, T, C, S] tensor, one [B, S, C] state kept per chunk) or a jax.lax.associative_scan over [B, T, C, S] terms
+(associative: log T steps deep, which suits a GPU); `auto` picks by backend (docs/model_families.md). The
+convolution is written as shifted products with nn.Conv's parameters (CausalConv). Causal by construction: the
+convolution and the scan see tokens up to t only.
 """
 
 import math
@@ -26,7 +27,7 @@ from icl_lr.model.config import HIDDEN, ModelConfig, check_counts
 
 DT_MIN, DT_MAX = 1e-3, 1e-1  # the step's initial range (log-uniform), as mamba_simple.py's
 SCANS = ("auto", "sequential", "associative")
-CHUNK = 8  # tokens per step of the sequential scan: 4 to 16 timed alike at the mamba preset (docs/benchmark.md)
+CHUNK = 4  # tokens per step of the sequential scan's loops: 4 timed faster than 8 and 16 (docs/benchmark.md)
 
 
 @dataclass(frozen=True)
@@ -72,28 +73,94 @@ def selective_scan(dt_BxTxC, x_BxTxC, a_CxS, b_BxTxS, c_BxTxS, scan: str) -> jax
     return sequential_scan(dt_BxTxC, x_BxTxC, a_CxS, b_BxTxS, c_BxTxS)
 
 
+@jax.custom_vjp
 def sequential_scan(dt_BxTxC, x_BxTxC, a_CxS, b_BxTxS, c_BxTxS) -> jax.Array:
     """selective_scan's `sequential`: token by token, CHUNK tokens unrolled in each step of a jax.lax.scan over
-    chunks; each step's [B, C, S] terms built from [B, C] and [B, S] slices and y_t taken inside, so only y and
-    one [B, C, S] state per chunk are kept for the backward pass (jax.checkpoint recomputes a chunk's states)."""
+    chunks, the state [B, S, C] (channels innermost: XLA's CPU loops vectorise over them) built from [B, C] and
+    [B, S] slices. Its backward pass is written by hand (_backward): only y and one state per chunk are kept."""
+    return _forward(dt_BxTxC, x_BxTxC, a_CxS, b_BxTxS, c_BxTxS)[0]
+
+
+def _chunks(v_BxTxF, chunks: int) -> jax.Array:
+    """[B, T, F] -> [chunks, CHUNK, B, F], the tail padded with zeros: Delta = 0 keeps the state."""
+    batch, length = v_BxTxF.shape[:2]
+    padded = jnp.pad(v_BxTxF, [(0, 0), (0, chunks * CHUNK - length), (0, 0)])
+    return jnp.moveaxis(padded.reshape(batch, chunks, CHUNK, -1), 0, 2)
+
+
+def _tokens(v_NxLxBxF, length: int) -> jax.Array:
+    """_chunks' inverse: [chunks, CHUNK, B, F] -> [B, T, F]."""
+    chunks, _, batch = v_NxLxBxF.shape[:3]
+    return jnp.swapaxes(v_NxLxBxF.reshape(chunks * CHUNK, batch, -1)[:length], 0, 1)
+
+
+def _step(h_BxSxC, a_SxC, dt_BxC, dtx_BxC, b_BxS):
+    """h_t = exp(Delta_t A) h_{t-1} + Delta_t x_t B_t, and exp(Delta_t A)."""
+    decay_BxSxC = jnp.exp(dt_BxC[:, None] * a_SxC)
+    return decay_BxSxC * h_BxSxC + dtx_BxC[:, None] * b_BxS[..., None], decay_BxSxC
+
+
+def _forward(dt_BxTxC, x_BxTxC, a_CxS, b_BxTxS, c_BxTxS):
+    """y [B, T, C] and what _backward reads: the inputs and the state at each chunk's start."""
     batch, length, channels = dt_BxTxC.shape
     chunks = -(-length // CHUNK)
+    a_SxC = a_CxS.T
 
-    def split(v_BxTxF):  # [chunks, CHUNK, B, F], the tail padded with zeros: Delta = 0 keeps the state
-        padded = jnp.pad(v_BxTxF, [(0, 0), (0, chunks * CHUNK - length), (0, 0)])
-        return jnp.moveaxis(padded.reshape(batch, chunks, CHUNK, -1), 0, 2)
-
-    @jax.checkpoint
-    def chunk(h_BxCxS, inputs):
-        y_LxBxC = []
+    def chunk(h_BxSxC, inputs):
+        start_BxSxC, y_LxBxC = h_BxSxC, []
         for dt_BxC, x_BxC, b_BxS, c_BxS in zip(*inputs, strict=True):
-            h_BxCxS = jnp.exp(dt_BxC[..., None] * a_CxS) * h_BxCxS + (dt_BxC * x_BxC)[..., None] * b_BxS[:, None, :]
-            y_LxBxC.append(jnp.einsum("bcs,bs->bc", h_BxCxS, c_BxS))
-        return h_BxCxS, jnp.stack(y_LxBxC)
+            h_BxSxC = _step(h_BxSxC, a_SxC, dt_BxC, dt_BxC * x_BxC, b_BxS)[0]
+            y_LxBxC.append(jnp.einsum("bsc,bs->bc", h_BxSxC, c_BxS))  # a dot: XLA's CPU reduce over S is slower
+        return h_BxSxC, (jnp.stack(y_LxBxC), start_BxSxC)
 
-    h_BxCxS = jnp.zeros((batch, channels, a_CxS.shape[1]), dt_BxTxC.dtype)
-    _, y_NxLxBxC = jax.lax.scan(chunk, h_BxCxS, [split(v) for v in (dt_BxTxC, x_BxTxC, b_BxTxS, c_BxTxS)])
-    return jnp.swapaxes(y_NxLxBxC.reshape(chunks * CHUNK, batch, channels)[:length], 0, 1)
+    h_BxSxC = jnp.zeros((batch, *a_SxC.shape), dt_BxTxC.dtype)
+    inputs = [_chunks(v, chunks) for v in (dt_BxTxC, x_BxTxC, b_BxTxS, c_BxTxS)]
+    _, (y_NxLxBxC, start_NxBxSxC) = jax.lax.scan(chunk, h_BxSxC, inputs)
+    return _tokens(y_NxLxBxC, length), (dt_BxTxC, x_BxTxC, a_CxS, b_BxTxS, c_BxTxS, start_NxBxSxC)
+
+
+def _backward(residuals, dy_BxTxC):
+    """The reverse recurrence, chunk by chunk from the last, each chunk's states recomputed from its start: with
+    g_t = dL/dh_t = dy_t C_t + exp(Delta_{t+1} A) g_{t+1} and q_t = g_t (h_t - Delta_t x_t B_t) (dL/d of the
+    log-decay Delta_t A): dC_t = sum_c dy_t h_t, d(Delta_t x_t) = sum_s g_t B_t, dB_t = sum_c g_t Delta_t x_t,
+    dDelta_t = sum_s q_t A + x_t d(Delta_t x_t), dA = sum over batch and tokens of q_t Delta_t. The states, decays
+    and g_t are materialised once (optimization_barrier): XLA's CPU fusion would recompute them in each user."""
+    dt_BxTxC, x_BxTxC, a_CxS, b_BxTxS, c_BxTxS, start_NxBxSxC = residuals
+    batch, length, channels = dt_BxTxC.shape
+    chunks = start_NxBxSxC.shape[0]
+    a_SxC, keep = a_CxS.T, jax.lax.optimization_barrier
+    ones_BxS = jnp.ones((batch, a_CxS.shape[1]), dt_BxTxC.dtype)  # Sum over S as a dot
+
+    def chunk(carry, inputs):
+        g_BxSxC, da_BxSxC = carry  # g: dL/dh at the chunk's last token from the tokens after it
+        h_BxSxC, dt_LxBxC, x_LxBxC, b_LxBxS, c_LxBxS, dy_LxBxC = inputs
+        dtx_LxBxC = dt_LxBxC * x_LxBxC
+        states, decays = [], []
+        for t in range(CHUNK):
+            h_BxSxC, decay_BxSxC = keep(_step(h_BxSxC, a_SxC, dt_LxBxC[t], dtx_LxBxC[t], b_LxBxS[t]))
+            states.append(h_BxSxC)
+            decays.append(decay_BxSxC)
+        grads = []
+        for t in reversed(range(CHUNK)):
+            g_BxSxC = keep(g_BxSxC + dy_LxBxC[t][:, None] * c_LxBxS[t][..., None])
+            q_BxSxC = g_BxSxC * (states[t] - dtx_LxBxC[t][:, None] * b_LxBxS[t][..., None])
+            ddtx_BxC = jnp.einsum("bsc,bs->bc", g_BxSxC, b_LxBxS[t])
+            ddt_BxC = jnp.einsum("bsc,bs->bc", q_BxSxC * a_SxC, ones_BxS) + ddtx_BxC * x_LxBxC[t]
+            db_BxS = jnp.einsum("bsc,bc->bs", g_BxSxC, dtx_LxBxC[t])
+            dc_BxS = jnp.einsum("bsc,bc->bs", states[t], dy_LxBxC[t])
+            da_BxSxC = da_BxSxC + q_BxSxC * dt_LxBxC[t][:, None]
+            g_BxSxC = g_BxSxC * decays[t]
+            grads.append((ddt_BxC, ddtx_BxC * dt_LxBxC[t], db_BxS, dc_BxS))
+        return (g_BxSxC, da_BxSxC), [jnp.stack(g[::-1]) for g in zip(*grads, strict=True)]
+
+    zeros_BxSxC = jnp.zeros((batch, *a_SxC.shape), dt_BxTxC.dtype)
+    inputs = [start_NxBxSxC] + [_chunks(v, chunks) for v in (dt_BxTxC, x_BxTxC, b_BxTxS, c_BxTxS, dy_BxTxC)]
+    (_, da_BxSxC), grads = jax.lax.scan(chunk, (zeros_BxSxC, zeros_BxSxC), inputs, reverse=True)
+    ddt_BxTxC, dx_BxTxC, db_BxTxS, dc_BxTxS = (_tokens(g, length) for g in grads)
+    return ddt_BxTxC, dx_BxTxC, da_BxSxC.sum(0).T, db_BxTxS, dc_BxTxS
+
+
+sequential_scan.defvjp(_forward, _backward)
 
 
 class CausalConv(nn.Module):
