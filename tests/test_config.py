@@ -89,7 +89,11 @@ def test_cli_reports_bad_config_in_one_line_before_compiling(tmp_path):
 def test_help_says_what_it_does_its_groups_and_common_commands():
     result = subprocess.run([sys.executable, "train.py", "--help"], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0 and "is powered by Hydra" not in result.stdout
-    for text in ("in-context linear regression", "model: gpt2_narrow, gpt2_small", "experiment: decision_tree, garg"):
+    for text in (
+        "in-context linear regression",
+        "model: gla, gpt2_narrow, gpt2_small",
+        "experiment: decision_tree, garg",
+    ):
         assert text in result.stdout
     assert result.stdout.count("python train.py") >= 6  # the usage line and five common commands
 

@@ -265,3 +265,17 @@ def test_a_diverging_job_alone_in_its_pack_stops_alone_and_the_multirun_goes_on(
     assert len(re.findall("training stopped: the training loss is (inf|nan) at step 1 ", log)) == 1
     assert not (tmp_path / "0" / "summary.json").exists()
     assert json.loads((tmp_path / "1" / "summary.json").read_text())["step"] == 20
+
+
+@pytest.mark.slow  # cover in the suite: every task's train step (test_tasks) and the packs of linear regression above
+@pytest.mark.parametrize("task", ["polynomial", "gp_regression", "sparse_parity", "low_rank", "tabular"])
+def test_a_pack_of_each_function_class_trains_each_run_as_its_own(task, tmp_path):
+    shape = {"sparse_parity": ["data.n_dims=4", "data.parity_k=2"], "low_rank": ["data.n_dims=4"],
+             "tabular": ["data.table=diabetes"]}.get(task, [])  # fmt: skip
+    runs = [[f"data.task={task}", *shape, f"seed={s}", "training.steps=20", "eval.n_prompts=16"] for s in (0, 1)]
+    run_dirs = [tmp_path / f"run{i}" for i in range(2)]
+    cfgs = [run_config(*FAST, *run) for run in runs]
+    results = train_pack([(cfg, d, ()) for cfg, d in zip(cfgs, run_dirs, strict=True)])
+    assert [r["step"] for r in results] == [20, 20] and all(r["pack_size"] == 2 for r in results)
+    finals = [held_out_curves(d) for d in run_dirs]
+    assert all(np.isfinite(f["model"]).all() for f in finals) and finals[0]["model"] != finals[1]["model"]

@@ -19,7 +19,7 @@ from helpers import (
     run_config,
     train_cli,
 )
-from icl_lr.analysis import sources, trajectories
+from icl_lr.analysis import sources
 from icl_lr.fields import ConfigError
 from icl_lr.records.checkpoint import restore_params
 from icl_lr.records.schema import HELD_OUT, set_of
@@ -68,7 +68,7 @@ def test_a_trajectory_keeps_a_checkpoint_at_each_of_its_steps_and_evaluates_it(r
 
 
 def test_the_summary_and_w_and_b_carry_the_phases_analyze_reads_from_the_curves(run_dir):
-    found = phases.phases(trajectories.held_out_by_step(run_dir))
+    found = phases.phases(phases.held_out_by_step(run_dir))
     assert [p.step for p in found] == [10, 20, 40] and found[-1].measure == phases.ERROR_GAP
     summary = json.loads((run_dir / "summary.json").read_text())
     wanted = {

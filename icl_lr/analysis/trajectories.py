@@ -14,14 +14,12 @@ from icl_lr.records.schema import (
     CURVES_FILE,
     EVAL_MODEL_FILE,
     EXCESS,
-    HELD_OUT,
     METRICS_FILE,
     MODEL_ERROR,
     PREDICTED_BY,
     PREDICTED_TARGETS,
     PREDICTIONS_DIR,
     PREDICTIONS_MODEL,
-    set_of,
 )
 from icl_lr.records.tracking import read_jsonl
 from icl_lr.train import phases
@@ -74,18 +72,11 @@ def by_step_table(runs: list) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=BY_STEP_COLUMNS)
 
 
-def held_out_by_step(run_dir: Path) -> dict:
-    """{step: the held-out curves {name: [value per k]}} of every eval a run's curves.jsonl holds."""
-    drop = ("step", "set")
-    records = [r for r in read_jsonl(run_dir / CURVES_FILE) if set_of(r) == HELD_OUT]
-    return {r["step"]: {k: v for k, v in r.items() if k not in drop} for r in records}
-
-
 def phase_tables(runs: list) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(phases: each run's closest predictor at every evaluated step; changes: the steps where it changes)."""
     rows, change_rows = [], []
     for run_id, run_dir in runs:
-        found = phases.phases(held_out_by_step(run_dir))
+        found = phases.phases(phases.held_out_by_step(run_dir))
         rows += [(run_id, *phase) for phase in found]
         change_rows += [(run_id, *change) for change in phases.changes(found)]
     return pd.DataFrame(rows, columns=PHASE_COLUMNS), pd.DataFrame(change_rows, columns=CHANGE_COLUMNS)

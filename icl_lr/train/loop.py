@@ -14,11 +14,8 @@ from icl_lr.fields import ConfigError, one_line
 from icl_lr.records.checkpoint import Checkpoints, restore_params
 from icl_lr.records.run_dir import RunDirError, step_dirs
 from icl_lr.records.schema import (
-    CURVES_FILE,
-    HELD_OUT,
     METRICS_FILE,
     MODEL_ERROR,
-    set_of,
 )
 from icl_lr.records.tracking import LocalFiles, Table, Tracker, Trackers, read_jsonl
 from icl_lr.train import evaluate, pack, parallel, phases
@@ -322,8 +319,7 @@ def _finish(member: Member, step: int, facts: dict, started: float) -> dict:
     facts = facts | {"step": step, "wall_seconds": time.perf_counter() - started}
     facts["ood_seconds"] = member.evaluator.ood_seconds
     records = read_jsonl(run_dir / METRICS_FILE) if member.writers else []
-    held_out = [r for r in read_jsonl(run_dir / CURVES_FILE) if set_of(r) == HELD_OUT] if member.writers else []
-    curves_by_step = {r["step"]: {k: v for k, v in r.items() if k not in ("step", "set")} for r in held_out}
+    curves_by_step = phases.held_out_by_step(run_dir) if member.writers else {}
     summary = summary_of(records) | facts
     if member.cfg.training.trajectory or member.cfg.eval.predictions:  # a run studied by its steps
         found = phases.phases(curves_by_step)

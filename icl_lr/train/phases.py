@@ -9,11 +9,13 @@ The distance, averaged over k >= 1 (at k = 0 every predictor guesses without a c
   predictors with the same error need not predict alike), named so in every table.
 """
 
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 
-from icl_lr.records.schema import DISTANCE, MODEL, is_error_curve
+from icl_lr.records.schema import CURVES_FILE, DISTANCE, HELD_OUT, MODEL, is_error_curve, set_of
+from icl_lr.records.tracking import read_jsonl
 
 SIMILARITY, ERROR_GAP = "similarity", "error_gap"
 
@@ -56,6 +58,12 @@ def closest(curves: dict, step: int) -> Phase | None:
     runner_up = ranked[1] if len(ranked) > 1 else None
     margin = found[runner_up] - found[best] if runner_up else np.nan
     return Phase(step, best, found[best], measure, runner_up, margin)
+
+
+def held_out_by_step(run_dir: Path) -> dict:
+    """{step: the held-out curves {name: [value per k]}} of every eval a run's curves.jsonl holds."""
+    records = [r for r in read_jsonl(run_dir / CURVES_FILE) if set_of(r) == HELD_OUT]
+    return {r["step"]: {k: v for k, v in r.items() if k not in ("step", "set")} for r in records}
 
 
 def phases(curves_by_step: dict) -> list[Phase]:
