@@ -66,10 +66,15 @@ def straight(tmp_path_factory):
     return run_dirs
 
 
+# W&B names its service in its children's environment: a command joining a parent's would find its SIGKILLed run
+# still open there ("run ID ... is in use"), and cannot join this one, of a process long gone.
+PARENTS_SERVICE = no_key_env(WANDB_SERVICE="3-1-unix-/nonexistent/wandb-service.sock")
+
+
 def signal_at(command: list, saved: Path, signum: int) -> tuple[int, str]:
     """Starts `command` and sends it `signum` once `saved` (a checkpoint step dir) exists: (exit code, output)."""
-    process = subprocess.Popen(command, cwd=ROOT, env=no_key_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True)  # fmt: skip
+    process = subprocess.Popen(command, cwd=ROOT, env=PARENTS_SERVICE, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)  # fmt: skip
     deadline = time.time() + 180
     while not saved.exists() and time.time() < deadline and process.poll() is None:
         time.sleep(0.02)
@@ -85,7 +90,8 @@ def stopped(tmp_path_factory):
     path, run_dirs = spec(tmp_path_factory.mktemp("stopped"), "pack")
     terminated = signal_at(pack_command(path), run_dirs[-1] / "checkpoints" / "latest" / "20", signal.SIGTERM)
     signal_at(pack_command(path), run_dirs[-1] / "checkpoints" / "latest" / "40", signal.SIGKILL)
-    last = subprocess.run(pack_command(path), cwd=ROOT, env=no_key_env(), capture_output=True, text=True, timeout=300)
+    last = subprocess.run(pack_command(path), cwd=ROOT, env=PARENTS_SERVICE, capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
     return run_dirs, terminated, last
 
 

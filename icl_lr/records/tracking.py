@@ -214,6 +214,15 @@ def flat_config(config: dict, choices: dict) -> dict:
     return flatten(config) | choices
 
 
+def leave_parents_service():
+    """Starts W&B's service in this process rather than joining the one named by WANDB_SERVICE, which W&B sets for
+    the children of a process that uses it: a run of a child killed by SIGKILL stays open in a parent's service,
+    which then refuses the resumed run's id ("run ID ... is in use")."""
+    token = os.environ.get("WANDB_SERVICE", "")
+    if token and token.split("-")[1:2] != [str(os.getpid())]:  # "<version>-<pid of its process>-unix|tcp-..."
+        del os.environ["WANDB_SERVICE"]
+
+
 class WandbRun(Tracker):
     """One W&B run per training run; `run_id` is kept in the run dir, so a resumed run continues it.
 
@@ -250,6 +259,7 @@ class WandbRun(Tracker):
             resume="allow",
             reinit="create_new",  # the runs of a pack are W&B runs of one process, side by side
         )
+        leave_parents_service()
         wandb.setup()  # W&B's console settings are set once per process, at its setup: quieten them after it
         wandb.termsetup(wandb.Settings(**QUIET), None)
         try:
