@@ -70,6 +70,13 @@ def model_config(**values):
     return from_values({"model": values}).model
 
 
+def encoding_for(family: str) -> str:
+    """The encoding a family's tests use: the one it takes (paired for lsa and the encoder), else continuous."""
+    from icl_lr.model.icl_model import FAMILIES
+
+    return (getattr(FAMILIES.resolve(family), "encodings", None) or ("continuous",))[0]
+
+
 def encoding_of(data):
     """The encoding a data section names, scored by its task."""
     return ENCODINGS.resolve(data.encoding).build(data, task_of(data))

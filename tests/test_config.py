@@ -91,7 +91,7 @@ def test_help_says_what_it_does_its_groups_and_common_commands():
     assert result.returncode == 0 and "is powered by Hydra" not in result.stdout
     for text in (
         "in-context linear regression",
-        "model: gla, gpt2_narrow, gpt2_small",
+        "model: encoder, gla, gpt2_narrow, gpt2_small",
         "experiment: decision_tree, garg",
     ):
         assert text in result.stdout

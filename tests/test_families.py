@@ -1,6 +1,7 @@
-"""The families added beside GPT-2 (icl_lr/model/looped.py, mamba.py, gla.py, the gpt2 family's Llama options) as every
-family is held: killed and resumed bit for bit, data parallel equal to one device; the looped transformer
-against its own definition; eval.attention (icl_lr/train/analyses/attention.py) on a model whose attention is known."""
+"""The families added beside GPT-2 (icl_lr/model/looped.py, mamba.py, gla.py, encoder.py, the gpt2 family's Llama
+options) as every family is held: killed and resumed bit for bit, data parallel equal to one device; the looped
+transformer against its own definition; eval.attention (icl_lr/train/analyses/attention.py) on a model whose attention
+is known."""
 
 import json
 import subprocess
@@ -29,6 +30,7 @@ from helpers import (
     start,
     train_cli,
 )
+from icl_lr.cli import analyze
 from icl_lr.model.gpt2 import Transformer
 from icl_lr.model.icl_model import ICLModel
 from icl_lr.model.looped import Looped
@@ -41,6 +43,7 @@ FAMILIES = {
     "looped": ["model=looped", "model.n_loops=3", "model.loss_loops=2", "model.n_embd=32"],
     "llama": ["model=llama_narrow", "model.n_layer=1", "model.n_embd=32"],
     "gla": ["model=gla", "model.n_layer=1", "model.n_embd=32"],
+    "encoder": ["model=encoder", "model.n_layer=1", "model.n_embd=32", "data.encoding=paired"],
 }
 STEPS = 200
 # a family whose training amplifies float32 rounding past the tolerance within STEPS: one device is compared with
@@ -180,9 +183,7 @@ def test_eval_attention_and_loop_counts_reach_the_records_and_w_and_b(tmp_path):
     assert table["columns"] == ["layer", "head", "k", "x_share", "y_share"]
     y_share = {(layer, head, k): y for layer, head, k, _, y in table["data"]}
     np.testing.assert_allclose([y_share[2, 1, k] for k in range(8)], shares[1, 2, 1], rtol=1e-6)
-    analyzed = subprocess.run([sys.executable, "analyze.py", str(tmp_path), "--html", "--out", str(tmp_path / "an")],
-                              cwd=ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
-    assert analyzed.returncode == 0, analyzed.stderr[-2000:]
+    assert analyze.main([str(tmp_path), "--html", "--out", str(tmp_path / "an")]) == 0
     report = (tmp_path / "an" / "report.html").read_text()
     assert "Where each layer and head attends (eval.attention)" in report and report.count("query %{y}, key %{x}") == 6
     assert (tmp_path / "an" / f"attention_{run.run_id}.png").stat().st_size > 0
@@ -195,7 +196,10 @@ def test_eval_attention_and_loop_counts_reach_the_records_and_w_and_b(tmp_path):
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (["model=lstm", "eval.attention=true"], "eval.attention reads softmax attention weights: model.family=lstm"),
+        (
+            ["model=lstm", "eval.attention=true"],
+            "eval.attention reads the causal attention maps a family sows: model.family=lstm sows none",
+        ),
         (["eval.n_loops=[2]"], "eval.n_loops scores other loop counts of a looped model: model.family=gpt2 has"),
         (["model=looped", "model.loss_loops=20"], "model.loss_loops (20) must not exceed model.n_loops (12)"),
         (["model=looped", "eval.n_loops=[0]"], "eval.n_loops must be loop counts in [1, 1,000], got [0]"),
@@ -212,9 +216,20 @@ def test_attention_and_loops_are_refused_in_one_line_where_they_do_not_apply(ove
     assert not Path(tmp_path / "checkpoints").exists()
 
 
+ENCODINGS = ["continuous", "tokens", "binned_y", "paired"]
+# A cover (each family and each sequential encoding once, and every refusal) beside the product, which is slow.
+COVER = {("mamba", "continuous"), ("looped", "tokens"), ("gla", "binned_y")}
+
+
 @pytest.mark.unit
-@pytest.mark.parametrize("family", ["mamba", "looped", "gla"])
-@pytest.mark.parametrize("encoding", ["continuous", "tokens", "binned_y", "paired"])
+@pytest.mark.parametrize(
+    ("family", "encoding"),
+    [
+        (f, e) if (f, e) in COVER or e == "paired" else pytest.param(f, e, marks=pytest.mark.slow)
+        for f in ("mamba", "looped", "gla")
+        for e in ENCODINGS
+    ],
+)
 def test_a_family_takes_every_encoding_it_can_or_refuses_in_one_line(family, encoding):
     """Every sequential encoding gives a causal model with a finite loss; the paired one (linear self-attention's
     one token per point) is refused in one line naming both."""

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from helpers import data_config, encoding_of, model_config
+from helpers import data_config, encoding_for, encoding_of, model_config
 from icl_lr.model.bins import Bins
 from icl_lr.model.config import ATTENTION
 from icl_lr.model.gpt2 import Attention, Transformer, alibi_slopes
@@ -78,7 +78,7 @@ def test_causal_outputs_ignore_the_future():
 @pytest.mark.parametrize("family", FAMILIES.names())
 def test_every_family_is_causal_and_counts_its_parameters(family):
     """Prediction k does not change when the points after k change, for every family's whole model."""
-    data = data_config(n_dims=3, n_points=8, encoding="paired" if family == "lsa" else "continuous")
+    data = data_config(n_dims=3, n_points=8, encoding=encoding_for(family))
     sizes = {"n_head": CFG.n_head, "n_positions": CFG.n_positions} if family == "gpt2" else {}
     model_cfg = model_config(family=family, n_layer=2, n_embd=CFG.n_embd, **sizes)
     encoding = encoding_of(data)

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from helpers import data_config, encoding_of, model_config
+from helpers import data_config, encoding_for, encoding_of, model_config
 from icl_lr.model.icl_model import FAMILIES, ICLModel
 from icl_lr.task.linear import LinearRegression
 from icl_lr.train.analyses import probes
@@ -88,7 +88,7 @@ def test_every_family_sows_its_input_and_each_layer(family):
     """[n_layer + 1, prompts, N, E] states at the prediction positions (a looped trunk: n_loops + 1, a state
     per loop); the last one is what the trunk returns
     (the LSTM and GPT-2 before their final LayerNorm), and sowing changes nothing the model outputs."""
-    data = data_config(n_dims=3, n_points=5, encoding="paired" if family == "lsa" else "continuous")
+    data = data_config(n_dims=3, n_points=5, encoding=encoding_for(family))
     config = model_config(family=family, n_layer=3, n_embd=8, n_head=2)
     model = ICLModel(config, encoding_of(data))
     batch = LinearRegression(data).sample_batch(jax.random.PRNGKey(0), 4)
@@ -98,7 +98,7 @@ def test_every_family_sows_its_input_and_each_layer(family):
     assert states.shape == ((config.n_loops if family == "looped" else 3) + 1, 4, 5, 8)
     trunk = model.bind({"params": params}).trunk
     out = trunk(model.bind({"params": params}).embed(inputs))
-    if family == "lsa":
+    if "ln_f" not in params["transformer"]:  # lsa and the encoder: no final norm
         np.testing.assert_allclose(states[-1], out, atol=1e-6)
     else:  # the final norm of the last state: a LayerNorm (GPT-2, the LSTM) or an RMSNorm (Mamba: no centring)
         last, final = model.encoding.prediction_outputs(out), params["transformer"]["ln_f"]

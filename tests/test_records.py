@@ -31,6 +31,7 @@ from icl_lr.analysis import sources
 from icl_lr.cli import analyze
 from icl_lr.records.run_dir import RunDirLock
 from icl_lr.records.tracking import read_jsonl
+from icl_lr.train.loop import train
 
 NO_WANDB = "wandb.mode=disabled"
 
@@ -332,9 +333,8 @@ def test_a_run_dir_written_by_an_earlier_version_resumes(fixture, fast_config, t
     run_dir = copy_of(ROOT / "tests" / "fixtures" / fixture, tmp_path / "old")
     result = train_cli(run_dir, *overrides)
     assert "resumed at step 20 of 40" in output(result)
-    straight = tmp_path / "straight"
-    train_cli(straight, *overrides)
-    cfg = fast_config(*overrides)
+    straight, cfg = tmp_path / "straight", fast_config(*overrides)
+    train(cfg, straight)  # in this process: the command resumes bit for bit to train()'s state (test_train.py)
     # Its first 20 steps were computed on another machine, whose CPU kernels round differently (1e-9 apart
     # here): equal to 1e-4 of each leaf's scale, not bit for bit (a resume on one machine is, above).
     for resumed, fresh in zip(*(jax.tree.leaves(final_state(cfg, d)) for d in (run_dir, straight)), strict=True):

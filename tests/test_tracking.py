@@ -191,7 +191,7 @@ def test_auto_mode_finds_a_key_only_wandb_settings_hold_and_an_unreachable_serve
     (settings_dir / "settings").write_text(f"[default]\napi_key = {SECRET}\n")
     env = no_key_env(WANDB_CONFIG_DIR=str(settings_dir), WANDB_BASE_URL="http://127.0.0.1:9")
     run_dir = tmp_path / "run"
-    result = train_cli(run_dir, "wandb.init_timeout=3", env=env)
+    result = train_cli(run_dir, "wandb.init_timeout=1", env=env)
     output = result.stdout + result.stderr
     assert "W&B could not start online" in output and "logging offline instead" in output  # auto chose online
     (record,) = offline_run_files(run_dir)

@@ -117,10 +117,10 @@ class BinnedY(Encoding):
 
 
 class Paired(Encoding):
-    """One token (y_i, x_i) per point: the lsa family's."""
+    """One token (y_i, x_i) per point: the lsa and encoder families'."""
 
     Inputs, Head = PairedInputs, ScalarHead
-    families = ("lsa",)
+    families = ("lsa", "encoder")
 
 
 ENCODINGS = Registry(

@@ -88,22 +88,22 @@ def norm(cfg, dtype, name: str) -> nn.Module:
     return (nn.RMSNorm if cfg.norm == "rmsnorm" else nn.LayerNorm)(1e-5, dtype=dtype, name=name)
 
 
-def attention_weights(attention: str, q_BxTxHxA, k_BxTxHxA, bias_HxTxT=None) -> jax.Array:
-    """Causal attention's weights [B, H, T, T], query by key: softmax(q.k / sqrt(A) + bias) (GPT-2), or
-    relu(q.k + bias) / (i + 1) at query i (model.attention=relu: Bai et al. 2023, allenbai01/
-    transformers-as-statisticians, src/models.py, EncoderTransformer: relu(q.k) unscaled, over the number of keys
-    attended, which is their sequence's length; causal, query i attends i + 1 keys, so its output does not depend
-    on the tokens after it, their number included)."""
+def attention_weights(attention: str, q_BxTxHxA, k_BxTxHxA, bias_HxTxT=None, attends=None) -> jax.Array:
+    """Attention's weights [B, H, T, T], query by key, over the pairs `attends` allows (broadcast to [B, H, T, T];
+    causal where None): softmax(q.k / sqrt(A) + bias) (GPT-2), or relu(q.k + bias) over the number of keys the
+    query attends (model.attention=relu: Bai et al. 2023, allenbai01/transformers-as-statisticians, src/models.py,
+    EncoderTransformer: relu(q.k) unscaled, over their sequence's length; causal, query i attends i + 1 keys, so its
+    output does not depend on the tokens after it, their number included)."""
     length = q_BxTxHxA.shape[1]
     scores_BxHxTxT = jnp.einsum("bqhk,bshk->bhqs", q_BxTxHxA, k_BxTxHxA, preferred_element_type=jnp.float32)
     if attention == "softmax":
         scores_BxHxTxT = scores_BxHxTxT / jnp.sqrt(q_BxTxHxA.shape[-1])
     if bias_HxTxT is not None:
         scores_BxHxTxT = scores_BxHxTxT + bias_HxTxT
-    causal_TxT = jnp.tril(jnp.ones((length, length), bool))
+    attends = jnp.tril(jnp.ones((length, length), bool)) if attends is None else attends
     if attention == "relu":
-        return jnp.where(causal_TxT, nn.relu(scores_BxHxTxT), 0.0) / jnp.arange(1, length + 1)[:, None]
-    return jax.nn.softmax(jnp.where(causal_TxT, scores_BxHxTxT, jnp.finfo(jnp.float32).min), axis=-1)
+        return jnp.where(attends, nn.relu(scores_BxHxTxT), 0.0) / jnp.maximum(attends.sum(-1, keepdims=True), 1)
+    return jax.nn.softmax(jnp.where(attends, scores_BxHxTxT, jnp.finfo(jnp.float32).min), axis=-1)
 
 
 class Attention(nn.Module):

@@ -60,15 +60,15 @@ class PairedReadIn(nn.Module):
 
     @nn.compact
     def __call__(self, inputs_BxNx2xD1):
-        gd = self.config.init == "gd"
+        gd = getattr(self.config, "init", None) == "gd"  # lsa's construction (the encoder has no model.init)
         kernel_init = gd_read_in_init if gd else read_in_init(inputs_BxNx2xD1.shape[-1], self.config.embedding_std)
         return nn.Dense(self.config.n_embd, kernel_init=kernel_init, name="read_in")(inputs_BxNx2xD1)
 
 
 @dataclass(frozen=True)
 class PairedInputs:
-    """One token per point, e_i = (y_i, x_i), for the lsa family: [B, N, 2, D + 1], each point twice, with
-    its y (a context token of the later points) and with y = 0 (the query that predicts y_i)."""
+    """One token per point, e_i = (y_i, x_i), for the lsa and encoder families: [B, N, 2, D + 1], each point
+    twice, with its y (a context token of the later points) and with y = 0 (the query that predicts y_i)."""
 
     cfg: DataConfig
     tokens_per_point = 1

@@ -120,7 +120,7 @@ class Attention:
     def check(cfg, task, family) -> None:
         check(
             getattr(family, "sows_attention", False),
-            f"eval.attention reads softmax attention weights: model.family={cfg.model.family} has none",
+            f"eval.attention reads the causal attention maps a family sows: model.family={cfg.model.family} sows none",
         )
 
     def __init__(self, setup, cfg, mesh):
