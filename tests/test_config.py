@@ -60,6 +60,8 @@ def test_defaults_and_presets_compose():
         ),
         ("model=lsa data.encoding=paired model.init=fancy", "model.init must be"),
         ("model=mamba model.scan=parallel", "model.scan must be one of"),
+        ("model=mamba model.norm=batchnorm", "model.norm must be one of"),
+        ("model=mamba_park model.init=gd", "model.init must be one of"),
         ("model.init=gd", "model.init is a key of model.family=lsa"),
         ("data.encoding=paired", "model.family=gpt2 and data.encoding=paired do not go together"),
         ("model=lsa", "model.family=lsa and data.encoding=continuous do not go together"),

@@ -23,6 +23,11 @@ class ModelConfig:
         check_counts(self, "n_embd")
         check(self.embedding_std > 0, f"model.embedding_std must be > 0, got {self.embedding_std}")
 
+    def linear_inits(self, fan_in: int) -> dict:
+        """nn.Dense's initialisers for the linear read-in and the read-out of `fan_in` inputs where a family's keys
+        set their own (its Config overrides this: mamba's init=park); {} keeps icl-lr's (read_in.py, icl_model.py)."""
+        return {}
+
 
 COUNT_LIMIT = 65_536  # a model's counts (layers, heads, widths, positions, state sizes): its memory grows with each
 LOOP_LIMIT = 1_000  # loops of a looped model: one XLA call runs them all, and a running call does not see SIGTERM

@@ -6,7 +6,8 @@ every checkpoint written so far).
 A family is a trunk (embeddings [B, T, E] -> hidden [B, T, E], a Flax module built from (its section,
 dtype) and called on (embeddings, train)) with its `Config`, the keys it owns under `model:`; optional:
 `encodings` (the only ones it takes), `length_key` (its key bounding the sequence), `check_run(cfg)`
-(what its keys need of other sections), `read_out_init(config)`, `trains_on_stack` (called with train=True
+(what its keys need of other sections), `read_out_init(config)` (its Config may also override
+ModelConfig.linear_inits, the linear read-in's and read-out's initialisers), `trains_on_stack` (called with train=True
 it returns [S, B, T, E]: S outputs the loss averages over, as a looped transformer's last loops), `sows_attention`
 (it sows its softmax attention weights, ATTENTION, for eval.attention). FAMILIES names the built-ins
 (icl_lr/components.py: a plugin registers under `icl_lr.families`, or is named by import path).
@@ -49,7 +50,8 @@ class ICLModel(nn.Module):
         nn.share_scope(self, self.embed)
         self.trunk = trunk(self.config, self.dtype, name="transformer")  # saved under its first family's name
         read_out_init = trunk.read_out_init(self.config) if hasattr(trunk, "read_out_init") else GPT2_INIT
-        self.read_out = nn.Dense(self.encoding.n_outputs, kernel_init=read_out_init)
+        inits = {"kernel_init": read_out_init} | self.config.linear_inits(self.config.n_embd)
+        self.read_out = nn.Dense(self.encoding.n_outputs, **inits)
 
     @property
     def trains_on_stack(self) -> bool:

@@ -1,17 +1,19 @@
 """Mamba in Flax Linen: the trunk of the mamba family, the selective state-space model that Park et al. 2024
 ("Can Mamba learn how to learn?", krafton-ai/mambaformer-icl) compare with attention on in-context regression.
 
-Each of n_layer residual blocks (Gu and Dao 2023, state-spaces/mamba mamba_simple.py): RMSNorm, then x and a
-gate z from one projection (width expand E); x through a short causal depthwise convolution (d_conv) and SiLU;
-an input-dependent step Delta, B and C from x; the selective scan h_t = exp(Delta_t A) h_{t-1} + Delta_t B_t x_t,
-y_t = C_t h_t + D x_t (A diagonal, negative, per channel and state); y gated by SiLU(z) and projected back. A
-final RMSNorm. No custom kernels, so it runs on CPU, GPU and TPU; the scan (model.scan) is sequential (token by
-token, CHUNK tokens unrolled in each step of a jax.lax.scan over chunks, each step's terms built from [B, C] and
-[B, S] slices; its backward pass the reverse recurrence written by hand, each chunk's states recomputed: no
-[B, T, C, S] tensor, one [B, S, C] state kept per chunk) or a jax.lax.associative_scan over [B, T, C, S] terms
-(associative: log T steps deep, which suits a GPU); `auto` picks by backend (docs/model_families.md). The
-convolution is written as shifted products with nn.Conv's parameters (CausalConv). Causal by construction: the
-convolution and the scan see tokens up to t only.
+Each of n_layer residual blocks (Gu and Dao 2023, state-spaces/mamba mamba_simple.py): a norm (model.norm: RMSNorm
+or LayerNorm), then x and a gate z from one projection (width expand E); x through a short causal depthwise
+convolution (d_conv) and SiLU; an input-dependent step Delta, B and C from x; the selective scan
+h_t = exp(Delta_t A) h_{t-1} + Delta_t B_t x_t, y_t = C_t h_t + D x_t (A diagonal, negative, per channel and state);
+y gated by SiLU(z) and projected back. A final norm. model.init: Flax's default inits where Mamba sets none
+(`flax`), or every one as Park et al.'s PyTorch code makes it, the read-in and read-out included (`park`;
+docs/model_families.md). No custom kernels, so it runs on CPU, GPU and TPU; the scan (model.scan) is sequential
+(token by token, CHUNK tokens unrolled in each step of a jax.lax.scan over chunks, each step's terms built from
+[B, C] and [B, S] slices; its backward pass the reverse recurrence written by hand, each chunk's states
+recomputed: no [B, T, C, S] tensor, one [B, S, C] state kept per chunk) or a jax.lax.associative_scan over
+[B, T, C, S] terms (associative: log T steps deep, which suits a GPU); `auto` picks by backend
+(docs/model_families.md). The convolution is written as shifted products with nn.Conv's parameters (CausalConv).
+Causal by construction: the convolution and the scan see tokens up to t only.
 """
 
 import math
@@ -24,9 +26,11 @@ import jax.numpy as jnp
 
 from icl_lr.fields import FREE, check
 from icl_lr.model.config import HIDDEN, ModelConfig, check_counts
+from icl_lr.model.gpt2 import NORMS, norm
 
 DT_MIN, DT_MAX = 1e-3, 1e-1  # the step's initial range (log-uniform), as mamba_simple.py's
 SCANS = ("auto", "sequential", "associative")
+INITS = ("flax", "park")
 CHUNK = 4  # tokens per step of the sequential scan's loops: 4 timed faster than 8 and 16 (docs/benchmark.md)
 
 
@@ -38,15 +42,38 @@ class MambaConfig:
     d_state: int = 16
     d_conv: int = 4
     expand: int = 2
+    norm: str = "rmsnorm"
+    init: str = "flax"
     scan: str = field(default="auto", metadata=FREE)  # the same states to float32 rounding: a resume may change it
 
     def check(self) -> None:
         check_counts(self, "n_layer", "d_state", "d_conv", "expand")
-        check(self.scan in SCANS, f"model.scan must be one of {SCANS}, got {self.scan!r}")
+        for key, choices in (("norm", NORMS), ("init", INITS), ("scan", SCANS)):
+            check(getattr(self, key) in choices, f"model.{key} must be one of {choices}, got {getattr(self, key)!r}")
+
+    def linear_inits(self, fan_in: int) -> dict:
+        """The read-in's and read-out's initialisers (ModelConfig.linear_inits): under init=park, PyTorch's
+        nn.Linear default, as Park et al.'s `_read_in` and `_read_out`."""
+        return park_inits(self, fan_in, bias=True)
 
     @property
     def dt_rank(self) -> int:
         return math.ceil(self.n_embd / 16)
+
+
+def torch_init(fan_in: int, scale: float = 1.0) -> nn.initializers.Initializer:
+    """PyTorch's default init of an nn.Linear's or nn.Conv1d's weight (kaiming_uniform_ with a = sqrt(5)) and bias:
+    U(-b, b), b = scale / sqrt(fan_in)."""
+    bound = scale / fan_in**0.5
+    return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+def park_inits(cfg, fan_in: int, scale: float = 1.0, bias: bool = False) -> dict:
+    """A layer's initialisers under model.init=park: torch_init for its weight, and for its bias where PyTorch
+    keeps the default (`bias`); under init=flax none, so the layer keeps its own (lecun normal, zero bias)."""
+    if cfg.init != "park":
+        return {}
+    return {"kernel_init": torch_init(fan_in, scale)} | ({"bias_init": torch_init(fan_in)} if bias else {})
 
 
 def scan_kind(scan: str) -> str:
@@ -170,12 +197,14 @@ class CausalConv(nn.Module):
 
     width: int
     dtype: Any
+    kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
+    bias_init: nn.initializers.Initializer = nn.initializers.zeros_init()
 
     @nn.compact
     def __call__(self, x_BxTxC):
         length, channels = x_BxTxC.shape[1:]
-        kernel_Kx1xC = self.param("kernel", nn.initializers.lecun_normal(), (self.width, 1, channels))
-        bias_C = self.param("bias", nn.initializers.zeros_init(), (channels,))
+        kernel_Kx1xC = self.param("kernel", self.kernel_init, (self.width, 1, channels))
+        bias_C = self.param("bias", self.bias_init, (channels,))
         x_BxTxC, kernel_Kx1xC, bias_C = nn.dtypes.promote_dtype(x_BxTxC, kernel_Kx1xC, bias_C, dtype=self.dtype)
         padded = jnp.pad(x_BxTxC, [(0, 0), (self.width - 1, 0), (0, 0)])
         return sum(padded[:, k : k + length] * kernel_Kx1xC[k, 0] for k in range(self.width)) + bias_C
@@ -188,6 +217,10 @@ def dt_bias_init(key, shape, dtype=jnp.float32):
 
 
 class MambaMixer(nn.Module):
+    """Under model.init=park, mamba_simple.py's Mamba as mamba_ssm's MixerModel initialises it: in_proj, x_proj and
+    the convolution (its bias too) at PyTorch's defaults, dt_proj's weight U(+-dt_rank^-1/2) (dt_init=random), and
+    out_proj's PyTorch default over sqrt(n_layer) (_init_weights, rescale_prenorm_residual)."""
+
     config: ModelConfig
     dtype: Any
 
@@ -195,13 +228,15 @@ class MambaMixer(nn.Module):
     def __call__(self, h_BxTxE):
         cfg = self.config
         channels, states = cfg.expand * cfg.n_embd, cfg.d_state
-        x_BxTxC, z_BxTxC = jnp.split(
-            nn.Dense(2 * channels, use_bias=False, dtype=self.dtype, name="in_proj")(h_BxTxE), 2, -1
+        dense = lambda features, fan_in, name, scale=1.0, **kw: nn.Dense(
+            features, dtype=self.dtype, name=name, **kw, **park_inits(cfg, fan_in, scale)
         )
-        x_BxTxC = nn.silu(CausalConv(cfg.d_conv, self.dtype, name="conv1d")(x_BxTxC))
-        projected = nn.Dense(cfg.dt_rank + 2 * states, use_bias=False, dtype=self.dtype, name="x_proj")(x_BxTxC)
+        x_BxTxC, z_BxTxC = jnp.split(dense(2 * channels, cfg.n_embd, "in_proj", use_bias=False)(h_BxTxE), 2, -1)
+        conv = CausalConv(cfg.d_conv, self.dtype, name="conv1d", **park_inits(cfg, cfg.d_conv, bias=True))
+        x_BxTxC = nn.silu(conv(x_BxTxC))
+        projected = dense(cfg.dt_rank + 2 * states, channels, "x_proj", use_bias=False)(x_BxTxC)
         dt_BxTxR, b_BxTxS, c_BxTxS = jnp.split(projected, [cfg.dt_rank, cfg.dt_rank + states], axis=-1)
-        dt_BxTxC = nn.softplus(nn.Dense(channels, bias_init=dt_bias_init, dtype=self.dtype, name="dt_proj")(dt_BxTxR))
+        dt_BxTxC = nn.softplus(dense(channels, cfg.dt_rank, "dt_proj", bias_init=dt_bias_init)(dt_BxTxR))
         a_log = self.param(
             "A_log", lambda _, s: jnp.log(jnp.broadcast_to(jnp.arange(1, s[1] + 1.0), s)), (channels, states)
         )
@@ -210,7 +245,7 @@ class MambaMixer(nn.Module):
         b_BxTxS, c_BxTxS = b_BxTxS.astype(jnp.float32), c_BxTxS.astype(jnp.float32)
         y_BxTxC = selective_scan(dt, x, -jnp.exp(a_log), b_BxTxS, c_BxTxS, scan_kind(cfg.scan)) + d_C * x
         y_BxTxC = (y_BxTxC * nn.silu(z_BxTxC.astype(jnp.float32))).astype(self.dtype)
-        return nn.Dense(cfg.n_embd, use_bias=False, dtype=self.dtype, name="out_proj")(y_BxTxC)
+        return dense(cfg.n_embd, channels, "out_proj", cfg.n_layer**-0.5, use_bias=False)(y_BxTxC)
 
 
 class Mamba(nn.Module):
@@ -226,7 +261,7 @@ class Mamba(nn.Module):
         h_BxTxE = embeddings_BxTxE.astype(self.dtype)
         self.sow(HIDDEN, "hidden", h_BxTxE)
         for i in range(self.config.n_layer):
-            normed = nn.RMSNorm(1e-5, dtype=self.dtype, name=f"norm_{i}")(h_BxTxE)
+            normed = norm(self.config, self.dtype, f"norm_{i}")(h_BxTxE)
             h_BxTxE = h_BxTxE + MambaMixer(self.config, self.dtype, name=f"mixer_{i}")(normed)
             self.sow(HIDDEN, "hidden", h_BxTxE)
-        return nn.RMSNorm(1e-5, name="ln_f")(h_BxTxE.astype(jnp.float32))  # the final norm, by every trunk's name
+        return norm(self.config, jnp.float32, "ln_f")(h_BxTxE.astype(jnp.float32))  # ln_f: every trunk's final norm

@@ -23,14 +23,16 @@ def read_in_init(fan_in: int, embedding_std: float) -> nn.initializers.Initializ
 
 
 class LinearReadIn(nn.Module):
-    """x- and y-tokens [B, T, D] -> embeddings [B, T, E] of std `embedding_std` (parameters `read_in`)."""
+    """x- and y-tokens [B, T, D] -> embeddings [B, T, E] of std `embedding_std` (parameters `read_in`), or as the
+    family's keys initialise it (ModelConfig.linear_inits)."""
 
     config: ModelConfig
 
     @nn.compact
     def __call__(self, inputs_BxTxD):
-        kernel_init = read_in_init(inputs_BxTxD.shape[-1], self.config.embedding_std)
-        return nn.Dense(self.config.n_embd, kernel_init=kernel_init, name="read_in")(inputs_BxTxD)
+        fan_in = inputs_BxTxD.shape[-1]
+        inits = {"kernel_init": read_in_init(fan_in, self.config.embedding_std)} | self.config.linear_inits(fan_in)
+        return nn.Dense(self.config.n_embd, name="read_in", **inits)(inputs_BxTxD)
 
 
 @dataclass(frozen=True)
