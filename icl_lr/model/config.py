@@ -29,6 +29,15 @@ class ModelConfig:
         return {}
 
 
+def torch_init(fan_in: int, scale: float = 1.0):
+    """PyTorch's default init of an nn.Linear's or nn.Conv1d's weight (kaiming_uniform_ with a = sqrt(5)) and bias:
+    U(-b, b), b = scale / sqrt(fan_in); the families written after PyTorch models start as they do."""
+    import jax
+
+    bound = scale / fan_in**0.5
+    return lambda key, shape, dtype=jax.numpy.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
 COUNT_LIMIT = 65_536  # a model's counts (layers, heads, widths, positions, state sizes): its memory grows with each
 LOOP_LIMIT = 1_000  # loops of a looped model: one XLA call runs them all, and a running call does not see SIGTERM
 COUNT_LIMITS = {"n_loops": LOOP_LIMIT, "loss_loops": LOOP_LIMIT}

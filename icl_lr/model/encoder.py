@@ -17,11 +17,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from icl_lr.fields import check
-from icl_lr.model.config import HIDDEN, ModelConfig, check_counts
+from icl_lr.model.config import HIDDEN, ModelConfig, check_counts, torch_init
 from icl_lr.model.gpt2 import ATTENTIONS, attention_weights
 
 
@@ -44,9 +43,8 @@ class EncoderConfig:
 
 def torch_linear(features: int, fan_in: int, dtype, name: str, use_bias: bool = True) -> nn.Dense:
     """nn.Dense initialised as PyTorch's nn.Linear: kernel and bias U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
-    bound = fan_in**-0.5
-    uniform = lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
-    return nn.Dense(features, use_bias=use_bias, kernel_init=uniform, bias_init=uniform, dtype=dtype, name=name)
+    init = torch_init(fan_in)
+    return nn.Dense(features, use_bias=use_bias, kernel_init=init, bias_init=init, dtype=dtype, name=name)
 
 
 class EncoderBlock(nn.Module):

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from icl_lr.fields import FREE, check
-from icl_lr.model.config import HIDDEN, ModelConfig, check_counts
+from icl_lr.model.config import HIDDEN, ModelConfig, check_counts, torch_init
 from icl_lr.model.gpt2 import NORMS, norm
 
 DT_MIN, DT_MAX = 1e-3, 1e-1  # the step's initial range (log-uniform), as mamba_simple.py's
@@ -59,13 +59,6 @@ class MambaConfig:
     @property
     def dt_rank(self) -> int:
         return math.ceil(self.n_embd / 16)
-
-
-def torch_init(fan_in: int, scale: float = 1.0) -> nn.initializers.Initializer:
-    """PyTorch's default init of an nn.Linear's or nn.Conv1d's weight (kaiming_uniform_ with a = sqrt(5)) and bias:
-    U(-b, b), b = scale / sqrt(fan_in)."""
-    bound = scale / fan_in**0.5
-    return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
 
 
 def park_inits(cfg, fan_in: int, scale: float = 1.0, bias: bool = False) -> dict:
