@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from helpers import ROOT, RunFile, data_config, held_out_curves, no_key_env, train_cli
+from icl_lr.cli import evaluate
 from icl_lr.fields import ConfigError
 from icl_lr.model import garg
 from icl_lr.run.evaluation import eval_config, find_model
@@ -191,8 +192,9 @@ def test_a_garg_folder_is_scored_through_the_command(tmp_path):
     assert summary["trained_n_points"] == 7 and summary["step"] == 500
 
 
-def test_a_malformed_garg_folder_is_refused_in_one_line_naming_the_file(tmp_path):
-    """Through the command: exit code 2, one `config error:` line naming the file, no traceback."""
+def test_a_malformed_garg_folder_is_refused_in_one_line_naming_the_file(tmp_path, caplog):
+    """Exit code 2, one `config error:` line naming the file, no traceback: the first folder through the command,
+    the others through its entry point in this process (icl_lr.cli.evaluate.main: the same argv, no process)."""
     torch = pytest.importorskip("torch")
     good = garg_config(GARG)
     cases = {
@@ -220,10 +222,15 @@ def test_a_malformed_garg_folder_is_refused_in_one_line_naming_the_file(tmp_path
                 (folder / file).write_text(content)
             else:
                 torch.save(content, folder / file)
-        result = eval_cli("--from-garg", str(folder), "--out", str(tmp_path / "eval"))
-        output = (result.stdout + result.stderr).splitlines()
+        argv = ["--from-garg", str(folder), "--out", str(tmp_path / "eval")]
+        if name == "no_state":
+            result = eval_cli(*argv)
+            code, output = result.returncode, (result.stdout + result.stderr).splitlines()
+        else:
+            caplog.clear()
+            code, output = evaluate.main(argv), [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
         errors = [line for line in output if "config error:" in line]
-        assert result.returncode == 2 and len(errors) == 1 and "Traceback" not in result.stderr, (name, output)
+        assert code == 2 and len(errors) == 1 and not any("Traceback" in line for line in output), (name, output)
         assert errors[0].split("config error: ", 1)[1].startswith(message.format(folder=folder)), (name, errors)
 
 
