@@ -56,7 +56,7 @@ def test_a_key_of_another_component_is_refused_naming_its_owner():
         (
             "model=lstm",
             "model.n_head=4",
-        ): "model.n_head is a key of model.family=gpt2|gla|encoder|looped, not of model.family=lstm",
+        ): "model.n_head is a key of model.family=gpt2|gla|hybrid|encoder|looped, not of model.family=lstm",
         ("model.family=lstm", "model.dropout=0.1"): "model.dropout is a key of model.family=gpt2|looped, not of",
         ("data.sparsity=2",): "data.sparsity is a key of data.task=sparse_linear, not of data.task=linear_regression "
         "and data.encoding=continuous",

@@ -86,7 +86,7 @@ def test_the_constructed_lsa_layer_holds_one_gd_step_and_random_features_hold_no
 @pytest.mark.parametrize("family", FAMILIES.names())
 def test_every_family_sows_its_input_and_each_layer(family):
     """[n_layer + 1, prompts, N, E] states at the prediction positions (a looped trunk: n_loops + 1, a state
-    per loop); the last one is what the trunk returns
+    per loop; a hybrid: one per block, MambaFormer's first Mamba block too); the last one is what the trunk returns
     (the LSTM and GPT-2 before their final LayerNorm), and sowing changes nothing the model outputs."""
     data = data_config(n_dims=3, n_points=5, encoding=encoding_for(family))
     config = model_config(family=family, n_layer=3, n_embd=8, n_head=2)
@@ -95,7 +95,8 @@ def test_every_family_sows_its_input_and_each_layer(family):
     inputs = model.encoding.encode(batch.xs, batch.ys)
     params = model.init(jax.random.PRNGKey(1), inputs)["params"]
     states = probes.make_hidden_states_fn(model)(params, inputs)
-    assert states.shape == ((config.n_loops if family == "looped" else 3) + 1, 4, 5, 8)
+    layers = config.n_loops if family == "looped" else len(config.blocks) if family == "hybrid" else 3
+    assert states.shape == (layers + 1, 4, 5, 8)
     trunk = model.bind({"params": params}).trunk
     out = trunk(model.bind({"params": params}).embed(inputs))
     if "ln_f" not in params["transformer"]:  # lsa and the encoder: no final norm

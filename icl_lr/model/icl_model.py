@@ -32,6 +32,7 @@ FAMILIES = Registry(
         "lsa": "icl_lr.model.lsa:LSA",
         "mamba": "icl_lr.model.mamba:Mamba",
         "gla": "icl_lr.model.gla:GLA",
+        "hybrid": "icl_lr.model.hybrid:Hybrid",
         "encoder": "icl_lr.model.encoder:Encoder",
         "looped": "icl_lr.model.looped:Looped",
     },
