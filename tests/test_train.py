@@ -165,6 +165,8 @@ def test_resumed_run_equals_uninterrupted_run(fast_config, tmp_path):
     assert [r["step"] for r in records if "train/loss" in r] == [10, 20, 30, 40]  # none twice, none lost
 
 
+@pytest.mark.slow  # the suite's cover: a pack SIGKILLed and SIGTERMed resumes bit for bit (test_pack.py; a run is a
+# pack of one, through the same loop), a run's SIGTERM (test_records.py), an agent's SIGKILL (test_sweeps.py)
 def test_sigkilled_run_resumes_to_the_same_params(fast_config, tmp_path):
     long = ["training.steps=600", "training.checkpoint_every=600", "training.eval_every=600", "training.log_every=600"]
     train(fast_config(*long), tmp_path / "straight")
