@@ -10,7 +10,7 @@ import pytest
 from helpers import data_config, encoding_of, held_out, model_config
 from icl_lr.task import algorithms, baselines
 from icl_lr.task.linear import TUNING_SEED, LinearRegression
-from icl_lr.train import eval_sets
+from icl_lr.train import eval_sets, phases
 from icl_lr.train.analyses import algorithms as similarity
 from icl_lr.train.config import EvalConfig
 
@@ -89,6 +89,9 @@ def test_the_tuned_rate_is_the_best_of_the_grid_and_the_eval_set_shows_the_algor
     assert rates["online_gd"] == pytest.approx(float(algorithms.LEARNING_RATES[int(np.nanargmin(losses))]))
     with_them = held_out(data_config(n_dims=3, n_points=8), EvalConfig(n_prompts=64, algorithms=True))
     assert {"gd_1", "gd_3", "gd_10", "newton_10", "preconditioned_gd", "online_gd"} <= set(with_them.baseline_curves)
+    # the baselines are compared with the model too, by their predictions (a phase can be any of them)
+    assert {"bayes", "least_squares", "averaging"} <= set(with_them.references)
+    assert with_them.references["bayes"][1] is None and with_them.references["gd_1"][1].shape == (64, 8, 3)
     plain = held_out(data_config(n_dims=3, n_points=8), EvalConfig(n_prompts=64))
     assert "gd_10" not in plain.baseline_curves
 
@@ -111,8 +114,18 @@ def test_a_model_that_is_an_algorithm_is_found_identical_to_it():
         np.testing.assert_allclose(preds, predict(batch.xs, batch.ys), rtol=1e-6, atol=1e-6)  # the pass's values
         return preds, grads
 
-    held_out = eval_sets.EvalSet(None, batch.ys, {}, batch.xs, {"gd_1": reference(1), "gd_3": reference(3)})
+    least_squares = jax.vmap(baselines.least_squares)(batch.xs, batch.ys)
+    references = {"gd_1": reference(1), "gd_3": reference(3), "least_squares": (least_squares, None)}
+    held_out = eval_sets.EvalSet(None, batch.ys, {}, batch.xs, references)
     curves = similarity.similarity_curves(model_preds, model_grads, held_out, 4)
+    apart = np.mean((np.asarray(model_preds) - np.asarray(least_squares)) ** 2, 0) / 4
+    np.testing.assert_allclose(curves["similarity_mse/least_squares"], apart, rtol=1e-5)
+    assert "similarity_grad_cos/least_squares" not in curves  # a baseline's gradients are not kept
+    found = phases.closest(curves, step=1)
+    assert (found.closest, found.measure) == ("gd_1", phases.SIMILARITY) and found.runner_up in (
+        "gd_3",
+        "least_squares",
+    )
     np.testing.assert_allclose(curves["similarity_mse/gd_1"], 0, atol=1e-9)
     np.testing.assert_allclose(curves["similarity_residual_cos/gd_1"][1:], 1, atol=1e-5)
     np.testing.assert_allclose(curves["similarity_grad_cos/gd_1"][1:], 1, atol=1e-5)

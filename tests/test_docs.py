@@ -22,7 +22,8 @@ SECTIONS = [
     "Tests and benchmark",
     "Docs",
 ]
-STUDIES = ["default_run", "initialisation", "recipe_search", "tokens", "ood_suite", "task_diversity", "benchmark"]
+STUDIES = ["default_run", "initialisation", "recipe_search", "tokens", "ood_suite", "task_diversity", "benchmark",
+           "dynamics", "tasks", "model_families", "evaluation", "analysis"]  # fmt: skip
 
 
 def test_the_readme_is_short_with_its_sections_in_order_and_a_figure_first():

@@ -11,6 +11,7 @@ from helpers import FAST, run_config
 from icl_lr.fields import ConfigError
 from icl_lr.records.tracking import LocalFiles, read_jsonl
 from icl_lr.train import parallel, setup
+from icl_lr.train.analyses import llc as llc_analysis
 from icl_lr.train.analyses.llc import default_nbeta, gaussian_noise, sgld_llc
 from icl_lr.train.evaluate import Evaluator
 from icl_lr.train.optimizer import make_optimizer
@@ -80,7 +81,9 @@ def numpy_sgld(xs, ys, w_star, ids, xi, step_size, localization, nbeta, burn_in)
     return nbeta * (losses[:, burn_in:].mean(1) - losses[:, 0]), losses
 
 
-def test_the_estimator_matches_a_numpy_sgld_fed_the_same_batches_and_noise():
+@pytest.mark.parametrize("at_once", [16, 2])  # 3 chains side by side, or 2 and then 1 (memory bounded)
+def test_the_estimator_matches_a_numpy_sgld_fed_the_same_batches_and_noise(at_once, monkeypatch):
+    monkeypatch.setattr(llc_analysis, "CHAINS_AT_ONCE", at_once)
     xs, ys, w_star = linear_regression(seed=1, n=2000)
     chains, steps, burn_in, batch = 3, 300, 100, 64
     rng = np.random.default_rng(2)
@@ -141,6 +144,11 @@ def test_the_analysis_logs_the_estimate_and_saves_the_trace_and_only_when_asked(
         (["eval.llc_batch_size=0"], r"eval\.llc_batch_size must be null or in \[1, "),
         (["eval.llc=true", "eval.llc_batch_size=1"], r"eval\.llc_beta=0 \(n / log n\) needs batches of 2"),
         (["eval.llc=true", "eval.llc_chains=1000", "eval.llc_batch_size=2000"], r"eval\.llc_chains x eval\."),
+        (["eval.llc_chains=1000", "eval.llc_draws=20000"], r"eval\.llc_chains x \(eval\.llc_burn_in \+ eval\.llc_dr"),
+        (
+            ["eval.n_prompts=100000", "eval.predictions=30000"],
+            r"eval\.predictions x data\.n_points must be at most 262",
+        ),
     ],
 )
 def test_bad_values_are_refused_in_one_line_naming_the_key(overrides, message):

@@ -35,7 +35,7 @@ from icl_lr.train.loop import train, train_pack
 from icl_lr.train.preemption import NonFiniteLoss
 
 METRICS = "metrics.jsonl"
-LONGER = ["training.steps=60"]  # checkpoints at 20, 40, 60
+LONGER = ["training.steps=60", "training.trajectory=3"]  # checkpoints at 20, 40, 60; a trajectory at 10, 30, 60
 RUNS = [["seed=0"], ["seed=1", "data.noise_std=0.25"], ["seed=2", "data.noise_std=0.5"]]  # seeds and noise levels
 
 
@@ -144,6 +144,9 @@ def test_each_run_of_a_pack_is_a_run_of_its_own(stopped):
         summary = json.loads((run_dir / "summary.json").read_text())
         assert final.summary["eval/excess/mean"] == pytest.approx(summary["eval/excess/mean"], rel=1e-6)
         assert [a for a in final.artifacts if a["type"] == "model" and "step-60" in a["aliases"]]
+        kept = sorted(int(p.name) for p in (run_dir / "checkpoints" / "trajectory").iterdir())
+        assert kept == [10, 30, 60]  # the trajectory's checkpoints, through the SIGTERM and the SIGKILL
+        assert any("trajectory-30" in a["aliases"] for f in files for a in f.artifacts if a["type"] == "model")
 
 
 def test_a_pack_checkpointed_at_different_steps_resumes_every_run_from_one(straight, tmp_path):

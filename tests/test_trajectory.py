@@ -46,9 +46,10 @@ def test_trajectory_steps_are_log_spaced_dispatch_ends_from_the_first_to_the_las
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    """A FAST run with a trajectory of 3 (steps 10, 20, 40), its periodic checkpoint and eval at 40 only."""
+    """A FAST run with a trajectory of 3 (steps 10, 20, 40), its periodic log, checkpoint and eval at 40 only."""
     run_dir = tmp_path_factory.mktemp("trajectory") / "run"
-    train_cli(run_dir, "training.trajectory=3", "training.checkpoint_every=40", "training.eval_every=40", wandb=True)
+    periodic = ("training.log_every=40", "training.checkpoint_every=40", "training.eval_every=40")
+    train_cli(run_dir, "training.trajectory=3", *periodic, wandb=True)
     return run_dir
 
 
@@ -57,6 +58,8 @@ def test_a_trajectory_keeps_a_checkpoint_at_each_of_its_steps_and_evaluates_it(r
     assert kept == [10, 20, 40]
     evaluated = [r["step"] for r in read_jsonl(run_dir / "curves.jsonl") if set_of(r) == HELD_OUT]
     assert evaluated == [10, 20, 40]
+    logged = [r["step"] for r in read_jsonl(run_dir / "metrics.jsonl") if "train/loss" in r]
+    assert {10, 20, 40} <= set(logged)  # each trajectory step's training loss beside its eval
     cfg = run_config(*FAST, "training.trajectory=3")
     last = final_state(cfg, run_dir)
     assert_trees_equal(restore_params(run_dir / "checkpoints" / "trajectory" / "40", last), last.params)
@@ -95,6 +98,10 @@ def test_the_eval_command_scores_every_kept_checkpoint_by_step_and_goes_on_where
     assert [e["step"] for e in used["trajectory"]] == [10, 20, 40]
     assert all(e["sha256"] == content_hash(Path(e["step_dir"])) for e in used["trajectory"])
     assert "checkpoints/trajectory/10" in used["trajectory"][0]["step_dir"]
+    ended = json.loads((out / "summary.json").read_text())  # the checkpoints' phases, as a trajectory run's
+    assert ended["phases/measure"] == "error_gap" and ended["phases/closest"] in {"bayes", "least_squares", "averaging",
+                                                                                   "3nn"}  # fmt: skip
+    assert all(step in (20, 40) for step, _, _ in ended["phases/changes"])
     records = {name: read_jsonl(out / name) for name in ("metrics.jsonl", "curves.jsonl")}
     for name, kept in records.items():  # stopped after step 20 was scored, cut short inside step 40's records
         (out / name).write_text("".join(json.dumps(r) + "\n" for r in kept if r["step"] <= 20) + '{"step": 40')

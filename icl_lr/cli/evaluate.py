@@ -77,7 +77,7 @@ def evaluate(models: list, cfg, out: Path, trajectory: bool = False) -> dict:
     """Scores `models` (one, or with `trajectory` a run's checkpoints by step) under `cfg` into the eval dir `out`,
     after the steps its records hold already (a trajectory eval stopped midway goes on); returns its summary."""
     from icl_lr.records.tracking import LocalFiles, read_jsonl, resolve_mode
-    from icl_lr.train import parallel
+    from icl_lr.train import parallel, phases
     from icl_lr.train.evaluate import Evaluator
     from icl_lr.train.loop import summary_of
     from icl_lr.train.optimizer import make_optimizer
@@ -124,6 +124,8 @@ def evaluate(models: list, cfg, out: Path, trajectory: bool = False) -> dict:
         "trained_n_points": trained_points,
         "wall_seconds": time.perf_counter() - started,
     }
+    if trajectory:  # its checkpoints' phases, as a run with a trajectory ends with them
+        summary |= phases.recorded(phases.held_out_by_step(out), tracker, last.step)
     tracker.finish(summary)
     from icl_lr.analysis.plots import plot_evaluation
 

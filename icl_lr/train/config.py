@@ -25,11 +25,13 @@ TRAINING_LIMITS = {  # what grows with each: a run's time (steps), a step's memo
     "max_to_keep": 1_000,
     "trajectory": 1_000,  # checkpoints kept, each evaluated: disk and time
 }
-LLC_LIMITS = {  # eval.llc's SGLD: chains side by side (memory: chains x llc_batch_size prompts), steps (time)
+LLC_LIMITS = {  # eval.llc's SGLD: chains (memory: chains x llc_batch_size prompts), steps (time)
     "chains": 1_000,
     "draws": 1_000_000,
     "burn_in": 1_000_000,
+    "trace": 2**24,  # chains x (burn_in + draws): the losses each eval keeps and writes
 }
+PREDICTION_LIMIT = 2**18  # eval.predictions x data.n_points: the values each eval writes and analyze stacks by step
 
 
 @dataclass(frozen=True)
@@ -159,6 +161,12 @@ class EvalConfig:
         for key, low in (("chains", 1), ("draws", 1), ("burn_in", 0)):
             value, limit = getattr(self, f"llc_{key}"), LLC_LIMITS[key]
             check(low <= value <= limit, f"eval.llc_{key} must be in [{low}, {limit:,}], got {value:,}")
+        trace = self.llc_chains * (self.llc_burn_in + self.llc_draws)
+        check(
+            trace <= LLC_LIMITS["trace"],
+            f"eval.llc_chains x (eval.llc_burn_in + eval.llc_draws) must be at most {LLC_LIMITS['trace']:,} "
+            f"losses (the trace each eval keeps), got {trace:,}",
+        )
         check(
             self.llc_batch_size is None or 1 <= self.llc_batch_size <= TRAINING_LIMITS["batch_size"],
             f"eval.llc_batch_size must be null or in [1, {TRAINING_LIMITS['batch_size']:,}], got {self.llc_batch_size}",

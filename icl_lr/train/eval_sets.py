@@ -37,7 +37,7 @@ class EvalSet(NamedTuple):
     ys: jax.Array  # [P, N]
     baseline_curves: dict  # name -> np.ndarray [N]
     prompts: Batch | None = None  # as the model sees them, kept where the model is compared with `references`
-    references: dict = {}  # algorithm name -> (predictions [P, N], gradients at each query [P, N, D])
+    references: dict = {}  # name -> (predictions [P, N], gradients at each query [P, N, D]; None for a baseline)
     predictions: dict = {}  # eval.predictions: on the first K prompts, each baseline's predictions [K, N] (host)
 
 
@@ -108,7 +108,10 @@ def held_out_set(task: Task, encoding: Encoding, eval_cfg: EvalConfig, pool=None
     batched = {name: jax.vmap(predict) for name, predict in predictors.items()}
     references = {name: predictions_and_query_gradients(p, batch.xs, batch.ys) for name, p in batched.items()}
     curves = {n: np.asarray(squared_error_curve(p, batch.scored, task.cfg.n_dims)) for n, (p, _) in references.items()}
-    predictions = held_out.predictions | {n: np.asarray(p[first]) for n, (p, _) in references.items()}
+    # the baselines are compared with the model too (their predictions), so a phase (train/phases.py) can be any one
+    baselines = task.baselines(batch.xs, batch.ys, task.cfg.noise_stds, pool)
+    references |= {name: (preds_PxN, None) for name, preds_PxN in baselines.items()}
+    predictions = {n: np.asarray(p[first]) for n, (p, _) in references.items()} | held_out.predictions
     return held_out._replace(baseline_curves=held_out.baseline_curves | curves, prompts=batch, references=references,
                              predictions=predictions if eval_cfg.predictions else {})  # fmt: skip
 

@@ -17,7 +17,7 @@ from icl_lr.records.schema import (
     METRICS_FILE,
     MODEL_ERROR,
 )
-from icl_lr.records.tracking import LocalFiles, Table, Tracker, Trackers, read_jsonl
+from icl_lr.records.tracking import LocalFiles, Tracker, Trackers, read_jsonl
 from icl_lr.train import evaluate, pack, parallel, phases
 from icl_lr.train.config import RunConfig
 from icl_lr.train.optimizer import make_optimizer
@@ -249,7 +249,7 @@ def train_pack(runs: list, stop: StopRequest | None = None, keys: tuple | None =
                 if member.stopped is None:
                     with pack.as_member(member.index):
                         _run_phases(member, run_state, first_step, step, rate, stop if stopping else None)
-            if step % t.log_every == 0 or is_last:
+            if step % t.log_every == 0 or is_last or step in member.trajectory:
                 throughput.reset()
 
             # stop (SIGTERM, Ctrl-C): every run checkpointed at this step, W&B told, then stop (the same command
@@ -281,8 +281,8 @@ def _run_phases(member: Member, state, first_step: int, step: int, rate, stop: S
         return
     is_last = step == t.steps
 
-    # log: train metrics and a progress line
-    if step % t.log_every == 0 or is_last:
+    # log: train metrics and a progress line (at a trajectory step too: its loss beside its eval)
+    if step % t.log_every == 0 or is_last or step in member.trajectory:
         _log_phase(tracker, member.window, step, member.cfg, rate)
         member.window = []
 
@@ -322,9 +322,7 @@ def _finish(member: Member, step: int, facts: dict, started: float) -> dict:
     curves_by_step = phases.held_out_by_step(run_dir) if member.writers else {}
     summary = summary_of(records) | facts
     if member.cfg.training.trajectory or member.cfg.eval.predictions:  # a run studied by its steps
-        found = phases.phases(curves_by_step)
-        summary |= phases.summary(found)
-        member.tracker.log_figures({phases.PHASES_TABLE: Table(phases.Phase._fields, [list(p) for p in found])}, step)
+        summary |= phases.recorded(curves_by_step, member.tracker, step)
     member.tracker.finish(summary)
     log.info("done: %d steps in %s", step, duration(facts["wall_seconds"]))
     return summary | {"curves": curves_by_step[max(curves_by_step)] if curves_by_step else {}}

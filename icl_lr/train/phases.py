@@ -4,7 +4,8 @@ GD-to-least-squares phases). Pure numpy, on a run's held-out curves by step (cur
 
 The distance, averaged over k >= 1 (at k = 0 every predictor guesses without a context):
 - `similarity`, where the step's curves hold `similarity_mse/<name>` (eval.algorithms): the mean squared
-  difference of the model's and the predictor's predictions / d, per predictor that has such a curve;
+  difference of the model's and the predictor's predictions / d, per predictor that has such a curve (every
+  algorithm and baseline);
 - `error_gap`, otherwise: |model error - predictor error| of every baseline's error curve, a proxy (two
   predictors with the same error need not predict alike), named so in every table.
 """
@@ -15,7 +16,7 @@ from typing import NamedTuple
 import numpy as np
 
 from icl_lr.records.schema import CURVES_FILE, DISTANCE, HELD_OUT, MODEL, is_error_curve, set_of
-from icl_lr.records.tracking import read_jsonl
+from icl_lr.records.tracking import Table, read_jsonl
 
 SIMILARITY, ERROR_GAP = "similarity", "error_gap"
 
@@ -94,3 +95,11 @@ def summary(found: list[Phase]) -> dict:
         "phases/measure": found[-1].measure,
         "phases/changes": [list(change) for change in changes(found)],
     }
+
+
+def recorded(curves_by_step: dict, tracker, step: int) -> dict:
+    """The phases of a run's (or a trajectory eval's) evals by step: their table logged to `tracker` at `step`,
+    their summary returned."""
+    found = phases(curves_by_step)
+    tracker.log_figures({PHASES_TABLE: Table(Phase._fields, [list(p) for p in found])}, step)
+    return summary(found)

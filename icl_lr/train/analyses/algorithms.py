@@ -1,7 +1,7 @@
-"""eval.algorithms: how close the model is to each iterative algorithm (icl_lr/task/algorithms.py) on the
-held-out prompts, in its predictions, its residuals and its gradients at the query.
+"""eval.algorithms: how close the model is to each iterative algorithm (icl_lr/task/algorithms.py) and each
+baseline on the held-out prompts, in its predictions, its residuals and its gradients at the query.
 
-The algorithms' predictions and gradients do not change during training: the held-out set holds them
+The algorithms' and baselines' predictions and gradients do not change during training: the held-out set holds them
 (eval_sets.held_out_set, its `references`, beside their error curves among its baselines'); each eval
 computes the model's and compares.
 """
@@ -17,16 +17,17 @@ from icl_lr.train.eval_sets import EvalSet, predictions_and_query_gradients
 
 
 def similarity_curves(model_preds_PxN, model_grads_PxNxD, eval_set: EvalSet, n_dims: int) -> dict:
-    """Per algorithm and k: the mean squared difference of predictions / d (`similarity_mse/<name>`), the
+    """Per algorithm or baseline and k: the mean squared difference of predictions / d (`similarity_mse/<name>`), the
     cosine over prompts of the two residuals (`similarity_residual_cos/<name>`), and the mean cosine of the
-    gradients at the query (`similarity_grad_cos/<name>`; NaN where a gradient is 0, as for tokens)."""
+    gradients at the query (`similarity_grad_cos/<name>`, algorithms only; NaN where a gradient is 0, as for tokens)."""
     cos = lambda a, b, axis: jnp.sum(a * b, axis) / (jnp.linalg.norm(a, axis=axis) * jnp.linalg.norm(b, axis=axis))
     mse, residuals, gradients = SIMILARITIES
     curves = {}
     for name, (preds_PxN, grads_PxNxD) in eval_set.references.items():
         curves[f"{mse}/{name}"] = jnp.mean((model_preds_PxN - preds_PxN) ** 2, axis=0) / n_dims
         curves[f"{residuals}/{name}"] = cos(model_preds_PxN - eval_set.ys, preds_PxN - eval_set.ys, 0)
-        curves[f"{gradients}/{name}"] = jnp.nanmean(cos(model_grads_PxNxD, grads_PxNxD, -1), axis=0)
+        if grads_PxNxD is not None:  # an algorithm's (a baseline's are not kept)
+            curves[f"{gradients}/{name}"] = jnp.nanmean(cos(model_grads_PxNxD, grads_PxNxD, -1), axis=0)
     return {name: np.asarray(curve) for name, curve in curves.items()}
 
 

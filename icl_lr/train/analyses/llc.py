@@ -28,16 +28,18 @@ from icl_lr.train.step import loss_fn, run_keys
 log = logging.getLogger("icl_lr")
 
 LLC_STREAM = 6  # eval.seed's stream of the SGLD's batches and noise (eval_sets.set_key)
+CHAINS_AT_ONCE = 16  # chains vmapped side by side (memory: this many parameter copies); more run in turn
 
 
 def sgld_llc(loss, noise, params, *, step_size, localization, nbeta, chains, draws, burn_in):
-    """SGLD from w* = `params`, `chains` chains side by side (vmap), each of burn_in + draws steps (lax.scan)
-    w <- w - eps/2 (nbeta grad L_ct(w) + gamma (w - w*)) + sqrt(eps) xi_ct, where L_ct = loss(w, c, t) is chain
-    c's batch at step t and xi_ct = noise(c, t) a standard normal tree like w.
+    """SGLD from w* = `params`, `chains` chains (CHAINS_AT_ONCE side by side, vmapped), each of burn_in + draws
+    steps (lax.scan) w <- w - eps/2 (nbeta grad L_ct(w) + gamma (w - w*)) + sqrt(eps) xi_ct, where
+    L_ct = loss(w, c, t) is chain c's batch at step t and xi_ct = noise(c, t) a standard normal tree like w.
 
     Returns (llc per chain [C], losses [C, burn_in + draws]): each step's L_ct(w_t) before its update, so
     losses[:, 0] is the loss at w* on each chain's first batch (devinterp's init loss, one batch a chain) and
-    llc_c = nbeta (mean of the draws' losses - losses[c, 0]). Memory: C parameter copies and the losses."""
+    llc_c = nbeta (mean of the draws' losses - losses[c, 0]). Memory: min(C, CHAINS_AT_ONCE) parameter copies and
+    the losses."""
 
     def chain(c):
         def step(w, t):
@@ -48,7 +50,7 @@ def sgld_llc(loss, noise, params, *, step_size, localization, nbeta, chains, dra
 
         return jax.lax.scan(step, params, jnp.arange(burn_in + draws))[1]
 
-    losses = jax.vmap(chain)(jnp.arange(chains))
+    losses = jax.lax.map(chain, jnp.arange(chains), batch_size=min(chains, CHAINS_AT_ONCE))
     return nbeta * (losses[:, burn_in:].mean(1) - losses[:, 0]), losses
 
 

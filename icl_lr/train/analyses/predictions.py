@@ -12,8 +12,10 @@ import jax
 import numpy as np
 
 from icl_lr.components import NoKeys
+from icl_lr.fields import check
 from icl_lr.records.schema import PREDICTED_BY, PREDICTED_TARGETS, PREDICTIONS_MODEL
 from icl_lr.train.analyses import Result
+from icl_lr.train.config import PREDICTION_LIMIT
 from icl_lr.train.eval_sets import EvalSet
 
 
@@ -33,14 +35,23 @@ class Predictions:
 
     @staticmethod
     def check(cfg, task, family) -> None:
-        """Any task and family: the model's predictions are its encoding's (eval.predictions' range is the
-        eval section's check)."""
+        """Any task and family: the model's predictions are its encoding's; at most PREDICTION_LIMIT values an
+        eval (eval.predictions' range is the eval section's check)."""
+        values = cfg.eval.predictions * cfg.data.n_points
+        check(
+            values <= PREDICTION_LIMIT,
+            f"eval.predictions x data.n_points must be at most {PREDICTION_LIMIT:,} values (each eval writes them), "
+            f"got {cfg.eval.predictions:,} x {cfg.data.n_points}",
+        )
 
     def __init__(self, setup, cfg, mesh):
         self.predict, self.k, self.first = make_predict_fn(setup.model), cfg.eval.predictions, True
+        self.batch = cfg.eval.batch_size  # prompts the model reads at once, as the eval scores them
 
     def __call__(self, params, held_out: EvalSet, step: int) -> Result:
-        arrays = {PREDICTIONS_MODEL: np.asarray(self.predict(params, held_out.inputs[: self.k]), np.float32)}
+        inputs = held_out.inputs[: self.k]
+        chunks = [self.predict(params, inputs[i : i + self.batch]) for i in range(0, self.k, self.batch)]
+        arrays = {PREDICTIONS_MODEL: np.concatenate([np.asarray(c, np.float32) for c in chunks])}
         if self.first:
             arrays[PREDICTED_TARGETS] = np.asarray(held_out.ys[: self.k], np.float32)
             arrays |= {PREDICTED_BY + name: np.asarray(p, np.float32) for name, p in held_out.predictions.items()}
