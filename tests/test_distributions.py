@@ -1,6 +1,7 @@
 """The input and noise distributions (data.x_dist, data.x_cov=wishart, data.x_ar, data.noise_dist): each
 sampler's moments and law against its definition, the default path's draws unchanged bit for bit, the
-LMMSE reference under non-Gaussian noise, a plugin's own x's, and a run end to end."""
+reference under non-Gaussian noise (the posterior mean by importance sampling, against quadrature) and LMMSE
+beside it, a plugin's own x's, and a run end to end."""
 
 import dataclasses
 import json
@@ -9,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from scipy import stats
 from scipy.stats import kurtosis
 
 from helpers import data_config, parts, run_config, train_cli
@@ -142,14 +144,16 @@ def test_noise_has_std_noise_std_and_its_laws_kurtosis(noise_dist, expected_kurt
 
 
 @pytest.mark.unit
-def test_non_gaussian_noise_is_scored_over_ridge_named_lmmse():
-    """Ridge at the noise's variance is the linear MMSE predictor, not Bayes: the reference says so; with
-    no noise Bayes is exact again; a hierarchical prior's LMMSE is ridge at the mean variance."""
+def test_non_gaussian_noise_is_scored_over_the_sampled_posterior_mean_with_lmmse_ridge_beside_it():
+    """Bayes has no closed form here: the reference is the posterior mean by importance sampling, named so;
+    ridge at the noise's variance, the linear MMSE predictor, beside it; with no noise Bayes is exact again; a
+    hierarchical prior's LMMSE is ridge at the mean variance."""
     gaussian = data_config(n_dims=D, n_points=9, noise_std=0.5)
     laplace = dataclasses.replace(gaussian, noise_dist="laplace")
     batch = LinearRegression(laplace).sample_batch(KEY, 64)
     ours, theirs = (LinearRegression(c).baselines(batch.xs, batch.ys, c.noise_stds) for c in (laplace, gaussian))
-    assert LinearRegression(laplace).reference == "lmmse_ridge" and "bayes" not in ours
+    assert LinearRegression(laplace).reference == "posterior_mean_mc" and "bayes" not in ours
+    assert {"posterior_mean_mc", "lmmse_ridge"} <= set(ours)
     np.testing.assert_allclose(ours["lmmse_ridge"], theirs["bayes"], rtol=1e-5, atol=1e-6)
     assert LinearRegression(dataclasses.replace(laplace, noise_std=0.0)).reference == "bayes"
     hierarchical = dataclasses.replace(laplace, noise_std_choices=(0.1, 1.0))
@@ -157,7 +161,55 @@ def test_non_gaussian_noise_is_scored_over_ridge_named_lmmse():
     ridge = jax.vmap(lambda x, y: baselines.ridge(x, y, (0.01 + 1.0) / 2))(batch.xs, batch.ys)
     np.testing.assert_allclose(preds, ridge, rtol=1e-5, atol=1e-6)
     condition = ood.conditions(KEY, LinearRegression(laplace), 8)["noisy_labels"]  # the suite's labels: its law
-    assert condition.task.reference == "lmmse_ridge"
+    assert condition.task.reference == "posterior_mean_mc"
+
+
+def numpy_log_density(law: str, r, sigma: float, df: float = 5.0):
+    """scipy.stats' log density of noise of std sigma: Laplace of scale sigma / sqrt(2), Student's t scaled."""
+    if law == "laplace":
+        return stats.laplace.logpdf(r, scale=sigma / np.sqrt(2))
+    return stats.t.logpdf(r, df, scale=sigma * np.sqrt((df - 2) / df))
+
+
+def quadrature_posterior_mean(xs, ys, law: str, sigma: float, prior_scale: float) -> np.ndarray:
+    """Each prefix's posterior-mean prediction in float64 on a grid over w (d = 1 or 2) out to 8 prior stds."""
+    d = xs.shape[1]
+    axis = np.linspace(-8 * prior_scale, 8 * prior_scale, 4001 if d == 1 else 601)
+    grid = np.stack(np.meshgrid(*[axis] * d, indexing="ij"), -1).reshape(-1, d)
+    found = []
+    for k in range(len(ys)):
+        log_p = -np.sum(grid**2, -1) / (2 * prior_scale**2)
+        log_p += sum(numpy_log_density(law, ys[i] - grid @ xs[i], sigma) for i in range(k))
+        weights = np.exp(log_p - log_p.max())
+        found.append(xs[k] @ (weights @ grid) / weights.sum())
+    return np.array(found)
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("law", ["laplace", "student_t"])
+def test_the_sampled_posterior_mean_is_quadratures_on_single_prompts_and_beats_lmmse(law):
+    """Its noise law's log density is scipy's; on single prompts at d = 1 and 2 its predictions are a float64
+    quadrature's within the sampling error (seen: up to 1.1% of a prediction, 0.022 of 2.07); at d = 5 its error
+    is below ridge's (the best linear predictor), as Bayes's is."""
+    r = np.linspace(-4, 4, 17)
+    cfg = data_config(n_dims=1, n_points=8, noise_dist=law, noise_std=0.5)
+    np.testing.assert_allclose(sampling.noise_log_density(cfg, r, 0.5), numpy_log_density(law, r, 0.5), rtol=1e-5)
+    rng = np.random.default_rng(0)
+    for d in (1, 2):
+        cfg = data_config(n_dims=d, n_points=8, noise_dist=law, noise_std=0.5)
+        log_noise = lambda res, sigma, c=cfg: sampling.noise_log_density(c, res, sigma)
+        mean = jax.jit(lambda x, y, f=log_noise: baselines.posterior_mean_mc(x, y, f, (0.5,), 1.0))
+        for _ in range(3):
+            xs = rng.normal(size=(8, d))
+            noise = rng.laplace(size=8) / np.sqrt(2) if law == "laplace" else rng.standard_t(5, size=8) * np.sqrt(0.6)
+            ys = xs @ rng.normal(size=d) + 0.5 * noise
+            ours = np.asarray(mean(jnp.float32(xs), jnp.float32(ys)), np.float64)
+            np.testing.assert_allclose(ours, quadrature_posterior_mean(xs, ys, law, 0.5, 1.0), rtol=0.02, atol=0.01)
+    cfg = data_config(noise_dist=law, noise_std=1.0)
+    batch = LinearRegression(cfg).sample_batch(KEY, 512)
+    preds = LinearRegression(cfg).baselines(batch.xs, batch.ys, cfg.noise_stds)
+    error = {name: np.mean((np.asarray(preds[name]) - np.asarray(batch.ys))[:, 1:] ** 2) for name in preds}
+    assert error["posterior_mean_mc"] < error["lmmse_ridge"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -207,8 +259,8 @@ def test_the_binned_heads_leave_out_their_gaussian_predictive_under_non_gaussian
     assert encoding.baseline_metrics(batch.xs, batch.ys) == {}
 
 
-def test_a_run_with_student_t_x_and_laplace_noise_names_its_lmmse_reference(tmp_path):
+def test_a_run_with_student_t_x_and_laplace_noise_names_its_sampled_posterior_mean_reference(tmp_path):
     overrides = ["data.x_dist=student_t", "data.noise_dist=laplace", "data.noise_std=0.5"]
     train_cli(tmp_path, *overrides)
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["excess_over"] == "lmmse_ridge" and np.isfinite(summary["eval/excess/mean"])
+    assert summary["excess_over"] == "posterior_mean_mc" and np.isfinite(summary["eval/excess/mean"])

@@ -3,9 +3,10 @@
 Each sequence has its own w ~ N(0, prior_scale^2 I_d) (data.w_prior=gaussian) or from Panwar et al.
 2024's Gaussian mixture (gaussian_mixture: data.w_components components of covariance prior_scale^2 I
 about means +-w_centre e_1, +-w_centre e_2, ...), or one of the run's finite pool; x's and noise as
-every task's (icl_lr/task/sampling.py). Under Laplace or Student's t noise (data.noise_dist) ridge at the
-noise's variance is no longer Bayes but still the best linear predictor (the linear MMSE one, which needs
-only second moments): the reference of the excess is named for that, LMMSE.
+every task's (icl_lr/task/sampling.py). Under Laplace or Student's t noise (data.noise_dist) Bayes has no
+closed form: the reference of the excess is the posterior mean computed by importance sampling
+(`posterior_mean_mc`, baselines.posterior_mean_mc), and beside it ridge at the noise's variance, no longer Bayes
+but still the best linear predictor (the linear MMSE one, which needs only second moments), named LMMSE.
 """
 
 import logging
@@ -19,14 +20,16 @@ from icl_lr.fields import check
 from icl_lr.records.schema import BAYES
 from icl_lr.task import algorithms, baselines, ood
 from icl_lr.task.base import Batch, pool_key
-from icl_lr.task.sampling import Prompts
+from icl_lr.task.sampling import Prompts, noise_log_density
 
 log = logging.getLogger("icl_lr")
 W_PRIORS = ("gaussian", "gaussian_mixture")
 OUTLIER_KINDS = ("scaled", "flipped")  # an outlier label: y times data.outlier_scale, or -y
 OUTLIER_STREAM = 2**31 - 4  # fold_in index of which labels are outliers: apart from the prompt's own keys
 HUBER = "huber"  # the reference under outliers: Gaussian noise's Bayes is not Bayes there
-LMMSE = "lmmse_ridge"  # the reference under non-Gaussian noise: ridge as the best linear predictor, not Bayes
+LMMSE = "lmmse_ridge"  # ridge as the best linear predictor under non-Gaussian noise, not Bayes there
+POSTERIOR_MEAN = "posterior_mean_mc"  # the reference under non-Gaussian noise: Bayes, by importance sampling
+MC_PROMPTS_AT_ONCE = 16  # prompts whose importance samples are held at once (memory)
 TUNING_SEED = 2**31 - 1  # the algorithms' tuning prompts: a key no run's data or eval set uses
 
 
@@ -102,7 +105,7 @@ class LinearRegression(Prompts):
 
     Config = LinearRegressionConfig
     hierarchical_noise = True  # its baselines take data.noise_std_choices
-    non_gaussian_noise = True  # its reference is named for data.noise_dist (LMMSE)
+    non_gaussian_noise = True  # its reference is named for data.noise_dist (the sampled posterior mean)
 
     def draw(self, key, batch_size: int) -> jax.Array:
         """w [B, D] from data.w_prior."""
@@ -118,7 +121,7 @@ class LinearRegression(Prompts):
     def reference(self) -> str:
         if self.cfg.outlier_fraction:
             return HUBER
-        return BAYES if self.cfg.gaussian_noise else LMMSE
+        return BAYES if self.cfg.gaussian_noise else POSTERIOR_MEAN
 
     @staticmethod
     def check_run(cfg) -> None:
@@ -188,8 +191,9 @@ def lmmse_ridge(xs_NxD, ys_N, noise_stds: tuple, weight_scale: float):
 @partial(jax.jit, static_argnums=(0, 3))
 def _baselines(cfg, xs, ys, noise_stds: tuple, pool) -> dict:
     """all_predictions's baselines; under the Gaussian-mixture prior, Bayes is the mixture's posterior mean;
-    under non-Gaussian noise, LMMSE: ridge at the noise prior's mean variance E sigma^2 (y's second moments
-    given X are those of Gaussian noise of that variance), in place of Gaussian noise's Bayes."""
+    under non-Gaussian noise, in place of Gaussian noise's Bayes, the posterior mean by importance sampling and
+    LMMSE: ridge at the noise prior's mean variance E sigma^2 (y's second moments given X are those of Gaussian
+    noise of that variance)."""
     predictions = baselines.all_predictions(xs, ys, cfg.prior_scale, noise_stds, pool)
     if cfg.outlier_fraction:  # Gaussian noise's posterior mean is ridge here, not Bayes; Huber beside it
         predictions["gaussian_ridge"] = predictions.pop(BAYES)
@@ -199,6 +203,9 @@ def _baselines(cfg, xs, ys, noise_stds: tuple, pool) -> dict:
     elif not cfg.gaussian_noise:
         del predictions[BAYES]
         predictions[LMMSE] = jax.vmap(lambda x, y: lmmse_ridge(x, y, noise_stds, cfg.prior_scale))(xs, ys)
+        log_noise = lambda r, sigma: noise_log_density(cfg, r, sigma)
+        mean = lambda xy: baselines.posterior_mean_mc(*xy, log_noise, noise_stds, cfg.prior_scale)
+        predictions[POSTERIOR_MEAN] = jax.lax.map(mean, (xs, ys), batch_size=MC_PROMPTS_AT_ONCE)
     if cfg.w_prior == "gaussian_mixture":
         means = component_means(cfg.n_dims, cfg.w_components, cfg.w_centre)
         bayes = lambda x, y: baselines.mixture_bayes(x, y, means, cfg.prior_scale, noise_stds[0])[0]

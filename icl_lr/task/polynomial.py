@@ -9,7 +9,8 @@ w ~ N(0, prior_scale^2 I / F): E[y^2] = prior_scale^2 + sigma^2 whatever the deg
 
 Linear in phi with a Gaussian prior: Bayes is ridge on phi with lambda = sigma^2 F / prior_scale^2 (exact under
 Gaussian noise; under Laplace or Student's t, ridge at the noise's mean variance is the best linear predictor,
-named lmmse_ridge as linear_regression's). Beside it, least squares on phi and the prior-free baselines on x.
+named lmmse_ridge: linear_regression's sampled posterior mean would need too many draws in F dimensions). Beside
+it, least squares on phi and the prior-free baselines on x.
 """
 
 import math

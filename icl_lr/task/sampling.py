@@ -79,6 +79,20 @@ def unit_noise(key, cfg: DataConfig, shape: tuple) -> jax.Array:
     return jax.random.normal(key, shape)
 
 
+def noise_log_density(cfg: DataConfig, r, sigma):
+    """log p(r) of data.noise_dist's noise of std `sigma` (unit_noise's law, scaled): what a posterior under it
+    weighs."""
+    if cfg.noise_dist == "laplace":
+        b = sigma / 2**0.5
+        return -jnp.log(2 * b) - jnp.abs(r) / b
+    if cfg.noise_dist == "student_t":
+        df = cfg.noise_df
+        scale = sigma * ((df - 2) / df) ** 0.5
+        norm = jax.scipy.special.gammaln((df + 1) / 2) - jax.scipy.special.gammaln(df / 2) - 0.5 * jnp.log(df * jnp.pi)
+        return norm - jnp.log(scale) - (df + 1) / 2 * jnp.log1p((r / scale) ** 2 / df)
+    return -0.5 * jnp.log(2 * jnp.pi * sigma**2) - r**2 / (2 * sigma**2)
+
+
 def ar1(zs_BxNxD: jax.Array, rho: float) -> jax.Array:
     """x_0 = z_0, x_i = rho x_{i-1} + sqrt(1 - rho^2) z_i along a prompt's points: each x as stationary and of
     unit variance as the z's, lag-k correlation rho^k (the linear recurrence as a parallel scan)."""
