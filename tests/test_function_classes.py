@@ -312,7 +312,7 @@ def test_low_rank_matrices_have_their_rank_and_the_priors_two_moments():
 def test_the_new_tasks_refuse_the_binned_encodings_in_one_line():
     from helpers import run_config
 
-    for task in ("sparse_parity", "low_rank"):
+    for task in ("sparse_parity", "low_rank", "polynomial", "gp_regression", "tabular"):
         with pytest.raises(ConfigError) as error:
             run_config(f"data.task={task}", "data.n_dims=4", "data.encoding=binned_y")
         assert str(error.value).startswith("data.encoding=binned_y (binned y) is for data.task=linear_regression")
