@@ -16,8 +16,7 @@ from helpers import FAST, parts, run_config, train_cli
 from icl_lr.analysis import dynamics, plots, sections, trajectories
 from icl_lr.cli import analyze
 from icl_lr.fields import ConfigError
-from icl_lr.records.schema import HELD_OUT, set_of
-from icl_lr.records.tracking import read_jsonl
+from icl_lr.records.schema import HELD_OUT
 from icl_lr.task import baselines
 from icl_lr.train import phases
 from icl_lr.train.eval_sets import set_key
@@ -224,14 +223,14 @@ def test_analyze_shows_the_phases_and_the_essential_dynamics_of_a_trajectory(run
     printed = capsys.readouterr().out
     assert "algorithm phases of" in printed and "of the variance of the predictions" in printed
 
-    by_step = {r["step"]: r for r in read_jsonl(run_dir / "curves.jsonl") if set_of(r) == HELD_OUT}
     table = pd.read_csv(out / "phases.csv")
-    assert list(table.step) == [10, 20, 30, 40] and set(table.measure) == {phases.ERROR_GAP}
-    for row in table.itertuples():  # by hand: the baseline whose error is nearest the model's, mean over k >= 1
-        curves = by_step[row.step]
-        gap = {n: np.mean(np.abs(np.subtract(curves["model"], v)[1:])) for n, v in curves.items()
-               if n not in ("step", "set", "model") and "/" not in n}  # fmt: skip
-        assert row.closest == min(gap, key=gap.get) and row.distance == pytest.approx(gap[row.closest])
+    assert list(table.step) == [10, 20, 30, 40] and set(table.measure) == {phases.SIMILARITY}
+    with np.load(run_dir / "predictions" / "step_10.npz") as first:
+        by_baseline = {n.removeprefix("baseline/"): first[n] for n in first.files if n.startswith("baseline/")}
+    for row in table.itertuples():  # by hand: the baseline predicting nearest the model on the 8 prompts, k >= 1
+        model = np.load(run_dir / "predictions" / f"step_{row.step}.npz")["model"]
+        apart = {n: np.mean(np.mean((model - p) ** 2, axis=0)[1:]) / 3 for n, p in by_baseline.items()}
+        assert row.closest == min(apart, key=apart.get) and row.distance == pytest.approx(apart[row.closest], rel=1e-5)
     assert (out / "phase_changes.csv").exists()
 
     coordinates, variance = pd.read_csv(out / "dynamics.csv"), pd.read_csv(out / "dynamics_variance.csv")

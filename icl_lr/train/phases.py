@@ -3,9 +3,9 @@ prompts, and the steps at which that changes (Raventos et al.'s dMMSE-to-ridge t
 GD-to-least-squares phases). Pure numpy, on a run's held-out curves by step (curves.jsonl).
 
 The distance, averaged over k >= 1 (at k = 0 every predictor guesses without a context):
-- `similarity`, where the step's curves hold `similarity_mse/<name>` (eval.algorithms): the mean squared
-  difference of the model's and the predictor's predictions / d, per predictor that has such a curve (every
-  algorithm and baseline);
+- `similarity`, where the step's curves hold `similarity_mse/<name>` (eval.algorithms, on every held-out prompt;
+  else eval.predictions, on its K): the mean squared difference of the model's and the predictor's predictions
+  / d, per predictor that has such a curve (every algorithm and baseline);
 - `error_gap`, otherwise: |model error - predictor error| of every baseline's error curve, a proxy (two
   predictors with the same error need not predict alike), named so in every table.
 """

@@ -5,7 +5,8 @@ icl_lr/analysis/dynamics.py) beside the baselines' predictions on the same promp
 Each eval writes predictions/step_<n>.npz with `model` [K, N]; the first eval of a process adds `targets`
 [K, N] (the prompts' scored ys, which also tell two runs' prompt sets apart) and `baseline/<name>` [K, N] of
 every baseline (and eval.algorithms' algorithm) the held-out set holds (eval_sets.held_out_set): they do
-not change during training.
+not change during training. Without eval.algorithms (whose similarity curves span every held-out prompt), each
+eval also logs `similarity_mse/<baseline>` on these K prompts: what the algorithm phases read (train/phases.py).
 """
 
 import jax
@@ -13,7 +14,7 @@ import numpy as np
 
 from icl_lr.components import NoKeys
 from icl_lr.fields import check
-from icl_lr.records.schema import PREDICTED_BY, PREDICTED_TARGETS, PREDICTIONS_MODEL
+from icl_lr.records.schema import DISTANCE, PREDICTED_BY, PREDICTED_TARGETS, PREDICTIONS_MODEL
 from icl_lr.train.analyses import Result
 from icl_lr.train.config import PREDICTION_LIMIT
 from icl_lr.train.eval_sets import EvalSet
@@ -47,13 +48,23 @@ class Predictions:
     def __init__(self, setup, cfg, mesh):
         self.predict, self.k, self.first = make_predict_fn(setup.model), cfg.eval.predictions, True
         self.batch = cfg.eval.batch_size  # prompts the model reads at once, as the eval scores them
+        self.n_dims = cfg.data.n_dims
 
     def __call__(self, params, held_out: EvalSet, step: int) -> Result:
         inputs = held_out.inputs[: self.k]
         chunks = [self.predict(params, inputs[i : i + self.batch]) for i in range(0, self.k, self.batch)]
-        arrays = {PREDICTIONS_MODEL: np.concatenate([np.asarray(c, np.float32) for c in chunks])}
+        model_KxN = np.concatenate([np.asarray(c, np.float32) for c in chunks])
+        arrays = {PREDICTIONS_MODEL: model_KxN}
         if self.first:
             arrays[PREDICTED_TARGETS] = np.asarray(held_out.ys[: self.k], np.float32)
             arrays |= {PREDICTED_BY + name: np.asarray(p, np.float32) for name, p in held_out.predictions.items()}
             self.first = False
-        return Result(arrays=arrays)
+        curves = (
+            {}
+            if held_out.references
+            else {  # eval.algorithms' similarity curves span every prompt
+                f"{DISTANCE}/{name}": np.mean((model_KxN - p) ** 2, axis=0) / self.n_dims
+                for name, p in held_out.predictions.items()
+            }
+        )
+        return Result(curves=curves, arrays=arrays)
