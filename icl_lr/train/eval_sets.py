@@ -54,10 +54,11 @@ def squared_error_curve(preds_PxN, ys_PxN, n_dims: int) -> jax.Array:
     return jnp.mean((preds_PxN - ys_PxN) ** 2, axis=0) / n_dims
 
 
-def _baseline_curves(task: Task, xs, ys, ys_scored, noise_stds: tuple, pool, suffix: str = "") -> dict:
-    """Each baseline's squared error / d by k, and its curves of the task's other metrics (`<metric>/<name>`)."""
+def _baseline_curves(task: Task, predictions: dict, ys_scored, suffix: str = "") -> dict:
+    """Each baseline's squared error / d by k, and its curves of the task's other metrics (`<metric>/<name>`), of
+    their `predictions` {name: [P, N]}."""
     curves = {}
-    for name, p in task.baselines(xs, ys, noise_stds, pool).items():
+    for name, p in predictions.items():
         curves[name + suffix] = np.asarray(squared_error_curve(p, ys_scored, task.cfg.n_dims))
         curves |= {
             f"{metric}/{name}{suffix}": np.asarray(v.mean(0)) for metric, v in task.metrics(p, ys_scored).items()
@@ -65,18 +66,21 @@ def _baseline_curves(task: Task, xs, ys, ys_scored, noise_stds: tuple, pool, suf
     return curves
 
 
-def eval_set_of(task: Task, encoding: Encoding, batch: Batch, pool=None) -> EvalSet:
+def eval_set_of(task: Task, encoding: Encoding, batch: Batch, pool=None, baselines: dict | None = None) -> EvalSet:
     """The prompts of `batch`, encoded, with the baselines' error curves on them (dMMSE given the run's
-    task pool [M, d]). An encoding that quantises its inputs adds each baseline on the decoded values the
-    model sees (`<name>_on_bins`, scored against the exact ys; Bayes's noise there includes the
-    quantisation's), and a binned output adds its cross-entropy baselines."""
+    task pool [M, d]; `baselines`: their predictions on `batch` where the caller has them). An encoding that
+    quantises its inputs adds each baseline on the decoded values the model sees (`<name>_on_bins`, scored
+    against the exact ys; Bayes's noise there includes the quantisation's), and a binned output adds its
+    cross-entropy baselines."""
     noise_stds = task.cfg.noise_stds
-    curves = _baseline_curves(task, batch.xs, batch.ys, batch.scored, noise_stds, pool)
+    baselines = baselines if baselines is not None else task.baselines(batch.xs, batch.ys, noise_stds, pool)
+    curves = _baseline_curves(task, baselines, batch.scored)
     seen = encoding.seen_values(batch.xs, batch.ys)
     if seen is not None:
         xs_seen, ys_seen, added_var = seen
         seen_stds = tuple(float((sigma**2 + added_var) ** 0.5) for sigma in noise_stds)
-        curves |= _baseline_curves(task, xs_seen, ys_seen, batch.scored, seen_stds, pool, suffix="_on_bins")
+        on_bins = task.baselines(xs_seen, ys_seen, seen_stds, pool)
+        curves |= _baseline_curves(task, on_bins, batch.scored, suffix="_on_bins")
     curves |= {name: np.asarray(v.mean(axis=0)) for name, v in encoding.baseline_metrics(batch.xs, batch.ys).items()}
     return EvalSet(encoding.encode(batch.xs, batch.ys), batch.scored, curves)
 
@@ -95,11 +99,11 @@ def held_out_set(task: Task, encoding: Encoding, eval_cfg: EvalConfig, pool=None
     """The held-out set; with eval.algorithms, the iterative algorithms' curves beside the baselines'; with
     eval.predictions = K, the baselines' (and algorithms') predictions on its first K prompts."""
     batch = task.sample_batch(set_key(eval_cfg, 0), eval_cfg.n_prompts)
-    held_out = eval_set_of(task, encoding, batch, pool)
+    baselines = task.baselines(batch.xs, batch.ys, task.cfg.noise_stds, pool)
+    held_out = eval_set_of(task, encoding, batch, pool, baselines)
     first = slice(0, eval_cfg.predictions)
     if eval_cfg.predictions:
-        baselines = task.baselines(batch.xs[first], batch.ys[first], task.cfg.noise_stds, pool)
-        held_out = held_out._replace(predictions={name: np.asarray(p) for name, p in baselines.items()})
+        held_out = held_out._replace(predictions={name: np.asarray(p[first]) for name, p in baselines.items()})
     if not eval_cfg.algorithms:
         return held_out
     predictors, rates = task.algorithms(eval_cfg.algorithm_steps)
@@ -109,7 +113,6 @@ def held_out_set(task: Task, encoding: Encoding, eval_cfg: EvalConfig, pool=None
     references = {name: predictions_and_query_gradients(p, batch.xs, batch.ys) for name, p in batched.items()}
     curves = {n: np.asarray(squared_error_curve(p, batch.scored, task.cfg.n_dims)) for n, (p, _) in references.items()}
     # the baselines are compared with the model too (their predictions), so a phase (train/phases.py) can be any one
-    baselines = task.baselines(batch.xs, batch.ys, task.cfg.noise_stds, pool)
     references |= {name: (preds_PxN, None) for name, preds_PxN in baselines.items()}
     predictions = {n: np.asarray(p[first]) for n, (p, _) in references.items()} | held_out.predictions
     return held_out._replace(baseline_curves=held_out.baseline_curves | curves, prompts=batch, references=references,
