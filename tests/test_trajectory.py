@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from helpers import (
@@ -20,6 +21,7 @@ from helpers import (
     train_cli,
 )
 from icl_lr.analysis import sources
+from icl_lr.cli import analyze
 from icl_lr.fields import ConfigError
 from icl_lr.records.checkpoint import restore_params
 from icl_lr.records.schema import HELD_OUT, set_of
@@ -116,3 +118,5 @@ def test_the_eval_command_scores_every_kept_checkpoint_by_step_and_goes_on_where
     )
     table = sources.load_local([out]).history  # analyze reads it as a run: its history by step
     assert sorted(table["step"].unique().tolist())[-3:] == [10, 20, 40]
+    assert analyze.main([str(out), "--out", str(tmp_path / "analysis")]) == 0  # and its phases, as a run's
+    assert pd.read_csv(tmp_path / "analysis" / "phases.csv").step.tolist() == [10, 20, 40]

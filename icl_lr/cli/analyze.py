@@ -280,7 +280,8 @@ def main(argv=None) -> int:
     if missing:
         log.error("analyze: unknown column(s) %s; runs.csv lists them all", ", ".join(missing))
         return 2
-    metrics = [c for c in finished if c.startswith("eval/") and not c.endswith(schema.REFERENCE)] + ["n_params"]
+    metrics = [c for c in finished if c.startswith("eval/") and not c.endswith(schema.REFERENCE)]
+    metrics += ["n_params"] * ("n_params" in finished)  # a training run's; eval dirs alone have none
     aggregate = tables.aggregate_runs(finished, keys, metrics, args.bootstrap)
     curve_stats = tables.aggregate_curves(finished, loaded.curves, keys, args.bootstrap)
     groups = finished.groupby(keys, dropna=False).ngroups
