@@ -114,9 +114,9 @@ def held_out_set(task: Task, encoding: Encoding, eval_cfg: EvalConfig, pool=None
     curves = {n: np.asarray(squared_error_curve(p, batch.scored, task.cfg.n_dims)) for n, (p, _) in references.items()}
     # the baselines are compared with the model too (their predictions), so a phase (train/phases.py) can be any one
     references |= {name: (preds_PxN, None) for name, preds_PxN in baselines.items()}
-    predictions = {n: np.asarray(p[first]) for n, (p, _) in references.items()} | held_out.predictions
+    predictions = {n: np.asarray(p[first]) for n, (p, _) in references.items()} if eval_cfg.predictions else {}
     return held_out._replace(baseline_curves=held_out.baseline_curves | curves, prompts=batch, references=references,
-                             predictions=predictions if eval_cfg.predictions else {})  # fmt: skip
+                             predictions=predictions)  # fmt: skip
 
 
 def predictions_and_query_gradients(predict, xs_PxNxD, ys_PxN) -> tuple[jax.Array, jax.Array]:

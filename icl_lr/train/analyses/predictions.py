@@ -59,12 +59,8 @@ class Predictions:
             arrays[PREDICTED_TARGETS] = np.asarray(held_out.ys[: self.k], np.float32)
             arrays |= {PREDICTED_BY + name: np.asarray(p, np.float32) for name, p in held_out.predictions.items()}
             self.first = False
-        curves = (
-            {}
-            if held_out.references
-            else {  # eval.algorithms' similarity curves span every prompt
-                f"{DISTANCE}/{name}": np.mean((model_KxN - p) ** 2, axis=0) / self.n_dims
-                for name, p in held_out.predictions.items()
-            }
-        )
+        curves = {}
+        if not held_out.references:  # eval.algorithms' similarity curves span every prompt
+            apart = lambda p: np.mean((model_KxN - p) ** 2, axis=0) / self.n_dims
+            curves = {f"{DISTANCE}/{name}": apart(p) for name, p in held_out.predictions.items()}
         return Result(curves=curves, arrays=arrays)
