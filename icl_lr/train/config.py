@@ -25,7 +25,7 @@ TRAINING_LIMITS = {  # what grows with each: a run's time (steps), a step's memo
     "max_to_keep": 1_000,
     "trajectory": 1_000,  # checkpoints kept, each evaluated: disk and time
 }
-LLC_LIMITS = {  # eval.llc's SGLD: chains (memory: chains x llc_batch_size prompts), steps (time)
+LLC_LIMITS = {  # eval.llc's SGLD: chains (each a parameter copy, 16 at a time: analyses/llc.py), steps (time)
     "chains": 1_000,
     "draws": 1_000_000,
     "burn_in": 1_000_000,

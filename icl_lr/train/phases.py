@@ -1,6 +1,7 @@
 """Algorithm phases: at each evaluated step of a run, which predictor the model is closest to on the held-out
 prompts, and the steps at which that changes (Raventos et al.'s dMMSE-to-ridge transition, Akyurek et al.'s
-GD-to-least-squares phases). Pure numpy, on a run's held-out curves by step (curves.jsonl).
+GD-to-least-squares phases). Pure numpy, on a run's held-out curves by step (curves.jsonl); `recorded` logs
+them as a table to a run's trackers.
 
 The distance, averaged over k >= 1 (at k = 0 every predictor guesses without a context):
 - `similarity`, where the step's curves hold `similarity_mse/<name>` (eval.algorithms, on every held-out prompt;

@@ -1,9 +1,9 @@
 """eval.algorithms: how close the model is to each iterative algorithm (icl_lr/task/algorithms.py) and each
 baseline on the held-out prompts, in its predictions, its residuals and its gradients at the query.
 
-The algorithms' and baselines' predictions and gradients do not change during training: the held-out set holds them
-(eval_sets.held_out_set, its `references`, beside their error curves among its baselines'); each eval
-computes the model's and compares.
+The algorithms' predictions and gradients, and the baselines' predictions, do not change during training: the
+held-out set holds them (eval_sets.held_out_set, its `references`, beside their error curves among its baselines');
+each eval computes the model's and compares.
 """
 
 import jax

@@ -92,7 +92,7 @@ class LLC:
         check(
             e.llc_chains * batch <= EVAL_LIMIT,
             f"eval.llc_chains x eval.llc_batch_size (or training.batch_size) must be at most {EVAL_LIMIT:,} prompts "
-            f"(one SGLD step holds them all), got {e.llc_chains} x {batch}",
+            f"(every chain's SGLD step draws its own), got {e.llc_chains} x {batch}",
         )
 
     def __init__(self, setup, cfg, mesh):
